@@ -1,0 +1,51 @@
+// Communicator: what the trainer needs from the other ranks. src/ model code never includes MPI or
+// NCCL; it talks to this interface (and to GradientHook) only.
+//
+// Implementations: SingleRankCommunicator (one process: every call is the identity),
+// MpiCommunicator (host buffers; the CPU backend, and GPU ranks sharing a GPU with --comm mpi),
+// NcclCommunicator (device buffers on a stream).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string_view>
+
+namespace dptrain {
+
+enum class ReduceOp { Sum, Max, Min };
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual std::string_view name() const = 0;
+
+  /// In-place sum over ranks of `data` (host memory for MPI, device memory for NCCL). `stream`
+  /// orders the operation for device implementations and is ignored by host ones.
+  virtual void all_reduce_sum(std::span<float> data, cudaStream_t stream) = 0;
+  /// Copies root's `data` to every rank, in place.
+  virtual void broadcast(std::span<float> data, int root, cudaStream_t stream) = 0;
+  /// Host scalar reduction, blocking; for metrics and agreeing on a stop. Always via the host path
+  /// (MPI), so rank 0 evaluating never leaves others waiting inside NCCL.
+  virtual double all_reduce_scalar(double value, ReduceOp op) = 0;
+  /// Blocks until every rank has arrived (outside NCCL).
+  virtual void barrier() = 0;
+};
+
+/// The communicator of a one-process run.
+class SingleRankCommunicator final : public Communicator {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  std::string_view name() const override { return "single"; }
+  void all_reduce_sum(std::span<float>, cudaStream_t) override {}
+  void broadcast(std::span<float>, int, cudaStream_t) override {}
+  double all_reduce_scalar(double value, ReduceOp) override { return value; }
+  void barrier() override {}
+};
+
+}  // namespace dptrain

@@ -1,0 +1,20 @@
+#include "core/device_context.h"
+
+#include <stdexcept>
+
+#include "cuda/cuda_context.h"
+
+namespace dptrain {
+
+DeviceContext::DeviceContext() = default;
+DeviceContext::DeviceContext(std::unique_ptr<CudaContext> cuda) : device_(Device::Cuda), cuda_(std::move(cuda)) {}
+DeviceContext::~DeviceContext() = default;
+DeviceContext::DeviceContext(DeviceContext&&) noexcept = default;
+DeviceContext& DeviceContext::operator=(DeviceContext&&) noexcept = default;
+
+CudaContext& DeviceContext::cuda() const {
+  if (!cuda_) throw std::logic_error("DeviceContext::cuda() called on a CPU context");
+  return *cuda_;
+}
+
+}  // namespace dptrain

@@ -1,0 +1,34 @@
+// DeviceContext: everything a layer, loss or optimizer needs to run on this rank's device.
+// On the CPU it is empty; on CUDA it owns (through CudaContext, cuda/cuda_context.h) the rank's
+// compute stream, cuDNN and cuBLAS handles and the shared workspace: one per rank, never per layer.
+#pragma once
+
+#include <memory>
+
+#include "core/device.h"
+
+namespace dptrain {
+
+class CudaContext;
+
+class DeviceContext {
+ public:
+  /// A context for the CPU reference backend.
+  DeviceContext();
+  /// A context for CUDA; takes ownership of the rank's CUDA resources.
+  explicit DeviceContext(std::unique_ptr<CudaContext> cuda);
+  ~DeviceContext();
+  DeviceContext(DeviceContext&&) noexcept;
+  DeviceContext& operator=(DeviceContext&&) noexcept;
+
+  Device device() const { return device_; }
+  bool on_cuda() const { return device_ == Device::Cuda; }
+  /// The CUDA resources; throws std::logic_error on a CPU context.
+  CudaContext& cuda() const;
+
+ private:
+  Device device_ = Device::Cpu;
+  std::unique_ptr<CudaContext> cuda_;
+};
+
+}  // namespace dptrain

@@ -1,0 +1,54 @@
+// CudaContext: one rank's CUDA resources, created once: the compute stream, the cuDNN and cuBLAS
+// handles bound to it, and one workspace shared by every layer (layers run one at a time on the
+// stream, so they can share it).
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <cudnn.h>
+
+#include <cstddef>
+#include <string>
+
+#include "core/buffer.h"
+#include "cuda/raii.h"
+
+namespace dptrain {
+
+struct CudaOptions {
+  int device = 0;              ///< CUDA ordinal this rank drives
+  bool tf32 = false;           ///< allow TF32 tensor-core math in cuDNN and cuBLAS
+  bool cudnn_benchmark = true; ///< pick conv algorithms by measurement (else heuristics)
+};
+
+class CudaContext {
+ public:
+  explicit CudaContext(const CudaOptions& options);
+  ~CudaContext();
+  CudaContext(const CudaContext&) = delete;
+  CudaContext& operator=(const CudaContext&) = delete;
+
+  int device() const { return options_.device; }
+  const CudaOptions& options() const { return options_; }
+  const std::string& device_name() const { return device_name_; }
+  cudaStream_t stream() const { return stream_; }
+  cudnnHandle_t cudnn() const { return cudnn_; }
+  cublasHandle_t cublas() const { return cublas_; }
+
+  /// The shared workspace, grown to at least `bytes`. Call only while setting up (it may allocate).
+  void* workspace(size_t bytes);
+  size_t workspace_size() const { return workspace_.size(); }
+
+ private:
+  CudaOptions options_;
+  std::string device_name_;
+  CudaStream stream_;
+  CudnnHandle cudnn_;
+  CublasHandle cublas_;
+  Buffer<uint8_t> workspace_;
+};
+
+/// Number of usable CUDA devices; 0 (never an exception) when there is no driver or no GPU.
+int cuda_device_count();
+
+}  // namespace dptrain

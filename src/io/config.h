@@ -1,0 +1,107 @@
+// The run configuration: a YAML file (configs/*.yaml) checked into typed structs.
+//
+// Every key is known: an unknown key, a value of the wrong type or out of range is an InputError
+// naming the file and the dotted key. `--set a.b=value` overrides are applied to the YAML before
+// checking, so they are validated the same way. The resolved config is written back as YAML with
+// every default filled in, so a run folder says exactly what ran.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace dptrain {
+
+/// One entry of model.layers. Fields not used by a layer's type must be absent in the YAML.
+struct LayerConfig {
+  std::string type;  ///< conv2d | relu | maxpool2d | dropout | flatten | linear
+  std::string name;  ///< state_dict prefix; defaults to "<type><k>" (k counts layers of that type)
+  int out_channels = 0;  ///< conv2d
+  int kernel = 0;        ///< conv2d, maxpool2d (square)
+  int stride = 0;        ///< conv2d (default 1), maxpool2d (default = kernel)
+  int padding = 0;       ///< conv2d, maxpool2d
+  int out_features = 0;  ///< linear
+  double p = 0.0;        ///< dropout probability of zeroing
+};
+
+struct ModelConfig {
+  Dims input{1, 28, 28};
+  int num_classes = 10;
+  std::vector<LayerConfig> layers;
+};
+
+struct DataConfig {
+  std::string dir = "data/mnist";
+  double mean = 0.1307;
+  double std = 0.3081;
+};
+
+struct OptimizerConfig {
+  std::string type = "adadelta";  ///< sgd | adam | adamw | adadelta
+  double lr = 1.0;
+  double momentum = 0.0;  ///< sgd
+  double dampening = 0.0; ///< sgd
+  bool nesterov = false;  ///< sgd
+  double weight_decay = 0.0;
+  double beta1 = 0.9, beta2 = 0.999;  ///< adam, adamw
+  double eps = 1e-6;                  ///< adam/adamw (default 1e-8 there), adadelta
+  double rho = 0.9;                   ///< adadelta
+};
+
+struct ScheduleConfig {
+  std::string type = "constant";  ///< constant | step | cosine
+  int step_size = 1;              ///< step: epochs between decays
+  double gamma = 0.1;             ///< step: decay factor
+  double min_lr = 0.0;            ///< cosine: floor
+  int64_t warmup_steps = 0;       ///< linear warm-up from 0 over this many steps (any type)
+};
+
+struct TrainConfig {
+  int batch_size = 64;       ///< global batch, split over ranks
+  int batch_per_rank = 0;    ///< if set, overrides batch_size = batch_per_rank * ranks (weak scaling)
+  int epochs = 14;
+  int64_t max_steps = 0;     ///< 0: no limit
+  uint64_t seed = 1;
+  int eval_batch_size = 1000;
+  std::string precision = "float32";  ///< float32 | tf32
+  bool cuda_graph = true;
+  bool cudnn_benchmark = true;
+  int log_every = 50;        ///< plain-text progress line period (steps) when not on a terminal
+  OptimizerConfig optimizer;
+  ScheduleConfig schedule;
+};
+
+struct CommConfig {
+  std::string backend = "auto";  ///< auto | nccl | mpi
+  double bucket_mb = 1.0;
+  bool overlap = true;
+  double timeout_s = 300.0;
+};
+
+struct CheckpointConfig {
+  int64_t every_steps = 0;  ///< 0: only at epoch ends and when the run ends
+  bool every_epoch = true;
+  int keep = 3;
+};
+
+struct Config {
+  std::string name;    ///< config name: "mnist_cnn" for configs/mnist_cnn.yaml unless set
+  std::string source;  ///< the file it came from, for messages
+  ModelConfig model;
+  DataConfig data;
+  TrainConfig train;
+  CommConfig comm;
+  CheckpointConfig checkpoint;
+};
+
+/// Loads `path`, applies "dotted.key=value" overrides, checks everything. Throws InputError.
+Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+/// Parses YAML text (for checkpoints, which carry their config). `source` names it in errors.
+Config parse_config(const std::string& yaml_text, const std::string& source,
+                    const std::vector<std::string>& overrides = {});
+/// The resolved config as YAML, every default filled in; parse_config() of it gives it back.
+std::string to_yaml(const Config& config);
+
+}  // namespace dptrain

@@ -1,0 +1,106 @@
+// Layer<T>: the contract every layer keeps, on every backend (Caffe's Layer, llm.c's explicit
+// context argument).
+//
+// A layer is built from its LayerConfig and the shape of its input; the constructor infers the
+// output shape and throws InputError naming the layer when the shapes cannot work. Parameters are
+// not owned by the layer: the model lays all of them out in one flat buffer (and the gradients in
+// another) and hands each layer its views through bind(). forward() and backward() run on the
+// DeviceContext's device, allocate nothing and never synchronise with the host; scratch space is
+// sized once in reserve(). backward() overwrites (does not accumulate) its parameter gradients.
+//
+// T is float for training; the CPU reference layers are also instantiated for double so that the
+// gradient checker can compare against central finite differences.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/device_context.h"
+#include "core/tensor.h"
+
+namespace dptrain {
+
+enum class Phase { Train, Eval };
+
+/// What stochastic layers key their random draws by (core/philox.h). The sample with index i in a
+/// local batch is global sample first_sample + i of the epoch, whatever the rank count.
+struct StepInfo {
+  uint64_t seed = 0;
+  uint32_t epoch = 0;
+  uint32_t first_sample = 0;
+};
+
+/// How a parameter tensor is initialised (PyTorch's defaults for Conv2d and Linear).
+enum class ParamInit {
+  KaimingUniform,  ///< weights: kaiming_uniform_(a=sqrt(5)), i.e. U(+-1/sqrt(fan_in))
+  FanInUniform,    ///< biases: U(+-1/sqrt(fan_in))
+};
+
+/// A parameter the layer needs; the model allocates it in the flat buffer in this order.
+struct ParamSpec {
+  std::string suffix;  ///< "weight" or "bias": the state_dict key is "<layer name>.<suffix>"
+  ParamShape shape;    ///< PyTorch's layout, e.g. conv weight [out, in, kh, kw]
+  ParamInit init = ParamInit::KaimingUniform;
+  int64_t fan_in = 1;
+};
+
+/// One parameter's slice of the flat value and gradient buffers.
+template <typename T>
+struct ParamView {
+  std::span<T> value;
+  std::span<T> grad;
+};
+
+template <typename T>
+class Layer {
+ public:
+  Layer(std::string name, int index, Dims input) : name_(std::move(name)), index_(index), input_(input) {}
+  virtual ~Layer() = default;
+  Layer(const Layer&) = delete;
+  Layer& operator=(const Layer&) = delete;
+
+  /// Name in configs and state_dict keys (e.g. "conv1"); position in the model.
+  const std::string& name() const { return name_; }
+  int index() const { return index_; }
+  virtual std::string_view type() const = 0;
+
+  Dims input_dims() const { return input_; }
+  Dims output_dims() const { return output_; }
+
+  /// Parameters this layer needs, in state_dict order. Empty for parameter-free layers.
+  virtual std::vector<ParamSpec> param_specs() const { return {}; }
+  /// Receives the views of its parameters, one per param_specs() entry, same order.
+  void bind(std::vector<ParamView<T>> params) { params_ = std::move(params); }
+
+  /// Sizes scratch space (dropout masks, pooling indices, im2col columns) for up to max_batch
+  /// samples. Called once before the first forward; may be called again with a larger batch.
+  virtual void reserve(DeviceContext& ctx, int max_batch) {
+    (void)ctx;
+    (void)max_batch;
+  }
+
+  /// out = f(in). `out` has in.n samples of output_dims().
+  virtual void forward(DeviceContext& ctx, TensorView<const T> in, TensorView<T> out, Phase phase,
+                       const StepInfo& step) = 0;
+
+  /// From dout (dL/dout) computes the parameter gradients and, when din.data is not null, dL/din.
+  /// `in` and `out` are the tensors of the last forward call.
+  virtual void backward(DeviceContext& ctx, TensorView<const T> in, TensorView<const T> out,
+                        TensorView<const T> dout, TensorView<T> din) = 0;
+
+ protected:
+  void set_output_dims(Dims d) { output_ = d; }
+  std::vector<ParamView<T>>& params() { return params_; }
+
+ private:
+  std::string name_;
+  int index_;
+  Dims input_;
+  Dims output_{};
+  std::vector<ParamView<T>> params_;
+};
+
+}  // namespace dptrain

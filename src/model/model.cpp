@@ -1,0 +1,120 @@
+#include "model/model.h"
+
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+#include "core/error.h"
+#include "layers/layer_factory.h"
+
+namespace dptrain {
+
+namespace {
+
+template <typename T>
+std::vector<ParamEntry> collect_params(const std::vector<std::unique_ptr<Layer<T>>>& layers) {
+  std::vector<ParamEntry> entries;
+  for (const auto& layer : layers) {
+    for (const ParamSpec& spec : layer->param_specs()) {
+      ParamEntry e;
+      e.name = layer->name() + "." + spec.suffix;
+      e.shape = spec.shape;
+      e.init = spec.init;
+      e.fan_in = spec.fan_in;
+      e.layer = layer->index();
+      entries.push_back(std::move(e));
+    }
+  }
+  return entries;
+}
+
+}  // namespace
+
+template <typename T>
+Model<T>::Model(const ModelConfig& config, DeviceContext& ctx, int max_batch)
+    : input_(config.input), num_classes_(config.num_classes), max_batch_(max_batch) {
+  if (config.layers.empty()) throw InputError("model.layers", "the model has no layers");
+  Dims dims = input_;
+  for (size_t i = 0; i < config.layers.size(); ++i) {
+    layers_.push_back(make_layer<T>(config.layers[i], static_cast<int>(i), dims, ctx.device()));
+    dims = layers_.back()->output_dims();
+  }
+  if (dims.count() != num_classes_ || dims.h != 1 || dims.w != 1)
+    throw InputError("model.layers", "the last layer ('" + layers_.back()->name() + "') produces " +
+                                         to_string(dims) + " values per sample, but the loss needs " +
+                                         std::to_string(num_classes_) + " class scores (Cx1x1)");
+  loss_ = make_softmax_cross_entropy<T>(ctx.device());
+
+  params_ = ParamStore<T>(ctx.device(), collect_params(layers_));
+  size_t entry = 0;
+  for (auto& layer : layers_) {
+    std::vector<ParamView<T>> views;
+    for (size_t k = 0; k < layer->param_specs().size(); ++k) views.push_back(params_.view(entry++));
+    layer->bind(std::move(views));
+    layer->reserve(ctx, max_batch);
+    const size_t count = static_cast<size_t>(max_batch) * layer->output_dims().count();
+    acts_.emplace_back(ctx.device(), count);
+    act_grads_.emplace_back(ctx.device(), count);
+  }
+  // Each layer's slice of the gradient buffer, padding included, so the slices tile the buffer.
+  grad_ranges_.assign(layers_.size(), {0, 0});
+  const auto& entries = params_.entries();
+  for (size_t k = 0; k < entries.size(); ++k) {
+    const size_t end = k + 1 < entries.size() ? entries[k + 1].offset : params_.size();
+    auto& range = grad_ranges_[static_cast<size_t>(entries[k].layer)];
+    if (range.second == 0) range.first = entries[k].offset;
+    range.second = end;
+  }
+}
+
+template <typename T>
+TensorView<T> Model<T>::activation(size_t i, int n) {
+  return {acts_[i].data(), n, layers_[i]->output_dims()};
+}
+
+template <typename T>
+TensorView<T> Model<T>::activation_grad(size_t i, int n) {
+  return {act_grads_[i].data(), n, layers_[i]->output_dims()};
+}
+
+template <typename T>
+TensorView<const T> Model<T>::forward(DeviceContext& ctx, TensorView<const T> input, Phase phase,
+                                      const StepInfo& step) {
+  if (input.n > max_batch_ || input.n <= 0)
+    throw std::logic_error("Model::forward: batch of " + std::to_string(input.n) + " outside 1.." +
+                           std::to_string(max_batch_));
+  if (!(input.dims == input_)) throw std::logic_error("Model::forward: input dims " + to_string(input.dims));
+  TensorView<const T> x = input;
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    TensorView<T> y = activation(i, input.n);
+    layers_[i]->forward(ctx, x, y, phase, step);
+    x = y;
+  }
+  last_input_ = input;
+  last_n_ = input.n;
+  return x;
+}
+
+template <typename T>
+void Model<T>::loss(DeviceContext& ctx, const int32_t* labels, T grad_scale, double* sums, bool backward,
+                    GradientHook* hook) {
+  const size_t last = layers_.size() - 1;
+  const int n = last_n_;
+  TensorView<T> dlogits = backward ? activation_grad(last, n) : TensorView<T>{nullptr, n, layers_[last]->output_dims()};
+  loss_->forward_backward(ctx, activation(last, n), labels, grad_scale, dlogits, sums);
+  if (!backward) return;
+  for (size_t i = layers_.size(); i-- > 0;) {
+    Layer<T>& layer = *layers_[i];
+    TensorView<const T> in = i == 0 ? last_input_ : TensorView<const T>(activation(i - 1, n));
+    TensorView<T> din = i == 0 ? TensorView<T>{nullptr, n, input_} : activation_grad(i - 1, n);
+    layer.backward(ctx, in, activation(i, n), activation_grad(i, n), din);
+    const auto [begin, end] = grad_ranges_[i];
+    if (hook != nullptr && end > begin) hook->on_gradients_ready(ctx, begin, end);
+  }
+  if (hook != nullptr) hook->on_backward_done(ctx);
+}
+
+template class Model<float>;
+template class Model<double>;
+
+}  // namespace dptrain

@@ -1,0 +1,67 @@
+// Model<T>: the network built from a ModelConfig (Caffe's Net): its layers in order, the flat
+// parameter/gradient store they view, and one activation and one activation-gradient buffer per
+// layer, all sized once for max_batch samples. forward() and backward() queue work on the
+// context's device and return without synchronising.
+#pragma once
+
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "core/buffer.h"
+#include "core/device_context.h"
+#include "io/config.h"
+#include "layers/layer.h"
+#include "layers/softmax_cross_entropy.h"
+#include "model/gradient_hook.h"
+#include "model/param_store.h"
+
+namespace dptrain {
+
+template <typename T>
+class Model {
+ public:
+  /// Builds and shape-checks the layers (InputError naming the layer on a mismatch; the last layer
+  /// must produce num_classes values), lays out the parameters and allocates activations.
+  Model(const ModelConfig& config, DeviceContext& ctx, int max_batch);
+
+  const std::vector<std::unique_ptr<Layer<T>>>& layers() const { return layers_; }
+  ParamStore<T>& params() { return params_; }
+  const ParamStore<T>& params() const { return params_; }
+  Dims input_dims() const { return input_; }
+  int num_classes() const { return num_classes_; }
+  int max_batch() const { return max_batch_; }
+
+  /// Forward through every layer; returns the logits [n, num_classes].
+  TensorView<const T> forward(DeviceContext& ctx, TensorView<const T> input, Phase phase, const StepInfo& step);
+
+  /// Loss of the last forward's logits against `labels` (accumulated into sums, see
+  /// SoftmaxCrossEntropy) and, when `backward` is set, dL/dlogits scaled by grad_scale followed
+  /// by the backward pass through every layer. `hook` (may be null) hears of each layer's
+  /// finished gradient slice as soon as it is queued.
+  void loss(DeviceContext& ctx, const int32_t* labels, T grad_scale, double* sums, bool backward,
+            GradientHook* hook);
+
+  /// Shorthand for loss(..., backward = true, hook).
+  void backward(DeviceContext& ctx, const int32_t* labels, T grad_scale, double* sums, GradientHook* hook) {
+    loss(ctx, labels, grad_scale, sums, true, hook);
+  }
+
+ private:
+  TensorView<T> activation(size_t i, int n);
+  TensorView<T> activation_grad(size_t i, int n);
+
+  Dims input_;
+  int num_classes_;
+  int max_batch_;
+  std::vector<std::unique_ptr<Layer<T>>> layers_;
+  std::unique_ptr<SoftmaxCrossEntropy<T>> loss_;
+  ParamStore<T> params_;
+  std::vector<Buffer<T>> acts_;       // acts_[i]: output of layer i
+  std::vector<Buffer<T>> act_grads_;  // act_grads_[i]: dL/d(output of layer i)
+  std::vector<std::pair<size_t, size_t>> grad_ranges_;  // per layer: [begin, end) in the flat buffer
+  TensorView<const T> last_input_{};
+  int last_n_ = 0;
+};
+
+}  // namespace dptrain

@@ -1,0 +1,61 @@
+#include "model/param_store.h"
+
+#include <cmath>
+#include <stdexcept>
+
+#include "core/philox.h"
+
+namespace dptrain {
+
+template <typename T>
+ParamStore<T>::ParamStore(Device device, std::vector<ParamEntry> entries) : entries_(std::move(entries)) {
+  size_t offset = 0;
+  for (ParamEntry& e : entries_) {
+    e.count = static_cast<size_t>(element_count(e.shape));
+    e.offset = offset;
+    offset += (e.count + kAlign - 1) / kAlign * kAlign;
+  }
+  values_ = Buffer<T>(device, offset);
+  grads_ = Buffer<T>(device, offset);
+  values_.zero();
+  grads_.zero();
+}
+
+template <typename T>
+int ParamStore<T>::find(const std::string& name) const {
+  for (size_t i = 0; i < entries_.size(); ++i)
+    if (entries_[i].name == name) return static_cast<int>(i);
+  return -1;
+}
+
+template <typename T>
+ParamView<T> ParamStore<T>::view(size_t entry) {
+  const ParamEntry& e = entries_.at(entry);
+  return {values_.span().subspan(e.offset, e.count), grads_.span().subspan(e.offset, e.count)};
+}
+
+std::vector<double> default_init_values(uint64_t seed, uint32_t param_index, size_t count, int64_t fan_in) {
+  // kaiming_uniform_(a=sqrt(5)): gain = sqrt(2 / (1 + 5)), bound = gain * sqrt(3 / fan_in) = 1/sqrt(fan_in);
+  // the bias rule U(+-1/sqrt(fan_in)) gives the same bound.
+  const double bound = 1.0 / std::sqrt(static_cast<double>(fan_in));
+  std::vector<double> out(count);
+  for (size_t i = 0; i < count; ++i) out[i] = (2.0 * philox::init_uniform(seed, param_index, i) - 1.0) * bound;
+  return out;
+}
+
+template <typename T>
+void ParamStore<T>::initialize(uint64_t seed) {
+  std::vector<T> host(values_.size(), T(0));
+  for (size_t k = 0; k < entries_.size(); ++k) {
+    const ParamEntry& e = entries_[k];
+    const std::vector<double> v = default_init_values(seed, static_cast<uint32_t>(k), e.count, e.fan_in);
+    for (size_t i = 0; i < e.count; ++i) host[e.offset + i] = static_cast<T>(v[i]);
+  }
+  values_.copy_from_host(host);
+  grads_.zero();
+}
+
+template class ParamStore<float>;
+template class ParamStore<double>;
+
+}  // namespace dptrain

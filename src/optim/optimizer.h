@@ -1,0 +1,51 @@
+// Optimizer: updates the one flat parameter buffer from the one flat gradient buffer, with its
+// state in flat buffers of the same layout, so the update, the all-reduce and the checkpoint each
+// work on one span.
+#pragma once
+
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "core/buffer.h"
+#include "core/device_context.h"
+#include "io/config.h"
+
+namespace dptrain {
+
+/// Per-step scalars, computed on the host in double (schedule, bias corrections) and rounded once,
+/// so the CPU and GPU updates use identical values. The optimizer reads them through a pointer into
+/// memory its device can read: host memory on the CPU, device memory on CUDA (so that a captured
+/// CUDA graph sees new values on every replay).
+struct StepScalars {
+  float lr = 0.0f;
+  float bias_correction1 = 1.0f;       ///< adam/adamw: 1 - beta1^t
+  float bias_correction2_sqrt = 1.0f;  ///< adam/adamw: sqrt(1 - beta2^t)
+  float pad_ = 0.0f;
+};
+
+class Optimizer {
+ public:
+  virtual ~Optimizer() = default;
+  virtual std::string_view type() const = 0;
+
+  /// State slot names as PyTorch's optimizer state_dict names them ("momentum_buffer", "exp_avg",
+  /// "exp_avg_sq", "square_avg", "acc_delta"); checkpoints store them as optimizer.<param>.<slot>.
+  virtual std::vector<std::string> slot_names() const = 0;
+  /// The flat state buffer of slot i (same length and layout as the parameter buffer).
+  virtual Buffer<float>& slot(size_t i) = 0;
+
+  /// Computes this step's scalars for 1-based step count t at learning rate lr.
+  virtual StepScalars scalars(double lr, int64_t t) const = 0;
+
+  /// One update. Allocates nothing, never synchronises.
+  virtual void step(DeviceContext& ctx, std::span<float> params, std::span<const float> grads,
+                    const StepScalars* scalars) = 0;
+};
+
+/// Throws InputError for an unknown type or a bad hyper-parameter (names the config key).
+std::unique_ptr<Optimizer> make_optimizer(const OptimizerConfig& config, Device device, size_t param_count);
+
+}  // namespace dptrain
