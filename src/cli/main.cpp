@@ -1,7 +1,40 @@
-// dptrain command line: train, eval, predict (and bench, inspect). Filled in by the CLI work.
-#include <cstdio>
+// dptrain's entry point: parses the command line, runs one subcommand, and turns every failure
+// into one line on stderr and an exit status: 0 success, 2 bad usage or bad input (flags, config,
+// data, checkpoint), 1 anything else.
+#include <CLI/CLI.hpp>
 
-int main() {
-  std::puts("dptrain: under construction");
-  return 1;
+#include <cstdio>
+#include <exception>
+#include <map>
+#include <string>
+
+#include "cli/commands.h"
+#include "core/error.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"dptrain: data-parallel CNN training on GPUs (cuDNN, cuBLAS, NCCL) and CPUs", "dptrain"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", std::string("dptrain 0.1.0"));
+  std::map<CLI::App*, dptrain::cli::Command> commands;
+  for (auto add : {dptrain::cli::add_train, dptrain::cli::add_eval, dptrain::cli::add_predict}) {
+    // Each adder creates its subcommand last; find it by position.
+    dptrain::cli::Command run = add(app);
+    commands[app.get_subcommands({}).back()] = std::move(run);
+  }
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);
+    return code == 0 ? 0 : 2;
+  }
+  try {
+    for (CLI::App* sub : app.get_subcommands()) return commands.at(sub)();
+    return 2;
+  } catch (const dptrain::InputError& e) {
+    std::fprintf(stderr, "dptrain: error: %s\n", e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "dptrain: error: %s\n", e.what());
+    return 1;
+  }
 }

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Sets up a machine to build and run dptrain: installs the Debian/Ubuntu packages it needs (when
+# missing and apt-get is usable), fetches MNIST into data/mnist, configures and builds into build/.
+# Idempotent: a second run only rebuilds what changed.
+#   launch/setup.sh            # everything
+#   SKIP_APT=1 launch/setup.sh # never call apt-get
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(build-essential cmake pkg-config git ca-certificates npm
+          libyaml-cpp-dev libcli11-dev nlohmann-json3-dev libopenblas-dev
+          libopenmpi-dev openmpi-bin zlib1g-dev libgtest-dev libbenchmark-dev)
+
+install_packages() {
+  [ "${SKIP_APT:-0}" = 1 ] && return 0
+  command -v apt-get >/dev/null 2>&1 || return 0
+  local missing=()
+  for p in "${PACKAGES[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "setup: installing ${missing[*]}"
+  if ! { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"; }; then
+    echo "setup: warning: apt-get could not install ${missing[*]}; trying to build with what is here" >&2
+  fi
+}
+
+check_cuda() {
+  if ! command -v nvcc >/dev/null 2>&1 && [ ! -x /usr/local/cuda/bin/nvcc ]; then
+    echo "setup: error: the CUDA toolkit (nvcc, with cuDNN 9 and NCCL) is needed to build; expected under /usr/local/cuda" >&2
+    exit 1
+  fi
+}
+
+install_packages
+check_cuda
+launch/get_mnist.sh data/mnist
+BUILD_DIR=${BUILD_DIR:-build}
+cmake -S . -B "$BUILD_DIR" ${CMAKE_ARGS:-} >/dev/null
+cmake --build "$BUILD_DIR" -j "$(nproc)"
+echo "setup: built $BUILD_DIR/dptrain"

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The main job: sets up (launch/setup.sh), then trains the default config (configs/mnist_cnn.yaml)
+# on whatever this machine has: every GPU through mpirun (one rank per GPU), one GPU, or the CPU.
+# Extra arguments go to `dptrain train`, e.g.  launch/train.sh --epochs 2 --out runs/try
+set -euo pipefail
+cd "$(dirname "$0")/.."
+launch/setup.sh
+gpus=0
+if command -v nvidia-smi >/dev/null 2>&1; then
+  gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+fi
+if [ "$gpus" -gt 1 ]; then
+  exec launch/train_mpi.sh "$@"
+elif [ "$gpus" -eq 1 ]; then
+  exec build/dptrain train --device cuda "$@"
+else
+  exec build/dptrain train --device cpu "$@"
+fi

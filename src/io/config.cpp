@@ -1,0 +1,408 @@
+#include "io/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <set>
+#include <sstream>
+
+#include "core/error.h"
+
+namespace dptrain {
+
+namespace {
+
+/// Reads one YAML mapping, remembering which keys were used, so that any key left over is
+/// reported as unknown (a typo in a config must never be silently ignored).
+class MapReader {
+ public:
+  MapReader(const YAML::Node& node, std::string path, const std::string& source)
+      : node_(node), path_(std::move(path)), source_(source) {
+    if (node_ && !node_.IsNull() && !node_.IsMap()) fail(path_, "expected a mapping");
+  }
+
+  template <typename T>
+  void get(const char* key, T& out) {
+    used_.insert(key);
+    if (!node_ || node_.IsNull()) return;
+    const YAML::Node v = node_[key];
+    if (!v) return;
+    out = convert<T>(v, join(key));
+  }
+
+  YAML::Node child(const char* key) {
+    used_.insert(key);
+    return node_ && !node_.IsNull() ? node_[key] : YAML::Node();
+  }
+  bool has(const char* key) const { return node_ && !node_.IsNull() && node_[key]; }
+  std::string join(const std::string& key) const { return path_.empty() ? key : path_ + "." + key; }
+
+  /// Throws for the first key not read.
+  void finish() const {
+    if (!node_ || node_.IsNull()) return;
+    for (const auto& kv : node_) {
+      const std::string key = kv.first.as<std::string>();
+      if (!used_.count(key)) {
+        std::string known;
+        for (const auto& k : used_) known += (known.empty() ? "" : ", ") + k;
+        fail(join(key), "unknown key (known here: " + known + ")");
+      }
+    }
+  }
+
+  [[noreturn]] void fail(const std::string& key, const std::string& problem) const {
+    throw InputError(source_, "'" + key + "': " + problem);
+  }
+
+ private:
+  template <typename T>
+  T convert(const YAML::Node& v, const std::string& key) const {
+    const char* expected = std::is_same_v<T, bool>          ? "true or false"
+                           : std::is_integral_v<T>          ? "an integer"
+                           : std::is_floating_point_v<T>    ? "a number"
+                                                            : "a string";
+    if (!v.IsScalar()) fail(key, std::string("expected ") + expected);
+    try {
+      return v.as<T>();
+    } catch (const YAML::Exception&) {
+      fail(key, std::string("expected ") + expected + ", got '" + v.Scalar() + "'");
+    }
+  }
+
+  YAML::Node node_;
+  std::string path_;
+  const std::string& source_;
+  std::set<std::string> used_;
+};
+
+void require(bool ok, const MapReader& r, const std::string& key, const std::string& problem) {
+  if (!ok) r.fail(key, problem);
+}
+
+LayerConfig read_layer(const YAML::Node& node, const std::string& path, const std::string& source) {
+  MapReader r(node, path, source);
+  LayerConfig l;
+  r.get("type", l.type);
+  r.get("name", l.name);
+  require(!l.type.empty(), r, r.join("type"), "missing (conv2d, relu, maxpool2d, dropout, flatten, linear)");
+  // Only the fields that belong to the layer's type are read; others are reported as unknown.
+  if (l.type == "conv2d") {
+    r.get("out_channels", l.out_channels);
+    r.get("kernel", l.kernel);
+    r.get("stride", l.stride);
+    r.get("padding", l.padding);
+  } else if (l.type == "maxpool2d") {
+    r.get("kernel", l.kernel);
+    r.get("stride", l.stride);
+    r.get("padding", l.padding);
+  } else if (l.type == "linear") {
+    r.get("out_features", l.out_features);
+  } else if (l.type == "dropout") {
+    r.get("p", l.p);
+  } else if (l.type != "relu" && l.type != "flatten") {
+    r.fail(r.join("type"), "unknown layer type '" + l.type + "' (conv2d, relu, maxpool2d, dropout, flatten, linear)");
+  }
+  r.finish();
+  // Resolve defaults here so the saved config says what ran.
+  if (l.type == "conv2d" && l.stride == 0) l.stride = 1;
+  if (l.type == "maxpool2d" && l.stride == 0) l.stride = l.kernel;
+  return l;
+}
+
+ModelConfig read_model(const YAML::Node& node, const std::string& source) {
+  MapReader r(node, "model", source);
+  ModelConfig m;
+  if (const YAML::Node in = r.child("input")) {
+    if (!in.IsSequence() || in.size() != 3) r.fail("model.input", "expected [channels, height, width]");
+    try {
+      m.input = Dims{in[0].as<int>(), in[1].as<int>(), in[2].as<int>()};
+    } catch (const YAML::Exception&) {
+      r.fail("model.input", "expected three integers [channels, height, width]");
+    }
+  }
+  r.get("num_classes", m.num_classes);
+  const YAML::Node layers = r.child("layers");
+  if (!layers || !layers.IsSequence() || layers.size() == 0) r.fail("model.layers", "expected a non-empty list of layers");
+  std::map<std::string, int> per_type;
+  std::set<std::string> names;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const std::string path = "model.layers[" + std::to_string(i) + "]";
+    LayerConfig l = read_layer(layers[i], path, source);
+    const int k = ++per_type[l.type];
+    if (l.name.empty()) l.name = l.type + std::to_string(k);
+    if (!names.insert(l.name).second) r.fail(path + ".name", "duplicate layer name '" + l.name + "'");
+    m.layers.push_back(std::move(l));
+  }
+  r.finish();
+  require(m.input.c > 0 && m.input.h > 0 && m.input.w > 0, r, "model.input", "dimensions must be positive");
+  require(m.num_classes >= 2, r, "model.num_classes", "must be at least 2");
+  return m;
+}
+
+OptimizerConfig read_optimizer(const YAML::Node& node, const std::string& source) {
+  MapReader r(node, "train.optimizer", source);
+  OptimizerConfig o;
+  r.get("type", o.type);
+  // PyTorch's defaults for the chosen type, before the file's values.
+  if (o.type == "adadelta") {
+    o.lr = 1.0, o.eps = 1e-6, o.rho = 0.9;
+  } else if (o.type == "adam" || o.type == "adamw") {
+    o.lr = 1e-3, o.eps = 1e-8, o.weight_decay = o.type == "adamw" ? 1e-2 : 0.0;
+  } else if (o.type == "sgd") {
+    o.lr = 1e-3;
+  } else {
+    r.fail("train.optimizer.type", "unknown optimizer '" + o.type + "' (sgd, adam, adamw, adadelta)");
+  }
+  r.get("lr", o.lr);
+  r.get("weight_decay", o.weight_decay);
+  if (o.type == "sgd") {
+    r.get("momentum", o.momentum);
+    r.get("dampening", o.dampening);
+    r.get("nesterov", o.nesterov);
+  } else if (o.type == "adadelta") {
+    r.get("rho", o.rho);
+    r.get("eps", o.eps);
+  } else {
+    r.get("beta1", o.beta1);
+    r.get("beta2", o.beta2);
+    r.get("eps", o.eps);
+  }
+  r.finish();
+  return o;
+}
+
+ScheduleConfig read_schedule(const YAML::Node& node, const std::string& source) {
+  MapReader r(node, "train.schedule", source);
+  ScheduleConfig s;
+  r.get("type", s.type);
+  r.get("warmup_steps", s.warmup_steps);
+  if (s.type == "step") {
+    r.get("step_size", s.step_size);
+    r.get("gamma", s.gamma);
+  } else if (s.type == "cosine") {
+    r.get("min_lr", s.min_lr);
+  } else if (s.type != "constant") {
+    r.fail("train.schedule.type", "unknown schedule '" + s.type + "' (constant, step, cosine)");
+  }
+  r.finish();
+  require(s.warmup_steps >= 0, r, "train.schedule.warmup_steps", "must be >= 0");
+  require(s.step_size > 0, r, "train.schedule.step_size", "must be > 0");
+  require(s.gamma > 0, r, "train.schedule.gamma", "must be > 0");
+  return s;
+}
+
+TrainConfig read_train(const YAML::Node& node, const std::string& source) {
+  MapReader r(node, "train", source);
+  TrainConfig t;
+  r.get("batch_size", t.batch_size);
+  r.get("batch_per_rank", t.batch_per_rank);
+  r.get("epochs", t.epochs);
+  r.get("max_steps", t.max_steps);
+  r.get("seed", t.seed);
+  r.get("eval_batch_size", t.eval_batch_size);
+  r.get("precision", t.precision);
+  r.get("cuda_graph", t.cuda_graph);
+  r.get("cudnn_benchmark", t.cudnn_benchmark);
+  r.get("log_every", t.log_every);
+  t.optimizer = read_optimizer(r.child("optimizer"), source);
+  t.schedule = read_schedule(r.child("schedule"), source);
+  r.finish();
+  require(t.batch_size > 0, r, "train.batch_size", "must be > 0");
+  require(t.batch_per_rank >= 0, r, "train.batch_per_rank", "must be >= 0 (0: use batch_size)");
+  require(t.epochs > 0, r, "train.epochs", "must be > 0");
+  require(t.max_steps >= 0, r, "train.max_steps", "must be >= 0 (0: no limit)");
+  require(t.eval_batch_size > 0, r, "train.eval_batch_size", "must be > 0");
+  require(t.log_every > 0, r, "train.log_every", "must be > 0");
+  require(t.precision == "float32" || t.precision == "tf32", r, "train.precision", "must be float32 or tf32");
+  return t;
+}
+
+DataConfig read_data(const YAML::Node& node, const std::string& source) {
+  MapReader r(node, "data", source);
+  DataConfig d;
+  r.get("dir", d.dir);
+  r.get("mean", d.mean);
+  r.get("std", d.std);
+  r.finish();
+  require(d.std > 0, r, "data.std", "must be > 0");
+  return d;
+}
+
+CommConfig read_comm(const YAML::Node& node, const std::string& source) {
+  MapReader r(node, "comm", source);
+  CommConfig c;
+  r.get("backend", c.backend);
+  r.get("bucket_mb", c.bucket_mb);
+  r.get("overlap", c.overlap);
+  r.get("timeout_s", c.timeout_s);
+  r.finish();
+  require(c.backend == "auto" || c.backend == "nccl" || c.backend == "mpi", r, "comm.backend", "must be auto, nccl or mpi");
+  require(c.bucket_mb > 0, r, "comm.bucket_mb", "must be > 0");
+  require(c.timeout_s > 0, r, "comm.timeout_s", "must be > 0");
+  return c;
+}
+
+CheckpointConfig read_checkpoint(const YAML::Node& node, const std::string& source) {
+  MapReader r(node, "checkpoint", source);
+  CheckpointConfig c;
+  r.get("every_steps", c.every_steps);
+  r.get("every_epoch", c.every_epoch);
+  r.get("keep", c.keep);
+  r.finish();
+  require(c.every_steps >= 0, r, "checkpoint.every_steps", "must be >= 0");
+  require(c.keep >= 1, r, "checkpoint.keep", "must be >= 1");
+  return c;
+}
+
+/// Applies "a.b.c=value" to the document: mapping keys by name, list entries by index.
+void apply_override(YAML::Node& root, const std::string& assignment, const std::string& source) {
+  const size_t eq = assignment.find('=');
+  if (eq == std::string::npos || eq == 0)
+    throw InputError("--set " + assignment, "expected key=value with a dotted key, e.g. train.batch_size=128");
+  const std::string key = assignment.substr(0, eq);
+  YAML::Node value;
+  try {
+    value = YAML::Load(assignment.substr(eq + 1));
+  } catch (const YAML::Exception& e) {
+    throw InputError("--set " + assignment, std::string("value is not valid YAML: ") + e.msg);
+  }
+  std::vector<std::string> parts;
+  std::stringstream ss(key);
+  for (std::string part; std::getline(ss, part, '.');) parts.push_back(part);
+  // yaml-cpp nodes are handles: walking with operator[] on copies edits the document in place.
+  std::function<void(YAML::Node, size_t)> set_at = [&](YAML::Node node, size_t i) {
+    const std::string& part = parts[i];
+    const bool last = i + 1 == parts.size();
+    if (part.empty()) throw InputError("--set " + assignment, "empty component in key '" + key + "'");
+    if (node.IsSequence()) {
+      size_t idx = 0;
+      try {
+        idx = std::stoul(part);
+      } catch (const std::exception&) {
+        throw InputError("--set " + assignment, "'" + part + "' must be a list index in '" + key + "'");
+      }
+      if (idx >= node.size()) throw InputError("--set " + assignment, "index " + part + " out of range in '" + key + "'");
+      if (last) node[idx] = value; else set_at(node[idx], i + 1);
+      return;
+    }
+    if (!node.IsMap() && !node.IsNull())
+      throw InputError("--set " + assignment, "'" + part + "' is inside a value, not a mapping, in '" + key + "'");
+    if (last) {
+      node[part] = value;
+    } else {
+      YAML::Node next = node[part];
+      if (!next) {
+        node[part] = YAML::Node(YAML::NodeType::Map);
+        next = node[part];
+      }
+      set_at(next, i + 1);
+    }
+  };
+  set_at(root, 0);
+  (void)source;
+}
+
+Config build(YAML::Node root, const std::string& source, const std::string& default_name) {
+  if (!root.IsMap()) throw InputError(source, "expected a YAML mapping at the top level");
+  MapReader r(root, "", source);
+  Config c;
+  c.source = source;
+  c.name = default_name;
+  r.get("name", c.name);
+  c.model = read_model(r.child("model"), source);
+  c.data = read_data(r.child("data"), source);
+  c.train = read_train(r.child("train"), source);
+  c.comm = read_comm(r.child("comm"), source);
+  c.checkpoint = read_checkpoint(r.child("checkpoint"), source);
+  r.finish();
+  if (c.name.empty()) r.fail("name", "must not be empty");
+  return c;
+}
+
+}  // namespace
+
+Config parse_config(const std::string& yaml_text, const std::string& source, const std::vector<std::string>& overrides) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml_text);
+  } catch (const YAML::Exception& e) {
+    throw InputError(source, "not valid YAML: " + e.msg + " (line " + std::to_string(e.mark.line + 1) + ")");
+  }
+  if (!root || root.IsNull()) throw InputError(source, "the config is empty");
+  for (const std::string& o : overrides) apply_override(root, o, source);
+  const std::string stem = std::filesystem::path(source).stem().string();
+  return build(root, source, stem);
+}
+
+Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw InputError(path, "cannot open the config file");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return parse_config(ss.str(), path, overrides);
+}
+
+std::string to_yaml(const Config& c) {
+  YAML::Emitter out;
+  out << YAML::BeginMap << YAML::Key << "name" << YAML::Value << c.name;
+  out << YAML::Key << "model" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "input" << YAML::Value << YAML::Flow << YAML::BeginSeq << c.model.input.c << c.model.input.h
+      << c.model.input.w << YAML::EndSeq;
+  out << YAML::Key << "num_classes" << YAML::Value << c.model.num_classes;
+  out << YAML::Key << "layers" << YAML::Value << YAML::BeginSeq;
+  for (const LayerConfig& l : c.model.layers) {
+    out << YAML::Flow << YAML::BeginMap << YAML::Key << "name" << YAML::Value << l.name << YAML::Key << "type"
+        << YAML::Value << l.type;
+    if (l.type == "conv2d") out << YAML::Key << "out_channels" << YAML::Value << l.out_channels;
+    if (l.type == "conv2d" || l.type == "maxpool2d")
+      out << YAML::Key << "kernel" << YAML::Value << l.kernel << YAML::Key << "stride" << YAML::Value << l.stride
+          << YAML::Key << "padding" << YAML::Value << l.padding;
+    if (l.type == "linear") out << YAML::Key << "out_features" << YAML::Value << l.out_features;
+    if (l.type == "dropout") out << YAML::Key << "p" << YAML::Value << l.p;
+    out << YAML::EndMap;
+  }
+  out << YAML::EndSeq << YAML::EndMap;
+  out << YAML::Key << "data" << YAML::Value << YAML::BeginMap << YAML::Key << "dir" << YAML::Value << c.data.dir
+      << YAML::Key << "mean" << YAML::Value << c.data.mean << YAML::Key << "std" << YAML::Value << c.data.std
+      << YAML::EndMap;
+  const TrainConfig& t = c.train;
+  out << YAML::Key << "train" << YAML::Value << YAML::BeginMap;
+  out << YAML::Key << "batch_size" << YAML::Value << t.batch_size << YAML::Key << "batch_per_rank" << YAML::Value
+      << t.batch_per_rank << YAML::Key << "epochs" << YAML::Value << t.epochs << YAML::Key << "max_steps"
+      << YAML::Value << t.max_steps << YAML::Key << "seed" << YAML::Value << t.seed << YAML::Key << "eval_batch_size"
+      << YAML::Value << t.eval_batch_size << YAML::Key << "precision" << YAML::Value << t.precision << YAML::Key
+      << "cuda_graph" << YAML::Value << t.cuda_graph << YAML::Key << "cudnn_benchmark" << YAML::Value
+      << t.cudnn_benchmark << YAML::Key << "log_every" << YAML::Value << t.log_every;
+  const OptimizerConfig& o = t.optimizer;
+  out << YAML::Key << "optimizer" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "type"
+      << YAML::Value << o.type << YAML::Key << "lr" << YAML::Value << o.lr << YAML::Key << "weight_decay"
+      << YAML::Value << o.weight_decay;
+  if (o.type == "sgd")
+    out << YAML::Key << "momentum" << YAML::Value << o.momentum << YAML::Key << "dampening" << YAML::Value
+        << o.dampening << YAML::Key << "nesterov" << YAML::Value << o.nesterov;
+  else if (o.type == "adadelta")
+    out << YAML::Key << "rho" << YAML::Value << o.rho << YAML::Key << "eps" << YAML::Value << o.eps;
+  else
+    out << YAML::Key << "beta1" << YAML::Value << o.beta1 << YAML::Key << "beta2" << YAML::Value << o.beta2
+        << YAML::Key << "eps" << YAML::Value << o.eps;
+  out << YAML::EndMap;
+  const ScheduleConfig& s = t.schedule;
+  out << YAML::Key << "schedule" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "type" << YAML::Value
+      << s.type << YAML::Key << "warmup_steps" << YAML::Value << s.warmup_steps;
+  if (s.type == "step")
+    out << YAML::Key << "step_size" << YAML::Value << s.step_size << YAML::Key << "gamma" << YAML::Value << s.gamma;
+  if (s.type == "cosine") out << YAML::Key << "min_lr" << YAML::Value << s.min_lr;
+  out << YAML::EndMap << YAML::EndMap;
+  out << YAML::Key << "comm" << YAML::Value << YAML::BeginMap << YAML::Key << "backend" << YAML::Value
+      << c.comm.backend << YAML::Key << "bucket_mb" << YAML::Value << c.comm.bucket_mb << YAML::Key << "overlap"
+      << YAML::Value << c.comm.overlap << YAML::Key << "timeout_s" << YAML::Value << c.comm.timeout_s << YAML::EndMap;
+  out << YAML::Key << "checkpoint" << YAML::Value << YAML::BeginMap << YAML::Key << "every_steps" << YAML::Value
+      << c.checkpoint.every_steps << YAML::Key << "every_epoch" << YAML::Value << c.checkpoint.every_epoch
+      << YAML::Key << "keep" << YAML::Value << c.checkpoint.keep << YAML::EndMap;
+  out << YAML::EndMap;
+  return std::string(out.c_str()) + "\n";
+}
+
+}  // namespace dptrain

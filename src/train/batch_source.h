@@ -1,0 +1,30 @@
+// BatchSource: turns a dataset and an epoch's sample order into normalised input batches in the
+// memory of the device that trains (host arrays for the CPU backend; resident device arrays and a
+// gather kernel for CUDA, so no batch crosses PCIe during training).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "core/device_context.h"
+#include "data/dataset.h"
+#include "io/config.h"
+
+namespace dptrain {
+
+class BatchSource {
+ public:
+  virtual ~BatchSource() = default;
+  virtual int64_t size() const = 0;
+  /// Fixes the order of `epoch`: the (seed, epoch) shuffle, or dataset order if not shuffling.
+  virtual void begin_epoch(uint64_t seed, uint32_t epoch) = 0;
+  /// Samples at epoch positions [first, first + count) into x (count x C x H x W floats,
+  /// normalised) and y (count labels), both in the context's memory. Queued; does not wait.
+  virtual void gather(DeviceContext& ctx, int64_t first, int count, float* x, int32_t* y) = 0;
+};
+
+/// The source for ctx's device. The dataset must outlive the source.
+std::unique_ptr<BatchSource> make_batch_source(const Dataset& data, const DataConfig& config, bool shuffle,
+                                               DeviceContext& ctx);
+
+}  // namespace dptrain

@@ -1,0 +1,39 @@
+// Evaluator: mean loss and accuracy of a model over a whole dataset in dataset order, in batches,
+// with the model in Eval phase (dropout off). Reads the device once, at the end.
+#pragma once
+
+#include <cstdint>
+
+#include "core/buffer.h"
+#include "core/device_context.h"
+#include "data/dataset.h"
+#include "io/config.h"
+#include "model/model.h"
+#include "train/batch_source.h"
+
+namespace dptrain {
+
+struct EvalResult {
+  double loss = 0.0;      ///< mean cross-entropy per sample
+  double accuracy = 0.0;  ///< fraction correct, 0..1
+  int64_t count = 0;
+  int64_t correct = 0;
+};
+
+class Evaluator {
+ public:
+  Evaluator(const Dataset& data, const DataConfig& config, int batch_size, DeviceContext& ctx);
+  /// The model must have been built with max_batch >= batch_size().
+  EvalResult run(Model<float>& model, DeviceContext& ctx);
+  int batch_size() const { return batch_; }
+
+ private:
+  std::unique_ptr<BatchSource> source_;
+  int batch_;
+  Dims dims_;
+  Buffer<float> x_;
+  Buffer<int32_t> y_;
+  Buffer<double> sums_;
+};
+
+}  // namespace dptrain

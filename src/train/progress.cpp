@@ -1,0 +1,68 @@
+#include "train/progress.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+
+namespace dptrain {
+
+Progress::Progress(bool enabled, int64_t total_steps, int log_every, std::FILE* out)
+    : enabled_(enabled),
+      tty_(enabled && isatty(fileno(out)) == 1),
+      total_(std::max<int64_t>(total_steps, 1)),
+      log_every_(log_every),
+      out_(out),
+      start_(std::chrono::steady_clock::now()),
+      last_draw_(start_) {}
+
+bool Progress::due(int64_t step) const {
+  if (!enabled_) return false;
+  if (!tty_) return (step + 1) % log_every_ == 0 || step + 1 == total_;
+  const auto now = std::chrono::steady_clock::now();
+  if (now - last_draw_ < std::chrono::milliseconds(200) && step + 1 != total_) return false;
+  last_draw_ = now;
+  return true;
+}
+
+std::string format_duration(double s) {
+  if (!std::isfinite(s) || s < 0) return "--:--";
+  const long t = std::lround(s);
+  char buf[32];
+  if (t >= 3600)
+    std::snprintf(buf, sizeof buf, "%ld:%02ld:%02ld", t / 3600, (t / 60) % 60, t % 60);
+  else
+    std::snprintf(buf, sizeof buf, "%02ld:%02ld", t / 60, t % 60);
+  return buf;
+}
+
+void Progress::update(int64_t step, int epoch, double loss, double images_per_second) {
+  if (!enabled_) return;
+  const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  const double done = static_cast<double>(step + 1) / static_cast<double>(total_);
+  const double eta = done > 0 ? elapsed * (1.0 - done) / done : NAN;
+  if (tty_) {
+    constexpr int kWidth = 30;
+    const int filled = static_cast<int>(done * kWidth);
+    std::string bar(static_cast<size_t>(filled), '#');
+    bar.resize(kWidth, '.');
+    std::fprintf(out_, "\r[%s] step %lld/%lld  epoch %d  loss %.4f  %.0f img/s  ETA %s \x1b[K", bar.c_str(),
+                 static_cast<long long>(step + 1), static_cast<long long>(total_), epoch, loss, images_per_second,
+                 format_duration(eta).c_str());
+    drawn_ = true;
+  } else {
+    std::fprintf(out_, "step %lld/%lld epoch %d loss %.4f %.0f img/s eta %s\n", static_cast<long long>(step + 1),
+                 static_cast<long long>(total_), epoch, loss, images_per_second, format_duration(eta).c_str());
+  }
+  std::fflush(out_);
+}
+
+void Progress::clear() {
+  if (tty_ && drawn_) {
+    std::fputs("\r\x1b[K", out_);
+    std::fflush(out_);
+    drawn_ = false;
+  }
+}
+
+}  // namespace dptrain

@@ -1,0 +1,37 @@
+// Training progress for people: on a terminal a one-line bar (step, loss, images/s, ETA) redrawn
+// in place at most a few times a second; otherwise (a log file, CI) a plain line every log_every
+// steps. Only rank 0 shows progress.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <string>
+
+namespace dptrain {
+
+class Progress {
+ public:
+  /// total_steps: steps this run will take (for the bar and ETA); log_every: plain-line period.
+  Progress(bool enabled, int64_t total_steps, int log_every, std::FILE* out = stderr);
+
+  /// Whether a redraw is due at this step (cheap; lets the caller skip reading the loss).
+  bool due(int64_t step) const;
+  void update(int64_t step, int epoch, double loss, double images_per_second);
+  /// Clears the bar line, so the next message starts on a fresh line.
+  void clear();
+
+ private:
+  bool enabled_;
+  bool tty_;
+  int64_t total_;
+  int log_every_;
+  std::FILE* out_;
+  std::chrono::steady_clock::time_point start_;
+  mutable std::chrono::steady_clock::time_point last_draw_;
+  bool drawn_ = false;
+};
+
+std::string format_duration(double seconds);
+
+}  // namespace dptrain

@@ -1,0 +1,35 @@
+#include "train/runtime.h"
+
+#include <memory>
+
+#include "core/error.h"
+#include "cpu/threads.h"
+#include "cuda/cuda_context.h"
+
+namespace dptrain {
+
+Device resolve_device(const std::string& flag) {
+  if (flag == "cpu") return Device::Cpu;
+  const bool have_gpu = cuda_device_count() > 0;
+  if (flag == "cuda") {
+    if (!have_gpu) throw InputError("--device cuda", "no CUDA device is visible (use --device cpu or auto)");
+    return Device::Cuda;
+  }
+  if (flag == "auto") return have_gpu ? Device::Cuda : Device::Cpu;
+  throw InputError("--device " + flag, "expected cpu, cuda or auto");
+}
+
+DeviceContext make_device_context(Device device, const TrainConfig& train, int cuda_device) {
+  if (device == Device::Cpu) return DeviceContext();
+  CudaOptions options;
+  options.device = cuda_device;
+  options.tf32 = train.precision == "tf32";
+  options.cudnn_benchmark = train.cudnn_benchmark;
+  return DeviceContext(std::make_unique<CudaContext>(options));
+}
+
+void configure_cpu_threads(int threads) {
+  if (threads > 0) set_cpu_threads(threads);
+}
+
+}  // namespace dptrain

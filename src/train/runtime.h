@@ -1,0 +1,20 @@
+// Choosing the device a process trains on and creating its context.
+#pragma once
+
+#include <string>
+
+#include "core/device_context.h"
+#include "io/config.h"
+
+namespace dptrain {
+
+/// "cpu", "cuda" or "auto" (CUDA when a GPU is visible). "cuda" without a GPU is an InputError.
+Device resolve_device(const std::string& flag);
+
+/// The context for `device`; on CUDA drives GPU `cuda_device` with the config's precision.
+DeviceContext make_device_context(Device device, const TrainConfig& train, int cuda_device = 0);
+
+/// Sets the CPU backend's thread count (OpenBLAS and loops); 0 keeps the library default.
+void configure_cpu_threads(int threads);
+
+}  // namespace dptrain

@@ -1,0 +1,78 @@
+// Trainer: the training loop (Caffe's Solver): for each step, gather this rank's shard of the
+// global batch, forward, loss and backward (the GradientHook exchanges gradients as they appear),
+// one optimizer update; at each epoch end rank 0 evaluates on the test set and appends a line to
+// metrics.jsonl while the other ranks wait outside NCCL. A run can stop at --max-steps mid-epoch
+// and still evaluates, records its metrics and writes its weights.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "comm/communicator.h"
+#include "core/device_context.h"
+#include "data/dataset.h"
+#include "io/config.h"
+#include "model/gradient_hook.h"
+#include "model/model.h"
+#include "optim/lr_schedule.h"
+#include "optim/optimizer.h"
+#include "train/batch_source.h"
+#include "train/evaluator.h"
+
+namespace dptrain {
+
+struct TrainOptions {
+  std::string out_dir;     ///< run folder (rank 0 writes it)
+  bool show_progress = true;
+};
+
+struct TrainSummary {
+  int64_t steps = 0;          ///< global steps completed
+  int epochs_completed = 0;
+  EvalResult final_eval;      ///< valid on rank 0
+  double images_per_second = 0;
+};
+
+class Trainer {
+ public:
+  /// `hook` exchanges gradients between ranks (null on one rank). Data must outlive the trainer.
+  Trainer(const Config& config, const TrainOptions& options, const MnistData& data, DeviceContext& ctx,
+          Communicator& comm, GradientHook* hook);
+  ~Trainer();
+
+  TrainSummary run();
+
+  Model<float>& model() { return *model_; }
+  Optimizer& optimizer() { return *optimizer_; }
+  int64_t steps_per_epoch() const { return steps_per_epoch_; }
+
+ private:
+  struct EpochStats;
+  void train_step(int epoch, int64_t step_in_epoch, int64_t global_step);
+  void finish_epoch(int epoch, int64_t global_step, EpochStats& stats);
+  void write_weights();
+
+  Config config_;
+  TrainOptions options_;
+  const MnistData& data_;
+  DeviceContext& ctx_;
+  Communicator& comm_;
+  GradientHook* hook_;
+
+  int global_batch_;
+  int64_t steps_per_epoch_;
+  std::unique_ptr<class BatchPlan> plan_;
+  std::unique_ptr<BatchSource> source_;
+  std::unique_ptr<Model<float>> model_;
+  std::unique_ptr<Optimizer> optimizer_;
+  std::unique_ptr<LrSchedule> schedule_;
+  std::unique_ptr<Evaluator> evaluator_;
+  Buffer<float> x_;
+  Buffer<int32_t> y_;
+  Buffer<double> sums_;          ///< this epoch's [loss sum, correct] on the device
+  EvalResult last_eval_;         ///< rank 0's latest test-set result
+  Buffer<float> scalars_;  ///< one StepScalars (4 floats), in memory the optimizer's device reads
+};
+
+}  // namespace dptrain

@@ -1,0 +1,140 @@
+// Config loading: the shipped configs parse to the intended recipes, every kind of mistake is an
+// InputError naming the file and key, overrides work on any dotted path, and the resolved YAML
+// round-trips.
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "core/error.h"
+#include "io/config.h"
+
+namespace dptrain {
+namespace {
+
+const std::string kConfigs = std::string(DPTRAIN_SOURCE_DIR) + "/configs/";
+
+std::string error_of(const std::string& yaml, const std::vector<std::string>& overrides = {}) {
+  try {
+    parse_config(yaml, "test.yaml", overrides);
+  } catch (const InputError& e) {
+    return e.what();
+  }
+  return "no error";
+}
+
+const char* kMinimal = R"(
+model:
+  layers:
+    - {name: fc, type: linear, out_features: 10}
+)";
+
+TEST(Config, MnistCnnIsPyTorchExamplesRecipe) {
+  const Config c = load_config(kConfigs + "mnist_cnn.yaml");
+  EXPECT_EQ(c.name, "mnist_cnn");
+  ASSERT_EQ(c.model.layers.size(), 11u);
+  EXPECT_EQ(c.model.layers[0].name, "conv1");
+  EXPECT_EQ(c.model.layers[0].out_channels, 32);
+  EXPECT_EQ(c.model.layers[0].kernel, 3);
+  EXPECT_EQ(c.model.layers[0].stride, 1);
+  EXPECT_EQ(c.model.layers[2].out_channels, 64);
+  EXPECT_EQ(c.model.layers[4].type, "maxpool2d");
+  EXPECT_EQ(c.model.layers[4].stride, 2);  // defaults to the kernel, as nn.MaxPool2d
+  EXPECT_DOUBLE_EQ(c.model.layers[5].p, 0.25);
+  EXPECT_EQ(c.model.layers[7].name, "fc1");
+  EXPECT_EQ(c.model.layers[7].out_features, 128);
+  EXPECT_DOUBLE_EQ(c.model.layers[9].p, 0.5);
+  EXPECT_EQ(c.model.layers[10].out_features, 10);
+  EXPECT_EQ(c.train.optimizer.type, "adadelta");
+  EXPECT_DOUBLE_EQ(c.train.optimizer.lr, 1.0);
+  EXPECT_DOUBLE_EQ(c.train.optimizer.rho, 0.9);
+  EXPECT_DOUBLE_EQ(c.train.optimizer.eps, 1e-6);
+  EXPECT_EQ(c.train.schedule.type, "step");
+  EXPECT_DOUBLE_EQ(c.train.schedule.gamma, 0.7);
+  EXPECT_EQ(c.train.schedule.step_size, 1);
+  EXPECT_EQ(c.train.batch_size, 64);
+  EXPECT_EQ(c.train.epochs, 14);
+  EXPECT_DOUBLE_EQ(c.data.mean, 0.1307);
+  EXPECT_DOUBLE_EQ(c.data.std, 0.3081);
+}
+
+TEST(Config, Lenet5UsesSgdWithMomentum) {
+  const Config c = load_config(kConfigs + "lenet5.yaml");
+  EXPECT_EQ(c.train.optimizer.type, "sgd");
+  EXPECT_GT(c.train.optimizer.momentum, 0.0);
+  EXPECT_EQ(c.model.layers.front().padding, 2);
+}
+
+TEST(Config, DefaultsPerOptimizerTypeFollowPyTorch) {
+  const Config adam = parse_config(std::string(kMinimal) + "train: {optimizer: {type: adam}}", "t.yaml");
+  EXPECT_DOUBLE_EQ(adam.train.optimizer.lr, 1e-3);
+  EXPECT_DOUBLE_EQ(adam.train.optimizer.eps, 1e-8);
+  const Config adamw = parse_config(std::string(kMinimal) + "train: {optimizer: {type: adamw}}", "t.yaml");
+  EXPECT_DOUBLE_EQ(adamw.train.optimizer.weight_decay, 1e-2);
+}
+
+TEST(Config, UnnamedLayersGetTypeAndCount) {
+  const Config c = load_config(kConfigs + "mnist_cnn.yaml");
+  EXPECT_EQ(c.model.layers[1].name, "relu1");
+  EXPECT_EQ(c.model.layers[3].name, "relu2");
+  EXPECT_EQ(c.model.layers[6].name, "flatten1");
+}
+
+TEST(Config, OverridesReachAnyDottedKey) {
+  const Config c = load_config(kConfigs + "mnist_cnn.yaml",
+                               {"train.batch_size=128", "train.optimizer.lr=0.5", "model.layers.5.p=0.1",
+                                "checkpoint.keep=7", "name=custom"});
+  EXPECT_EQ(c.train.batch_size, 128);
+  EXPECT_DOUBLE_EQ(c.train.optimizer.lr, 0.5);
+  EXPECT_DOUBLE_EQ(c.model.layers[5].p, 0.1);
+  EXPECT_EQ(c.checkpoint.keep, 7);
+  EXPECT_EQ(c.name, "custom");
+}
+
+TEST(Config, ResolvedYamlRoundTrips) {
+  const Config a = load_config(kConfigs + "mnist_cnn.yaml", {"train.seed=42"});
+  const Config b = parse_config(to_yaml(a), "resolved.yaml");
+  EXPECT_EQ(to_yaml(a), to_yaml(b));
+  EXPECT_EQ(b.train.seed, 42u);
+  EXPECT_EQ(b.name, "mnist_cnn");
+}
+
+TEST(Config, ErrorsNameFileAndKey) {
+  EXPECT_NE(error_of(std::string(kMinimal) + "trian: {}").find("test.yaml: 'trian': unknown key"), std::string::npos);
+  EXPECT_NE(error_of(std::string(kMinimal) + "train: {batch_size: abc}").find("'train.batch_size': expected an integer, got 'abc'"),
+            std::string::npos);
+  EXPECT_NE(error_of(std::string(kMinimal) + "train: {batch_size: 0}").find("'train.batch_size': must be > 0"),
+            std::string::npos);
+  EXPECT_NE(error_of(std::string(kMinimal) + "train: {optimizer: {type: rmsprop}}").find("unknown optimizer 'rmsprop'"),
+            std::string::npos);
+  EXPECT_NE(error_of(std::string(kMinimal) + "train: {optimizer: {type: sgd, rho: 0.9}}").find("'train.optimizer.rho': unknown key"),
+            std::string::npos);
+  EXPECT_NE(error_of("model: {layers: [{type: conv2d, p: 0.5}]}").find("'model.layers[0].p': unknown key"),
+            std::string::npos);
+  EXPECT_NE(error_of("model: {layers: [{type: convolution}]}").find("unknown layer type 'convolution'"),
+            std::string::npos);
+  EXPECT_NE(error_of("model: {layers: []}").find("'model.layers'"), std::string::npos);
+  EXPECT_NE(error_of("model: {layers: [{name: a, type: relu}, {name: a, type: relu}]}").find("duplicate layer name 'a'"),
+            std::string::npos);
+  EXPECT_NE(error_of("model: [1, 2").find("test.yaml: not valid YAML"), std::string::npos);
+  EXPECT_NE(error_of("").find("test.yaml: the config is empty"), std::string::npos);
+  EXPECT_NE(error_of(std::string(kMinimal) + "train: {precision: fp16}").find("'train.precision'"), std::string::npos);
+}
+
+TEST(Config, BadOverridesAreReported) {
+  EXPECT_NE(error_of(kMinimal, {"train.batch_size"}).find("expected key=value"), std::string::npos);
+  EXPECT_NE(error_of(kMinimal, {"train.bogus=1"}).find("'train.bogus': unknown key"), std::string::npos);
+  EXPECT_NE(error_of(kMinimal, {"model.layers.7.p=1"}).find("index 7 out of range"), std::string::npos);
+  EXPECT_NE(error_of(kMinimal, {"train.batch_size=[1"}).find("not valid YAML"), std::string::npos);
+}
+
+TEST(Config, MissingFileIsNamed) {
+  try {
+    load_config("/nonexistent/dir/x.yaml");
+    FAIL() << "no error";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("/nonexistent/dir/x.yaml: cannot open"), std::string::npos);
+  }
+}
+
+}  // namespace
+}  // namespace dptrain
