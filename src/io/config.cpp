@@ -2,6 +2,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <charconv>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -344,6 +345,17 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   return parse_config(ss.str(), path, overrides);
 }
 
+namespace {
+
+/// Shortest text that reads back as the same double (0.1307, not 0.13070000000000001).
+std::string num(double v) {
+  char buf[64];
+  const auto r = std::to_chars(buf, buf + sizeof buf, v);
+  return std::string(buf, r.ptr);
+}
+
+}  // namespace
+
 std::string to_yaml(const Config& c) {
   YAML::Emitter out;
   out << YAML::BeginMap << YAML::Key << "name" << YAML::Value << c.name;
@@ -360,12 +372,12 @@ std::string to_yaml(const Config& c) {
       out << YAML::Key << "kernel" << YAML::Value << l.kernel << YAML::Key << "stride" << YAML::Value << l.stride
           << YAML::Key << "padding" << YAML::Value << l.padding;
     if (l.type == "linear") out << YAML::Key << "out_features" << YAML::Value << l.out_features;
-    if (l.type == "dropout") out << YAML::Key << "p" << YAML::Value << l.p;
+    if (l.type == "dropout") out << YAML::Key << "p" << YAML::Value << num(l.p);
     out << YAML::EndMap;
   }
   out << YAML::EndSeq << YAML::EndMap;
   out << YAML::Key << "data" << YAML::Value << YAML::BeginMap << YAML::Key << "dir" << YAML::Value << c.data.dir
-      << YAML::Key << "mean" << YAML::Value << c.data.mean << YAML::Key << "std" << YAML::Value << c.data.std
+      << YAML::Key << "mean" << YAML::Value << num(c.data.mean) << YAML::Key << "std" << YAML::Value << num(c.data.std)
       << YAML::EndMap;
   const TrainConfig& t = c.train;
   out << YAML::Key << "train" << YAML::Value << YAML::BeginMap;
@@ -377,27 +389,27 @@ std::string to_yaml(const Config& c) {
       << t.cudnn_benchmark << YAML::Key << "log_every" << YAML::Value << t.log_every;
   const OptimizerConfig& o = t.optimizer;
   out << YAML::Key << "optimizer" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "type"
-      << YAML::Value << o.type << YAML::Key << "lr" << YAML::Value << o.lr << YAML::Key << "weight_decay"
-      << YAML::Value << o.weight_decay;
+      << YAML::Value << o.type << YAML::Key << "lr" << YAML::Value << num(o.lr) << YAML::Key << "weight_decay"
+      << YAML::Value << num(o.weight_decay);
   if (o.type == "sgd")
-    out << YAML::Key << "momentum" << YAML::Value << o.momentum << YAML::Key << "dampening" << YAML::Value
-        << o.dampening << YAML::Key << "nesterov" << YAML::Value << o.nesterov;
+    out << YAML::Key << "momentum" << YAML::Value << num(o.momentum) << YAML::Key << "dampening" << YAML::Value
+        << num(o.dampening) << YAML::Key << "nesterov" << YAML::Value << o.nesterov;
   else if (o.type == "adadelta")
-    out << YAML::Key << "rho" << YAML::Value << o.rho << YAML::Key << "eps" << YAML::Value << o.eps;
+    out << YAML::Key << "rho" << YAML::Value << num(o.rho) << YAML::Key << "eps" << YAML::Value << num(o.eps);
   else
-    out << YAML::Key << "beta1" << YAML::Value << o.beta1 << YAML::Key << "beta2" << YAML::Value << o.beta2
-        << YAML::Key << "eps" << YAML::Value << o.eps;
+    out << YAML::Key << "beta1" << YAML::Value << num(o.beta1) << YAML::Key << "beta2" << YAML::Value << o.beta2
+        << YAML::Key << "eps" << YAML::Value << num(o.eps);
   out << YAML::EndMap;
   const ScheduleConfig& s = t.schedule;
   out << YAML::Key << "schedule" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "type" << YAML::Value
       << s.type << YAML::Key << "warmup_steps" << YAML::Value << s.warmup_steps;
   if (s.type == "step")
-    out << YAML::Key << "step_size" << YAML::Value << s.step_size << YAML::Key << "gamma" << YAML::Value << s.gamma;
-  if (s.type == "cosine") out << YAML::Key << "min_lr" << YAML::Value << s.min_lr;
+    out << YAML::Key << "step_size" << YAML::Value << s.step_size << YAML::Key << "gamma" << YAML::Value << num(s.gamma);
+  if (s.type == "cosine") out << YAML::Key << "min_lr" << YAML::Value << num(s.min_lr);
   out << YAML::EndMap << YAML::EndMap;
   out << YAML::Key << "comm" << YAML::Value << YAML::BeginMap << YAML::Key << "backend" << YAML::Value
-      << c.comm.backend << YAML::Key << "bucket_mb" << YAML::Value << c.comm.bucket_mb << YAML::Key << "overlap"
-      << YAML::Value << c.comm.overlap << YAML::Key << "timeout_s" << YAML::Value << c.comm.timeout_s << YAML::EndMap;
+      << c.comm.backend << YAML::Key << "bucket_mb" << YAML::Value << num(c.comm.bucket_mb) << YAML::Key << "overlap"
+      << YAML::Value << c.comm.overlap << YAML::Key << "timeout_s" << YAML::Value << num(c.comm.timeout_s) << YAML::EndMap;
   out << YAML::Key << "checkpoint" << YAML::Value << YAML::BeginMap << YAML::Key << "every_steps" << YAML::Value
       << c.checkpoint.every_steps << YAML::Key << "every_epoch" << YAML::Value << c.checkpoint.every_epoch
       << YAML::Key << "keep" << YAML::Value << c.checkpoint.keep << YAML::EndMap;
