@@ -1,0 +1,167 @@
+// The dptrain binary as a user meets it: help on every subcommand, exit status 2 with one clear
+// line for every kind of bad input, and a real (short) training run on MNIST whose weights file
+// `eval` and `predict` then read.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "cuda/cuda_context.h"
+#include "data/dataset.h"
+#include "data/pgm.h"
+
+namespace dptrain {
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Result {
+  int status = -1;
+  std::string output;  // stdout and stderr together
+};
+
+Result run(const std::string& args) {
+  const std::string cmd = std::string(DPTRAIN_BINARY) + " " + args + " 2>&1";
+  Result r;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) return r;
+  std::array<char, 4096> buf{};
+  size_t n;
+  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.output.append(buf.data(), n);
+  const int st = pclose(p);
+  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  return r;
+}
+
+fs::path temp_dir(const std::string& name) {
+  const fs::path d = fs::temp_directory_path() / ("dptrain_cli_" + name + "_" + std::to_string(getpid()));
+  fs::remove_all(d);
+  fs::create_directories(d);
+  return d;
+}
+
+const std::string kConfig = std::string(DPTRAIN_SOURCE_DIR) + "/configs/mnist_cnn.yaml";
+
+bool have_mnist() { return fs::exists(fs::path(DPTRAIN_TEST_DATA_DIR) / "t10k-labels-idx1-ubyte.gz") ||
+                           fs::exists(fs::path(DPTRAIN_TEST_DATA_DIR) / "t10k-labels-idx1-ubyte"); }
+
+TEST(Cli, HelpOnEverySubcommand) {
+  for (const char* sub : {"", "train ", "eval ", "predict "}) {
+    const Result r = run(std::string(sub) + "--help");
+    EXPECT_EQ(r.status, 0) << sub << r.output;
+    EXPECT_NE(r.output.find("Usage"), std::string::npos) << sub;
+  }
+  EXPECT_NE(run("train --help").output.find("--max-steps"), std::string::npos);
+}
+
+TEST(Cli, BadUsageExitsTwo) {
+  Result r = run("train --no-such-flag");
+  EXPECT_EQ(r.status, 2) << r.output;
+  EXPECT_NE(r.output.find("--no-such-flag"), std::string::npos);
+  r = run("frobnicate");
+  EXPECT_EQ(r.status, 2) << r.output;
+  r = run("");
+  EXPECT_EQ(r.status, 2) << r.output;
+  r = run("train --device tpu");
+  EXPECT_EQ(r.status, 2) << r.output;
+  r = run("eval");  // --checkpoint is required
+  EXPECT_EQ(r.status, 2) << r.output;
+}
+
+TEST(Cli, BadConfigNamesFileAndKey) {
+  const fs::path d = temp_dir("badcfg");
+  std::ofstream(d / "bad.yaml") << "model: {layers: [{type: linear, out_features: 10}]}\ntrain: {batch_sise: 3}\n";
+  const Result r = run("train --device cpu --config " + (d / "bad.yaml").string() + " --data " + d.string());
+  EXPECT_EQ(r.status, 2) << r.output;
+  EXPECT_NE(r.output.find("bad.yaml: 'train.batch_sise': unknown key"), std::string::npos) << r.output;
+  EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;
+  const Result s = run("train --device cpu --config " + kConfig + " --set train.epochs=-1");
+  EXPECT_EQ(s.status, 2) << s.output;
+  EXPECT_NE(s.output.find("'train.epochs': must be > 0"), std::string::npos) << s.output;
+  const Result t = run("train --device cpu --config " + (d / "missing.yaml").string());
+  EXPECT_EQ(t.status, 2) << t.output;
+  EXPECT_NE(t.output.find("missing.yaml: cannot open"), std::string::npos) << t.output;
+}
+
+TEST(Cli, MissingOrMalformedDataIsNamed) {
+  const fs::path d = temp_dir("baddata");
+  Result r = run("train --device cpu --config " + kConfig + " --data " + d.string() + " --out " + (d / "run").string());
+  EXPECT_EQ(r.status, 2) << r.output;
+  EXPECT_NE(r.output.find("train-images-idx3-ubyte"), std::string::npos) << r.output;
+  for (const char* f : {"train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                        "t10k-labels-idx1-ubyte"})
+    std::ofstream(d / f) << "not an idx file";
+  r = run("train --device cpu --config " + kConfig + " --data " + d.string() + " --out " + (d / "run").string());
+  EXPECT_EQ(r.status, 2) << r.output;
+  EXPECT_NE(r.output.find(d.string()), std::string::npos) << r.output;
+}
+
+TEST(Cli, CudaWithoutGpuIsAClearError) {
+  if (cuda_device_count() > 0) GTEST_SKIP() << "a GPU is present";
+  const Result r = run("train --device cuda --config " + kConfig);
+  EXPECT_EQ(r.status, 2) << r.output;
+  EXPECT_NE(r.output.find("no CUDA device"), std::string::npos) << r.output;
+}
+
+TEST(Cli, CorruptWeightsFileIsRejected) {
+  const fs::path d = temp_dir("badweights");
+  std::ofstream(d / "w.safetensors") << "garbage that is not safetensors";
+  const Result r = run("eval --device cpu --checkpoint " + (d / "w.safetensors").string());
+  EXPECT_EQ(r.status, 2) << r.output;
+  EXPECT_NE(r.output.find("w.safetensors"), std::string::npos) << r.output;
+}
+
+// The acceptance run of the foundation: 400 CPU steps of mnist_cnn reach at least 96% test accuracy.
+TEST(Cli, TrainsMnistCnnOnCpuThenEvalAndPredictReadTheWeights) {
+  if (!have_mnist()) GTEST_SKIP() << "MNIST not found in " << DPTRAIN_TEST_DATA_DIR << " (launch/get_mnist.sh)";
+  const fs::path d = temp_dir("train");
+  const fs::path out = d / "run";
+  const Result r = run("train --device cpu --config " + kConfig + " --data " + DPTRAIN_TEST_DATA_DIR +
+                       " --max-steps 400 --out " + out.string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  ASSERT_TRUE(fs::exists(out / "config.yaml"));
+  ASSERT_TRUE(fs::exists(out / "final.safetensors"));
+  std::ifstream metrics(out / "metrics.jsonl");
+  std::string line, last;
+  int lines = 0;
+  while (std::getline(metrics, line)) last = line, ++lines;
+  ASSERT_EQ(lines, 1) << "one (partial) epoch";
+  const nlohmann::json m = nlohmann::json::parse(last);
+  for (const char* key : {"epoch", "step", "train_loss", "test_loss", "test_accuracy", "images_per_second", "seconds"})
+    EXPECT_TRUE(m.contains(key)) << key;
+  EXPECT_EQ(m["step"].get<int>(), 400);
+  EXPECT_GE(m["test_accuracy"].get<double>(), 0.96) << last;
+
+  const Result e = run("eval --json --device cpu --checkpoint " + (out / "final.safetensors").string() + " --data " +
+                       DPTRAIN_TEST_DATA_DIR);
+  ASSERT_EQ(e.status, 0) << e.output;
+  const nlohmann::json ej = nlohmann::json::parse(e.output);
+  EXPECT_NEAR(ej["test_accuracy"].get<double>(), m["test_accuracy"].get<double>(), 1e-12);
+  EXPECT_EQ(ej["samples"].get<int>(), 10000);
+
+  // Predict the first test images from PGM files; their labels are 7, 2, 1.
+  const Dataset test = load_mnist_test(DPTRAIN_TEST_DATA_DIR);
+  std::string images;
+  for (int i = 0; i < 3; ++i) {
+    const fs::path pgm = d / ("digit" + std::to_string(i) + ".pgm");
+    write_pgm(pgm.string(), test.images.data() + i * 784, 28, 28);
+    images += " " + pgm.string();
+  }
+  const Result p = run("predict --checkpoint " + (out / "final.safetensors").string() + images);
+  ASSERT_EQ(p.status, 0) << p.output;
+  EXPECT_NE(p.output.find("digit0.pgm: class 7"), std::string::npos) << p.output;
+  EXPECT_NE(p.output.find("digit1.pgm: class 2"), std::string::npos) << p.output;
+  EXPECT_NE(p.output.find("digit2.pgm: class 1"), std::string::npos) << p.output;
+  const Result bad = run("predict --checkpoint " + (out / "final.safetensors").string() + " " + (d / "nope.pgm").string());
+  EXPECT_EQ(bad.status, 2) << bad.output;
+  EXPECT_NE(bad.output.find("nope.pgm"), std::string::npos) << bad.output;
+}
+
+}  // namespace
+}  // namespace dptrain
