@@ -13,5 +13,6 @@ using Command = std::function<int()>;
 Command add_train(CLI::App& app);
 Command add_eval(CLI::App& app);
 Command add_predict(CLI::App& app);
+Command add_bench(CLI::App& app);
 
 }  // namespace dptrain::cli

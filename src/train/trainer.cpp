@@ -70,7 +70,11 @@ Trainer::Trainer(const Config& config, const TrainOptions& options, const MnistD
 
 Trainer::~Trainer() = default;
 
-void Trainer::train_step(int epoch, int64_t step_in_epoch, int64_t global_step) {
+void Trainer::step(int epoch, int64_t step_in_epoch, int64_t global_step) {
+  if (epoch != source_epoch_) {
+    source_->begin_epoch(config_.train.seed, static_cast<uint32_t>(epoch));
+    source_epoch_ = epoch;
+  }
   const BatchPlan::Shard shard = plan_->shard(step_in_epoch, comm_.rank());
   const int64_t batch = plan_->global_batch_size(step_in_epoch);
   const Dims in = config_.model.input;
@@ -153,10 +157,9 @@ TrainSummary Trainer::run() {
   int64_t train_samples = 0;
   EpochStats stats;
   for (int epoch = 0; epoch < config_.train.epochs && global_step < total; ++epoch) {
-    source_->begin_epoch(config_.train.seed, static_cast<uint32_t>(epoch));
     stats = EpochStats{};
     for (int64_t s = 0; s < steps_per_epoch_ && global_step < total; ++s, ++global_step) {
-      train_step(epoch, s, global_step);
+      step(epoch, s, global_step);
       stats.samples += plan_->shard(s, comm_.rank()).count;
       if (progress.due(global_step)) {
         std::array<double, 2> sums{};

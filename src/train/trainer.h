@@ -43,13 +43,16 @@ class Trainer {
 
   TrainSummary run();
 
+  /// One training step: global batch `step_in_epoch` of `epoch`, the schedule at `global_step`.
+  /// Queued on the device; returns without waiting. (run() uses it; so does `dptrain bench`.)
+  void step(int epoch, int64_t step_in_epoch, int64_t global_step);
+
   Model<float>& model() { return *model_; }
   Optimizer& optimizer() { return *optimizer_; }
   int64_t steps_per_epoch() const { return steps_per_epoch_; }
 
  private:
   struct EpochStats;
-  void train_step(int epoch, int64_t step_in_epoch, int64_t global_step);
   void finish_epoch(int epoch, int64_t global_step, EpochStats& stats);
   void write_weights();
 
@@ -64,6 +67,7 @@ class Trainer {
   int64_t steps_per_epoch_;
   std::unique_ptr<class BatchPlan> plan_;
   std::unique_ptr<BatchSource> source_;
+  int source_epoch_ = -1;        ///< the epoch whose order source_ holds
   std::unique_ptr<Model<float>> model_;
   std::unique_ptr<Optimizer> optimizer_;
   std::unique_ptr<LrSchedule> schedule_;

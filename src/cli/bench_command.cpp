@@ -1,0 +1,107 @@
+// dptrain bench: times training steps (after warm-up) of a config on one device and prints one
+// JSON object, the format bench/pytorch_reference.py prints too, so the two compare directly.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "comm/communicator.h"
+#include "core/device_ops.h"
+#include "cpu/threads.h"
+#include "cuda/cuda_context.h"
+#include "data/dataset.h"
+#include "io/config.h"
+#include "train/runtime.h"
+#include "train/trainer.h"
+
+namespace dptrain::cli {
+
+namespace {
+
+struct BenchArgs {
+  std::string config = "configs/mnist_cnn.yaml";
+  std::string data;
+  std::string device = "auto";
+  int steps = 200;
+  int warmup = 20;
+  int batch = 0;
+  int threads = 0;
+  std::vector<std::string> sets;
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+int run_bench(const BenchArgs& a) {
+  std::vector<std::string> overrides = a.sets;
+  if (a.batch > 0) overrides.push_back("train.batch_size=" + std::to_string(a.batch));
+  if (!a.data.empty()) overrides.push_back("data.dir=" + a.data);
+  overrides.push_back("train.epochs=1000");
+  const Config config = load_config(a.config, overrides);
+  const Device device = resolve_device(a.device);
+  configure_cpu_threads(a.threads);
+  const MnistData data = load_mnist_dir(config.data.dir);
+  DeviceContext ctx = make_device_context(device, config.train);
+  SingleRankCommunicator comm;
+  TrainOptions options;
+  options.show_progress = false;
+  Trainer trainer(config, options, data, ctx, comm, nullptr);
+
+  // Steps are timed in groups so that on the GPU the timer does not serialise every step.
+  const int group = device == Device::Cuda ? 20 : 1;
+  const int groups = std::max(1, a.steps / group);
+  int64_t step = 0;
+  auto run_steps = [&](int n) {
+    for (int i = 0; i < n; ++i, ++step) trainer.step(step / trainer.steps_per_epoch(), step % trainer.steps_per_epoch(), step);
+  };
+  run_steps(a.warmup);
+  synchronize(ctx);
+  std::vector<double> ms;
+  for (int g = 0; g < groups; ++g) {
+    const auto t0 = std::chrono::steady_clock::now();
+    run_steps(group);
+    synchronize(ctx);
+    ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / group);
+  }
+  const double med = median(ms);
+  const auto [lo, hi] = std::minmax_element(ms.begin(), ms.end());
+  const nlohmann::json j = {
+      {"impl", "dptrain"},
+      {"config", config.name},
+      {"device", device == Device::Cuda ? ctx.cuda().device_name() : "cpu"},
+      {"threads", device == Device::Cpu ? cpu_threads() : 0},
+      {"precision", config.train.precision},
+      {"cuda_graph", device == Device::Cuda && config.train.cuda_graph},
+      {"batch", config.train.batch_size},
+      {"steps", groups * group},
+      {"ms_per_step", med},
+      {"ms_per_step_min", *lo},
+      {"ms_per_step_max", *hi},
+      {"images_per_second", med > 0 ? 1000.0 * config.train.batch_size / med : 0.0}};
+  std::printf("%s\n", j.dump().c_str());
+  return 0;
+}
+
+}  // namespace
+
+Command add_bench(CLI::App& app) {
+  auto args = std::make_shared<BenchArgs>();
+  CLI::App* sub = app.add_subcommand("bench", "Time training steps of a config and print one JSON object");
+  sub->add_option("--config", args->config, "Config file")->default_val("configs/mnist_cnn.yaml");
+  sub->add_option("--data", args->data, "MNIST folder (overrides data.dir)");
+  sub->add_option("--device", args->device, "cpu, cuda or auto")->check(CLI::IsMember({"cpu", "cuda", "auto"}));
+  sub->add_option("--steps", args->steps, "Timed steps")->check(CLI::PositiveNumber);
+  sub->add_option("--warmup", args->warmup, "Untimed warm-up steps")->check(CLI::NonNegativeNumber);
+  sub->add_option("--batch-size", args->batch, "Global batch (overrides train.batch_size)")->check(CLI::PositiveNumber);
+  sub->add_option("--threads", args->threads, "CPU backend threads")->check(CLI::NonNegativeNumber);
+  sub->add_option("--set", args->sets, "Override a config key (repeatable)");
+  return [args] { return run_bench(*args); };
+}
+
+}  // namespace dptrain::cli
