@@ -1,0 +1,178 @@
+#!/usr/bin/env python3
+"""PyTorch reference for dptrain's benchmarks: the examples/mnist network and recipe (conv 32/64
+3x3, fc 9216-128-10, dropout, Adadelta lr 1.0, StepLR 0.7), timed per training step after warm-up,
+printing one JSON object per mode in the same format as `dptrain bench`.
+
+Modes:
+  examples  - as pytorch/examples mnist/main.py runs it: torchvision MNIST dataset, DataLoader
+              (1 worker, pinned memory, shuffle), host-to-device copy per batch
+  resident  - the whole dataset normalised on the GPU once, batches indexed on the device (eager)
+  cpu       - the same step on the CPU with --threads threads
+
+  python3 bench/pytorch_reference.py --data data/mnist --mode resident --steps 300
+"""
+import argparse
+import gzip
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Net(nn.Module):
+    """pytorch/examples mnist/main.py's Net, unchanged."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, 1)
+        self.conv2 = nn.Conv2d(32, 64, 3, 1)
+        self.dropout1 = nn.Dropout(0.25)
+        self.dropout2 = nn.Dropout(0.5)
+        self.fc1 = nn.Linear(9216, 128)
+        self.fc2 = nn.Linear(128, 10)
+
+    def forward(self, x):
+        x = F.relu(self.conv1(x))
+        x = F.relu(self.conv2(x))
+        x = F.max_pool2d(x, 2)
+        x = self.dropout1(x)
+        x = torch.flatten(x, 1)
+        x = F.relu(self.fc1(x))
+        x = self.dropout2(x)
+        x = self.fc2(x)
+        return F.log_softmax(x, dim=1)
+
+
+def read_idx(path):
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def find(data_dir, name):
+    for p in (os.path.join(data_dir, name), os.path.join(data_dir, name + ".gz")):
+        if os.path.exists(p):
+            return p
+    raise SystemExit(f"{data_dir}: {name}[.gz] not found (launch/get_mnist.sh)")
+
+
+def timed_steps(step, warmup, steps, sync):
+    for _ in range(warmup):
+        step()
+    sync()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        sync()
+        times.append((time.perf_counter() - t0) * 1000.0)
+    return times
+
+
+def report(mode, device_name, batch, times, extra=None):
+    med = statistics.median(times)
+    out = {"impl": "pytorch", "mode": mode, "device": device_name, "precision": "float32", "batch": batch,
+           "steps": len(times), "ms_per_step": med, "ms_per_step_min": min(times), "ms_per_step_max": max(times),
+           "images_per_second": 1000.0 * batch / med, "torch": torch.__version__}
+    out.update(extra or {})
+    print(json.dumps(out), flush=True)
+
+
+def make_step(model, optimizer, device):
+    def step_on(x, y):
+        optimizer.zero_grad()
+        loss = F.nll_loss(model(x), y)
+        loss.backward()
+        optimizer.step()
+    return step_on
+
+
+def run_resident(args, device):
+    images = torch.from_numpy(read_idx(find(args.data, "train-images-idx3-ubyte")).copy())
+    labels = torch.from_numpy(read_idx(find(args.data, "train-labels-idx1-ubyte")).astype(np.int64))
+    x_all = ((images.float() / 255.0 - 0.1307) / 0.3081).unsqueeze(1).to(device)
+    y_all = labels.to(device)
+    model = Net().to(device)
+    optimizer = torch.optim.Adadelta(model.parameters(), lr=1.0)
+    step_on = make_step(model, optimizer, device)
+    perm = torch.randperm(x_all.shape[0], device=device)
+    cursor = [0]
+
+    def step():
+        i = cursor[0] % (x_all.shape[0] // args.batch)
+        idx = perm[i * args.batch:(i + 1) * args.batch]
+        cursor[0] += 1
+        step_on(x_all[idx], y_all[idx])
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    return timed_steps(step, args.warmup, args.steps, sync)
+
+
+def run_examples(args, device):
+    from torchvision import datasets, transforms
+    root = tempfile.mkdtemp(prefix="mnist_tv_")
+    raw = os.path.join(root, "MNIST", "raw")
+    os.makedirs(raw)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        src = find(args.data, name)
+        opener = gzip.open if src.endswith(".gz") else open
+        with opener(src, "rb") as f, open(os.path.join(raw, name), "wb") as g:
+            shutil.copyfileobj(f, g)
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.1307,), (0.3081,))])
+    dataset = datasets.MNIST(root, train=True, download=False, transform=transform)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch, shuffle=True, num_workers=1,
+                                         pin_memory=True)
+    model = Net().to(device)
+    optimizer = torch.optim.Adadelta(model.parameters(), lr=1.0)
+    step_on = make_step(model, optimizer, device)
+    it = [iter(loader)]
+
+    def step():
+        try:
+            x, y = next(it[0])
+        except StopIteration:
+            it[0] = iter(loader)
+            x, y = next(it[0])
+        step_on(x.to(device), y.to(device))
+
+    times = timed_steps(step, args.warmup, args.steps, torch.cuda.synchronize)
+    shutil.rmtree(root, ignore_errors=True)
+    return times
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="data/mnist")
+    p.add_argument("--mode", choices=["examples", "resident", "cpu"], action="append")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--warmup", type=int, default=30)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--threads", type=int, default=0)
+    args = p.parse_args()
+    torch.manual_seed(1)
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    for mode in args.mode or ["resident"]:
+        if mode == "cpu":
+            if args.threads:
+                torch.set_num_threads(args.threads)
+            times = run_resident(args, torch.device("cpu"))
+            report("cpu", "cpu", args.batch, times, {"threads": torch.get_num_threads()})
+        else:
+            device = torch.device("cuda")
+            times = run_resident(args, device) if mode == "resident" else run_examples(args, device)
+            report(mode, torch.cuda.get_device_name(0), args.batch, times)
+
+
+if __name__ == "__main__":
+    main()
