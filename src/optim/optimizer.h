@@ -12,19 +12,9 @@
 #include "core/buffer.h"
 #include "core/device_context.h"
 #include "io/config.h"
+#include "optim/step_scalars.h"
 
 namespace dptrain {
-
-/// Per-step scalars, computed on the host in double (schedule, bias corrections) and rounded once,
-/// so the CPU and GPU updates use identical values. The optimizer reads them through a pointer into
-/// memory its device can read: host memory on the CPU, device memory on CUDA (so that a captured
-/// CUDA graph sees new values on every replay).
-struct StepScalars {
-  float lr = 0.0f;
-  float bias_correction1 = 1.0f;       ///< adam/adamw: 1 - beta1^t
-  float bias_correction2_sqrt = 1.0f;  ///< adam/adamw: sqrt(1 - beta2^t)
-  float pad_ = 0.0f;
-};
 
 class Optimizer {
  public:

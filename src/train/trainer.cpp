@@ -94,7 +94,7 @@ void Trainer::step(int epoch, int64_t step_in_epoch, int64_t global_step) {
     }
   }
   const StepScalars s = optimizer_->scalars(schedule_->lr(global_step), global_step + 1);
-  const std::array<float, 4> packed{s.lr, s.bias_correction1, s.bias_correction2_sqrt, s.pad_};
+  const std::array<float, 4> packed{s.lr, s.bias_correction1, s.bias_correction2_sqrt, s.first_step};
   upload(ctx_, scalars_.span(), std::span<const float>(packed));
   optimizer_->step(ctx_, params.values().span(), params.grads().span(),
                    reinterpret_cast<const StepScalars*>(scalars_.data()));

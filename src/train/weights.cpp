@@ -13,7 +13,10 @@ namespace {
 
 std::string shape_text(const std::vector<int64_t>& s) {
   std::string t = "[";
-  for (size_t i = 0; i < s.size(); ++i) t += (i ? "," : "") + std::to_string(s[i]);
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (i > 0) t += ',';
+    t += std::to_string(s[i]);
+  }
   return t + "]";
 }
 

@@ -1,0 +1,58 @@
+#include "data/dataset.h"
+
+#include <filesystem>
+
+#include "core/error.h"
+#include "data/idx_reader.h"
+
+namespace dptrain {
+
+Dataset load_idx_pair(const std::string& images_path, const std::string& labels_path) {
+  IdxArray images = read_idx_u8(images_path, 3);
+  const IdxArray labels = read_idx_u8(labels_path, 1);
+  Dataset d;
+  d.source = images_path;
+  d.count = images.dims[0];
+  d.rows = static_cast<int>(images.dims[1]);
+  d.cols = static_cast<int>(images.dims[2]);
+  if (d.rows != 28 || d.cols != 28)
+    throw InputError(images_path, "images are " + std::to_string(images.dims[1]) + "x" + std::to_string(images.dims[2]) +
+                                      ", expected 28x28");
+  if (d.count == 0) throw InputError(images_path, "holds no images");
+  if (labels.dims[0] != images.dims[0])
+    throw InputError(labels_path, "has " + std::to_string(labels.dims[0]) + " labels but " + images_path + " has " +
+                                      std::to_string(images.dims[0]) + " images");
+  d.labels.resize(labels.data.size());
+  for (size_t i = 0; i < labels.data.size(); ++i) {
+    if (labels.data[i] > 9)
+      throw InputError(labels_path, "label " + std::to_string(labels.data[i]) + " at index " + std::to_string(i) +
+                                        " is outside 0..9");
+    d.labels[i] = labels.data[i];
+  }
+  d.images = std::move(images.data);
+  return d;
+}
+
+namespace {
+
+std::string find_file(const std::string& dir, const std::string& name) {
+  const std::filesystem::path base = std::filesystem::path(dir) / name;
+  for (const std::string& candidate : {base.string(), base.string() + ".gz"})
+    if (std::filesystem::is_regular_file(candidate)) return candidate;
+  throw InputError(base.string(), "not found (nor " + name + ".gz); fetch MNIST with launch/get_mnist.sh " + dir);
+}
+
+}  // namespace
+
+Dataset load_mnist_test(const std::string& dir) {
+  return load_idx_pair(find_file(dir, "t10k-images-idx3-ubyte"), find_file(dir, "t10k-labels-idx1-ubyte"));
+}
+
+MnistData load_mnist_dir(const std::string& dir) {
+  MnistData m;
+  m.train = load_idx_pair(find_file(dir, "train-images-idx3-ubyte"), find_file(dir, "train-labels-idx1-ubyte"));
+  m.test = load_mnist_test(dir);
+  return m;
+}
+
+}  // namespace dptrain

@@ -1,0 +1,49 @@
+// The order in which an epoch visits the samples, and which part of each global batch a rank
+// takes. The order is a pure function of (seed, epoch): dataset index i gets the 64-bit key
+// philox::shuffle_key(seed, epoch, i) and the epoch visits indices by ascending (key, index). The
+// GPU backend computes the same order with a stable radix sort of (key, index) pairs. Every rank
+// computes the whole order and takes a contiguous slice of each global batch, so N ranks together
+// process exactly the global batches one rank would.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "data/dataset.h"
+
+namespace dptrain {
+
+std::vector<uint32_t> epoch_permutation(uint64_t seed, uint32_t epoch, uint32_t n);
+
+class BatchPlan {
+ public:
+  /// An epoch of n samples in global batches of global_batch, split over `ranks`. InputError if
+  /// the batch is not positive or does not divide over the ranks.
+  BatchPlan(int64_t n, int global_batch, int ranks);
+
+  /// ceil(n / global_batch): the last batch may be short, as PyTorch's DataLoader (drop_last=False).
+  int64_t steps_per_epoch() const { return (n_ + batch_ - 1) / batch_; }
+  int64_t global_batch_size(int64_t step) const;
+
+  /// Epoch positions [first, first + count) of global batch `step` that `rank` processes. Full
+  /// batches split evenly; a short tail splits as evenly as possible, lower ranks taking the extra.
+  struct Shard {
+    int64_t first = 0;
+    int count = 0;
+  };
+  Shard shard(int64_t step, int rank) const;
+
+ private:
+  int64_t n_;
+  int batch_;
+  int ranks_;
+};
+
+/// Samples at epoch positions [first, first + count) of `order`, normalised as
+/// (pixel * (1/255) - mean) / std in float, into out (count x rows x cols) and labels_out.
+template <typename T>
+void gather_normalize(const Dataset& data, std::span<const uint32_t> order, int64_t first, int count, float mean,
+                      float std, T* out, int32_t* labels_out);
+
+}  // namespace dptrain

@@ -1,0 +1,48 @@
+// The shape-preserving layers: ReLU, Dropout and Flatten (which keeps the values and reshapes
+// C x H x W to (C*H*W) x 1 x 1).
+//
+// Dropout keeps element e of global sample s with probability 1 - p, decided by
+// philox::dropout_uniform(seed, epoch, layer index, s, e) >= p, and scales kept values by
+// 1 / (1 - p) (PyTorch's inverted dropout); in Eval it is the identity. Every backend uses that
+// rule, so masks agree across backends, rank counts and resumed runs.
+#pragma once
+
+#include "io/config.h"
+#include "layers/layer.h"
+#include "layers/layer_error.h"
+
+namespace dptrain {
+
+template <typename T>
+class ReluLayer : public Layer<T> {
+ public:
+  ReluLayer(const LayerConfig& c, int index, Dims in) : Layer<T>(c.name, index, in) { this->set_output_dims(in); }
+  std::string_view type() const override { return "relu"; }
+};
+
+template <typename T>
+class DropoutLayer : public Layer<T> {
+ public:
+  DropoutLayer(const LayerConfig& c, int index, Dims in) : Layer<T>(c.name, index, in), p_(c.p) {
+    if (!(p_ >= 0.0 && p_ < 1.0)) throw layer_error(index, c.name, "p must be in [0, 1)");
+    this->set_output_dims(in);
+  }
+  std::string_view type() const override { return "dropout"; }
+  double p() const { return p_; }
+  /// The factor applied to kept elements.
+  T scale() const { return static_cast<T>(1.0 / (1.0 - p_)); }
+
+ private:
+  double p_;
+};
+
+template <typename T>
+class FlattenLayer : public Layer<T> {
+ public:
+  FlattenLayer(const LayerConfig& c, int index, Dims in) : Layer<T>(c.name, index, in) {
+    this->set_output_dims(Dims{static_cast<int>(in.count()), 1, 1});
+  }
+  std::string_view type() const override { return "flatten"; }
+};
+
+}  // namespace dptrain
