@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(build-essential cmake pkg-config git ca-certificates npm
-          libyaml-cpp-dev libcli11-dev nlohmann-json3-dev libopenblas-dev
+          libyaml-cpp-dev libcli11-dev nlohmann-json3-dev libopenblas-dev libopenblas-openmp-dev
           libopenmpi-dev openmpi-bin zlib1g-dev libgtest-dev libbenchmark-dev)
 
 install_packages() {
