@@ -42,15 +42,19 @@ std::string find_file(const std::string& dir, const std::string& name) {
   throw InputError(base.string(), "not found (nor " + name + ".gz); fetch MNIST with launch/get_mnist.sh " + dir);
 }
 
+Dataset load_pair(const std::string& dir, const std::string& prefix) {
+  const std::string images = find_file(dir, prefix + "-images-idx3-ubyte");  // images first: named first when missing
+  const std::string labels = find_file(dir, prefix + "-labels-idx1-ubyte");
+  return load_idx_pair(images, labels);
+}
+
 }  // namespace
 
-Dataset load_mnist_test(const std::string& dir) {
-  return load_idx_pair(find_file(dir, "t10k-images-idx3-ubyte"), find_file(dir, "t10k-labels-idx1-ubyte"));
-}
+Dataset load_mnist_test(const std::string& dir) { return load_pair(dir, "t10k"); }
 
 MnistData load_mnist_dir(const std::string& dir) {
   MnistData m;
-  m.train = load_idx_pair(find_file(dir, "train-images-idx3-ubyte"), find_file(dir, "train-labels-idx1-ubyte"));
+  m.train = load_pair(dir, "train");
   m.test = load_mnist_test(dir);
   return m;
 }

@@ -1,0 +1,82 @@
+// Central finite-difference gradient checks in double precision (Caffe's GradientChecker idea):
+// the objective is L = sum(out * r) for a fixed random r, so dL/dout = r, and every analytic
+// gradient (input and parameters) is compared with (L(x + h) - L(x - h)) / 2h.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "layers/layer.h"
+
+namespace dptrain::testing {
+
+inline std::vector<double> random_vector(size_t n, uint32_t seed, double lo = -1.0, double hi = 1.0) {
+  std::mt19937 gen(seed);
+  std::uniform_real_distribution<double> dist(lo, hi);
+  std::vector<double> v(n);
+  for (double& x : v) x = dist(gen);
+  return v;
+}
+
+/// Relative error |a - b| / max(|a|, |b|, floor).
+inline double rel_error(double a, double b, double floor = 1e-3) {
+  return std::abs(a - b) / std::max({std::abs(a), std::abs(b), floor});
+}
+
+/// Checks input and parameter gradients of `layer` (CPU, double) at input `x` of batch n.
+inline void check_layer_gradients(Layer<double>& layer, std::vector<double> x, int n, Phase phase = Phase::Train,
+                                  double tolerance = 1e-6, double h = 1e-5) {
+  DeviceContext ctx;
+  const Dims in = layer.input_dims(), od = layer.output_dims();
+  std::vector<ParamView<double>> views;
+  std::vector<std::vector<double>> values, grads;
+  const std::vector<ParamSpec> specs = layer.param_specs();
+  for (size_t k = 0; k < specs.size(); ++k) {
+    values.push_back(random_vector(static_cast<size_t>(element_count(specs[k].shape)), 100 + static_cast<uint32_t>(k), -0.5, 0.5));
+    grads.emplace_back(values.back().size(), 0.0);
+  }
+  for (size_t k = 0; k < specs.size(); ++k) views.push_back({values[k], grads[k]});
+  layer.bind(views);
+  layer.reserve(ctx, n);
+  const StepInfo step{7, 1, 5};
+  std::vector<double> out(static_cast<size_t>(n * od.count()));
+  const std::vector<double> r = random_vector(out.size(), 99);
+  auto objective = [&]() {
+    layer.forward(ctx, TensorView<const double>{x.data(), n, in}, TensorView<double>{out.data(), n, od}, phase, step);
+    double l = 0;
+    for (size_t i = 0; i < out.size(); ++i) l += out[i] * r[i];
+    return l;
+  };
+  objective();
+  std::vector<double> dx(x.size(), 0.0);
+  layer.backward(ctx, TensorView<const double>{x.data(), n, in}, TensorView<const double>{out.data(), n, od},
+                 TensorView<const double>{r.data(), n, od}, TensorView<double>{dx.data(), n, in});
+  const std::vector<std::vector<double>> analytic = grads;
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double keep = x[i];
+    x[i] = keep + h;
+    const double up = objective();
+    x[i] = keep - h;
+    const double down = objective();
+    x[i] = keep;
+    ASSERT_LT(rel_error(dx[i], (up - down) / (2 * h)), tolerance) << layer.type() << " input " << i << ": analytic "
+                                                                  << dx[i] << " numeric " << (up - down) / (2 * h);
+  }
+  for (size_t k = 0; k < values.size(); ++k)
+    for (size_t i = 0; i < values[k].size(); ++i) {
+      const double keep = values[k][i];
+      values[k][i] = keep + h;
+      const double up = objective();
+      values[k][i] = keep - h;
+      const double down = objective();
+      values[k][i] = keep;
+      ASSERT_LT(rel_error(analytic[k][i], (up - down) / (2 * h)), tolerance)
+          << layer.type() << " " << specs[k].suffix << "[" << i << "]: analytic " << analytic[k][i] << " numeric "
+          << (up - down) / (2 * h);
+    }
+}
+
+}  // namespace dptrain::testing
