@@ -69,6 +69,9 @@ void Buffer<T>::copy_from_host(std::span<const T> src) {
     std::memcpy(data_, src.data(), count_ * sizeof(T));
   } else {
     CUDA_CHECK(cudaMemcpy(data_, src.data(), count_ * sizeof(T), cudaMemcpyHostToDevice));
+    // From pageable memory cudaMemcpy may return before the DMA lands; non-blocking streams would
+    // not wait for it. Set-up only, so wait here.
+    CUDA_CHECK(cudaDeviceSynchronize());
   }
 }
 
@@ -89,7 +92,9 @@ void Buffer<T>::zero() {
   if (device_ == Device::Cpu) {
     std::memset(data_, 0, count_ * sizeof(T));
   } else {
+    // Set-up only; waits, because work on non-blocking streams does not order after cudaMemset.
     CUDA_CHECK(cudaMemset(data_, 0, count_ * sizeof(T)));
+    CUDA_CHECK(cudaDeviceSynchronize());
   }
 }
 

@@ -30,7 +30,7 @@ class Buffer {
   /// Copies from/to host memory; synchronous (not for the training hot path).
   void copy_from_host(std::span<const T> src);
   void copy_to_host(std::span<T> dst) const;
-  /// Sets every byte to zero (asynchronously on the device's default stream).
+  /// Sets every byte to zero and waits for it (set-up only; on streams use zero_async).
   void zero();
 
  private:

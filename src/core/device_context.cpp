@@ -12,6 +12,13 @@ DeviceContext::~DeviceContext() = default;
 DeviceContext::DeviceContext(DeviceContext&&) noexcept = default;
 DeviceContext& DeviceContext::operator=(DeviceContext&&) noexcept = default;
 
+void DeviceContext::set_step(const StepState& state) {
+  if (cuda_) cuda_->set_step(state);
+  else host_step_ = state;
+}
+
+const StepState* DeviceContext::step() const { return cuda_ ? cuda_->step() : &host_step_; }
+
 CudaContext& DeviceContext::cuda() const {
   if (!cuda_) throw std::logic_error("DeviceContext::cuda() called on a CPU context");
   return *cuda_;

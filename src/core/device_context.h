@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "core/device.h"
+#include "core/step_state.h"
 
 namespace dptrain {
 
@@ -26,9 +27,16 @@ class DeviceContext {
   /// The CUDA resources; throws std::logic_error on a CPU context.
   CudaContext& cuda() const;
 
+  /// Writes this step's state into the context's memory: directly on the CPU, by a kernel queued
+  /// on the compute stream on CUDA (so it stays ordered with, and outside of, a replayed graph).
+  void set_step(const StepState& state);
+  /// The state as kernels read it: a host pointer on the CPU, a device pointer on CUDA.
+  const StepState* step() const;
+
  private:
   Device device_ = Device::Cpu;
   std::unique_ptr<CudaContext> cuda_;
+  StepState host_step_;
 };
 
 }  // namespace dptrain

@@ -1,6 +1,7 @@
 #include "cuda/cuda_context.h"
 
 #include "cuda/check.h"
+#include "kernels/step_kernels.h"
 
 namespace dptrain {
 
@@ -30,11 +31,19 @@ CudaContext::CudaContext(const CudaOptions& options) : options_(options) {
   CUBLAS_CHECK(cublasCreate(&blas));
   cublas_ = CublasHandle(blas);
   CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
+  cublas_workspace_ = Buffer<uint8_t>(Device::Cuda, size_t{32} << 20);
+  CUBLAS_CHECK(cublasSetWorkspace(cublas_, cublas_workspace_.data(), cublas_workspace_.size()));
+  step_state_ = Buffer<uint8_t>(Device::Cuda, sizeof(StepState));
+  CUDA_CHECK(cudaMemsetAsync(step_state_.data(), 0, sizeof(StepState), stream_));
   CUBLAS_CHECK(cublasSetMathMode(cublas_, options.tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
 }
 
 CudaContext::~CudaContext() {
   if (stream_.get() != nullptr) (void)cudaStreamSynchronize(stream_);
+}
+
+void CudaContext::set_step(const StepState& state) {
+  kernels::write_step_state(reinterpret_cast<StepState*>(step_state_.data()), state, stream_);
 }
 
 void* CudaContext::workspace(size_t bytes) {

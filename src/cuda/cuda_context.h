@@ -11,6 +11,7 @@
 #include <string>
 
 #include "core/buffer.h"
+#include "core/step_state.h"
 #include "cuda/raii.h"
 
 namespace dptrain {
@@ -35,6 +36,10 @@ class CudaContext {
   cudnnHandle_t cudnn() const { return cudnn_; }
   cublasHandle_t cublas() const { return cublas_; }
 
+  /// Queues a write of `state` into the device-resident StepState (see core/step_state.h).
+  void set_step(const StepState& state);
+  const StepState* step() const { return reinterpret_cast<const StepState*>(step_state_.data()); }
+
   /// The shared workspace, grown to at least `bytes`. Call only while setting up (it may allocate).
   void* workspace(size_t bytes);
   size_t workspace_size() const { return workspace_.size(); }
@@ -46,6 +51,8 @@ class CudaContext {
   CudnnHandle cudnn_;
   CublasHandle cublas_;
   Buffer<uint8_t> workspace_;
+  Buffer<uint8_t> step_state_;  // one StepState
+  Buffer<uint8_t> cublas_workspace_;  // given to cuBLAS so it never allocates inside a captured graph
 };
 
 /// Number of usable CUDA devices; 0 (never an exception) when there is no driver or no GPU.

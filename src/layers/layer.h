@@ -19,19 +19,12 @@
 #include <vector>
 
 #include "core/device_context.h"
+#include "core/step_state.h"
 #include "core/tensor.h"
 
 namespace dptrain {
 
 enum class Phase { Train, Eval };
-
-/// What stochastic layers key their random draws by (core/philox.h). The sample with index i in a
-/// local batch is global sample first_sample + i of the epoch, whatever the rank count.
-struct StepInfo {
-  uint64_t seed = 0;
-  uint32_t epoch = 0;
-  uint32_t first_sample = 0;
-};
 
 /// How a parameter tensor is initialised (PyTorch's defaults for Conv2d and Linear).
 enum class ParamInit {
@@ -82,7 +75,8 @@ class Layer {
     (void)max_batch;
   }
 
-  /// out = f(in). `out` has in.n samples of output_dims().
+  /// out = f(in). `out` has in.n samples of output_dims(). On CUDA, stochastic layers read the step
+  /// from the context's device-resident StepState (DeviceContext::set_step), which must hold `step`.
   virtual void forward(DeviceContext& ctx, TensorView<const T> in, TensorView<T> out, Phase phase,
                        const StepInfo& step) = 0;
 

@@ -21,6 +21,9 @@ class BatchSource {
   /// Samples at epoch positions [first, first + count) into x (count x C x H x W floats,
   /// normalised) and y (count labels), both in the context's memory. Queued; does not wait.
   virtual void gather(DeviceContext& ctx, int64_t first, int count, float* x, int32_t* y) = 0;
+  /// The same, starting at the epoch position ctx.step()->info.first_sample, read when the work
+  /// runs (on CUDA, inside a replayed graph).
+  virtual void gather_step(DeviceContext& ctx, int count, float* x, int32_t* y) = 0;
 };
 
 /// The source for ctx's device. The dataset must outlive the source.

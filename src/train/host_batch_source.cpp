@@ -26,6 +26,9 @@ class HostBatchSource final : public BatchSource {
   void gather(DeviceContext&, int64_t first, int count, float* x, int32_t* y) override {
     gather_normalize(data_, order_, first, count, mean_, std_, x, y);
   }
+  void gather_step(DeviceContext& ctx, int count, float* x, int32_t* y) override {
+    gather(ctx, ctx.step()->info.first_sample, count, x, y);
+  }
 
  private:
   const Dataset& data_;

@@ -16,10 +16,9 @@
 #include "data/sampler.h"
 #include "io/checkpoint.h"
 #include "train/progress.h"
+#include "train/step_graph.h"
 
 namespace dptrain {
-
-static_assert(sizeof(StepScalars) == 4 * sizeof(float), "StepScalars travels as four floats");
 
 struct Trainer::EpochStats {
   std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
@@ -58,10 +57,10 @@ Trainer::Trainer(const Config& config, const TrainOptions& options, const MnistD
   if (in.c != 1 || in.h != data_.train.rows || in.w != data_.train.cols)
     throw InputError(config_.source, "model.input is " + to_string(in) + " but the data has 1x" +
                                          std::to_string(data_.train.rows) + "x" + std::to_string(data_.train.cols) + " images");
+  local_batch_ = local_batch;
   x_ = Buffer<float>(ctx_.device(), static_cast<size_t>(local_batch) * in.count());
   y_ = Buffer<int32_t>(ctx_.device(), static_cast<size_t>(local_batch));
   sums_ = Buffer<double>(ctx_.device(), 2);
-  scalars_ = Buffer<float>(ctx_.device(), 4);
 
   // Identical start on every rank: rank 0's initial parameters (from the seed) are broadcast.
   model_->params().initialize(config_.train.seed);
@@ -77,14 +76,32 @@ void Trainer::step(int epoch, int64_t step_in_epoch, int64_t global_step) {
   }
   const BatchPlan::Shard shard = plan_->shard(step_in_epoch, comm_.rank());
   const int64_t batch = plan_->global_batch_size(step_in_epoch);
+  const StepState state{{config_.train.seed, static_cast<uint32_t>(epoch), static_cast<uint32_t>(shard.first)},
+                        optimizer_->scalars(schedule_->lr(global_step), global_step + 1)};
+  ctx_.set_step(state);  // outside any graph: every replay reads this step's values
+  // Each rank scales by the global batch, so the summed gradients are the global batch mean.
+  const float grad_scale = 1.0f / static_cast<float>(batch);
+  if (graph_ && graph_->matches(shard.count, grad_scale)) {
+    graph_->launch();
+    return;
+  }
+  const bool capture = ctx_.on_cuda() && config_.train.cuda_graph && shard.count == local_batch_ && warmed_up_;
+  if (capture) graph_ = std::make_unique<StepGraph>(ctx_.cuda().stream(), shard.count, grad_scale);
+  run_step(state.info, shard.count, grad_scale);
+  if (capture) {
+    graph_->end_capture();
+    graph_->launch();  // the captured work has not run yet
+  }
+  if (shard.count == local_batch_) warmed_up_ = true;  // algorithms chosen, workspaces sized: capturable
+}
+
+void Trainer::run_step(const StepInfo& info, int count, float grad_scale) {
   const Dims in = config_.model.input;
   ParamStore<float>& params = model_->params();
-  if (shard.count > 0) {
-    source_->gather(ctx_, shard.first, shard.count, x_.data(), y_.data());
-    const StepInfo info{config_.train.seed, static_cast<uint32_t>(epoch), static_cast<uint32_t>(shard.first)};
-    model_->forward(ctx_, TensorView<const float>{x_.data(), shard.count, in}, Phase::Train, info);
-    // Each rank scales by the global batch, so the summed gradients are the global batch mean.
-    model_->backward(ctx_, y_.data(), 1.0f / static_cast<float>(batch), sums_.data(), hook_);
+  if (count > 0) {
+    source_->gather_step(ctx_, count, x_.data(), y_.data());
+    model_->forward(ctx_, TensorView<const float>{x_.data(), count, in}, Phase::Train, info);
+    model_->backward(ctx_, y_.data(), grad_scale, sums_.data(), hook_);
   } else {
     // A tail batch smaller than the rank count leaves this rank idle; it still joins the exchange.
     zero_async(ctx_, params.grads().span());
@@ -93,11 +110,7 @@ void Trainer::step(int epoch, int64_t step_in_epoch, int64_t global_step) {
       hook_->on_backward_done(ctx_);
     }
   }
-  const StepScalars s = optimizer_->scalars(schedule_->lr(global_step), global_step + 1);
-  const std::array<float, 4> packed{s.lr, s.bias_correction1, s.bias_correction2_sqrt, s.first_step};
-  upload(ctx_, scalars_.span(), std::span<const float>(packed));
-  optimizer_->step(ctx_, params.values().span(), params.grads().span(),
-                   reinterpret_cast<const StepScalars*>(scalars_.data()));
+  optimizer_->step(ctx_, params.values().span(), params.grads().span(), &ctx_.step()->scalars);
 }
 
 void Trainer::finish_epoch(int epoch, int64_t global_step, EpochStats& stats) {

@@ -53,6 +53,8 @@ class Trainer {
 
  private:
   struct EpochStats;
+  /// The step's work (gather, forward, loss, backward and exchange, update), queued on the device.
+  void run_step(const StepInfo& info, int count, float grad_scale);
   void finish_epoch(int epoch, int64_t global_step, EpochStats& stats);
   void write_weights();
 
@@ -76,7 +78,9 @@ class Trainer {
   Buffer<int32_t> y_;
   Buffer<double> sums_;          ///< this epoch's [loss sum, correct] on the device
   EvalResult last_eval_;         ///< rank 0's latest test-set result
-  Buffer<float> scalars_;  ///< one StepScalars (4 floats), in memory the optimizer's device reads
+  int local_batch_ = 0;          ///< samples per rank in a full global batch
+  bool warmed_up_ = false;       ///< a full step ran eagerly: the next one may be captured
+  std::unique_ptr<class StepGraph> graph_;  ///< the captured full-batch step (CUDA, train.cuda_graph)
 };
 
 }  // namespace dptrain

@@ -1,0 +1,62 @@
+// Compiled with --fmad=false (CMakeLists.txt): the normalisation must match the CPU bit for bit.
+#include <cub/device/device_radix_sort.cuh>
+
+#include "core/philox.h"
+#include "cuda/check.h"
+#include "kernels/data_kernels.h"
+
+namespace dptrain::kernels {
+
+namespace {
+
+__global__ void shuffle_keys_kernel(uint64_t seed, uint32_t epoch, uint32_t n, uint64_t* keys, uint32_t* indices) {
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+    keys[i] = philox::shuffle_key(seed, epoch, i);
+    indices[i] = i;
+  }
+}
+
+__global__ void gather_kernel(const uint8_t* images, const int32_t* labels, const uint32_t* order, int pixels,
+                              long first, const StepState* step, int count, float mean, float std, float* x,
+                              int32_t* y) {
+  const long start = step != nullptr ? static_cast<long>(step->info.first_sample) : first;
+  const long total = static_cast<long>(count) * pixels;
+  for (long i = blockIdx.x * long{blockDim.x} + threadIdx.x; i < total; i += long{gridDim.x} * blockDim.x) {
+    const long sample = i / pixels, p = i % pixels;
+    const uint32_t index = order[start + sample];
+    const float scaled = __fmul_rn(static_cast<float>(images[static_cast<long>(index) * pixels + p]), 1.0f / 255.0f);
+    x[i] = __fdiv_rn(__fsub_rn(scaled, mean), std);
+    if (p == 0) y[sample] = labels[index];
+  }
+}
+
+}  // namespace
+
+size_t epoch_order_scratch_bytes(uint32_t n) {
+  size_t bytes = 0;
+  CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, bytes, static_cast<const uint64_t*>(nullptr),
+                                             static_cast<uint64_t*>(nullptr), static_cast<const uint32_t*>(nullptr),
+                                             static_cast<uint32_t*>(nullptr), static_cast<int>(n)));
+  return bytes;
+}
+
+void sort_epoch_order(uint64_t seed, uint32_t epoch, uint32_t n, uint64_t* keys, uint64_t* keys_sorted,
+                      uint32_t* indices, uint32_t* order, void* scratch, size_t scratch_bytes, cudaStream_t stream) {
+  shuffle_keys_kernel<<<(n + 255) / 256, 256, 0, stream>>>(seed, epoch, n, keys, indices);
+  CUDA_CHECK_LAUNCH();
+  // LSD radix sort is stable: equal keys keep index order, exactly the host's (key, index) order.
+  CUDA_CHECK(cub::DeviceRadixSort::SortPairs(scratch, scratch_bytes, keys, keys_sorted, indices, order,
+                                             static_cast<int>(n), 0, 64, stream));
+}
+
+void gather_normalize(const uint8_t* images, const int32_t* labels, const uint32_t* order, int pixels, long first,
+                      const StepState* step, int count, float mean, float std, float* x, int32_t* y,
+                      cudaStream_t stream) {
+  const long total = static_cast<long>(count) * pixels;
+  const int blocks = static_cast<int>((total + 255) / 256 < 65535 * 4 ? (total + 255) / 256 : 65535 * 4);
+  gather_kernel<<<blocks < 1 ? 1 : blocks, 256, 0, stream>>>(images, labels, order, pixels, first, step, count, mean,
+                                                              std, x, y);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace dptrain::kernels

@@ -1,0 +1,142 @@
+// Conv2d on CUDA through cuDNN: forward, backward-data, backward-filter and the bias gradient.
+// Algorithms are chosen once per batch size: by measurement (cudnnFind*) when
+// train.cudnn_benchmark is on, by cuDNN's heuristics otherwise, and only among deterministic
+// algorithms, so a run repeats bit for bit. float32 forbids TF32 (CUDNN_FMA_MATH); tf32 allows it.
+#include <algorithm>
+#include <string>
+#include <vector>
+
+#include "cuda/check.h"
+#include "cuda/cuda_context.h"
+#include "cuda/cuda_layers.h"
+#include "cuda/cudnn_descriptors.h"
+#include "layers/conv2d.h"
+
+namespace dptrain {
+
+namespace {
+
+constexpr float kOne = 1.0f, kZero = 0.0f;
+constexpr size_t kMaxWorkspace = size_t{256} << 20;
+
+/// The first acceptable result of a Find or heuristic query (results come best first).
+template <typename Perf>
+Perf pick(const Perf* results, int count, const char* what) {
+  for (int i = 0; i < count; ++i)
+    if (results[i].status == CUDNN_STATUS_SUCCESS && results[i].determinism == CUDNN_DETERMINISTIC &&
+        results[i].memory <= kMaxWorkspace)
+      return results[i];
+  throw CudaError(std::string("cuDNN offers no deterministic ") + what + " algorithm for this convolution");
+}
+
+class Conv2dCuda final : public Conv2dLayer<float> {
+ public:
+  using Conv2dLayer<float>::Conv2dLayer;
+
+  void reserve(DeviceContext& ctx, int max_batch) override {
+    if (!filter_) create_descriptors(ctx.cuda().options().tf32);
+    plan(ctx, max_batch);
+  }
+
+  void forward(DeviceContext& ctx, TensorView<const float> in, TensorView<float> out, Phase, const StepInfo&) override {
+    const Plan& p = plan(ctx, in.n);
+    cudnnHandle_t h = ctx.cuda().cudnn();
+    void* ws = ctx.cuda().workspace(p.workspace);
+    CUDNN_CHECK(cudnnConvolutionForward(h, &kOne, p.x, in.data, filter_, params()[0].value.data(), conv_, p.fwd, ws,
+                                        p.workspace, &kZero, p.y, out.data));
+    CUDNN_CHECK(cudnnAddTensor(h, &kOne, bias_, params()[1].value.data(), &kOne, p.y, out.data));
+  }
+
+  void backward(DeviceContext& ctx, TensorView<const float> in, TensorView<const float>, TensorView<const float> dout,
+                TensorView<float> din) override {
+    const Plan& p = plan(ctx, in.n);
+    cudnnHandle_t h = ctx.cuda().cudnn();
+    void* ws = ctx.cuda().workspace(p.workspace);
+    CUDNN_CHECK(cudnnConvolutionBackwardBias(h, &kOne, p.y, dout.data, &kZero, bias_, params()[1].grad.data()));
+    CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, &kOne, p.x, in.data, p.y, dout.data, conv_, p.bwd_filter, ws,
+                                               p.workspace, &kZero, filter_, params()[0].grad.data()));
+    if (din.data != nullptr)
+      CUDNN_CHECK(cudnnConvolutionBackwardData(h, &kOne, filter_, params()[0].value.data(), p.y, dout.data, conv_,
+                                               p.bwd_data, ws, p.workspace, &kZero, p.x, din.data));
+  }
+
+ private:
+  struct Plan {
+    int n = 0;
+    CudnnTensorDesc x, y;
+    cudnnConvolutionFwdAlgo_t fwd{};
+    cudnnConvolutionBwdDataAlgo_t bwd_data{};
+    cudnnConvolutionBwdFilterAlgo_t bwd_filter{};
+    size_t workspace = 0;
+  };
+
+  void create_descriptors(bool tf32) {
+    const Dims in = input_dims();
+    cudnnFilterDescriptor_t f = nullptr;
+    CUDNN_CHECK(cudnnCreateFilterDescriptor(&f));
+    filter_ = CudnnFilterDesc(f);
+    CUDNN_CHECK(cudnnSetFilter4dDescriptor(f, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, out_channels(), in.c, kernel(), kernel()));
+    cudnnConvolutionDescriptor_t c = nullptr;
+    CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&c));
+    conv_ = CudnnConvDesc(c);
+    CUDNN_CHECK(cudnnSetConvolution2dDescriptor(c, padding(), padding(), stride(), stride(), 1, 1,
+                                                CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
+    CUDNN_CHECK(cudnnSetConvolutionMathType(c, tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH));
+    bias_ = make_tensor_desc(1, out_channels(), 1, 1);
+  }
+
+  const Plan& plan(DeviceContext& ctx, int n) {
+    for (const Plan& p : plans_)
+      if (p.n == n) return p;
+    const Dims in = input_dims(), out = output_dims();
+    Plan p;
+    p.n = n;
+    p.x = make_tensor_desc(n, in.c, in.h, in.w);
+    p.y = make_tensor_desc(n, out.c, out.h, out.w);
+    cudnnHandle_t h = ctx.cuda().cudnn();
+    constexpr int kMax = 16;
+    int found = 0;
+    if (ctx.cuda().options().cudnn_benchmark) {
+      cudnnConvolutionFwdAlgoPerf_t f[kMax];
+      CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithm(h, p.x, filter_, conv_, p.y, kMax, &found, f));
+      p.fwd = pick(f, found, "forward").algo;
+      cudnnConvolutionBwdDataAlgoPerf_t d[kMax];
+      CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(h, filter_, p.y, conv_, p.x, kMax, &found, d));
+      p.bwd_data = pick(d, found, "backward-data").algo;
+      cudnnConvolutionBwdFilterAlgoPerf_t w[kMax];
+      CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(h, p.x, p.y, conv_, filter_, kMax, &found, w));
+      p.bwd_filter = pick(w, found, "backward-filter").algo;
+    } else {
+      cudnnConvolutionFwdAlgoPerf_t f[kMax];
+      CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, p.x, filter_, conv_, p.y, kMax, &found, f));
+      p.fwd = pick(f, found, "forward").algo;
+      cudnnConvolutionBwdDataAlgoPerf_t d[kMax];
+      CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, filter_, p.y, conv_, p.x, kMax, &found, d));
+      p.bwd_data = pick(d, found, "backward-data").algo;
+      cudnnConvolutionBwdFilterAlgoPerf_t w[kMax];
+      CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, p.x, p.y, conv_, filter_, kMax, &found, w));
+      p.bwd_filter = pick(w, found, "backward-filter").algo;
+    }
+    size_t a = 0, b = 0, c = 0;
+    CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(h, p.x, filter_, conv_, p.y, p.fwd, &a));
+    CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(h, filter_, p.y, conv_, p.x, p.bwd_data, &b));
+    CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(h, p.x, p.y, conv_, filter_, p.bwd_filter, &c));
+    p.workspace = std::max({a, b, c});
+    ctx.cuda().workspace(p.workspace);  // grow now, never inside a step
+    plans_.push_back(std::move(p));
+    return plans_.back();
+  }
+
+  CudnnFilterDesc filter_;
+  CudnnConvDesc conv_;
+  CudnnTensorDesc bias_;
+  std::vector<Plan> plans_;
+};
+
+}  // namespace
+
+std::unique_ptr<Layer<float>> make_conv2d_cuda(const LayerConfig& c, int index, Dims in) {
+  return std::make_unique<Conv2dCuda>(c, index, in);
+}
+
+}  // namespace dptrain

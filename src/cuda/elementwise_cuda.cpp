@@ -1,0 +1,149 @@
+// ReLU and max pooling through cuDNN; dropout and flatten with custom kernels and copies.
+#include "core/buffer.h"
+#include "cuda/check.h"
+#include "cuda/cuda_context.h"
+#include "cuda/cuda_layers.h"
+#include "cuda/cudnn_descriptors.h"
+#include "kernels/layer_kernels.h"
+#include "layers/elementwise.h"
+#include "layers/maxpool2d.h"
+
+namespace dptrain {
+
+namespace {
+
+constexpr float kOne = 1.0f, kZero = 0.0f;
+
+class ReluCuda final : public ReluLayer<float> {
+ public:
+  ReluCuda(const LayerConfig& c, int index, Dims in) : ReluLayer<float>(c, index, in), descs_(in) {
+    cudnnActivationDescriptor_t a = nullptr;
+    CUDNN_CHECK(cudnnCreateActivationDescriptor(&a));
+    act_ = CudnnActivationDesc(a);
+    CUDNN_CHECK(cudnnSetActivationDescriptor(a, CUDNN_ACTIVATION_RELU, CUDNN_NOT_PROPAGATE_NAN, 0.0));
+  }
+  void reserve(DeviceContext&, int max_batch) override { descs_.get(max_batch); }
+  void forward(DeviceContext& ctx, TensorView<const float> in, TensorView<float> out, Phase, const StepInfo&) override {
+    cudnnTensorDescriptor_t d = descs_.get(in.n);
+    CUDNN_CHECK(cudnnActivationForward(ctx.cuda().cudnn(), act_, &kOne, d, in.data, &kZero, d, out.data));
+  }
+  void backward(DeviceContext& ctx, TensorView<const float> in, TensorView<const float> out, TensorView<const float> dout,
+                TensorView<float> din) override {
+    if (din.data == nullptr) return;
+    cudnnTensorDescriptor_t d = descs_.get(in.n);
+    CUDNN_CHECK(cudnnActivationBackward(ctx.cuda().cudnn(), act_, &kOne, d, out.data, d, dout.data, d, in.data, &kZero,
+                                        d, din.data));
+  }
+
+ private:
+  TensorDescCache descs_;
+  CudnnActivationDesc act_;
+};
+
+class MaxPool2dCuda final : public MaxPool2dLayer<float> {
+ public:
+  MaxPool2dCuda(const LayerConfig& c, int index, Dims in)
+      : MaxPool2dLayer<float>(c, index, in), in_descs_(in), out_descs_(output_dims()) {
+    cudnnPoolingDescriptor_t p = nullptr;
+    CUDNN_CHECK(cudnnCreatePoolingDescriptor(&p));
+    pool_ = CudnnPoolDesc(p);
+    CUDNN_CHECK(cudnnSetPooling2dDescriptor(p, CUDNN_POOLING_MAX_DETERMINISTIC, CUDNN_NOT_PROPAGATE_NAN, kernel(),
+                                            kernel(), padding(), padding(), stride(), stride()));
+  }
+  void reserve(DeviceContext&, int max_batch) override {
+    in_descs_.get(max_batch);
+    out_descs_.get(max_batch);
+  }
+  void forward(DeviceContext& ctx, TensorView<const float> in, TensorView<float> out, Phase, const StepInfo&) override {
+    CUDNN_CHECK(cudnnPoolingForward(ctx.cuda().cudnn(), pool_, &kOne, in_descs_.get(in.n), in.data, &kZero,
+                                    out_descs_.get(in.n), out.data));
+  }
+  void backward(DeviceContext& ctx, TensorView<const float> in, TensorView<const float> out, TensorView<const float> dout,
+                TensorView<float> din) override {
+    if (din.data == nullptr) return;
+    cudnnTensorDescriptor_t x = in_descs_.get(in.n), y = out_descs_.get(in.n);
+    CUDNN_CHECK(cudnnPoolingBackward(ctx.cuda().cudnn(), pool_, &kOne, y, out.data, y, dout.data, x, in.data, &kZero, x,
+                                     din.data));
+  }
+
+ private:
+  TensorDescCache in_descs_, out_descs_;
+  CudnnPoolDesc pool_;
+};
+
+class DropoutCuda final : public DropoutLayer<float> {
+ public:
+  using DropoutLayer<float>::DropoutLayer;
+  void reserve(DeviceContext&, int max_batch) override {
+    if (mask_.size() < static_cast<size_t>(max_batch) * input_dims().count())
+      mask_ = Buffer<float>(Device::Cuda, static_cast<size_t>(max_batch) * input_dims().count());
+  }
+  void forward(DeviceContext& ctx, TensorView<const float> in, TensorView<float> out, Phase phase,
+               const StepInfo&) override {
+    if (phase == Phase::Eval) {
+      CUDA_CHECK(cudaMemcpyAsync(out.data, in.data, sizeof(float) * static_cast<size_t>(in.size()),
+                                 cudaMemcpyDeviceToDevice, ctx.cuda().stream()));
+      return;
+    }
+    kernels::dropout_forward(in.data, out.data, mask_.data(), in.n, static_cast<int>(in.sample_size()),
+                             static_cast<float>(p()), scale(), static_cast<uint32_t>(index()), ctx.step(),
+                             ctx.cuda().stream());
+  }
+  void backward(DeviceContext& ctx, TensorView<const float> in, TensorView<const float>, TensorView<const float> dout,
+                TensorView<float> din) override {
+    if (din.data != nullptr) kernels::dropout_backward(dout.data, mask_.data(), din.data, in.size(), ctx.cuda().stream());
+  }
+
+ private:
+  Buffer<float> mask_;
+};
+
+class FlattenCuda final : public FlattenLayer<float> {
+ public:
+  using FlattenLayer<float>::FlattenLayer;
+  void forward(DeviceContext& ctx, TensorView<const float> in, TensorView<float> out, Phase, const StepInfo&) override {
+    CUDA_CHECK(cudaMemcpyAsync(out.data, in.data, sizeof(float) * static_cast<size_t>(in.size()),
+                               cudaMemcpyDeviceToDevice, ctx.cuda().stream()));
+  }
+  void backward(DeviceContext& ctx, TensorView<const float> in, TensorView<const float>, TensorView<const float> dout,
+                TensorView<float> din) override {
+    if (din.data != nullptr)
+      CUDA_CHECK(cudaMemcpyAsync(din.data, dout.data, sizeof(float) * static_cast<size_t>(in.size()),
+                                 cudaMemcpyDeviceToDevice, ctx.cuda().stream()));
+  }
+};
+
+class SoftmaxCrossEntropyCuda final : public SoftmaxCrossEntropy<float> {
+ public:
+  void forward_backward(DeviceContext& ctx, TensorView<const float> logits, const int32_t* labels, float grad_scale,
+                        TensorView<float> dlogits, double* sums) override {
+    // Grows on the first call with a larger batch; the trainer makes that call before any capture.
+    if (scratch_.size() < 2 * static_cast<size_t>(logits.n)) scratch_ = Buffer<double>(Device::Cuda, 2 * static_cast<size_t>(logits.n));
+    kernels::softmax_cross_entropy(logits.data, labels, logits.n, static_cast<int>(logits.sample_size()), grad_scale,
+                                   dlogits.data, sums, scratch_.data(), ctx.cuda().stream());
+  }
+
+ private:
+  Buffer<double> scratch_;
+};
+
+}  // namespace
+
+std::unique_ptr<Layer<float>> make_conv2d_cuda(const LayerConfig& c, int index, Dims in);
+std::unique_ptr<Layer<float>> make_linear_cuda(const LayerConfig& c, int index, Dims in);
+
+std::unique_ptr<Layer<float>> make_cuda_layer(const LayerConfig& c, int index, Dims in) {
+  if (c.type == "conv2d") return make_conv2d_cuda(c, index, in);
+  if (c.type == "linear") return make_linear_cuda(c, index, in);
+  if (c.type == "relu") return std::make_unique<ReluCuda>(c, index, in);
+  if (c.type == "maxpool2d") return std::make_unique<MaxPool2dCuda>(c, index, in);
+  if (c.type == "dropout") return std::make_unique<DropoutCuda>(c, index, in);
+  if (c.type == "flatten") return std::make_unique<FlattenCuda>(c, index, in);
+  throw InputError("model.layers[" + std::to_string(index) + "] (" + c.name + ")", "unknown layer type '" + c.type + "'");
+}
+
+std::unique_ptr<SoftmaxCrossEntropy<float>> make_softmax_cross_entropy_cuda() {
+  return std::make_unique<SoftmaxCrossEntropyCuda>();
+}
+
+}  // namespace dptrain

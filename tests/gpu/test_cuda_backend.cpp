@@ -1,0 +1,236 @@
+// The CUDA backend against the CPU reference: every layer's forward and backward (input and
+// parameter gradients) on random inputs, the loss, the data pipeline (epoch order, gather), and
+// training itself (50 steps of mnist_cnn from one seed, with and without CUDA graphs). Skipped
+// without a GPU.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <random>
+
+#include "comm/communicator.h"
+#include "core/device_ops.h"
+#include "cuda/cuda_context.h"
+#include "data/dataset.h"
+#include "data/sampler.h"
+#include "io/config.h"
+#include "layers/layer_factory.h"
+#include "train/batch_source.h"
+#include "train/runtime.h"
+#include "train/trainer.h"
+
+namespace dptrain {
+namespace {
+
+class CudaBackend : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    gpu_ = std::make_unique<DeviceContext>(make_device_context(Device::Cuda, TrainConfig{}));
+  }
+  std::unique_ptr<DeviceContext> gpu_;
+  DeviceContext cpu_;
+};
+
+std::vector<float> randoms(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
+  std::mt19937 gen(seed);
+  std::uniform_real_distribution<float> d(lo, hi);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(gen);
+  return v;
+}
+
+/// ||a - b|| / ||b||
+double rel(const std::vector<float>& a, const std::vector<float>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    den += double(b[i]) * b[i];
+  }
+  return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
+}
+
+std::vector<float> to_host(DeviceContext& ctx, const Buffer<float>& b, size_t n) {
+  std::vector<float> h(n);
+  download(ctx, std::span<const float>(b.data(), n), std::span<float>(h));
+  return h;
+}
+
+struct LayerRun {
+  std::vector<float> out, din, grads;
+};
+
+LayerRun run_layer(DeviceContext& ctx, Layer<float>& layer, const std::vector<float>& params, const std::vector<float>& x,
+                   const std::vector<float>& dy, int n, Phase phase) {
+  const Device dev = ctx.device();
+  const std::vector<ParamSpec> specs = layer.param_specs();
+  Buffer<float> pv(dev, std::max<size_t>(params.size(), 1)), pg(dev, std::max<size_t>(params.size(), 1));
+  upload(ctx, std::span<float>(pv.data(), params.size()), std::span<const float>(params));
+  std::vector<ParamView<float>> views;
+  size_t off = 0;
+  for (const ParamSpec& s : specs) {
+    const size_t c = static_cast<size_t>(element_count(s.shape));
+    views.push_back({{pv.data() + off, c}, {pg.data() + off, c}});
+    off += c;
+  }
+  layer.bind(views);
+  layer.reserve(ctx, n);
+  const Dims in = layer.input_dims(), od = layer.output_dims();
+  Buffer<float> bx(dev, x.size()), by(dev, dy.size()), bdy(dev, dy.size()), bdx(dev, x.size());
+  upload(ctx, bx.span(), std::span<const float>(x));
+  upload(ctx, bdy.span(), std::span<const float>(dy));
+  const StepInfo step{11, 2, 640};
+  ctx.set_step(StepState{step, {}});
+  layer.forward(ctx, TensorView<const float>{bx.data(), n, in}, TensorView<float>{by.data(), n, od}, phase, step);
+  layer.backward(ctx, TensorView<const float>{bx.data(), n, in}, TensorView<const float>{by.data(), n, od},
+                 TensorView<const float>{bdy.data(), n, od}, TensorView<float>{bdx.data(), n, in});
+  return {to_host(ctx, by, dy.size()), to_host(ctx, bdx, x.size()), to_host(ctx, pg, params.size())};
+}
+
+void compare_layer(DeviceContext& cpu, DeviceContext& gpu, const LayerConfig& c, Dims in, int n, double tol,
+                   Phase phase = Phase::Train, bool positive_gap = false) {
+  auto lc = make_layer<float>(c, 3, in, Device::Cpu);
+  auto lg = make_layer<float>(c, 3, in, Device::Cuda);
+  size_t np = 0;
+  for (const ParamSpec& s : lc->param_specs()) np += static_cast<size_t>(element_count(s.shape));
+  const std::vector<float> params = randoms(np, 1, -0.3f, 0.3f);
+  std::vector<float> x = randoms(static_cast<size_t>(n) * in.count(), 2);
+  if (positive_gap) {  // keep values apart so max pooling has no near-ties
+    for (size_t i = 0; i < x.size(); ++i) x[i] = x[i] + 0.0001f * static_cast<float>(i % 997);
+  }
+  const std::vector<float> dy = randoms(static_cast<size_t>(n) * lc->output_dims().count(), 3);
+  const LayerRun a = run_layer(cpu, *lc, params, x, dy, n, phase);
+  const LayerRun b = run_layer(gpu, *lg, params, x, dy, n, phase);
+  EXPECT_LT(rel(b.out, a.out), tol) << c.type << " forward, n=" << n;
+  EXPECT_LT(rel(b.din, a.din), tol) << c.type << " input gradient, n=" << n;
+  if (np > 0) EXPECT_LT(rel(b.grads, a.grads), tol) << c.type << " parameter gradients, n=" << n;
+}
+
+LayerConfig layer(const std::string& type) {
+  LayerConfig c;
+  c.type = type;
+  c.name = type;
+  return c;
+}
+
+TEST_F(CudaBackend, ConvMatchesCpu) {
+  for (int n : {64, 32, 5}) {
+    LayerConfig c = layer("conv2d");
+    c.out_channels = 64;
+    c.kernel = 3;
+    c.stride = 1;
+    compare_layer(cpu_, *gpu_, c, Dims{32, 26, 26}, n, 1e-5);
+    c.out_channels = 32;
+    compare_layer(cpu_, *gpu_, c, Dims{1, 28, 28}, n, 1e-5);
+    c.out_channels = 6;
+    c.kernel = 5;
+    c.stride = 2;
+    c.padding = 2;
+    compare_layer(cpu_, *gpu_, c, Dims{3, 13, 11}, n, 1e-5);
+  }
+}
+
+TEST_F(CudaBackend, LinearReluPoolDropoutFlattenMatchCpu) {
+  for (int n : {64, 32}) {
+    LayerConfig lin = layer("linear");
+    lin.out_features = 128;
+    compare_layer(cpu_, *gpu_, lin, Dims{64, 12, 12}, n, 1e-5);
+    compare_layer(cpu_, *gpu_, layer("relu"), Dims{64, 24, 24}, n, 1e-6);
+    LayerConfig pool = layer("maxpool2d");
+    pool.kernel = 2;
+    pool.stride = 2;
+    compare_layer(cpu_, *gpu_, pool, Dims{64, 24, 24}, n, 1e-6, Phase::Train, true);
+    LayerConfig drop = layer("dropout");
+    drop.p = 0.25;
+    compare_layer(cpu_, *gpu_, drop, Dims{64, 12, 12}, n, 0.0);  // the same masks, bit for bit
+    compare_layer(cpu_, *gpu_, drop, Dims{64, 12, 12}, n, 0.0, Phase::Eval);
+    compare_layer(cpu_, *gpu_, layer("flatten"), Dims{64, 12, 12}, n, 0.0);
+  }
+}
+
+TEST_F(CudaBackend, LossMatchesCpu) {
+  const int n = 64, k = 10;
+  const std::vector<float> logits = randoms(n * k, 4, -6, 6);
+  std::vector<int32_t> labels(n);
+  for (int i = 0; i < n; ++i) labels[static_cast<size_t>(i)] = (i * 7) % k;
+  auto run = [&](DeviceContext& ctx) {
+    auto loss = make_softmax_cross_entropy<float>(ctx.device());
+    Buffer<float> x(ctx.device(), logits.size()), g(ctx.device(), logits.size());
+    Buffer<int32_t> y(ctx.device(), labels.size());
+    Buffer<double> sums(ctx.device(), 2);
+    upload(ctx, x.span(), std::span<const float>(logits));
+    upload(ctx, y.span(), std::span<const int32_t>(labels));
+    zero_async(ctx, sums.span());
+    loss->forward_backward(ctx, TensorView<const float>{x.data(), n, {k, 1, 1}}, y.data(), 1.0f / n,
+                           TensorView<float>{g.data(), n, {k, 1, 1}}, sums.data());
+    std::vector<double> s(2);
+    download(ctx, std::span<const double>(sums.span()), std::span<double>(s));
+    return std::pair{to_host(ctx, g, logits.size()), s};
+  };
+  const auto [gc, sc] = run(cpu_);
+  const auto [gg, sg] = run(*gpu_);
+  EXPECT_LT(rel(gg, gc), 1e-6);
+  EXPECT_NEAR(sg[0], sc[0], 1e-5 * std::abs(sc[0]));
+  EXPECT_EQ(sg[1], sc[1]);
+}
+
+const std::string kData = DPTRAIN_TEST_DATA_DIR;
+bool have_mnist() { return std::filesystem::exists(kData + "/train-labels-idx1-ubyte.gz") || std::filesystem::exists(kData + "/train-labels-idx1-ubyte"); }
+
+TEST_F(CudaBackend, EpochOrderAndGatherMatchCpuBitForBit) {
+  if (!have_mnist()) GTEST_SKIP() << "MNIST not in " << kData;
+  const MnistData data = load_mnist_dir(kData);
+  DataConfig dc;
+  auto cpu_src = make_batch_source(data.train, dc, true, cpu_);
+  auto gpu_src = make_batch_source(data.train, dc, true, *gpu_);
+  for (uint32_t epoch : {0u, 5u}) {
+    cpu_src->begin_epoch(3, epoch);
+    gpu_src->begin_epoch(3, epoch);
+    for (int64_t first : {int64_t{0}, int64_t{59968}}) {
+      const int count = 32;
+      std::vector<float> xc(count * 784);
+      std::vector<int32_t> yc(count);
+      cpu_src->gather(cpu_, first, count, xc.data(), yc.data());
+      Buffer<float> xg(Device::Cuda, xc.size());
+      Buffer<int32_t> yg(Device::Cuda, yc.size());
+      gpu_->set_step(StepState{{3, epoch, static_cast<uint32_t>(first)}, {}});
+      gpu_src->gather_step(*gpu_, count, xg.data(), yg.data());
+      EXPECT_EQ(to_host(*gpu_, xg, xc.size()), xc) << "epoch " << epoch << " first " << first;
+      std::vector<int32_t> yh(count);
+      download(*gpu_, std::span<const int32_t>(yg.span()), std::span<int32_t>(yh));
+      EXPECT_EQ(yh, yc);
+    }
+  }
+}
+
+std::vector<float> train_params(DeviceContext& ctx, const MnistData& data, int steps, bool graph) {
+  Config config = load_config(std::string(DPTRAIN_SOURCE_DIR) + "/configs/mnist_cnn.yaml",
+                              {"train.cuda_graph=" + std::string(graph ? "true" : "false")});
+  SingleRankCommunicator comm;
+  TrainOptions options;
+  options.show_progress = false;
+  Trainer trainer(config, options, data, ctx, comm, nullptr);
+  for (int s = 0; s < steps; ++s) trainer.step(0, s, s);
+  const auto& p = trainer.model().params();
+  return to_host(ctx, p.values(), p.size());
+}
+
+TEST_F(CudaBackend, FiftyTrainingStepsMatchCpu) {
+  if (!have_mnist()) GTEST_SKIP() << "MNIST not in " << kData;
+  const MnistData data = load_mnist_dir(kData);
+  const std::vector<float> cpu = train_params(cpu_, data, 50, false);
+  const std::vector<float> gpu = train_params(*gpu_, data, 50, true);
+  const double r = rel(gpu, cpu);
+  std::printf("GPU vs CPU after 50 steps: relative difference %.3g\n", r);
+  EXPECT_LT(r, 1e-4);
+}
+
+TEST_F(CudaBackend, GraphReplayEqualsEagerBitForBit) {
+  if (!have_mnist()) GTEST_SKIP() << "MNIST not in " << kData;
+  const MnistData data = load_mnist_dir(kData);
+  DeviceContext other = make_device_context(Device::Cuda, TrainConfig{});
+  EXPECT_EQ(train_params(*gpu_, data, 30, true), train_params(other, data, 30, false));
+}
+
+}  // namespace
+}  // namespace dptrain
