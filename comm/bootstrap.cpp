@@ -154,7 +154,8 @@ std::vector<RankPlacement> gather_placements(const MpiSession& session, int cuda
   for (int r = 0; r < session.size(); ++r) {
     const PlacementWire& w = all[static_cast<size_t>(r)];
     if (w.error[0] != '\0')
-      throw InputError("device", "rank " + std::to_string(r) + " on host " + w.host + " cannot use its GPU: " + w.error);
+      throw InputError("device",
+                       "rank " + std::to_string(r) + " on host " + w.host + " cannot use its GPU: " + w.error);
     placements.push_back({w.host, w.gpu_id, w.visible_gpus});
   }
   return placements;

@@ -96,19 +96,20 @@ void NcclCommunicator::poll(Query query, double timeout_s, const char* what) {
   for (;;) {
     const cudaError_t done = query();
     if (done == cudaSuccess) return;
-    if (done != cudaErrorNotReady) CUDA_CHECK(done);
+    if (done != cudaErrorNotReady) throw_library_error("CUDA", what, __FILE__, __LINE__, cudaGetErrorString(done));
 
     ncclResult_t async = ncclSuccess;
     NCCL_CHECK(ncclCommGetAsyncError(comm, &async));
     if (async != ncclSuccess && async != ncclInProgress) {
       const std::string reason = ncclGetErrorString(async);
       abort();
-      throw CommError("NCCL asynchronous error '" + reason + "' on " + where_ + " while waiting for " + what +
+      throw CommError("NCCL asynchronous error '" + reason + "' on " + where_ + " while waiting in " + what +
                       "; communicator aborted");
     }
     if (Clock::now() - start > limit) {
       abort();
-      throw CommError(std::string(what) + " on " + where_ + " did not finish within " + std::to_string(timeout_s) +
+      throw CommError("waiting in " + std::string(what) + " on " + where_ + ": not done within " +
+                      std::to_string(timeout_s) +
                       " s (comm.timeout_s); a peer rank is probably stuck or dead; communicator aborted");
     }
     std::this_thread::sleep_for(nap);
@@ -117,11 +118,11 @@ void NcclCommunicator::poll(Query query, double timeout_s, const char* what) {
 }
 
 void NcclCommunicator::wait_for(cudaStream_t stream, double timeout_s) {
-  poll([stream] { return cudaStreamQuery(stream); }, timeout_s, "a CUDA stream");
+  poll([stream] { return cudaStreamQuery(stream); }, timeout_s, "cudaStreamQuery(stream)");
 }
 
 void NcclCommunicator::wait_for(cudaEvent_t event, double timeout_s) {
-  poll([event] { return cudaEventQuery(event); }, timeout_s, "a CUDA event");
+  poll([event] { return cudaEventQuery(event); }, timeout_s, "cudaEventQuery(event)");
 }
 
 }  // namespace dptrain

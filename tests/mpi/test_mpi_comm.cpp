@@ -149,6 +149,24 @@ TEST(MpiComm, MakeCommunicatorForCpu) {
   EXPECT_THROW(make_communicator(CommKind::Nccl, Device::Cpu, session(), 0, 10.0), InputError);
 }
 
+// Run without mpirun (CTest's mpi_comm_singleton): MPI starts as a world of one.
+TEST(MpiSingleton, MakeCommunicatorForOneRank) {
+  if (!all_agree(session().size() == 1)) GTEST_SKIP() << "only for a world of one rank";
+  EXPECT_EQ(session().rank(), 0);
+  EXPECT_EQ(session().local_rank(), 0);
+  EXPECT_EQ(session().local_size(), 1);
+  EXPECT_EQ(make_communicator(CommKind::Auto, Device::Cpu, session(), 0, 10.0)->name(), "single");
+  auto mpi = make_communicator(CommKind::Mpi, Device::Cpu, session(), 0, 10.0);  // asked for: honoured
+  EXPECT_EQ(mpi->name(), "mpi");
+  std::vector<float> data = {1.5f, -2.0f, 3.25f};
+  mpi->all_reduce_sum(data, nullptr);
+  mpi->broadcast(data, 0, nullptr);
+  EXPECT_EQ(data, (std::vector<float>{1.5f, -2.0f, 3.25f}));
+  EXPECT_EQ(mpi->all_reduce_scalar(2.5, ReduceOp::Sum), 2.5);
+  mpi->barrier();
+  EXPECT_THROW(make_communicator(CommKind::Nccl, Device::Cpu, session(), 0, 10.0), InputError);
+}
+
 // Sum over ranks of rank r's gradient element i, where rank r holds (r + 1) * exact_value(i) + r.
 float expected_gradient(size_t i, int p) {
   return static_cast<float>(p * (p + 1) / 2) * exact_value(i) + static_cast<float>(p * (p - 1) / 2);
@@ -210,7 +228,8 @@ TEST(MpiCommGpu, MpiStagesDeviceSpans) {
 
 TEST(MpiCommGpu, SharedGpuRefusedBeforeNccl) {
   const int visible = visible_gpus();
-  if (!all_agree(visible > 0 && session().local_size() > visible)) GTEST_SKIP() << "needs a GPU and more ranks on this host than GPUs";
+  if (!all_agree(visible > 0 && session().local_size() > visible))
+    GTEST_SKIP() << "needs a GPU and more ranks on this host than GPUs";
   const int device = choose_gpu(session().local_rank(), visible);
   for (CommKind kind : {CommKind::Auto, CommKind::Nccl}) {
     try {
