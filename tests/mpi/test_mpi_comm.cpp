@@ -201,6 +201,13 @@ TEST(MpiComm, GradientReducerSumsEveryBucket) {
 
 int visible_gpus() { return cuda_device_count(); }
 
+// Buffer::copy_from_host is a cudaMemcpy from pageable memory, which may return before the DMA has
+// landed; the collectives run on non-blocking streams that do not order after it. Wait for it.
+void upload(Buffer<float>& dev, const std::vector<float>& host) {
+  dev.copy_from_host(host);
+  CUDA_CHECK(cudaDeviceSynchronize());
+}
+
 TEST(MpiCommGpu, MpiStagesDeviceSpans) {
   if (!all_agree(visible_gpus() > 0)) GTEST_SKIP() << "no GPU";
   const int device = choose_gpu(session().local_rank(), visible_gpus());
@@ -212,7 +219,7 @@ TEST(MpiCommGpu, MpiStagesDeviceSpans) {
   std::vector<float> host(n);
   for (size_t i = 0; i < n; ++i) host[i] = static_cast<float>(comm->rank() + 1) * exact_value(i);
   Buffer<float> dev(Device::Cuda, n);
-  dev.copy_from_host(host);
+  upload(dev, host);
   CudaStream stream = make_stream();
   comm->all_reduce_sum(dev.span(), stream);
   comm->synchronize(stream);
@@ -257,7 +264,7 @@ TEST(MpiCommGpu, NcclAllReduceBroadcastAndReducerInAGraph) {
   std::vector<float> host(n);
   for (size_t i = 0; i < n; ++i) host[i] = static_cast<float>(comm->rank() + 1) * exact_value(i);
   Buffer<float> dev(Device::Cuda, n);
-  dev.copy_from_host(host);
+  upload(dev, host);
   comm->all_reduce_sum(dev.span(), stream);
   comm->synchronize(stream);
   dev.copy_to_host(host);
@@ -267,7 +274,7 @@ TEST(MpiCommGpu, NcclAllReduceBroadcastAndReducerInAGraph) {
   EXPECT_TRUE(identical_across_ranks(host));
 
   for (size_t i = 0; i < n; ++i) host[i] = comm->rank() == p - 1 ? exact_value(i) : -7.0f;
-  dev.copy_from_host(host);
+  upload(dev, host);
   comm->broadcast(dev.span(), p - 1, stream);
   comm->synchronize(stream);
   dev.copy_to_host(host);
@@ -279,7 +286,7 @@ TEST(MpiCommGpu, NcclAllReduceBroadcastAndReducerInAGraph) {
   // The reducer, captured once in a CUDA graph and replayed: each replay sums over ranks again.
   // Start from 1 everywhere: after k replays every element is p^k, exactly.
   std::vector<float> ones(n, 1.0f);
-  dev.copy_from_host(ones);
+  upload(dev, ones);
   GradientReducer reducer(*comm, ctx, dev.span(), {0.25, true});  // 65536-float buckets
   EXPECT_EQ(reducer.bucket_count(), 5u);
   CudaGraph graph;
