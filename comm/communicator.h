@@ -34,6 +34,11 @@ class Communicator {
   virtual double all_reduce_scalar(double value, ReduceOp op) = 0;
   /// Blocks until every rank has arrived (outside NCCL).
   virtual void barrier() = 0;
+  /// Blocks the host until the work queued on CUDA `stream` (collectives included) is done. Use it
+  /// instead of cudaStreamSynchronize wherever collectives may be pending: NCCL overrides it to
+  /// watch for peer failures and a timeout (it aborts the communicator and throws naming the
+  /// rank), where a plain synchronize would hang forever. The default synchronises the stream.
+  virtual void synchronize(cudaStream_t stream);
 };
 
 /// The communicator of a one-process run.

@@ -1,0 +1,333 @@
+// dptrain_mpi_tests: the communicators across real processes (nccl-tests' -c check). Started by
+// CTest as `mpirun -np 2` and `-np 3` (tests/mpi/CMakeLists.txt); every rank runs every test.
+//
+// Rules that keep a failure from turning into a hang: tests use EXPECT (never ASSERT) around
+// collectives so every rank issues the same collectives in the same order; every skip decision is
+// agreed by all ranks (all_agree); the exit status is the worst over ranks.
+#include <gtest/gtest.h>
+#include <mpi.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "comm/bootstrap.h"
+#include "comm/gradient_reducer.h"
+#include "comm/mpi_communicator.h"
+#include "comm/nccl_communicator.h"
+#include "core/buffer.h"
+#include "core/device_context.h"
+#include "core/error.h"
+#include "cuda/check.h"
+#include "cuda/cuda_context.h"
+
+namespace dptrain {
+namespace {
+
+MpiSession* g_session = nullptr;
+
+const MpiSession& session() { return *g_session; }
+
+// True on every rank iff `local` is true on every rank.
+bool all_agree(bool local) {
+  int v = local ? 1 : 0;
+  MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+  return v == 1;
+}
+
+// True iff `data` holds the same bytes on every rank (compares against rank 0's copy).
+bool identical_across_ranks(const std::vector<float>& data) {
+  std::vector<float> root = data;
+  MPI_Bcast(root.data(), static_cast<int>(root.size()), MPI_FLOAT, 0, MPI_COMM_WORLD);
+  return all_agree(std::memcmp(root.data(), data.data(), data.size() * sizeof(float)) == 0);
+}
+
+// Exactly representable values: their sums over ranks are exact in float.
+float exact_value(size_t i) { return static_cast<float>(static_cast<int>(i % 97) - 40) * 0.5f; }
+
+TEST(MpiComm, WorldIsSeveralRanks) {
+  EXPECT_GE(session().size(), 2) << "run under mpirun -np N, N >= 2";
+  EXPECT_LT(session().rank(), session().size());
+  EXPECT_GE(session().local_rank(), 0);
+  EXPECT_LE(session().local_size(), session().size());
+  EXPECT_FALSE(session().hostname().empty());
+}
+
+TEST(MpiComm, AllReduceSumMatchesClosedForm) {
+  MpiCommunicator comm(session());
+  const int p = comm.size();
+  const float weight_sum = static_cast<float>(p * (p + 1) / 2);  // sum over ranks of (rank + 1)
+  for (size_t n : {size_t{0}, size_t{1}, size_t{7}, size_t{1000}, size_t{(1u << 20) + 3}}) {
+    std::vector<float> data(n);
+    for (size_t i = 0; i < n; ++i) data[i] = static_cast<float>(comm.rank() + 1) * exact_value(i);
+    comm.all_reduce_sum(data, nullptr);
+    size_t wrong = 0;
+    for (size_t i = 0; i < n; ++i) wrong += data[i] != weight_sum * exact_value(i);
+    EXPECT_EQ(wrong, 0u) << "n " << n << " rank " << comm.rank();
+    EXPECT_TRUE(identical_across_ranks(data)) << "n " << n;
+  }
+}
+
+TEST(MpiComm, InexactSumsAreBitwiseIdenticalAcrossRanks) {
+  // Rounding makes the order of additions visible; every rank must still end with the same bits,
+  // close to the exact (double) sum.
+  MpiCommunicator comm(session());
+  const size_t n = 100003;
+  std::vector<std::vector<float>> per_rank(static_cast<size_t>(comm.size()), std::vector<float>(n));
+  for (int r = 0; r < comm.size(); ++r) {
+    std::mt19937 rng(1000 + r);
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    for (float& x : per_rank[static_cast<size_t>(r)]) x = u(rng) * std::pow(10.0f, static_cast<float>(r % 4));
+  }
+  std::vector<float> data = per_rank[static_cast<size_t>(comm.rank())];
+  comm.all_reduce_sum(data, nullptr);
+  double worst = 0;
+  for (size_t i = 0; i < n; ++i) {
+    double exact = 0;
+    double scale = 0;
+    for (const auto& v : per_rank) {
+      exact += v[i];
+      scale += std::abs(v[i]);
+    }
+    worst = std::max(worst, std::abs(data[i] - exact) / std::max(scale, 1e-30));
+  }
+  EXPECT_LT(worst, 4e-7 * comm.size());
+  EXPECT_TRUE(identical_across_ranks(data));
+}
+
+TEST(MpiComm, BroadcastFromEveryRoot) {
+  MpiCommunicator comm(session());
+  for (int root = 0; root < comm.size(); ++root) {
+    std::vector<float> data(5000, -1.0f);
+    if (comm.rank() == root)
+      for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<float>(root * 10000 + static_cast<int>(i));
+    comm.broadcast(data, root, nullptr);
+    size_t wrong = 0;
+    for (size_t i = 0; i < data.size(); ++i) wrong += data[i] != static_cast<float>(root * 10000 + static_cast<int>(i));
+    EXPECT_EQ(wrong, 0u) << "root " << root;
+  }
+  std::vector<float> one(1);
+  EXPECT_THROW(comm.broadcast(one, comm.size(), nullptr), std::invalid_argument);
+}
+
+TEST(MpiComm, ScalarReductions) {
+  MpiCommunicator comm(session());
+  const int p = comm.size();
+  const double r = comm.rank();
+  EXPECT_EQ(comm.all_reduce_scalar(r + 1, ReduceOp::Sum), p * (p + 1) / 2.0);
+  EXPECT_EQ(comm.all_reduce_scalar(r + 1, ReduceOp::Max), static_cast<double>(p));
+  EXPECT_EQ(comm.all_reduce_scalar(r + 1, ReduceOp::Min), 1.0);
+  // A sum that rounds: the same bits on every rank.
+  const double s = comm.all_reduce_scalar(0.1 * (r + 1) + 1e-17 * r, ReduceOp::Sum);
+  double root = s;
+  MPI_Bcast(&root, 1, MPI_DOUBLE, 0, MPI_COMM_WORLD);
+  EXPECT_TRUE(all_agree(std::memcmp(&root, &s, sizeof s) == 0));
+}
+
+TEST(MpiComm, BarrierWaitsForTheLastRank) {
+  MpiCommunicator comm(session());
+  comm.barrier();
+  const auto start = std::chrono::steady_clock::now();
+  if (comm.rank() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  comm.barrier();
+  const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_GE(waited, 0.25) << "rank " << comm.rank() << " left the barrier before rank 0 arrived";
+}
+
+TEST(MpiComm, MakeCommunicatorForCpu) {
+  auto auto_comm = make_communicator(CommKind::Auto, Device::Cpu, session(), 0, 10.0);
+  EXPECT_EQ(auto_comm->name(), "mpi");
+  EXPECT_EQ(auto_comm->size(), session().size());
+  EXPECT_EQ(auto_comm->rank(), session().rank());
+  EXPECT_EQ(auto_comm->all_reduce_scalar(1.0, ReduceOp::Sum), static_cast<double>(session().size()));
+  EXPECT_EQ(make_communicator(CommKind::Mpi, Device::Cpu, session(), 0, 10.0)->name(), "mpi");
+  EXPECT_THROW(make_communicator(CommKind::Nccl, Device::Cpu, session(), 0, 10.0), InputError);
+}
+
+// Run without mpirun (CTest's mpi_comm_singleton): MPI starts as a world of one.
+TEST(MpiSingleton, MakeCommunicatorForOneRank) {
+  if (!all_agree(session().size() == 1)) GTEST_SKIP() << "only for a world of one rank";
+  EXPECT_EQ(session().rank(), 0);
+  EXPECT_EQ(session().local_rank(), 0);
+  EXPECT_EQ(session().local_size(), 1);
+  EXPECT_EQ(make_communicator(CommKind::Auto, Device::Cpu, session(), 0, 10.0)->name(), "single");
+  auto mpi = make_communicator(CommKind::Mpi, Device::Cpu, session(), 0, 10.0);  // asked for: honoured
+  EXPECT_EQ(mpi->name(), "mpi");
+  std::vector<float> data = {1.5f, -2.0f, 3.25f};
+  mpi->all_reduce_sum(data, nullptr);
+  mpi->broadcast(data, 0, nullptr);
+  EXPECT_EQ(data, (std::vector<float>{1.5f, -2.0f, 3.25f}));
+  EXPECT_EQ(mpi->all_reduce_scalar(2.5, ReduceOp::Sum), 2.5);
+  mpi->barrier();
+  EXPECT_THROW(make_communicator(CommKind::Nccl, Device::Cpu, session(), 0, 10.0), InputError);
+}
+
+// Sum over ranks of rank r's gradient element i, where rank r holds (r + 1) * exact_value(i) + r.
+float expected_gradient(size_t i, int p) {
+  return static_cast<float>(p * (p + 1) / 2) * exact_value(i) + static_cast<float>(p * (p - 1) / 2);
+}
+
+TEST(MpiComm, GradientReducerSumsEveryBucket) {
+  DeviceContext ctx;  // CPU
+  MpiCommunicator comm(session());
+  const int p = comm.size();
+  const size_t n = 10000;
+  // Layer-like slices (unaligned), reported last first, as backward does.
+  const std::vector<size_t> cuts = {0, 150, 1234, 1300, 5000, 5001, 9000, 10000};
+  for (bool overlap : {true, false}) {
+    std::vector<float> grads(n);
+    GradientReducer reducer(comm, ctx, grads, {0.001, overlap});  // 256-float buckets
+    EXPECT_EQ(reducer.bucket_count(), 40u);  // [9792, 10000), then 39 buckets of <= 256 down to 0
+    for (int step = 0; step < 2; ++step) {
+      for (size_t i = 0; i < n; ++i)
+        grads[i] = static_cast<float>(comm.rank() + 1) * exact_value(i) + static_cast<float>(comm.rank());
+      for (size_t k = cuts.size() - 1; k > 0; --k) reducer.on_gradients_ready(ctx, cuts[k - 1], cuts[k]);
+      EXPECT_EQ(reducer.launched(), overlap ? reducer.bucket_count() : 0u);
+      reducer.on_backward_done(ctx);
+      size_t wrong = 0;
+      for (size_t i = 0; i < n; ++i) wrong += grads[i] != expected_gradient(i, p);
+      EXPECT_EQ(wrong, 0u) << "overlap " << overlap << " step " << step;
+      EXPECT_TRUE(identical_across_ranks(grads));
+    }
+  }
+}
+
+// ---- GPU ranks (skipped, by all ranks alike, where the host has no usable GPU) ----
+
+int visible_gpus() { return cuda_device_count(); }
+
+// Buffer::copy_from_host is a cudaMemcpy from pageable memory, which may return before the DMA has
+// landed; the collectives run on non-blocking streams that do not order after it. Wait for it.
+void upload(Buffer<float>& dev, const std::vector<float>& host) {
+  dev.copy_from_host(host);
+  CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+TEST(MpiCommGpu, MpiStagesDeviceSpans) {
+  if (!all_agree(visible_gpus() > 0)) GTEST_SKIP() << "no GPU";
+  const int device = choose_gpu(session().local_rank(), visible_gpus());
+  CUDA_CHECK(cudaSetDevice(device));
+  auto comm = make_communicator(CommKind::Mpi, Device::Cuda, session(), device, 10.0);
+  EXPECT_EQ(comm->name(), "mpi");
+  const int p = comm->size();
+  const size_t n = 70000;
+  std::vector<float> host(n);
+  for (size_t i = 0; i < n; ++i) host[i] = static_cast<float>(comm->rank() + 1) * exact_value(i);
+  Buffer<float> dev(Device::Cuda, n);
+  upload(dev, host);
+  CudaStream stream = make_stream();
+  comm->all_reduce_sum(dev.span(), stream);
+  comm->synchronize(stream);
+  dev.copy_to_host(host);
+  size_t wrong = 0;
+  for (size_t i = 0; i < n; ++i) wrong += host[i] != static_cast<float>(p * (p + 1) / 2) * exact_value(i);
+  EXPECT_EQ(wrong, 0u);
+  // Host spans still work on a CUDA-side MPI communicator.
+  std::vector<float> small = {static_cast<float>(comm->rank())};
+  comm->all_reduce_sum(small, stream);
+  EXPECT_EQ(small[0], static_cast<float>(p * (p - 1) / 2));
+}
+
+TEST(MpiCommGpu, SharedGpuRefusedBeforeNccl) {
+  const int visible = visible_gpus();
+  if (!all_agree(visible > 0 && session().local_size() > visible))
+    GTEST_SKIP() << "needs a GPU and more ranks on this host than GPUs";
+  const int device = choose_gpu(session().local_rank(), visible);
+  for (CommKind kind : {CommKind::Auto, CommKind::Nccl}) {
+    try {
+      make_communicator(kind, Device::Cuda, session(), device, 10.0);
+      ADD_FAILURE() << "no error for " << session().local_size() << " ranks on " << visible << " GPUs";
+    } catch (const InputError& e) {
+      EXPECT_NE(std::string(e.what()).find("ranks on host " + session().hostname() + " but only"), std::string::npos)
+          << e.what();
+    }
+  }
+  EXPECT_EQ(make_communicator(CommKind::Mpi, Device::Cuda, session(), device, 10.0)->name(), "mpi");
+}
+
+TEST(MpiCommGpu, NcclAllReduceBroadcastAndReducerInAGraph) {
+  const int visible = visible_gpus();
+  if (!all_agree(visible > 0 && session().local_size() <= visible)) GTEST_SKIP() << "needs one GPU per rank";
+  const int device = choose_gpu(session().local_rank(), visible);
+  DeviceContext ctx(std::make_unique<CudaContext>(CudaOptions{device}));
+  auto comm = make_communicator(CommKind::Auto, Device::Cuda, session(), device, 60.0);
+  ASSERT_EQ(comm->name(), "nccl");  // make_communicator is collective: every rank got here alike
+  const int p = comm->size();
+  cudaStream_t stream = ctx.cuda().stream();
+
+  const size_t n = 300000;
+  std::vector<float> host(n);
+  for (size_t i = 0; i < n; ++i) host[i] = static_cast<float>(comm->rank() + 1) * exact_value(i);
+  Buffer<float> dev(Device::Cuda, n);
+  upload(dev, host);
+  comm->all_reduce_sum(dev.span(), stream);
+  comm->synchronize(stream);
+  dev.copy_to_host(host);
+  size_t wrong = 0;
+  for (size_t i = 0; i < n; ++i) wrong += host[i] != static_cast<float>(p * (p + 1) / 2) * exact_value(i);
+  EXPECT_EQ(wrong, 0u);
+  EXPECT_TRUE(identical_across_ranks(host));
+
+  for (size_t i = 0; i < n; ++i) host[i] = comm->rank() == p - 1 ? exact_value(i) : -7.0f;
+  upload(dev, host);
+  comm->broadcast(dev.span(), p - 1, stream);
+  comm->synchronize(stream);
+  dev.copy_to_host(host);
+  wrong = 0;
+  for (size_t i = 0; i < n; ++i) wrong += host[i] != exact_value(i);
+  EXPECT_EQ(wrong, 0u);
+  EXPECT_EQ(comm->all_reduce_scalar(1.0, ReduceOp::Sum), static_cast<double>(p));
+
+  // The reducer, captured once in a CUDA graph and replayed: each replay sums over ranks again.
+  // Start from 1 everywhere: after k replays every element is p^k, exactly.
+  std::vector<float> ones(n, 1.0f);
+  upload(dev, ones);
+  GradientReducer reducer(*comm, ctx, dev.span(), {0.25, true});  // 65536-float buckets
+  EXPECT_EQ(reducer.bucket_count(), 5u);
+  CudaGraph graph;
+  CudaGraphExec exec;
+  {
+    cudaGraph_t g = nullptr;
+    CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    reducer.on_gradients_ready(ctx, 200000, n);
+    reducer.on_gradients_ready(ctx, 0, 200000);
+    reducer.on_backward_done(ctx);
+    CUDA_CHECK(cudaStreamEndCapture(stream, &g));
+    graph = CudaGraph(g);
+    cudaGraphExec_t e = nullptr;
+    CUDA_CHECK(cudaGraphInstantiate(&e, graph, 0));
+    exec = CudaGraphExec(e);
+  }
+  for (int k = 1; k <= 3; ++k) {
+    CUDA_CHECK(cudaGraphLaunch(exec, stream));
+    comm->synchronize(stream);
+    dev.copy_to_host(host);
+    const float expected = std::pow(static_cast<float>(p), static_cast<float>(k));
+    wrong = 0;
+    for (size_t i = 0; i < n; ++i) wrong += host[i] != expected;
+    EXPECT_EQ(wrong, 0u) << "after replay " << k;
+  }
+  comm->barrier();
+}
+
+}  // namespace
+}  // namespace dptrain
+
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  int status = 0;
+  {
+    dptrain::MpiSession session(&argc, &argv);
+    dptrain::g_session = &session;
+    status = RUN_ALL_TESTS();
+    // One verdict for the job: a failure on any rank fails every rank (and mpirun).
+    MPI_Allreduce(MPI_IN_PLACE, &status, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    dptrain::g_session = nullptr;
+  }
+  return status;
+}
