@@ -103,7 +103,9 @@ void compare_layer(DeviceContext& cpu, DeviceContext& gpu, const LayerConfig& c,
   const LayerRun b = run_layer(gpu, *lg, params, x, dy, n, phase);
   EXPECT_LT(rel(b.out, a.out), tol) << c.type << " forward, n=" << n;
   EXPECT_LT(rel(b.din, a.din), tol) << c.type << " input gradient, n=" << n;
-  if (np > 0) EXPECT_LT(rel(b.grads, a.grads), tol) << c.type << " parameter gradients, n=" << n;
+  if (np > 0) {
+    EXPECT_LT(rel(b.grads, a.grads), tol) << c.type << " parameter gradients, n=" << n;
+  }
 }
 
 LayerConfig layer(const std::string& type) {
