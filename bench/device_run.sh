@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# One device-machine session: build, GPU tests, dptrain vs PyTorch benchmarks (GPU and CPU), all
+# logged under $OUT (or /tmp/out). Usage: bench/device_run.sh [build|test|bench|train|sanitize]...
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
+B=build-dev
+for step in "$@"; do
+  case $step in
+    build)
+      nvidia-smi -L; ls -d /usr/lib/x86_64-linux-gnu/openblas* 2>&1
+      cmake -S . -B $B -DCMAKE_CUDA_ARCHITECTURES=90 -DDPTRAIN_TEST_DATA_DIR="$PWD/data/mnist" >"$OUT/cmake.log" 2>&1 || { tail -30 "$OUT/cmake.log"; exit 1; }
+      cmake --build $B -j 16 >"$OUT/build.log" 2>&1 || { grep -E "error" "$OUT/build.log" | head -30; exit 1; }
+      grep -E "warning" "$OUT/build.log" | head -5; echo "build ok" ;;
+    test)
+      $B/tests/dptrain_gpu_tests 2>&1 | tee "$OUT/gpu_tests.log" | grep -E "^\[  |GPU vs CPU|Failure|Expected|Which|rel" | head -60 ;;
+    ctest)
+      ctest --test-dir $B -j 8 --output-on-failure >"$OUT/ctest.log" 2>&1; tail -15 "$OUT/ctest.log" ;;
+    bench)
+      for t in float32 tf32; do $B/dptrain bench --device cuda --steps 400 --set train.precision=$t | tee -a "$OUT/bench.jsonl"; done
+      $B/dptrain bench --device cuda --steps 400 --set train.cuda_graph=false | tee -a "$OUT/bench.jsonl"
+      python3 bench/pytorch_reference.py --mode resident --mode examples --steps 200 | tee -a "$OUT/bench.jsonl" ;;
+    cpubench)
+      for n in 2 16; do
+        OMP_NUM_THREADS=$n $B/dptrain bench --device cpu --threads $n --steps 30 --warmup 3 | tee -a "$OUT/bench.jsonl"
+        python3 bench/pytorch_reference.py --mode cpu --threads $n --steps 30 --warmup 3 | tee -a "$OUT/bench.jsonl"
+      done ;;
+    train)
+      /usr/bin/time -v $B/dptrain train --device cuda --out "$OUT/run" --no-progress > "$OUT/train.log" 2>&1
+      grep -E "^epoch|^done|Elapsed" "$OUT/train.log"
+      python3 -c "
+from safetensors.torch import load_file
+from safetensors import safe_open
+sd = load_file('$OUT/run/final.safetensors'); print({k: tuple(v.shape) for k, v in sd.items()})
+print(safe_open('$OUT/run/final.safetensors', 'pt').metadata()['format'])" ;;
+    sanitize)
+      compute-sanitizer --tool memcheck --error-exitcode 9 $B/dptrain train --device cuda --max-steps 30 --out /tmp/san --no-progress > "$OUT/sanitize.log" 2>&1
+      echo "memcheck rc=$?"; tail -4 "$OUT/sanitize.log" ;;
+  esac
+done
