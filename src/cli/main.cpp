@@ -3,15 +3,25 @@
 // data, checkpoint), 1 anything else.
 #include <CLI/CLI.hpp>
 
+#include <unistd.h>
+
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <map>
 #include <string>
 
 #include "cli/commands.h"
 #include "core/error.h"
+#include "cpu/threads.h"
 
 int main(int argc, char** argv) {
+  // OpenBLAS picks its kernels when it loads; if it fell back to the generic ones on a capable CPU,
+  // start again with the right ones named (once: the variable is then set).
+  if (std::getenv("OPENBLAS_CORETYPE") == nullptr) {
+    const std::string core = dptrain::better_blas_coretype();
+    if (!core.empty() && setenv("OPENBLAS_CORETYPE", core.c_str(), 1) == 0) execv("/proc/self/exe", argv);
+  }
   CLI::App app{"dptrain: data-parallel CNN training on GPUs (cuDNN, cuBLAS, NCCL) and CPUs", "dptrain"};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("dptrain 0.1.0"));

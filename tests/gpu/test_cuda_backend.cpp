@@ -101,10 +101,12 @@ void compare_layer(DeviceContext& cpu, DeviceContext& gpu, const LayerConfig& c,
   const std::vector<float> dy = randoms(static_cast<size_t>(n) * lc->output_dims().count(), 3);
   const LayerRun a = run_layer(cpu, *lc, params, x, dy, n, phase);
   const LayerRun b = run_layer(gpu, *lg, params, x, dy, n, phase);
-  EXPECT_LT(rel(b.out, a.out), tol) << c.type << " forward, n=" << n;
-  EXPECT_LT(rel(b.din, a.din), tol) << c.type << " input gradient, n=" << n;
+  EXPECT_LE(rel(b.out, a.out), tol) << c.type << " forward, n=" << n;
+  if (phase == Phase::Train) {  // backward follows a training forward only
+    EXPECT_LE(rel(b.din, a.din), tol) << c.type << " input gradient, n=" << n;
+  }
   if (np > 0) {
-    EXPECT_LT(rel(b.grads, a.grads), tol) << c.type << " parameter gradients, n=" << n;
+    EXPECT_LE(rel(b.grads, a.grads), tol) << c.type << " parameter gradients, n=" << n;
   }
 }
 
@@ -205,9 +207,10 @@ TEST_F(CudaBackend, EpochOrderAndGatherMatchCpuBitForBit) {
   }
 }
 
-std::vector<float> train_params(DeviceContext& ctx, const MnistData& data, int steps, bool graph) {
-  Config config = load_config(std::string(DPTRAIN_SOURCE_DIR) + "/configs/mnist_cnn.yaml",
-                              {"train.cuda_graph=" + std::string(graph ? "true" : "false")});
+std::vector<float> train_params(DeviceContext& ctx, const MnistData& data, int steps, bool graph,
+                                std::vector<std::string> sets = {}) {
+  sets.push_back("train.cuda_graph=" + std::string(graph ? "true" : "false"));
+  Config config = load_config(std::string(DPTRAIN_SOURCE_DIR) + "/configs/mnist_cnn.yaml", sets);
   SingleRankCommunicator comm;
   TrainOptions options;
   options.show_progress = false;
@@ -225,6 +228,22 @@ TEST_F(CudaBackend, FiftyTrainingStepsMatchCpu) {
   const double r = rel(gpu, cpu);
   std::printf("GPU vs CPU after 50 steps: relative difference %.3g\n", r);
   EXPECT_LT(r, 1e-4);
+}
+
+// How far GPU and CPU drift apart step by step, with and without dropout, and the gradients of the
+// very first step (identical parameters): tells rounding growth from a real difference.
+TEST_F(CudaBackend, DivergenceReport) {
+  if (!have_mnist()) GTEST_SKIP() << "MNIST not in " << kData;
+  const MnistData data = load_mnist_dir(kData);
+  for (const std::vector<std::string>& sets :
+       {std::vector<std::string>{}, std::vector<std::string>{"model.layers.5.p=0", "model.layers.9.p=0"},
+        std::vector<std::string>{"train.optimizer={type: sgd, lr: 0.01}", "train.schedule={type: constant}"}}) {
+    for (int steps : {1, 2, 5, 10, 20, 50}) {
+      DeviceContext g = make_device_context(Device::Cuda, TrainConfig{});
+      const double r = rel(train_params(g, data, steps, false, sets), train_params(cpu_, data, steps, false, sets));
+      std::printf("divergence sets=%zu steps=%d rel=%.3g\n", sets.size(), steps, r);
+    }
+  }
 }
 
 TEST_F(CudaBackend, GraphReplayEqualsEagerBitForBit) {
