@@ -220,14 +220,21 @@ std::vector<float> train_params(DeviceContext& ctx, const MnistData& data, int s
   return to_host(ctx, p.values(), p.size());
 }
 
+// 50 steps of mnist_cnn (dropout on) on GPU and CPU from one seed. With SGD the two stay within
+// 1e-4 (measured 1.9e-6 on an H100). With the recipe's Adadelta at lr 1.0 the first steps agree to
+// 1e-7 but rounding differences then grow chaotically (6% by step 50, also with dropout off), so
+// that recipe is checked at 20 steps, before the growth: see docs/BENCHMARKS.md.
 TEST_F(CudaBackend, FiftyTrainingStepsMatchCpu) {
   if (!have_mnist()) GTEST_SKIP() << "MNIST not in " << kData;
   const MnistData data = load_mnist_dir(kData);
-  const std::vector<float> cpu = train_params(cpu_, data, 50, false);
-  const std::vector<float> gpu = train_params(*gpu_, data, 50, true);
-  const double r = rel(gpu, cpu);
-  std::printf("GPU vs CPU after 50 steps: relative difference %.3g\n", r);
-  EXPECT_LT(r, 1e-4);
+  const std::vector<std::string> sgd{"train.optimizer={type: sgd, lr: 0.01, momentum: 0.5}", "train.schedule={type: constant}"};
+  const double r50 = rel(train_params(*gpu_, data, 50, true, sgd), train_params(cpu_, data, 50, false, sgd));
+  std::printf("GPU vs CPU, SGD, 50 steps: relative difference %.3g\n", r50);
+  EXPECT_LT(r50, 1e-4);
+  DeviceContext other = make_device_context(Device::Cuda, TrainConfig{});
+  const double r20 = rel(train_params(other, data, 20, true), train_params(cpu_, data, 20, false));
+  std::printf("GPU vs CPU, mnist_cnn recipe, 20 steps: relative difference %.3g\n", r20);
+  EXPECT_LT(r20, 1e-5);
 }
 
 // How far GPU and CPU drift apart step by step, with and without dropout, and the gradients of the
@@ -246,11 +253,15 @@ TEST_F(CudaBackend, DivergenceReport) {
   }
 }
 
+// Algorithms chosen by heuristics (not by timing, which can differ between two contexts), so both
+// runs use the same ones: then a replayed graph must equal eager execution bit for bit.
 TEST_F(CudaBackend, GraphReplayEqualsEagerBitForBit) {
   if (!have_mnist()) GTEST_SKIP() << "MNIST not in " << kData;
   const MnistData data = load_mnist_dir(kData);
-  DeviceContext other = make_device_context(Device::Cuda, TrainConfig{});
-  EXPECT_EQ(train_params(*gpu_, data, 30, true), train_params(other, data, 30, false));
+  TrainConfig heuristics;
+  heuristics.cudnn_benchmark = false;
+  DeviceContext a = make_device_context(Device::Cuda, heuristics), b = make_device_context(Device::Cuda, heuristics);
+  EXPECT_EQ(train_params(a, data, 30, true), train_params(b, data, 30, false));
 }
 
 }  // namespace
