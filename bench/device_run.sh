@@ -35,6 +35,22 @@ from safetensors.torch import load_file
 from safetensors import safe_open
 sd = load_file('$OUT/run/final.safetensors'); print({k: tuple(v.shape) for k, v in sd.items()})
 print(safe_open('$OUT/run/final.safetensors', 'pt').metadata()['format'])" ;;
+    mpi)
+      common="--max-steps 30 --set train.batch_size=60 --no-progress --set train.optimizer={type: sgd, lr: 0.01, momentum: 0.5} --set train.schedule={type: constant}"
+      $B/dptrain train --device cuda $common --out /tmp/r1 > "$OUT/mpi1.log" 2>&1; echo "1 rank rc=$?"
+      mpirun -np 2 --oversubscribe $B/dptrain train --device cuda --comm mpi $common --out /tmp/r2 > "$OUT/mpi2.log" 2>&1; echo "2 ranks --comm mpi rc=$?"
+      mpirun -np 1 $B/dptrain train --device cuda --comm nccl $common --out /tmp/r3 > "$OUT/nccl1.log" 2>&1; echo "1 rank nccl rc=$?"
+      start=$(date +%s); mpirun -np 2 --oversubscribe $B/dptrain train --device cuda $common --out /tmp/r4 > "$OUT/mpi_refuse.log" 2>&1
+      echo "2 ranks nccl on 1 GPU rc=$? in $(( $(date +%s) - start )) s"; grep -m2 error "$OUT/mpi_refuse.log"
+      python3 - <<'PY'
+from safetensors.torch import load_file
+a = load_file('/tmp/r1/final.safetensors')
+for other in ('/tmp/r2', '/tmp/r3'):
+    b = load_file(other + '/final.safetensors')
+    num = sum(float(((a[k] - b[k]) ** 2).sum()) for k in a); den = sum(float((a[k] ** 2).sum()) for k in a)
+    print(other, 'rel diff vs 1 rank', (num / den) ** 0.5)
+PY
+      ;;
     sanitize)
       compute-sanitizer --tool memcheck --error-exitcode 9 $B/dptrain train --device cuda --max-steps 30 --out /tmp/san --no-progress > "$OUT/sanitize.log" 2>&1
       echo "memcheck rc=$?"; tail -4 "$OUT/sanitize.log" ;;

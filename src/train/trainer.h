@@ -47,6 +47,9 @@ class Trainer {
   /// Queued on the device; returns without waiting. (run() uses it; so does `dptrain bench`.)
   void step(int epoch, int64_t step_in_epoch, int64_t global_step);
 
+  /// The gradient exchange (built after the model, as it needs the gradient buffer). Before run().
+  void set_gradient_hook(GradientHook* hook) { hook_ = hook; }
+
   Model<float>& model() { return *model_; }
   Optimizer& optimizer() { return *optimizer_; }
   int64_t steps_per_epoch() const { return steps_per_epoch_; }
