@@ -36,11 +36,11 @@ from safetensors import safe_open
 sd = load_file('$OUT/run/final.safetensors'); print({k: tuple(v.shape) for k, v in sd.items()})
 print(safe_open('$OUT/run/final.safetensors', 'pt').metadata()['format'])" ;;
     mpi)
-      common="--max-steps 30 --set train.batch_size=60 --no-progress --set train.optimizer={type: sgd, lr: 0.01, momentum: 0.5} --set train.schedule={type: constant}"
-      $B/dptrain train --device cuda $common --out /tmp/r1 > "$OUT/mpi1.log" 2>&1; echo "1 rank rc=$?"
-      mpirun -np 2 --oversubscribe $B/dptrain train --device cuda --comm mpi $common --out /tmp/r2 > "$OUT/mpi2.log" 2>&1; echo "2 ranks --comm mpi rc=$?"
-      mpirun -np 1 $B/dptrain train --device cuda --comm nccl $common --out /tmp/r3 > "$OUT/nccl1.log" 2>&1; echo "1 rank nccl rc=$?"
-      start=$(date +%s); mpirun -np 2 --oversubscribe $B/dptrain train --device cuda $common --out /tmp/r4 > "$OUT/mpi_refuse.log" 2>&1
+      common=(--max-steps 30 --set train.batch_size=60 --no-progress --set "train.optimizer={type: sgd, lr: 0.01, momentum: 0.5}" --set "train.schedule={type: constant}")
+      $B/dptrain train --device cuda "${common[@]}" --out /tmp/r1 > "$OUT/mpi1.log" 2>&1; echo "1 rank rc=$?"
+      mpirun -np 2 --oversubscribe $B/dptrain train --device cuda --comm mpi "${common[@]}" --out /tmp/r2 > "$OUT/mpi2.log" 2>&1; echo "2 ranks --comm mpi rc=$?"
+      mpirun -np 1 $B/dptrain train --device cuda --comm nccl "${common[@]}" --out /tmp/r3 > "$OUT/nccl1.log" 2>&1; echo "1 rank nccl rc=$?"
+      start=$(date +%s); mpirun -np 2 --oversubscribe $B/dptrain train --device cuda "${common[@]}" --out /tmp/r4 > "$OUT/mpi_refuse.log" 2>&1
       echo "2 ranks nccl on 1 GPU rc=$? in $(( $(date +%s) - start )) s"; grep -m2 error "$OUT/mpi_refuse.log"
       python3 - <<'PY'
 from safetensors.torch import load_file
