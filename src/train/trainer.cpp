@@ -85,7 +85,10 @@ void Trainer::step(int epoch, int64_t step_in_epoch, int64_t global_step) {
     graph_->launch();
     return;
   }
-  const bool capture = ctx_.on_cuda() && config_.train.cuda_graph && shard.count == local_batch_ && warmed_up_;
+  // A host communicator (MPI) stages gradients through the host with a stream sync: not capturable.
+  const bool capturable_exchange = hook_ == nullptr || comm_.name() != "mpi";
+  const bool capture = ctx_.on_cuda() && config_.train.cuda_graph && capturable_exchange &&
+                       shard.count == local_batch_ && warmed_up_;
   if (capture) graph_ = std::make_unique<StepGraph>(ctx_.cuda().stream(), shard.count, grad_scale);
   run_step(state.info, shard.count, grad_scale);
   if (capture) {
