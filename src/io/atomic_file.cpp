@@ -1,63 +1,134 @@
+// Atomic file replacement with POSIX calls (open/write/fsync/rename), so every step's error is
+// seen and reported; iostreams would hide fsync and partial-write failures.
 #include "io/atomic_file.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
-#include <filesystem>
 #include <stdexcept>
 
-namespace dptrain {
+#include "core/error.h"
 
+namespace dptrain {
 namespace {
 
-[[noreturn]] void fail(const std::string& path, const char* what) {
-  throw std::runtime_error(path + ": " + what + ": " + std::strerror(errno));
+/// Owns a POSIX file descriptor; closes it once. close() reports the error that a deferred write
+/// can surface there (NFS, quota).
+class FileDescriptor {
+ public:
+  explicit FileDescriptor(int fd) : fd_(fd) {}
+  FileDescriptor(const FileDescriptor&) = delete;
+  FileDescriptor& operator=(const FileDescriptor&) = delete;
+  ~FileDescriptor() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  int get() const { return fd_; }
+  /// Closes now; returns 0 or the errno of the failed close.
+  int close() {
+    const int fd = fd_;
+    fd_ = -1;
+    return ::close(fd) == 0 ? 0 : errno;
+  }
+
+ private:
+  int fd_;
+};
+
+std::runtime_error system_error(const std::string& path, std::string_view what, int error) {
+  return std::runtime_error(path + ": " + std::string(what) + ": " + std::strerror(error));
+}
+
+void split_path(const std::string& path, std::string& folder, std::string& name) {
+  const size_t slash = path.find_last_of('/');
+  if (slash == std::string::npos) {
+    folder = ".";
+    name = path;
+  } else {
+    folder = slash == 0 ? "/" : path.substr(0, slash);
+    name = path.substr(slash + 1);
+  }
+}
+
+/// Writes all of `bytes`, retrying on EINTR and short writes. Returns 0 or errno.
+int write_all(int fd, const uint8_t* p, size_t n) {
+  while (n > 0) {
+    const ssize_t written = ::write(fd, p, n);
+    if (written < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    p += written;
+    n -= static_cast<size_t>(written);
+  }
+  return 0;
+}
+
+/// Unique among processes (pid) and among threads/calls of this process (counter).
+std::string temp_name(const std::string& name) {
+  static std::atomic<uint64_t> counter{0};
+  return "." + name + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
 }
 
 }  // namespace
 
 void write_file_atomically(const std::string& path, std::span<const uint8_t> bytes) {
-  const std::filesystem::path target(path);
-  const std::filesystem::path folder = target.has_parent_path() ? target.parent_path() : ".";
-  std::string name = ".";  // appended piecewise: GCC 12 misreports "." + string (-Wrestrict, bug 105651)
-  name += target.filename().string();
-  name += ".tmp.";
-  name += std::to_string(getpid());
-  const std::string temp = (folder / name).string();
-  const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) fail(temp, "cannot create");
-  size_t done = 0;
-  while (done < bytes.size()) {
-    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      const int e = errno;
-      ::close(fd);
-      ::unlink(temp.c_str());
-      errno = e;
-      fail(temp, "cannot write");
+  std::string folder, name;
+  split_path(path, folder, name);
+  if (name.empty() || name == "." || name == "..") {
+    throw std::runtime_error(path + ": not a file name");
+  }
+  const std::string temp_path = (folder == "/" ? "" : folder) + "/" + temp_name(name);
+
+  FileDescriptor fd(::open(temp_path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
+  if (fd.get() < 0) throw system_error(path, "cannot create temp file " + temp_path, errno);
+
+  auto fail = [&](std::string_view what, int error) {
+    if (fd.get() >= 0) fd.close();
+    ::unlink(temp_path.c_str());
+    return system_error(path, what, error);
+  };
+  if (int e = write_all(fd.get(), bytes.data(), bytes.size())) throw fail("write failed", e);
+  if (::fsync(fd.get()) != 0) throw fail("fsync failed", errno);
+  if (int e = fd.close()) throw fail("close failed", e);
+  if (::rename(temp_path.c_str(), path.c_str()) != 0) throw fail("rename failed", errno);
+
+  // The rename is only durable once the folder's entry is on disk.
+  FileDescriptor dir(::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (dir.get() < 0) throw system_error(path, "cannot open folder " + folder + " to fsync", errno);
+  if (::fsync(dir.get()) != 0 && errno != EINVAL && errno != ENOTSUP) {
+    // EINVAL/ENOTSUP: the file system cannot sync folders; nothing more can be done there.
+    throw system_error(path, "fsync of folder " + folder + " failed", errno);
+  }
+}
+
+void write_file_atomically(const std::string& path, std::string_view text) {
+  write_file_atomically(path,
+                        std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(text.data()), text.size()));
+}
+
+std::string read_whole_file(const std::string& path) {
+  FileDescriptor fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd.get() < 0) throw InputError(path, std::string("cannot open: ") + std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) throw InputError(path, std::string("cannot stat: ") + std::strerror(errno));
+  if (!S_ISREG(st.st_mode)) throw InputError(path, "not a regular file");
+  std::string out;
+  out.reserve(static_cast<size_t>(st.st_size));
+  char chunk[1 << 16];
+  for (;;) {
+    const ssize_t got = ::read(fd.get(), chunk, sizeof chunk);
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      throw InputError(path, std::string("read failed: ") + std::strerror(errno));
     }
-    done += static_cast<size_t>(n);
+    if (got == 0) break;
+    out.append(chunk, static_cast<size_t>(got));
   }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) {
-    const int e = errno;
-    ::unlink(temp.c_str());
-    errno = e;
-    fail(temp, "cannot flush");
-  }
-  if (::rename(temp.c_str(), path.c_str()) != 0) {
-    const int e = errno;
-    ::unlink(temp.c_str());
-    errno = e;
-    fail(path, "cannot rename into place");
-  }
-  const int dir = ::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir >= 0) {
-    ::fsync(dir);  // makes the rename durable; some file systems refuse, which loses nothing
-    ::close(dir);
-  }
+  return out;
 }
 
 }  // namespace dptrain

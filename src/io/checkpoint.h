@@ -1,29 +1,181 @@
-// dptrain's files in the safetensors format: the weights file (final.safetensors: the model's
-// tensors named and shaped as PyTorch's state_dict, plus the resolved config) and, later, full
-// training checkpoints. Both are written atomically (io/atomic_file.h).
+// Checkpoints, weights files and the run folder that rotates them.
+//
+// A checkpoint is a safetensors file (io/safetensors.h): model tensors under their state_dict
+// names ("conv1.weight"), optimizer state under "optimizer.<param>.<slot>"
+// ("optimizer.conv1.weight.square_avg"), all F32, and string metadata:
+//   format="dptrain-checkpoint", format_version="1", dptrain_version, config (resolved YAML),
+//   epoch, global_step, samples_in_epoch, seed, world_size, scheduler (JSON object text),
+//   best_test_accuracy (%.17g), and three checksums (lower-case hex SHA-256):
+//   data_sha256    over the whole data section;
+//   tensor_sha256  JSON object text {name: sha256 of that tensor's bytes} (lets inspect say which
+//                  tensor is damaged);
+//   header_sha256  over safetensors_header_json(tensor table, metadata without header_sha256),
+//                  i.e. over every tensor name, dtype, shape, offset and every other metadata
+//                  value, including the two checksums above.
+// The loader also requires the header to be byte-for-byte in the writer's canonical form, so a
+// change that keeps the JSON meaning (a padding space flipped to a tab) is caught too. Together:
+// any change to any byte of a checkpoint is reported as InputError(path, problem).
+//
+// A weights file (final.safetensors) uses the same layout and checksums with only model tensors
+// and format="dptrain-weights", format_version, dptrain_version and config; PyTorch's
+// safetensors.torch.load_file reads both kinds unchanged (metadata is ignored there).
 #pragma once
 
 #include <cstdint>
+#include <map>
+#include <optional>
 #include <span>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "io/safetensors.h"
 
 namespace dptrain {
 
-/// A host float32 tensor to store under a state_dict name.
+/// Written into every file; compared by nothing (informational).
+inline constexpr std::string_view kDptrainVersion = "0.1.0";
+inline constexpr std::string_view kCheckpointFormat = "dptrain-checkpoint";
+inline constexpr std::string_view kWeightsFormat = "dptrain-weights";
+inline constexpr std::string_view kFormatVersion = "1";
+
+/// Training progress saved with the tensors.
+struct CheckpointState {
+  std::string config_yaml;        ///< the resolved config
+  int64_t epoch = 0;              ///< 0-based epoch in progress
+  int64_t global_step = 0;        ///< optimizer steps taken so far
+  int64_t samples_in_epoch = 0;   ///< samples of `epoch` already consumed (all ranks together)
+  uint64_t seed = 0;
+  int world_size = 1;
+  std::string scheduler_json = "{}";  ///< a JSON object (e.g. {"last_lr": 0.5})
+  double best_test_accuracy = 0.0;    ///< any finite value (the trainer decides the scale)
+  friend bool operator==(const CheckpointState&, const CheckpointState&) = default;
+};
+
+/// Host copy of one tensor to save: `values` holds element_count(shape) floats, row-major.
 struct NamedTensor {
   std::string name;
   std::vector<int64_t> shape;
   std::span<const float> values;
 };
 
-/// final.safetensors: the tensors plus metadata {format: dptrain-weights, config: <yaml>}.
-void save_weights(const std::string& path, const std::vector<NamedTensor>& tensors, const std::string& config_yaml);
+/// "optimizer.<param>.<slot>"
+std::string optimizer_tensor_name(std::string_view param, std::string_view slot);
 
-/// Reads and validates a weights file or a checkpoint (whose optimizer tensors the caller ignores).
-/// InputError naming the file for anything malformed or not a dptrain file.
-SafeTensorsFile load_weights(const std::string& path);
+/// Writes a checkpoint atomically (io/atomic_file.h). Every optimizer tensor name must start with
+/// "optimizer." and no model tensor's may; a wrong size or duplicate name is
+/// std::invalid_argument (a caller bug), an I/O failure std::runtime_error.
+void save_checkpoint(const std::string& path, const std::vector<NamedTensor>& model,
+                     const std::vector<NamedTensor>& optimizer_state, const CheckpointState& state);
+
+/// The file image save_checkpoint writes (for tests and fuzz seeds).
+std::vector<uint8_t> serialize_checkpoint(const std::vector<NamedTensor>& model,
+                                          const std::vector<NamedTensor>& optimizer_state,
+                                          const CheckpointState& state);
+
+struct LoadedCheckpoint {
+  std::string path;
+  CheckpointState state;
+  std::string dptrain_version;  ///< of the writer
+  SafeTensorsFile file;         ///< validated; model and optimizer tensors
+
+  /// F32 values of `name`; InputError(path, "tensor 'name' is missing / has shape ...").
+  std::vector<float> tensor(std::string_view name, const std::vector<int64_t>& expected_shape) const {
+    return file.f32(name, expected_shape);
+  }
+  /// As tensor(), into `out` (element_count(expected_shape) floats).
+  void copy_tensor(std::string_view name, const std::vector<int64_t>& expected_shape, std::span<float> out) const {
+    file.copy_f32(name, expected_shape, out);
+  }
+  /// InputError(path, ...) naming the first tensor the file lacks or has beyond `expected` (e.g.
+  /// a checkpoint of another model or optimizer).
+  void check_tensor_names(const std::vector<std::string>& expected) const;
+};
+
+/// Reads and fully validates a checkpoint: structure, format and version, checksums, required
+/// metadata and its values. Throws InputError(path, problem).
+LoadedCheckpoint load_checkpoint(const std::string& path);
+
+/// The validation of load_checkpoint on an already parsed file.
+LoadedCheckpoint checkpoint_from_file(SafeTensorsFile file);
+
+/// Decodes and range-checks the progress fields of checkpoint metadata (no checksum check).
+/// Throws InputError(source, "metadata 'key' ...").
+CheckpointState parse_checkpoint_state(const std::map<std::string, std::string>& metadata, const std::string& source);
+
+/// Weights only (final.safetensors); atomic.
+void save_weights(const std::string& path, const std::vector<NamedTensor>& model, const std::string& config_yaml);
+
+struct LoadedWeights {
+  std::string path;
+  std::string config_yaml;
+  SafeTensorsFile file;  ///< model tensors only
+
+  std::vector<float> tensor(std::string_view name, const std::vector<int64_t>& expected_shape) const {
+    return file.f32(name, expected_shape);
+  }
+  void copy_tensor(std::string_view name, const std::vector<int64_t>& expected_shape, std::span<float> out) const {
+    file.copy_f32(name, expected_shape, out);
+  }
+  void check_tensor_names(const std::vector<std::string>& expected) const;
+};
+
+/// Reads a weights file or a checkpoint (whose optimizer tensors are dropped), fully validated.
+LoadedWeights load_weights(const std::string& path);
+
+/// Checks the checksums of a parsed dptrain file (either format). Throws InputError(source, ...)
+/// naming what is damaged.
+void verify_checksums(const SafeTensorsFile& file);
+
+/// A run folder's checkpoints: ckpt-<step, 8+ digits>.safetensors, a `latest` file naming the
+/// newest, and best.safetensors. Every write is atomic, so an interrupted save leaves the previous
+/// state usable.
+class CheckpointDir {
+ public:
+  /// keep >= 1: how many ckpt-* files survive rotation.
+  CheckpointDir(std::string folder, int keep);
+
+  const std::string& folder() const { return folder_; }
+  std::string step_path(int64_t step) const;
+  std::string best_path() const;
+  std::string latest_path() const;
+
+  /// Writes ckpt-<step>, then points `latest` at it, then deletes the oldest ckpt-* files beyond
+  /// `keep` (never the one `latest` names, never best.safetensors). Creates the folder if needed.
+  /// Returns the path written.
+  std::string save(int64_t step, const std::vector<NamedTensor>& model,
+                   const std::vector<NamedTensor>& optimizer_state, const CheckpointState& state);
+
+  /// Writes best.safetensors (a full checkpoint). Returns its path.
+  std::string save_best(const std::vector<NamedTensor>& model, const std::vector<NamedTensor>& optimizer_state,
+                        const CheckpointState& state);
+
+  struct Resolved {
+    std::optional<std::string> path;    ///< newest valid checkpoint, if any
+    std::vector<std::string> warnings;  ///< one line per file skipped and why, for the caller to print
+  };
+  /// `--resume auto`: tries the file `latest` names, then the ckpt-* files from the highest step
+  /// down, and returns the first that load_checkpoint accepts. Reads only; never throws for bad
+  /// files (they become warnings).
+  Resolved resolve_auto() const;
+
+  /// (step, path) of the ckpt-* files present, by ascending step.
+  std::vector<std::pair<int64_t, std::string>> list_steps() const;
+
+ private:
+  std::string folder_;
+  int keep_;
+};
+
+/// What `dptrain inspect FILE` prints.
+struct InspectReport {
+  std::string text;  ///< ends with "valid" or "INVALID: reason"
+  bool valid = false;
+};
+/// Never throws for bad input: an unreadable or damaged file gives valid=false and as much as could
+/// be read (header entries, per-tensor checksum status).
+InspectReport inspect_report(const std::string& path);
+InspectReport inspect_bytes(std::span<const uint8_t> bytes, const std::string& source);
 
 }  // namespace dptrain

@@ -1,0 +1,123 @@
+// write_file_atomically: a failed write leaves the old file and no temp file; a process killed at
+// a random moment while rewriting leaves one of the complete versions.
+#include <gtest/gtest.h>
+
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <stdexcept>
+#include <string>
+#include <thread>
+
+#include "core/error.h"
+#include "io/atomic_file.h"
+
+namespace dptrain {
+namespace {
+
+namespace fs = std::filesystem;
+
+class AtomicFileTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("dptrain-atomic-" + std::to_string(::getpid()) + "-" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  size_t entries() const { return static_cast<size_t>(std::distance(fs::directory_iterator(dir_), fs::directory_iterator())); }
+  fs::path dir_;
+};
+
+TEST_F(AtomicFileTest, WritesAndReplaces) {
+  const std::string path = (dir_ / "f").string();
+  write_file_atomically(path, std::string_view("first"));
+  EXPECT_EQ(read_whole_file(path), "first");
+  write_file_atomically(path, std::string_view("second, longer"));
+  EXPECT_EQ(read_whole_file(path), "second, longer");
+  write_file_atomically(path, std::string_view(""));
+  EXPECT_EQ(read_whole_file(path), "");
+  EXPECT_EQ(entries(), 1u);  // no temp files left behind
+}
+
+TEST_F(AtomicFileTest, FailedWriteKeepsOldFileAndRemovesTemp) {
+  const std::string path = (dir_ / "f").string();
+  write_file_atomically(path, std::string_view("old contents"));
+
+  // Make the temp file's writes fail for real: a file-size limit (EFBIG; SIGXFSZ ignored).
+  struct rlimit saved {};
+  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &saved), 0);
+  struct sigaction ignore {}, previous {};
+  ignore.sa_handler = SIG_IGN;
+  ASSERT_EQ(::sigaction(SIGXFSZ, &ignore, &previous), 0);
+  struct rlimit small = saved;
+  small.rlim_cur = 4096;
+  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &small), 0);
+  std::string error;
+  try {
+    write_file_atomically(path, std::string(1 << 20, 'x'));
+  } catch (const std::runtime_error& e) {
+    error = e.what();
+  }
+  ::setrlimit(RLIMIT_FSIZE, &saved);
+  ::sigaction(SIGXFSZ, &previous, nullptr);
+
+  EXPECT_NE(error.find(path + ": write failed: File too large"), std::string::npos) << error;
+  EXPECT_EQ(read_whole_file(path), "old contents");
+  EXPECT_EQ(entries(), 1u);
+}
+
+TEST_F(AtomicFileTest, ErrorsNameThePath) {
+  const std::string no_folder = (dir_ / "missing" / "f").string();
+  try {
+    write_file_atomically(no_folder, std::string_view("x"));
+    ADD_FAILURE();
+  } catch (const std::runtime_error& e) {
+    EXPECT_EQ(std::string(e.what()).rfind(no_folder + ": cannot create temp file", 0), 0u) << e.what();
+  }
+  // The target is a folder: rename fails, the folder stays, the temp goes.
+  fs::create_directories(dir_ / "target" / "inside");
+  EXPECT_THROW(write_file_atomically((dir_ / "target").string(), std::string_view("x")), std::runtime_error);
+  EXPECT_TRUE(fs::is_directory(dir_ / "target" / "inside"));
+  EXPECT_EQ(entries(), 1u);
+  EXPECT_THROW(write_file_atomically((dir_ / "").string(), std::string_view("x")), std::runtime_error);
+  EXPECT_THROW(read_whole_file((dir_ / "nothing").string()), InputError);
+}
+
+TEST_F(AtomicFileTest, KilledWriterLeavesACompleteVersion) {
+  const std::string path = (dir_ / "f").string();
+  const size_t size = 8 << 20;
+  write_file_atomically(path, std::string(size, 'A'));
+  for (int round = 0; round < 8; ++round) {
+    const pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+      for (int i = 0;; ++i) {
+        try {
+          write_file_atomically(path, std::string(size, i % 2 ? 'A' : 'B'));
+        } catch (...) {
+          ::_exit(3);
+        }
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5 + 13 * round));
+    ::kill(child, SIGKILL);
+    int status = 0;
+    ::waitpid(child, &status, 0);
+    ASSERT_TRUE(WIFSIGNALED(status)) << "the writer failed by itself";
+    const std::string contents = read_whole_file(path);
+    ASSERT_EQ(contents.size(), size) << "round " << round;
+    EXPECT_TRUE(contents.find_first_not_of(contents[0]) == std::string::npos &&
+                (contents[0] == 'A' || contents[0] == 'B'))
+        << "torn file in round " << round;
+  }
+}
+
+}  // namespace
+}  // namespace dptrain
