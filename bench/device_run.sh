@@ -51,6 +51,9 @@ for other in ('/tmp/r2', '/tmp/r3'):
     print(other, 'rel diff vs 1 rank', (num / den) ** 0.5)
 PY
       ;;
+    cpuepoch)
+      $B/dptrain train --device cpu --epochs 1 --out /tmp/cpu1 --no-progress > "$OUT/cpuepoch.log" 2>&1; echo "rc=$?"
+      grep -E "^epoch|^done" "$OUT/cpuepoch.log" ;;
     sanitize)
       compute-sanitizer --tool memcheck --error-exitcode 9 $B/dptrain train --device cuda --max-steps 30 --out /tmp/san --no-progress > "$OUT/sanitize.log" 2>&1
       echo "memcheck rc=$?"; tail -4 "$OUT/sanitize.log" ;;
