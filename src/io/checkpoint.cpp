@@ -184,7 +184,7 @@ void check_format(const SafeTensorsFile& file, std::string_view format) {
     }
     throw InputError(file.source, "format '" + escape_control_chars(it->second) + "' is not " + std::string(format));
   }
-  const std::string& version = required(file.metadata, "format_version", file.source);
+  const std::string version = required(file.metadata, "format_version", file.source);
   if (version != kFormatVersion) {
     throw InputError(file.source, "format_version '" + escape_control_chars(version) + "' is not supported (this dptrain reads " +
                                       std::string(kFormatVersion) + ")");
@@ -325,7 +325,7 @@ CheckpointState parse_checkpoint_state(const std::map<std::string, std::string>&
   s.scheduler_json = required(metadata, "scheduler", source);
   const nlohmann::json scheduler = nlohmann::json::parse(s.scheduler_json, nullptr, /*allow_exceptions=*/false);
   if (!scheduler.is_object()) throw InputError(source, "metadata 'scheduler' is not a JSON object");
-  const std::string& accuracy = required(metadata, "best_test_accuracy", source);
+  const std::string accuracy = required(metadata, "best_test_accuracy", source);
   const auto [end, error] = std::from_chars(accuracy.data(), accuracy.data() + accuracy.size(), s.best_test_accuracy);
   if (accuracy.empty() || error != std::errc() || end != accuracy.data() + accuracy.size() ||
       !std::isfinite(s.best_test_accuracy)) {
