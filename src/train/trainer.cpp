@@ -49,8 +49,9 @@ Trainer::Trainer(const Config& config, const TrainOptions& options, const MnistD
   model_ = std::make_unique<Model<float>>(config_.model, ctx_, std::max(local_batch, eval_batch));
   optimizer_ = make_optimizer(config_.train.optimizer, ctx_.device(), model_->params().size());
   const int64_t planned = steps_per_epoch_ * config_.train.epochs;
-  const int64_t total = config_.train.max_steps > 0 ? std::min(planned, config_.train.max_steps) : planned;
-  schedule_ = std::make_unique<LrSchedule>(config_.train.schedule, config_.train.optimizer.lr, steps_per_epoch_, total);
+  total_steps_ = config_.train.max_steps > 0 ? std::min(planned, config_.train.max_steps) : planned;
+  schedule_ =
+      std::make_unique<LrSchedule>(config_.train.schedule, config_.train.optimizer.lr, steps_per_epoch_, total_steps_);
   source_ = make_batch_source(data_.train, config_.data, /*shuffle=*/true, ctx_);
   if (comm_.rank() == 0) evaluator_ = std::make_unique<Evaluator>(data_.test, config_.data, config_.train.eval_batch_size, ctx_);
   const Dims in = config_.model.input;
@@ -164,8 +165,7 @@ void Trainer::write_weights() {
 
 TrainSummary Trainer::run() {
   TrainSummary summary;
-  const int64_t planned = steps_per_epoch_ * config_.train.epochs;
-  const int64_t total = config_.train.max_steps > 0 ? std::min(planned, config_.train.max_steps) : planned;
+  const int64_t total = total_steps_;
   Progress progress(comm_.rank() == 0 && options_.show_progress, total, config_.train.log_every);
   zero_async(ctx_, sums_.span());
   int64_t global_step = 0;

@@ -70,6 +70,7 @@ class Trainer {
 
   int global_batch_;
   int64_t steps_per_epoch_;
+  int64_t total_steps_;          ///< steps this run takes: the epochs, or --max-steps if fewer
   std::unique_ptr<class BatchPlan> plan_;
   std::unique_ptr<BatchSource> source_;
   int source_epoch_ = -1;        ///< the epoch whose order source_ holds
