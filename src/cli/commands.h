@@ -14,5 +14,6 @@ Command add_train(CLI::App& app);
 Command add_eval(CLI::App& app);
 Command add_predict(CLI::App& app);
 Command add_bench(CLI::App& app);
+Command add_inspect(CLI::App& app);
 
 }  // namespace dptrain::cli

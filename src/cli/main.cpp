@@ -26,7 +26,8 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("dptrain 0.1.0"));
   std::map<CLI::App*, dptrain::cli::Command> commands;
-  for (auto add : {dptrain::cli::add_train, dptrain::cli::add_eval, dptrain::cli::add_predict, dptrain::cli::add_bench}) {
+  for (auto add : {dptrain::cli::add_train, dptrain::cli::add_eval, dptrain::cli::add_predict, dptrain::cli::add_bench,
+                    dptrain::cli::add_inspect}) {
     // Each adder creates its subcommand last; find it by position.
     dptrain::cli::Command run = add(app);
     commands[app.get_subcommands({}).back()] = std::move(run);

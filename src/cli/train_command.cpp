@@ -5,6 +5,8 @@
 #include <memory>
 #include <optional>
 
+#include <nlohmann/json.hpp>
+
 #include "cli/commands.h"
 #include "comm/bootstrap.h"
 #include "comm/communicator.h"
@@ -13,6 +15,9 @@
 #include "core/error.h"
 #include "data/dataset.h"
 #include "io/config.h"
+#include "io/checkpoint.h"
+#include "train/preemption.h"
+#include "train/resume.h"
 #include "train/runtime.h"
 #include "train/trainer.h"
 
@@ -32,6 +37,9 @@ struct TrainArgs {
   std::string comm;
   int threads = 0;
   bool no_progress = false;
+  bool config_given = false;  // --config on the command line (else a resumed run keeps its own)
+  std::string resume;         // PATH or "auto"
+  std::string inject_failure; // RANK:STEP, for tests of failure handling
 };
 
 /// The flags that are shorthands for config keys become overrides, applied after --set.
@@ -45,18 +53,90 @@ std::vector<std::string> overrides_of(const TrainArgs& a) {
   return o;
 }
 
-void prepare_run_folder(const std::string& out, const Config& config) {
+/// Writes config.yaml and starts metrics.jsonl; a run resumed from step `resumed_step` (-1: a fresh
+/// run) keeps the lines up to that step (later ones came from steps it will take again).
+void prepare_run_folder(const std::string& out, const Config& config, int64_t resumed_step) {
+  namespace fs = std::filesystem;
   std::error_code ec;
-  std::filesystem::create_directories(out, ec);
+  fs::create_directories(out, ec);
   if (ec) throw InputError(out, "cannot create the run folder: " + ec.message());
-  std::ofstream(std::filesystem::path(out) / "config.yaml") << to_yaml(config);
-  std::ofstream metrics(std::filesystem::path(out) / "metrics.jsonl", std::ios::trunc);
+  std::ofstream(fs::path(out) / "config.yaml") << to_yaml(config);
+  const fs::path metrics_path = fs::path(out) / "metrics.jsonl";
+  std::string kept;
+  if (resumed_step >= 0) {
+    std::ifstream in(metrics_path);
+    for (std::string line; std::getline(in, line);) {
+      const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+      if (j.is_object() && j.value("step", int64_t{0}) <= resumed_step) kept += line + "\n";
+    }
+  }
+  std::ofstream metrics(metrics_path, std::ios::trunc);
+  metrics << kept;
   if (!metrics) throw InputError(out, "cannot write metrics.jsonl in the run folder");
 }
 
+/// The run's config and, when resuming, its checkpoint (validated) and what changed since.
+struct RunSetup {
+  Config config;
+  std::string out;
+  std::optional<LoadedCheckpoint> checkpoint;
+  std::vector<std::string> notes;  // for rank 0 to print
+};
+
+RunSetup resolve_run(const TrainArgs& args) {
+  RunSetup run;
+  const std::vector<std::string> overrides = overrides_of(args);
+  if (args.resume.empty() || args.resume == "auto" || args.config_given) run.config = load_config(args.config, overrides);
+  std::string path = args.resume;
+  if (args.resume == "auto") {
+    run.out = args.out.empty() ? "runs/" + run.config.name : args.out;
+    std::vector<std::string> warnings;
+    const std::optional<std::string> found = find_resume_checkpoint(run.out, run.config.checkpoint.keep, warnings);
+    for (const std::string& w : warnings) run.notes.push_back("resume: skipped " + w);
+    if (!found) {
+      run.notes.push_back("resume: no checkpoint in " + run.out + ", starting from the beginning");
+      return run;
+    }
+    path = *found;
+  } else if (!args.resume.empty()) {
+    run.out = args.out.empty() ? std::filesystem::path(path).parent_path().string() : args.out;
+    if (run.out.empty()) run.out = ".";
+  }
+  if (path.empty()) {
+    run.out = args.out.empty() ? "runs/" + run.config.name : args.out;
+    if (holds_checkpoints(run.out))
+      throw InputError(run.out, "already holds the checkpoints of a run: continue it with --resume auto, or train "
+                                "into another folder (--out) or remove this one");
+    return run;
+  }
+  run.checkpoint = load_checkpoint(path);
+  const Config saved = parse_config(run.checkpoint->state.config_yaml, path + " (embedded config)");
+  if (!args.config_given && args.resume != "auto")
+    run.config = parse_config(run.checkpoint->state.config_yaml, path + " (embedded config)", overrides);
+  for (const std::string& change : check_resume_config(saved, run.config, path)) run.notes.push_back("resume: changed " + change);
+  const CheckpointState& st = run.checkpoint->state;
+  run.notes.push_back("resume: from " + path + " at step " + std::to_string(st.global_step) + " (epoch " +
+                      std::to_string(st.epoch + 1) + ", " + std::to_string(st.samples_in_epoch) +
+                      " samples into it), written by " + std::to_string(st.world_size) + " rank(s)");
+  return run;
+}
+
+/// "RANK:STEP" -> the step after which this rank fails, or -1.
+int64_t failure_step_for(const std::string& spec, int rank) {
+  if (spec.empty()) return -1;
+  const size_t colon = spec.find(':');
+  try {
+    if (colon == std::string::npos) throw std::invalid_argument(spec);
+    return std::stoi(spec.substr(0, colon)) == rank ? std::stoll(spec.substr(colon + 1)) : -1;
+  } catch (const std::exception&) {
+    throw InputError("--inject-failure", "'" + spec + "' is not RANK:STEP");
+  }
+}
+
 int train_on_rank(const TrainArgs& args, const MpiSession& mpi) {
-  const Config config = load_config(args.config, overrides_of(args));
-  const std::string out = args.out.empty() ? "runs/" + config.name : args.out;
+  RunSetup run = resolve_run(args);
+  const Config& config = run.config;
+  const std::string& out = run.out;
   const Device device = resolve_device(args.device);
   configure_cpu_threads(args.threads);
   const int gpu = device == Device::Cuda ? choose_gpu(mpi.local_rank(), cuda_device_count()) : 0;
@@ -64,33 +144,45 @@ int train_on_rank(const TrainArgs& args, const MpiSession& mpi) {
   std::unique_ptr<Communicator> comm =
       make_communicator(parse_comm_kind(config.comm.backend), device, mpi, gpu, config.comm.timeout_s);
   const MnistData data = load_mnist_dir(config.data.dir);
+  const int64_t resumed_step = run.checkpoint ? run.checkpoint->state.global_step : -1;
   if (comm->rank() == 0) {
-    prepare_run_folder(out, config);
+    prepare_run_folder(out, config, resumed_step);
     std::printf("dptrain train: config %s, device %s, %d rank(s) over %s, run folder %s\n%s", config.source.c_str(),
                 std::string(device_name(device)).c_str(), comm->size(), std::string(comm->name()).c_str(), out.c_str(),
                 to_yaml(config).c_str());
+    for (const std::string& note : run.notes) std::printf("%s\n", note.c_str());
     std::fflush(stdout);
   }
   comm->barrier();  // the run folder exists before any rank goes on
   TrainOptions options;
   options.out_dir = out;
   options.show_progress = !args.no_progress;
-  std::unique_ptr<Trainer> trainer;
+  options.resume = run.checkpoint ? &*run.checkpoint : nullptr;
+  options.fail_after_step = failure_step_for(args.inject_failure, comm->rank());
+  // The reducer needs the model's gradient buffer, so the trainer is built first without it.
+  Trainer trainer(config, options, data, ctx, *comm, nullptr);
   std::unique_ptr<GradientReducer> reducer;
   if (comm->size() > 1) {
-    // The reducer needs the model's gradient buffer, so the trainer is built first without it.
-    trainer = std::make_unique<Trainer>(config, options, data, ctx, *comm, nullptr);
-    reducer = std::make_unique<GradientReducer>(*comm, ctx, trainer->model().params().grads().span(),
+    reducer = std::make_unique<GradientReducer>(*comm, ctx, trainer.model().params().grads().span(),
                                                 GradientReducerOptions{config.comm.bucket_mb, config.comm.overlap});
-    trainer->set_gradient_hook(reducer.get());
-  } else {
-    trainer = std::make_unique<Trainer>(config, options, data, ctx, *comm, nullptr);
+    trainer.set_gradient_hook(reducer.get());
   }
-  const TrainSummary s = trainer->run();
-  if (comm->rank() == 0)
-    std::printf("done: %lld steps, test_accuracy %.2f%%, test_loss %.4f, %.0f images/s; weights in %s/final.safetensors\n",
+  const PreemptionSignals signals;
+  const TrainSummary s = trainer.run();
+  if (comm->rank() != 0) return 0;
+  if (s.preempted) {
+    std::printf("preempted by signal %d at step %lld; checkpoint %s\nresume with: dptrain train --resume auto --out %s\n",
+                preemption_signal(), static_cast<long long>(s.steps), s.checkpoint.c_str(), out.c_str());
+  } else if (s.steps == s.first_step) {
+    std::printf("nothing to do: the run is already at step %lld (raise --epochs or --max-steps to continue it)\n",
+                static_cast<long long>(s.steps));
+  } else {
+    std::printf("done: %lld steps, test_accuracy %.2f%%, test_loss %.4f, %.0f images/s; checkpoint %s; weights in "
+                "%s/final.safetensors\n",
                 static_cast<long long>(s.steps), 100.0 * s.final_eval.accuracy, s.final_eval.loss, s.images_per_second,
-                out.c_str());
+                s.checkpoint.c_str(), out.c_str());
+  }
+  std::fflush(stdout);
   return 0;
 }
 
@@ -118,7 +210,9 @@ int run_train(const TrainArgs& args) {
 Command add_train(CLI::App& app) {
   auto args = std::make_shared<TrainArgs>();
   CLI::App* sub = app.add_subcommand("train", "Train a model described by a config file");
-  sub->add_option("--config", args->config, "Config file (configs/*.yaml)")->default_val("configs/mnist_cnn.yaml");
+  sub->add_option("--config", args->config, "Config file (configs/*.yaml); a resumed run keeps its own unless given")
+      ->default_val("configs/mnist_cnn.yaml")
+      ->each([args](const std::string&) { args->config_given = true; });
   sub->add_option("--data", args->data, "Folder with the MNIST-layout IDX files (overrides data.dir)");
   sub->add_option("--out", args->out, "Run folder (default runs/<config name>)");
   sub->add_option("--device", args->device, "cpu, cuda or auto")->check(CLI::IsMember({"cpu", "cuda", "auto"}));
@@ -131,6 +225,10 @@ Command add_train(CLI::App& app) {
       ->check(CLI::IsMember({"auto", "nccl", "mpi"}));
   sub->add_option("--threads", args->threads, "CPU backend threads (default: all cores)")->check(CLI::NonNegativeNumber);
   sub->add_flag("--no-progress", args->no_progress, "No progress bar or progress lines");
+  sub->add_option("--resume", args->resume,
+                  "Continue from a checkpoint: a ckpt-*.safetensors file, or 'auto' for the newest valid one in the run folder");
+  sub->add_option("--inject-failure", args->inject_failure, "RANK:STEP: that rank fails after that step (tests)")
+      ->group("");  // hidden: for testing how the job ends when a rank fails
   return [args] { return run_train(*args); };
 }
 

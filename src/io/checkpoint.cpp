@@ -32,7 +32,8 @@ constexpr const char* kLatestName = "latest";
 
 constexpr const char* kChecksumKeys[] = {"data_sha256", "tensor_sha256", "header_sha256"};
 constexpr const char* kStateKeys[] = {"config",     "epoch",         "global_step", "samples_in_epoch",
-                                      "seed",       "world_size",    "scheduler",   "best_test_accuracy"};
+                                      "seed",       "world_size",    "scheduler",   "best_test_accuracy",
+                                      "epoch_metrics"};
 
 // ---------------------------------------------------------------------------------------------
 // Writing
@@ -79,7 +80,8 @@ std::map<std::string, std::string> checkpoint_metadata(const CheckpointState& s)
           {"seed", std::to_string(s.seed)},
           {"world_size", std::to_string(s.world_size)},
           {"scheduler", s.scheduler_json},
-          {"best_test_accuracy", format_double(s.best_test_accuracy)}};
+          {"best_test_accuracy", format_double(s.best_test_accuracy)},
+          {"epoch_metrics", s.epoch_metrics_json}};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -325,6 +327,9 @@ CheckpointState parse_checkpoint_state(const std::map<std::string, std::string>&
   s.scheduler_json = required(metadata, "scheduler", source);
   const nlohmann::json scheduler = nlohmann::json::parse(s.scheduler_json, nullptr, /*allow_exceptions=*/false);
   if (!scheduler.is_object()) throw InputError(source, "metadata 'scheduler' is not a JSON object");
+  s.epoch_metrics_json = required(metadata, "epoch_metrics", source);
+  const nlohmann::json metrics = nlohmann::json::parse(s.epoch_metrics_json, nullptr, /*allow_exceptions=*/false);
+  if (!metrics.is_object()) throw InputError(source, "metadata 'epoch_metrics' is not a JSON object");
   const std::string accuracy = required(metadata, "best_test_accuracy", source);
   const auto [end, error] = std::from_chars(accuracy.data(), accuracy.data() + accuracy.size(), s.best_test_accuracy);
   if (accuracy.empty() || error != std::errc() || end != accuracy.data() + accuracy.size() ||

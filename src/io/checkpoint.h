@@ -5,7 +5,7 @@
 // ("optimizer.conv1.weight.square_avg"), all F32, and string metadata:
 //   format="dptrain-checkpoint", format_version="1", dptrain_version, config (resolved YAML),
 //   epoch, global_step, samples_in_epoch, seed, world_size, scheduler (JSON object text),
-//   best_test_accuracy (%.17g), and three checksums (lower-case hex SHA-256):
+//   best_test_accuracy (%.17g), epoch_metrics (JSON object text), and three checksums (lower-case hex SHA-256):
 //   data_sha256    over the whole data section;
 //   tensor_sha256  JSON object text {name: sha256 of that tensor's bytes} (lets inspect say which
 //                  tensor is damaged);
@@ -50,6 +50,7 @@ struct CheckpointState {
   int world_size = 1;
   std::string scheduler_json = "{}";  ///< a JSON object (e.g. {"last_lr": 0.5})
   double best_test_accuracy = 0.0;    ///< any finite value (the trainer decides the scale)
+  std::string epoch_metrics_json = "{}";  ///< a JSON object: the current epoch's running sums
   friend bool operator==(const CheckpointState&, const CheckpointState&) = default;
 };
 

@@ -15,14 +15,24 @@
 #include "core/error.h"
 #include "data/sampler.h"
 #include "io/checkpoint.h"
+#include "train/preemption.h"
 #include "train/progress.h"
 #include "train/step_graph.h"
+#include "train/train_state.h"
 
 namespace dptrain {
 
 struct Trainer::EpochStats {
   std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
-  int64_t samples = 0;  // this rank's samples this epoch
+  int64_t samples = 0;          // this rank's samples of this epoch, in this process
+  int64_t carried_samples = 0;  // rank 0: the epoch's samples before the resume
+};
+
+/// Where the run stands: the next step to take.
+struct Trainer::Position {
+  int epoch = 0;
+  int64_t step_in_epoch = 0;
+  int64_t global_step = 0;
 };
 
 namespace {
@@ -50,8 +60,9 @@ Trainer::Trainer(const Config& config, const TrainOptions& options, const MnistD
   optimizer_ = make_optimizer(config_.train.optimizer, ctx_.device(), model_->params().size());
   const int64_t planned = steps_per_epoch_ * config_.train.epochs;
   total_steps_ = config_.train.max_steps > 0 ? std::min(planned, config_.train.max_steps) : planned;
-  schedule_ =
-      std::make_unique<LrSchedule>(config_.train.schedule, config_.train.optimizer.lr, steps_per_epoch_, total_steps_);
+  // The schedule spans the planned epochs, not --max-steps: a run stopped early and resumed follows
+  // the same rates as one that never stopped.
+  schedule_ = std::make_unique<LrSchedule>(config_.train.schedule, config_.train.optimizer.lr, steps_per_epoch_, planned);
   source_ = make_batch_source(data_.train, config_.data, /*shuffle=*/true, ctx_);
   if (comm_.rank() == 0) evaluator_ = std::make_unique<Evaluator>(data_.test, config_.data, config_.train.eval_batch_size, ctx_);
   const Dims in = config_.model.input;
@@ -63,9 +74,16 @@ Trainer::Trainer(const Config& config, const TrainOptions& options, const MnistD
   y_ = Buffer<int32_t>(ctx_.device(), static_cast<size_t>(local_batch));
   sums_ = Buffer<double>(ctx_.device(), 2);
 
-  // Identical start on every rank: rank 0's initial parameters (from the seed) are broadcast.
-  model_->params().initialize(config_.train.seed);
-  comm_.broadcast(model_->params().values().span(), 0, ctx_.on_cuda() ? ctx_.cuda().stream() : nullptr);
+  checkpoints_ = std::make_unique<CheckpointDir>(options_.out_dir, config_.checkpoint.keep);
+  if (options_.resume != nullptr) {
+    // Every rank reads the same validated file: an identical start without a broadcast.
+    restore_train_state(*options_.resume, ctx_, model_->params(), *optimizer_);
+    best_accuracy_ = options_.resume->state.best_test_accuracy;
+  } else {
+    // Identical start on every rank: rank 0's initial parameters (from the seed) are broadcast.
+    model_->params().initialize(config_.train.seed);
+    comm_.broadcast(model_->params().values().span(), 0, ctx_.on_cuda() ? ctx_.cuda().stream() : nullptr);
+  }
 }
 
 Trainer::~Trainer() = default;
@@ -117,24 +135,32 @@ void Trainer::run_step(const StepInfo& info, int count, float grad_scale) {
   optimizer_->step(ctx_, params.values().span(), params.grads().span(), &ctx_.step()->scalars);
 }
 
-void Trainer::finish_epoch(int epoch, int64_t global_step, EpochStats& stats) {
+void Trainer::wait_for_device() {
+  // Through the communicator: NCCL's version watches for failed peers instead of hanging.
+  if (ctx_.on_cuda()) comm_.synchronize(ctx_.cuda().stream());
+}
+
+void Trainer::finish_epoch(int epoch, int64_t global_step, const EpochStats& stats) {
+  wait_for_device();
   std::array<double, 2> sums{};
   download(ctx_, std::span<const double>(sums_.span()), std::span<double>(sums));
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - stats.start).count();
   const double loss_sum = comm_.all_reduce_scalar(sums[0], ReduceOp::Sum);
   const double correct = comm_.all_reduce_scalar(sums[1], ReduceOp::Sum);
-  const double samples = comm_.all_reduce_scalar(static_cast<double>(stats.samples), ReduceOp::Sum);
+  const double timed = comm_.all_reduce_scalar(static_cast<double>(stats.samples), ReduceOp::Sum);
+  const double samples = timed + static_cast<double>(stats.carried_samples);
   const double slowest = comm_.all_reduce_scalar(seconds, ReduceOp::Max);
   if (comm_.rank() == 0) {
     const EvalResult ev = evaluator_->run(*model_, ctx_);
     last_eval_ = ev;
+    if (ev.accuracy > best_accuracy_) best_accuracy_ = ev.accuracy, new_best_ = true;
     nlohmann::json line = {{"epoch", epoch + 1},
                            {"step", global_step},
                            {"train_loss", samples > 0 ? loss_sum / samples : 0.0},
                            {"train_accuracy", samples > 0 ? correct / samples : 0.0},
                            {"test_loss", ev.loss},
                            {"test_accuracy", ev.accuracy},
-                           {"images_per_second", slowest > 0 ? samples / slowest : 0.0},
+                           {"images_per_second", slowest > 0 ? timed / slowest : 0.0},
                            {"seconds", slowest},
                            {"lr", schedule_->lr(std::max<int64_t>(global_step - 1, 0))},
                            {"ranks", comm_.size()},
@@ -148,8 +174,75 @@ void Trainer::finish_epoch(int epoch, int64_t global_step, EpochStats& stats) {
     std::fflush(stdout);
   }
   comm_.barrier();  // the others wait here, outside NCCL, while rank 0 evaluates and writes
-  zero_async(ctx_, sums_.span());
-  stats = EpochStats{};
+}
+
+std::string Trainer::save_checkpoint(const Position& at, const EpochStats& stats) {
+  wait_for_device();
+  std::array<double, 2> sums{};
+  download(ctx_, std::span<const double>(sums_.span()), std::span<double>(sums));
+  const double loss_sum = comm_.all_reduce_scalar(sums[0], ReduceOp::Sum);
+  const double correct = comm_.all_reduce_scalar(sums[1], ReduceOp::Sum);
+  const double samples = comm_.all_reduce_scalar(static_cast<double>(stats.samples), ReduceOp::Sum) +
+                         static_cast<double>(stats.carried_samples);
+  std::string path;
+  if (comm_.rank() == 0) {
+    const TrainStateSnapshot snapshot(ctx_, model_->params(), *optimizer_);
+    CheckpointState state;
+    state.config_yaml = to_yaml(config_);
+    state.epoch = at.epoch;
+    state.global_step = at.global_step;
+    state.samples_in_epoch = std::min<int64_t>(at.step_in_epoch * global_batch_, data_.train.count);
+    state.seed = config_.train.seed;
+    state.world_size = comm_.size();
+    state.scheduler_json = nlohmann::json{{"type", config_.train.schedule.type},
+                                          {"base_lr", config_.train.optimizer.lr},
+                                          {"next_lr", schedule_->lr(at.global_step)},
+                                          {"horizon_steps", steps_per_epoch_ * config_.train.epochs}}
+                               .dump();
+    state.best_test_accuracy = best_accuracy_;
+    state.epoch_metrics_json = nlohmann::json{{"loss_sum", loss_sum}, {"correct", correct}, {"samples", samples}}.dump();
+    path = checkpoints_->save(at.global_step, snapshot.model(), snapshot.optimizer(), state);
+    if (new_best_) checkpoints_->save_best(snapshot.model(), snapshot.optimizer(), state);
+    new_best_ = false;
+  }
+  comm_.barrier();  // nobody runs ahead into NCCL while rank 0 writes
+  return path;
+}
+
+Trainer::Position Trainer::start_position() {
+  if (options_.resume == nullptr) return {};
+  const CheckpointState& state = options_.resume->state;
+  Position p;
+  p.epoch = static_cast<int>(state.epoch);
+  p.global_step = state.global_step;
+  if (state.samples_in_epoch >= data_.train.count) {
+    p.step_in_epoch = steps_per_epoch_;  // stopped after the last batch, before the evaluation
+  } else if (state.samples_in_epoch % global_batch_ == 0) {
+    p.step_in_epoch = state.samples_in_epoch / global_batch_;
+  } else {
+    throw InputError(options_.resume->path,
+                     "stopped after " + std::to_string(state.samples_in_epoch) + " samples of epoch " +
+                         std::to_string(state.epoch + 1) + ", not a whole number of global batches of " +
+                         std::to_string(global_batch_) + " (resume with the batch size it was written with)");
+  }
+  return p;
+}
+
+bool Trainer::stop_requested() {
+  const bool here = preemption_requested();
+  if (comm_.size() == 1) return here;
+  return comm_.all_reduce_scalar(here ? 1.0 : 0.0, ReduceOp::Max) > 0;  // all ranks stop at the same step
+}
+
+void Trainer::log_progress(Progress& progress, int64_t global_step, int epoch, const EpochStats& stats) {
+  if (!progress.due(global_step)) return;
+  wait_for_device();
+  std::array<double, 2> sums{};
+  download(ctx_, std::span<const double>(sums_.span()), std::span<double>(sums));
+  const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - stats.start).count();
+  const double ips = elapsed > 0 ? static_cast<double>(stats.samples * comm_.size()) / elapsed : 0.0;
+  const int64_t seen = stats.samples + stats.carried_samples;
+  progress.update(global_step, epoch + 1, seen > 0 ? sums[0] / static_cast<double>(seen) : 0.0, ips);
 }
 
 void Trainer::write_weights() {
@@ -166,36 +259,63 @@ void Trainer::write_weights() {
 TrainSummary Trainer::run() {
   TrainSummary summary;
   const int64_t total = total_steps_;
+  Position pos = start_position();
+  summary.first_step = pos.global_step;
   Progress progress(comm_.rank() == 0 && options_.show_progress, total, config_.train.log_every);
+  EpochStats stats;
   zero_async(ctx_, sums_.span());
-  int64_t global_step = 0;
+  if (options_.resume != nullptr && comm_.rank() == 0) {
+    // The epoch's running loss and accuracy sums continue on rank 0, so its metrics line is whole.
+    const auto m = nlohmann::json::parse(options_.resume->state.epoch_metrics_json);
+    const std::array<double, 2> sums{m.value("loss_sum", 0.0), m.value("correct", 0.0)};
+    upload(ctx_, sums_.span(), std::span<const double>(sums));
+    stats.carried_samples = static_cast<int64_t>(m.value("samples", 0.0));
+  }
+  int64_t saved_step = options_.resume != nullptr ? pos.global_step : -1;  // that checkpoint exists
   double train_seconds = 0;
   int64_t train_samples = 0;
-  EpochStats stats;
-  for (int epoch = 0; epoch < config_.train.epochs && global_step < total; ++epoch) {
-    stats = EpochStats{};
-    for (int64_t s = 0; s < steps_per_epoch_ && global_step < total; ++s, ++global_step) {
-      step(epoch, s, global_step);
-      stats.samples += plan_->shard(s, comm_.rank()).count;
-      if (progress.due(global_step)) {
-        std::array<double, 2> sums{};
-        download(ctx_, std::span<const double>(sums_.span()), std::span<double>(sums));
-        const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - stats.start).count();
-        const double ips = elapsed > 0 ? static_cast<double>(stats.samples * comm_.size()) / elapsed : 0.0;
-        progress.update(global_step, epoch + 1, stats.samples > 0 ? sums[0] / static_cast<double>(stats.samples) : 0.0, ips);
+  bool stop = false;
+  while (pos.epoch < config_.train.epochs && pos.global_step < total && !stop) {
+    stats.start = std::chrono::steady_clock::now();
+    while (pos.step_in_epoch < steps_per_epoch_ && pos.global_step < total) {
+      step(pos.epoch, pos.step_in_epoch, pos.global_step);
+      stats.samples += plan_->shard(pos.step_in_epoch, comm_.rank()).count;
+      ++pos.step_in_epoch, ++pos.global_step;
+      if (pos.global_step == options_.fail_after_step)
+        throw std::runtime_error("injected failure after step " + std::to_string(pos.global_step));
+      log_progress(progress, pos.global_step, pos.epoch, stats);
+      if ((stop = stop_requested())) break;
+      const int64_t every = config_.checkpoint.every_steps;
+      if (every > 0 && pos.global_step % every == 0 && pos.step_in_epoch < steps_per_epoch_) {
+        summary.checkpoint = save_checkpoint(pos, stats);  // epoch ends are saved after their evaluation
+        saved_step = pos.global_step;
       }
     }
-    synchronize(ctx_);
+    wait_for_device();
     train_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - stats.start).count();
     train_samples += stats.samples;
     progress.clear();
-    finish_epoch(epoch, global_step, stats);
-    summary.epochs_completed = epoch + 1;
+    if (stop) break;
+    finish_epoch(pos.epoch, pos.global_step, stats);
+    summary.epochs_completed = pos.epoch + 1;
+    const bool epoch_done = pos.step_in_epoch == steps_per_epoch_;
+    const bool run_done = pos.global_step >= total || (epoch_done && pos.epoch + 1 >= config_.train.epochs);
+    if (epoch_done) {
+      pos.epoch += 1, pos.step_in_epoch = 0;
+      zero_async(ctx_, sums_.span());
+      stats = EpochStats{};
+    }
+    if ((epoch_done && config_.checkpoint.every_epoch) || run_done) {
+      summary.checkpoint = save_checkpoint(pos, stats);
+      saved_step = pos.global_step;
+    }
   }
-  summary.steps = global_step;
+  if (saved_step != pos.global_step) summary.checkpoint = save_checkpoint(pos, stats);  // preempted
+  summary.preempted = stop;
+  summary.steps = pos.global_step;
   summary.images_per_second = train_seconds > 0 ? static_cast<double>(train_samples * comm_.size()) / train_seconds : 0;
   summary.final_eval = last_eval_;
-  write_weights();
+  if (!stop) write_weights();
   comm_.barrier();
   return summary;
 }

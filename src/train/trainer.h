@@ -3,6 +3,12 @@
 // one optimizer update; at each epoch end rank 0 evaluates on the test set and appends a line to
 // metrics.jsonl while the other ranks wait outside NCCL. A run can stop at --max-steps mid-epoch
 // and still evaluates, records its metrics and writes its weights.
+//
+// Checkpoints (rank 0 writes, the others wait at an MPI barrier): every checkpoint.every_steps
+// steps, at each epoch end, and when the run ends, finished or preempted (a stop signal, agreed by
+// all ranks at a step boundary). A run built from a checkpoint continues exactly where it was
+// taken: the position in the data (epoch, samples consumed) is all the data order, the dropout
+// masks and the schedule depend on.
 #pragma once
 
 #include <cstdint>
@@ -12,6 +18,7 @@
 #include "comm/communicator.h"
 #include "core/device_context.h"
 #include "data/dataset.h"
+#include "io/checkpoint.h"
 #include "io/config.h"
 #include "model/gradient_hook.h"
 #include "model/model.h"
@@ -19,19 +26,26 @@
 #include "optim/optimizer.h"
 #include "train/batch_source.h"
 #include "train/evaluator.h"
+#include "train/progress.h"
 
 namespace dptrain {
 
 struct TrainOptions {
   std::string out_dir;     ///< run folder (rank 0 writes it)
   bool show_progress = true;
+  const LoadedCheckpoint* resume = nullptr;  ///< continue from this checkpoint (validated)
+  /// For tests of failure handling: this rank throws after this global step (-1: never).
+  int64_t fail_after_step = -1;
 };
 
 struct TrainSummary {
-  int64_t steps = 0;          ///< global steps completed
+  int64_t steps = 0;          ///< global steps completed (counting those before a resume)
+  int64_t first_step = 0;     ///< the step this run started from (0, or the checkpoint's)
   int epochs_completed = 0;
   EvalResult final_eval;      ///< valid on rank 0
   double images_per_second = 0;
+  bool preempted = false;     ///< stopped by a signal before the end
+  std::string checkpoint;     ///< the last checkpoint written (rank 0), "" if none
 };
 
 class Trainer {
@@ -56,10 +70,19 @@ class Trainer {
 
  private:
   struct EpochStats;
+  struct Position;
   /// The step's work (gather, forward, loss, backward and exchange, update), queued on the device.
   void run_step(const StepInfo& info, int count, float grad_scale);
-  void finish_epoch(int epoch, int64_t global_step, EpochStats& stats);
+  /// Rank 0 evaluates and appends the epoch's metrics line; the others wait outside NCCL.
+  void finish_epoch(int epoch, int64_t global_step, const EpochStats& stats);
   void write_weights();
+  Position start_position();
+  /// Whether every rank should stop now (a signal reached any of them); one host reduction.
+  bool stop_requested();
+  /// Rank 0 writes a checkpoint of `at`; all ranks return together. Returns the path on rank 0.
+  std::string save_checkpoint(const Position& at, const EpochStats& stats);
+  void log_progress(Progress& progress, int64_t global_step, int epoch, const EpochStats& stats);
+  void wait_for_device();
 
   Config config_;
   TrainOptions options_;
@@ -82,6 +105,9 @@ class Trainer {
   Buffer<int32_t> y_;
   Buffer<double> sums_;          ///< this epoch's [loss sum, correct] on the device
   EvalResult last_eval_;         ///< rank 0's latest test-set result
+  double best_accuracy_ = 0;     ///< rank 0's best test accuracy so far (kept in checkpoints)
+  bool new_best_ = false;        ///< the latest evaluation set a new best
+  std::unique_ptr<CheckpointDir> checkpoints_;
   int local_batch_ = 0;          ///< samples per rank in a full global batch
   bool warmed_up_ = false;       ///< a full step ran eagerly: the next one may be captured
   std::unique_ptr<class StepGraph> graph_;  ///< the captured full-batch step (CUDA, train.cuda_graph)

@@ -1,0 +1,24 @@
+// Preemption: SIGTERM, SIGINT or SIGUSR1 asks a run to stop at the next step boundary and write a
+// checkpoint, instead of dying mid-write. Cluster schedulers send SIGTERM before they kill a job;
+// mpirun forwards SIGTERM/SIGINT/SIGUSR1 to every rank (SIGUSR1 without aborting the job, which
+// is why launch/train_mpi.sh turns its own SIGTERM into SIGUSR1). A second signal of the same
+// kind gets the default action, so a user can still force an exit.
+#pragma once
+
+namespace dptrain {
+
+/// Installs the handlers for its lifetime and restores the previous ones after.
+class PreemptionSignals {
+ public:
+  PreemptionSignals();
+  ~PreemptionSignals();
+  PreemptionSignals(const PreemptionSignals&) = delete;
+  PreemptionSignals& operator=(const PreemptionSignals&) = delete;
+};
+
+/// Whether a stop signal has arrived since the handlers were installed (async-signal-safe flag).
+bool preemption_requested();
+/// The signal that asked, or 0.
+int preemption_signal();
+
+}  // namespace dptrain

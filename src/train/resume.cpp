@@ -1,0 +1,58 @@
+#include "train/resume.h"
+
+#include <filesystem>
+
+#include "core/error.h"
+#include "io/checkpoint.h"
+#include "io/config_diff.h"
+
+namespace dptrain {
+
+namespace {
+
+bool starts_with(const std::string& s, const std::string& prefix) { return s.rfind(prefix, 0) == 0; }
+
+/// Keys a checkpoint's tensors or layout depend on: they cannot change.
+bool is_structural(const std::string& key) { return starts_with(key, "model.") || key == "train.optimizer.type"; }
+
+/// Keys that only say how long, how often or how fast: the continuation stays exact.
+bool is_run_only(const std::string& key) {
+  for (const char* prefix : {"name", "data.dir", "train.epochs", "train.max_steps", "train.eval_batch_size",
+                             "train.log_every", "train.cuda_graph", "train.cudnn_benchmark", "train.check_numerics",
+                             "checkpoint.", "comm."}) {
+    if (starts_with(key, prefix)) return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+std::optional<std::string> find_resume_checkpoint(const std::string& run_dir, int keep, std::vector<std::string>& warnings) {
+  const CheckpointDir::Resolved r = CheckpointDir(run_dir, keep).resolve_auto();
+  warnings = r.warnings;
+  return r.path;
+}
+
+bool holds_checkpoints(const std::string& run_dir) {
+  const CheckpointDir dir(run_dir, 1);
+  return std::filesystem::exists(dir.latest_path()) || !dir.list_steps().empty();
+}
+
+std::vector<std::string> check_resume_config(const Config& saved, const Config& now, const std::string& path) {
+  std::string structural;
+  std::vector<std::string> notes;
+  for (const ConfigChange& c : diff_configs(saved, now)) {
+    if (is_structural(c.key)) {
+      structural += "\n  " + describe(c);
+    } else if (is_run_only(c.key)) {
+      notes.push_back(describe(c));
+    } else {
+      notes.push_back(describe(c) + " (changes the training: the continuation differs from the uninterrupted run)");
+    }
+  }
+  if (!structural.empty())
+    throw InputError(path, "was written for another model or optimizer; these settings differ:" + structural);
+  return notes;
+}
+
+}  // namespace dptrain
