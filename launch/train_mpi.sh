@@ -11,6 +11,13 @@
 #   DPTRAIN_MPIRUN_ARGS  extra mpirun arguments (word-split), e.g. "--hostfile hosts --oversubscribe"
 #   NCCL_NVLS_ENABLE     defaults to 0: NVLink SHARP (multicast) must stay off on the lent machines
 #
+# Preemption: SIGTERM or SIGINT to this script stops the job gracefully (every rank stops at the
+# same step, rank 0 writes a checkpoint, exit 0; continue with --resume auto). mpirun itself treats
+# SIGTERM as an abort (it forwards it, then exits 1 and SIGKILLs the ranks after
+# odls_base_sigkill_timeout), so the script sends mpirun SIGUSR1, which Open MPI forwards without
+# aborting and dptrain takes as the same request. The kill timeout is raised to 60 s so that a
+# SIGTERM sent to mpirun directly still leaves the ranks time to write their checkpoint.
+#
 # Ranks map to GPUs inside dptrain (local rank % visible GPUs), so the script does no GPU binding;
 # it binds no cores either (--bind-to none): a rank's data-loading threads need more than the one
 # core Open MPI would pin it to by default.
@@ -69,5 +76,15 @@ if [[ -n "${DPTRAIN_MPIRUN_ARGS:-}" ]]; then
   args+=("${extra[@]}")
 fi
 
+export OMPI_MCA_odls_base_sigkill_timeout="${OMPI_MCA_odls_base_sigkill_timeout:-60}"
+
 echo "train_mpi.sh: $np rank(s): mpirun ${args[*]} $bin train $*" >&2
-exec mpirun "${args[@]}" "$bin" train "$@"
+mpirun "${args[@]}" "$bin" train "$@" &
+pid=$!
+trap 'kill -USR1 "$pid" 2>/dev/null || true' TERM INT
+status=0
+# `wait` returns early when a trapped signal arrives; wait again until mpirun has really ended.
+while kill -0 "$pid" 2>/dev/null; do
+  wait "$pid" && status=0 || status=$?
+done
+exit "$status"
