@@ -5,14 +5,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 launch/setup.sh
+# Run again, the same command continues a stopped run (and says when there is nothing left to do).
+args=("$@")
+[[ " $* " == *" --resume"* ]] || args=(--resume auto "$@")
 gpus=0
 if command -v nvidia-smi >/dev/null 2>&1; then
   gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
 fi
 if [ "$gpus" -gt 1 ]; then
-  exec launch/train_mpi.sh "$@"
+  exec launch/train_mpi.sh "${args[@]}"
 elif [ "$gpus" -eq 1 ]; then
-  exec build/dptrain train --device cuda "$@"
+  exec build/dptrain train --device cuda "${args[@]}"
 else
-  exec build/dptrain train --device cpu "$@"
+  exec build/dptrain train --device cpu "${args[@]}"
 fi
