@@ -55,6 +55,7 @@ struct Fixture {
     state.seed = UINT64_MAX;
     state.world_size = 4;
     state.scheduler_json = R"({"last_lr":0.25})";
+    state.epoch_metrics_json = R"({"loss_sum":12.5,"correct":600.0,"samples":640.0})";
     state.best_test_accuracy = 0.9912345678901234;
   }
 
@@ -92,7 +93,8 @@ std::map<std::string, std::string> checkpoint_metadata_of(const CheckpointState&
   return {{"format", "dptrain-checkpoint"}, {"format_version", "1"},  {"dptrain_version", std::string(kDptrainVersion)},
           {"config", s.config_yaml},        {"epoch", "3"},           {"global_step", "1234"},
           {"samples_in_epoch", "640"},      {"seed", "18446744073709551615"}, {"world_size", "4"},
-          {"scheduler", s.scheduler_json},  {"best_test_accuracy", "0.9912345678901234"}};
+          {"scheduler", s.scheduler_json},  {"best_test_accuracy", "0.9912345678901234"},
+          {"epoch_metrics", s.epoch_metrics_json}};
 }
 
 LoadedCheckpoint load_bytes(const std::vector<uint8_t>& bytes) {
@@ -249,6 +251,8 @@ TEST(Checkpoint, MetadataIsValidated) {
   expect_load_error(with("world_size", "4294967297"), "metadata 'world_size'");
   expect_load_error(with("scheduler", "[1]"), "metadata 'scheduler' is not a JSON object");
   expect_load_error(with("scheduler", "{"), "metadata 'scheduler' is not a JSON object");
+  expect_load_error(with("epoch_metrics", "3"), "metadata 'epoch_metrics' is not a JSON object");
+  expect_load_error(with("epoch_metrics", std::nullopt), "metadata 'epoch_metrics' is missing");
   for (const char* bad : {"nan", "inf", "-inf", "0.5x", "", "1e999"}) {
     expect_load_error(with("best_test_accuracy", bad), "metadata 'best_test_accuracy'");
   }
