@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # One device-machine session: build, GPU tests, dptrain vs PyTorch benchmarks (GPU and CPU), all
-# logged under $OUT (or /tmp/out). Usage: bench/device_run.sh [build|test|bench|train|sanitize]...
+# logged under $OUT (or /tmp/out). Usage: bench/device_run.sh STEP... (the steps are the case
+# labels below). Run folders live under /tmp/dr and are removed first: a warm machine keeps /tmp.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
 B=build-dev
+rm -rf /tmp/dr; mkdir -p /tmp/dr
 for step in "$@"; do
   case $step in
     build)
@@ -17,7 +19,20 @@ for step in "$@"; do
     test)
       $B/tests/dptrain_gpu_tests 2>&1 | tee "$OUT/gpu_tests.log" | grep -E "^\[  |GPU vs CPU|Failure|Expected|Which|rel" | head -60 ;;
     ctest)
-      ctest --test-dir $B -j 8 --output-on-failure >"$OUT/ctest.log" 2>&1; tail -15 "$OUT/ctest.log" ;;
+      ctest --test-dir $B -j 8 --output-on-failure >"$OUT/ctest.log" 2>&1; tail -15 "$OUT/ctest.log"
+      grep -E "^ *[0-9]+/[0-9]+ Test +#[0-9]+: (CudaBackend|OptimGpu|Numerics|Resume|Ranks|mpi_)" "$OUT/ctest.log" | sed 's/ \.\.\.*/ /' ;;
+    profile)
+      $B/dptrain train --device cuda --max-steps 400 --profile --no-progress --out /tmp/dr/prof > "$OUT/profile.log" 2>&1
+      echo "profile rc=$?"; sed -n '/^profile/,$p' "$OUT/profile.log" | head -40
+      mpirun -np 2 --oversubscribe $B/dptrain train --device cuda --comm mpi --max-steps 200 --profile --no-progress --out /tmp/dr/prof2 > "$OUT/profile2.log" 2>&1
+      echo "profile 2 ranks rc=$?"; sed -n '/^profile/,$p' "$OUT/profile2.log" | head -40
+      $B/dptrain train --device cuda --max-steps 20 --check-numerics --set train.optimizer.lr=1e30 --no-progress --out /tmp/dr/nan > "$OUT/numerics.log" 2>&1
+      echo "check-numerics rc=$?"; tail -2 "$OUT/numerics.log" ;;
+    preempt)
+      $B/dptrain train --device cuda --out /tmp/dr/pre --no-progress > "$OUT/preempt1.log" 2>&1 &
+      pid=$!; sleep 4; kill -TERM $pid; wait $pid; echo "SIGTERM rc=$?"; grep -E "^epoch|preempted|resume" "$OUT/preempt1.log"
+      $B/dptrain train --device cuda --out /tmp/dr/pre --no-progress --resume auto > "$OUT/preempt2.log" 2>&1; echo "resume rc=$?"
+      grep -E "^epoch|^done|^resume" "$OUT/preempt2.log"; $B/dptrain inspect /tmp/dr/pre/best.safetensors | tail -1 ;;
     bench)
       for t in float32 tf32; do $B/dptrain bench --device cuda --steps 400 --set train.precision=$t | tee -a "$OUT/bench.jsonl"; done
       $B/dptrain bench --device cuda --steps 400 --set train.cuda_graph=false | tee -a "$OUT/bench.jsonl"
@@ -37,25 +52,25 @@ sd = load_file('$OUT/run/final.safetensors'); print({k: tuple(v.shape) for k, v 
 print(safe_open('$OUT/run/final.safetensors', 'pt').metadata()['format'])" ;;
     mpi)
       common=(--max-steps 30 --set train.batch_size=60 --no-progress --set "train.optimizer={type: sgd, lr: 0.01, momentum: 0.5}" --set "train.schedule={type: constant}")
-      $B/dptrain train --device cuda "${common[@]}" --out /tmp/r1 > "$OUT/mpi1.log" 2>&1; echo "1 rank rc=$?"
-      mpirun -np 2 --oversubscribe $B/dptrain train --device cuda --comm mpi "${common[@]}" --out /tmp/r2 > "$OUT/mpi2.log" 2>&1; echo "2 ranks --comm mpi rc=$?"
-      mpirun -np 1 $B/dptrain train --device cuda --comm nccl "${common[@]}" --out /tmp/r3 > "$OUT/nccl1.log" 2>&1; echo "1 rank nccl rc=$?"
-      start=$(date +%s); mpirun -np 2 --oversubscribe $B/dptrain train --device cuda "${common[@]}" --out /tmp/r4 > "$OUT/mpi_refuse.log" 2>&1
+      $B/dptrain train --device cuda "${common[@]}" --out /tmp/dr/r1 > "$OUT/mpi1.log" 2>&1; echo "1 rank rc=$?"
+      mpirun -np 2 --oversubscribe $B/dptrain train --device cuda --comm mpi "${common[@]}" --out /tmp/dr/r2 > "$OUT/mpi2.log" 2>&1; echo "2 ranks --comm mpi rc=$?"
+      mpirun -np 1 $B/dptrain train --device cuda --comm nccl "${common[@]}" --out /tmp/dr/r3 > "$OUT/nccl1.log" 2>&1; echo "1 rank nccl rc=$?"
+      start=$(date +%s); mpirun -np 2 --oversubscribe $B/dptrain train --device cuda "${common[@]}" --out /tmp/dr/r4 > "$OUT/mpi_refuse.log" 2>&1
       echo "2 ranks nccl on 1 GPU rc=$? in $(( $(date +%s) - start )) s"; grep -m2 error "$OUT/mpi_refuse.log"
       python3 - <<'PY'
 from safetensors.torch import load_file
-a = load_file('/tmp/r1/final.safetensors')
-for other in ('/tmp/r2', '/tmp/r3'):
+a = load_file('/tmp/dr/r1/final.safetensors')
+for other in ('/tmp/dr/r2', '/tmp/dr/r3'):
     b = load_file(other + '/final.safetensors')
     num = sum(float(((a[k] - b[k]) ** 2).sum()) for k in a); den = sum(float((a[k] ** 2).sum()) for k in a)
     print(other, 'rel diff vs 1 rank', (num / den) ** 0.5)
 PY
       ;;
     cpuepoch)
-      $B/dptrain train --device cpu --epochs 1 --out /tmp/cpu1 --no-progress > "$OUT/cpuepoch.log" 2>&1; echo "rc=$?"
+      $B/dptrain train --device cpu --epochs 1 --out /tmp/dr/cpu1 --no-progress > "$OUT/cpuepoch.log" 2>&1; echo "rc=$?"
       grep -E "^epoch|^done" "$OUT/cpuepoch.log" ;;
     sanitize)
-      compute-sanitizer --tool memcheck --error-exitcode 9 $B/dptrain train --device cuda --max-steps 30 --out /tmp/san --no-progress > "$OUT/sanitize.log" 2>&1
+      compute-sanitizer --tool memcheck --error-exitcode 9 $B/dptrain train --device cuda --max-steps 30 --out /tmp/dr/san --no-progress > "$OUT/sanitize.log" 2>&1
       echo "memcheck rc=$?"; tail -4 "$OUT/sanitize.log" ;;
   esac
 done
