@@ -1,4 +1,5 @@
-// dptrain train: builds the model from a config and trains it on the chosen device.
+// dptrain train: builds the model from a config and trains it on the chosen device. A failure of
+// the run (a numerical blow-up under --check-numerics included) exits 1; bad input exits 2.
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -32,6 +33,8 @@ struct TrainArgs {
   std::string comm;
   int threads = 0;
   bool no_progress = false;
+  bool check_numerics = false;
+  bool profile = false;
 };
 
 /// The flags that are shorthands for config keys become overrides, applied after --set.
@@ -42,6 +45,7 @@ std::vector<std::string> overrides_of(const TrainArgs& a) {
   if (a.epochs) o.push_back("train.epochs=" + std::to_string(*a.epochs));
   if (a.max_steps) o.push_back("train.max_steps=" + std::to_string(*a.max_steps));
   if (!a.comm.empty()) o.push_back("comm.backend=" + a.comm);
+  if (a.check_numerics) o.push_back("train.check_numerics=true");
   return o;
 }
 
@@ -75,6 +79,7 @@ int train_on_rank(const TrainArgs& args, const MpiSession& mpi) {
   TrainOptions options;
   options.out_dir = out;
   options.show_progress = !args.no_progress;
+  options.profile = args.profile;
   std::unique_ptr<Trainer> trainer;
   std::unique_ptr<GradientReducer> reducer;
   if (comm->size() > 1) {
@@ -131,6 +136,12 @@ Command add_train(CLI::App& app) {
       ->check(CLI::IsMember({"auto", "nccl", "mpi"}));
   sub->add_option("--threads", args->threads, "CPU backend threads (default: all cores)")->check(CLI::NonNegativeNumber);
   sub->add_flag("--no-progress", args->no_progress, "No progress bar or progress lines");
+  sub->add_flag("--check-numerics", args->check_numerics,
+                "Debug: stop at the first NaN/Inf in any layer's output, gradients, the loss or the parameters "
+                "(overrides train.check_numerics; no CUDA graph, one device sync per step)");
+  sub->add_flag("--profile", args->profile,
+                "Time each layer and stage per step (after 5 warm-up steps), print a table at the end and write "
+                "profile.json to the run folder; NVTX ranges for Nsight Systems (no CUDA graph)");
   return [args] { return run_train(*args); };
 }
 

@@ -2,7 +2,9 @@
 // global batch, forward, loss and backward (the GradientHook exchanges gradients as they appear),
 // one optimizer update; at each epoch end rank 0 evaluates on the test set and appends a line to
 // metrics.jsonl while the other ranks wait outside NCCL. A run can stop at --max-steps mid-epoch
-// and still evaluates, records its metrics and writes its weights.
+// and still evaluates, records its metrics and writes its weights. Two debug/measuring modes plug
+// in as the model's LayerObserver: train.check_numerics (train/numerics_checker.h) and
+// TrainOptions::profile (train/profiler.h); both turn CUDA graph capture off.
 #pragma once
 
 #include <cstdint>
@@ -25,6 +27,8 @@ namespace dptrain {
 struct TrainOptions {
   std::string out_dir;     ///< run folder (rank 0 writes it)
   bool show_progress = true;
+  bool profile = false;          ///< time the steps and print a table at the end (train/profiler.h)
+  int profile_warmup_steps = 5;  ///< steps not counted by the profile
 };
 
 struct TrainSummary {
@@ -48,7 +52,7 @@ class Trainer {
   void step(int epoch, int64_t step_in_epoch, int64_t global_step);
 
   /// The gradient exchange (built after the model, as it needs the gradient buffer). Before run().
-  void set_gradient_hook(GradientHook* hook) { hook_ = hook; }
+  void set_gradient_hook(GradientHook* hook);
 
   Model<float>& model() { return *model_; }
   Optimizer& optimizer() { return *optimizer_; }
@@ -56,10 +60,14 @@ class Trainer {
 
  private:
   struct EpochStats;
+  /// Builds the numerics checker or the profiler the config and options ask for, as the model's observer.
+  void attach_observer();
   /// The step's work (gather, forward, loss, backward and exchange, update), queued on the device.
   void run_step(const StepInfo& info, int count, float grad_scale);
   void finish_epoch(int epoch, int64_t global_step, EpochStats& stats);
   void write_weights();
+  /// The hook the model reports gradients to: the exchange, or the profiler wrapping it.
+  GradientHook* step_hook();
 
   Config config_;
   TrainOptions options_;
@@ -85,6 +93,8 @@ class Trainer {
   int local_batch_ = 0;          ///< samples per rank in a full global batch
   bool warmed_up_ = false;       ///< a full step ran eagerly: the next one may be captured
   std::unique_ptr<class StepGraph> graph_;  ///< the captured full-batch step (CUDA, train.cuda_graph)
+  std::unique_ptr<class NumericsChecker> numerics_;  ///< train.check_numerics, else null
+  std::unique_ptr<class Profiler> profiler_;         ///< TrainOptions::profile, else null
 };
 
 }  // namespace dptrain
