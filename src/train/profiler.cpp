@@ -76,17 +76,19 @@ Profiler::Profiler(DeviceContext& ctx, const Model<float>& model, int warmup_ste
     add_row(name, forward_begin_mark(i), forward_done_mark(i));
     add_row(name, backward_begin_mark(i), backward_done_mark(i));
   }
-  add_row("data", kStepBegin, kDataDone);
-  add_row("compute", kDataDone, kBackwardDone);
-  add_row("loss", forward_done_mark(layers - 1), kLossDone);
-  add_row("exchange", kBackwardDone, kExchangeDone);
-  add_row("optimizer", kExchangeDone, kOptimizerDone);
-  add_row("step", kStepBegin, kOptimizerDone);
+  add_row("data", kStepBegin, kDataDone, "batch gather");
+  add_row("compute", kDataDone, kBackwardDone, "forward + loss + backward");
+  add_row("loss", forward_done_mark(layers - 1), kLossDone, "(part of compute)");
+  add_row("exchange", kBackwardDone, kExchangeDone, "gradient exchange the optimizer waited for (exposed)");
+  add_row("optimizer", kExchangeDone, kOptimizerDone, "update");
+  add_row("step", kStepBegin, kOptimizerDone, "total");
 }
 
 Profiler::~Profiler() = default;
 
-void Profiler::add_row(std::string name, size_t from, size_t to) { rows_.push_back({std::move(name), from, to}); }
+void Profiler::add_row(std::string name, size_t from, size_t to, std::string note) {
+  rows_.push_back({std::move(name), std::move(note), from, to});
+}
 
 void Profiler::begin_step(DeviceContext& ctx, int64_t global_step, int samples) {
   const size_t set = static_cast<size_t>(global_step % 2);
@@ -195,7 +197,8 @@ void Profiler::report(DeviceContext& ctx, Communicator& comm, const std::string&
   }
   std::printf("%-14s %9s %9s %9s\n", "stage", "mean", "min", "max");
   for (size_t r = 2 * layers; r < rows_.size(); ++r)
-    std::printf("%-14s %9.3f %9.3f %9.3f\n", rows_[r].name.c_str(), spreads[r].mean, spreads[r].min, spreads[r].max);
+    std::printf("%-14s %9.3f %9.3f %9.3f   %s\n", rows_[r].name.c_str(), spreads[r].mean, spreads[r].min,
+                spreads[r].max, rows_[r].note.c_str());
   std::printf("images/s       %9.0f   (all ranks' samples over the slowest rank's step time)\n", images_per_s);
   std::fflush(stdout);
 

@@ -83,11 +83,12 @@ class Profiler final : public LayerObserver<float>, public GradientHook {
  private:
   struct Row {
     std::string name;
+    std::string note;    // what the row measures, for the table
     size_t from, to;     // marks
     double sum_ms = 0;   // over the counted steps
     int64_t steps = 0;
   };
-  void add_row(std::string name, size_t from, size_t to);
+  void add_row(std::string name, size_t from, size_t to, std::string note = "");
   /// Adds the finished step held by `marks` to the rows (unless it is a warm-up step).
   void collect(StepMarks& marks, int64_t step, int samples);
   void collect_pending();
