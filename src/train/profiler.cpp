@@ -45,7 +45,10 @@ StepMarks::StepMarks(DeviceContext& ctx, size_t points) : on_cuda_(ctx.on_cuda()
   }
 }
 
-void StepMarks::clear() { std::fill(marked_.begin(), marked_.end(), false); }
+void StepMarks::clear() {
+  std::fill(marked_.begin(), marked_.end(), false);
+  blocking_ms_ = 0;
+}
 
 void StepMarks::mark(DeviceContext& ctx, size_t p) {
   if (on_cuda_) CUDA_CHECK(cudaEventRecord(events_[p], ctx.cuda().stream()));
@@ -77,9 +80,13 @@ Profiler::Profiler(DeviceContext& ctx, const Model<float>& model, int warmup_ste
     add_row(name, backward_begin_mark(i), backward_done_mark(i));
   }
   add_row("data", kStepBegin, kDataDone, "batch gather");
+  compute_row_ = rows_.size();
   add_row("compute", kDataDone, kBackwardDone, "forward + loss + backward");
   add_row("loss", forward_done_mark(layers - 1), kLossDone, "(part of compute)");
-  add_row("exchange", kBackwardDone, kExchangeDone, "gradient exchange the optimizer waited for (exposed)");
+  exchange_row_ = rows_.size();
+  add_row("exchange", kBackwardDone, kExchangeDone,
+          ctx.on_cuda() ? "gradient exchange the optimizer waited for (exposed)"
+                        : "gradient exchange (synchronous on the CPU: all of it)");
   add_row("optimizer", kExchangeDone, kOptimizerDone, "update");
   add_row("step", kStepBegin, kOptimizerDone, "total");
 }
@@ -136,7 +143,11 @@ void Profiler::backward_done(DeviceContext& ctx, const Layer<float>& layer, Tens
 }
 
 void Profiler::on_gradients_ready(DeviceContext& ctx, size_t begin, size_t end) {
-  if (exchange_ != nullptr) exchange_->on_gradients_ready(ctx, begin, end);
+  if (exchange_ == nullptr) return;
+  const auto start = std::chrono::steady_clock::now();
+  exchange_->on_gradients_ready(ctx, begin, end);
+  if (!ctx.on_cuda())
+    current_->add_blocking_ms(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
 }
 
 void Profiler::on_backward_done(DeviceContext& ctx) {
@@ -158,6 +169,8 @@ void Profiler::collect(StepMarks& marks, int64_t step, int samples) {
     row.sum_ms += marks.ms(row.from, row.to);
     ++row.steps;
   }
+  rows_[compute_row_].sum_ms -= marks.blocking_ms();
+  rows_[exchange_row_].sum_ms += marks.blocking_ms();
   ++timed_steps_;
   timed_samples_ += samples;
 }

@@ -12,6 +12,9 @@
 //    compute stream before the exchange's on_backward_done makes that stream wait for the
 //    communication stream, "exchange done" right after, so their gap is the communication time
 //    the optimizer actually waited for (exposed), not the part hidden behind backward.
+//  - On the CPU the communicator is synchronous: the all-reduces that backward launches block the
+//    host inside backward, with nothing to overlap. Their time (measured around the hook) is moved
+//    from "compute" to "exchange", so that row is the whole communication cost there.
 //  - Steps are read back one step late (two sets of events in turns), so the host still runs one
 //    step ahead of the device; the first `warmup_steps` steps (cuDNN autotuning, first touches)
 //    are not counted.
@@ -43,6 +46,9 @@ class StepMarks {
   void wait() const;
   /// Milliseconds from point `from` to point `to`; both must be marked and waited for.
   double ms(size_t from, size_t to) const;
+  /// Host time spent blocked in synchronous gradient exchange calls during this step (CPU).
+  void add_blocking_ms(double ms) { blocking_ms_ += ms; }
+  double blocking_ms() const { return blocking_ms_; }
 
  private:
   bool on_cuda_;
@@ -50,6 +56,7 @@ class StepMarks {
   std::vector<std::chrono::steady_clock::time_point> times_;
   std::vector<bool> marked_;
   size_t last_ = 0;
+  double blocking_ms_ = 0;
 };
 
 class Profiler final : public LayerObserver<float>, public GradientHook {
@@ -102,6 +109,8 @@ class Profiler final : public LayerObserver<float>, public GradientHook {
   StepMarks* current_ = nullptr;
   std::vector<std::string> range_names_;  // NVTX: per layer "<name> forward", "<name> backward"
   std::vector<Row> rows_;            // 2 per layer (forward, backward), then the stages
+  size_t compute_row_ = 0;
+  size_t exchange_row_ = 0;
   int64_t timed_samples_ = 0;
   int64_t timed_steps_ = 0;
 };
