@@ -1,4 +1,5 @@
-// dptrain train: builds the model from a config and trains it on the chosen device.
+// dptrain train: builds the model from a config and trains it on the chosen device. A failure of
+// the run (a numerical blow-up under --check-numerics included) exits 1; bad input exits 2.
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -40,6 +41,8 @@ struct TrainArgs {
   bool config_given = false;  // --config on the command line (else a resumed run keeps its own)
   std::string resume;         // PATH or "auto"
   std::string inject_failure; // RANK:STEP, for tests of failure handling
+  bool check_numerics = false;
+  bool profile = false;
 };
 
 /// The flags that are shorthands for config keys become overrides, applied after --set.
@@ -50,6 +53,7 @@ std::vector<std::string> overrides_of(const TrainArgs& a) {
   if (a.epochs) o.push_back("train.epochs=" + std::to_string(*a.epochs));
   if (a.max_steps) o.push_back("train.max_steps=" + std::to_string(*a.max_steps));
   if (!a.comm.empty()) o.push_back("comm.backend=" + a.comm);
+  if (a.check_numerics) o.push_back("train.check_numerics=true");
   return o;
 }
 
@@ -161,6 +165,7 @@ int train_on_rank(const TrainArgs& args, const MpiSession& mpi) {
   options.fail_after_step = failure_step_for(args.inject_failure, comm->rank());
   // The reducer needs the model's gradient buffer, so the trainer is built first without it.
   Trainer trainer(config, options, data, ctx, *comm, nullptr);
+  options.profile = args.profile;
   std::unique_ptr<GradientReducer> reducer;
   if (comm->size() > 1) {
     reducer = std::make_unique<GradientReducer>(*comm, ctx, trainer.model().params().grads().span(),
@@ -229,6 +234,12 @@ Command add_train(CLI::App& app) {
                   "Continue from a checkpoint: a ckpt-*.safetensors file, or 'auto' for the newest valid one in the run folder");
   sub->add_option("--inject-failure", args->inject_failure, "RANK:STEP: that rank fails after that step (tests)")
       ->group("");  // hidden: for testing how the job ends when a rank fails
+  sub->add_flag("--check-numerics", args->check_numerics,
+                "Debug: stop at the first NaN/Inf in any layer's output, gradients, the loss or the parameters "
+                "(overrides train.check_numerics; no CUDA graph, one device sync per step)");
+  sub->add_flag("--profile", args->profile,
+                "Time each layer and stage per step (after 5 warm-up steps), print a table at the end and write "
+                "profile.json to the run folder; NVTX ranges for Nsight Systems (no CUDA graph)");
   return [args] { return run_train(*args); };
 }
 

@@ -84,10 +84,13 @@ TensorView<const T> Model<T>::forward(DeviceContext& ctx, TensorView<const T> in
     throw std::logic_error("Model::forward: batch of " + std::to_string(input.n) + " outside 1.." +
                            std::to_string(max_batch_));
   if (!(input.dims == input_)) throw std::logic_error("Model::forward: input dims " + to_string(input.dims));
+  observing_ = phase == Phase::Train ? observer_ : nullptr;
   TensorView<const T> x = input;
   for (size_t i = 0; i < layers_.size(); ++i) {
     TensorView<T> y = activation(i, input.n);
+    if (observing_ != nullptr) observing_->forward_begin(ctx, *layers_[i]);
     layers_[i]->forward(ctx, x, y, phase, step);
+    if (observing_ != nullptr) observing_->forward_done(ctx, *layers_[i], y);
     x = y;
   }
   last_input_ = input;
@@ -102,13 +105,17 @@ void Model<T>::loss(DeviceContext& ctx, const int32_t* labels, T grad_scale, dou
   const int n = last_n_;
   TensorView<T> dlogits = backward ? activation_grad(last, n) : TensorView<T>{nullptr, n, layers_[last]->output_dims()};
   loss_->forward_backward(ctx, activation(last, n), labels, grad_scale, dlogits, sums);
+  if (observing_ != nullptr) observing_->loss_done(ctx, std::span<const double>(sums, 2));
   if (!backward) return;
   for (size_t i = layers_.size(); i-- > 0;) {
     Layer<T>& layer = *layers_[i];
     TensorView<const T> in = i == 0 ? last_input_ : TensorView<const T>(activation(i - 1, n));
     TensorView<T> din = i == 0 ? TensorView<T>{nullptr, n, input_} : activation_grad(i - 1, n);
-    layer.backward(ctx, in, activation(i, n), activation_grad(i, n), din);
     const auto [begin, end] = grad_ranges_[i];
+    if (observing_ != nullptr) observing_->backward_begin(ctx, layer);
+    layer.backward(ctx, in, activation(i, n), activation_grad(i, n), din);
+    if (observing_ != nullptr)
+      observing_->backward_done(ctx, layer, din, std::span<const T>(params_.grads().data() + begin, end - begin));
     if (hook != nullptr && end > begin) hook->on_gradients_ready(ctx, begin, end);
   }
   if (hook != nullptr) hook->on_backward_done(ctx);

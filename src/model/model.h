@@ -14,6 +14,7 @@
 #include "layers/layer.h"
 #include "layers/softmax_cross_entropy.h"
 #include "model/gradient_hook.h"
+#include "model/layer_observer.h"
 #include "model/param_store.h"
 
 namespace dptrain {
@@ -31,6 +32,9 @@ class Model {
   Dims input_dims() const { return input_; }
   int num_classes() const { return num_classes_; }
   int max_batch() const { return max_batch_; }
+
+  /// Hears of each stage of later training passes (null: none, the default). Not owned.
+  void set_observer(LayerObserver<T>* observer) { observer_ = observer; }
 
   /// Forward through every layer; returns the logits [n, num_classes].
   TensorView<const T> forward(DeviceContext& ctx, TensorView<const T> input, Phase phase, const StepInfo& step);
@@ -62,6 +66,8 @@ class Model {
   std::vector<std::pair<size_t, size_t>> grad_ranges_;  // per layer: [begin, end) in the flat buffer
   TensorView<const T> last_input_{};
   int last_n_ = 0;
+  LayerObserver<T>* observer_ = nullptr;
+  LayerObserver<T>* observing_ = nullptr;  // observer_ during a Phase::Train pass, else null
 };
 
 }  // namespace dptrain

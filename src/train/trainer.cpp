@@ -15,7 +15,9 @@
 #include "core/error.h"
 #include "data/sampler.h"
 #include "io/checkpoint.h"
+#include "train/numerics_checker.h"
 #include "train/preemption.h"
+#include "train/profiler.h"
 #include "train/progress.h"
 #include "train/step_graph.h"
 #include "train/train_state.h"
@@ -84,9 +86,32 @@ Trainer::Trainer(const Config& config, const TrainOptions& options, const MnistD
     model_->params().initialize(config_.train.seed);
     comm_.broadcast(model_->params().values().span(), 0, ctx_.on_cuda() ? ctx_.cuda().stream() : nullptr);
   }
+  attach_observer();
 }
 
 Trainer::~Trainer() = default;
+
+void Trainer::attach_observer() {
+  // The model has one observer: the checker's kernels would be timed as the layers' work.
+  if (config_.train.check_numerics && options_.profile)
+    throw InputError("--profile", "cannot be combined with --check-numerics (the checks would be timed too)");
+  if (config_.train.check_numerics) {
+    numerics_ = std::make_unique<NumericsChecker>(ctx_, *model_);
+    model_->set_observer(numerics_.get());
+  }
+  if (options_.profile) {
+    profiler_ = std::make_unique<Profiler>(ctx_, *model_, options_.profile_warmup_steps);
+    profiler_->set_exchange(hook_);
+    model_->set_observer(profiler_.get());
+  }
+}
+
+void Trainer::set_gradient_hook(GradientHook* hook) {
+  hook_ = hook;
+  if (profiler_) profiler_->set_exchange(hook);
+}
+
+GradientHook* Trainer::step_hook() { return profiler_ ? profiler_.get() : hook_; }
 
 void Trainer::step(int epoch, int64_t step_in_epoch, int64_t global_step) {
   if (epoch != source_epoch_) {
@@ -97,6 +122,7 @@ void Trainer::step(int epoch, int64_t step_in_epoch, int64_t global_step) {
   const int64_t batch = plan_->global_batch_size(step_in_epoch);
   const StepState state{{config_.train.seed, static_cast<uint32_t>(epoch), static_cast<uint32_t>(shard.first)},
                         optimizer_->scalars(schedule_->lr(global_step), global_step + 1)};
+  if (profiler_) profiler_->begin_step(ctx_, global_step, shard.count);
   ctx_.set_step(state);  // outside any graph: every replay reads this step's values
   // Each rank scales by the global batch, so the summed gradients are the global batch mean.
   const float grad_scale = 1.0f / static_cast<float>(batch);
@@ -106,7 +132,9 @@ void Trainer::step(int epoch, int64_t step_in_epoch, int64_t global_step) {
   }
   // A host communicator (MPI) stages gradients through the host with a stream sync: not capturable.
   const bool capturable_exchange = hook_ == nullptr || comm_.name() != "mpi";
-  const bool capture = ctx_.on_cuda() && config_.train.cuda_graph && capturable_exchange &&
+  // Checking and profiling work per layer, launch by launch, which a replayed graph would skip.
+  const bool observed = numerics_ || profiler_;
+  const bool capture = ctx_.on_cuda() && config_.train.cuda_graph && capturable_exchange && !observed &&
                        shard.count == local_batch_ && warmed_up_;
   if (capture) graph_ = std::make_unique<StepGraph>(ctx_.cuda().stream(), shard.count, grad_scale);
   run_step(state.info, shard.count, grad_scale);
@@ -115,6 +143,7 @@ void Trainer::step(int epoch, int64_t step_in_epoch, int64_t global_step) {
     graph_->launch();  // the captured work has not run yet
   }
   if (shard.count == local_batch_) warmed_up_ = true;  // algorithms chosen, workspaces sized: capturable
+  if (numerics_) numerics_->end_step(ctx_, global_step, epoch);
 }
 
 void Trainer::run_step(const StepInfo& info, int count, float grad_scale) {
@@ -122,17 +151,20 @@ void Trainer::run_step(const StepInfo& info, int count, float grad_scale) {
   ParamStore<float>& params = model_->params();
   if (count > 0) {
     source_->gather_step(ctx_, count, x_.data(), y_.data());
+    if (profiler_) profiler_->data_done(ctx_);
     model_->forward(ctx_, TensorView<const float>{x_.data(), count, in}, Phase::Train, info);
-    model_->backward(ctx_, y_.data(), grad_scale, sums_.data(), hook_);
+    model_->backward(ctx_, y_.data(), grad_scale, sums_.data(), step_hook());
   } else {
     // A tail batch smaller than the rank count leaves this rank idle; it still joins the exchange.
     zero_async(ctx_, params.grads().span());
-    if (hook_ != nullptr) {
-      hook_->on_gradients_ready(ctx_, 0, params.size());
-      hook_->on_backward_done(ctx_);
+    if (GradientHook* hook = step_hook(); hook != nullptr) {
+      hook->on_gradients_ready(ctx_, 0, params.size());
+      hook->on_backward_done(ctx_);
     }
   }
   optimizer_->step(ctx_, params.values().span(), params.grads().span(), &ctx_.step()->scalars);
+  if (profiler_) profiler_->optimizer_done(ctx_);
+  if (numerics_) numerics_->parameters_updated(ctx_, params);
 }
 
 void Trainer::wait_for_device() {
@@ -315,6 +347,7 @@ TrainSummary Trainer::run() {
   summary.steps = pos.global_step;
   summary.images_per_second = train_seconds > 0 ? static_cast<double>(train_samples * comm_.size()) / train_seconds : 0;
   summary.final_eval = last_eval_;
+  if (profiler_) profiler_->report(ctx_, comm_, (std::filesystem::path(options_.out_dir) / "profile.json").string());
   if (!stop) write_weights();
   comm_.barrier();
   return summary;

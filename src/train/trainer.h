@@ -9,6 +9,10 @@
 // all ranks at a step boundary). A run built from a checkpoint continues exactly where it was
 // taken: the position in the data (epoch, samples consumed) is all the data order, the dropout
 // masks and the schedule depend on.
+//
+// Two debug/measuring modes plug in as the model's LayerObserver: train.check_numerics
+// (train/numerics_checker.h) and TrainOptions::profile (train/profiler.h); both turn CUDA graph
+// capture off.
 #pragma once
 
 #include <cstdint>
@@ -36,6 +40,8 @@ struct TrainOptions {
   const LoadedCheckpoint* resume = nullptr;  ///< continue from this checkpoint (validated)
   /// For tests of failure handling: this rank throws after this global step (-1: never).
   int64_t fail_after_step = -1;
+  bool profile = false;          ///< time the steps and print a table at the end (train/profiler.h)
+  int profile_warmup_steps = 5;  ///< steps not counted by the profile
 };
 
 struct TrainSummary {
@@ -62,7 +68,7 @@ class Trainer {
   void step(int epoch, int64_t step_in_epoch, int64_t global_step);
 
   /// The gradient exchange (built after the model, as it needs the gradient buffer). Before run().
-  void set_gradient_hook(GradientHook* hook) { hook_ = hook; }
+  void set_gradient_hook(GradientHook* hook);
 
   Model<float>& model() { return *model_; }
   Optimizer& optimizer() { return *optimizer_; }
@@ -71,6 +77,8 @@ class Trainer {
  private:
   struct EpochStats;
   struct Position;
+  /// Builds the numerics checker or the profiler the config and options ask for, as the model's observer.
+  void attach_observer();
   /// The step's work (gather, forward, loss, backward and exchange, update), queued on the device.
   void run_step(const StepInfo& info, int count, float grad_scale);
   /// Rank 0 evaluates and appends the epoch's metrics line; the others wait outside NCCL.
@@ -83,6 +91,8 @@ class Trainer {
   std::string save_checkpoint(const Position& at, const EpochStats& stats);
   void log_progress(Progress& progress, int64_t global_step, int epoch, const EpochStats& stats);
   void wait_for_device();
+  /// The hook the model reports gradients to: the exchange, or the profiler wrapping it.
+  GradientHook* step_hook();
 
   Config config_;
   TrainOptions options_;
@@ -111,6 +121,8 @@ class Trainer {
   int local_batch_ = 0;          ///< samples per rank in a full global batch
   bool warmed_up_ = false;       ///< a full step ran eagerly: the next one may be captured
   std::unique_ptr<class StepGraph> graph_;  ///< the captured full-batch step (CUDA, train.cuda_graph)
+  std::unique_ptr<class NumericsChecker> numerics_;  ///< train.check_numerics, else null
+  std::unique_ptr<class Profiler> profiler_;         ///< TrainOptions::profile, else null
 };
 
 }  // namespace dptrain

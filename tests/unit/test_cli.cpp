@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -161,6 +162,66 @@ TEST(Cli, TrainsMnistCnnOnCpuThenEvalAndPredictReadTheWeights) {
   const Result bad = run("predict --checkpoint " + (out / "final.safetensors").string() + " " + (d / "nope.pgm").string());
   EXPECT_EQ(bad.status, 2) << bad.output;
   EXPECT_NE(bad.output.find("nope.pgm"), std::string::npos) << bad.output;
+}
+
+// A learning rate of 1e30 makes the first update's weights ~1e27: conv2's output overflows at
+// step 2. --check-numerics stops there with one line naming step, layer and quantity, exit 1.
+TEST(Cli, CheckNumericsStopsAtFirstNonFiniteLayer) {
+  if (!have_mnist()) GTEST_SKIP() << "MNIST not found in " << DPTRAIN_TEST_DATA_DIR;
+  const fs::path d = temp_dir("numerics");
+  const Result r = run("train --device cpu --config " + kConfig + " --data " + DPTRAIN_TEST_DATA_DIR +
+                       " --max-steps 5 --no-progress --set train.optimizer.lr=1e30 --check-numerics --out " +
+                       (d / "run").string());
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("dptrain: error: non-finite value (NaN or Inf) at step 2 (epoch 1): forward output of "
+                          "layer conv2 (model.layers[2], conv2d)\n"),
+            std::string::npos)
+      << r.output;
+  EXPECT_EQ(r.output.find("done:"), std::string::npos) << r.output;
+  // The same as a config key; combined with --profile it is refused as bad input.
+  const Result p = run("train --device cpu --config " + kConfig + " --data " + DPTRAIN_TEST_DATA_DIR +
+                       " --max-steps 1 --set train.check_numerics=true --profile --out " + (d / "run2").string());
+  EXPECT_EQ(p.status, 2) << p.output;
+  EXPECT_NE(p.output.find("--check-numerics"), std::string::npos) << p.output;
+}
+
+/// The value in the table row starting with `name` at column `col` (0: first number), or -1.
+double table_value(const std::string& out, const std::string& name, int col) {
+  size_t at = out.find("\n" + name + " ");
+  if (at == std::string::npos) return -1;
+  std::istringstream line(out.substr(at + 1, out.find('\n', at + 1) - at - 1));
+  std::string word;
+  line >> word;
+  double v = -1;
+  for (int i = 0; i <= col && (line >> v); ++i) {}
+  return v;
+}
+
+TEST(Cli, ProfilePrintsEveryLayerAndStage) {
+  if (!have_mnist()) GTEST_SKIP() << "MNIST not found in " << DPTRAIN_TEST_DATA_DIR;
+  const fs::path d = temp_dir("profile");
+  const Result r = run("train --device cpu --config " + kConfig + " --data " + DPTRAIN_TEST_DATA_DIR +
+                       " --max-steps 12 --no-progress --profile --out " + (d / "run").string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("profile: 7 steps timed after 5 warm-up step(s), 1 rank(s), cpu"), std::string::npos)
+      << r.output;
+  // Every layer of configs/mnist_cnn.yaml, named or not, with a forward and a backward time.
+  for (const char* layer : {"conv1", "relu1", "conv2", "relu2", "maxpool2d1", "dropout1", "flatten1", "fc1", "relu3",
+                            "dropout2", "fc2"}) {
+    EXPECT_GE(table_value(r.output, layer, 0), 0.0) << layer << "\n" << r.output;
+    EXPECT_GE(table_value(r.output, layer, 3), 0.0) << layer << "\n" << r.output;
+  }
+  EXPECT_GT(table_value(r.output, "conv2", 0), 0.0) << r.output;  // the heaviest layer
+  for (const char* stage : {"data", "compute", "optimizer", "step"})
+    EXPECT_GT(table_value(r.output, stage, 0), 0.0) << stage << "\n" << r.output;
+  EXPECT_GE(table_value(r.output, "exchange", 0), 0.0) << r.output;
+  EXPECT_GT(table_value(r.output, "images/s", 0), 0.0) << r.output;
+  std::ifstream json_file(d / "run" / "profile.json");
+  ASSERT_TRUE(json_file.good());
+  const nlohmann::json j = nlohmann::json::parse(json_file);
+  EXPECT_EQ(j["layers"].size(), 11u);
+  EXPECT_EQ(j["steps_timed"].get<int>(), 7);
+  EXPECT_GT(j["stages"]["optimizer"]["mean"].get<double>(), 0.0);
 }
 
 }  // namespace
