@@ -163,9 +163,9 @@ int train_on_rank(const TrainArgs& args, const MpiSession& mpi) {
   options.show_progress = !args.no_progress;
   options.resume = run.checkpoint ? &*run.checkpoint : nullptr;
   options.fail_after_step = failure_step_for(args.inject_failure, comm->rank());
+  options.profile = args.profile;
   // The reducer needs the model's gradient buffer, so the trainer is built first without it.
   Trainer trainer(config, options, data, ctx, *comm, nullptr);
-  options.profile = args.profile;
   std::unique_ptr<GradientReducer> reducer;
   if (comm->size() > 1) {
     reducer = std::make_unique<GradientReducer>(*comm, ctx, trainer.model().params().grads().span(),
