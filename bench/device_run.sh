@@ -23,9 +23,9 @@ for step in "$@"; do
       grep -E "^ *[0-9]+/[0-9]+ Test +#[0-9]+: (CudaBackend|OptimGpu|Numerics|Resume|Ranks|mpi_)" "$OUT/ctest.log" | sed 's/ \.\.\.*/ /' ;;
     profile)
       $B/dptrain train --device cuda --max-steps 400 --profile --no-progress --out /tmp/dr/prof > "$OUT/profile.log" 2>&1
-      echo "profile rc=$?"; sed -n '/^profile/,$p' "$OUT/profile.log" | head -40
+      echo "profile rc=$?"; sed -n "/^profile:/,/^images/p" "$OUT/profile.log"
       mpirun -np 2 --oversubscribe $B/dptrain train --device cuda --comm mpi --max-steps 200 --profile --no-progress --out /tmp/dr/prof2 > "$OUT/profile2.log" 2>&1
-      echo "profile 2 ranks rc=$?"; sed -n '/^profile/,$p' "$OUT/profile2.log" | head -40
+      echo "profile 2 ranks rc=$?"; sed -n "/^profile:/,/^images/p" "$OUT/profile2.log"
       $B/dptrain train --device cuda --max-steps 20 --check-numerics --set train.optimizer.lr=1e30 --no-progress --out /tmp/dr/nan > "$OUT/numerics.log" 2>&1
       echo "check-numerics rc=$?"; tail -2 "$OUT/numerics.log" ;;
     preempt)
