@@ -19,7 +19,7 @@ for step in "$@"; do
     test)
       $B/tests/dptrain_gpu_tests 2>&1 | tee "$OUT/gpu_tests.log" | grep -E "^\[  |GPU vs CPU|Failure|Expected|Which|rel" | head -60 ;;
     ctest)
-      ctest --test-dir $B -j 8 --output-on-failure >"$OUT/ctest.log" 2>&1; tail -15 "$OUT/ctest.log"
+      OMP_NUM_THREADS=2 ctest --test-dir $B -j 8 --output-on-failure ${CTEST_ARGS:-} >"$OUT/ctest.log" 2>&1; tail -15 "$OUT/ctest.log"
       grep -E "^ *[0-9]+/[0-9]+ Test +#[0-9]+: (CudaBackend|OptimGpu|Numerics|Resume|Ranks|mpi_)" "$OUT/ctest.log" | sed 's/ \.\.\.*/ /' ;;
     profile)
       $B/dptrain train --device cuda --max-steps 400 --profile --no-progress --out /tmp/dr/prof > "$OUT/profile.log" 2>&1

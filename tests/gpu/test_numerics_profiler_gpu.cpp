@@ -132,16 +132,20 @@ std::string run_binary(const std::string& args, int& status) {
 // The table from CUDA events, and the checker's line from the flag kernel, as the user sees them.
 TEST_F(CudaNumerics, CliProfileAndCheckNumericsOnCuda) {
   if (!have_mnist()) GTEST_SKIP() << "MNIST not in " << kData;
-  const std::string common = "train --device cuda --config " + std::string(DPTRAIN_SOURCE_DIR) +
-                             "/configs/mnist_cnn.yaml --data " + kData + " --no-progress --out " +
-                             (std::filesystem::temp_directory_path() / "dptrain_gpu_cli_profile").string();
+  // Each run its own fresh folder: a fresh run refuses a folder that holds another run's checkpoints.
+  const auto common = [](const std::string& name) {
+    const std::filesystem::path out = std::filesystem::temp_directory_path() / ("dptrain_gpu_cli_" + name);
+    std::filesystem::remove_all(out);
+    return "train --device cuda --config " + std::string(DPTRAIN_SOURCE_DIR) + "/configs/mnist_cnn.yaml --data " +
+           kData + " --no-progress --out " + out.string();
+  };
   int status = -1;
-  std::string out = run_binary(common + " --max-steps 12 --profile", status);
+  std::string out = run_binary(common("profile") + " --max-steps 12 --profile", status);
   std::printf("%s\n", out.c_str());
   EXPECT_EQ(status, 0) << out;
   EXPECT_NE(out.find("profile: 7 steps timed after 5 warm-up step(s), 1 rank(s), cuda"), std::string::npos) << out;
   EXPECT_NE(out.find("\nconv2 "), std::string::npos) << out;
-  out = run_binary(common + " --max-steps 5 --set train.optimizer.lr=1e30 --check-numerics", status);
+  out = run_binary(common("numerics") + " --max-steps 5 --set train.optimizer.lr=1e30 --check-numerics", status);
   EXPECT_NE(out.find("non-finite value (NaN or Inf) at step 2 (epoch 1): forward output of layer conv2"),
             std::string::npos) << out;
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1) << out;
