@@ -78,6 +78,13 @@ Background::Background(const std::string& command, const fs::path& log) : log_(l
   pid_ = fork();
   if (pid_ == 0) {
     setpgid(0, 0);
+    // Start as a user's shell would: whatever the test runner ignores or blocks (a device harness
+    // may ignore SIGTERM) must not reach the command, since a shell cannot trap a signal it was
+    // started with ignored.
+    for (int sig : {SIGTERM, SIGINT, SIGUSR1, SIGQUIT}) ::signal(sig, SIG_DFL);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
     execl("/bin/sh", "sh", "-c", ("exec " + command + " > '" + log.string() + "' 2>&1").c_str(), nullptr);
     _exit(127);
   }
