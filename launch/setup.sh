@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(build-essential cmake pkg-config git ca-certificates
           libyaml-cpp-dev libcli11-dev nlohmann-json3-dev libopenblas-dev libopenblas-openmp-dev
-          libopenmpi-dev openmpi-bin zlib1g-dev libgtest-dev libbenchmark-dev)
+          libopenmpi-dev openmpi-bin zlib1g-dev libgtest-dev libbenchmark-dev procps)
 
 apt_install() {  # packages...; returns apt-get's status
   local sudo=""

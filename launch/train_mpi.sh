@@ -14,9 +14,11 @@
 # Preemption: SIGTERM or SIGINT to this script stops the job gracefully (every rank stops at the
 # same step, rank 0 writes a checkpoint, exit 0; continue with --resume auto). mpirun itself treats
 # SIGTERM as an abort (it forwards it, then exits 1 and SIGKILLs the ranks after
-# odls_base_sigkill_timeout), so the script sends mpirun SIGUSR1, which Open MPI forwards without
-# aborting and dptrain takes as the same request. The kill timeout is raised to 60 s so that a
-# SIGTERM sent to mpirun directly still leaves the ranks time to write their checkpoint.
+# odls_base_sigkill_timeout), so the script sends SIGUSR1 instead, which dptrain takes as the same
+# request: to the local ranks directly (mpirun's children; Open MPI 4.1.6 on Ubuntu 24.04 was seen
+# not to forward it) and to mpirun, which forwards it to ranks on other hosts. A rank that hears it
+# twice stops once. The kill timeout is raised to 60 s so that a SIGTERM sent to mpirun directly
+# still leaves the ranks time to write their checkpoint.
 #
 # Ranks map to GPUs inside dptrain (local rank % visible GPUs), so the script does no GPU binding;
 # it binds no cores either (--bind-to none): a rank's data-loading threads need more than the one
@@ -81,7 +83,7 @@ export OMPI_MCA_odls_base_sigkill_timeout="${OMPI_MCA_odls_base_sigkill_timeout:
 echo "train_mpi.sh: $np rank(s): mpirun ${args[*]} $bin train $*" >&2
 mpirun "${args[@]}" "$bin" train "$@" &
 pid=$!
-trap 'kill -USR1 "$pid" 2>/dev/null || true' TERM INT
+trap 'pkill -USR1 -P "$pid" 2>/dev/null; kill -USR1 "$pid" 2>/dev/null || true' TERM INT
 status=0
 # `wait` returns early when a trapped signal arrives; wait again until mpirun has really ended.
 while kill -0 "$pid" 2>/dev/null; do

@@ -12,12 +12,14 @@ volatile std::sig_atomic_t g_signal = 0;
 struct sigaction g_previous[sizeof(kSignals) / sizeof(kSignals[0])];
 
 extern "C" void on_stop_signal(int sig) {
-  if (g_signal == sig) {  // asked twice: give up on the graceful stop
+  // A second Ctrl-C gives up on the graceful stop. Repeated SIGTERM/SIGUSR1 are not counted: a
+  // launcher and mpirun may both pass the same request on.
+  if (sig == SIGINT && g_signal == SIGINT) {
     std::signal(sig, SIG_DFL);
     std::raise(sig);
     return;
   }
-  g_signal = sig;
+  if (g_signal == 0) g_signal = sig;
 }
 
 }  // namespace

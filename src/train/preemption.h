@@ -1,8 +1,8 @@
 // Preemption: SIGTERM, SIGINT or SIGUSR1 asks a run to stop at the next step boundary and write a
 // checkpoint, instead of dying mid-write. Cluster schedulers send SIGTERM before they kill a job;
 // mpirun forwards SIGTERM/SIGINT/SIGUSR1 to every rank (SIGUSR1 without aborting the job, which
-// is why launch/train_mpi.sh turns its own SIGTERM into SIGUSR1). A second signal of the same
-// kind gets the default action, so a user can still force an exit.
+// is why launch/train_mpi.sh turns its own SIGTERM into SIGUSR1). A second SIGINT gets the
+// default action, so a user can still force an exit with Ctrl-C twice.
 #pragma once
 
 namespace dptrain {
