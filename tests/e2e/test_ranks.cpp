@@ -63,7 +63,7 @@ TEST_F(Ranks, ARunResumesOnAnotherRankCount) {
   const fs::path d = fresh_dir("rank_resume");
   ASSERT_EQ(run_mpi(1, train_args(d / "whole", 60)).status, 0);
   const LoadedCheckpoint whole = latest_checkpoint(d / "whole");
-  for (auto [before, after] : {std::pair{2, 1}, std::pair{1, 3}}) {
+  for (auto [before, after] : {std::pair{2, 1}, std::pair{1, 2}}) {
     const fs::path run = d / (std::to_string(before) + "to" + std::to_string(after));
     const Result first = run_mpi(before, train_args(run, 30));
     ASSERT_EQ(first.status, 0) << first.output;
