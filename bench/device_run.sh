@@ -13,7 +13,7 @@ for step in "$@"; do
   case $step in
     build)
       nvidia-smi -L; ls -d /usr/lib/x86_64-linux-gnu/openblas* 2>&1
-      cmake -S . -B $B -DCMAKE_CUDA_ARCHITECTURES=90 -DDPTRAIN_TEST_DATA_DIR="$PWD/data/mnist" >"$OUT/cmake.log" 2>&1 || { tail -30 "$OUT/cmake.log"; exit 1; }
+      cmake -S . -B $B -DCMAKE_CUDA_ARCHITECTURES=90 -DDPTRAIN_TEST_DATA_DIR="$PWD/data/mnist" -DDPTRAIN_BUILD_BENCHMARKS=ON >"$OUT/cmake.log" 2>&1 || { tail -30 "$OUT/cmake.log"; exit 1; }
       cmake --build $B -j 16 >"$OUT/build.log" 2>&1 || { grep -E "error" "$OUT/build.log" | head -30; exit 1; }
       grep -E "warning" "$OUT/build.log" | head -5; echo "build ok" ;;
     test)
@@ -33,8 +33,24 @@ for step in "$@"; do
       pid=$!; sleep 4; kill -TERM $pid; wait $pid; echo "SIGTERM rc=$?"; grep -E "^epoch|preempted|resume" "$OUT/preempt1.log"
       $B/dptrain train --device cuda --out /tmp/dr/pre --no-progress --resume auto > "$OUT/preempt2.log" 2>&1; echo "resume rc=$?"
       grep -E "^epoch|^done|^resume" "$OUT/preempt2.log"; $B/dptrain inspect /tmp/dr/pre/best.safetensors | tail -1 ;;
+    survey)
+      $B/bench/dptrain_conv_survey > "$OUT/survey.jsonl" 2> "$OUT/survey.err"; echo "survey rc=$?"; tail -3 "$OUT/survey.err"
+      python3 - "$OUT/survey.jsonl" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+best = {}
+for r in rows:
+    for det in (True, False):
+        if det and not r["deterministic"]: continue
+        k = (r["layer"], r["direction"], r["layout"], r["math"], det)
+        if k not in best or r["us"] < best[k]["us"]: best[k] = r
+for k in sorted(best):
+    r = best[k]; print("%-6s %-15s %-4s %-4s %-8s algo %d %8.1f us %6.2f TFLOP/s" % (k[0], k[1], k[2], k[3], "det" if k[4] else "any", r["algo"], r["us"], r["tflops"]))
+PY
+      ;;
     bench)
       for t in float32 tf32; do $B/dptrain bench --device cuda --steps 400 --set train.precision=$t | tee -a "$OUT/bench.jsonl"; done
+      for t in float32 tf32; do $B/dptrain bench --device cuda --steps 400 --set train.precision=$t --set train.deterministic=false | tee -a "$OUT/bench.jsonl"; done
       $B/dptrain bench --device cuda --steps 400 --set train.cuda_graph=false | tee -a "$OUT/bench.jsonl"
       python3 bench/pytorch_reference.py --mode resident --mode examples --steps 200 | tee -a "$OUT/bench.jsonl" ;;
     cpubench)

@@ -1,7 +1,8 @@
 // Conv2d on CUDA through cuDNN: forward, backward-data, backward-filter and the bias gradient.
 // Algorithms are chosen once per batch size: by measurement (cudnnFind*) when
 // train.cudnn_benchmark is on, by cuDNN's heuristics otherwise, and only among deterministic
-// algorithms, so a run repeats bit for bit. float32 forbids TF32 (CUDNN_FMA_MATH); tf32 allows it.
+// algorithms (so a run repeats bit for bit) unless train.deterministic is off. float32 forbids TF32
+// (CUDNN_FMA_MATH); tf32 allows it.
 #include <algorithm>
 #include <string>
 #include <vector>
@@ -21,12 +22,13 @@ constexpr size_t kMaxWorkspace = size_t{256} << 20;
 
 /// The first acceptable result of a Find or heuristic query (results come best first).
 template <typename Perf>
-Perf pick(const Perf* results, int count, const char* what) {
+Perf pick(const Perf* results, int count, bool deterministic, const char* what) {
   for (int i = 0; i < count; ++i)
-    if (results[i].status == CUDNN_STATUS_SUCCESS && results[i].determinism == CUDNN_DETERMINISTIC &&
-        results[i].memory <= kMaxWorkspace)
+    if (results[i].status == CUDNN_STATUS_SUCCESS && results[i].memory <= kMaxWorkspace &&
+        (!deterministic || results[i].determinism == CUDNN_DETERMINISTIC))
       return results[i];
-  throw CudaError(std::string("cuDNN offers no deterministic ") + what + " algorithm for this convolution");
+  throw CudaError(std::string("cuDNN offers no ") + (deterministic ? "deterministic " : "") + what +
+                  " algorithm for this convolution");
 }
 
 class Conv2dCuda final : public Conv2dLayer<float> {
@@ -96,26 +98,27 @@ class Conv2dCuda final : public Conv2dLayer<float> {
     cudnnHandle_t h = ctx.cuda().cudnn();
     constexpr int kMax = 16;
     int found = 0;
+    const bool det = ctx.cuda().options().deterministic;
     if (ctx.cuda().options().cudnn_benchmark) {
       cudnnConvolutionFwdAlgoPerf_t f[kMax];
       CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithm(h, p.x, filter_, conv_, p.y, kMax, &found, f));
-      p.fwd = pick(f, found, "forward").algo;
+      p.fwd = pick(f, found, det, "forward").algo;
       cudnnConvolutionBwdDataAlgoPerf_t d[kMax];
       CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(h, filter_, p.y, conv_, p.x, kMax, &found, d));
-      p.bwd_data = pick(d, found, "backward-data").algo;
+      p.bwd_data = pick(d, found, det, "backward-data").algo;
       cudnnConvolutionBwdFilterAlgoPerf_t w[kMax];
       CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(h, p.x, p.y, conv_, filter_, kMax, &found, w));
-      p.bwd_filter = pick(w, found, "backward-filter").algo;
+      p.bwd_filter = pick(w, found, det, "backward-filter").algo;
     } else {
       cudnnConvolutionFwdAlgoPerf_t f[kMax];
       CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, p.x, filter_, conv_, p.y, kMax, &found, f));
-      p.fwd = pick(f, found, "forward").algo;
+      p.fwd = pick(f, found, det, "forward").algo;
       cudnnConvolutionBwdDataAlgoPerf_t d[kMax];
       CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, filter_, p.y, conv_, p.x, kMax, &found, d));
-      p.bwd_data = pick(d, found, "backward-data").algo;
+      p.bwd_data = pick(d, found, det, "backward-data").algo;
       cudnnConvolutionBwdFilterAlgoPerf_t w[kMax];
       CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, p.x, p.y, conv_, filter_, kMax, &found, w));
-      p.bwd_filter = pick(w, found, "backward-filter").algo;
+      p.bwd_filter = pick(w, found, det, "backward-filter").algo;
     }
     size_t a = 0, b = 0, c = 0;
     CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(h, p.x, filter_, conv_, p.y, p.fwd, &a));

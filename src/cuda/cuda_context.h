@@ -20,6 +20,7 @@ struct CudaOptions {
   int device = 0;              ///< CUDA ordinal this rank drives
   bool tf32 = false;           ///< allow TF32 tensor-core math in cuDNN and cuBLAS
   bool cudnn_benchmark = true; ///< pick conv algorithms by measurement (else heuristics)
+  bool deterministic = true;   ///< only algorithms that repeat bit for bit
 };
 
 class CudaContext {

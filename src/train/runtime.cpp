@@ -25,6 +25,7 @@ DeviceContext make_device_context(Device device, const TrainConfig& train, int c
   options.device = cuda_device;
   options.tf32 = train.precision == "tf32";
   options.cudnn_benchmark = train.cudnn_benchmark;
+  options.deterministic = train.deterministic;
   return DeviceContext(std::make_unique<CudaContext>(options));
 }
 

@@ -95,6 +95,10 @@ TEST(Config, ResolvedYamlRoundTrips) {
   const Config b = parse_config(to_yaml(a), "resolved.yaml");
   EXPECT_EQ(to_yaml(a), to_yaml(b));
   EXPECT_EQ(b.train.seed, 42u);
+  EXPECT_TRUE(b.train.deterministic);
+  const Config fast = parse_config(to_yaml(load_config(kConfigs + "mnist_cnn.yaml", {"train.deterministic=false"})),
+                                   "resolved.yaml");
+  EXPECT_FALSE(fast.train.deterministic);
   EXPECT_EQ(b.name, "mnist_cnn");
 }
 
