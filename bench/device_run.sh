@@ -53,6 +53,22 @@ PY
       for t in float32 tf32; do $B/dptrain bench --device cuda --steps 400 --set train.precision=$t --set train.deterministic=false | tee -a "$OUT/bench.jsonl"; done
       $B/dptrain bench --device cuda --steps 400 --set train.cuda_graph=false | tee -a "$OUT/bench.jsonl"
       python3 bench/pytorch_reference.py --mode resident --mode examples --steps 200 | tee -a "$OUT/bench.jsonl" ;;
+    kernels)  # every kernel of one eager training step (step 300) with its GPU time, from ncu
+      ncu --nvtx --nvtx-include "step 300/" --metrics gpu__time_duration.sum --csv --print-units base \
+        $B/dptrain train --device cuda --max-steps 300 --profile --no-progress --out /tmp/dr/ncu > "$OUT/ncu.csv" 2> "$OUT/ncu.err"
+      echo "ncu rc=$?"; tail -2 "$OUT/ncu.err"
+      python3 - "$OUT/ncu.csv" <<'PY'
+import csv, sys
+rows = [r for r in csv.reader(l for l in open(sys.argv[1]) if l.startswith('"'))]
+head, rows = rows[0], rows[1:]
+k, v = head.index("Kernel Name"), head.index("Metric Value")
+total = 0.0
+for r in rows:
+    us = float(r[v].replace(",", "")) / 1000; total += us
+    print("%8.1f us  %s" % (us, r[k][:110]))
+print("%8.1f us  total of %d kernels" % (total, len(rows)))
+PY
+      ;;
     cpubench)
       for n in 2 16; do
         OMP_NUM_THREADS=$n $B/dptrain bench --device cpu --threads $n --steps 30 --warmup 3 | tee -a "$OUT/bench.jsonl"

@@ -2,7 +2,9 @@
 // Algorithms are chosen once per batch size: by measurement (cudnnFind*) when
 // train.cudnn_benchmark is on, by cuDNN's heuristics otherwise, and only among deterministic
 // algorithms (so a run repeats bit for bit) unless train.deterministic is off. float32 forbids TF32
-// (CUDNN_FMA_MATH); tf32 allows it.
+// (CUDNN_FMA_MATH); tf32 allows it. Convolutions with a short reduction per output (a first layer
+// on one-channel images) run forward and filter gradient on dptrain's direct kernels instead
+// (kernels/conv_kernels.h says why); their input gradient, when needed, stays with cuDNN.
 #include <algorithm>
 #include <string>
 #include <vector>
@@ -11,6 +13,7 @@
 #include "cuda/cuda_context.h"
 #include "cuda/cuda_layers.h"
 #include "cuda/cudnn_descriptors.h"
+#include "kernels/conv_kernels.h"
 #include "layers/conv2d.h"
 
 namespace dptrain {
@@ -43,6 +46,11 @@ class Conv2dCuda final : public Conv2dLayer<float> {
   void forward(DeviceContext& ctx, TensorView<const float> in, TensorView<float> out, Phase, const StepInfo&) override {
     const Plan& p = plan(ctx, in.n);
     cudnnHandle_t h = ctx.cuda().cudnn();
+    if (direct_) {
+      kernels::conv_direct_forward(in.data, params()[0].value.data(), params()[1].value.data(), out.data,
+                                   geometry(in.n), ctx.cuda().stream());
+      return;
+    }
     void* ws = ctx.cuda().workspace(p.workspace);
     CUDNN_CHECK(cudnnConvolutionForward(h, &kOne, p.x, in.data, filter_, params()[0].value.data(), conv_, p.fwd, ws,
                                         p.workspace, &kZero, p.y, out.data));
@@ -54,9 +62,14 @@ class Conv2dCuda final : public Conv2dLayer<float> {
     const Plan& p = plan(ctx, in.n);
     cudnnHandle_t h = ctx.cuda().cudnn();
     void* ws = ctx.cuda().workspace(p.workspace);
-    CUDNN_CHECK(cudnnConvolutionBackwardBias(h, &kOne, p.y, dout.data, &kZero, bias_, params()[1].grad.data()));
-    CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, &kOne, p.x, in.data, p.y, dout.data, conv_, p.bwd_filter, ws,
-                                               p.workspace, &kZero, filter_, params()[0].grad.data()));
+    if (direct_) {
+      kernels::conv_direct_filter_grad(in.data, dout.data, params()[0].grad.data(), params()[1].grad.data(), ws,
+                                       geometry(in.n), ctx.cuda().stream());
+    } else {
+      CUDNN_CHECK(cudnnConvolutionBackwardBias(h, &kOne, p.y, dout.data, &kZero, bias_, params()[1].grad.data()));
+      CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, &kOne, p.x, in.data, p.y, dout.data, conv_, p.bwd_filter, ws,
+                                                 p.workspace, &kZero, filter_, params()[0].grad.data()));
+    }
     if (din.data != nullptr)
       CUDNN_CHECK(cudnnConvolutionBackwardData(h, &kOne, filter_, params()[0].value.data(), p.y, dout.data, conv_,
                                                p.bwd_data, ws, p.workspace, &kZero, p.x, din.data));
@@ -72,8 +85,14 @@ class Conv2dCuda final : public Conv2dLayer<float> {
     size_t workspace = 0;
   };
 
+  kernels::ConvGeometry geometry(int n) const {
+    const Dims in = input_dims(), out = output_dims();
+    return {n, in.c, in.h, in.w, out.c, out.h, out.w, kernel(), stride(), padding()};
+  }
+
   void create_descriptors(bool tf32) {
     const Dims in = input_dims();
+    direct_ = kernels::direct_conv_fits(in.c, kernel());
     cudnnFilterDescriptor_t f = nullptr;
     CUDNN_CHECK(cudnnCreateFilterDescriptor(&f));
     filter_ = CudnnFilterDesc(f);
@@ -124,12 +143,13 @@ class Conv2dCuda final : public Conv2dLayer<float> {
     CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(h, p.x, filter_, conv_, p.y, p.fwd, &a));
     CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(h, filter_, p.y, conv_, p.x, p.bwd_data, &b));
     CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(h, p.x, p.y, conv_, filter_, p.bwd_filter, &c));
-    p.workspace = std::max({a, b, c});
+    p.workspace = std::max({a, b, c, direct_ ? kernels::conv_direct_filter_grad_scratch(geometry(n)) : size_t{0}});
     ctx.cuda().workspace(p.workspace);  // grow now, never inside a step
     plans_.push_back(std::move(p));
     return plans_.back();
   }
 
+  bool direct_ = false;
   CudnnFilterDesc filter_;
   CudnnConvDesc conv_;
   CudnnTensorDesc bias_;

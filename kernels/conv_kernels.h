@@ -1,0 +1,39 @@
+// Direct convolution kernels for layers whose reduction per output is short (in_channels * k * k
+// at most kDirectConvMaxReduction, such as a first layer on one-channel images). There cuDNN's
+// general algorithms run at about 1 TFLOP/s (bench/conv_survey: 23 us forward and 33-45 us
+// backward-filter for mnist_cnn's conv1 at batch 64, on an H200), 5-10x slower than the memory
+// traffic needs. Deterministic: fixed summation orders, no atomics.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+
+namespace dptrain::kernels {
+
+/// NCHW input [n, c, h, w], weights [oc, c, k, k], output [n, oc, oh, ow].
+struct ConvGeometry {
+  int n, c, h, w;
+  int oc, oh, ow;
+  int k, stride, pad;
+};
+
+constexpr int kDirectConvMaxReduction = 32;
+
+/// Whether the direct kernels serve this convolution.
+inline bool direct_conv_fits(int in_channels, int kernel) {
+  return in_channels * kernel * kernel <= kDirectConvMaxReduction;
+}
+
+/// y = conv(x, w) + b.
+void conv_direct_forward(const float* x, const float* w, const float* b, float* y, const ConvGeometry& g,
+                         cudaStream_t stream);
+
+/// Bytes of scratch conv_direct_filter_grad needs for this geometry.
+size_t conv_direct_filter_grad_scratch(const ConvGeometry& g);
+
+/// dw = sum over samples and positions of dy * x (overwritten), db = the sum of dy per channel.
+void conv_direct_filter_grad(const float* x, const float* dy, float* dw, float* db, void* scratch,
+                             const ConvGeometry& g, cudaStream_t stream);
+
+}  // namespace dptrain::kernels
