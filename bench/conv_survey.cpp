@@ -18,6 +18,7 @@
 #include "cuda/check.h"
 #include "cuda/raii.h"
 #include "io/config.h"
+#include "kernels/conv_kernels.h"
 #include "layers/conv2d.h"
 #include "layers/layer_factory.h"
 
@@ -88,7 +89,7 @@ struct Survey {
   cudnnHandle_t h;
   cudaStream_t stream;
   int batch, reps;
-  Buffer<float> x, y, w, ws;
+  Buffer<float> x, y, w, b, ws;
 
   void print(const ConvShape& s, const char* direction, const char* layout, bool tf32, int algo,
              cudnnDeterminism_t det, size_t memory, double us, double flops) {
@@ -139,6 +140,23 @@ struct Survey {
       });
       print(s, "backward_filter", lname, tf32, bf[i].algo, bf[i].determinism, bf[i].memory, us, flops);
     }
+    if (layout == CUDNN_TENSOR_NCHW && !tf32 && kernels::direct_conv_fits(s.in.c, s.kernel)) run_direct(s, flops);
+  }
+
+  /// dptrain's own kernels for short reductions (algo -1; the filter row includes the bias gradient).
+  void run_direct(const ConvShape& s, double flops) {
+    const kernels::ConvGeometry g{batch, s.in.c, s.in.h, s.in.w, s.out.c, s.out.h, s.out.w, s.kernel, s.stride, s.padding};
+    const size_t scratch = kernels::conv_direct_filter_grad_scratch(g);
+    double us = time_us(stream, reps, [&] {
+      kernels::conv_direct_forward(x.data(), w.data(), b.data(), y.data(), g, stream);
+      return CUDNN_STATUS_SUCCESS;
+    });
+    print(s, "forward", "nchw", false, -1, CUDNN_DETERMINISTIC, 0, us, flops);
+    us = time_us(stream, reps, [&] {
+      kernels::conv_direct_filter_grad(x.data(), y.data(), w.data(), b.data(), ws.data(), g, stream);
+      return CUDNN_STATUS_SUCCESS;
+    });
+    print(s, "backward_filter", "nchw", false, -1, CUDNN_DETERMINISTIC, scratch, us, flops);
   }
 };
 
@@ -155,10 +173,11 @@ int survey(const std::string& config_path, int batch, int reps) {
   constexpr size_t kWorkspaceFloats = size_t{256} << 18;  // 256 MiB
   Survey sv{handle, stream, batch, reps, Buffer<float>(Device::Cuda, largest * batch),
             Buffer<float>(Device::Cuda, largest * batch), Buffer<float>(Device::Cuda, largest),
-            Buffer<float>(Device::Cuda, kWorkspaceFloats)};
+            Buffer<float>(Device::Cuda, largest), Buffer<float>(Device::Cuda, kWorkspaceFloats)};
   sv.x.zero();
   sv.y.zero();
   sv.w.zero();
+  sv.b.zero();
   for (const ConvShape& s : shapes)
     for (cudnnTensorFormat_t layout : {CUDNN_TENSOR_NCHW, CUDNN_TENSOR_NHWC})
       for (bool tf32 : {false, true}) sv.run(s, layout, tf32);

@@ -44,6 +44,8 @@ for r in rows:
         if det and not r["deterministic"]: continue
         k = (r["layer"], r["direction"], r["layout"], r["math"], det)
         if k not in best or r["us"] < best[k]["us"]: best[k] = r
+for r in rows:
+    if r["algo"] == -1: print("%-6s %-15s direct kernels        %8.1f us" % (r["layer"], r["direction"], r["us"]))
 for k in sorted(best):
     r = best[k]; print("%-6s %-15s %-4s %-4s %-8s algo %d %8.1f us %6.2f TFLOP/s" % (k[0], k[1], k[2], k[3], "det" if k[4] else "any", r["algo"], r["us"], r["tflops"]))
 PY

@@ -47,6 +47,26 @@ __global__ void bias_grad_rows_kernel(const float* dy, float* db, int n, int fea
   db[o] = acc;
 }
 
+// Block per channel: thread t sums positions t, t + blockDim.x, ... of every sample, then the
+// warps' sums are added in warp order.
+__global__ void bias_grad_channels_kernel(const float* dy, float* db, int n, int channels, int plane) {
+  __shared__ float warp_sums[kThreads / 32];
+  const int c = blockIdx.x;
+  float acc = 0.0f;
+  for (int s = 0; s < n; ++s) {
+    const float* row = dy + (static_cast<long>(s) * channels + c) * plane;
+    for (int q = threadIdx.x; q < plane; q += blockDim.x) acc += row[q];
+  }
+  for (int off = 16; off > 0; off /= 2) acc += __shfl_down_sync(0xffffffffu, acc, off);
+  if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = acc;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float total = 0.0f;
+    for (int w = 0; w < kThreads / 32; ++w) total += warp_sums[w];
+    db[c] = total;
+  }
+}
+
 // One warp per sample (classes <= 32 * kPerLane).
 constexpr int kPerLane = 32;
 
@@ -131,6 +151,11 @@ void softmax_cross_entropy(const float* logits, const int32_t* labels, int n, in
       logits, labels, n, classes, grad_scale, dlogits, scratch);
   CUDA_CHECK_LAUNCH();
   accumulate_sums_kernel<<<1, 256, 0, stream>>>(scratch, n, sums);
+  CUDA_CHECK_LAUNCH();
+}
+
+void bias_grad_channels(const float* dy, float* db, int n, int channels, int plane, cudaStream_t stream) {
+  bias_grad_channels_kernel<<<channels, kThreads, 0, stream>>>(dy, db, n, channels, plane);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -22,6 +22,9 @@ void dropout_backward(const float* dy, const float* mask, float* dx, long count,
 void add_bias_rows(float* y, const float* b, int n, int features, cudaStream_t stream);
 /// db[o] = sum_i dy[i, o], summed in row order.
 void bias_grad_rows(const float* dy, float* db, int n, int features, cudaStream_t stream);
+/// db[c] = sum over samples and positions of dy[sample, c, position] (NCHW, `plane` positions), in
+/// a fixed order. cuDNN's convolution bias gradient took 63 us for mnist_cnn's conv2 (ncu, H200).
+void bias_grad_channels(const float* dy, float* db, int n, int channels, int plane, cudaStream_t stream);
 
 /// Per sample: loss, correct and (when dlogits is not null) (softmax - onehot) * grad_scale. The
 /// batch's loss and correct count are added to sums[0], sums[1] by one block, in sample order.

@@ -14,6 +14,7 @@
 #include "cuda/cuda_layers.h"
 #include "cuda/cudnn_descriptors.h"
 #include "kernels/conv_kernels.h"
+#include "kernels/layer_kernels.h"
 #include "layers/conv2d.h"
 
 namespace dptrain {
@@ -66,7 +67,8 @@ class Conv2dCuda final : public Conv2dLayer<float> {
       kernels::conv_direct_filter_grad(in.data, dout.data, params()[0].grad.data(), params()[1].grad.data(), ws,
                                        geometry(in.n), ctx.cuda().stream());
     } else {
-      CUDNN_CHECK(cudnnConvolutionBackwardBias(h, &kOne, p.y, dout.data, &kZero, bias_, params()[1].grad.data()));
+      const Dims out = output_dims();
+      kernels::bias_grad_channels(dout.data, params()[1].grad.data(), in.n, out.c, out.h * out.w, ctx.cuda().stream());
       CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, &kOne, p.x, in.data, p.y, dout.data, conv_, p.bwd_filter, ws,
                                                  p.workspace, &kZero, filter_, params()[0].grad.data()));
     }

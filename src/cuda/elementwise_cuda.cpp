@@ -1,10 +1,11 @@
-// ReLU and max pooling through cuDNN; dropout and flatten with custom kernels and copies.
+// ReLU through cuDNN; max pooling, dropout and flatten with custom kernels and copies.
 #include "core/buffer.h"
 #include "cuda/check.h"
 #include "cuda/cuda_context.h"
 #include "cuda/cuda_layers.h"
 #include "cuda/cudnn_descriptors.h"
 #include "kernels/layer_kernels.h"
+#include "kernels/pool_kernels.h"
 #include "layers/elementwise.h"
 #include "layers/maxpool2d.h"
 
@@ -42,33 +43,26 @@ class ReluCuda final : public ReluLayer<float> {
 
 class MaxPool2dCuda final : public MaxPool2dLayer<float> {
  public:
-  MaxPool2dCuda(const LayerConfig& c, int index, Dims in)
-      : MaxPool2dLayer<float>(c, index, in), in_descs_(in), out_descs_(output_dims()) {
-    cudnnPoolingDescriptor_t p = nullptr;
-    CUDNN_CHECK(cudnnCreatePoolingDescriptor(&p));
-    pool_ = CudnnPoolDesc(p);
-    CUDNN_CHECK(cudnnSetPooling2dDescriptor(p, CUDNN_POOLING_MAX_DETERMINISTIC, CUDNN_NOT_PROPAGATE_NAN, kernel(),
-                                            kernel(), padding(), padding(), stride(), stride()));
-  }
+  using MaxPool2dLayer<float>::MaxPool2dLayer;
   void reserve(DeviceContext&, int max_batch) override {
-    in_descs_.get(max_batch);
-    out_descs_.get(max_batch);
+    const size_t need = static_cast<size_t>(max_batch) * output_dims().count();
+    if (argmax_.size() < need) argmax_ = Buffer<int32_t>(Device::Cuda, need);
   }
   void forward(DeviceContext& ctx, TensorView<const float> in, TensorView<float> out, Phase, const StepInfo&) override {
-    CUDNN_CHECK(cudnnPoolingForward(ctx.cuda().cudnn(), pool_, &kOne, in_descs_.get(in.n), in.data, &kZero,
-                                    out_descs_.get(in.n), out.data));
+    kernels::maxpool_forward(in.data, out.data, argmax_.data(), geometry(in.n), ctx.cuda().stream());
   }
-  void backward(DeviceContext& ctx, TensorView<const float> in, TensorView<const float> out, TensorView<const float> dout,
+  void backward(DeviceContext& ctx, TensorView<const float> in, TensorView<const float>, TensorView<const float> dout,
                 TensorView<float> din) override {
-    if (din.data == nullptr) return;
-    cudnnTensorDescriptor_t x = in_descs_.get(in.n), y = out_descs_.get(in.n);
-    CUDNN_CHECK(cudnnPoolingBackward(ctx.cuda().cudnn(), pool_, &kOne, y, out.data, y, dout.data, x, in.data, &kZero, x,
-                                     din.data));
+    if (din.data != nullptr) kernels::maxpool_backward(dout.data, argmax_.data(), din.data, geometry(in.n), ctx.cuda().stream());
   }
 
  private:
-  TensorDescCache in_descs_, out_descs_;
-  CudnnPoolDesc pool_;
+  kernels::PoolGeometry geometry(int n) const {
+    const Dims in = input_dims(), out = output_dims();
+    return {n * in.c, in.h, in.w, out.h, out.w, kernel(), stride(), padding()};
+  }
+
+  Buffer<int32_t> argmax_;
 };
 
 class DropoutCuda final : public DropoutLayer<float> {

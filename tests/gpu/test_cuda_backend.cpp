@@ -160,6 +160,31 @@ TEST_F(CudaBackend, LinearReluPoolDropoutFlattenMatchCpu) {
   }
 }
 
+// Max pooling is a custom kernel that keeps the CPU's first maximum and its order of summing
+// gradients: equal bit for bit, with many exact ties and with overlapping, padded windows.
+TEST_F(CudaBackend, MaxPoolMatchesCpuBitForBitWithTiesAndOverlap) {
+  struct Window {
+    int kernel, stride, padding;
+  };
+  const Dims in{3, 11, 10};
+  const int n = 4;
+  for (Window w : {Window{2, 2, 0}, Window{3, 2, 1}, Window{3, 1, 1}, Window{2, 1, 0}}) {
+    LayerConfig c = layer("maxpool2d");
+    c.kernel = w.kernel;
+    c.stride = w.stride;
+    c.padding = w.padding;
+    auto lc = make_layer<float>(c, 3, in, Device::Cpu);
+    auto lg = make_layer<float>(c, 3, in, Device::Cuda);
+    std::vector<float> x = randoms(static_cast<size_t>(n) * in.count(), 5);
+    for (float& v : x) v = std::round(v * 2.0f);  // a handful of values: ties in most windows
+    const std::vector<float> dy = randoms(static_cast<size_t>(n) * lc->output_dims().count(), 6);
+    const LayerRun a = run_layer(cpu_, *lc, {}, x, dy, n, Phase::Train);
+    const LayerRun b = run_layer(*gpu_, *lg, {}, x, dy, n, Phase::Train);
+    EXPECT_EQ(a.out, b.out) << "kernel " << w.kernel << " stride " << w.stride << " padding " << w.padding;
+    EXPECT_EQ(a.din, b.din) << "kernel " << w.kernel << " stride " << w.stride << " padding " << w.padding;
+  }
+}
+
 TEST_F(CudaBackend, LossMatchesCpu) {
   const int n = 64, k = 10;
   const std::vector<float> logits = randoms(n * k, 4, -6, 6);
