@@ -15,6 +15,7 @@ constexpr int kMaxTaps = kDirectConvMaxReduction;
 // result) is the same on every GPU.
 constexpr int kChunk = 128;
 constexpr int kChannelTile = 32;
+constexpr int kFinishThreads = 128;
 
 /// Input offset of tap j = (ci, ky, kx) for output (oy, ox) of one sample, or -1 in the padding.
 __device__ __forceinline__ int tap_offset(const ConvGeometry& g, int j, int oy, int ox) {
@@ -23,29 +24,26 @@ __device__ __forceinline__ int tap_offset(const ConvGeometry& g, int j, int oy, 
   return iy >= 0 && iy < g.h && ix >= 0 && ix < g.w ? (ci * g.h + iy) * g.w + ix : -1;
 }
 
-// Thread per output position: reads its taps once, then writes every output channel (coalesced:
-// neighbouring threads hold neighbouring columns).
+// Block (sample * oc + channel, range of positions): one output per thread, so the whole GPU
+// is busy; the block's weights are the same for every thread (broadcast loads).
 __global__ void conv_direct_forward_kernel(const float* x, const float* w, const float* b, float* y, ConvGeometry g) {
-  const int plane = g.oh * g.ow, taps = g.c * g.k * g.k;
-  const int p = blockIdx.x * blockDim.x + threadIdx.x;
-  if (p >= g.n * plane) return;
-  const int s = p / plane, q = p % plane, oy = q / g.ow, ox = q % g.ow;
+  const int plane = g.oh * g.ow, q = blockIdx.y * blockDim.x + threadIdx.x;
+  if (q >= plane) return;
+  const int so = blockIdx.x, s = so / g.oc, o = so - s * g.oc;
+  const int oy = q / g.ow, ox = q - oy * g.ow;
   const float* xs = x + static_cast<long>(s) * g.c * g.h * g.w;
-  float xv[kMaxTaps];
-#pragma unroll
-  for (int j = 0; j < kMaxTaps; ++j) {
-    const int off = j < taps ? tap_offset(g, j, oy, ox) : -1;
-    xv[j] = off >= 0 ? xs[off] : 0.0f;
-  }
-  float* ys = y + static_cast<long>(s) * g.oc * plane + q;
-  for (int o = 0; o < g.oc; ++o) {
-    const float* wo = w + o * taps;
-    float acc = 0.0f;
-#pragma unroll
-    for (int j = 0; j < kMaxTaps; ++j)
-      if (j < taps) acc += __ldg(wo + j) * xv[j];
-    ys[static_cast<long>(o) * plane] = acc + __ldg(b + o);
-  }
+  const float* wo = w + o * g.c * g.k * g.k;
+  float acc = 0.0f;
+  for (int ci = 0; ci < g.c; ++ci)
+    for (int ky = 0; ky < g.k; ++ky) {
+      const int iy = oy * g.stride - g.pad + ky;
+      for (int kx = 0; kx < g.k; ++kx) {
+        const int ix = ox * g.stride - g.pad + kx;
+        if (iy >= 0 && iy < g.h && ix >= 0 && ix < g.w)
+          acc += __ldg(wo + (ci * g.k + ky) * g.k + kx) * xs[(ci * g.h + iy) * g.w + ix];
+      }
+    }
+  y[static_cast<long>(so) * plane + q] = acc + __ldg(b + o);
 }
 
 // Block (chunk, channel tile): stages the chunk's taps and output gradients in shared memory, then
@@ -81,18 +79,24 @@ __global__ void conv_direct_filter_partial_kernel(const float* x, const float* d
   }
 }
 
-// Thread (o, j): adds the chunks' partial sums in chunk order.
-__global__ void conv_direct_filter_finish_kernel(const float* partial, int chunks, int taps, int oc, float* dw,
-                                                 float* db) {
-  const int t = blockIdx.x * blockDim.x + threadIdx.x, per_chunk = oc * (taps + 1);
-  if (t >= per_chunk) return;
+// Block per (o, j): thread t adds chunks t, t + blockDim.x, ...; then the lanes (shuffle tree)
+// and the warps (in order) are added: a fixed order, and no long serial chain.
+__global__ void conv_direct_filter_finish_kernel(const float* partial, int chunks, int taps, float* dw, float* db) {
+  __shared__ float warp_sums[kFinishThreads / 32];
+  const int t = blockIdx.x, per_chunk = gridDim.x;
   float sum = 0.0f;
-  for (int c = 0; c < chunks; ++c) sum += partial[static_cast<long>(c) * per_chunk + t];
+  for (int c = threadIdx.x; c < chunks; c += blockDim.x) sum += partial[static_cast<long>(c) * per_chunk + t];
+  for (int off = 16; off > 0; off /= 2) sum += __shfl_down_sync(0xffffffffu, sum, off);
+  if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = sum;
+  __syncthreads();
+  if (threadIdx.x != 0) return;
+  float total = 0.0f;
+  for (int i = 0; i < kFinishThreads / 32; ++i) total += warp_sums[i];
   const int o = t / (taps + 1), j = t % (taps + 1);
   if (j < taps)
-    dw[o * taps + j] = sum;
+    dw[o * taps + j] = total;
   else
-    db[o] = sum;
+    db[o] = total;
 }
 
 int chunks_for(const ConvGeometry& g) { return (g.n * g.oh * g.ow + kChunk - 1) / kChunk; }
@@ -101,6 +105,9 @@ int chunks_for(const ConvGeometry& g) { return (g.n * g.oh * g.ow + kChunk - 1) 
 void check_fits(const ConvGeometry& g) {
   if (static_cast<long>(g.n) * g.oh * g.ow > INT_MAX || static_cast<long>(g.n) * g.c * g.h * g.w > INT_MAX)
     throw CudaError("direct convolution: batch of " + std::to_string(g.n) + " is too large for 32-bit indexing");
+  if (static_cast<long>(g.n) * g.oc > INT_MAX || static_cast<long>(g.oh) * g.ow > 65535L * 128)
+    throw CudaError("direct convolution: output of " + std::to_string(g.oh) + "x" + std::to_string(g.ow) +
+                    " for a batch of " + std::to_string(g.n) + " exceeds the launch grid");
 }
 
 }  // namespace
@@ -108,8 +115,10 @@ void check_fits(const ConvGeometry& g) {
 void conv_direct_forward(const float* x, const float* w, const float* b, float* y, const ConvGeometry& g,
                          cudaStream_t stream) {
   check_fits(g);
-  const int positions = g.n * g.oh * g.ow;
-  conv_direct_forward_kernel<<<(positions + kThreads - 1) / kThreads, kThreads, 0, stream>>>(x, w, b, y, g);
+  constexpr int kForwardThreads = 128;
+  const dim3 grid(static_cast<unsigned>(g.n * g.oc),
+                  static_cast<unsigned>((g.oh * g.ow + kForwardThreads - 1) / kForwardThreads));
+  conv_direct_forward_kernel<<<grid, kForwardThreads, 0, stream>>>(x, w, b, y, g);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -125,9 +134,7 @@ void conv_direct_filter_grad(const float* x, const float* dy, float* dw, float* 
   const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>((g.oc + kChannelTile - 1) / kChannelTile));
   conv_direct_filter_partial_kernel<<<grid, kThreads, 0, stream>>>(x, dy, partial, g);
   CUDA_CHECK_LAUNCH();
-  const int outputs = g.oc * (taps + 1);
-  conv_direct_filter_finish_kernel<<<(outputs + kThreads - 1) / kThreads, kThreads, 0, stream>>>(partial, chunks, taps,
-                                                                                                 g.oc, dw, db);
+  conv_direct_filter_finish_kernel<<<g.oc * (taps + 1), kFinishThreads, 0, stream>>>(partial, chunks, taps, dw, db);
   CUDA_CHECK_LAUNCH();
 }
 

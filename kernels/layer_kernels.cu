@@ -47,22 +47,24 @@ __global__ void bias_grad_rows_kernel(const float* dy, float* db, int n, int fea
   db[o] = acc;
 }
 
-// Block per channel: thread t sums positions t, t + blockDim.x, ... of every sample, then the
-// warps' sums are added in warp order.
+// Block per channel, a warp per sample (warp w takes samples w, w + 32, ...), lanes striding over
+// positions: many independent loads in flight. Lanes are added by a shuffle tree, warps in order.
+constexpr int kChannelSumThreads = 1024;
+
 __global__ void bias_grad_channels_kernel(const float* dy, float* db, int n, int channels, int plane) {
-  __shared__ float warp_sums[kThreads / 32];
-  const int c = blockIdx.x;
+  __shared__ float warp_sums[kChannelSumThreads / 32];
+  const int c = blockIdx.x, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   float acc = 0.0f;
-  for (int s = 0; s < n; ++s) {
+  for (int s = warp; s < n; s += kChannelSumThreads / 32) {
     const float* row = dy + (static_cast<long>(s) * channels + c) * plane;
-    for (int q = threadIdx.x; q < plane; q += blockDim.x) acc += row[q];
+    for (int q = lane; q < plane; q += 32) acc += row[q];
   }
   for (int off = 16; off > 0; off /= 2) acc += __shfl_down_sync(0xffffffffu, acc, off);
-  if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = acc;
+  if (lane == 0) warp_sums[warp] = acc;
   __syncthreads();
   if (threadIdx.x == 0) {
     float total = 0.0f;
-    for (int w = 0; w < kThreads / 32; ++w) total += warp_sums[w];
+    for (int w = 0; w < kChannelSumThreads / 32; ++w) total += warp_sums[w];
     db[c] = total;
   }
 }
@@ -155,7 +157,7 @@ void softmax_cross_entropy(const float* logits, const int32_t* labels, int n, in
 }
 
 void bias_grad_channels(const float* dy, float* db, int n, int channels, int plane, cudaStream_t stream) {
-  bias_grad_channels_kernel<<<channels, kThreads, 0, stream>>>(dy, db, n, channels, plane);
+  bias_grad_channels_kernel<<<channels, kChannelSumThreads, 0, stream>>>(dy, db, n, channels, plane);
   CUDA_CHECK_LAUNCH();
 }
 

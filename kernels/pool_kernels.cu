@@ -9,14 +9,15 @@ namespace dptrain::kernels {
 
 namespace {
 
-constexpr int kThreads = 256;
+constexpr int kPoolThreads = 128;
 
+// Grid (plane, range of outputs): no division to find the plane. The window's first maximum, in
+// the CPU's scan order (row by row).
 __global__ void maxpool_forward_kernel(const float* x, float* y, int32_t* argmax, PoolGeometry g) {
-  const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  const int per_plane = g.oh * g.ow;
-  if (i >= g.planes * per_plane) return;
-  const int plane = i / per_plane, oy = (i % per_plane) / g.ow, ox = i % g.ow;
-  const float* src = x + static_cast<long>(plane) * g.h * g.w;
+  const int per_plane = g.oh * g.ow, q = blockIdx.y * blockDim.x + threadIdx.x;
+  if (q >= per_plane) return;
+  const int oy = q / g.ow, ox = q - oy * g.ow;
+  const float* src = x + static_cast<long>(blockIdx.x) * g.h * g.w;
   float best = -INFINITY;
   int where = -1;
   for (int ky = 0; ky < g.k; ++ky) {
@@ -29,8 +30,9 @@ __global__ void maxpool_forward_kernel(const float* x, float* y, int32_t* argmax
       if (v > best || where < 0) best = v, where = iy * g.w + ix;
     }
   }
-  y[i] = best;
-  argmax[i] = where;
+  const long o = static_cast<long>(blockIdx.x) * per_plane + q;
+  y[o] = best;
+  argmax[o] = where;
 }
 
 /// First window index along one axis whose span [o * s - pad, o * s - pad + k) holds position p.
@@ -39,40 +41,50 @@ __device__ __forceinline__ int first_window(int p, int k, int s, int pad) {
   return t <= 0 ? 0 : (t + s - 1) / s;
 }
 
+// Grid (plane, range of inputs). Windows that tile the plane (stride = kernel, no padding) hold
+// each input at most once: one lookup. Otherwise every window over the input, in output order.
 __global__ void maxpool_backward_kernel(const float* dy, const int32_t* argmax, float* dx, PoolGeometry g) {
-  const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  const int per_plane = g.h * g.w;
-  if (i >= g.planes * per_plane) return;
-  const int plane = i / per_plane, offset = i % per_plane, iy = offset / g.w, ix = offset % g.w;
-  const long base = static_cast<long>(plane) * g.oh * g.ow;
-  const int oy_end = min(g.oh, (iy + g.pad) / g.stride + 1), ox_end = min(g.ow, (ix + g.pad) / g.stride + 1);
+  const int per_plane = g.h * g.w, offset = blockIdx.y * blockDim.x + threadIdx.x;
+  if (offset >= per_plane) return;
+  const int iy = offset / g.w, ix = offset - iy * g.w;
+  const long base = static_cast<long>(blockIdx.x) * g.oh * g.ow;
   float acc = 0.0f;
-  for (int oy = first_window(iy, g.k, g.stride, g.pad); oy < oy_end; ++oy)
-    for (int ox = first_window(ix, g.k, g.stride, g.pad); ox < ox_end; ++ox) {
+  if (g.k == g.stride && g.pad == 0) {
+    const int oy = iy / g.k, ox = ix / g.k;
+    if (oy < g.oh && ox < g.ow) {
       const long o = base + oy * g.ow + ox;
-      if (argmax[o] == offset) acc += dy[o];
+      if (argmax[o] == offset) acc = dy[o];
     }
-  dx[i] = acc;
+  } else {
+    const int oy_end = min(g.oh, (iy + g.pad) / g.stride + 1), ox_end = min(g.ow, (ix + g.pad) / g.stride + 1);
+    const int ox_begin = first_window(ix, g.k, g.stride, g.pad);
+    for (int oy = first_window(iy, g.k, g.stride, g.pad); oy < oy_end; ++oy)
+      for (int ox = ox_begin; ox < ox_end; ++ox) {
+        const long o = base + oy * g.ow + ox;
+        if (argmax[o] == offset) acc += dy[o];
+      }
+  }
+  dx[static_cast<long>(blockIdx.x) * per_plane + offset] = acc;
 }
 
 void check_fits(const PoolGeometry& g) {
-  if (static_cast<long>(g.planes) * g.h * g.w > INT_MAX)
-    throw CudaError("max pooling: " + std::to_string(g.planes) + " planes are too many for 32-bit indexing");
+  if (static_cast<long>(g.h) * g.w > 65535L * kPoolThreads)
+    throw CudaError("max pooling: a " + std::to_string(g.h) + "x" + std::to_string(g.w) + " plane exceeds the launch grid");
 }
 
 }  // namespace
 
 void maxpool_forward(const float* x, float* y, int32_t* argmax, const PoolGeometry& g, cudaStream_t stream) {
   check_fits(g);
-  const int outputs = g.planes * g.oh * g.ow;
-  maxpool_forward_kernel<<<(outputs + kThreads - 1) / kThreads, kThreads, 0, stream>>>(x, y, argmax, g);
+  const dim3 grid(static_cast<unsigned>(g.planes), static_cast<unsigned>((g.oh * g.ow + kPoolThreads - 1) / kPoolThreads));
+  maxpool_forward_kernel<<<grid, kPoolThreads, 0, stream>>>(x, y, argmax, g);
   CUDA_CHECK_LAUNCH();
 }
 
 void maxpool_backward(const float* dy, const int32_t* argmax, float* dx, const PoolGeometry& g, cudaStream_t stream) {
   check_fits(g);
-  const int inputs = g.planes * g.h * g.w;
-  maxpool_backward_kernel<<<(inputs + kThreads - 1) / kThreads, kThreads, 0, stream>>>(dy, argmax, dx, g);
+  const dim3 grid(static_cast<unsigned>(g.planes), static_cast<unsigned>((g.h * g.w + kPoolThreads - 1) / kPoolThreads));
+  maxpool_backward_kernel<<<grid, kPoolThreads, 0, stream>>>(dy, argmax, dx, g);
   CUDA_CHECK_LAUNCH();
 }
 
