@@ -4,10 +4,10 @@
 
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <memory>
 
 #include "core/error.h"
+#include "io/atomic_file.h"
 
 namespace dptrain {
 
@@ -17,18 +17,6 @@ constexpr size_t kMaxFileBytes = size_t{1} << 32;  // 4 GiB: far beyond any MNIS
 
 uint32_t be32(const uint8_t* p) {
   return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | uint32_t{p[3]};
-}
-
-std::vector<uint8_t> read_raw(const std::string& path) {
-  std::ifstream in(path, std::ios::binary | std::ios::ate);
-  if (!in) throw InputError(path, "cannot open the file");
-  const std::streamoff size = in.tellg();
-  if (size < 0) throw InputError(path, "cannot read the file");
-  if (static_cast<uint64_t>(size) > kMaxFileBytes) throw InputError(path, "file is larger than 4 GiB");
-  std::vector<uint8_t> bytes(static_cast<size_t>(size));
-  in.seekg(0);
-  if (size > 0 && !in.read(reinterpret_cast<char*>(bytes.data()), size)) throw InputError(path, "cannot read the file");
-  return bytes;
 }
 
 std::vector<uint8_t> gunzip(const std::vector<uint8_t>& packed, const std::string& path, size_t limit) {
@@ -64,7 +52,7 @@ std::vector<uint8_t> gunzip(const std::vector<uint8_t>& packed, const std::strin
 }  // namespace
 
 std::vector<uint8_t> read_maybe_gzip(const std::string& path, size_t limit) {
-  std::vector<uint8_t> bytes = read_raw(path);
+  std::vector<uint8_t> bytes = read_file_bytes(path, kMaxFileBytes);
   if (bytes.size() >= 2 && bytes[0] == 0x1f && bytes[1] == 0x8b) return gunzip(bytes, path, limit);
   return bytes;
 }

@@ -110,13 +110,24 @@ void write_file_atomically(const std::string& path, std::string_view text) {
                         std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(text.data()), text.size()));
 }
 
-std::string read_whole_file(const std::string& path) {
+namespace {
+
+std::string size_text(uint64_t bytes) {
+  if (bytes % (uint64_t{1} << 30) == 0) return std::to_string(bytes >> 30) + " GiB";
+  if (bytes % (uint64_t{1} << 20) == 0) return std::to_string(bytes >> 20) + " MiB";
+  return std::to_string(bytes) + " bytes";
+}
+
+template <typename Out>
+Out read_file_into(const std::string& path, uint64_t max_bytes) {
   FileDescriptor fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) throw InputError(path, std::string("cannot open: ") + std::strerror(errno));
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0) throw InputError(path, std::string("cannot stat: ") + std::strerror(errno));
   if (!S_ISREG(st.st_mode)) throw InputError(path, "not a regular file");
-  std::string out;
+  const std::string too_large = "file is larger than " + size_text(max_bytes);
+  if (static_cast<uint64_t>(st.st_size) > max_bytes) throw InputError(path, too_large);
+  Out out;
   out.reserve(static_cast<size_t>(st.st_size));
   char chunk[1 << 16];
   for (;;) {
@@ -126,9 +137,20 @@ std::string read_whole_file(const std::string& path) {
       throw InputError(path, std::string("read failed: ") + std::strerror(errno));
     }
     if (got == 0) break;
-    out.append(chunk, static_cast<size_t>(got));
+    if (out.size() + static_cast<uint64_t>(got) > max_bytes) throw InputError(path, too_large);  // it grew
+    out.insert(out.end(), chunk, chunk + got);
   }
   return out;
+}
+
+}  // namespace
+
+std::string read_whole_file(const std::string& path, uint64_t max_bytes) {
+  return read_file_into<std::string>(path, max_bytes);
+}
+
+std::vector<uint8_t> read_file_bytes(const std::string& path, uint64_t max_bytes) {
+  return read_file_into<std::vector<uint8_t>>(path, max_bytes);
 }
 
 }  // namespace dptrain

@@ -1,4 +1,4 @@
-// Crash-safe file replacement: after write_file_atomically returns, `path` holds the new bytes
+// Whole-file reads, and crash-safe file replacement: after write_file_atomically returns, `path` holds the new bytes
 // durably; if the process dies at any moment before that, `path` still holds its old complete
 // contents (or does not exist, if it did not before). Never a torn file.
 //
@@ -10,6 +10,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace dptrain {
 
@@ -18,8 +19,11 @@ namespace dptrain {
 void write_file_atomically(const std::string& path, std::span<const uint8_t> bytes);
 void write_file_atomically(const std::string& path, std::string_view text);
 
-/// Reads a whole file. Throws InputError(path, reason) if it cannot be opened or read: the files
-/// this is used for (checkpoints, `latest`) are user input.
-std::string read_whole_file(const std::string& path);
+/// Reads a whole regular file of at most max_bytes. Throws InputError(path, reason) if it cannot be
+/// opened or read, is not a regular file or is larger: every file read this way (checkpoints,
+/// `latest`, configs, IDX data) is user input. The one reader of the project, as text or bytes.
+constexpr uint64_t kAnyFileSize = UINT64_MAX;
+std::string read_whole_file(const std::string& path, uint64_t max_bytes = kAnyFileSize);
+std::vector<uint8_t> read_file_bytes(const std::string& path, uint64_t max_bytes = kAnyFileSize);
 
 }  // namespace dptrain

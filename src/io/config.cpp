@@ -4,12 +4,12 @@
 
 #include <charconv>
 #include <filesystem>
-#include <fstream>
 #include <functional>
 #include <set>
 #include <sstream>
 
 #include "core/error.h"
+#include "io/atomic_file.h"
 
 namespace dptrain {
 
@@ -340,11 +340,8 @@ Config parse_config(const std::string& yaml_text, const std::string& source, con
 }
 
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw InputError(path, "cannot open the config file");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return parse_config(ss.str(), path, overrides);
+  constexpr uint64_t kMaxConfigBytes = uint64_t{16} << 20;  // configs are a few KiB; never read a stray huge file
+  return parse_config(read_whole_file(path, kMaxConfigBytes), path, overrides);
 }
 
 namespace {

@@ -90,6 +90,27 @@ TEST_F(AtomicFileTest, ErrorsNameThePath) {
   EXPECT_THROW(read_whole_file((dir_ / "nothing").string()), InputError);
 }
 
+// The one whole-file reader refuses what is not a regular file and what exceeds its limit, naming
+// the file; at the limit it reads the whole file, as text or bytes.
+TEST_F(AtomicFileTest, ReaderRefusesFoldersAndFilesOverItsLimit) {
+  const std::string path = (dir_ / "five").string();
+  write_file_atomically(path, std::string_view("12345"));
+  EXPECT_EQ(read_whole_file(path, 5), "12345");
+  EXPECT_EQ(read_file_bytes(path, 5), (std::vector<uint8_t>{'1', '2', '3', '4', '5'}));
+  try {
+    read_file_bytes(path, 4);
+    ADD_FAILURE();
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find(path + ": file is larger than 4 bytes"), std::string::npos) << e.what();
+  }
+  try {
+    read_whole_file(dir_.string());
+    ADD_FAILURE();
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("not a regular file"), std::string::npos) << e.what();
+  }
+}
+
 TEST_F(AtomicFileTest, KilledWriterLeavesACompleteVersion) {
   const std::string path = (dir_ / "f").string();
   const size_t size = 8 << 20;
