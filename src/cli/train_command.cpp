@@ -176,8 +176,10 @@ int train_on_rank(const TrainArgs& args, const MpiSession& mpi) {
   const TrainSummary s = trainer.run();
   if (comm->rank() != 0) return 0;
   if (s.preempted) {
-    std::printf("preempted by signal %d at step %lld; checkpoint %s\nresume with: dptrain train --resume auto --out %s\n",
-                preemption_signal(), static_cast<long long>(s.steps), s.checkpoint.c_str(), out.c_str());
+    const std::string why = preemption_signal() == kLauncherGoneSignal ? "because the MPI launcher ended"
+                                                                         : "by signal " + std::to_string(preemption_signal());
+    std::printf("preempted %s at step %lld; checkpoint %s\nresume with: dptrain train --resume auto --out %s\n",
+                why.c_str(), static_cast<long long>(s.steps), s.checkpoint.c_str(), out.c_str());
   } else if (s.steps == s.first_step) {
     std::printf("nothing to do: the run is already at step %lld (raise --epochs or --max-steps to continue it)\n",
                 static_cast<long long>(s.steps));

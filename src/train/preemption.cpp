@@ -1,17 +1,25 @@
 #include "train/preemption.h"
 
+#include <sys/prctl.h>
+#include <unistd.h>
+
 #include <csignal>
+#include <cstdlib>
 #include <iterator>
 
 namespace dptrain {
 
 namespace {
 
-constexpr int kSignals[] = {SIGTERM, SIGINT, SIGUSR1};
+constexpr int kSignals[] = {SIGTERM, SIGINT, SIGUSR1, kLauncherGoneSignal};
 volatile std::sig_atomic_t g_signal = 0;
+pid_t g_launcher = 0;  // the parent process when an MPI launcher started us; 0: not watched
 struct sigaction g_previous[sizeof(kSignals) / sizeof(kSignals[0])];
 
 extern "C" void on_stop_signal(int sig) {
+  // PR_SET_PDEATHSIG fires when the launcher's thread that forked us ends; only a new parent
+  // means the launcher itself is gone.
+  if (sig == kLauncherGoneSignal && (g_launcher == 0 || getppid() == g_launcher)) return;
   // A second Ctrl-C gives up on the graceful stop. Repeated SIGTERM/SIGUSR1 are not counted: a
   // launcher and mpirun may both pass the same request on.
   if (sig == SIGINT && g_signal == SIGINT) {
@@ -20,6 +28,12 @@ extern "C" void on_stop_signal(int sig) {
     return;
   }
   if (g_signal == 0) g_signal = sig;
+}
+
+/// Started by mpirun/orted (Open MPI), a PMIx launcher (srun, prterun) or a PMI one (MPICH's hydra).
+bool launched_by_mpi() {
+  return std::getenv("OMPI_COMM_WORLD_SIZE") != nullptr || std::getenv("PMIX_RANK") != nullptr ||
+         std::getenv("PMI_RANK") != nullptr;
 }
 
 }  // namespace
@@ -31,9 +45,19 @@ PreemptionSignals::PreemptionSignals() {
   sigemptyset(&action.sa_mask);
   action.sa_flags = SA_RESTART;  // a signal must not fail a read or write in progress
   for (size_t i = 0; i < std::size(kSignals); ++i) sigaction(kSignals[i], &action, &g_previous[i]);
+  if (launched_by_mpi()) {
+    // Our stdout is the launcher's pipe: once it is gone a log line must not kill the rank
+    // (SIGPIPE) before it reaches the step boundary and writes its checkpoint.
+    ::signal(SIGPIPE, SIG_IGN);
+    g_launcher = getppid();
+    prctl(PR_SET_PDEATHSIG, kLauncherGoneSignal);
+    if (getppid() != g_launcher) g_signal = kLauncherGoneSignal;  // it died before prctl took effect
+  }
 }
 
 PreemptionSignals::~PreemptionSignals() {
+  if (g_launcher != 0) prctl(PR_SET_PDEATHSIG, 0);
+  g_launcher = 0;
   for (size_t i = 0; i < std::size(kSignals); ++i) sigaction(kSignals[i], &g_previous[i], nullptr);
 }
 

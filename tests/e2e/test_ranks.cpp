@@ -2,9 +2,10 @@
 // model; a run resumes on another rank count; a stop signal ends every rank with a checkpoint; a
 // rank that fails ends the whole job promptly.
 //
-// SIGTERM goes to launch/train_mpi.sh, not to a bare mpirun: Open MPI 4.1's mpirun does not pass a
-// SIGTERM on to MPI ranks (measured: they ran to the end while mpirun waited out its kill timeout
-// and exited 1), so the launcher turns it into SIGUSR1, which mpirun forwards.
+// SIGTERM goes to launch/train_mpi.sh, not to a bare mpirun: Open MPI 4.1's mpirun handles its own
+// SIGTERM as an abort. Measured: the ranks ran to the end while mpirun waited out its kill timeout
+// and exited 1, or mpirun crashed in PMIx_Finalize. Other times the ranks got the SIGTERM. So the
+// launcher turns it into SIGUSR1, which mpirun forwards. A launcher that dies is covered as well.
 //
 // The rank-count comparisons use SGD (lr 0.01, momentum 0.5) on mnist_cnn with its dropout: the
 // recipe's Adadelta at lr 1.0 turns float rounding (the gradient sums are added in a different
@@ -14,7 +15,11 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <chrono>
+#include <fstream>
+#include <iterator>
 #include <string>
+#include <thread>
 
 #include "e2e_support.h"
 
@@ -97,6 +102,44 @@ TEST_F(Ranks, SigtermToTheLauncherStopsEveryRankWithACheckpoint) {
   ASSERT_EQ(rest.status, 0) << rest.output;
   EXPECT_TRUE(same_tensors(latest_checkpoint(d / "whole"), latest_checkpoint(d / "cut")))
       << "relative " << relative_difference(latest_checkpoint(d / "cut"), latest_checkpoint(d / "whole"));
+}
+
+/// Live processes whose command line mentions `text` (zombies have none).
+int processes_mentioning(const std::string& text) {
+  int count = 0;
+  for (const auto& entry : fs::directory_iterator("/proc")) {
+    std::ifstream in(entry.path() / "cmdline", std::ios::binary);
+    std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (cmdline.find(text) != std::string::npos) ++count;
+  }
+  return count;
+}
+
+// A launcher that dies (SIGKILL here; Open MPI 4.1's mpirun has also crashed while handling its
+// own SIGTERM) must not leave its ranks training on as orphans: they checkpoint and end, and the
+// run resumes from there.
+TEST_F(Ranks, RanksOfAKilledLauncherCheckpointAndEnd) {
+  const fs::path d = fresh_dir("rank_orphans");
+  // No periodic checkpoints: any checkpoint is the one the ranks wrote because the launcher died.
+  const std::string every = " --set checkpoint.every_steps=0 --set checkpoint.every_epoch=false";
+  const fs::path run = d / "run";
+  Background job("mpirun -np 2 --oversubscribe " + binary() + " " + train_args(run, 100000, every), d / "run.log");
+  ASSERT_TRUE(wait_for_file(run / "config.yaml", 120)) << "the run did not start";
+  std::this_thread::sleep_for(std::chrono::seconds(8));  // into training (data loaded, steps running)
+  ASSERT_FALSE(fs::exists(run / "latest"));
+  job.signal(SIGKILL);
+  job.wait();
+  int left = 0;
+  for (int i = 0; i < 60 && (left = processes_mentioning(run.string())) > 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  ASSERT_EQ(left, 0) << "ranks still running 30 s after their launcher died";
+  ASSERT_TRUE(fs::exists(run / "latest")) << "the ranks ended without a checkpoint";
+  const LoadedCheckpoint stopped = latest_checkpoint(run);  // loading validates it
+  EXPECT_GT(stopped.state.global_step, 0);
+  const int64_t until = stopped.state.global_step + 5;
+  const Result rest = run_mpi(1, train_args(run, static_cast<int>(until), every + " --resume auto"));
+  ASSERT_EQ(rest.status, 0) << rest.output;
+  EXPECT_EQ(latest_checkpoint(run).state.global_step, until);
 }
 
 TEST_F(Ranks, OneRankFailingEndsTheJobWithinThirtySeconds) {
