@@ -145,7 +145,8 @@ struct Survey {
 
   /// dptrain's own kernels for short reductions (algo -1; the filter row includes the bias gradient).
   void run_direct(const ConvShape& s, double flops) {
-    const kernels::ConvGeometry g{batch, s.in.c, s.in.h, s.in.w, s.out.c, s.out.h, s.out.w, s.kernel, s.stride, s.padding};
+    const kernels::ConvGeometry g{batch,   s.in.c,   s.in.h,   s.in.w,   s.out.c,
+                                  s.out.h, s.out.w, s.kernel, s.stride, s.padding};
     const size_t scratch = kernels::conv_direct_filter_grad_scratch(g);
     double us = time_us(stream, reps, [&] {
       kernels::conv_direct_forward(x.data(), w.data(), b.data(), y.data(), g, stream);

@@ -69,21 +69,24 @@ __global__ void maxpool_backward_kernel(const float* dy, const int32_t* argmax, 
 
 void check_fits(const PoolGeometry& g) {
   if (static_cast<long>(g.h) * g.w > 65535L * kPoolThreads)
-    throw CudaError("max pooling: a " + std::to_string(g.h) + "x" + std::to_string(g.w) + " plane exceeds the launch grid");
+    throw CudaError("max pooling: a " + std::to_string(g.h) + "x" + std::to_string(g.w) +
+                    " plane exceeds the launch grid");
 }
 
 }  // namespace
 
 void maxpool_forward(const float* x, float* y, int32_t* argmax, const PoolGeometry& g, cudaStream_t stream) {
   check_fits(g);
-  const dim3 grid(static_cast<unsigned>(g.planes), static_cast<unsigned>((g.oh * g.ow + kPoolThreads - 1) / kPoolThreads));
+  const dim3 grid(static_cast<unsigned>(g.planes),
+                  static_cast<unsigned>((g.oh * g.ow + kPoolThreads - 1) / kPoolThreads));
   maxpool_forward_kernel<<<grid, kPoolThreads, 0, stream>>>(x, y, argmax, g);
   CUDA_CHECK_LAUNCH();
 }
 
 void maxpool_backward(const float* dy, const int32_t* argmax, float* dx, const PoolGeometry& g, cudaStream_t stream) {
   check_fits(g);
-  const dim3 grid(static_cast<unsigned>(g.planes), static_cast<unsigned>((g.h * g.w + kPoolThreads - 1) / kPoolThreads));
+  const dim3 grid(static_cast<unsigned>(g.planes),
+                  static_cast<unsigned>((g.h * g.w + kPoolThreads - 1) / kPoolThreads));
   maxpool_backward_kernel<<<grid, kPoolThreads, 0, stream>>>(dy, argmax, dx, g);
   CUDA_CHECK_LAUNCH();
 }

@@ -176,8 +176,9 @@ int train_on_rank(const TrainArgs& args, const MpiSession& mpi) {
   const TrainSummary s = trainer.run();
   if (comm->rank() != 0) return 0;
   if (s.preempted) {
-    const std::string why = preemption_signal() == kLauncherGoneSignal ? "because the MPI launcher ended"
-                                                                         : "by signal " + std::to_string(preemption_signal());
+    const int sig = preemption_signal();
+    const std::string why =
+        sig == kLauncherGoneSignal ? "because the MPI launcher ended" : "by signal " + std::to_string(sig);
     std::printf("preempted %s at step %lld; checkpoint %s\nresume with: dptrain train --resume auto --out %s\n",
                 why.c_str(), static_cast<long long>(s.steps), s.checkpoint.c_str(), out.c_str());
   } else if (s.steps == s.first_step) {

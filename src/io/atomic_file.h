@@ -1,6 +1,6 @@
-// Whole-file reads, and crash-safe file replacement: after write_file_atomically returns, `path` holds the new bytes
-// durably; if the process dies at any moment before that, `path` still holds its old complete
-// contents (or does not exist, if it did not before). Never a torn file.
+// Whole-file reads, and crash-safe file replacement: after write_file_atomically returns, `path`
+// holds the new bytes durably; if the process dies at any moment before that, `path` still holds
+// its old complete contents (or does not exist, if it did not before). Never a torn file.
 //
 // How: write a temp file in the same folder (rename is only atomic within one file system), fsync
 // it, rename it over the target, fsync the folder so the rename itself is on disk.

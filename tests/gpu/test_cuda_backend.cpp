@@ -131,8 +131,8 @@ TEST_F(CudaBackend, ConvMatchesCpu) {
     c.stride = 2;
     c.padding = 2;
     compare_layer(cpu_, *gpu_, c, Dims{3, 13, 11}, n, 1e-5);
-    // Short reductions (c * k * k <= 32) take the direct kernels: with padding and stride, and
-    // both accumulator bounds (9 and 18 taps).
+    // Short reductions (c * k * k <= 32) take the direct kernels: with padding and stride, one
+    // and two input channels (9 and 18 taps).
     c.out_channels = 6;
     c.kernel = 3;
     c.stride = 2;
