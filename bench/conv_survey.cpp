@@ -2,7 +2,9 @@
 // backward-data, backward-filter) in NCHW and NHWC, with FMA-only (float32) and TF32 math, and prints
 // one JSON line per (layer, direction, layout, math, algorithm). It answers "which algorithm and
 // layout would make the step faster", which dptrain's own plan (deterministic algorithms, NCHW)
-// cannot. Usage: dptrain_conv_survey [--config FILE] [--batch N] [--reps N]
+// cannot. Where kernels/conv_tiled serves a convolution, its kernels and the fastest FMA-only NCHW cuDNN algorithm
+// of each direction are also timed inside a CUDA graph (algo "tiled" and "cudnn-best-graph"), which leaves out the
+// host's launch overhead. Usage: dptrain_conv_survey [--config FILE] [--batch N] [--reps N]
 #include <CLI/CLI.hpp>
 #include <cudnn.h>
 #include <nlohmann/json.hpp>
@@ -16,9 +18,11 @@
 
 #include "core/buffer.h"
 #include "cuda/check.h"
+#include "cuda/graph_timer.h"
 #include "cuda/raii.h"
 #include "io/config.h"
 #include "kernels/conv_kernels.h"
+#include "kernels/conv_tiled.h"
 #include "layers/conv2d.h"
 #include "layers/layer_factory.h"
 
@@ -85,13 +89,16 @@ double time_us(cudaStream_t stream, int reps, const std::function<cudnnStatus_t(
   return 1000.0 * ms / reps;
 }
 
+/// Graph timings here: 20 calls captured back to back, 20 replays (more than a plan's, for a steadier median).
+constexpr GraphTiming kSurveyTiming{20, 3, 20};
+
 struct Survey {
   cudnnHandle_t h;
   cudaStream_t stream;
   int batch, reps;
   Buffer<float> x, y, w, b, ws;
 
-  void print(const ConvShape& s, const char* direction, const char* layout, bool tf32, int algo,
+  void print(const ConvShape& s, const char* direction, const char* layout, bool tf32, const nlohmann::json& algo,
              cudnnDeterminism_t det, size_t memory, double us, double flops) {
     nlohmann::json j = {{"layer", s.name}, {"direction", direction}, {"layout", layout},
                         {"math", tf32 ? "tf32" : "fma"}, {"algo", algo},
@@ -141,6 +148,68 @@ struct Survey {
       print(s, "backward_filter", lname, tf32, bf[i].algo, bf[i].determinism, bf[i].memory, us, flops);
     }
     if (layout == CUDNN_TENSOR_NCHW && !tf32 && kernels::direct_conv_fits(s.in.c, s.kernel)) run_direct(s, flops);
+    const kernels::ConvGeometry g{batch, s.in.c, s.in.h, s.in.w, s.out.c, s.out.h, s.out.w, s.kernel, s.stride,
+                                  s.padding};
+    if (layout != CUDNN_TENSOR_NCHW || tf32 || !kernels::tiled_conv_fits(g)) return;
+    run_tiled(s, g, flops);
+    // Find*Ex lists the algorithms fastest first; the first that ran is the best.
+    const auto best = [](const auto* perf, int count) {
+      for (int i = 0; i < count; ++i)
+        if (perf[i].status == CUDNN_STATUS_SUCCESS) return perf + i;
+      return static_cast<decltype(perf)>(nullptr);
+    };
+    CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(h, d.x, x.data(), d.w, w.data(), d.conv, d.y, y.data(), kMax,
+                                                       &found, f, ws.data(), ws.size() * sizeof(float)));
+    if (const auto* p = best(f, found))
+      run_cudnn_graph(s, "forward", p->algo, p->determinism, p->memory, flops, [&, p] {
+        CUDNN_CHECK(cudnnConvolutionForward(h, &one, d.x, x.data(), d.w, w.data(), d.conv, p->algo, ws.data(),
+                                            p->memory, &zero, d.y, y.data()));
+      });
+    CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(h, d.w, w.data(), d.y, y.data(), d.conv, d.x, x.data(),
+                                                            kMax, &found, bd, ws.data(), ws.size() * sizeof(float)));
+    if (const auto* p = best(bd, found))
+      run_cudnn_graph(s, "backward_data", p->algo, p->determinism, p->memory, flops, [&, p] {
+        CUDNN_CHECK(cudnnConvolutionBackwardData(h, &one, d.w, w.data(), d.y, y.data(), d.conv, p->algo, ws.data(),
+                                                 p->memory, &zero, d.x, x.data()));
+      });
+    CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(h, d.x, x.data(), d.y, y.data(), d.conv, d.w, w.data(),
+                                                              kMax, &found, bf, ws.data(), ws.size() * sizeof(float)));
+    if (const auto* p = best(bf, found))
+      run_cudnn_graph(s, "backward_filter", p->algo, p->determinism, p->memory, flops, [&, p] {
+        CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, &one, d.x, x.data(), d.y, y.data(), d.conv, p->algo, ws.data(),
+                                                   p->memory, &zero, d.w, w.data()));
+      });
+  }
+
+  /// kernels/conv_tiled, timed in a CUDA graph (forward without ReLU; the filter row includes the bias gradient).
+  void run_tiled(const ConvShape& s, const kernels::ConvGeometry& g, double flops) {
+    const size_t scratch = kernels::tiled_conv_scratch(g);
+    if (scratch > ws.size() * sizeof(float)) throw CudaError("conv_survey: workspace too small for the tiled kernels");
+    double us = graph_time_us(stream, [&] {
+      kernels::tiled_conv_forward(x.data(), w.data(), b.data(), y.data(), false, g, stream);
+    }, kSurveyTiming);
+    print(s, "forward", "nchw", false, "tiled", CUDNN_DETERMINISTIC, 0, us, flops);
+    us = graph_time_us(stream, [&] {
+      kernels::tiled_conv_backward_data(y.data(), w.data(), x.data(), ws.data(), g, stream);
+    }, kSurveyTiming);
+    print(s, "backward_data", "nchw", false, "tiled", CUDNN_DETERMINISTIC, scratch, us, flops);
+    us = graph_time_us(stream, [&] {
+      kernels::tiled_conv_filter_grad(x.data(), y.data(), w.data(), b.data(), ws.data(), g, stream);
+    }, kSurveyTiming);
+    print(s, "backward_filter", "nchw", false, "tiled", CUDNN_DETERMINISTIC, scratch, us, flops);
+  }
+
+  /// One cuDNN algorithm timed the same graph way as the tiled kernels; a capture failure is reported, not fatal.
+  void run_cudnn_graph(const ConvShape& s, const char* direction, int algo, cudnnDeterminism_t det, size_t memory,
+                       double flops, const std::function<void()>& op) {
+    try {
+      const double us = graph_time_us(stream, op, kSurveyTiming);
+      print(s, direction, "nchw", false, "cudnn-best-graph", det, memory, us, flops);
+      std::cerr << "cudnn-best-graph " << s.name << " " << direction << ": cuDNN algorithm " << algo << "\n";
+    } catch (const std::exception& e) {
+      std::cerr << "cudnn-best-graph " << s.name << " " << direction << " (algorithm " << algo
+                << ") not captured: " << e.what() << "\n";
+    }
   }
 
   /// dptrain's own kernels for short reductions (algo -1; the filter row includes the bias gradient).
@@ -149,12 +218,12 @@ struct Survey {
                                   s.out.h, s.out.w, s.kernel, s.stride, s.padding};
     const size_t scratch = kernels::conv_direct_filter_grad_scratch(g);
     double us = time_us(stream, reps, [&] {
-      kernels::conv_direct_forward(x.data(), w.data(), b.data(), y.data(), g, stream);
+      kernels::conv_direct_forward(x.data(), w.data(), b.data(), y.data(), false, g, stream);
       return CUDNN_STATUS_SUCCESS;
     });
     print(s, "forward", "nchw", false, -1, CUDNN_DETERMINISTIC, 0, us, flops);
     us = time_us(stream, reps, [&] {
-      kernels::conv_direct_filter_grad(x.data(), y.data(), w.data(), b.data(), ws.data(), g, stream);
+      kernels::conv_direct_filter_grad(x.data(), y.data(), nullptr, w.data(), b.data(), ws.data(), g, stream);
       return CUDNN_STATUS_SUCCESS;
     });
     print(s, "backward_filter", "nchw", false, -1, CUDNN_DETERMINISTIC, scratch, us, flops);
