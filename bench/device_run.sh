@@ -50,13 +50,16 @@ for k in sorted(best):
     r = best[k]; print("%-6s %-15s %-4s %-4s %-8s algo %d %8.1f us %6.2f TFLOP/s" % (k[0], k[1], k[2], k[3], "det" if k[4] else "any", r["algo"], r["us"], r["tflops"]))
 PY
       ;;
+    quickbench)  # dptrain alone, graph step in float32 and tf32
+      for t in float32 tf32; do $B/dptrain bench --device cuda --steps 400 --set train.precision=$t | tee -a "$OUT/bench.jsonl"; done ;;
     bench)
       for t in float32 tf32; do $B/dptrain bench --device cuda --steps 400 --set train.precision=$t | tee -a "$OUT/bench.jsonl"; done
       for t in float32 tf32; do $B/dptrain bench --device cuda --steps 400 --set train.precision=$t --set train.deterministic=false | tee -a "$OUT/bench.jsonl"; done
       $B/dptrain bench --device cuda --steps 400 --set train.cuda_graph=false | tee -a "$OUT/bench.jsonl"
       python3 bench/pytorch_reference.py --mode resident --mode examples --steps 200 | tee -a "$OUT/bench.jsonl" ;;
     kernels)  # every kernel of one eager training step (step 300) with its GPU time, from ncu
-      ncu --nvtx --nvtx-include "step 300/" --metrics gpu__time_duration.sum --csv --print-units base \
+      ncu --clock-control none --cache-control none --nvtx --nvtx-include "step 300/" --metrics gpu__time_duration.sum \
+        --csv --print-units base \
         $B/dptrain train --device cuda --max-steps 300 --profile --no-progress --out /tmp/dr/ncu > "$OUT/ncu.csv" 2> "$OUT/ncu.err"
       echo "ncu rc=$?"; tail -2 "$OUT/ncu.err"
       python3 - "$OUT/ncu.csv" <<'PY'

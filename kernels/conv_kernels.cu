@@ -24,37 +24,63 @@ __device__ __forceinline__ int tap_offset(const ConvGeometry& g, int j, int oy, 
   return iy >= 0 && iy < g.h && ix >= 0 && ix < g.w ? (ci * g.h + iy) * g.w + ix : -1;
 }
 
-// Block (sample * oc + channel, range of positions): one output per thread, so the whole GPU
-// is busy; the block's weights are the same for every thread (broadcast loads).
-__global__ void conv_direct_forward_kernel(const float* x, const float* w, const float* b, float* y, ConvGeometry g) {
-  const int plane = g.oh * g.ow, q = blockIdx.y * blockDim.x + threadIdx.x;
+// Block (sample, group of kForwardChannels output channels; range of positions): one position per
+// thread, whose taps are read once and serve every channel of the group; the group's weights sit
+// in shared memory (broadcast reads). Each output sums its taps in (ci, ky, kx) order.
+constexpr int kForwardChannels = 8;
+
+__global__ void conv_direct_forward_kernel(const float* __restrict__ x, const float* __restrict__ w,
+                                           const float* __restrict__ b, float* __restrict__ y, ConvGeometry g,
+                                           bool relu) {
+  __shared__ float ws[kForwardChannels][kMaxTaps];
+  const int groups = (g.oc + kForwardChannels - 1) / kForwardChannels;
+  const int s = blockIdx.x / groups, o0 = (blockIdx.x - s * groups) * kForwardChannels;
+  const int taps = g.c * g.k * g.k, plane = g.oh * g.ow, q = blockIdx.y * blockDim.x + threadIdx.x;
+  for (int e = threadIdx.x; e < kForwardChannels * taps; e += blockDim.x) {
+    const int t = e / taps, o = o0 + t;
+    ws[t][e - t * taps] = o < g.oc ? w[o * taps + e - t * taps] : 0.0f;
+  }
+  __syncthreads();
   if (q >= plane) return;
-  const int so = blockIdx.x, s = so / g.oc, o = so - s * g.oc;
   const int oy = q / g.ow, ox = q - oy * g.ow;
   const float* xs = x + static_cast<long>(s) * g.c * g.h * g.w;
-  const float* wo = w + o * g.c * g.k * g.k;
-  float acc = 0.0f;
+  float acc[kForwardChannels] = {};
+  int j = 0;
   for (int ci = 0; ci < g.c; ++ci)
     for (int ky = 0; ky < g.k; ++ky) {
       const int iy = oy * g.stride - g.pad + ky;
-      for (int kx = 0; kx < g.k; ++kx) {
+      for (int kx = 0; kx < g.k; ++kx, ++j) {
         const int ix = ox * g.stride - g.pad + kx;
-        if (iy >= 0 && iy < g.h && ix >= 0 && ix < g.w)
-          acc += __ldg(wo + (ci * g.k + ky) * g.k + kx) * xs[(ci * g.h + iy) * g.w + ix];
+        if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) continue;
+        const float v = xs[(ci * g.h + iy) * g.w + ix];
+#pragma unroll
+        for (int t = 0; t < kForwardChannels; ++t) acc[t] += ws[t][j] * v;
       }
     }
-  y[static_cast<long>(so) * plane + q] = acc + __ldg(b + o);
+  float* out = y + (static_cast<long>(s) * g.oc + o0) * plane + q;
+#pragma unroll
+  for (int t = 0; t < kForwardChannels; ++t) {
+    if (o0 + t >= g.oc) break;
+    const float v = acc[t] + __ldg(b + o0 + t);
+    out[static_cast<long>(t) * plane] = relu && !(v > 0.0f) ? 0.0f : v;
+  }
 }
 
 // Block (chunk, channel tile): stages the chunk's taps and output gradients in shared memory, then
 // each thread sums chunk positions for (channel, tap) pairs; tap index `taps` is the bias.
-// partial[chunk][o][j], j in [0, taps].
-__global__ void conv_direct_filter_partial_kernel(const float* x, const float* dy, float* partial, ConvGeometry g) {
+// partial[chunk][o][j], j in [0, taps]. relu_out (may be null): keep dy only where it is positive.
+__global__ void conv_direct_filter_partial_kernel(const float* x, const float* dy, const float* relu_out, float* partial,
+                                                  ConvGeometry g) {
   __shared__ float xs[kChunk][kMaxTaps + 1];
   __shared__ float ds[kChannelTile][kChunk + 1];
+  __shared__ long dy_offset[kChunk];  // of channel o0 at each chunk position, -1 past the end
   const int plane = g.oh * g.ow, taps = g.c * g.k * g.k, positions = g.n * plane;
   const int first = blockIdx.x * kChunk, o0 = blockIdx.y * kChannelTile;
   const int tile = min(kChannelTile, g.oc - o0);
+  for (int i = threadIdx.x; i < kChunk; i += blockDim.x) {
+    const int p = first + i;
+    dy_offset[i] = p < positions ? (static_cast<long>(p / plane) * g.oc + o0) * plane + p % plane : -1;
+  }
   for (int e = threadIdx.x; e < kChunk * (taps + 1); e += blockDim.x) {
     const int i = e / (taps + 1), j = e % (taps + 1), p = first + i;
     float v = 0.0f;
@@ -65,9 +91,11 @@ __global__ void conv_direct_filter_partial_kernel(const float* x, const float* d
     }
     xs[i][j] = v;
   }
+  __syncthreads();
   for (int e = threadIdx.x; e < tile * kChunk; e += blockDim.x) {
-    const int o = e / kChunk, i = e % kChunk, p = first + i;
-    ds[o][i] = p < positions ? dy[(static_cast<long>(p / plane) * g.oc + o0 + o) * plane + p % plane] : 0.0f;
+    const int o = e / kChunk, i = e % kChunk;
+    const long k = dy_offset[i] + static_cast<long>(o) * plane;
+    ds[o][i] = dy_offset[i] >= 0 && (relu_out == nullptr || relu_out[k] > 0.0f) ? dy[k] : 0.0f;
   }
   __syncthreads();
   float* out = partial + (static_cast<long>(blockIdx.x) * g.oc + o0) * (taps + 1);
@@ -112,13 +140,14 @@ void check_fits(const ConvGeometry& g) {
 
 }  // namespace
 
-void conv_direct_forward(const float* x, const float* w, const float* b, float* y, const ConvGeometry& g,
+void conv_direct_forward(const float* x, const float* w, const float* b, float* y, bool relu, const ConvGeometry& g,
                          cudaStream_t stream) {
   check_fits(g);
   constexpr int kForwardThreads = 128;
-  const dim3 grid(static_cast<unsigned>(g.n * g.oc),
+  const int groups = (g.oc + kForwardChannels - 1) / kForwardChannels;
+  const dim3 grid(static_cast<unsigned>(g.n * groups),
                   static_cast<unsigned>((g.oh * g.ow + kForwardThreads - 1) / kForwardThreads));
-  conv_direct_forward_kernel<<<grid, kForwardThreads, 0, stream>>>(x, w, b, y, g);
+  conv_direct_forward_kernel<<<grid, kForwardThreads, 0, stream>>>(x, w, b, y, g, relu);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -126,13 +155,13 @@ size_t conv_direct_filter_grad_scratch(const ConvGeometry& g) {
   return sizeof(float) * static_cast<size_t>(chunks_for(g)) * g.oc * (g.c * g.k * g.k + 1);
 }
 
-void conv_direct_filter_grad(const float* x, const float* dy, float* dw, float* db, void* scratch,
-                             const ConvGeometry& g, cudaStream_t stream) {
+void conv_direct_filter_grad(const float* x, const float* dy, const float* relu_out, float* dw, float* db,
+                             void* scratch, const ConvGeometry& g, cudaStream_t stream) {
   check_fits(g);
   const int chunks = chunks_for(g), taps = g.c * g.k * g.k;
   float* partial = static_cast<float*>(scratch);
   const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>((g.oc + kChannelTile - 1) / kChannelTile));
-  conv_direct_filter_partial_kernel<<<grid, kThreads, 0, stream>>>(x, dy, partial, g);
+  conv_direct_filter_partial_kernel<<<grid, kThreads, 0, stream>>>(x, dy, relu_out, partial, g);
   CUDA_CHECK_LAUNCH();
   conv_direct_filter_finish_kernel<<<g.oc * (taps + 1), kFinishThreads, 0, stream>>>(partial, chunks, taps, dw, db);
   CUDA_CHECK_LAUNCH();

@@ -25,15 +25,16 @@ inline bool direct_conv_fits(int in_channels, int kernel) {
   return in_channels * kernel * kernel <= kDirectConvMaxReduction;
 }
 
-/// y = conv(x, w) + b.
-void conv_direct_forward(const float* x, const float* w, const float* b, float* y, const ConvGeometry& g,
+/// y = conv(x, w) + b, then max(., 0) when relu is set.
+void conv_direct_forward(const float* x, const float* w, const float* b, float* y, bool relu, const ConvGeometry& g,
                          cudaStream_t stream);
 
 /// Bytes of scratch conv_direct_filter_grad needs for this geometry.
 size_t conv_direct_filter_grad_scratch(const ConvGeometry& g);
 
-/// dw = sum over samples and positions of dy * x (overwritten), db = the sum of dy per channel.
-void conv_direct_filter_grad(const float* x, const float* dy, float* dw, float* db, void* scratch,
-                             const ConvGeometry& g, cudaStream_t stream);
+/// dw = sum over samples and positions of g * x (overwritten), db = the sum of g per channel, where
+/// g = dy, or, when relu_out (the output after an absorbed ReLU) is not null, dy where relu_out > 0.
+void conv_direct_filter_grad(const float* x, const float* dy, const float* relu_out, float* dw, float* db,
+                             void* scratch, const ConvGeometry& g, cudaStream_t stream);
 
 }  // namespace dptrain::kernels

@@ -1,4 +1,6 @@
 #include <cfloat>
+#include <cstdint>
+#include <string>
 
 #include "core/philox.h"
 #include "cuda/check.h"
@@ -15,17 +17,17 @@ int grid_for(long n) {
   return static_cast<int>(b < 1 ? 1 : (b > 65535L * 16 ? 65535L * 16 : b));
 }
 
-__global__ void dropout_forward_kernel(const float* x, float* y, float* mask, int n, int per_sample, float p,
-                                       float scale, uint32_t layer, const StepState* step) {
+// Grid (range of elements, sample): 32-bit indices, no division per element.
+__global__ void dropout_forward_kernel(const float* __restrict__ x, float* __restrict__ y, float* __restrict__ mask,
+                                       int per_sample, float p, float scale, uint32_t layer, const StepState* step) {
+  const int e = blockIdx.x * blockDim.x + threadIdx.x;
+  if (e >= per_sample) return;
   const StepInfo info = step->info;
-  const long total = static_cast<long>(n) * per_sample;
-  for (long i = blockIdx.x * long{blockDim.x} + threadIdx.x; i < total; i += long{gridDim.x} * blockDim.x) {
-    const uint32_t sample = info.first_sample + static_cast<uint32_t>(i / per_sample);
-    const uint32_t element = static_cast<uint32_t>(i % per_sample);
-    const float m = philox::dropout_uniform(info.seed, info.epoch, layer, sample, element) >= p ? scale : 0.0f;
-    mask[i] = m;
-    y[i] = x[i] * m;
-  }
+  const uint32_t sample = info.first_sample + blockIdx.y;
+  const long i = static_cast<long>(blockIdx.y) * per_sample + e;
+  const float m = philox::dropout_uniform(info.seed, info.epoch, layer, sample, static_cast<uint32_t>(e)) >= p ? scale : 0.0f;
+  mask[i] = m;
+  y[i] = x[i] * m;
 }
 
 __global__ void multiply_kernel(const float* a, const float* b, float* out, long count) {
@@ -33,89 +35,157 @@ __global__ void multiply_kernel(const float* a, const float* b, float* out, long
     out[i] = a[i] * b[i];
 }
 
-__global__ void add_bias_rows_kernel(float* y, const float* b, int n, int features) {
+__device__ __forceinline__ float relu(float v) { return v > 0.0f ? v : 0.0f; }
+
+/// The gradient a ReLU passes: dy where its output is positive (relu_out null: no ReLU).
+__device__ __forceinline__ float relu_grad(const float* dy, const float* relu_out, long i) {
+  return relu_out == nullptr || relu_out[i] > 0.0f ? dy[i] : 0.0f;
+}
+
+__global__ void add_bias_rows_kernel(float* y, const float* b, int n, int features, bool with_relu) {
   const long total = static_cast<long>(n) * features;
-  for (long i = blockIdx.x * long{blockDim.x} + threadIdx.x; i < total; i += long{gridDim.x} * blockDim.x)
-    y[i] += b[i % features];
+  for (long i = blockIdx.x * long{blockDim.x} + threadIdx.x; i < total; i += long{gridDim.x} * blockDim.x) {
+    const float v = y[i] + b[i % features];
+    y[i] = with_relu ? relu(v) : v;
+  }
 }
 
-__global__ void bias_grad_rows_kernel(const float* dy, float* db, int n, int features) {
-  const int o = blockIdx.x * blockDim.x + threadIdx.x;
-  if (o >= features) return;
+// Block row (sample, channel) of `plane` values; float4 when rows are 16-byte aligned.
+__global__ void add_bias_channels_kernel(float* y, const float* b, int channels, int plane, bool vec4,
+                                         bool with_relu) {
+  const int row = blockIdx.x, q = blockIdx.y * blockDim.x + threadIdx.x;
+  const float bias = __ldg(b + row % channels);
+  float* r = y + static_cast<long>(row) * plane;
+  if (vec4) {
+    if (q >= plane / 4) return;
+    float4 v = reinterpret_cast<float4*>(r)[q];
+    v.x += bias, v.y += bias, v.z += bias, v.w += bias;
+    if (with_relu) v.x = relu(v.x), v.y = relu(v.y), v.z = relu(v.z), v.w = relu(v.w);
+    reinterpret_cast<float4*>(r)[q] = v;
+  } else if (q < plane) {
+    const float v = r[q] + bias;
+    r[q] = with_relu ? relu(v) : v;
+  }
+}
+
+// Block of 32 columns x 32 row lanes: lane r sums rows r, r + 32, ... (independent loads in
+// flight), then lane 0 adds the 32 lane sums in order. A fixed order, whatever the GPU.
+constexpr int kRowLanes = 32;
+
+__global__ void bias_grad_rows_kernel(const float* __restrict__ dy, const float* __restrict__ relu_out,
+                                      float* __restrict__ masked, float* __restrict__ db, int n, int features) {
+  __shared__ float lane_sums[kRowLanes][33];
+  const int col = threadIdx.x, lane = threadIdx.y, o = blockIdx.x * 32 + col;
   float acc = 0.0f;
-  for (int i = 0; i < n; ++i) acc += dy[static_cast<long>(i) * features + o];
-  db[o] = acc;
+  if (o < features)
+    for (int i = lane; i < n; i += kRowLanes) {
+      const long k = static_cast<long>(i) * features + o;
+      const float g = relu_grad(dy, relu_out, k);
+      if (relu_out != nullptr) masked[k] = g;
+      acc += g;
+    }
+  lane_sums[lane][col] = acc;
+  __syncthreads();
+  if (lane != 0 || o >= features) return;
+  float total = 0.0f;
+  for (int r = 0; r < kRowLanes; ++r) total += lane_sums[r][col];
+  db[o] = total;
 }
 
-// Block per channel, a warp per sample (warp w takes samples w, w + 32, ...), lanes striding over
-// positions: many independent loads in flight. Lanes are added by a shuffle tree, warps in order.
-constexpr int kChannelSumThreads = 1024;
+// Four elements per thread (16-byte accesses); the caller checks the alignment.
+__global__ void relu_backward4_kernel(const float4* __restrict__ dy, const float4* __restrict__ y,
+                                      float4* __restrict__ dx, long count4) {
+  for (long i = blockIdx.x * long{blockDim.x} + threadIdx.x; i < count4; i += long{gridDim.x} * blockDim.x) {
+    const float4 g = dy[i], v = y[i];
+    dx[i] = make_float4(v.x > 0.0f ? g.x : 0.0f, v.y > 0.0f ? g.y : 0.0f, v.z > 0.0f ? g.z : 0.0f,
+                        v.w > 0.0f ? g.w : 0.0f);
+  }
+}
 
-__global__ void bias_grad_channels_kernel(const float* dy, float* db, int n, int channels, int plane) {
-  __shared__ float warp_sums[kChannelSumThreads / 32];
+__global__ void relu_backward_kernel(const float* dy, const float* y, float* dx, long count) {
+  for (long i = blockIdx.x * long{blockDim.x} + threadIdx.x; i < count; i += long{gridDim.x} * blockDim.x)
+    dx[i] = relu_grad(dy, y, i);
+}
+
+// Block (channel, group of kSamplesPerGroup samples), a warp per sample, lanes striding over
+// positions: thousands of warps with independent loads in flight. Lanes are added by a shuffle
+// tree, warps in order; partial[c][group], then bias_grad_finish adds the groups in order.
+constexpr int kSamplesPerGroup = 8;
+
+__global__ void bias_grad_channels_kernel(const float* __restrict__ dy, const float* __restrict__ relu_out,
+                                          float* __restrict__ masked, float* __restrict__ partial, int n,
+                                          int channels, int plane) {
+  __shared__ float warp_sums[kSamplesPerGroup];
   const int c = blockIdx.x, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int s = blockIdx.y * kSamplesPerGroup + warp;
   float acc = 0.0f;
-  for (int s = warp; s < n; s += kChannelSumThreads / 32) {
-    const float* row = dy + (static_cast<long>(s) * channels + c) * plane;
-    for (int q = lane; q < plane; q += 32) acc += row[q];
+  if (s < n) {
+    const long row = (static_cast<long>(s) * channels + c) * plane;
+    for (int q = lane; q < plane; q += 32) {
+      const float g = relu_grad(dy, relu_out, row + q);
+      if (relu_out != nullptr) masked[row + q] = g;
+      acc += g;
+    }
   }
   for (int off = 16; off > 0; off /= 2) acc += __shfl_down_sync(0xffffffffu, acc, off);
   if (lane == 0) warp_sums[warp] = acc;
   __syncthreads();
   if (threadIdx.x == 0) {
     float total = 0.0f;
-    for (int w = 0; w < kChannelSumThreads / 32; ++w) total += warp_sums[w];
-    db[c] = total;
+    for (int w = 0; w < kSamplesPerGroup; ++w) total += warp_sums[w];
+    partial[static_cast<long>(c) * gridDim.y + blockIdx.y] = total;
   }
 }
 
-// One warp per sample (classes <= 32 * kPerLane).
-constexpr int kPerLane = 32;
+__global__ void bias_grad_finish_kernel(const float* __restrict__ partial, int groups, int channels,
+                                        float* __restrict__ db) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= channels) return;
+  float total = 0.0f;
+  for (int g = 0; g < groups; ++g) total += partial[static_cast<long>(c) * groups + g];
+  db[c] = total;
+}
+
+// One block: warp w takes samples w, w + kLossWarps, ... and keeps their loss and correct count
+// (lane 0, in sample order); thread 0 adds the warps' sums in order. The same sums on every run,
+// in one launch (the batch is small: 64 samples of 10 classes).
+constexpr int kPerLane = 32;  // classes <= 32 * kPerLane
+constexpr int kLossWarps = 32;
 
 __global__ void softmax_xent_kernel(const float* logits, const int32_t* labels, int n, int classes, float grad_scale,
-                                    float* dlogits, double* scratch) {
-  const int warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32;
-  const int lane = threadIdx.x % 32;
-  if (warp >= n) return;
-  const float* x = logits + static_cast<long>(warp) * classes;
-  // First maximum: compare (value, -index) so ties go to the lowest index, as torch.argmax.
-  float best = -FLT_MAX;
-  int best_index = classes;
-  for (int c = lane; c < classes; c += 32)
-    if (x[c] > best || (x[c] == best && c < best_index)) best = x[c], best_index = c;
-  for (int off = 16; off > 0; off /= 2) {
-    const float ob = __shfl_xor_sync(0xffffffffu, best, off);
-    const int oi = __shfl_xor_sync(0xffffffffu, best_index, off);
-    if (ob > best || (ob == best && oi < best_index)) best = ob, best_index = oi;
+                                    float* dlogits, double* sums) {
+  __shared__ double warp_loss[kLossWarps], warp_correct[kLossWarps];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  double loss = 0.0, correct = 0.0;
+  for (int i = warp; i < n; i += kLossWarps) {
+    const float* x = logits + static_cast<long>(i) * classes;
+    // First maximum: compare (value, -index) so ties go to the lowest index, as torch.argmax.
+    float best = -FLT_MAX;
+    int best_index = classes;
+    for (int c = lane; c < classes; c += 32)
+      if (x[c] > best || (x[c] == best && c < best_index)) best = x[c], best_index = c;
+    for (int off = 16; off > 0; off /= 2) {
+      const float ob = __shfl_xor_sync(0xffffffffu, best, off);
+      const int oi = __shfl_xor_sync(0xffffffffu, best_index, off);
+      if (ob > best || (ob == best && oi < best_index)) best = ob, best_index = oi;
+    }
+    float z = 0.0f;
+    for (int c = lane; c < classes; c += 32) z += expf(x[c] - best);
+    for (int off = 16; off > 0; off /= 2) z += __shfl_xor_sync(0xffffffffu, z, off);
+    const float lse = best + logf(z);
+    const int y = labels[i];
+    if (dlogits != nullptr) {
+      float* g = dlogits + static_cast<long>(i) * classes;
+      for (int c = lane; c < classes; c += 32) g[c] = (expf(x[c] - lse) - (c == y ? 1.0f : 0.0f)) * grad_scale;
+    }
+    loss += static_cast<double>(lse - x[y]);
+    correct += best_index == y ? 1.0 : 0.0;
   }
-  float z = 0.0f;
-  for (int c = lane; c < classes; c += 32) z += expf(x[c] - best);
-  for (int off = 16; off > 0; off /= 2) z += __shfl_xor_sync(0xffffffffu, z, off);
-  const float lse = best + logf(z);
-  const int y = labels[warp];
-  if (dlogits != nullptr) {
-    float* g = dlogits + static_cast<long>(warp) * classes;
-    for (int c = lane; c < classes; c += 32) g[c] = (expf(x[c] - lse) - (c == y ? 1.0f : 0.0f)) * grad_scale;
-  }
-  if (lane == 0) {
-    scratch[2 * warp] = static_cast<double>(lse - x[y]);
-    scratch[2 * warp + 1] = best_index == y ? 1.0 : 0.0;
-  }
-}
-
-// One block adds the per-sample values in sample order: the same sums on every run.
-__global__ void accumulate_sums_kernel(const double* scratch, int n, double* sums) {
-  __shared__ double loss[256], correct[256];
-  double l = 0.0, c = 0.0;
-  // Thread t sums a contiguous range, then thread 0 adds the partials in order.
-  const int per = (n + blockDim.x - 1) / blockDim.x;
-  for (int i = threadIdx.x * per; i < n && i < (threadIdx.x + 1) * per; ++i) l += scratch[2 * i], c += scratch[2 * i + 1];
-  loss[threadIdx.x] = l;
-  correct[threadIdx.x] = c;
+  if (lane == 0) warp_loss[warp] = loss, warp_correct[warp] = correct;
   __syncthreads();
   if (threadIdx.x == 0) {
     double tl = 0.0, tc = 0.0;
-    for (int t = 0; t < blockDim.x; ++t) tl += loss[t], tc += correct[t];
+    for (int w = 0; w < kLossWarps; ++w) tl += warp_loss[w], tc += warp_correct[w];
     sums[0] += tl;
     sums[1] += tc;
   }
@@ -125,8 +195,9 @@ __global__ void accumulate_sums_kernel(const double* scratch, int n, double* sum
 
 void dropout_forward(const float* x, float* y, float* mask, int n, int per_sample, float p, float scale,
                      uint32_t layer, const StepState* step, cudaStream_t stream) {
-  dropout_forward_kernel<<<grid_for(static_cast<long>(n) * per_sample), kThreads, 0, stream>>>(x, y, mask, n, per_sample,
-                                                                                              p, scale, layer, step);
+  if (n > 65535) throw CudaError("dropout: batch of " + std::to_string(n) + " exceeds the launch grid");
+  const dim3 grid(static_cast<unsigned>((per_sample + kThreads - 1) / kThreads), static_cast<unsigned>(n));
+  dropout_forward_kernel<<<grid, kThreads, 0, stream>>>(x, y, mask, per_sample, p, scale, layer, step);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -135,29 +206,57 @@ void dropout_backward(const float* dy, const float* mask, float* dx, long count,
   CUDA_CHECK_LAUNCH();
 }
 
-void add_bias_rows(float* y, const float* b, int n, int features, cudaStream_t stream) {
-  add_bias_rows_kernel<<<grid_for(static_cast<long>(n) * features), kThreads, 0, stream>>>(y, b, n, features);
+void add_bias_rows(float* y, const float* b, int n, int features, bool relu, cudaStream_t stream) {
+  add_bias_rows_kernel<<<grid_for(static_cast<long>(n) * features), kThreads, 0, stream>>>(y, b, n, features, relu);
   CUDA_CHECK_LAUNCH();
 }
 
-void bias_grad_rows(const float* dy, float* db, int n, int features, cudaStream_t stream) {
-  bias_grad_rows_kernel<<<(features + 127) / 128, 128, 0, stream>>>(dy, db, n, features);
+void add_bias_channels(float* y, const float* b, int n, int channels, int plane, bool relu, cudaStream_t stream) {
+  const bool vec4 = plane % 4 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0;
+  const int per_row = vec4 ? plane / 4 : plane;
+  const int threads = per_row >= 256 ? 256 : (per_row + 31) / 32 * 32;  // one block per row where it fits
+  const dim3 grid(static_cast<unsigned>(n * channels), static_cast<unsigned>((per_row + threads - 1) / threads));
+  add_bias_channels_kernel<<<grid, threads, 0, stream>>>(y, b, channels, plane, vec4, relu);
+  CUDA_CHECK_LAUNCH();
+}
+
+void bias_grad_rows(const float* dy, const float* relu_out, float* masked, float* db, int n, int features,
+                    cudaStream_t stream) {
+  bias_grad_rows_kernel<<<(features + 31) / 32, dim3(32, kRowLanes), 0, stream>>>(dy, relu_out, masked, db, n,
+                                                                                 features);
+  CUDA_CHECK_LAUNCH();
+}
+
+void relu_backward(const float* dy, const float* y, float* dx, long count, cudaStream_t stream) {
+  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  if (count % 4 == 0 && aligned(dy) && aligned(y) && aligned(dx)) {
+    relu_backward4_kernel<<<grid_for(count / 4), kThreads, 0, stream>>>(
+        reinterpret_cast<const float4*>(dy), reinterpret_cast<const float4*>(y), reinterpret_cast<float4*>(dx), count / 4);
+  } else {
+    relu_backward_kernel<<<grid_for(count), kThreads, 0, stream>>>(dy, y, dx, count);
+  }
   CUDA_CHECK_LAUNCH();
 }
 
 void softmax_cross_entropy(const float* logits, const int32_t* labels, int n, int classes, float grad_scale,
-                           float* dlogits, double* sums, double* scratch, cudaStream_t stream) {
+                           float* dlogits, double* sums, cudaStream_t stream) {
   if (classes > 32 * kPerLane) throw CudaError("softmax_cross_entropy: more than 1024 classes");
-  const int warps_per_block = 8;
-  softmax_xent_kernel<<<(n + warps_per_block - 1) / warps_per_block, 32 * warps_per_block, 0, stream>>>(
-      logits, labels, n, classes, grad_scale, dlogits, scratch);
-  CUDA_CHECK_LAUNCH();
-  accumulate_sums_kernel<<<1, 256, 0, stream>>>(scratch, n, sums);
+  softmax_xent_kernel<<<1, 32 * kLossWarps, 0, stream>>>(logits, labels, n, classes, grad_scale, dlogits, sums);
   CUDA_CHECK_LAUNCH();
 }
 
-void bias_grad_channels(const float* dy, float* db, int n, int channels, int plane, cudaStream_t stream) {
-  bias_grad_channels_kernel<<<channels, kChannelSumThreads, 0, stream>>>(dy, db, n, channels, plane);
+size_t bias_grad_channels_scratch(int n, int channels) {
+  return static_cast<size_t>(channels) * ((n + kSamplesPerGroup - 1) / kSamplesPerGroup);
+}
+
+void bias_grad_channels(const float* dy, const float* relu_out, float* masked, float* db, float* scratch, int n,
+                        int channels, int plane, cudaStream_t stream) {
+  const int groups = (n + kSamplesPerGroup - 1) / kSamplesPerGroup;
+  if (groups > 65535) throw CudaError("bias_grad_channels: batch of " + std::to_string(n) + " exceeds the launch grid");
+  bias_grad_channels_kernel<<<dim3(static_cast<unsigned>(channels), static_cast<unsigned>(groups)),
+                              32 * kSamplesPerGroup, 0, stream>>>(dy, relu_out, masked, scratch, n, channels, plane);
+  CUDA_CHECK_LAUNCH();
+  bias_grad_finish_kernel<<<(channels + 127) / 128, 128, 0, stream>>>(scratch, groups, channels, db);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -1,10 +1,12 @@
 // Custom CUDA kernels of the layers and the loss: dropout (the CPU backend's counter-based mask),
-// bias add and bias gradient of linear layers, and the fused softmax cross-entropy. All are
+// bias add and bias gradient (with a fused ReLU where the layer absorbed one), and the fused
+// softmax cross-entropy. All are
 // deterministic: reductions run in a fixed order, never through atomics.
 #pragma once
 
 #include <cuda_runtime_api.h>
 
+#include <cstddef>
 #include <cstdint>
 
 #include "core/step_state.h"
@@ -18,18 +20,31 @@ void dropout_forward(const float* x, float* y, float* mask, int n, int per_sampl
 /// dx = dy * mask.
 void dropout_backward(const float* dy, const float* mask, float* dx, long count, cudaStream_t stream);
 
-/// y[i, o] += b[o] for n rows of `features`.
-void add_bias_rows(float* y, const float* b, int n, int features, cudaStream_t stream);
-/// db[o] = sum_i dy[i, o], summed in row order.
-void bias_grad_rows(const float* dy, float* db, int n, int features, cudaStream_t stream);
-/// db[c] = sum over samples and positions of dy[sample, c, position] (NCHW, `plane` positions), in
-/// a fixed order. cuDNN's convolution bias gradient took 63 us for mnist_cnn's conv2 (ncu, H200).
-void bias_grad_channels(const float* dy, float* db, int n, int channels, int plane, cudaStream_t stream);
+// A layer that applies the ReLU after it (Layer::absorb_following_relu) passes relu = true
+// forward, and backward its own output (after the ReLU) as relu_out: gradients are kept where
+// relu_out > 0, the CPU ReLU's rule, and the masked gradient is written to `masked` for the
+// layer's other gradient computations. relu_out = nullptr: plain bias gradient, masked unused.
+
+/// y[i, o] += b[o] for n rows of `features`, then max(., 0) when relu is set.
+void add_bias_rows(float* y, const float* b, int n, int features, bool relu, cudaStream_t stream);
+/// y[s, c, q] += b[c] (NCHW, `plane` positions per channel), then max(., 0) when relu is set.
+void add_bias_channels(float* y, const float* b, int n, int channels, int plane, bool relu, cudaStream_t stream);
+/// db[o] = sum_i g[i, o], summed in row order; g = dy, masked by relu_out (see above).
+void bias_grad_rows(const float* dy, const float* relu_out, float* masked, float* db, int n, int features,
+                    cudaStream_t stream);
+/// db[c] = sum over samples and positions of g[sample, c, position] (NCHW, `plane` positions), in
+/// a fixed order; g = dy, masked by relu_out (see above). `scratch` holds
+/// bias_grad_channels_scratch(n, channels) floats. cuDNN's convolution bias gradient took 63 us for
+/// mnist_cnn's conv2 (ncu, H200).
+void bias_grad_channels(const float* dy, const float* relu_out, float* masked, float* db, float* scratch, int n,
+                        int channels, int plane, cudaStream_t stream);
+size_t bias_grad_channels_scratch(int n, int channels);
+/// dx = y > 0 ? dy : 0 (the ReLU's backward, from its output).
+void relu_backward(const float* dy, const float* y, float* dx, long count, cudaStream_t stream);
 
 /// Per sample: loss, correct and (when dlogits is not null) (softmax - onehot) * grad_scale. The
-/// batch's loss and correct count are added to sums[0], sums[1] by one block, in sample order.
-/// `scratch` holds 2 * n doubles.
+/// batch's loss and correct count are added to sums[0], sums[1] in a fixed order.
 void softmax_cross_entropy(const float* logits, const int32_t* labels, int n, int classes, float grad_scale,
-                           float* dlogits, double* sums, double* scratch, cudaStream_t stream);
+                           float* dlogits, double* sums, cudaStream_t stream);
 
 }  // namespace dptrain::kernels

@@ -67,6 +67,26 @@ __global__ void maxpool_backward_kernel(const float* dy, const int32_t* argmax, 
   dx[static_cast<long>(blockIdx.x) * per_plane + offset] = acc;
 }
 
+// Windows that tile the plane exactly (stride = kernel, no padding, sides divisible): a thread per
+// window reads its maximum's index and gradient once and writes the whole window.
+__global__ void maxpool_backward_tiled_kernel(const float* dy, const int32_t* argmax, float* dx, PoolGeometry g) {
+  const int per_plane = g.oh * g.ow, q = blockIdx.y * blockDim.x + threadIdx.x;
+  if (q >= per_plane) return;
+  const int oy = q / g.ow, ox = q - oy * g.ow;
+  const long o = static_cast<long>(blockIdx.x) * per_plane + q;
+  const int where = argmax[o];
+  const float grad = dy[o];
+  float* plane = dx + static_cast<long>(blockIdx.x) * g.h * g.w;
+  for (int ky = 0; ky < g.k; ++ky) {
+    const int row = (oy * g.k + ky) * g.w + ox * g.k;
+    for (int kx = 0; kx < g.k; ++kx) plane[row + kx] = row + kx == where ? grad : 0.0f;
+  }
+}
+
+bool tiles_exactly(const PoolGeometry& g) {
+  return g.k == g.stride && g.pad == 0 && g.h == g.oh * g.k && g.w == g.ow * g.k;
+}
+
 void check_fits(const PoolGeometry& g) {
   if (static_cast<long>(g.h) * g.w > 65535L * kPoolThreads)
     throw CudaError("max pooling: a " + std::to_string(g.h) + "x" + std::to_string(g.w) +
@@ -85,6 +105,13 @@ void maxpool_forward(const float* x, float* y, int32_t* argmax, const PoolGeomet
 
 void maxpool_backward(const float* dy, const int32_t* argmax, float* dx, const PoolGeometry& g, cudaStream_t stream) {
   check_fits(g);
+  if (tiles_exactly(g)) {
+    const dim3 grid(static_cast<unsigned>(g.planes),
+                    static_cast<unsigned>((g.oh * g.ow + kPoolThreads - 1) / kPoolThreads));
+    maxpool_backward_tiled_kernel<<<grid, kPoolThreads, 0, stream>>>(dy, argmax, dx, g);
+    CUDA_CHECK_LAUNCH();
+    return;
+  }
   const dim3 grid(static_cast<unsigned>(g.planes),
                   static_cast<unsigned>((g.h * g.w + kPoolThreads - 1) / kPoolThreads));
   maxpool_backward_kernel<<<grid, kPoolThreads, 0, stream>>>(dy, argmax, dx, g);

@@ -83,7 +83,8 @@ int run_bench(const BenchArgs& a) {
       {"ms_per_step", med},
       {"ms_per_step_min", *lo},
       {"ms_per_step_max", *hi},
-      {"images_per_second", med > 0 ? 1000.0 * config.train.batch_size / med : 0.0}};
+      {"images_per_second", med > 0 ? 1000.0 * config.train.batch_size / med : 0.0},
+      {"choices", device == Device::Cuda ? ctx.cuda().choices() : std::vector<std::string>{}}};
   std::printf("%s\n", j.dump().c_str());
   return 0;
 }

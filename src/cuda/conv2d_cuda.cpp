@@ -1,19 +1,34 @@
-// Conv2d on CUDA through cuDNN: forward, backward-data, backward-filter and the bias gradient.
-// Algorithms are chosen once per batch size: by measurement (cudnnFind*) when
-// train.cudnn_benchmark is on, by cuDNN's heuristics otherwise, and only among deterministic
-// algorithms (so a run repeats bit for bit) unless train.deterministic is off. float32 forbids TF32
-// (CUDNN_FMA_MATH); tf32 allows it. Convolutions with a short reduction per output (a first layer
-// on one-channel images) run forward and filter gradient on dptrain's direct kernels instead
-// (kernels/conv_kernels.h says why); their input gradient, when needed, stays with cuDNN.
+// Conv2d on CUDA: forward, backward-data, backward-filter and the bias gradient. Three families of
+// kernels serve it:
+// - cuDNN, with algorithms chosen once per batch size: by measurement (cudnnFind*) when
+//   train.cudnn_benchmark is on, by its heuristics otherwise, and only among deterministic
+//   algorithms (so a run repeats bit for bit) unless train.deterministic is off. float32 forbids
+//   TF32 (CUDNN_FMA_MATH) and the FFT and Winograd algorithms (AlgoRules); tf32 allows them.
+// - dptrain's direct kernels, for short reductions per output (a first layer on one-channel
+//   images: kernels/conv_kernels.h says why); their input gradient, when needed, stays with cuDNN.
+// - dptrain's register-tiled 3x3 kernels (kernels/conv_tiled.h), which replace cuDNN in each
+//   direction where they are faster, or always under heuristics.
+// Under train.cudnn_benchmark every candidate of a direction is timed inside a CUDA graph, as the
+// step runs it (cuda/graph_timer.h); cudnnFind only proposes the candidates.
+// A ReLU after the layer can be absorbed: the forward's epilogue applies it, and the backward masks
+// the incoming gradient in the pass that sums the bias gradient (or in the direct kernel's staging).
 #include <algorithm>
+#include <cstdio>
+#include <functional>
+#include <limits>
+#include <utility>
 #include <string>
 #include <vector>
 
+#include "core/buffer.h"
 #include "cuda/check.h"
 #include "cuda/cuda_context.h"
 #include "cuda/cuda_layers.h"
 #include "cuda/cudnn_descriptors.h"
+#include "cuda/graph_timer.h"
+#include "cuda/raii.h"
 #include "kernels/conv_kernels.h"
+#include "kernels/conv_tiled.h"
 #include "kernels/layer_kernels.h"
 #include "layers/conv2d.h"
 
@@ -24,57 +39,120 @@ namespace {
 constexpr float kOne = 1.0f, kZero = 0.0f;
 constexpr size_t kMaxWorkspace = size_t{256} << 20;
 
-/// The first acceptable result of a Find or heuristic query (results come best first).
+/// Which cuDNN algorithms a run accepts. deterministic: only those that repeat bit for bit. exact
+/// (float32): no FFT or Winograd algorithm, whose transforms round differently from a float32 sum of
+/// products (their error, about 1e-6 relative, grows under Adadelta to 6e-4 of the parameters in 10
+/// steps against the CPU reference); tf32 accepts them with TF32 math, as the fast setting.
+struct AlgoRules {
+  bool deterministic = true;
+  bool exact = true;
+};
+
+bool transforms(cudnnConvolutionFwdAlgo_t a) {
+  return a == CUDNN_CONVOLUTION_FWD_ALGO_FFT || a == CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING ||
+         a == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD || a == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED;
+}
+bool transforms(cudnnConvolutionBwdDataAlgo_t a) {
+  return a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT || a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT_TILING ||
+         a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD || a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED;
+}
+bool transforms(cudnnConvolutionBwdFilterAlgo_t a) {
+  return a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT || a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT_TILING ||
+         a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED;
+}
+
 template <typename Perf>
-Perf pick(const Perf* results, int count, bool deterministic, const char* what) {
+bool allowed(const Perf& r, AlgoRules rules) {
+  return r.status == CUDNN_STATUS_SUCCESS && r.memory <= kMaxWorkspace &&
+         (!rules.deterministic || r.determinism == CUDNN_DETERMINISTIC) && (!rules.exact || !transforms(r.algo));
+}
+
+/// The first allowed result of a Find or heuristic query (results come best first).
+template <typename Perf>
+Perf pick(const Perf* results, int count, AlgoRules rules, const char* what) {
   for (int i = 0; i < count; ++i)
-    if (results[i].status == CUDNN_STATUS_SUCCESS && results[i].memory <= kMaxWorkspace &&
-        (!deterministic || results[i].determinism == CUDNN_DETERMINISTIC))
-      return results[i];
-  throw CudaError(std::string("cuDNN offers no ") + (deterministic ? "deterministic " : "") + what +
-                  " algorithm for this convolution");
+    if (allowed(results[i], rules)) return results[i];
+  throw CudaError(std::string("cuDNN offers no ") + (rules.deterministic ? "deterministic " : "") +
+                  (rules.exact ? "float32-exact " : "") + what + " algorithm for this convolution");
 }
 
 class Conv2dCuda final : public Conv2dLayer<float> {
  public:
   using Conv2dLayer<float>::Conv2dLayer;
 
+  bool absorb_following_relu(DeviceContext& ctx) override {
+    relu_ = ctx.cuda().options().fuse_relu;
+    return relu_;
+  }
+
   void reserve(DeviceContext& ctx, int max_batch) override {
     if (!filter_) create_descriptors(ctx.cuda().options().tf32);
     plan(ctx, max_batch);
+    const size_t need = relu_ ? static_cast<size_t>(max_batch) * output_dims().count() : 0;
+    if (masked_.size() < need) masked_ = Buffer<float>(Device::Cuda, need);
+    const size_t partials = kernels::bias_grad_channels_scratch(max_batch, out_channels());
+    if (bias_partials_.size() < partials) bias_partials_ = Buffer<float>(Device::Cuda, partials);
   }
 
   void forward(DeviceContext& ctx, TensorView<const float> in, TensorView<float> out, Phase, const StepInfo&) override {
     const Plan& p = plan(ctx, in.n);
     cudnnHandle_t h = ctx.cuda().cudnn();
     if (direct_) {
-      kernels::conv_direct_forward(in.data, params()[0].value.data(), params()[1].value.data(), out.data,
+      kernels::conv_direct_forward(in.data, params()[0].value.data(), params()[1].value.data(), out.data, relu_,
                                    geometry(in.n), ctx.cuda().stream());
+      return;
+    }
+    if (p.tiled_forward) {
+      kernels::tiled_conv_forward(in.data, params()[0].value.data(), params()[1].value.data(), out.data, relu_,
+                                  geometry(in.n), ctx.cuda().stream());
       return;
     }
     void* ws = ctx.cuda().workspace(p.workspace);
     CUDNN_CHECK(cudnnConvolutionForward(h, &kOne, p.x, in.data, filter_, params()[0].value.data(), conv_, p.fwd, ws,
                                         p.workspace, &kZero, p.y, out.data));
-    CUDNN_CHECK(cudnnAddTensor(h, &kOne, bias_, params()[1].value.data(), &kOne, p.y, out.data));
+    const Dims od = output_dims();
+    kernels::add_bias_channels(out.data, params()[1].value.data(), in.n, od.c, od.h * od.w, relu_, ctx.cuda().stream());
   }
 
-  void backward(DeviceContext& ctx, TensorView<const float> in, TensorView<const float>, TensorView<const float> dout,
-                TensorView<float> din) override {
+  // With an absorbed ReLU, dout is dL/d(ReLU output): the gradient of the convolution is dout
+  // where out > 0. The bias-gradient pass (or the direct kernel's staging) applies that mask.
+  void backward(DeviceContext& ctx, TensorView<const float> in, TensorView<const float> out,
+                TensorView<const float> dout, TensorView<float> din) override {
     const Plan& p = plan(ctx, in.n);
     cudnnHandle_t h = ctx.cuda().cudnn();
+    cudaStream_t stream = ctx.cuda().stream();
     void* ws = ctx.cuda().workspace(p.workspace);
+    const float* dy = dout.data;
     if (direct_) {
-      kernels::conv_direct_filter_grad(in.data, dout.data, params()[0].grad.data(), params()[1].grad.data(), ws,
-                                       geometry(in.n), ctx.cuda().stream());
+      const float* relu_out = relu_ ? out.data : nullptr;
+      if (relu_ && din.data != nullptr) {  // the input gradient needs the masked gradient itself
+        kernels::relu_backward(dout.data, out.data, masked_.data(), out.size(), stream);
+        dy = masked_.data();
+        relu_out = nullptr;
+      }
+      kernels::conv_direct_filter_grad(in.data, dy, relu_out, params()[0].grad.data(), params()[1].grad.data(), ws,
+                                       geometry(in.n), stream);
+    } else if (p.tiled_filter) {  // its filter-gradient kernel also sums the bias gradient
+      if (relu_) {
+        kernels::relu_backward(dout.data, out.data, masked_.data(), out.size(), stream);
+        dy = masked_.data();
+      }
+      kernels::tiled_conv_filter_grad(in.data, dy, params()[0].grad.data(), params()[1].grad.data(), ws,
+                                      geometry(in.n), stream);
     } else {
-      const Dims out = output_dims();
-      kernels::bias_grad_channels(dout.data, params()[1].grad.data(), in.n, out.c, out.h * out.w, ctx.cuda().stream());
-      CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, &kOne, p.x, in.data, p.y, dout.data, conv_, p.bwd_filter, ws,
-                                                 p.workspace, &kZero, filter_, params()[0].grad.data()));
+      const Dims od = output_dims();
+      kernels::bias_grad_channels(dout.data, relu_ ? out.data : nullptr, masked_.data(), params()[1].grad.data(),
+                                  bias_partials_.data(), in.n, od.c, od.h * od.w, stream);
+      if (relu_) dy = masked_.data();
+      CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, &kOne, p.x, in.data, p.y, dy, conv_, p.bwd_filter, ws, p.workspace,
+                                                 &kZero, filter_, params()[0].grad.data()));
     }
-    if (din.data != nullptr)
-      CUDNN_CHECK(cudnnConvolutionBackwardData(h, &kOne, filter_, params()[0].value.data(), p.y, dout.data, conv_,
-                                               p.bwd_data, ws, p.workspace, &kZero, p.x, din.data));
+    if (din.data == nullptr) return;
+    if (p.tiled_data)
+      kernels::tiled_conv_backward_data(dy, params()[0].value.data(), din.data, ws, geometry(in.n), stream);
+    else
+      CUDNN_CHECK(cudnnConvolutionBackwardData(h, &kOne, filter_, params()[0].value.data(), p.y, dy, conv_, p.bwd_data,
+                                               ws, p.workspace, &kZero, p.x, din.data));
   }
 
  private:
@@ -84,6 +162,7 @@ class Conv2dCuda final : public Conv2dLayer<float> {
     cudnnConvolutionFwdAlgo_t fwd{};
     cudnnConvolutionBwdDataAlgo_t bwd_data{};
     cudnnConvolutionBwdFilterAlgo_t bwd_filter{};
+    bool tiled_forward = false, tiled_data = false, tiled_filter = false;  // kernels/conv_tiled.h instead
     size_t workspace = 0;
   };
 
@@ -105,7 +184,6 @@ class Conv2dCuda final : public Conv2dLayer<float> {
     CUDNN_CHECK(cudnnSetConvolution2dDescriptor(c, padding(), padding(), stride(), stride(), 1, 1,
                                                 CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT));
     CUDNN_CHECK(cudnnSetConvolutionMathType(c, tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH));
-    bias_ = make_tensor_desc(1, out_channels(), 1, 1);
   }
 
   const Plan& plan(DeviceContext& ctx, int n) {
@@ -116,45 +194,164 @@ class Conv2dCuda final : public Conv2dLayer<float> {
     p.n = n;
     p.x = make_tensor_desc(n, in.c, in.h, in.w);
     p.y = make_tensor_desc(n, out.c, out.h, out.w);
+    if (ctx.cuda().options().cudnn_benchmark)
+      measure_plan(ctx, p);
+    else
+      heuristic_plan(ctx, p);
     cudnnHandle_t h = ctx.cuda().cudnn();
-    constexpr int kMax = 16;
-    int found = 0;
-    const bool det = ctx.cuda().options().deterministic;
-    if (ctx.cuda().options().cudnn_benchmark) {
-      cudnnConvolutionFwdAlgoPerf_t f[kMax];
-      CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithm(h, p.x, filter_, conv_, p.y, kMax, &found, f));
-      p.fwd = pick(f, found, det, "forward").algo;
-      cudnnConvolutionBwdDataAlgoPerf_t d[kMax];
-      CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(h, filter_, p.y, conv_, p.x, kMax, &found, d));
-      p.bwd_data = pick(d, found, det, "backward-data").algo;
-      cudnnConvolutionBwdFilterAlgoPerf_t w[kMax];
-      CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(h, p.x, p.y, conv_, filter_, kMax, &found, w));
-      p.bwd_filter = pick(w, found, det, "backward-filter").algo;
-    } else {
-      cudnnConvolutionFwdAlgoPerf_t f[kMax];
-      CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, p.x, filter_, conv_, p.y, kMax, &found, f));
-      p.fwd = pick(f, found, det, "forward").algo;
-      cudnnConvolutionBwdDataAlgoPerf_t d[kMax];
-      CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, filter_, p.y, conv_, p.x, kMax, &found, d));
-      p.bwd_data = pick(d, found, det, "backward-data").algo;
-      cudnnConvolutionBwdFilterAlgoPerf_t w[kMax];
-      CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, p.x, p.y, conv_, filter_, kMax, &found, w));
-      p.bwd_filter = pick(w, found, det, "backward-filter").algo;
-    }
     size_t a = 0, b = 0, c = 0;
-    CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(h, p.x, filter_, conv_, p.y, p.fwd, &a));
-    CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(h, filter_, p.y, conv_, p.x, p.bwd_data, &b));
-    CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(h, p.x, p.y, conv_, filter_, p.bwd_filter, &c));
-    p.workspace = std::max({a, b, c, direct_ ? kernels::conv_direct_filter_grad_scratch(geometry(n)) : size_t{0}});
+    if (!direct_ && !p.tiled_forward)
+      CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(h, p.x, filter_, conv_, p.y, p.fwd, &a));
+    if (!p.tiled_data)
+      CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(h, filter_, p.y, conv_, p.x, p.bwd_data, &b));
+    if (!direct_ && !p.tiled_filter)
+      CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(h, p.x, p.y, conv_, filter_, p.bwd_filter, &c));
+    const bool tiled = p.tiled_forward || p.tiled_data || p.tiled_filter;
+    p.workspace = std::max({a, b, c, direct_ ? kernels::conv_direct_filter_grad_scratch(geometry(n)) : size_t{0},
+                            tiled ? kernels::tiled_conv_scratch(geometry(n)) : size_t{0}});
     ctx.cuda().workspace(p.workspace);  // grow now, never inside a step
     plans_.push_back(std::move(p));
     return plans_.back();
   }
 
+  /// cuDNN's heuristics for each direction; the tiled kernels wherever they serve the shape.
+  void heuristic_plan(DeviceContext& ctx, Plan& p) {
+    cudnnHandle_t h = ctx.cuda().cudnn();
+    constexpr int kMax = 16;
+    int found = 0;
+    const AlgoRules rules{ctx.cuda().options().deterministic, !ctx.cuda().options().tf32};
+    cudnnConvolutionFwdAlgoPerf_t f[kMax];
+    CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, p.x, filter_, conv_, p.y, kMax, &found, f));
+    p.fwd = pick(f, found, rules, "forward").algo;
+    cudnnConvolutionBwdDataAlgoPerf_t d[kMax];
+    CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, filter_, p.y, conv_, p.x, kMax, &found, d));
+    p.bwd_data = pick(d, found, rules, "backward-data").algo;
+    cudnnConvolutionBwdFilterAlgoPerf_t w[kMax];
+    CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, p.x, p.y, conv_, filter_, kMax, &found, w));
+    p.bwd_filter = pick(w, found, rules, "backward-filter").algo;
+    p.tiled_forward = p.tiled_data = p.tiled_filter = !direct_ && kernels::tiled_conv_fits(geometry(p.n));
+  }
+
+  /// By measurement: cudnnFind proposes algorithms (its eager times include launch overhead that a
+  /// graph-replayed step never pays, which misranks the short kernels of small batches); the best
+  /// few that are allowed, and the tiled kernels where they serve, are each timed inside a CUDA
+  /// graph with the bias and ReLU work that goes with them, and the fastest is kept.
+  void measure_plan(DeviceContext& ctx, Plan& p) {
+    MeasureScratch m(*this, p.n);
+    cudnnHandle_t h = ctx.cuda().cudnn();
+    cudaStream_t st = ctx.cuda().stream();
+    const AlgoRules rules{ctx.cuda().options().deterministic, !ctx.cuda().options().tf32};
+    const kernels::ConvGeometry g = geometry(p.n);
+    const kernels::ConvGeometry* tiled = !direct_ && kernels::tiled_conv_fits(g) ? &g : nullptr;
+    const Dims od = output_dims();
+    constexpr int kMax = 16;
+    int found = 0;
+    if (!direct_) {
+      cudnnConvolutionFwdAlgoPerf_t f[kMax];
+      CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithm(h, p.x, filter_, conv_, p.y, kMax, &found, f));
+      const Choice best = fastest(f, found, rules, "forward", st, [&](const auto& r, void* ws) {
+        CUDNN_CHECK(cudnnConvolutionForward(h, &kOne, p.x, m.x.data(), filter_, m.w.data(), conv_, r.algo, ws,
+                                            r.memory, &kZero, p.y, m.y.data()));
+        kernels::add_bias_channels(m.y.data(), m.b.data(), p.n, od.c, od.h * od.w, relu_, st);
+      }, tiled, [&](void*) { kernels::tiled_conv_forward(m.x.data(), m.w.data(), m.b.data(), m.y.data(), relu_, g, st); });
+      p.tiled_forward = best.index < 0;
+      p.fwd = best.index < 0 ? p.fwd : f[best.index].algo;
+      note(ctx, p.n, "forward", best, f);
+    }
+    cudnnConvolutionBwdDataAlgoPerf_t d[kMax];
+    CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(h, filter_, p.y, conv_, p.x, kMax, &found, d));
+    const Choice best_data = fastest(d, found, rules, "backward-data", st, [&](const auto& r, void* ws) {
+      CUDNN_CHECK(cudnnConvolutionBackwardData(h, &kOne, filter_, m.w.data(), p.y, m.y.data(), conv_, r.algo, ws,
+                                               r.memory, &kZero, p.x, m.x.data()));
+    }, tiled, [&](void* ws) { kernels::tiled_conv_backward_data(m.y.data(), m.w.data(), m.x.data(), ws, g, st); });
+    p.tiled_data = best_data.index < 0;
+    p.bwd_data = best_data.index < 0 ? p.bwd_data : d[best_data.index].algo;
+    note(ctx, p.n, "backward-data", best_data, d);
+    if (direct_) return;
+    cudnnConvolutionBwdFilterAlgoPerf_t w[kMax];
+    CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(h, p.x, p.y, conv_, filter_, kMax, &found, w));
+    float* masked = relu_ ? m.masked.data() : nullptr;
+    const Choice best_filter = fastest(w, found, rules, "backward-filter", st, [&](const auto& r, void* ws) {
+      kernels::bias_grad_channels(m.y.data(), relu_ ? m.y.data() : nullptr, masked, m.b.data(), m.partials.data(),
+                                  p.n, od.c, od.h * od.w, st);
+      CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, &kOne, p.x, m.x.data(), p.y, relu_ ? masked : m.y.data(), conv_,
+                                                 r.algo, ws, r.memory, &kZero, filter_, m.w.data()));
+    }, tiled, [&](void* ws) {
+      if (relu_) kernels::relu_backward(m.y.data(), m.y.data(), masked, m.y.size(), st);
+      kernels::tiled_conv_filter_grad(m.x.data(), relu_ ? masked : m.y.data(), m.w.data(), m.b.data(), ws, g, st);
+    });
+    p.tiled_filter = best_filter.index < 0;
+    p.bwd_filter = best_filter.index < 0 ? p.bwd_filter : w[best_filter.index].algo;
+    note(ctx, p.n, "backward-filter", best_filter, w);
+  }
+
+  /// Tensors of one batch for timing, filled with 0.0115 (never zeros: some kernels skip them).
+  struct MeasureScratch {
+    Buffer<float> x, y, w, b, masked, partials;
+    MeasureScratch(Conv2dCuda& layer, int n)
+        : x(Device::Cuda, static_cast<size_t>(n) * layer.input_dims().count()),
+          y(Device::Cuda, static_cast<size_t>(n) * layer.output_dims().count()),
+          w(Device::Cuda, layer.params()[0].value.size()), b(Device::Cuda, layer.params()[1].value.size()),
+          masked(Device::Cuda, layer.relu_ ? y.size() : 0),
+          partials(Device::Cuda, kernels::bias_grad_channels_scratch(n, layer.out_channels())) {
+      for (Buffer<float>* t : {&x, &y, &w, &b}) CUDA_CHECK(cudaMemset(t->data(), 0x3c, t->size() * sizeof(float)));
+    }
+  };
+
+  /// The fastest allowed cuDNN result in a graph (index -1: the tiled kernels are faster). Only
+  /// the first kCandidates allowed results are timed; one that cannot be captured is passed over
+  /// (the first stays the answer if none can be: an eager step, train.cuda_graph off, still runs).
+  struct Choice {
+    int index = -1;
+    double us = 0, cudnn_us = 0;  // the chosen one's graph time; the best cuDNN one's
+  };
+  template <typename Perf, typename CudnnOp>
+  Choice fastest(const Perf* results, int count, AlgoRules rules, const char* what, cudaStream_t st, CudnnOp cudnn_op,
+                 const kernels::ConvGeometry* tiled, const std::function<void(void*)>& tiled_op) {
+    constexpr int kCandidates = 4;
+    std::vector<int> candidates;
+    size_t memory = tiled ? kernels::tiled_conv_scratch(*tiled) : 0;
+    for (int i = 0; i < count && static_cast<int>(candidates.size()) < kCandidates; ++i)
+      if (allowed(results[i], rules)) {
+        candidates.push_back(i);
+        memory = std::max(memory, results[i].memory);
+      }
+    if (candidates.empty() && !tiled) pick(results, count, rules, what);  // throws: nothing allowed
+    Buffer<uint8_t> ws(Device::Cuda, std::max<size_t>(memory, 1));
+    Choice best{candidates.empty() ? -1 : candidates.front(), std::numeric_limits<double>::infinity(), 0};
+    for (int i : candidates) {
+      try {
+        const double us = graph_time_us(st, [&] { cudnn_op(results[i], ws.data()); });
+        if (us < best.us) best.index = i, best.us = us;
+      } catch (const CudaError&) {  // not capturable: never chosen, since the step is a graph
+      }
+    }
+    best.cudnn_us = best.us;
+    if (tiled) {
+      const double us = graph_time_us(st, [&] { tiled_op(ws.data()); });
+      if (us < best.us) best.index = -1, best.us = us;
+    }
+    return best;
+  }
+
+  template <typename Perf>
+  void note(DeviceContext& ctx, int n, const char* direction, const Choice& c, const Perf* results) {
+    char line[160];
+    if (c.index < 0)
+      std::snprintf(line, sizeof line, "%s batch %d %s: tiled kernels %.1f us (best cuDNN %.1f us)", name().c_str(), n,
+                    direction, c.us, c.cudnn_us);
+    else
+      std::snprintf(line, sizeof line, "%s batch %d %s: cuDNN algorithm %d %.1f us", name().c_str(), n, direction,
+                    static_cast<int>(results[c.index].algo), c.us);
+    ctx.cuda().note_choice(line);
+  }
+
   bool direct_ = false;
+  bool relu_ = false;     // applies the ReLU that follows (absorb_following_relu)
+  Buffer<float> masked_;  // with relu_: the gradient after the ReLU's mask
+  Buffer<float> bias_partials_;
   CudnnFilterDesc filter_;
   CudnnConvDesc conv_;
-  CudnnTensorDesc bias_;
   std::vector<Plan> plans_;
 };
 

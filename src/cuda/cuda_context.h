@@ -9,6 +9,8 @@
 
 #include <cstddef>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "core/buffer.h"
 #include "core/step_state.h"
@@ -21,6 +23,8 @@ struct CudaOptions {
   bool tf32 = false;           ///< allow TF32 tensor-core math in cuDNN and cuBLAS
   bool cudnn_benchmark = true; ///< pick conv algorithms by measurement (else heuristics)
   bool deterministic = true;   ///< only algorithms that repeat bit for bit
+  bool fuse_relu = true;       ///< convolutions and linear layers apply the ReLU after them (off under
+                               ///< --check-numerics, so every layer's own output is checked)
 };
 
 class CudaContext {
@@ -45,6 +49,11 @@ class CudaContext {
   void* workspace(size_t bytes);
   size_t workspace_size() const { return workspace_.size(); }
 
+  /// What layers chose by measurement while setting up (e.g. each convolution's algorithms with
+  /// their times), one line each, for `dptrain bench` to report.
+  void note_choice(std::string line) { choices_.push_back(std::move(line)); }
+  const std::vector<std::string>& choices() const { return choices_; }
+
  private:
   CudaOptions options_;
   std::string device_name_;
@@ -54,6 +63,7 @@ class CudaContext {
   Buffer<uint8_t> workspace_;
   Buffer<uint8_t> step_state_;  // one StepState
   Buffer<uint8_t> cublas_workspace_;  // given to cuBLAS so it never allocates inside a captured graph
+  std::vector<std::string> choices_;
 };
 
 /// Number of usable CUDA devices; 0 (never an exception) when there is no driver or no GPU.

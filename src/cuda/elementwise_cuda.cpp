@@ -25,12 +25,13 @@ class ReluCuda final : public ReluLayer<float> {
   }
   void reserve(DeviceContext&, int max_batch) override { descs_.get(max_batch); }
   void forward(DeviceContext& ctx, TensorView<const float> in, TensorView<float> out, Phase, const StepInfo&) override {
+    if (absorbed()) return;  // the layer before applied it
     cudnnTensorDescriptor_t d = descs_.get(in.n);
     CUDNN_CHECK(cudnnActivationForward(ctx.cuda().cudnn(), act_, &kOne, d, in.data, &kZero, d, out.data));
   }
   void backward(DeviceContext& ctx, TensorView<const float> in, TensorView<const float> out, TensorView<const float> dout,
                 TensorView<float> din) override {
-    if (din.data == nullptr) return;
+    if (din.data == nullptr || absorbed()) return;
     cudnnTensorDescriptor_t d = descs_.get(in.n);
     CUDNN_CHECK(cudnnActivationBackward(ctx.cuda().cudnn(), act_, &kOne, d, out.data, d, dout.data, d, in.data, &kZero,
                                         d, din.data));
@@ -96,12 +97,13 @@ class FlattenCuda final : public FlattenLayer<float> {
  public:
   using FlattenLayer<float>::FlattenLayer;
   void forward(DeviceContext& ctx, TensorView<const float> in, TensorView<float> out, Phase, const StepInfo&) override {
+    if (out.data == in.data) return;  // the model's view: nothing to move
     CUDA_CHECK(cudaMemcpyAsync(out.data, in.data, sizeof(float) * static_cast<size_t>(in.size()),
                                cudaMemcpyDeviceToDevice, ctx.cuda().stream()));
   }
   void backward(DeviceContext& ctx, TensorView<const float> in, TensorView<const float>, TensorView<const float> dout,
                 TensorView<float> din) override {
-    if (din.data != nullptr)
+    if (din.data != nullptr && din.data != dout.data)
       CUDA_CHECK(cudaMemcpyAsync(din.data, dout.data, sizeof(float) * static_cast<size_t>(in.size()),
                                  cudaMemcpyDeviceToDevice, ctx.cuda().stream()));
   }
@@ -111,14 +113,9 @@ class SoftmaxCrossEntropyCuda final : public SoftmaxCrossEntropy<float> {
  public:
   void forward_backward(DeviceContext& ctx, TensorView<const float> logits, const int32_t* labels, float grad_scale,
                         TensorView<float> dlogits, double* sums) override {
-    // Grows on the first call with a larger batch; the trainer makes that call before any capture.
-    if (scratch_.size() < 2 * static_cast<size_t>(logits.n)) scratch_ = Buffer<double>(Device::Cuda, 2 * static_cast<size_t>(logits.n));
     kernels::softmax_cross_entropy(logits.data, labels, logits.n, static_cast<int>(logits.sample_size()), grad_scale,
-                                   dlogits.data, sums, scratch_.data(), ctx.cuda().stream());
+                                   dlogits.data, sums, ctx.cuda().stream());
   }
-
- private:
-  Buffer<double> scratch_;
 };
 
 }  // namespace

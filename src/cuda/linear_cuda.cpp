@@ -1,5 +1,6 @@
 // Linear on CUDA: cuBLAS GEMMs on the row-major tensors (read by cuBLAS as their column-major
-// transposes) and the bias kernels.
+// transposes) and the bias kernels, which also apply a following ReLU when the layer absorbed it.
+#include "core/buffer.h"
 #include "cuda/check.h"
 #include "cuda/cuda_context.h"
 #include "cuda/cuda_layers.h"
@@ -16,27 +17,44 @@ class LinearCuda final : public LinearLayer<float> {
  public:
   using LinearLayer<float>::LinearLayer;
 
+  bool absorb_following_relu(DeviceContext& ctx) override {
+    relu_ = ctx.cuda().options().fuse_relu;
+    return relu_;
+  }
+
+  void reserve(DeviceContext&, int max_batch) override {
+    const size_t need = relu_ ? static_cast<size_t>(max_batch) * out_features() : 0;
+    if (masked_.size() < need) masked_ = Buffer<float>(Device::Cuda, need);
+  }
+
   void forward(DeviceContext& ctx, TensorView<const float> in, TensorView<float> out, Phase, const StepInfo&) override {
     const int n = in.n, fi = in_features(), fo = out_features();
     // y^T[fo, n] = W[fo, fi] x^T[fi, n]  (W^T and x^T are what cuBLAS sees)
     CUBLAS_CHECK(cublasSgemm(ctx.cuda().cublas(), CUBLAS_OP_T, CUBLAS_OP_N, fo, n, fi, &kOne, params()[0].value.data(),
                              fi, in.data, fi, &kZero, out.data, fo));
-    kernels::add_bias_rows(out.data, params()[1].value.data(), n, fo, ctx.cuda().stream());
+    kernels::add_bias_rows(out.data, params()[1].value.data(), n, fo, relu_, ctx.cuda().stream());
   }
 
-  void backward(DeviceContext& ctx, TensorView<const float> in, TensorView<const float>, TensorView<const float> dout,
-                TensorView<float> din) override {
+  // With an absorbed ReLU, dout is dL/d(ReLU output); the bias-gradient pass masks it (out > 0).
+  void backward(DeviceContext& ctx, TensorView<const float> in, TensorView<const float> out,
+                TensorView<const float> dout, TensorView<float> din) override {
     const int n = in.n, fi = in_features(), fo = out_features();
     cublasHandle_t h = ctx.cuda().cublas();
+    kernels::bias_grad_rows(dout.data, relu_ ? out.data : nullptr, masked_.data(), params()[1].grad.data(), n, fo,
+                            ctx.cuda().stream());
+    const float* dy = relu_ ? masked_.data() : dout.data;
     // dW^T[fi, fo] = x^T[fi, n] dy[n, fo]
-    CUBLAS_CHECK(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_T, fi, fo, n, &kOne, in.data, fi, dout.data, fo, &kZero,
+    CUBLAS_CHECK(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_T, fi, fo, n, &kOne, in.data, fi, dy, fo, &kZero,
                              params()[0].grad.data(), fi));
-    kernels::bias_grad_rows(dout.data, params()[1].grad.data(), n, fo, ctx.cuda().stream());
     // dx^T[fi, n] = W^T[fi, fo] dy^T[fo, n]
     if (din.data != nullptr)
-      CUBLAS_CHECK(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, fi, n, fo, &kOne, params()[0].value.data(), fi, dout.data,
-                               fo, &kZero, din.data, fi));
+      CUBLAS_CHECK(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, fi, n, fo, &kOne, params()[0].value.data(), fi, dy, fo,
+                               &kZero, din.data, fi));
   }
+
+ private:
+  bool relu_ = false;     // applies the ReLU that follows (absorb_following_relu)
+  Buffer<float> masked_;  // with relu_: the gradient after the ReLU's mask
 };
 
 }  // namespace

@@ -18,6 +18,13 @@ class ReluLayer : public Layer<T> {
  public:
   ReluLayer(const LayerConfig& c, int index, Dims in) : Layer<T>(c.name, index, in) { this->set_output_dims(in); }
   std::string_view type() const override { return "relu"; }
+  bool is_view() const override { return absorbed_; }
+  /// The layer before applies this ReLU (Layer::absorb_following_relu): forward and backward do nothing.
+  void mark_absorbed() { absorbed_ = true; }
+  bool absorbed() const { return absorbed_; }
+
+ private:
+  bool absorbed_ = false;
 };
 
 template <typename T>
@@ -43,6 +50,7 @@ class FlattenLayer : public Layer<T> {
     this->set_output_dims(Dims{static_cast<int>(in.count()), 1, 1});
   }
   std::string_view type() const override { return "flatten"; }
+  bool is_view() const override { return true; }
 };
 
 }  // namespace dptrain

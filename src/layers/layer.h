@@ -68,6 +68,19 @@ class Layer {
   /// Receives the views of its parameters, one per param_specs() entry, same order.
   void bind(std::vector<ParamView<T>> params) { params_ = std::move(params); }
 
+  /// Offers this layer the ReLU that follows it. A layer that takes it (on CUDA: convolutions and
+  /// linear layers, as a fused epilogue) from then on outputs max(y, 0), and its backward receives
+  /// dL/d(ReLU output) and applies the ReLU's mask itself. Called before reserve().
+  virtual bool absorb_following_relu(DeviceContext& ctx) {
+    (void)ctx;
+    return false;
+  }
+
+  /// Whether the output is the input itself (flatten; a ReLU absorbed by the layer before it). The
+  /// model then gives the output and its gradient the input's buffers, and forward/backward do
+  /// nothing when handed the same memory for both.
+  virtual bool is_view() const { return false; }
+
   /// Sizes scratch space (dropout masks, pooling indices, im2col columns) for up to max_batch
   /// samples. Called once before the first forward; may be called again with a larger batch.
   virtual void reserve(DeviceContext& ctx, int max_batch) {

@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "core/error.h"
+#include "layers/elementwise.h"
 #include "layers/layer_factory.h"
 
 namespace dptrain {
@@ -44,15 +45,22 @@ Model<T>::Model(const ModelConfig& config, DeviceContext& ctx, int max_batch)
                                          to_string(dims) + " values per sample, but the loss needs " +
                                          std::to_string(num_classes_) + " class scores (Cx1x1)");
   loss_ = make_softmax_cross_entropy<T>(ctx.device());
+  for (size_t i = 0; i + 1 < layers_.size(); ++i)
+    if (auto* relu = dynamic_cast<ReluLayer<T>*>(layers_[i + 1].get()))
+      if (layers_[i]->absorb_following_relu(ctx)) relu->mark_absorbed();
 
   params_ = ParamStore<T>(ctx.device(), collect_params(layers_));
   size_t entry = 0;
-  for (auto& layer : layers_) {
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    Layer<T>& layer = *layers_[i];
     std::vector<ParamView<T>> views;
-    for (size_t k = 0; k < layer->param_specs().size(); ++k) views.push_back(params_.view(entry++));
-    layer->bind(std::move(views));
-    layer->reserve(ctx, max_batch);
-    const size_t count = static_cast<size_t>(max_batch) * layer->output_dims().count();
+    for (size_t k = 0; k < layer.param_specs().size(); ++k) views.push_back(params_.view(entry++));
+    layer.bind(std::move(views));
+    layer.reserve(ctx, max_batch);
+    // A view shares the buffers of the layer before it (the first layer's input is not ours).
+    const bool view = i > 0 && layer.is_view();
+    owner_.push_back(view ? owner_[i - 1] : i);
+    const size_t count = view ? 0 : static_cast<size_t>(max_batch) * layer.output_dims().count();
     acts_.emplace_back(ctx.device(), count);
     act_grads_.emplace_back(ctx.device(), count);
   }
@@ -69,12 +77,12 @@ Model<T>::Model(const ModelConfig& config, DeviceContext& ctx, int max_batch)
 
 template <typename T>
 TensorView<T> Model<T>::activation(size_t i, int n) {
-  return {acts_[i].data(), n, layers_[i]->output_dims()};
+  return {acts_[owner_[i]].data(), n, layers_[i]->output_dims()};
 }
 
 template <typename T>
 TensorView<T> Model<T>::activation_grad(size_t i, int n) {
-  return {act_grads_[i].data(), n, layers_[i]->output_dims()};
+  return {act_grads_[owner_[i]].data(), n, layers_[i]->output_dims()};
 }
 
 template <typename T>

@@ -1,6 +1,7 @@
 // Model<T>: the network built from a ModelConfig (Caffe's Net): its layers in order, the flat
 // parameter/gradient store they view, and one activation and one activation-gradient buffer per
-// layer, all sized once for max_batch samples. forward() and backward() queue work on the
+// layer (shared with the layer before for views: flatten, an absorbed ReLU), all sized once for
+// max_batch samples. forward() and backward() queue work on the
 // context's device and return without synchronising.
 #pragma once
 
@@ -61,7 +62,8 @@ class Model {
   std::vector<std::unique_ptr<Layer<T>>> layers_;
   std::unique_ptr<SoftmaxCrossEntropy<T>> loss_;
   ParamStore<T> params_;
-  std::vector<Buffer<T>> acts_;       // acts_[i]: output of layer i
+  std::vector<size_t> owner_;         // owner_[i]: the layer whose buffers hold layer i's output (i, or before a view)
+  std::vector<Buffer<T>> acts_;       // acts_[i]: output of layer i (empty for a view)
   std::vector<Buffer<T>> act_grads_;  // act_grads_[i]: dL/d(output of layer i)
   std::vector<std::pair<size_t, size_t>> grad_ranges_;  // per layer: [begin, end) in the flat buffer
   TensorView<const T> last_input_{};

@@ -60,8 +60,10 @@ struct LayerRun {
   std::vector<float> out, din, grads;
 };
 
+/// Binds fresh parameters, runs forward then backward. `backward_out` (may be null) replaces the
+/// forward's output as the `out` that backward sees.
 LayerRun run_layer(DeviceContext& ctx, Layer<float>& layer, const std::vector<float>& params, const std::vector<float>& x,
-                   const std::vector<float>& dy, int n, Phase phase) {
+                   const std::vector<float>& dy, int n, Phase phase, const std::vector<float>* backward_out = nullptr) {
   const Device dev = ctx.device();
   const std::vector<ParamSpec> specs = layer.param_specs();
   Buffer<float> pv(dev, std::max<size_t>(params.size(), 1)), pg(dev, std::max<size_t>(params.size(), 1));
@@ -82,9 +84,11 @@ LayerRun run_layer(DeviceContext& ctx, Layer<float>& layer, const std::vector<fl
   const StepInfo step{11, 2, 640};
   ctx.set_step(StepState{step, {}});
   layer.forward(ctx, TensorView<const float>{bx.data(), n, in}, TensorView<float>{by.data(), n, od}, phase, step);
+  std::vector<float> out = to_host(ctx, by, dy.size());
+  if (backward_out != nullptr) upload(ctx, by.span(), std::span<const float>(*backward_out));
   layer.backward(ctx, TensorView<const float>{bx.data(), n, in}, TensorView<const float>{by.data(), n, od},
                  TensorView<const float>{bdy.data(), n, od}, TensorView<float>{bdx.data(), n, in});
-  return {to_host(ctx, by, dy.size()), to_host(ctx, bdx, x.size()), to_host(ctx, pg, params.size())};
+  return {std::move(out), to_host(ctx, bdx, x.size()), to_host(ctx, pg, params.size())};
 }
 
 void compare_layer(DeviceContext& cpu, DeviceContext& gpu, const LayerConfig& c, Dims in, int n, double tol,
@@ -160,15 +164,56 @@ TEST_F(CudaBackend, LinearReluPoolDropoutFlattenMatchCpu) {
   }
 }
 
+// A convolution or linear layer that absorbed the ReLU after it (the CUDA model does this) equals
+// the CPU's layer followed by a ReLU. The GPU's backward is given the CPU's ReLU output, so the
+// mask is the same even where an output rounds to the other side of zero.
+TEST_F(CudaBackend, AbsorbedReluMatchesCpuLayerThenRelu) {
+  LayerConfig wide = layer("conv2d"), direct = layer("conv2d"), lin = layer("linear");
+  wide.out_channels = 64;
+  wide.kernel = direct.kernel = 3;
+  direct.out_channels = 32;
+  lin.out_features = 128;
+  struct Case {
+    LayerConfig config;
+    Dims in;
+  };
+  for (const Case& c : {Case{wide, Dims{32, 26, 26}}, Case{direct, Dims{1, 28, 28}}, Case{lin, Dims{64, 12, 12}}}) {
+    for (int n : {64, 5}) {
+      auto lc = make_layer<float>(c.config, 3, c.in, Device::Cpu);
+      auto lg = make_layer<float>(c.config, 3, c.in, Device::Cuda);
+      ASSERT_TRUE(lg->absorb_following_relu(*gpu_)) << c.config.name;
+      size_t np = 0;
+      for (const ParamSpec& s : lc->param_specs()) np += static_cast<size_t>(element_count(s.shape));
+      const std::vector<float> params = randoms(np, 7, -0.3f, 0.3f);
+      const std::vector<float> x = randoms(static_cast<size_t>(n) * c.in.count(), 8);
+      const std::vector<float> dy = randoms(static_cast<size_t>(n) * lc->output_dims().count(), 9);
+      // CPU: the layer, a ReLU on its output, then the layer's backward from the masked gradient.
+      std::vector<float> relu_out = run_layer(cpu_, *lc, params, x, dy, n, Phase::Train).out, masked(dy.size());
+      for (size_t i = 0; i < dy.size(); ++i) {
+        relu_out[i] = relu_out[i] > 0.0f ? relu_out[i] : 0.0f;
+        masked[i] = relu_out[i] > 0.0f ? dy[i] : 0.0f;
+      }
+      const LayerRun want = run_layer(cpu_, *lc, params, x, masked, n, Phase::Train);
+      // GPU: forward with the ReLU fused; backward from dy with the CPU's ReLU output as the mask.
+      const LayerRun got = run_layer(*gpu_, *lg, params, x, dy, n, Phase::Train, &relu_out);
+      EXPECT_LE(rel(got.out, relu_out), 1e-5) << c.config.name << " forward, n=" << n;
+      EXPECT_LE(rel(got.din, want.din), 1e-5) << c.config.name << " input gradient, n=" << n;
+      EXPECT_LE(rel(got.grads, want.grads), 1e-5) << c.config.name << " parameter gradients, n=" << n;
+    }
+  }
+}
+
 // Max pooling is a custom kernel that keeps the CPU's first maximum and its order of summing
 // gradients: equal bit for bit, with many exact ties and with overlapping, padded windows.
 TEST_F(CudaBackend, MaxPoolMatchesCpuBitForBitWithTiesAndOverlap) {
   struct Window {
     int kernel, stride, padding;
   };
-  const Dims in{3, 11, 10};
   const int n = 4;
-  for (Window w : {Window{2, 2, 0}, Window{3, 2, 1}, Window{3, 1, 1}, Window{2, 1, 0}}) {
+  for (Window w : {Window{2, 2, 0}, Window{3, 2, 1}, Window{3, 1, 1}, Window{2, 1, 0}, Window{2, 2, -1}}) {
+    // Window{2, 2, -1}: no padding on a 10x12 plane, which 2x2 windows tile exactly (one write per window).
+    const Dims in = w.padding < 0 ? Dims{3, 10, 12} : Dims{3, 11, 10};
+    w.padding = std::max(w.padding, 0);
     LayerConfig c = layer("maxpool2d");
     c.kernel = w.kernel;
     c.stride = w.stride;

@@ -33,9 +33,12 @@ class CudaNumerics : public ::testing::Test {
   void SetUp() override {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
   }
+  // A context as `dptrain train --check-numerics` makes it: ReLUs stay layers of their own (not
+  // absorbed by the layer before), so every layer's output is a check point, as on the CPU.
   static DeviceContext gpu(bool cudnn_benchmark = true) {
     TrainConfig t;
     t.cudnn_benchmark = cudnn_benchmark;
+    t.check_numerics = true;
     return make_device_context(Device::Cuda, t);
   }
 };

@@ -72,11 +72,12 @@ class FlattenCpu final : public FlattenLayer<T> {
  public:
   using FlattenLayer<T>::FlattenLayer;
   void forward(DeviceContext&, TensorView<const T> in, TensorView<T> out, Phase, const StepInfo&) override {
-    std::memcpy(out.data, in.data, sizeof(T) * static_cast<size_t>(in.size()));
+    if (out.data != in.data) std::memcpy(out.data, in.data, sizeof(T) * static_cast<size_t>(in.size()));
   }
   void backward(DeviceContext&, TensorView<const T> in, TensorView<const T>, TensorView<const T> dout,
                 TensorView<T> din) override {
-    if (din.data != nullptr) std::memcpy(din.data, dout.data, sizeof(T) * static_cast<size_t>(in.size()));
+    if (din.data != nullptr && din.data != dout.data)
+      std::memcpy(din.data, dout.data, sizeof(T) * static_cast<size_t>(in.size()));
   }
 };
 
