@@ -3,7 +3,8 @@
 // - cuDNN, with algorithms chosen once per batch size: by measurement (cudnnFind*) when
 //   train.cudnn_benchmark is on, by its heuristics otherwise, and only among deterministic
 //   algorithms (so a run repeats bit for bit) unless train.deterministic is off. float32 forbids
-//   TF32 (CUDNN_FMA_MATH) and the FFT and Winograd algorithms (AlgoRules); tf32 allows them.
+//   TF32 (CUDNN_FMA_MATH); tf32 allows it. train.exact_convolutions forbids the FFT and Winograd
+//   algorithms (AlgoRules).
 // - dptrain's direct kernels, for short reductions per output (a first layer on one-channel
 //   images: kernels/conv_kernels.h says why); their input gradient, when needed, stays with cuDNN.
 // - dptrain's register-tiled 3x3 kernels (kernels/conv_tiled.h), which replace cuDNN in each
@@ -40,9 +41,9 @@ constexpr float kOne = 1.0f, kZero = 0.0f;
 constexpr size_t kMaxWorkspace = size_t{256} << 20;
 
 /// Which cuDNN algorithms a run accepts. deterministic: only those that repeat bit for bit. exact
-/// (float32): no FFT or Winograd algorithm, whose transforms round differently from a float32 sum of
-/// products (their error, about 1e-6 relative, grows under Adadelta to 6e-4 of the parameters in 10
-/// steps against the CPU reference); tf32 accepts them with TF32 math, as the fast setting.
+/// (train.exact_convolutions): no FFT or Winograd algorithm, whose transforms round differently from
+/// a sum of products. Their error is about 1e-6 relative, harmless to training, but under Adadelta
+/// it grows to 6e-4 of the parameters in 10 steps against the CPU reference (1e-7 without them).
 struct AlgoRules {
   bool deterministic = true;
   bool exact = true;
@@ -73,7 +74,7 @@ Perf pick(const Perf* results, int count, AlgoRules rules, const char* what) {
   for (int i = 0; i < count; ++i)
     if (allowed(results[i], rules)) return results[i];
   throw CudaError(std::string("cuDNN offers no ") + (rules.deterministic ? "deterministic " : "") +
-                  (rules.exact ? "float32-exact " : "") + what + " algorithm for this convolution");
+                  (rules.exact ? "exact (no FFT/Winograd) " : "") + what + " algorithm for this convolution");
 }
 
 class Conv2dCuda final : public Conv2dLayer<float> {
@@ -219,7 +220,7 @@ class Conv2dCuda final : public Conv2dLayer<float> {
     cudnnHandle_t h = ctx.cuda().cudnn();
     constexpr int kMax = 16;
     int found = 0;
-    const AlgoRules rules{ctx.cuda().options().deterministic, !ctx.cuda().options().tf32};
+    const AlgoRules rules{ctx.cuda().options().deterministic, ctx.cuda().options().exact_convolutions};
     cudnnConvolutionFwdAlgoPerf_t f[kMax];
     CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, p.x, filter_, conv_, p.y, kMax, &found, f));
     p.fwd = pick(f, found, rules, "forward").algo;
@@ -240,7 +241,7 @@ class Conv2dCuda final : public Conv2dLayer<float> {
     MeasureScratch m(*this, p.n);
     cudnnHandle_t h = ctx.cuda().cudnn();
     cudaStream_t st = ctx.cuda().stream();
-    const AlgoRules rules{ctx.cuda().options().deterministic, !ctx.cuda().options().tf32};
+    const AlgoRules rules{ctx.cuda().options().deterministic, ctx.cuda().options().exact_convolutions};
     const kernels::ConvGeometry g = geometry(p.n);
     const kernels::ConvGeometry* tiled = !direct_ && kernels::tiled_conv_fits(g) ? &g : nullptr;
     const Dims od = output_dims();

@@ -23,6 +23,7 @@ struct CudaOptions {
   bool tf32 = false;           ///< allow TF32 tensor-core math in cuDNN and cuBLAS
   bool cudnn_benchmark = true; ///< pick conv algorithms by measurement (else heuristics)
   bool deterministic = true;   ///< only algorithms that repeat bit for bit
+  bool exact_convolutions = false;  ///< no FFT/Winograd convolution algorithms (see conv2d_cuda.cpp)
   bool fuse_relu = true;       ///< convolutions and linear layers apply the ReLU after them (off under
                                ///< --check-numerics, so every layer's own output is checked)
 };

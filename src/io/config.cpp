@@ -207,6 +207,7 @@ TrainConfig read_train(const YAML::Node& node, const std::string& source) {
   r.get("cuda_graph", t.cuda_graph);
   r.get("cudnn_benchmark", t.cudnn_benchmark);
   r.get("deterministic", t.deterministic);
+  r.get("exact_convolutions", t.exact_convolutions);
   r.get("check_numerics", t.check_numerics);
   r.get("log_every", t.log_every);
   t.optimizer = read_optimizer(r.child("optimizer"), source);
@@ -386,6 +387,7 @@ std::string to_yaml(const Config& c) {
       << YAML::Value << t.eval_batch_size << YAML::Key << "precision" << YAML::Value << t.precision << YAML::Key
       << "cuda_graph" << YAML::Value << t.cuda_graph << YAML::Key << "cudnn_benchmark" << YAML::Value
       << t.cudnn_benchmark << YAML::Key << "deterministic" << YAML::Value << t.deterministic << YAML::Key
+      << "exact_convolutions" << YAML::Value << t.exact_convolutions << YAML::Key
       << "check_numerics" << YAML::Value << t.check_numerics << YAML::Key
       << "log_every" << YAML::Value << t.log_every;
   const OptimizerConfig& o = t.optimizer;

@@ -69,6 +69,7 @@ struct TrainConfig {
   bool cuda_graph = true;
   bool cudnn_benchmark = true;
   bool deterministic = true;     ///< false: cuDNN may use non-deterministic (atomic) algorithms
+  bool exact_convolutions = false;  ///< true: no FFT/Winograd convolutions (the CPU's rounding, to float32)
   bool check_numerics = false;  ///< debug: stop at the first NaN/Inf in any layer (train/numerics_checker.h)
   int log_every = 50;        ///< plain-text progress line period (steps) when not on a terminal
   OptimizerConfig optimizer;

@@ -26,6 +26,7 @@ DeviceContext make_device_context(Device device, const TrainConfig& train, int c
   options.tf32 = train.precision == "tf32";
   options.cudnn_benchmark = train.cudnn_benchmark;
   options.deterministic = train.deterministic;
+  options.exact_convolutions = train.exact_convolutions;
   options.fuse_relu = !train.check_numerics;
   return DeviceContext(std::make_unique<CudaContext>(options));
 }

@@ -99,6 +99,10 @@ TEST(Config, ResolvedYamlRoundTrips) {
   const Config fast = parse_config(to_yaml(load_config(kConfigs + "mnist_cnn.yaml", {"train.deterministic=false"})),
                                    "resolved.yaml");
   EXPECT_FALSE(fast.train.deterministic);
+  EXPECT_FALSE(b.train.exact_convolutions);
+  const Config exact = parse_config(
+      to_yaml(load_config(kConfigs + "mnist_cnn.yaml", {"train.exact_convolutions=true"})), "resolved.yaml");
+  EXPECT_TRUE(exact.train.exact_convolutions);
   EXPECT_EQ(b.name, "mnist_cnn");
 }
 
