@@ -113,11 +113,11 @@ struct Survey {
     const double flops = 2.0 * batch * s.out.c * s.out.h * s.out.w * s.in.c * s.kernel * s.kernel;
     constexpr float one = 1.0f, zero = 0.0f;
     constexpr int kMax = 16;
-    int found = 0;
+    int found_f = 0, found_bd = 0, found_bf = 0;
     cudnnConvolutionFwdAlgoPerf_t f[kMax];
     CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(h, d.x, x.data(), d.w, w.data(), d.conv, d.y, y.data(), kMax,
-                                                       &found, f, ws.data(), ws.size() * sizeof(float)));
-    for (int i = 0; i < found; ++i) {
+                                                       &found_f, f, ws.data(), ws.size() * sizeof(float)));
+    for (int i = 0; i < found_f; ++i) {
       if (f[i].status != CUDNN_STATUS_SUCCESS) continue;
       const double us = time_us(stream, reps, [&] {
         return cudnnConvolutionForward(h, &one, d.x, x.data(), d.w, w.data(), d.conv, f[i].algo, ws.data(),
@@ -127,8 +127,8 @@ struct Survey {
     }
     cudnnConvolutionBwdDataAlgoPerf_t bd[kMax];
     CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(h, d.w, w.data(), d.y, y.data(), d.conv, d.x, x.data(),
-                                                            kMax, &found, bd, ws.data(), ws.size() * sizeof(float)));
-    for (int i = 0; i < found; ++i) {
+                                                            kMax, &found_bd, bd, ws.data(), ws.size() * sizeof(float)));
+    for (int i = 0; i < found_bd; ++i) {
       if (bd[i].status != CUDNN_STATUS_SUCCESS) continue;
       const double us = time_us(stream, reps, [&] {
         return cudnnConvolutionBackwardData(h, &one, d.w, w.data(), d.y, y.data(), d.conv, bd[i].algo, ws.data(),
@@ -138,8 +138,8 @@ struct Survey {
     }
     cudnnConvolutionBwdFilterAlgoPerf_t bf[kMax];
     CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(h, d.x, x.data(), d.y, y.data(), d.conv, d.w, w.data(),
-                                                              kMax, &found, bf, ws.data(), ws.size() * sizeof(float)));
-    for (int i = 0; i < found; ++i) {
+                                                              kMax, &found_bf, bf, ws.data(), ws.size() * sizeof(float)));
+    for (int i = 0; i < found_bf; ++i) {
       if (bf[i].status != CUDNN_STATUS_SUCCESS) continue;
       const double us = time_us(stream, reps, [&] {
         return cudnnConvolutionBackwardFilter(h, &one, d.x, x.data(), d.y, y.data(), d.conv, bf[i].algo, ws.data(),
@@ -152,29 +152,23 @@ struct Survey {
                                   s.padding};
     if (layout != CUDNN_TENSOR_NCHW || tf32 || !kernels::tiled_conv_fits(g)) return;
     run_tiled(s, g, flops);
-    // Find*Ex lists the algorithms fastest first; the first that ran is the best.
+    // Find*Ex (above) lists the algorithms fastest first; the first that ran is the best.
     const auto best = [](const auto* perf, int count) {
       for (int i = 0; i < count; ++i)
         if (perf[i].status == CUDNN_STATUS_SUCCESS) return perf + i;
       return static_cast<decltype(perf)>(nullptr);
     };
-    CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithmEx(h, d.x, x.data(), d.w, w.data(), d.conv, d.y, y.data(), kMax,
-                                                       &found, f, ws.data(), ws.size() * sizeof(float)));
-    if (const auto* p = best(f, found))
+    if (const auto* p = best(f, found_f))
       run_cudnn_graph(s, "forward", p->algo, p->determinism, p->memory, flops, [&, p] {
         CUDNN_CHECK(cudnnConvolutionForward(h, &one, d.x, x.data(), d.w, w.data(), d.conv, p->algo, ws.data(),
                                             p->memory, &zero, d.y, y.data()));
       });
-    CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithmEx(h, d.w, w.data(), d.y, y.data(), d.conv, d.x, x.data(),
-                                                            kMax, &found, bd, ws.data(), ws.size() * sizeof(float)));
-    if (const auto* p = best(bd, found))
+    if (const auto* p = best(bd, found_bd))
       run_cudnn_graph(s, "backward_data", p->algo, p->determinism, p->memory, flops, [&, p] {
         CUDNN_CHECK(cudnnConvolutionBackwardData(h, &one, d.w, w.data(), d.y, y.data(), d.conv, p->algo, ws.data(),
                                                  p->memory, &zero, d.x, x.data()));
       });
-    CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithmEx(h, d.x, x.data(), d.y, y.data(), d.conv, d.w, w.data(),
-                                                              kMax, &found, bf, ws.data(), ws.size() * sizeof(float)));
-    if (const auto* p = best(bf, found))
+    if (const auto* p = best(bf, found_bf))
       run_cudnn_graph(s, "backward_filter", p->algo, p->determinism, p->memory, flops, [&, p] {
         CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, &one, d.x, x.data(), d.y, y.data(), d.conv, p->algo, ws.data(),
                                                    p->memory, &zero, d.w, w.data()));

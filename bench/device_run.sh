@@ -40,12 +40,14 @@ import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 best = {}
 for r in rows:
+    if isinstance(r["algo"], str): continue  # the graph-timed rows ("tiled", "cudnn-best-graph"), printed apart
     for det in (True, False):
         if det and not r["deterministic"]: continue
         k = (r["layer"], r["direction"], r["layout"], r["math"], det)
         if k not in best or r["us"] < best[k]["us"]: best[k] = r
 for r in rows:
     if r["algo"] == -1: print("%-6s %-15s direct kernels        %8.1f us" % (r["layer"], r["direction"], r["us"]))
+    if isinstance(r["algo"], str): print("%-6s %-15s %-21s %8.1f us (in a CUDA graph)" % (r["layer"], r["direction"], r["algo"], r["us"]))
 for k in sorted(best):
     r = best[k]; print("%-6s %-15s %-4s %-4s %-8s algo %d %8.1f us %6.2f TFLOP/s" % (k[0], k[1], k[2], k[3], "det" if k[4] else "any", r["algo"], r["us"], r["tflops"]))
 PY
