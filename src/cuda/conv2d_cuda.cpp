@@ -46,8 +46,10 @@ constexpr size_t kMaxWorkspace = size_t{256} << 20;
 /// it grows to 6e-4 of the parameters in 10 steps against the CPU reference (1e-7 without them).
 struct AlgoRules {
   bool deterministic = true;
-  bool exact = true;
+  bool exact = false;
 };
+
+AlgoRules algo_rules(const CudaOptions& o) { return {o.deterministic, o.exact_convolutions}; }
 
 bool transforms(cudnnConvolutionFwdAlgo_t a) {
   return a == CUDNN_CONVOLUTION_FWD_ALGO_FFT || a == CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING ||
@@ -220,7 +222,7 @@ class Conv2dCuda final : public Conv2dLayer<float> {
     cudnnHandle_t h = ctx.cuda().cudnn();
     constexpr int kMax = 16;
     int found = 0;
-    const AlgoRules rules{ctx.cuda().options().deterministic, ctx.cuda().options().exact_convolutions};
+    const AlgoRules rules = algo_rules(ctx.cuda().options());
     cudnnConvolutionFwdAlgoPerf_t f[kMax];
     CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, p.x, filter_, conv_, p.y, kMax, &found, f));
     p.fwd = pick(f, found, rules, "forward").algo;
@@ -241,7 +243,7 @@ class Conv2dCuda final : public Conv2dLayer<float> {
     MeasureScratch m(*this, p.n);
     cudnnHandle_t h = ctx.cuda().cudnn();
     cudaStream_t st = ctx.cuda().stream();
-    const AlgoRules rules{ctx.cuda().options().deterministic, ctx.cuda().options().exact_convolutions};
+    const AlgoRules rules = algo_rules(ctx.cuda().options());
     const kernels::ConvGeometry g = geometry(p.n);
     const kernels::ConvGeometry* tiled = !direct_ && kernels::tiled_conv_fits(g) ? &g : nullptr;
     const Dims od = output_dims();
