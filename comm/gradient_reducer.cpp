@@ -56,7 +56,6 @@ GradientReducer::GradientReducer(Communicator& comm, DeviceContext& ctx, std::sp
     cudaStream_t s = nullptr;
     CUDA_CHECK(cudaStreamCreateWithPriority(&s, cudaStreamNonBlocking, greatest));
     comm_stream_ = CudaStream(s);
-    grads_ready_ = make_event();
     exchange_done_ = make_event();
   }
 }
@@ -81,8 +80,7 @@ void GradientReducer::on_gradients_ready(DeviceContext& ctx, size_t begin, size_
 
 void GradientReducer::fence_compute(DeviceContext& ctx) {
   if (!on_cuda_) return;
-  CUDA_CHECK(cudaEventRecord(grads_ready_, ctx.cuda().stream()));
-  CUDA_CHECK(cudaStreamWaitEvent(comm_stream_, grads_ready_, 0));
+  ctx.cuda().order_after_queued(comm_stream_);  // parameter gradients may be on the side stream
 }
 
 void GradientReducer::launch_pending(DeviceContext& ctx, bool all) {

@@ -8,9 +8,9 @@
 //  - Buckets are launched strictly in bucket order (0, 1, ...), each exactly once per step, whatever
 //    order the slices arrive in: every rank issues the same collectives in the same order, which
 //    NCCL requires. A completed bucket waits for the ones before it.
-//  - On CUDA the all-reduces run on the reducer's own high-priority stream, after an event recorded
-//    on the compute stream; on_backward_done makes the compute stream wait for that stream, so the
-//    optimizer waits for the exchange and nothing else, and the host never waits at all. Only
+//  - On CUDA the all-reduces run on the reducer's own high-priority stream, after events recorded
+//    on the compute stream and its side stream (cuda/cuda_context.h); on_backward_done makes the
+//    compute stream wait for that stream, so the optimizer waits for the exchange and nothing else, and the host never waits at all. Only
 //    events, stream waits and the communicator's collective are issued: with NCCL the whole step is
 //    capturable in a CUDA graph. Nothing is allocated after construction.
 //  - Gradients are summed, not averaged: the trainer scales the loss by 1/global_batch, so the sum
@@ -77,7 +77,7 @@ class GradientReducer final : public GradientHook {
  private:
   /// Launches buckets next_, next_+1, ... while complete (all of them when `all`).
   void launch_pending(DeviceContext& ctx, bool all);
-  /// Orders the communication stream after the work queued so far on the compute stream.
+  /// Orders the communication stream after the work queued so far on the compute and side streams.
   void fence_compute(DeviceContext& ctx);
 
   Communicator& comm_;
@@ -88,7 +88,6 @@ class GradientReducer final : public GradientHook {
   size_t next_ = 0;            // first bucket not launched this step
   bool on_cuda_ = false;
   CudaStream comm_stream_;
-  CudaEvent grads_ready_;     // recorded on the compute stream before a launch
   CudaEvent exchange_done_;   // recorded on the comm stream after the last bucket
 };
 

@@ -17,6 +17,10 @@ void DeviceContext::set_step(const StepState& state) {
   else host_step_ = state;
 }
 
+void DeviceContext::join_side_work() {
+  if (cuda_) cuda_->join();
+}
+
 const StepState* DeviceContext::step() const { return cuda_ ? cuda_->step() : &host_step_; }
 
 CudaContext& DeviceContext::cuda() const {

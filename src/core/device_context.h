@@ -27,6 +27,10 @@ class DeviceContext {
   /// The CUDA resources; throws std::logic_error on a CPU context.
   CudaContext& cuda() const;
 
+  /// Orders the compute stream after the work layers queued on the CUDA side stream (parameter
+  /// gradients, see cuda/cuda_context.h); nothing on the CPU. Call before reading gradients.
+  void join_side_work();
+
   /// Writes this step's state into the context's memory: directly on the CPU, by a kernel queued
   /// on the compute stream on CUDA (so it stays ordered with, and outside of, a replayed graph).
   void set_step(const StepState& state);

@@ -41,12 +41,15 @@ void download(DeviceContext& ctx, std::span<const T> src, std::span<T> dst) {
     std::memcpy(dst.data(), src.data(), src.size_bytes());
     return;
   }
+  ctx.join_side_work();
   CUDA_CHECK(cudaMemcpyAsync(dst.data(), src.data(), src.size_bytes(), cudaMemcpyDeviceToHost, ctx.cuda().stream()));
   CUDA_CHECK(cudaStreamSynchronize(ctx.cuda().stream()));
 }
 
 void synchronize(DeviceContext& ctx) {
-  if (ctx.on_cuda()) CUDA_CHECK(cudaStreamSynchronize(ctx.cuda().stream()));
+  if (!ctx.on_cuda()) return;
+  ctx.join_side_work();
+  CUDA_CHECK(cudaStreamSynchronize(ctx.cuda().stream()));
 }
 
 #define DPTRAIN_INSTANTIATE(T)                                                      \

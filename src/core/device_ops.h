@@ -17,11 +17,11 @@ void zero_async(DeviceContext& ctx, std::span<T> data);
 template <typename T>
 void upload(DeviceContext& ctx, std::span<T> dst, std::span<const T> src);
 
-/// Context memory -> host, after all queued work; blocks.
+/// Context memory -> host, after all queued work (the side stream's included); blocks.
 template <typename T>
 void download(DeviceContext& ctx, std::span<const T> src, std::span<T> dst);
 
-/// Waits for all work queued on the context.
+/// Waits for all work queued on the context (both streams on CUDA).
 void synchronize(DeviceContext& ctx);
 
 }  // namespace dptrain

@@ -119,12 +119,12 @@ class Conv2dCuda final : public Conv2dLayer<float> {
 
   // With an absorbed ReLU, dout is dL/d(ReLU output): the gradient of the convolution is dout
   // where out > 0. The bias-gradient pass (or the direct kernel's staging) applies that mask.
+  // When an input gradient follows, the filter gradient goes to the side stream (cuda_context.h).
   void backward(DeviceContext& ctx, TensorView<const float> in, TensorView<const float> out,
                 TensorView<const float> dout, TensorView<float> din) override {
     const Plan& p = plan(ctx, in.n);
-    cudnnHandle_t h = ctx.cuda().cudnn();
-    cudaStream_t stream = ctx.cuda().stream();
-    void* ws = ctx.cuda().workspace(p.workspace);
+    CudaContext& cu = ctx.cuda();
+    cudaStream_t stream = cu.stream();
     const float* dy = dout.data;
     if (direct_) {
       const float* relu_out = relu_ ? out.data : nullptr;
@@ -133,32 +133,53 @@ class Conv2dCuda final : public Conv2dLayer<float> {
         dy = masked_.data();
         relu_out = nullptr;
       }
-      kernels::conv_direct_filter_grad(in.data, dy, relu_out, params()[0].grad.data(), params()[1].grad.data(), ws,
-                                       geometry(in.n), stream);
-    } else if (p.tiled_filter) {  // its filter-gradient kernel also sums the bias gradient
-      if (relu_) {
-        kernels::relu_backward(dout.data, out.data, masked_.data(), out.size(), stream);
-        dy = masked_.data();
-      }
-      kernels::tiled_conv_filter_grad(in.data, dy, params()[0].grad.data(), params()[1].grad.data(), ws,
-                                      geometry(in.n), stream);
+      kernels::conv_direct_filter_grad(in.data, dy, relu_out, params()[0].grad.data(), params()[1].grad.data(),
+                                       cu.workspace(p.workspace), geometry(in.n), stream);
     } else {
-      const Dims od = output_dims();
-      kernels::bias_grad_channels(dout.data, relu_ ? out.data : nullptr, masked_.data(), params()[1].grad.data(),
-                                  bias_partials_.data(), in.n, od.c, od.h * od.w, stream);
-      if (relu_) dy = masked_.data();
-      CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, &kOne, p.x, in.data, p.y, dy, conv_, p.bwd_filter, ws, p.workspace,
-                                                 &kZero, filter_, params()[0].grad.data()));
+      dy = masked_gradient(cu, p, dout, out);
+      const bool side = din.data != nullptr;
+      filter_gradient(side ? cu.side_cudnn() : cu.cudnn(), side ? cu.fork() : stream,
+                      side ? cu.side_workspace(p.workspace) : cu.workspace(p.workspace), p, in, dy);
     }
     if (din.data == nullptr) return;
+    void* ws = cu.workspace(p.workspace);
     if (p.tiled_data)
       kernels::tiled_conv_backward_data(dy, params()[0].value.data(), din.data, ws, geometry(in.n), stream);
     else
-      CUDNN_CHECK(cudnnConvolutionBackwardData(h, &kOne, filter_, params()[0].value.data(), p.y, dy, conv_, p.bwd_data,
-                                               ws, p.workspace, &kZero, p.x, din.data));
+      CUDNN_CHECK(cudnnConvolutionBackwardData(cu.cudnn(), &kOne, filter_, params()[0].value.data(), p.y, dy, conv_,
+                                               p.bwd_data, ws, p.workspace, &kZero, p.x, din.data));
   }
 
  private:
+  struct Plan;
+
+  /// The gradient of the convolution's output, masked by an absorbed ReLU (into masked_); on the
+  /// cuDNN path this pass also sums the bias gradient (the tiled filter kernel sums it itself).
+  const float* masked_gradient(CudaContext& cu, const Plan& p, TensorView<const float> dout,
+                               TensorView<const float> out) {
+    cudaStream_t stream = cu.stream();
+    if (p.tiled_filter) {
+      if (!relu_) return dout.data;
+      kernels::relu_backward(dout.data, out.data, masked_.data(), out.size(), stream);
+      return masked_.data();
+    }
+    const Dims od = output_dims();
+    kernels::bias_grad_channels(dout.data, relu_ ? out.data : nullptr, masked_.data(), params()[1].grad.data(),
+                                bias_partials_.data(), dout.n, od.c, od.h * od.w, stream);
+    return relu_ ? masked_.data() : dout.data;
+  }
+
+  /// The filter gradient (and on the tiled path the bias gradient) on `stream`.
+  void filter_gradient(cudnnHandle_t h, cudaStream_t stream, void* ws, const Plan& p, TensorView<const float> in,
+                       const float* dy) {
+    if (p.tiled_filter)
+      kernels::tiled_conv_filter_grad(in.data, dy, params()[0].grad.data(), params()[1].grad.data(), ws,
+                                      geometry(in.n), stream);
+    else
+      CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, &kOne, p.x, in.data, p.y, dy, conv_, p.bwd_filter, ws, p.workspace,
+                                                 &kZero, filter_, params()[0].grad.data()));
+  }
+
   struct Plan {
     int n = 0;
     CudnnTensorDesc x, y;
@@ -212,7 +233,8 @@ class Conv2dCuda final : public Conv2dLayer<float> {
     const bool tiled = p.tiled_forward || p.tiled_data || p.tiled_filter;
     p.workspace = std::max({a, b, c, direct_ ? kernels::conv_direct_filter_grad_scratch(geometry(n)) : size_t{0},
                             tiled ? kernels::tiled_conv_scratch(geometry(n)) : size_t{0}});
-    ctx.cuda().workspace(p.workspace);  // grow now, never inside a step
+    ctx.cuda().workspace(p.workspace);  // grow both now, never inside a step
+    ctx.cuda().side_workspace(p.workspace);
     plans_.push_back(std::move(p));
     return plans_.back();
   }

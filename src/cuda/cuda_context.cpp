@@ -17,42 +17,80 @@ CudaEvent make_event(bool timing) {
   return CudaEvent(e);
 }
 
-CudaContext::CudaContext(const CudaOptions& options) : options_(options) {
+namespace {
+
+/// Makes `options.device` current before any member allocates on it.
+const CudaOptions& select_device(const CudaOptions& options) {
   CUDA_CHECK(cudaSetDevice(options.device));
+  return options;
+}
+
+}  // namespace
+
+CudaContext::Lane::Lane(bool tf32) : stream(make_stream()) {
+  cudnnHandle_t dnn = nullptr;
+  CUDNN_CHECK(cudnnCreate(&dnn));
+  cudnn = CudnnHandle(dnn);
+  CUDNN_CHECK(cudnnSetStream(cudnn, stream));
+  cublasHandle_t blas = nullptr;
+  CUBLAS_CHECK(cublasCreate(&blas));
+  cublas = CublasHandle(blas);
+  CUBLAS_CHECK(cublasSetStream(cublas, stream));
+  cublas_workspace = Buffer<uint8_t>(Device::Cuda, size_t{32} << 20);
+  CUBLAS_CHECK(cublasSetWorkspace(cublas, cublas_workspace.data(), cublas_workspace.size()));
+  CUBLAS_CHECK(cublasSetMathMode(cublas, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+}
+
+CudaContext::CudaContext(const CudaOptions& options)
+    : options_(select_device(options)),
+      main_(options.tf32),
+      side_(options.tf32),
+      forked_(make_event()),
+      joined_(make_event()) {
   cudaDeviceProp prop{};
   CUDA_CHECK(cudaGetDeviceProperties(&prop, options.device));
   device_name_ = prop.name;
-  stream_ = make_stream();
-  cudnnHandle_t dnn = nullptr;
-  CUDNN_CHECK(cudnnCreate(&dnn));
-  cudnn_ = CudnnHandle(dnn);
-  CUDNN_CHECK(cudnnSetStream(cudnn_, stream_));
-  cublasHandle_t blas = nullptr;
-  CUBLAS_CHECK(cublasCreate(&blas));
-  cublas_ = CublasHandle(blas);
-  CUBLAS_CHECK(cublasSetStream(cublas_, stream_));
-  cublas_workspace_ = Buffer<uint8_t>(Device::Cuda, size_t{32} << 20);
-  CUBLAS_CHECK(cublasSetWorkspace(cublas_, cublas_workspace_.data(), cublas_workspace_.size()));
   step_state_ = Buffer<uint8_t>(Device::Cuda, sizeof(StepState));
-  CUDA_CHECK(cudaMemsetAsync(step_state_.data(), 0, sizeof(StepState), stream_));
-  CUBLAS_CHECK(cublasSetMathMode(cublas_, options.tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
+  CUDA_CHECK(cudaMemsetAsync(step_state_.data(), 0, sizeof(StepState), main_.stream));
 }
 
 CudaContext::~CudaContext() {
-  if (stream_.get() != nullptr) (void)cudaStreamSynchronize(stream_);
+  for (const Lane* lane : {&main_, &side_})
+    if (lane->stream.get() != nullptr) (void)cudaStreamSynchronize(lane->stream);
 }
 
 void CudaContext::set_step(const StepState& state) {
-  kernels::write_step_state(reinterpret_cast<StepState*>(step_state_.data()), state, stream_);
+  kernels::write_step_state(reinterpret_cast<StepState*>(step_state_.data()), state, main_.stream);
 }
 
-void* CudaContext::workspace(size_t bytes) {
-  if (bytes > workspace_.size()) {
-    CUDA_CHECK(cudaStreamSynchronize(stream_));
-    workspace_ = Buffer<uint8_t>(Device::Cuda, bytes);
-  }
-  return workspace_.data();
+cudaStream_t CudaContext::fork() {
+  CUDA_CHECK(cudaEventRecord(forked_, main_.stream));
+  CUDA_CHECK(cudaStreamWaitEvent(side_.stream, forked_, 0));
+  return side_.stream;
 }
+
+void CudaContext::join() {
+  CUDA_CHECK(cudaEventRecord(joined_, side_.stream));
+  CUDA_CHECK(cudaStreamWaitEvent(main_.stream, joined_, 0));
+}
+
+void CudaContext::order_after_queued(cudaStream_t other) {
+  CUDA_CHECK(cudaEventRecord(forked_, main_.stream));
+  CUDA_CHECK(cudaStreamWaitEvent(other, forked_, 0));
+  CUDA_CHECK(cudaEventRecord(joined_, side_.stream));
+  CUDA_CHECK(cudaStreamWaitEvent(other, joined_, 0));
+}
+
+void* CudaContext::grow(Lane& lane, size_t bytes) {
+  if (bytes > lane.workspace.size()) {
+    CUDA_CHECK(cudaStreamSynchronize(lane.stream));
+    lane.workspace = Buffer<uint8_t>(Device::Cuda, bytes);
+  }
+  return lane.workspace.data();
+}
+
+void* CudaContext::workspace(size_t bytes) { return grow(main_, bytes); }
+void* CudaContext::side_workspace(size_t bytes) { return grow(side_, bytes); }
 
 int cuda_device_count() {
   int n = 0;

@@ -1,6 +1,12 @@
 // CudaContext: one rank's CUDA resources, created once: the compute stream, the cuDNN and cuBLAS
 // handles bound to it, and one workspace shared by every layer (layers run one at a time on the
 // stream, so they can share it).
+//
+// A second, "side" stream with its own handles and workspace takes the parameter gradients of
+// layers that also pass a gradient on: nothing later in backward reads them, so they overlap the
+// chain of input gradients that the rest of backward waits for (at batch 64 that chain is short
+// kernels that leave most of the GPU idle). fork() starts side work after what the compute stream
+// has queued; join() (DeviceContext::join_side_work) brings it back before anyone reads a gradient.
 #pragma once
 
 #include <cublas_v2.h>
@@ -38,9 +44,20 @@ class CudaContext {
   int device() const { return options_.device; }
   const CudaOptions& options() const { return options_; }
   const std::string& device_name() const { return device_name_; }
-  cudaStream_t stream() const { return stream_; }
-  cudnnHandle_t cudnn() const { return cudnn_; }
-  cublasHandle_t cublas() const { return cublas_; }
+  cudaStream_t stream() const { return main_.stream; }
+  cudnnHandle_t cudnn() const { return main_.cudnn; }
+  cublasHandle_t cublas() const { return main_.cublas; }
+
+  /// The side stream and the handles bound to it.
+  cudaStream_t side_stream() const { return side_.stream; }
+  cudnnHandle_t side_cudnn() const { return side_.cudnn; }
+  cublasHandle_t side_cublas() const { return side_.cublas; }
+  /// Orders the side stream after everything queued so far on the compute stream; returns it.
+  cudaStream_t fork();
+  /// Orders the compute stream after everything queued so far on the side stream.
+  void join();
+  /// Orders `other` after everything queued so far on both streams (a communication stream).
+  void order_after_queued(cudaStream_t other);
 
   /// Queues a write of `state` into the device-resident StepState (see core/step_state.h).
   void set_step(const StepState& state);
@@ -48,7 +65,9 @@ class CudaContext {
 
   /// The shared workspace, grown to at least `bytes`. Call only while setting up (it may allocate).
   void* workspace(size_t bytes);
-  size_t workspace_size() const { return workspace_.size(); }
+  size_t workspace_size() const { return main_.workspace.size(); }
+  /// The side stream's workspace, likewise.
+  void* side_workspace(size_t bytes);
 
   /// What layers chose by measurement while setting up (e.g. each convolution's algorithms with
   /// their times), one line each, for `dptrain bench` to report.
@@ -56,14 +75,23 @@ class CudaContext {
   const std::vector<std::string>& choices() const { return choices_; }
 
  private:
+  /// A stream with its cuDNN and cuBLAS handles and their workspaces.
+  struct Lane {
+    CudaStream stream;
+    CudnnHandle cudnn;
+    CublasHandle cublas;
+    Buffer<uint8_t> workspace;          // for cuDNN and dptrain's kernels, grown while setting up
+    Buffer<uint8_t> cublas_workspace;   // given to cuBLAS so it never allocates inside a captured graph
+    Lane(bool tf32);
+  };
+  static void* grow(Lane& lane, size_t bytes);
+
   CudaOptions options_;
   std::string device_name_;
-  CudaStream stream_;
-  CudnnHandle cudnn_;
-  CublasHandle cublas_;
-  Buffer<uint8_t> workspace_;
+  Lane main_;
+  Lane side_;
+  CudaEvent forked_, joined_;
   Buffer<uint8_t> step_state_;  // one StepState
-  Buffer<uint8_t> cublas_workspace_;  // given to cuBLAS so it never allocates inside a captured graph
   std::vector<std::string> choices_;
 };
 

@@ -36,20 +36,23 @@ class LinearCuda final : public LinearLayer<float> {
   }
 
   // With an absorbed ReLU, dout is dL/d(ReLU output); the bias-gradient pass masks it (out > 0).
+  // When an input gradient follows, the weight gradient goes to the side stream (cuda_context.h).
   void backward(DeviceContext& ctx, TensorView<const float> in, TensorView<const float> out,
                 TensorView<const float> dout, TensorView<float> din) override {
     const int n = in.n, fi = in_features(), fo = out_features();
-    cublasHandle_t h = ctx.cuda().cublas();
+    CudaContext& cu = ctx.cuda();
     kernels::bias_grad_rows(dout.data, relu_ ? out.data : nullptr, masked_.data(), params()[1].grad.data(), n, fo,
-                            ctx.cuda().stream());
+                            cu.stream());
     const float* dy = relu_ ? masked_.data() : dout.data;
+    const bool side = din.data != nullptr;
+    if (side) cu.fork();
     // dW^T[fi, fo] = x^T[fi, n] dy[n, fo]
-    CUBLAS_CHECK(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_T, fi, fo, n, &kOne, in.data, fi, dy, fo, &kZero,
-                             params()[0].grad.data(), fi));
+    CUBLAS_CHECK(cublasSgemm(side ? cu.side_cublas() : cu.cublas(), CUBLAS_OP_N, CUBLAS_OP_T, fi, fo, n, &kOne,
+                             in.data, fi, dy, fo, &kZero, params()[0].grad.data(), fi));
     // dx^T[fi, n] = W^T[fi, fo] dy^T[fo, n]
-    if (din.data != nullptr)
-      CUBLAS_CHECK(cublasSgemm(h, CUBLAS_OP_N, CUBLAS_OP_N, fi, n, fo, &kOne, params()[0].value.data(), fi, dy, fo,
-                               &kZero, din.data, fi));
+    if (side)
+      CUBLAS_CHECK(cublasSgemm(cu.cublas(), CUBLAS_OP_N, CUBLAS_OP_N, fi, n, fo, &kOne, params()[0].value.data(), fi,
+                               dy, fo, &kZero, din.data, fi));
   }
 
  private:

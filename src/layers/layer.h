@@ -94,7 +94,9 @@ class Layer {
                        const StepInfo& step) = 0;
 
   /// From dout (dL/dout) computes the parameter gradients and, when din.data is not null, dL/din.
-  /// `in` and `out` are the tensors of the last forward call.
+  /// `in` and `out` are the tensors of the last forward call. On CUDA the parameter gradients may
+  /// still be queued on the context's side stream: DeviceContext::join_side_work() before reading
+  /// them (Model::backward does, as do download() and synchronize()).
   virtual void backward(DeviceContext& ctx, TensorView<const T> in, TensorView<const T> out,
                         TensorView<const T> dout, TensorView<T> din) = 0;
 

@@ -122,10 +122,13 @@ void Model<T>::loss(DeviceContext& ctx, const int32_t* labels, T grad_scale, dou
     const auto [begin, end] = grad_ranges_[i];
     if (observing_ != nullptr) observing_->backward_begin(ctx, layer);
     layer.backward(ctx, in, activation(i, n), activation_grad(i, n), din);
-    if (observing_ != nullptr)
+    if (observing_ != nullptr) {
+      ctx.join_side_work();  // the observer reads this layer's gradients and times its work
       observing_->backward_done(ctx, layer, din, std::span<const T>(params_.grads().data() + begin, end - begin));
+    }
     if (hook != nullptr && end > begin) hook->on_gradients_ready(ctx, begin, end);
   }
+  ctx.join_side_work();
   if (hook != nullptr) hook->on_backward_done(ctx);
 }
 
