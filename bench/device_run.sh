@@ -16,12 +16,15 @@ for step in "$@"; do
       cmake -S . -B $B -DCMAKE_CUDA_ARCHITECTURES=90 -DDPTRAIN_TEST_DATA_DIR="$PWD/data/mnist" -DDPTRAIN_BUILD_BENCHMARKS=ON >"$OUT/cmake.log" 2>&1 || { tail -30 "$OUT/cmake.log"; exit 1; }
       cmake --build $B -j 16 >"$OUT/build.log" 2>&1 || { grep -E "error" "$OUT/build.log" | head -30; exit 1; }
       grep -E "warning" "$OUT/build.log" | head -5; echo "build ok" ;;
-    basebuild)  # the tree in carry/base.tar.gz (git archive of an earlier commit), dptrain only, into /tmp/base
-      rm -rf /tmp/base; mkdir -p /tmp/base; tar -xzf carry/base.tar.gz -C /tmp/base
-      (cmake -S /tmp/base -B /tmp/base/b -DCMAKE_CUDA_ARCHITECTURES=90 && cmake --build /tmp/base/b -j 16 --target dptrain) \
-        >"$OUT/basebuild.log" 2>&1 && echo "base build ok" || { tail -20 "$OUT/basebuild.log"; exit 1; } ;;
-    ab)  # this tree against the base build, interleaved, same machine
-      for round in 1 2; do for t in float32 tf32; do for b in $B /tmp/base/b; do
+    basebuild)  # each carry/<name>.tar.gz (git archive of an earlier commit), dptrain only, into /tmp/bases/<name>
+      rm -rf /tmp/bases; mkdir -p /tmp/bases
+      for t in carry/*.tar.gz; do
+        name=$(basename "$t" .tar.gz); d=/tmp/bases/$name; mkdir -p $d; tar -xzf "$t" -C $d
+        ( (cmake -S $d -B $d/b -DCMAKE_CUDA_ARCHITECTURES=90 && cmake --build $d/b -j 16 --target dptrain) \
+          >"$OUT/basebuild_$name.log" 2>&1 && echo "base $name build ok" || tail -20 "$OUT/basebuild_$name.log" ) &
+      done; wait ;;
+    ab)  # this tree against each base build, interleaved, same machine; ms/step and images/s
+      for round in 1 2; do for t in float32 tf32; do for b in $B /tmp/bases/*/b; do
         echo -n "$b $t: "; $b/dptrain bench --device cuda --steps 400 --set train.precision=$t | tee -a "$OUT/ab.jsonl" |
           python3 -c "import json,sys; r=json.loads(sys.stdin.read()); print(r['ms_per_step'], r['images_per_second'])"
       done; done; done ;;

@@ -42,11 +42,11 @@ __device__ __forceinline__ float relu_grad(const float* dy, const float* relu_ou
   return relu_out == nullptr || relu_out[i] > 0.0f ? dy[i] : 0.0f;
 }
 
-__global__ void add_bias_rows_kernel(float* y, const float* b, int n, int features, bool with_relu) {
+__global__ void add_bias_rows_kernel(float* y, const float* b, int n, int features, bool with_relu, FusedDropout drop) {
   const long total = static_cast<long>(n) * features;
   for (long i = blockIdx.x * long{blockDim.x} + threadIdx.x; i < total; i += long{gridDim.x} * blockDim.x) {
     const float v = y[i] + b[i % features];
-    y[i] = with_relu ? relu(v) : v;
+    y[i] = (with_relu ? relu(v) : v) * dropout_factor(drop, i);
   }
 }
 
@@ -72,16 +72,22 @@ __global__ void add_bias_channels_kernel(float* y, const float* b, int channels,
 // flight), then lane 0 adds the 32 lane sums in order. A fixed order, whatever the GPU.
 constexpr int kRowLanes = 32;
 
+// With a fused dropout the gradient is first multiplied by its mask (the dropout's backward), then
+// masked by the ReLU. relu_out is then the output after dropout, which is positive exactly where the
+// ReLU's output is and the mask kept it; where the mask dropped it the gradient is 0 either way.
 __global__ void bias_grad_rows_kernel(const float* __restrict__ dy, const float* __restrict__ relu_out,
-                                      float* __restrict__ masked, float* __restrict__ db, int n, int features) {
+                                      float* __restrict__ masked, float* __restrict__ db, int n, int features,
+                                      FusedDropout drop) {
   __shared__ float lane_sums[kRowLanes][33];
   const int col = threadIdx.x, lane = threadIdx.y, o = blockIdx.x * 32 + col;
+  const bool write_masked = relu_out != nullptr || drop.active();
   float acc = 0.0f;
   if (o < features)
     for (int i = lane; i < n; i += kRowLanes) {
       const long k = static_cast<long>(i) * features + o;
-      const float g = relu_grad(dy, relu_out, k);
-      if (relu_out != nullptr) masked[k] = g;
+      float g = dy[k] * dropout_factor(drop, k);
+      if (relu_out != nullptr && !(relu_out[k] > 0.0f)) g = 0.0f;
+      if (write_masked) masked[k] = g;
       acc += g;
     }
   lane_sums[lane][col] = acc;
@@ -206,8 +212,10 @@ void dropout_backward(const float* dy, const float* mask, float* dx, long count,
   CUDA_CHECK_LAUNCH();
 }
 
-void add_bias_rows(float* y, const float* b, int n, int features, bool relu, cudaStream_t stream) {
-  add_bias_rows_kernel<<<grid_for(static_cast<long>(n) * features), kThreads, 0, stream>>>(y, b, n, features, relu);
+void add_bias_rows(float* y, const float* b, int n, int features, bool relu, const FusedDropout& drop,
+                   cudaStream_t stream) {
+  add_bias_rows_kernel<<<grid_for(static_cast<long>(n) * features), kThreads, 0, stream>>>(y, b, n, features, relu,
+                                                                                           drop);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -221,9 +229,9 @@ void add_bias_channels(float* y, const float* b, int n, int channels, int plane,
 }
 
 void bias_grad_rows(const float* dy, const float* relu_out, float* masked, float* db, int n, int features,
-                    cudaStream_t stream) {
+                    const FusedDropout& drop, cudaStream_t stream) {
   bias_grad_rows_kernel<<<(features + 31) / 32, dim3(32, kRowLanes), 0, stream>>>(dy, relu_out, masked, db, n,
-                                                                                 features);
+                                                                                 features, drop);
   CUDA_CHECK_LAUNCH();
 }
 

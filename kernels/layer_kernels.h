@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "core/step_state.h"
+#include "kernels/fused_dropout.h"
 
 namespace dptrain::kernels {
 
@@ -25,13 +26,17 @@ void dropout_backward(const float* dy, const float* mask, float* dx, long count,
 // relu_out > 0, the CPU ReLU's rule, and the masked gradient is written to `masked` for the
 // layer's other gradient computations. relu_out = nullptr: plain bias gradient, masked unused.
 
-/// y[i, o] += b[o] for n rows of `features`, then max(., 0) when relu is set.
-void add_bias_rows(float* y, const float* b, int n, int features, bool relu, cudaStream_t stream);
+/// y[i, o] += b[o] for n rows of `features`, then max(., 0) when relu is set, then times the mask of
+/// an absorbed dropout (kernels/fused_dropout.h; inactive: none).
+void add_bias_rows(float* y, const float* b, int n, int features, bool relu, const FusedDropout& drop,
+                   cudaStream_t stream);
 /// y[s, c, q] += b[c] (NCHW, `plane` positions per channel), then max(., 0) when relu is set.
 void add_bias_channels(float* y, const float* b, int n, int channels, int plane, bool relu, cudaStream_t stream);
-/// db[o] = sum_i g[i, o], summed in row order; g = dy, masked by relu_out (see above).
+/// db[o] = sum_i g[i, o], summed in row order; g = dy times the absorbed dropout's mask, masked by
+/// relu_out (see above; with a dropout, relu_out is the output after it). `masked` receives g when
+/// there is a ReLU or a dropout.
 void bias_grad_rows(const float* dy, const float* relu_out, float* masked, float* db, int n, int features,
-                    cudaStream_t stream);
+                    const FusedDropout& drop, cudaStream_t stream);
 /// db[c] = sum over samples and positions of g[sample, c, position] (NCHW, `plane` positions), in
 /// a fixed order; g = dy, masked by relu_out (see above). `scratch` holds
 /// bias_grad_channels_scratch(n, channels) floats. cuDNN's convolution bias gradient took 63 us for

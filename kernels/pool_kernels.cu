@@ -13,7 +13,7 @@ constexpr int kPoolThreads = 128;
 
 // Grid (plane, range of outputs): no division to find the plane. The window's first maximum, in
 // the CPU's scan order (row by row).
-__global__ void maxpool_forward_kernel(const float* x, float* y, int32_t* argmax, PoolGeometry g) {
+__global__ void maxpool_forward_kernel(const float* x, float* y, int32_t* argmax, PoolGeometry g, FusedDropout drop) {
   const int per_plane = g.oh * g.ow, q = blockIdx.y * blockDim.x + threadIdx.x;
   if (q >= per_plane) return;
   const int oy = q / g.ow, ox = q - oy * g.ow;
@@ -31,7 +31,7 @@ __global__ void maxpool_forward_kernel(const float* x, float* y, int32_t* argmax
     }
   }
   const long o = static_cast<long>(blockIdx.x) * per_plane + q;
-  y[o] = best;
+  y[o] = best * dropout_factor(drop, o);
   argmax[o] = where;
 }
 
@@ -43,7 +43,8 @@ __device__ __forceinline__ int first_window(int p, int k, int s, int pad) {
 
 // Grid (plane, range of inputs). Windows that tile the plane (stride = kernel, no padding) hold
 // each input at most once: one lookup. Otherwise every window over the input, in output order.
-__global__ void maxpool_backward_kernel(const float* dy, const int32_t* argmax, float* dx, PoolGeometry g) {
+__global__ void maxpool_backward_kernel(const float* dy, const int32_t* argmax, float* dx, PoolGeometry g,
+                                        FusedDropout drop) {
   const int per_plane = g.h * g.w, offset = blockIdx.y * blockDim.x + threadIdx.x;
   if (offset >= per_plane) return;
   const int iy = offset / g.w, ix = offset - iy * g.w;
@@ -53,7 +54,7 @@ __global__ void maxpool_backward_kernel(const float* dy, const int32_t* argmax, 
     const int oy = iy / g.k, ox = ix / g.k;
     if (oy < g.oh && ox < g.ow) {
       const long o = base + oy * g.ow + ox;
-      if (argmax[o] == offset) acc = dy[o];
+      if (argmax[o] == offset) acc = dy[o] * dropout_factor(drop, o);
     }
   } else {
     const int oy_end = min(g.oh, (iy + g.pad) / g.stride + 1), ox_end = min(g.ow, (ix + g.pad) / g.stride + 1);
@@ -61,7 +62,7 @@ __global__ void maxpool_backward_kernel(const float* dy, const int32_t* argmax, 
     for (int oy = first_window(iy, g.k, g.stride, g.pad); oy < oy_end; ++oy)
       for (int ox = ox_begin; ox < ox_end; ++ox) {
         const long o = base + oy * g.ow + ox;
-        if (argmax[o] == offset) acc += dy[o];
+        if (argmax[o] == offset) acc += dy[o] * dropout_factor(drop, o);
       }
   }
   dx[static_cast<long>(blockIdx.x) * per_plane + offset] = acc;
@@ -69,13 +70,14 @@ __global__ void maxpool_backward_kernel(const float* dy, const int32_t* argmax, 
 
 // Windows that tile the plane exactly (stride = kernel, no padding, sides divisible): a thread per
 // window reads its maximum's index and gradient once and writes the whole window.
-__global__ void maxpool_backward_tiled_kernel(const float* dy, const int32_t* argmax, float* dx, PoolGeometry g) {
+__global__ void maxpool_backward_tiled_kernel(const float* dy, const int32_t* argmax, float* dx, PoolGeometry g,
+                                              FusedDropout drop) {
   const int per_plane = g.oh * g.ow, q = blockIdx.y * blockDim.x + threadIdx.x;
   if (q >= per_plane) return;
   const int oy = q / g.ow, ox = q - oy * g.ow;
   const long o = static_cast<long>(blockIdx.x) * per_plane + q;
   const int where = argmax[o];
-  const float grad = dy[o];
+  const float grad = dy[o] * dropout_factor(drop, o);
   float* plane = dx + static_cast<long>(blockIdx.x) * g.h * g.w;
   for (int ky = 0; ky < g.k; ++ky) {
     const int row = (oy * g.k + ky) * g.w + ox * g.k;
@@ -95,26 +97,28 @@ void check_fits(const PoolGeometry& g) {
 
 }  // namespace
 
-void maxpool_forward(const float* x, float* y, int32_t* argmax, const PoolGeometry& g, cudaStream_t stream) {
+void maxpool_forward(const float* x, float* y, int32_t* argmax, const PoolGeometry& g, const FusedDropout& drop,
+                     cudaStream_t stream) {
   check_fits(g);
   const dim3 grid(static_cast<unsigned>(g.planes),
                   static_cast<unsigned>((g.oh * g.ow + kPoolThreads - 1) / kPoolThreads));
-  maxpool_forward_kernel<<<grid, kPoolThreads, 0, stream>>>(x, y, argmax, g);
+  maxpool_forward_kernel<<<grid, kPoolThreads, 0, stream>>>(x, y, argmax, g, drop);
   CUDA_CHECK_LAUNCH();
 }
 
-void maxpool_backward(const float* dy, const int32_t* argmax, float* dx, const PoolGeometry& g, cudaStream_t stream) {
+void maxpool_backward(const float* dy, const int32_t* argmax, float* dx, const PoolGeometry& g, const FusedDropout& drop,
+                      cudaStream_t stream) {
   check_fits(g);
   if (tiles_exactly(g)) {
     const dim3 grid(static_cast<unsigned>(g.planes),
                     static_cast<unsigned>((g.oh * g.ow + kPoolThreads - 1) / kPoolThreads));
-    maxpool_backward_tiled_kernel<<<grid, kPoolThreads, 0, stream>>>(dy, argmax, dx, g);
+    maxpool_backward_tiled_kernel<<<grid, kPoolThreads, 0, stream>>>(dy, argmax, dx, g, drop);
     CUDA_CHECK_LAUNCH();
     return;
   }
   const dim3 grid(static_cast<unsigned>(g.planes),
                   static_cast<unsigned>((g.h * g.w + kPoolThreads - 1) / kPoolThreads));
-  maxpool_backward_kernel<<<grid, kPoolThreads, 0, stream>>>(dy, argmax, dx, g);
+  maxpool_backward_kernel<<<grid, kPoolThreads, 0, stream>>>(dy, argmax, dx, g, drop);
   CUDA_CHECK_LAUNCH();
 }
 

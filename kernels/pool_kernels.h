@@ -9,6 +9,8 @@
 
 #include <cstdint>
 
+#include "kernels/fused_dropout.h"
+
 namespace dptrain::kernels {
 
 /// Planes of h x w pooled into oh x ow by square windows of k with stride s and padding pad.
@@ -16,9 +18,12 @@ struct PoolGeometry {
   int planes, h, w, oh, ow, k, stride, pad;
 };
 
-/// y = max of each window; argmax = the window's first maximum as an offset into its plane.
-void maxpool_forward(const float* x, float* y, int32_t* argmax, const PoolGeometry& g, cudaStream_t stream);
-/// dx[i] = sum of dy over the windows whose argmax is i (0 where none).
-void maxpool_backward(const float* dy, const int32_t* argmax, float* dx, const PoolGeometry& g, cudaStream_t stream);
+/// y = max of each window, times the mask of an absorbed dropout (kernels/fused_dropout.h; inactive:
+/// none); argmax = the window's first maximum as an offset into its plane.
+void maxpool_forward(const float* x, float* y, int32_t* argmax, const PoolGeometry& g, const FusedDropout& drop,
+                     cudaStream_t stream);
+/// dx[i] = sum over the windows whose argmax is i (0 where none) of dy times the dropout's mask.
+void maxpool_backward(const float* dy, const int32_t* argmax, float* dx, const PoolGeometry& g, const FusedDropout& drop,
+                      cudaStream_t stream);
 
 }  // namespace dptrain::kernels

@@ -84,7 +84,7 @@ class Conv2dCuda final : public Conv2dLayer<float> {
   using Conv2dLayer<float>::Conv2dLayer;
 
   bool absorb_following_relu(DeviceContext& ctx) override {
-    relu_ = ctx.cuda().options().fuse_relu;
+    relu_ = ctx.cuda().options().fuse_elementwise;
     return relu_;
   }
 

@@ -30,8 +30,9 @@ struct CudaOptions {
   bool cudnn_benchmark = true; ///< pick conv algorithms by measurement (else heuristics)
   bool deterministic = true;   ///< only algorithms that repeat bit for bit
   bool exact_convolutions = false;  ///< no FFT/Winograd convolution algorithms (see conv2d_cuda.cpp)
-  bool fuse_relu = true;       ///< convolutions and linear layers apply the ReLU after them (off under
-                               ///< --check-numerics, so every layer's own output is checked)
+  bool fuse_elementwise = true;  ///< ReLUs and dropouts run inside the convolution, linear or pooling
+                                ///< kernels before them (off under --check-numerics, so every layer's
+                                ///< own output is checked)
 };
 
 class CudaContext {

@@ -1,9 +1,12 @@
 // ReLU through cuDNN; max pooling, dropout and flatten with custom kernels and copies.
+#include <optional>
+
 #include "core/buffer.h"
 #include "cuda/check.h"
 #include "cuda/cuda_context.h"
 #include "cuda/cuda_layers.h"
 #include "cuda/cudnn_descriptors.h"
+#include "cuda/fused_dropout.h"
 #include "kernels/layer_kernels.h"
 #include "kernels/pool_kernels.h"
 #include "layers/elementwise.h"
@@ -42,39 +45,56 @@ class ReluCuda final : public ReluLayer<float> {
   CudnnActivationDesc act_;
 };
 
+// With an absorbed dropout, the output is the dropout's and dout is dL/d(dropout output).
 class MaxPool2dCuda final : public MaxPool2dLayer<float> {
  public:
   using MaxPool2dLayer<float>::MaxPool2dLayer;
+  bool absorb_following_dropout(DeviceContext& ctx, const DropoutSpec& dropout) override {
+    if (!ctx.cuda().options().fuse_elementwise) return false;
+    dropout_ = dropout;
+    return true;
+  }
   void reserve(DeviceContext&, int max_batch) override {
     const size_t need = static_cast<size_t>(max_batch) * output_dims().count();
     if (argmax_.size() < need) argmax_ = Buffer<int32_t>(Device::Cuda, need);
   }
-  void forward(DeviceContext& ctx, TensorView<const float> in, TensorView<float> out, Phase, const StepInfo&) override {
-    kernels::maxpool_forward(in.data, out.data, argmax_.data(), geometry(in.n), ctx.cuda().stream());
+  void forward(DeviceContext& ctx, TensorView<const float> in, TensorView<float> out, Phase phase,
+               const StepInfo&) override {
+    kernels::maxpool_forward(in.data, out.data, argmax_.data(), geometry(in.n), fused_dropout(ctx, phase),
+                             ctx.cuda().stream());
   }
   void backward(DeviceContext& ctx, TensorView<const float> in, TensorView<const float>, TensorView<const float> dout,
                 TensorView<float> din) override {
-    if (din.data != nullptr) kernels::maxpool_backward(dout.data, argmax_.data(), din.data, geometry(in.n), ctx.cuda().stream());
+    if (din.data != nullptr)
+      kernels::maxpool_backward(dout.data, argmax_.data(), din.data, geometry(in.n), fused_dropout(ctx, Phase::Train),
+                                ctx.cuda().stream());
   }
 
  private:
+  kernels::FusedDropout fused_dropout(DeviceContext& ctx, Phase phase) const {
+    return make_fused_dropout(dropout_, phase, ctx, static_cast<long>(output_dims().count()));
+  }
+
   kernels::PoolGeometry geometry(int n) const {
     const Dims in = input_dims(), out = output_dims();
     return {n * in.c, in.h, in.w, out.h, out.w, kernel(), stride(), padding()};
   }
 
   Buffer<int32_t> argmax_;
+  std::optional<DropoutSpec> dropout_;  // absorbed (absorb_following_dropout)
 };
 
 class DropoutCuda final : public DropoutLayer<float> {
  public:
   using DropoutLayer<float>::DropoutLayer;
   void reserve(DeviceContext&, int max_batch) override {
+    if (absorbed()) return;  // no mask of its own
     if (mask_.size() < static_cast<size_t>(max_batch) * input_dims().count())
       mask_ = Buffer<float>(Device::Cuda, static_cast<size_t>(max_batch) * input_dims().count());
   }
   void forward(DeviceContext& ctx, TensorView<const float> in, TensorView<float> out, Phase phase,
                const StepInfo&) override {
+    if (absorbed()) return;  // the layer before applied it
     if (phase == Phase::Eval) {
       CUDA_CHECK(cudaMemcpyAsync(out.data, in.data, sizeof(float) * static_cast<size_t>(in.size()),
                                  cudaMemcpyDeviceToDevice, ctx.cuda().stream()));
@@ -86,7 +106,7 @@ class DropoutCuda final : public DropoutLayer<float> {
   }
   void backward(DeviceContext& ctx, TensorView<const float> in, TensorView<const float>, TensorView<const float> dout,
                 TensorView<float> din) override {
-    if (din.data != nullptr) kernels::dropout_backward(dout.data, mask_.data(), din.data, in.size(), ctx.cuda().stream());
+    if (din.data != nullptr && !absorbed()) kernels::dropout_backward(dout.data, mask_.data(), din.data, in.size(), ctx.cuda().stream());
   }
 
  private:

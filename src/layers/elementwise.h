@@ -38,9 +38,18 @@ class DropoutLayer : public Layer<T> {
   double p() const { return p_; }
   /// The factor applied to kept elements.
   T scale() const { return static_cast<T>(1.0 / (1.0 - p_)); }
+  bool is_view() const override { return absorbed_; }
+  /// The layer before applies this dropout (Layer::absorb_following_dropout): forward and backward
+  /// do nothing.
+  void mark_absorbed() { absorbed_ = true; }
+  bool absorbed() const { return absorbed_; }
+  DropoutSpec spec() const {
+    return {static_cast<float>(p_), static_cast<float>(1.0 / (1.0 - p_)), this->index()};
+  }
 
  private:
   double p_;
+  bool absorbed_ = false;
 };
 
 template <typename T>

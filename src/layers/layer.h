@@ -40,6 +40,13 @@ struct ParamSpec {
   int64_t fan_in = 1;
 };
 
+/// A dropout layer as another layer applies it (Layer::absorb_following_dropout).
+struct DropoutSpec {
+  float p = 0.0f;      ///< drop probability
+  float scale = 1.0f;  ///< factor of kept elements, 1 / (1 - p)
+  int layer = 0;       ///< the dropout layer's index, part of its random key
+};
+
 /// One parameter's slice of the flat value and gradient buffers.
 template <typename T>
 struct ParamView {
@@ -76,7 +83,17 @@ class Layer {
     return false;
   }
 
-  /// Whether the output is the input itself (flatten; a ReLU absorbed by the layer before it). The
+  /// Offers this layer the dropout that follows it (after a ReLU it absorbed, if any). A layer that
+  /// takes it (on CUDA: max pooling and linear layers) multiplies its training outputs by the
+  /// dropout's mask and its incoming gradient likewise, drawing the mask as the dropout layer
+  /// would (same generator, key and element order). Called before reserve().
+  virtual bool absorb_following_dropout(DeviceContext& ctx, const DropoutSpec& dropout) {
+    (void)ctx;
+    (void)dropout;
+    return false;
+  }
+
+  /// Whether the output is the input itself (flatten; a ReLU or dropout absorbed before it). The
   /// model then gives the output and its gradient the input's buffers, and forward/backward do
   /// nothing when handed the same memory for both.
   virtual bool is_view() const { return false; }

@@ -48,6 +48,16 @@ Model<T>::Model(const ModelConfig& config, DeviceContext& ctx, int max_batch)
   for (size_t i = 0; i + 1 < layers_.size(); ++i)
     if (auto* relu = dynamic_cast<ReluLayer<T>*>(layers_[i + 1].get()))
       if (layers_[i]->absorb_following_relu(ctx)) relu->mark_absorbed();
+  for (size_t i = 1; i < layers_.size(); ++i) {
+    auto* dropout = dynamic_cast<DropoutLayer<T>*>(layers_[i].get());
+    if (dropout == nullptr) continue;
+    size_t before = i - 1;  // the layer whose kernels would apply it, past a ReLU it absorbed
+    if (auto* relu = dynamic_cast<ReluLayer<T>*>(layers_[before].get())) {
+      if (!relu->absorbed()) continue;
+      --before;
+    }
+    if (layers_[before]->absorb_following_dropout(ctx, dropout->spec())) dropout->mark_absorbed();
+  }
 
   params_ = ParamStore<T>(ctx.device(), collect_params(layers_));
   size_t entry = 0;

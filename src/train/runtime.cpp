@@ -27,7 +27,7 @@ DeviceContext make_device_context(Device device, const TrainConfig& train, int c
   options.cudnn_benchmark = train.cudnn_benchmark;
   options.deterministic = train.deterministic;
   options.exact_convolutions = train.exact_convolutions;
-  options.fuse_relu = !train.check_numerics;
+  options.fuse_elementwise = !train.check_numerics;
   return DeviceContext(std::make_unique<CudaContext>(options));
 }
 

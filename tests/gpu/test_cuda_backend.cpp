@@ -274,6 +274,60 @@ TEST_F(CudaBackend, AbsorbedReluMatchesCpuLayerThenRelu) {
   }
 }
 
+// Max pooling and a linear layer (with its ReLU) that absorbed the dropout after them (the CUDA model
+// does this) equal the CPU's layers run one after the other: the same masks, drawn again in the
+// fused backward instead of stored. Pooling bit for bit; in Eval the dropout is the identity.
+TEST_F(CudaBackend, AbsorbedDropoutMatchesCpuLayersInSequence) {
+  LayerConfig pool = layer("maxpool2d"), lin = layer("linear"), drop = layer("dropout");
+  pool.kernel = pool.stride = 2;
+  lin.out_features = 128;
+  drop.p = 0.25;
+  const int drop_index = 4;  // the dropout's place in the model: part of its random key
+  for (int n : {64, 5}) {
+    {  // pool -> dropout
+      const Dims in{64, 24, 24};
+      auto pc = make_layer<float>(pool, 3, in, Device::Cpu);
+      auto pg = make_layer<float>(pool, 3, in, Device::Cuda);
+      auto dc = make_layer<float>(drop, drop_index, pc->output_dims(), Device::Cpu);
+      ASSERT_TRUE(pg->absorb_following_dropout(*gpu_, {0.25f, 1.0f / 0.75f, drop_index}));
+      std::vector<float> x = randoms(static_cast<size_t>(n) * in.count(), 11);
+      for (size_t i = 0; i < x.size(); ++i) x[i] += 0.0001f * static_cast<float>(i % 997);  // no near-ties
+      const std::vector<float> dy = randoms(static_cast<size_t>(n) * pc->output_dims().count(), 12);
+      const std::vector<float> pooled = run_layer(cpu_, *pc, {}, x, dy, n, Phase::Train).out;
+      const LayerRun dropped = run_layer(cpu_, *dc, {}, pooled, dy, n, Phase::Train);
+      const LayerRun want = run_layer(cpu_, *pc, {}, x, dropped.din, n, Phase::Train);
+      const LayerRun got = run_layer(*gpu_, *pg, {}, x, dy, n, Phase::Train);
+      EXPECT_EQ(got.out, dropped.out) << "pool forward, n=" << n;
+      EXPECT_EQ(got.din, want.din) << "pool backward, n=" << n;
+      EXPECT_EQ(run_layer(*gpu_, *pg, {}, x, dy, n, Phase::Eval).out, pooled) << "pool eval, n=" << n;
+    }
+    {  // linear -> relu -> dropout; the GPU's backward is given the CPU's output as its mask
+      const Dims in{64, 12, 12};
+      auto lc = make_layer<float>(lin, 3, in, Device::Cpu);
+      auto lg = make_layer<float>(lin, 3, in, Device::Cuda);
+      auto dc = make_layer<float>(drop, drop_index, lc->output_dims(), Device::Cpu);
+      ASSERT_TRUE(lg->absorb_following_relu(*gpu_));
+      ASSERT_TRUE(lg->absorb_following_dropout(*gpu_, {0.25f, 1.0f / 0.75f, drop_index}));
+      size_t np = 0;
+      for (const ParamSpec& s : lc->param_specs()) np += static_cast<size_t>(element_count(s.shape));
+      const std::vector<float> params = randoms(np, 13, -0.3f, 0.3f);
+      const std::vector<float> x = randoms(static_cast<size_t>(n) * in.count(), 14);
+      const std::vector<float> dy = randoms(static_cast<size_t>(n) * lc->output_dims().count(), 15);
+      std::vector<float> relu_out = run_layer(cpu_, *lc, params, x, dy, n, Phase::Train).out;
+      for (float& v : relu_out) v = v > 0.0f ? v : 0.0f;
+      const LayerRun dropped = run_layer(cpu_, *dc, {}, relu_out, dy, n, Phase::Train);
+      std::vector<float> masked = dropped.din;
+      for (size_t i = 0; i < masked.size(); ++i) masked[i] = relu_out[i] > 0.0f ? masked[i] : 0.0f;
+      const LayerRun want = run_layer(cpu_, *lc, params, x, masked, n, Phase::Train);
+      const LayerRun got = run_layer(*gpu_, *lg, params, x, dy, n, Phase::Train, &dropped.out);
+      EXPECT_LE(rel(got.out, dropped.out), 1e-5) << "linear forward, n=" << n;
+      EXPECT_LE(rel(got.din, want.din), 1e-5) << "linear input gradient, n=" << n;
+      EXPECT_LE(rel(got.grads, want.grads), 1e-5) << "linear parameter gradients, n=" << n;
+      EXPECT_LE(rel(run_layer(*gpu_, *lg, params, x, dy, n, Phase::Eval).out, relu_out), 1e-5) << "linear eval";
+    }
+  }
+}
+
 // Max pooling is a custom kernel that keeps the CPU's first maximum and its order of summing
 // gradients: equal bit for bit, with many exact ties and with overlapping, padded windows.
 TEST_F(CudaBackend, MaxPoolMatchesCpuBitForBitWithTiesAndOverlap) {
