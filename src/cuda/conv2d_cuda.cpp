@@ -152,6 +152,8 @@ class Conv2dCuda final : public Conv2dLayer<float> {
 
  private:
   struct Plan;
+  struct MeasureScratch;
+  struct Choice;
 
   /// The gradient of the convolution's output, masked by an absorbed ReLU (into masked_); on the
   /// cuDNN path this pass also sums the bias gradient (the tiled filter kernel sums it itself).
@@ -308,17 +310,84 @@ class Conv2dCuda final : public Conv2dLayer<float> {
     p.tiled_filter = best_filter.index < 0;
     p.bwd_filter = best_filter.index < 0 ? p.bwd_filter : w[best_filter.index].algo;
     note(ctx, p.n, "backward-filter", best_filter, w);
+    if (index() > 0) choose_side_by_side(ctx, p, m, d, best_data, w, best_filter);
+  }
+
+  /// Where an input gradient follows, backward runs the two directions side by side (the filter
+  /// gradient on the side stream). Two algorithms that are fastest alone may contend for the same
+  /// resource together (FFT ones both for memory bandwidth), so the two best of each direction are
+  /// timed in pairs, as backward queues them, and the pair that finishes first is kept.
+  template <typename DataPerf, typename FilterPerf>
+  void choose_side_by_side(DeviceContext& ctx, Plan& p, MeasureScratch& m, const DataPerf* d, const Choice& data,
+                           const FilterPerf* w, const Choice& filter) {
+    std::vector<int> data_options{data.index}, filter_options{filter.index};
+    if (data.second != Choice::kNone) data_options.push_back(data.second);
+    if (filter.second != Choice::kNone) filter_options.push_back(filter.second);
+    if (data_options.size() * filter_options.size() < 2) return;
+    CudaContext& cu = ctx.cuda();
+    const kernels::ConvGeometry g = geometry(p.n);
+    const size_t tiled_bytes = kernels::tiled_conv_fits(g) ? kernels::tiled_conv_scratch(g) : 0;
+    size_t data_bytes = tiled_bytes, filter_bytes = tiled_bytes;
+    for (int i : data_options) data_bytes = std::max(data_bytes, i < 0 ? 0 : d[i].memory);
+    for (int i : filter_options) filter_bytes = std::max(filter_bytes, i < 0 ? 0 : w[i].memory);
+    Buffer<uint8_t> data_ws(Device::Cuda, std::max<size_t>(data_bytes, 1));
+    Buffer<uint8_t> filter_ws(Device::Cuda, std::max<size_t>(filter_bytes, 1));
+    const Dims od = output_dims();
+    cudaStream_t st = cu.stream();
+    float* masked = relu_ ? m.masked.data() : nullptr;
+    const float* dy = relu_ ? masked : m.y.data();
+    const auto pair = [&](int di, int fi) {
+      if (fi < 0) {
+        if (relu_) kernels::relu_backward(m.y.data(), m.y.data(), masked, m.y.size(), st);
+      } else {
+        kernels::bias_grad_channels(m.y.data(), relu_ ? m.y.data() : nullptr, masked, m.db.data(), m.partials.data(),
+                                    p.n, od.c, od.h * od.w, st);
+      }
+      cudaStream_t side = cu.fork();
+      if (fi < 0)
+        kernels::tiled_conv_filter_grad(m.x.data(), dy, m.dw.data(), m.db.data(), filter_ws.data(), g, side);
+      else
+        CUDNN_CHECK(cudnnConvolutionBackwardFilter(cu.side_cudnn(), &kOne, p.x, m.x.data(), p.y, dy, conv_, w[fi].algo,
+                                                   filter_ws.data(), w[fi].memory, &kZero, filter_, m.dw.data()));
+      if (di < 0)
+        kernels::tiled_conv_backward_data(dy, m.w.data(), m.dx.data(), data_ws.data(), g, st);
+      else
+        CUDNN_CHECK(cudnnConvolutionBackwardData(cu.cudnn(), &kOne, filter_, m.w.data(), p.y, dy, conv_, d[di].algo,
+                                                 data_ws.data(), d[di].memory, &kZero, p.x, m.dx.data()));
+      cu.join();
+    };
+    double best = std::numeric_limits<double>::infinity();
+    int best_data = data.index, best_filter = filter.index;
+    for (int di : data_options)
+      for (int fi : filter_options) {
+        try {
+          const double us = graph_time_us(st, [&] { pair(di, fi); });
+          if (us < best) best = us, best_data = di, best_filter = fi;
+        } catch (const CudaError&) {  // not capturable: never chosen
+        }
+      }
+    p.tiled_data = best_data < 0;
+    if (best_data >= 0) p.bwd_data = d[best_data].algo;
+    p.tiled_filter = best_filter < 0;
+    if (best_filter >= 0) p.bwd_filter = w[best_filter].algo;
+    const auto label = [](int i, auto algo) { return i < 0 ? std::string("tiled") : "cuDNN " + std::to_string(algo); };
+    char line[200];
+    std::snprintf(line, sizeof line, "%s batch %d backward side by side: data %s + filter %s %.1f us", name().c_str(),
+                  p.n, label(best_data, p.bwd_data).c_str(), label(best_filter, p.bwd_filter).c_str(), best);
+    cu.note_choice(line);
   }
 
   /// Tensors of one batch for timing, filled with 0.0115 (never zeros: some kernels skip them).
+  /// dx, dw, db: outputs of the two backward directions when they run side by side.
   struct MeasureScratch {
-    Buffer<float> x, y, w, b, masked, partials;
+    Buffer<float> x, y, w, b, masked, partials, dx, dw, db;
     MeasureScratch(Conv2dCuda& layer, int n)
         : x(Device::Cuda, static_cast<size_t>(n) * layer.input_dims().count()),
           y(Device::Cuda, static_cast<size_t>(n) * layer.output_dims().count()),
           w(Device::Cuda, layer.params()[0].value.size()), b(Device::Cuda, layer.params()[1].value.size()),
           masked(Device::Cuda, layer.relu_ ? y.size() : 0),
-          partials(Device::Cuda, kernels::bias_grad_channels_scratch(n, layer.out_channels())) {
+          partials(Device::Cuda, kernels::bias_grad_channels_scratch(n, layer.out_channels())),
+          dx(Device::Cuda, x.size()), dw(Device::Cuda, w.size()), db(Device::Cuda, b.size()) {
       for (Buffer<float>* t : {&x, &y, &w, &b}) CUDA_CHECK(cudaMemset(t->data(), 0x3c, t->size() * sizeof(float)));
     }
   };
@@ -327,8 +396,10 @@ class Conv2dCuda final : public Conv2dLayer<float> {
   /// the first kCandidates allowed results are timed; one that cannot be captured is passed over
   /// (the first stays the answer if none can be: an eager step, train.cuda_graph off, still runs).
   struct Choice {
+    static constexpr int kNone = -2;
     int index = -1;
     double us = 0, cudnn_us = 0;  // the chosen one's graph time; the best cuDNN one's
+    int second = kNone;           // the runner-up (-1: the tiled kernels), if another was timed
   };
   template <typename Perf, typename CudnnOp>
   Choice fastest(const Perf* results, int count, AlgoRules rules, const char* what, cudaStream_t st, CudnnOp cudnn_op,
@@ -343,19 +414,20 @@ class Conv2dCuda final : public Conv2dLayer<float> {
       }
     if (candidates.empty() && !tiled) pick(results, count, rules, what);  // throws: nothing allowed
     Buffer<uint8_t> ws(Device::Cuda, std::max<size_t>(memory, 1));
-    Choice best{candidates.empty() ? -1 : candidates.front(), std::numeric_limits<double>::infinity(), 0};
+    std::vector<std::pair<double, int>> timed;  // (us, index)
     for (int i : candidates) {
       try {
-        const double us = graph_time_us(st, [&] { cudnn_op(results[i], ws.data()); });
-        if (us < best.us) best.index = i, best.us = us;
+        timed.emplace_back(graph_time_us(st, [&] { cudnn_op(results[i], ws.data()); }), i);
       } catch (const CudaError&) {  // not capturable: never chosen, since the step is a graph
       }
     }
-    best.cudnn_us = best.us;
-    if (tiled) {
-      const double us = graph_time_us(st, [&] { tiled_op(ws.data()); });
-      if (us < best.us) best.index = -1, best.us = us;
-    }
+    Choice best{candidates.empty() ? -1 : candidates.front(), std::numeric_limits<double>::infinity(), 0};
+    if (!timed.empty()) best.cudnn_us = std::min_element(timed.begin(), timed.end())->first;
+    else best.cudnn_us = best.us;
+    if (tiled) timed.emplace_back(graph_time_us(st, [&] { tiled_op(ws.data()); }), -1);
+    std::stable_sort(timed.begin(), timed.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    if (!timed.empty()) best.index = timed[0].second, best.us = timed[0].first;
+    if (timed.size() > 1) best.second = timed[1].second;
     return best;
   }
 

@@ -215,6 +215,26 @@ TEST_F(CudaBackend, ConvPlanTimesEachDirectionOnceAndExactNeverTransforms) {
   EXPECT_EQ(chosen(*gpu_, "forward").size(), 2u);
   EXPECT_EQ(chosen(*gpu_, "backward-data").size(), 2u);
   EXPECT_EQ(chosen(*gpu_, "backward-filter").size(), 2u);
+
+  // Not the first layer: an input gradient follows, so the two backward directions, which then run
+  // side by side, are also timed in pairs; the pair kept is still exact.
+  auto second = make_layer<float>(c, 1, Dims{32, 26, 26}, Device::Cuda);
+  second->bind({{values.span().subspan(0, np - 64), grads.span().subspan(0, np - 64)},
+                {values.span().subspan(np - 64), grads.span().subspan(np - 64)}});
+  second->reserve(*gpu_, 64);
+  ASSERT_EQ(gpu_->cuda().choices().size(), 10u);
+  const std::string& pair = gpu_->cuda().choices().back();
+  ASSERT_NE(pair.find("batch 64 backward side by side: data "), std::string::npos) << pair;
+  const auto algo_after = [&](const std::string& what) {
+    const size_t at = pair.find(what);
+    return pair.compare(at + what.size(), 5, "tiled") == 0 ? -1 : std::stoi(pair.substr(at + what.size() + 6));
+  };
+  const int data = algo_after("data "), filter = algo_after("filter ");
+  EXPECT_TRUE(data != CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT && data != CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT_TILING &&
+              data != CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD &&
+              data != CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED) << pair;
+  EXPECT_TRUE(filter != CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT && filter != CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT_TILING &&
+              filter != CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED) << pair;
 }
 
 TEST_F(CudaBackend, LinearReluPoolDropoutFlattenMatchCpu) {
