@@ -127,7 +127,63 @@ __global__ void conv_direct_filter_finish_kernel(const float* partial, int chunk
     db[o] = total;
 }
 
-int chunks_for(const ConvGeometry& g) { return (g.n * g.oh * g.ow + kChunk - 1) / kChunk; }
+// One input channel (a first layer on grey images), K x K taps known at compile time: block
+// (chunk of kSamplesPerChunk samples, output channel), each thread sums its positions' products
+// into K*K + 1 registers (the last one is the bias), then the block adds them up: lanes by a
+// shuffle tree, warps in order. A chunk's partials go to `partial` like the general kernel's. Each
+// position's gradient is read once; the input planes are small and stay in L1/L2.
+constexpr int kSamplesPerChunk = 4;
+constexpr int kOneChannelThreads = 256;
+
+template <int K>
+__global__ void __launch_bounds__(kOneChannelThreads)
+    conv_direct_filter_one_channel_kernel(const float* __restrict__ x, const float* __restrict__ dy,
+                                          const float* __restrict__ relu_out, float* __restrict__ partial,
+                                          ConvGeometry g) {
+  constexpr int kTaps = K * K;
+  __shared__ float warp_sums[kOneChannelThreads / 32][kTaps + 1];
+  const int chunk = blockIdx.x, o = blockIdx.y, plane = g.oh * g.ow;
+  const int first = chunk * kSamplesPerChunk, count = min(kSamplesPerChunk, g.n - first) * plane;
+  float acc[kTaps + 1] = {};
+  for (int e = threadIdx.x; e < count; e += blockDim.x) {
+    const int ds = e / plane, q = e - ds * plane, s = first + ds;
+    const long k = (static_cast<long>(s) * g.oc + o) * plane + q;
+    const float grad = relu_out == nullptr || relu_out[k] > 0.0f ? dy[k] : 0.0f;
+    const int oy = q / g.ow, ox = q - oy * g.ow;
+    const float* xs = x + static_cast<long>(s) * g.h * g.w;
+#pragma unroll
+    for (int ky = 0; ky < K; ++ky) {
+      const int iy = oy * g.stride - g.pad + ky;
+#pragma unroll
+      for (int kx = 0; kx < K; ++kx) {
+        const int ix = ox * g.stride - g.pad + kx;
+        const float v = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w ? xs[iy * g.w + ix] : 0.0f;
+        acc[ky * K + kx] += grad * v;
+      }
+    }
+    acc[kTaps] += grad;
+  }
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+#pragma unroll
+  for (int j = 0; j <= kTaps; ++j) {
+    float v = acc[j];
+    for (int off = 16; off > 0; off /= 2) v += __shfl_down_sync(0xffffffffu, v, off);
+    if (lane == 0) warp_sums[warp][j] = v;
+  }
+  __syncthreads();
+  if (threadIdx.x > kTaps) return;
+  float total = 0.0f;
+  for (int w = 0; w < kOneChannelThreads / 32; ++w) total += warp_sums[w][threadIdx.x];
+  partial[(static_cast<long>(chunk) * g.oc + o) * (kTaps + 1) + threadIdx.x] = total;
+}
+
+/// The one-channel kernel's K, or 0 where it does not serve.
+int one_channel_kernel(const ConvGeometry& g) { return g.c == 1 && (g.k == 3 || g.k == 5) && g.oc <= 65535 ? g.k : 0; }
+
+int chunks_for(const ConvGeometry& g) {
+  if (one_channel_kernel(g) != 0) return (g.n + kSamplesPerChunk - 1) / kSamplesPerChunk;
+  return (g.n * g.oh * g.ow + kChunk - 1) / kChunk;
+}
 
 /// The kernels index positions and inputs in 32-bit integers (64-bit division is slow on GPUs).
 void check_fits(const ConvGeometry& g) {
@@ -160,8 +216,16 @@ void conv_direct_filter_grad(const float* x, const float* dy, const float* relu_
   check_fits(g);
   const int chunks = chunks_for(g), taps = g.c * g.k * g.k;
   float* partial = static_cast<float*>(scratch);
-  const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>((g.oc + kChannelTile - 1) / kChannelTile));
-  conv_direct_filter_partial_kernel<<<grid, kThreads, 0, stream>>>(x, dy, relu_out, partial, g);
+  if (const int k = one_channel_kernel(g); k != 0) {
+    const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(g.oc));
+    if (k == 3)
+      conv_direct_filter_one_channel_kernel<3><<<grid, kOneChannelThreads, 0, stream>>>(x, dy, relu_out, partial, g);
+    else
+      conv_direct_filter_one_channel_kernel<5><<<grid, kOneChannelThreads, 0, stream>>>(x, dy, relu_out, partial, g);
+  } else {
+    const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>((g.oc + kChannelTile - 1) / kChannelTile));
+    conv_direct_filter_partial_kernel<<<grid, kThreads, 0, stream>>>(x, dy, relu_out, partial, g);
+  }
   CUDA_CHECK_LAUNCH();
   conv_direct_filter_finish_kernel<<<g.oc * (taps + 1), kFinishThreads, 0, stream>>>(partial, chunks, taps, dw, db);
   CUDA_CHECK_LAUNCH();

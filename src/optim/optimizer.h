@@ -3,6 +3,8 @@
 // work on one span.
 #pragma once
 
+#include <cuda_runtime_api.h>
+
 #include <memory>
 #include <span>
 #include <string>
@@ -31,8 +33,21 @@ class Optimizer {
   virtual StepScalars scalars(double lr, int64_t t) const = 0;
 
   /// One update. Allocates nothing, never synchronises.
-  virtual void step(DeviceContext& ctx, std::span<float> params, std::span<const float> grads,
-                    const StepScalars* scalars) = 0;
+  void step(DeviceContext& ctx, std::span<float> params, std::span<const float> grads, const StepScalars* scalars) {
+    update(ctx, params, grads, scalars, 0, params.size(), nullptr);
+  }
+
+  /// The update of elements [begin, end) only (params and grads are the whole flat buffers), on
+  /// `stream` on CUDA (null: the compute stream). The rules are element-wise, so updating the
+  /// buffer in parts gives exactly what step() gives.
+  void step_part(DeviceContext& ctx, std::span<float> params, std::span<const float> grads, const StepScalars* scalars,
+                 size_t begin, size_t end, cudaStream_t stream) {
+    update(ctx, params, grads, scalars, begin, end, stream);
+  }
+
+ protected:
+  virtual void update(DeviceContext& ctx, std::span<float> params, std::span<const float> grads,
+                      const StepScalars* scalars, size_t begin, size_t end, cudaStream_t stream) = 0;
 };
 
 /// Throws InputError for an unknown type or a bad hyper-parameter (names the config key).

@@ -30,7 +30,10 @@ class Slots {
   std::vector<Buffer<float>> buffers_;
 };
 
-cudaStream_t stream_of(DeviceContext& ctx) { return ctx.cuda().stream(); }
+cudaStream_t stream_of(DeviceContext& ctx, cudaStream_t stream) { return stream != nullptr ? stream : ctx.cuda().stream(); }
+
+/// Elements [begin, end) of a flat buffer (a state slot, or null for none).
+float* part(float* buffer, size_t begin) { return buffer != nullptr ? buffer + begin : nullptr; }
 
 class Sgd final : public Optimizer {
  public:
@@ -46,13 +49,16 @@ class Sgd final : public Optimizer {
     s.first_step = t == 1 ? 1.0f : 0.0f;
     return s;
   }
-  void step(DeviceContext& ctx, std::span<float> p, std::span<const float> g, const StepScalars* s) override {
+  void update(DeviceContext& ctx, std::span<float> p, std::span<const float> g, const StepScalars* s, size_t begin,
+              size_t end, cudaStream_t stream) override {
     float* buf = h_.momentum != 0.0f ? slots_[0].data() : nullptr;
-    if (ctx.on_cuda()) return kernels::sgd_step(p.data(), g.data(), buf, p.size(), h_, s, stream_of(ctx));
+    if (ctx.on_cuda())
+      return kernels::sgd_step(p.data() + begin, g.data() + begin, part(buf, begin), end - begin, h_, s,
+                               stream_of(ctx, stream));
     const StepScalars sc = *s;
     float dummy = 0.0f;
 #pragma omp parallel for schedule(static) firstprivate(dummy)
-    for (size_t i = 0; i < p.size(); ++i) rules::sgd(p[i], g[i], buf != nullptr ? buf[i] : dummy, h_, sc);
+    for (size_t i = begin; i < end; ++i) rules::sgd(p[i], g[i], buf != nullptr ? buf[i] : dummy, h_, sc);
   }
 
  private:
@@ -76,13 +82,16 @@ class Adam final : public Optimizer {
     s.bias_correction2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(beta2_, static_cast<double>(t))));
     return s;
   }
-  void step(DeviceContext& ctx, std::span<float> p, std::span<const float> g, const StepScalars* s) override {
+  void update(DeviceContext& ctx, std::span<float> p, std::span<const float> g, const StepScalars* s, size_t begin,
+              size_t end, cudaStream_t stream) override {
     float* m = slots_[0].data();
     float* v = slots_[1].data();
-    if (ctx.on_cuda()) return kernels::adam_step(p.data(), g.data(), m, v, p.size(), h_, s, stream_of(ctx));
+    if (ctx.on_cuda())
+      return kernels::adam_step(p.data() + begin, g.data() + begin, m + begin, v + begin, end - begin, h_, s,
+                                stream_of(ctx, stream));
     const StepScalars sc = *s;
 #pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < p.size(); ++i) rules::adam(p[i], g[i], m[i], v[i], h_, sc);
+    for (size_t i = begin; i < end; ++i) rules::adam(p[i], g[i], m[i], v[i], h_, sc);
   }
 
  private:
@@ -104,13 +113,16 @@ class Adadelta final : public Optimizer {
     s.lr = static_cast<float>(lr);
     return s;
   }
-  void step(DeviceContext& ctx, std::span<float> p, std::span<const float> g, const StepScalars* s) override {
+  void update(DeviceContext& ctx, std::span<float> p, std::span<const float> g, const StepScalars* s, size_t begin,
+              size_t end, cudaStream_t stream) override {
     float* sq = slots_[0].data();
     float* acc = slots_[1].data();
-    if (ctx.on_cuda()) return kernels::adadelta_step(p.data(), g.data(), sq, acc, p.size(), h_, s, stream_of(ctx));
+    if (ctx.on_cuda())
+      return kernels::adadelta_step(p.data() + begin, g.data() + begin, sq + begin, acc + begin, end - begin, h_, s,
+                                    stream_of(ctx, stream));
     const StepScalars sc = *s;
 #pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < p.size(); ++i) rules::adadelta(p[i], g[i], sq[i], acc[i], h_, sc);
+    for (size_t i = begin; i < end; ++i) rules::adadelta(p[i], g[i], sq[i], acc[i], h_, sc);
   }
 
  private:

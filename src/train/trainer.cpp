@@ -21,6 +21,7 @@
 #include "train/progress.h"
 #include "train/step_graph.h"
 #include "train/train_state.h"
+#include "train/update_in_backward.h"
 
 namespace dptrain {
 
@@ -87,6 +88,9 @@ Trainer::Trainer(const Config& config, const TrainOptions& options, const MnistD
     comm_.broadcast(model_->params().values().span(), 0, ctx_.on_cuda() ? ctx_.cuda().stream() : nullptr);
   }
   attach_observer();
+  if (ctx_.on_cuda())
+    updater_ = std::make_unique<UpdateInBackward>(*optimizer_, model_->params().values().span(),
+                                                  model_->params().grads().span(), &ctx_.step()->scalars);
 }
 
 Trainer::~Trainer() = default;
@@ -112,6 +116,8 @@ void Trainer::set_gradient_hook(GradientHook* hook) {
 }
 
 GradientHook* Trainer::step_hook() { return profiler_ ? profiler_.get() : hook_; }
+
+bool Trainer::updates_in_backward() { return updater_ != nullptr && step_hook() == nullptr && !numerics_; }
 
 void Trainer::step(int epoch, int64_t step_in_epoch, int64_t global_step) {
   if (epoch != source_epoch_) {
@@ -153,7 +159,7 @@ void Trainer::run_step(const StepInfo& info, int count, float grad_scale) {
     source_->gather_step(ctx_, count, x_.data(), y_.data());
     if (profiler_) profiler_->data_done(ctx_);
     model_->forward(ctx_, TensorView<const float>{x_.data(), count, in}, Phase::Train, info);
-    model_->backward(ctx_, y_.data(), grad_scale, sums_.data(), step_hook());
+    model_->backward(ctx_, y_.data(), grad_scale, sums_.data(), updates_in_backward() ? updater_.get() : step_hook());
   } else {
     // A tail batch smaller than the rank count leaves this rank idle; it still joins the exchange.
     zero_async(ctx_, params.grads().span());
@@ -162,7 +168,8 @@ void Trainer::run_step(const StepInfo& info, int count, float grad_scale) {
       hook->on_backward_done(ctx_);
     }
   }
-  optimizer_->step(ctx_, params.values().span(), params.grads().span(), &ctx_.step()->scalars);
+  if (count == 0 || !updates_in_backward())
+    optimizer_->step(ctx_, params.values().span(), params.grads().span(), &ctx_.step()->scalars);
   if (profiler_) profiler_->optimizer_done(ctx_);
   if (numerics_) numerics_->parameters_updated(ctx_, params);
 }

@@ -93,6 +93,9 @@ class Trainer {
   void wait_for_device();
   /// The hook the model reports gradients to: the exchange, or the profiler wrapping it.
   GradientHook* step_hook();
+  /// Whether parameters are updated during backward (UpdateInBackward): CUDA, one rank, no
+  /// gradient exchange, no profiler or numerics checks (which observe the update as a stage).
+  bool updates_in_backward();
 
   Config config_;
   TrainOptions options_;
@@ -123,6 +126,7 @@ class Trainer {
   std::unique_ptr<class StepGraph> graph_;  ///< the captured full-batch step (CUDA, train.cuda_graph)
   std::unique_ptr<class NumericsChecker> numerics_;  ///< train.check_numerics, else null
   std::unique_ptr<class Profiler> profiler_;         ///< TrainOptions::profile, else null
+  std::unique_ptr<class UpdateInBackward> updater_;  ///< on CUDA (used per updates_in_backward())
 };
 
 }  // namespace dptrain

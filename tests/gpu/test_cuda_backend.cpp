@@ -138,13 +138,17 @@ TEST_F(CudaBackend, ConvMatchesCpu) {
     c.padding = 2;
     compare_layer(cpu_, *gpu_, c, Dims{3, 13, 11}, n, 1e-5);
     // Short reductions (c * k * k <= 32) take the direct kernels: with padding and stride, one
-    // and two input channels (9 and 18 taps).
+    // and two input channels (9 and 18 taps); one channel has its own filter-gradient kernel.
     c.out_channels = 6;
     c.kernel = 3;
     c.stride = 2;
     c.padding = 1;
     compare_layer(cpu_, *gpu_, c, Dims{1, 13, 11}, n, 1e-5);
     compare_layer(cpu_, *gpu_, c, Dims{2, 13, 11}, n, 1e-5);
+    c.kernel = 5;  // one channel, 5x5: the one-channel filter-gradient kernel's other size
+    c.stride = 1;
+    c.padding = 2;
+    compare_layer(cpu_, *gpu_, c, Dims{1, 13, 11}, n, 1e-5);
   }
 }
 
@@ -304,8 +308,8 @@ TEST_F(CudaBackend, AbsorbedDropoutMatchesCpuLayersInSequence) {
   drop.p = 0.25;
   const int drop_index = 4;  // the dropout's place in the model: part of its random key
   for (int n : {64, 5}) {
-    {  // pool -> dropout
-      const Dims in{64, 24, 24};
+    // pool -> dropout; 12x12 outputs per plane share the generator's draws four by four, 5x5 do not
+    for (const Dims in : {Dims{64, 24, 24}, Dims{3, 10, 10}}) {
       auto pc = make_layer<float>(pool, 3, in, Device::Cpu);
       auto pg = make_layer<float>(pool, 3, in, Device::Cuda);
       auto dc = make_layer<float>(drop, drop_index, pc->output_dims(), Device::Cpu);
@@ -317,8 +321,8 @@ TEST_F(CudaBackend, AbsorbedDropoutMatchesCpuLayersInSequence) {
       const LayerRun dropped = run_layer(cpu_, *dc, {}, pooled, dy, n, Phase::Train);
       const LayerRun want = run_layer(cpu_, *pc, {}, x, dropped.din, n, Phase::Train);
       const LayerRun got = run_layer(*gpu_, *pg, {}, x, dy, n, Phase::Train);
-      EXPECT_EQ(got.out, dropped.out) << "pool forward, n=" << n;
-      EXPECT_EQ(got.din, want.din) << "pool backward, n=" << n;
+      EXPECT_EQ(got.out, dropped.out) << "pool forward, n=" << n << ", " << in.c << " planes";
+      EXPECT_EQ(got.din, want.din) << "pool backward, n=" << n << ", " << in.c << " planes";
       EXPECT_EQ(run_layer(*gpu_, *pg, {}, x, dy, n, Phase::Eval).out, pooled) << "pool eval, n=" << n;
     }
     {  // linear -> relu -> dropout; the GPU's backward is given the CPU's output as its mask
@@ -430,14 +434,21 @@ TEST_F(CudaBackend, EpochOrderAndGatherMatchCpuBitForBit) {
   }
 }
 
+/// A gradient exchange that does nothing: with one, the trainer updates after backward.
+class NoExchange final : public GradientHook {
+ public:
+  void on_gradients_ready(DeviceContext&, size_t, size_t) override {}
+  void on_backward_done(DeviceContext&) override {}
+};
+
 std::vector<float> train_params(DeviceContext& ctx, const MnistData& data, int steps, bool graph,
-                                std::vector<std::string> sets = {}) {
+                                std::vector<std::string> sets = {}, GradientHook* exchange = nullptr) {
   sets.push_back("train.cuda_graph=" + std::string(graph ? "true" : "false"));
   Config config = load_config(std::string(DPTRAIN_SOURCE_DIR) + "/configs/mnist_cnn.yaml", sets);
   SingleRankCommunicator comm;
   TrainOptions options;
   options.show_progress = false;
-  Trainer trainer(config, options, data, ctx, comm, nullptr);
+  Trainer trainer(config, options, data, ctx, comm, exchange);
   for (int s = 0; s < steps; ++s) trainer.step(0, s, s);
   const auto& p = trainer.model().params();
   return to_host(ctx, p.values(), p.size());
@@ -489,6 +500,28 @@ TEST_F(CudaBackend, GraphReplayEqualsEagerBitForBit) {
   heuristics.cudnn_benchmark = false;
   DeviceContext a = make_device_context(Device::Cuda, heuristics), b = make_device_context(Device::Cuda, heuristics);
   EXPECT_EQ(train_params(a, data, 30, true), train_params(b, data, 30, false));
+}
+
+// On one rank the parameters are updated layer by layer during backward (UpdateInBackward); with a
+// gradient exchange, once after it. The update is element-wise: the same parameters bit for bit,
+// in a CUDA graph and eagerly, with Adadelta (the recipe) and with SGD and momentum.
+TEST_F(CudaBackend, UpdateInBackwardEqualsUpdateAfterBackwardBitForBit) {
+  if (!have_mnist()) GTEST_SKIP() << "MNIST not in " << kData;
+  const MnistData data = load_mnist_dir(kData);
+  TrainConfig heuristics;
+  heuristics.cudnn_benchmark = false;
+  const std::vector<std::string> sgd{"train.optimizer={type: sgd, lr: 0.01, momentum: 0.5}"};
+  for (bool graph : {true, false})
+    for (const std::vector<std::string>& sets : {std::vector<std::string>{}, sgd}) {
+      DeviceContext a = make_device_context(Device::Cuda, heuristics), b = make_device_context(Device::Cuda, heuristics);
+      NoExchange exchange;
+      const std::vector<float> in_backward = train_params(a, data, 20, graph, sets);
+      const std::vector<float> after = train_params(b, data, 20, graph, sets, &exchange);
+      EXPECT_EQ(in_backward, after) << "graph " << graph << ", " << (sets.empty() ? "adadelta" : "sgd");
+      // and training moved them: the update ran at all
+      DeviceContext c = make_device_context(Device::Cuda, heuristics);
+      EXPECT_NE(train_params(c, data, 0, graph, sets), in_backward);
+    }
 }
 
 }  // namespace

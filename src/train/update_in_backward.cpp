@@ -1,0 +1,14 @@
+#include "train/update_in_backward.h"
+
+#include "cuda/cuda_context.h"
+
+namespace dptrain {
+
+void UpdateInBackward::on_gradients_ready(DeviceContext& ctx, size_t begin, size_t end) {
+  // After the layer's whole backward: its weight gradient (side stream), its bias gradient and its
+  // input gradient, which still reads the weights about to change (compute stream).
+  cudaStream_t side = ctx.cuda().fork();
+  optimizer_.step_part(ctx, params_, grads_, scalars_, begin, end, side);
+}
+
+}  // namespace dptrain
