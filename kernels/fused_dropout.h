@@ -33,27 +33,6 @@ __device__ __forceinline__ float dropout_factor(const FusedDropout& d, long i) {
                                           static_cast<uint32_t>(i - s * d.per_sample));
   return u >= d.p ? d.scale : 0.0f;
 }
-
-/// dropout_factor for a warp at once, with one generator call per four lanes: lanes 4t .. 4t + 3
-/// must hold four consecutive elements of one sample, the first at a multiple of 4 (per_sample
-/// a multiple of 4, and i % 4 == lane % 4), and every lane of the warp must call it.
-__device__ __forceinline__ float dropout_factor_x4(const FusedDropout& d, long i) {
-  if (d.step == nullptr) return 1.0f;
-  const long s = i / d.per_sample;
-  const StepInfo info = d.step->info;
-  const unsigned lane = threadIdx.x % 32, leader = lane & ~3u;
-  philox::U32x4 r{};
-  if (lane == leader)
-    r = philox::dropout_bits4(info.seed, info.epoch, d.layer, info.first_sample + static_cast<uint32_t>(s),
-                              static_cast<uint32_t>(i - s * d.per_sample) >> 2);
-  uint32_t mine = 0;
-#pragma unroll
-  for (unsigned k = 0; k < 4; ++k) {
-    const uint32_t v = __shfl_sync(0xffffffffu, r.v[k], static_cast<int>(leader));
-    if ((lane & 3u) == k) mine = v;
-  }
-  return philox::to_unit_float(mine) >= d.p ? d.scale : 0.0f;
-}
 #endif
 
 }  // namespace dptrain::kernels

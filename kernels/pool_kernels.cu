@@ -13,13 +13,8 @@ constexpr int kPoolThreads = 128;
 
 // Grid (plane, range of outputs): no division to find the plane. The window's first maximum, in
 // the CPU's scan order (row by row).
-// With `shared` (the launcher's check, uniform over the grid), lanes share the dropout's draws
-// four by four (dropout_factor_x4), so every lane computes its factor before any returns.
-__global__ void maxpool_forward_kernel(const float* x, float* y, int32_t* argmax, PoolGeometry g, FusedDropout drop,
-                                       bool shared) {
+__global__ void maxpool_forward_kernel(const float* x, float* y, int32_t* argmax, PoolGeometry g, FusedDropout drop) {
   const int per_plane = g.oh * g.ow, q = blockIdx.y * blockDim.x + threadIdx.x;
-  const long o = static_cast<long>(blockIdx.x) * per_plane + q;
-  const float factor = shared ? dropout_factor_x4(drop, o) : dropout_factor(drop, o);
   if (q >= per_plane) return;
   const int oy = q / g.ow, ox = q - oy * g.ow;
   const float* src = x + static_cast<long>(blockIdx.x) * g.h * g.w;
@@ -35,7 +30,8 @@ __global__ void maxpool_forward_kernel(const float* x, float* y, int32_t* argmax
       if (v > best || where < 0) best = v, where = iy * g.w + ix;
     }
   }
-  y[o] = best * factor;
+  const long o = static_cast<long>(blockIdx.x) * per_plane + q;
+  y[o] = best * dropout_factor(drop, o);
   argmax[o] = where;
 }
 
@@ -75,24 +71,18 @@ __global__ void maxpool_backward_kernel(const float* dy, const int32_t* argmax, 
 // Windows that tile the plane exactly (stride = kernel, no padding, sides divisible): a thread per
 // window reads its maximum's index and gradient once and writes the whole window.
 __global__ void maxpool_backward_tiled_kernel(const float* dy, const int32_t* argmax, float* dx, PoolGeometry g,
-                                              FusedDropout drop, bool shared) {
+                                              FusedDropout drop) {
   const int per_plane = g.oh * g.ow, q = blockIdx.y * blockDim.x + threadIdx.x;
-  const long o = static_cast<long>(blockIdx.x) * per_plane + q;
-  const float factor = shared ? dropout_factor_x4(drop, o) : dropout_factor(drop, o);
   if (q >= per_plane) return;
   const int oy = q / g.ow, ox = q - oy * g.ow;
+  const long o = static_cast<long>(blockIdx.x) * per_plane + q;
   const int where = argmax[o];
-  const float grad = dy[o] * factor;
+  const float grad = dy[o] * dropout_factor(drop, o);
   float* plane = dx + static_cast<long>(blockIdx.x) * g.h * g.w;
   for (int ky = 0; ky < g.k; ++ky) {
     const int row = (oy * g.k + ky) * g.w + ox * g.k;
     for (int kx = 0; kx < g.k; ++kx) plane[row + kx] = row + kx == where ? grad : 0.0f;
   }
-}
-
-/// Whether lanes of a grid (plane, range of outputs) may share dropout draws four by four.
-bool shares_draws(const PoolGeometry& g, const FusedDropout& drop) {
-  return drop.active() && (g.oh * g.ow) % 4 == 0 && drop.per_sample % 4 == 0 && kPoolThreads % 32 == 0;
 }
 
 bool tiles_exactly(const PoolGeometry& g) {
@@ -112,7 +102,7 @@ void maxpool_forward(const float* x, float* y, int32_t* argmax, const PoolGeomet
   check_fits(g);
   const dim3 grid(static_cast<unsigned>(g.planes),
                   static_cast<unsigned>((g.oh * g.ow + kPoolThreads - 1) / kPoolThreads));
-  maxpool_forward_kernel<<<grid, kPoolThreads, 0, stream>>>(x, y, argmax, g, drop, shares_draws(g, drop));
+  maxpool_forward_kernel<<<grid, kPoolThreads, 0, stream>>>(x, y, argmax, g, drop);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -122,8 +112,7 @@ void maxpool_backward(const float* dy, const int32_t* argmax, float* dx, const P
   if (tiles_exactly(g)) {
     const dim3 grid(static_cast<unsigned>(g.planes),
                     static_cast<unsigned>((g.oh * g.ow + kPoolThreads - 1) / kPoolThreads));
-    maxpool_backward_tiled_kernel<<<grid, kPoolThreads, 0, stream>>>(dy, argmax, dx, g, drop,
-                                                                       shares_draws(g, drop));
+    maxpool_backward_tiled_kernel<<<grid, kPoolThreads, 0, stream>>>(dy, argmax, dx, g, drop);
     CUDA_CHECK_LAUNCH();
     return;
   }

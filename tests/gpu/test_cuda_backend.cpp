@@ -308,7 +308,7 @@ TEST_F(CudaBackend, AbsorbedDropoutMatchesCpuLayersInSequence) {
   drop.p = 0.25;
   const int drop_index = 4;  // the dropout's place in the model: part of its random key
   for (int n : {64, 5}) {
-    // pool -> dropout; 12x12 outputs per plane share the generator's draws four by four, 5x5 do not
+    // pool -> dropout, with an even and an odd plane size
     for (const Dims in : {Dims{64, 24, 24}, Dims{3, 10, 10}}) {
       auto pc = make_layer<float>(pool, 3, in, Device::Cpu);
       auto pg = make_layer<float>(pool, 3, in, Device::Cuda);
