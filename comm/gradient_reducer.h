@@ -10,9 +10,10 @@
 //    NCCL requires. A completed bucket waits for the ones before it.
 //  - On CUDA the all-reduces run on the reducer's own high-priority stream, after events recorded
 //    on the compute stream and its side stream (cuda/cuda_context.h); on_backward_done makes the
-//    compute stream wait for that stream, so the optimizer waits for the exchange and nothing else, and the host never waits at all. Only
-//    events, stream waits and the communicator's collective are issued: with NCCL the whole step is
-//    capturable in a CUDA graph. Nothing is allocated after construction.
+//    compute stream wait for that stream, so the optimizer waits for the exchange and nothing else,
+//    and the host never waits at all. Only events, stream waits and the communicator's collective
+//    are issued: with NCCL the whole step is capturable in a CUDA graph. Nothing is allocated after
+//    construction.
 //  - Gradients are summed, not averaged: the trainer scales the loss by 1/global_batch, so the sum
 //    is the global mean gradient.
 //  - On a CPU context the communicator is called in place on host memory, synchronously.

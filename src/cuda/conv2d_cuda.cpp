@@ -421,9 +421,9 @@ class Conv2dCuda final : public Conv2dLayer<float> {
       } catch (const CudaError&) {  // not capturable: never chosen, since the step is a graph
       }
     }
-    Choice best{candidates.empty() ? -1 : candidates.front(), std::numeric_limits<double>::infinity(), 0};
+    constexpr double kNever = std::numeric_limits<double>::infinity();
+    Choice best{candidates.empty() ? -1 : candidates.front(), kNever, kNever};
     if (!timed.empty()) best.cudnn_us = std::min_element(timed.begin(), timed.end())->first;
-    else best.cudnn_us = best.us;
     if (tiled) timed.emplace_back(graph_time_us(st, [&] { tiled_op(ws.data()); }), -1);
     std::stable_sort(timed.begin(), timed.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
     if (!timed.empty()) best.index = timed[0].second, best.us = timed[0].first;

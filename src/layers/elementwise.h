@@ -44,7 +44,7 @@ class DropoutLayer : public Layer<T> {
   void mark_absorbed() { absorbed_ = true; }
   bool absorbed() const { return absorbed_; }
   DropoutSpec spec() const {
-    return {static_cast<float>(p_), static_cast<float>(1.0 / (1.0 - p_)), this->index()};
+    return {static_cast<float>(p_), static_cast<float>(scale()), this->index()};
   }
 
  private:
