@@ -44,7 +44,9 @@ class MapReader {
   void finish() const {
     if (!node_ || node_.IsNull()) return;
     for (const auto& kv : node_) {
-      const std::string key = kv.first.as<std::string>();
+      // A complex key ("? [a, b]" or "{a: 1}: x") is legal YAML but never a config key.
+      if (!kv.first.IsScalar()) fail(path_.empty() ? "(top level)" : path_, "keys must be plain names, found a list or mapping as a key");
+      const std::string key = kv.first.Scalar();
       if (!used_.count(key)) {
         std::string known;
         for (const auto& k : used_) known += (known.empty() ? "" : ", ") + k;
@@ -337,7 +339,13 @@ Config parse_config(const std::string& yaml_text, const std::string& source, con
   if (!root || root.IsNull()) throw InputError(source, "the config is empty");
   for (const std::string& o : overrides) apply_override(root, o, source);
   const std::string stem = std::filesystem::path(source).stem().string();
-  return build(root, source, stem);
+  try {
+    return build(root, source, stem);
+  } catch (const YAML::Exception& e) {
+    // Every shape the readers expect is checked before conversion; this is the net for any that
+    // slips through, so a config mistake is never an uncaught library exception.
+    throw InputError(source, "unexpected structure: " + e.msg + " (line " + std::to_string(e.mark.line + 1) + ")");
+  }
 }
 
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {

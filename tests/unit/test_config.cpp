@@ -126,6 +126,13 @@ TEST(Config, ErrorsNameFileAndKey) {
   EXPECT_NE(error_of("model: [1, 2").find("test.yaml: not valid YAML"), std::string::npos);
   EXPECT_NE(error_of("").find("test.yaml: the config is empty"), std::string::npos);
   EXPECT_NE(error_of(std::string(kMinimal) + "train: {precision: fp16}").find("'train.precision'"), std::string::npos);
+  // Complex keys are valid YAML; found by fuzz_config, they once escaped as a yaml-cpp exception.
+  EXPECT_NE(error_of("model: {layers: [{type: relu}], [x]: 1}").find("'model': keys must be plain names"),
+            std::string::npos);
+  EXPECT_NE(error_of(std::string(kMinimal) + "? {a: 1}\n: 2\n").find("'(top level)': keys must be plain names"),
+            std::string::npos);
+  EXPECT_NE(error_of("model: {layers: [{type: relu, ? [k]: 1}]}").find("'model.layers[0]': keys must be plain names"),
+            std::string::npos);
 }
 
 TEST(Config, BadOverridesAreReported) {
