@@ -49,11 +49,16 @@ DPTRAIN_HD double to_unit_double(uint32_t hi, uint32_t lo) {
 /// Streams keep different uses of one seed apart (counter word 3).
 enum Stream : uint32_t { kShuffle = 1, kDropout = 2, kInit = 3 };
 
+/// The four dropout words of elements [4 * group, 4 * group + 4) of global sample `sample` in
+/// dropout layer `layer`: one generator call serves four consecutive elements.
+DPTRAIN_HD U32x4 dropout_words(uint64_t seed, uint32_t epoch, uint32_t layer, uint32_t sample, uint32_t group) {
+  return philox4x32(U32x4{{group, sample, (epoch << 8) | (layer & 0xFFu), kDropout}}, seed);
+}
+
 /// Uniform in [0,1) for element `element` of global sample `sample` in dropout layer `layer`.
 DPTRAIN_HD float dropout_uniform(uint64_t seed, uint32_t epoch, uint32_t layer, uint32_t sample,
                                  uint32_t element) {
-  const U32x4 r = philox4x32(U32x4{{element >> 2, sample, (epoch << 8) | (layer & 0xFFu), kDropout}}, seed);
-  return to_unit_float(r.v[element & 3u]);
+  return to_unit_float(dropout_words(seed, epoch, layer, sample, element >> 2).v[element & 3u]);
 }
 
 /// 64-bit sort key of dataset index `index` for the shuffle of `epoch`.

@@ -1,8 +1,22 @@
 #include "cpu/im2col.h"
 
+#include <algorithm>
 #include <cstring>
+#include <utility>
 
 namespace dptrain::cpu {
+
+namespace {
+
+/// With stride 1, the output columns [begin, end) whose input column ox - padding + kx lies inside
+/// the row; the others read padding.
+std::pair<int, int> valid_outputs(const ConvGeometry& g, int kx) {
+  const int begin = std::clamp(g.padding - kx, 0, g.out_width);
+  const int end = std::clamp(g.width + g.padding - kx, begin, g.out_width);
+  return {begin, end};
+}
+
+}  // namespace
 
 template <typename T>
 void im2col(const ConvGeometry& g, const T* image, T* col, int ld) {
@@ -20,11 +34,11 @@ void im2col(const ConvGeometry& g, const T* image, T* col, int ld) {
           }
           const T* src = plane + static_cast<long>(y) * g.width;
           if (g.stride == 1) {
-            // Contiguous run: only the padded borders need care.
-            for (int ox = 0; ox < g.out_width; ++ox) {
-              const int x = ox - g.padding + kx;
-              dst[ox] = (x >= 0 && x < g.width) ? src[x] : T(0);
-            }
+            // A contiguous run of the input row between zeroed padding borders.
+            const auto [begin, end] = valid_outputs(g, kx);
+            std::fill(dst, dst + begin, T(0));
+            std::copy(src + begin - g.padding + kx, src + end - g.padding + kx, dst + begin);
+            std::fill(dst + end, dst + g.out_width, T(0));
           } else {
             for (int ox = 0; ox < g.out_width; ++ox) {
               const int x = ox * g.stride - g.padding + kx;
@@ -49,6 +63,12 @@ void col2im(const ConvGeometry& g, const T* col, int ld, T* image) {
           if (y < 0 || y >= g.height) continue;
           T* dst = plane + static_cast<long>(y) * g.width;
           const T* src = row + oy * g.out_width;
+          if (g.stride == 1) {
+            const auto [begin, end] = valid_outputs(g, kx);
+            T* shifted = dst - g.padding + kx;
+            for (int ox = begin; ox < end; ++ox) shifted[ox] += src[ox];
+            continue;
+          }
           for (int ox = 0; ox < g.out_width; ++ox) {
             const int x = ox * g.stride - g.padding + kx;
             if (x >= 0 && x < g.width) dst[x] += src[ox];

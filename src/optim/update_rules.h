@@ -1,7 +1,8 @@
 // The optimizers' per-element update rules, written once for the CPU loop and the CUDA kernel.
 // Both sides compile them without fused multiply-adds (-ffp-contract=off, nvcc --fmad=false), and
 // sqrt and division are correctly rounded on both, so CPU and GPU updates agree bit for bit.
-// Formulas follow torch.optim's single-tensor implementations (PyTorch 2.x).
+// Formulas follow torch.optim's single-tensor implementations (PyTorch 2.x). Options are selects,
+// not branches, so the CPU loops vectorise.
 #pragma once
 
 #include <cmath>
@@ -35,10 +36,9 @@ struct AdamHyper {
 /// torch.optim.Adam / AdamW: m.lerp_(g, 1-b1); v = b2*v + (1-b2)*g*g;
 /// p -= (lr/bc1) * m / (sqrt(v)/sqrt(bc2) + eps); AdamW first p *= 1 - lr*wd, Adam adds wd*p to g.
 DPTRAIN_HD void adam(float& p, float g, float& m, float& v, const AdamHyper& h, const StepScalars& s) {
-  if (h.weight_decay != 0.0f) {
-    if (h.decoupled) p = p * (1.0f - s.lr * h.weight_decay);
-    else g = g + h.weight_decay * p;
-  }
+  const bool decay = h.weight_decay != 0.0f;
+  p = decay && h.decoupled ? p * (1.0f - s.lr * h.weight_decay) : p;
+  g = decay && !h.decoupled ? g + h.weight_decay * p : g;
   m = m + (1.0f - h.beta1) * (g - m);
   v = v * h.beta2 + (1.0f - h.beta2) * (g * g);
   const float denom = sqrtf(v) / s.bias_correction2_sqrt + h.eps;
@@ -52,7 +52,7 @@ struct AdadeltaHyper {
 /// torch.optim.Adadelta: sq = rho*sq + (1-rho)*g*g; delta = sqrt(acc+eps)/sqrt(sq+eps)*g;
 /// acc = rho*acc + (1-rho)*delta*delta; p -= lr*delta.
 DPTRAIN_HD void adadelta(float& p, float g, float& sq, float& acc, const AdadeltaHyper& h, const StepScalars& s) {
-  if (h.weight_decay != 0.0f) g = g + h.weight_decay * p;
+  g = h.weight_decay != 0.0f ? g + h.weight_decay * p : g;
   sq = sq * h.rho + (1.0f - h.rho) * (g * g);
   const float std = sqrtf(sq + h.eps);
   const float delta = sqrtf(acc + h.eps) / std * g;

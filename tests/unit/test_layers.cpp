@@ -2,6 +2,7 @@
 // in double precision (every layer, several geometries), dropout statistics and determinism,
 // shape inference and its errors, and float agreeing with double.
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <cmath>
 
@@ -77,7 +78,86 @@ TEST_P(Conv2dGradient, MatchesFiniteDifferences) {
 INSTANTIATE_TEST_SUITE_P(Geometries, Conv2dGradient,
                          ::testing::Values(ConvCase{1, 5, 5, 2, 3, 1, 0, 2}, ConvCase{2, 6, 5, 3, 3, 2, 1, 3},
                                            ConvCase{3, 4, 4, 2, 2, 1, 1, 1}, ConvCase{2, 7, 7, 2, 5, 1, 2, 2},
-                                           ConvCase{2, 5, 5, 4, 1, 1, 0, 20}));  // n=20 spans two im2col chunks
+                                           ConvCase{2, 5, 5, 4, 1, 1, 0, 20},  // n=20: five filter-gradient groups
+                                           ConvCase{2, 4, 6, 3, 2, 1, 2, 7}));  // padding wider than the kernel reach
+
+TEST(Conv2d, ForwardMatchesDirectConvolution) {
+  // Against the textbook loop, over geometries where padding covers part, all or none of a kernel
+  // row, with a batch that is not a multiple of the filter-gradient group.
+  for (const ConvCase c : {ConvCase{3, 6, 7, 4, 3, 1, 1, 5}, ConvCase{2, 5, 4, 3, 2, 1, 2, 3},
+                           ConvCase{2, 7, 6, 2, 3, 2, 1, 2}, ConvCase{1, 4, 4, 2, 5, 1, 2, 1}}) {
+    auto layer = make_layer<double>(conv(c.out_c, c.k, c.stride, c.pad), 0, Dims{c.in_c, c.h, c.w}, Device::Cpu);
+    const Dims od = layer->output_dims();
+    std::vector<double> w = random_vector(static_cast<size_t>(c.out_c * c.in_c * c.k * c.k), 2);
+    std::vector<double> b = random_vector(static_cast<size_t>(c.out_c), 3), gw(w.size()), gb(b.size());
+    layer->bind({{w, gw}, {b, gb}});
+    DeviceContext ctx;
+    layer->reserve(ctx, c.n);
+    const std::vector<double> x = random_vector(static_cast<size_t>(c.n * c.in_c * c.h * c.w), 4);
+    std::vector<double> y(static_cast<size_t>(c.n) * od.count());
+    layer->forward(ctx, TensorView<const double>{x.data(), c.n, {c.in_c, c.h, c.w}}, TensorView<double>{y.data(), c.n, od},
+                   Phase::Train, {});
+    for (int n = 0; n < c.n; ++n)
+      for (int o = 0; o < c.out_c; ++o)
+        for (int oy = 0; oy < od.h; ++oy)
+          for (int ox = 0; ox < od.w; ++ox) {
+            double expect = b[o];
+            for (int ci = 0; ci < c.in_c; ++ci)
+              for (int ky = 0; ky < c.k; ++ky)
+                for (int kx = 0; kx < c.k; ++kx) {
+                  const int iy = oy * c.stride - c.pad + ky, ix = ox * c.stride - c.pad + kx;
+                  if (iy < 0 || iy >= c.h || ix < 0 || ix >= c.w) continue;
+                  expect += w[((o * c.in_c + ci) * c.k + ky) * c.k + kx] * x[((n * c.in_c + ci) * c.h + iy) * c.w + ix];
+                }
+            EXPECT_NEAR(y[((n * c.out_c + o) * od.h + oy) * od.w + ox], expect, 1e-12)
+                << "case k=" << c.k << " pad=" << c.pad << " at " << n << "," << o << "," << oy << "," << ox;
+          }
+  }
+}
+
+/// Forward output, input gradient and parameter gradients of a float layer run with `threads`
+/// OpenMP threads on fixed random data.
+std::vector<float> run_with_threads(const LayerConfig& c, Dims in, int n, int threads) {
+  const int saved = omp_get_max_threads();
+  omp_set_num_threads(threads);
+  auto layer = make_layer<float>(c, 0, in, Device::Cpu);
+  const Dims od = layer->output_dims();
+  std::vector<std::vector<float>> values, grads;
+  for (const ParamSpec& spec : layer->param_specs()) {
+    const std::vector<double> v = random_vector(static_cast<size_t>(element_count(spec.shape)), 7);
+    values.emplace_back(v.begin(), v.end());
+    grads.emplace_back(v.size());
+  }
+  std::vector<ParamView<float>> views;
+  for (size_t k = 0; k < values.size(); ++k) views.push_back({values[k], grads[k]});
+  layer->bind(std::move(views));
+  DeviceContext ctx;
+  layer->reserve(ctx, n);
+  const std::vector<double> xd = random_vector(static_cast<size_t>(n) * in.count(), 8);
+  const std::vector<double> dyd = random_vector(static_cast<size_t>(n) * od.count(), 9);
+  const std::vector<float> x(xd.begin(), xd.end()), dy(dyd.begin(), dyd.end());
+  std::vector<float> y(dy.size()), dx(x.size());
+  layer->forward(ctx, TensorView<const float>{x.data(), n, in}, TensorView<float>{y.data(), n, od}, Phase::Train, {});
+  layer->backward(ctx, TensorView<const float>{x.data(), n, in}, TensorView<const float>{y.data(), n, od},
+                  TensorView<const float>{dy.data(), n, od}, TensorView<float>{dx.data(), n, in});
+  omp_set_num_threads(saved);
+  std::vector<float> all = y;
+  all.insert(all.end(), dx.begin(), dx.end());
+  for (const auto& g : grads) all.insert(all.end(), g.begin(), g.end());
+  return all;
+}
+
+TEST(Conv2d, ResultsDoNotDependOnThreadCount) {
+  // Samples go to threads whole and filter gradients sum in fixed groups: one, two or three
+  // threads give the same bits, for batches smaller and larger than the thread count.
+  const std::vector<std::tuple<LayerConfig, Dims, int>> cases{
+      {conv(16, 3), Dims{8, 14, 14}, 10}, {conv(6, 5, 2, 2), Dims{3, 11, 9}, 3}, {conv(32, 3), Dims{4, 20, 20}, 1}};
+  for (const auto& [config, dims, n] : cases) {
+    const std::vector<float> one = run_with_threads(config, dims, n, 1);
+    EXPECT_EQ(run_with_threads(config, dims, n, 2), one) << "batch " << n;
+    EXPECT_EQ(run_with_threads(config, dims, n, 3), one) << "batch " << n;
+  }
+}
 
 TEST(Linear, GradientMatchesFiniteDifferences) {
   LayerConfig c = simple("linear");
@@ -137,6 +217,43 @@ TEST(MaxPool2d, FirstMaximumWinsTies) {
   EXPECT_EQ(dx, (std::vector<double>{1, 0, 0, 0}));
 }
 
+TEST(MaxPool2d, WindowsInsideAndOnTheBorderPickTheirFirstMaximum) {
+  // Values from a small set, so most windows hold ties; negative values, so a padded window must
+  // still pick a real pixel. Each output and the pixel its gradient goes to, against a plain scan.
+  for (auto [k, s, p] : {std::tuple{2, 2, 0}, std::tuple{3, 2, 1}, std::tuple{3, 1, 1}, std::tuple{2, 1, 1}}) {
+    LayerConfig c = simple("maxpool2d");
+    c.kernel = k;
+    c.stride = s;
+    c.padding = p;
+    const Dims id{2, 7, 6};
+    auto layer = make_layer<double>(c, 0, id, Device::Cpu);
+    const Dims od = layer->output_dims();
+    DeviceContext ctx;
+    layer->reserve(ctx, 1);
+    std::vector<double> x(static_cast<size_t>(id.count()));
+    for (size_t i = 0; i < x.size(); ++i) x[i] = -static_cast<double>((i * 7919) % 3);
+    std::vector<double> y(static_cast<size_t>(od.count())), dy(y.size(), 1.0), dx(x.size());
+    layer->forward(ctx, TensorView<const double>{x.data(), 1, id}, TensorView<double>{y.data(), 1, od}, Phase::Train, {});
+    layer->backward(ctx, TensorView<const double>{x.data(), 1, id}, TensorView<const double>{y.data(), 1, od},
+                    TensorView<const double>{dy.data(), 1, od}, TensorView<double>{dx.data(), 1, id});
+    std::vector<double> expect_dx(x.size(), 0.0);
+    for (int ch = 0; ch < id.c; ++ch)
+      for (int oy = 0; oy < od.h; ++oy)
+        for (int ox = 0; ox < od.w; ++ox) {
+          int first = -1;
+          for (int yy = oy * s - p; yy < oy * s - p + k; ++yy)
+            for (int xx = ox * s - p; xx < ox * s - p + k; ++xx) {
+              if (yy < 0 || yy >= id.h || xx < 0 || xx >= id.w) continue;
+              const int at = (ch * id.h + yy) * id.w + xx;
+              if (first < 0 || x[at] > x[first]) first = at;
+            }
+          EXPECT_EQ(y[(ch * od.h + oy) * od.w + ox], x[first]) << k << s << p << " at " << ch << "," << oy << "," << ox;
+          expect_dx[first] += 1.0;
+        }
+    EXPECT_EQ(dx, expect_dx) << "kernel " << k << " stride " << s << " padding " << p;
+  }
+}
+
 TEST(Flatten, KeepsValuesAndGradients) {
   auto layer = make_layer<double>(simple("flatten"), 0, Dims{2, 3, 4}, Device::Cpu);
   EXPECT_EQ(layer->output_dims(), (Dims{24, 1, 1}));
@@ -173,6 +290,22 @@ TEST(Dropout, DropsAboutPAndScalesTheRest) {
   layer->forward(ctx, TensorView<const float>{x.data(), 8, {64, 12, 12}}, TensorView<float>{z.data(), 8, {64, 12, 12}},
                  Phase::Eval, StepInfo{1, 0, 128});
   EXPECT_EQ(z, x);
+}
+
+TEST(Dropout, EveryElementOfARaggedSampleHasItsOwnDraw) {
+  // 15 elements per sample: the last group of four is partial, and samples do not start on a
+  // group boundary of the flat batch. Each element must still be dropout_uniform's draw for it.
+  LayerConfig c = simple("dropout");
+  c.p = 0.5;
+  auto layer = make_layer<float>(c, 3, Dims{3, 1, 5}, Device::Cpu);
+  DeviceContext ctx;
+  layer->reserve(ctx, 5);
+  std::vector<float> x(5 * 15, 1.0f), y(x.size(), -1.0f);
+  layer->forward(ctx, TensorView<const float>{x.data(), 5, {3, 1, 5}}, TensorView<float>{y.data(), 5, {3, 1, 5}},
+                 Phase::Train, StepInfo{9, 2, 40});
+  for (uint32_t s = 0; s < 5; ++s)
+    for (uint32_t e = 0; e < 15; ++e)
+      EXPECT_EQ(y[s * 15 + e], philox::dropout_uniform(9, 2, 3, 40 + s, e) >= 0.5f ? 2.0f : 0.0f) << s << "," << e;
 }
 
 TEST(Dropout, MaskDependsOnGlobalSampleNotBatchPosition) {

@@ -1,6 +1,9 @@
-// Conv2d on the CPU: im2col of a chunk of samples side by side, then one GEMM per chunk, so the
-// GEMMs are large enough for OpenBLAS to run near peak. Columns of sample j of a chunk occupy
-// columns [j*P, (j+1)*P) of the column matrix (P = output positions).
+// Conv2d on the CPU, sample by sample (Caffe's formulation): im2col of one sample into a per-thread
+// column matrix small enough to stay in the core's L2 cache, then one GEMM straight into that
+// sample's output. Threads take whole samples, so every GEMM runs single-threaded near peak.
+//
+// Filter gradients sum over the batch in fixed groups of kGroup samples whatever the thread count,
+// so the result does not depend on how many threads ran it.
 #include <omp.h>
 
 #include <algorithm>
@@ -9,6 +12,7 @@
 #include "core/buffer.h"
 #include "cpu/gemm.h"
 #include "cpu/im2col.h"
+#include "cpu/sum.h"
 #include "layers/conv2d.h"
 #include "layers/cpu/cpu_layers.h"
 
@@ -23,10 +27,10 @@ class Conv2dCpu final : public Conv2dLayer<T> {
 
   void reserve(DeviceContext&, int max_batch) override {
     const cpu::ConvGeometry g = geometry();
-    chunk_ = std::max(1, std::min(max_batch, kChunk));
-    const size_t cols = static_cast<size_t>(g.col_rows()) * g.col_cols() * chunk_;
-    col_ = Buffer<T>(Device::Cpu, cols);
-    gathered_ = Buffer<T>(Device::Cpu, static_cast<size_t>(this->out_channels()) * g.col_cols() * chunk_);
+    threads_ = std::max(1, omp_get_max_threads());
+    col_ = Buffer<T>(Device::Cpu, static_cast<size_t>(threads_) * col_size(g));
+    const size_t groups = static_cast<size_t>((max_batch + kGroup - 1) / kGroup);
+    dw_groups_ = Buffer<T>(Device::Cpu, groups * this->params()[0].value.size());
   }
 
   void forward(DeviceContext&, TensorView<const T> in, TensorView<T> out, Phase, const StepInfo&) override {
@@ -34,81 +38,88 @@ class Conv2dCpu final : public Conv2dLayer<T> {
     const int oc = this->out_channels(), kk = g.col_rows(), P = g.col_cols();
     const T* w = this->params()[0].value.data();
     const T* b = this->params()[1].value.data();
-    for (int n0 = 0; n0 < in.n; n0 += chunk_) {
-      const int nb = std::min(chunk_, in.n - n0);
-      const int ld = nb * P;
-      lower(g, in, n0, nb, ld);
-      // gathered[oc, nb*P] = W[oc, kk] * col[kk, nb*P]
-      cpu::gemm<T>(false, false, oc, ld, kk, T(1), w, kk, col_.data(), ld, T(0), gathered_.data(), ld);
-#pragma omp parallel for collapse(2) schedule(static)
-      for (int j = 0; j < nb; ++j)
-        for (int o = 0; o < oc; ++o) {
-          const T* src = gathered_.data() + static_cast<size_t>(o) * ld + static_cast<size_t>(j) * P;
-          T* dst = out.data + (static_cast<size_t>(n0 + j) * oc + o) * P;
-          for (int p = 0; p < P; ++p) dst[p] = src[p] + b[o];
-        }
+#pragma omp parallel for schedule(static) num_threads(threads_)
+    for (int n = 0; n < in.n; ++n) {
+      T* col = lower(g, in, n);
+      T* y = out.data + static_cast<size_t>(n) * oc * P;
+      // y[oc, P] = W[oc, kk] * col[kk, P] + b, the bias added while y is still in cache.
+      cpu::gemm<T>(false, false, oc, P, kk, T(1), w, kk, col, P, T(0), y, P);
+      for (int o = 0; o < oc; ++o)
+        for (int p = 0; p < P; ++p) y[static_cast<size_t>(o) * P + p] += b[o];
     }
   }
 
   void backward(DeviceContext&, TensorView<const T> in, TensorView<const T>, TensorView<const T> dout,
                 TensorView<T> din) override {
     const cpu::ConvGeometry g = geometry();
-    const int oc = this->out_channels(), kk = g.col_rows(), P = g.col_cols();
-    const T* w = this->params()[0].value.data();
-    T* dw = this->params()[0].grad.data();
+    const int oc = this->out_channels(), P = g.col_cols();
     T* db = this->params()[1].grad.data();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) num_threads(threads_)
     for (int o = 0; o < oc; ++o) {
       T acc = 0;
-      for (int n = 0; n < in.n; ++n) {
-        const T* src = dout.data + (static_cast<size_t>(n) * oc + o) * P;
-        for (int p = 0; p < P; ++p) acc += src[p];
-      }
+      for (int n = 0; n < in.n; ++n) acc += cpu::sum(dout.data + (static_cast<size_t>(n) * oc + o) * P, P);
       db[o] = acc;
     }
-    for (int n0 = 0; n0 < in.n; n0 += chunk_) {
-      const int nb = std::min(chunk_, in.n - n0);
-      const int ld = nb * P;
-#pragma omp parallel for collapse(2) schedule(static)
-      for (int j = 0; j < nb; ++j)
-        for (int o = 0; o < oc; ++o)
-          std::memcpy(gathered_.data() + static_cast<size_t>(o) * ld + static_cast<size_t>(j) * P,
-                      dout.data + (static_cast<size_t>(n0 + j) * oc + o) * P, sizeof(T) * P);
-      lower(g, in, n0, nb, ld);
-      // dW[oc, kk] (+)= dout[oc, nb*P] * col[kk, nb*P]^T
-      cpu::gemm<T>(false, true, oc, kk, ld, T(1), gathered_.data(), ld, col_.data(), ld, n0 == 0 ? T(0) : T(1), dw, kk);
-      if (din.data == nullptr) continue;
-      // dcol[kk, nb*P] = W[oc, kk]^T * dout[oc, nb*P], then scattered back per sample.
-      cpu::gemm<T>(true, false, kk, ld, oc, T(1), w, kk, gathered_.data(), ld, T(0), col_.data(), ld);
-      const size_t sample = static_cast<size_t>(in.dims.count());
-#pragma omp parallel for schedule(static)
-      for (int j = 0; j < nb; ++j) {
-        T* image = din.data + static_cast<size_t>(n0 + j) * sample;
-        std::memset(image, 0, sizeof(T) * sample);
-        cpu::col2im(g, col_.data() + static_cast<size_t>(j) * P, ld, image);
-      }
-    }
+    const int groups = (in.n + kGroup - 1) / kGroup;
+#pragma omp parallel for schedule(static) num_threads(threads_)
+    for (int group = 0; group < groups; ++group) backward_group(g, in, dout, din, group);
+    sum_filter_gradient_groups(groups);
   }
 
  private:
-  static constexpr int kChunk = 16;
+  static constexpr int kGroup = 4;
 
   cpu::ConvGeometry geometry() const {
     const Dims in = this->input_dims(), out = this->output_dims();
     return {in.c, in.h, in.w, this->kernel(), this->stride(), this->padding(), out.h, out.w};
   }
+  static size_t col_size(const cpu::ConvGeometry& g) { return static_cast<size_t>(g.col_rows()) * g.col_cols(); }
 
-  /// im2col of samples [n0, n0 + nb) side by side into col_ (row stride ld).
-  void lower(const cpu::ConvGeometry& g, TensorView<const T> in, int n0, int nb, int ld) {
-    const size_t sample = static_cast<size_t>(in.dims.count());
-#pragma omp parallel for schedule(static)
-    for (int j = 0; j < nb; ++j)
-      cpu::im2col(g, in.data + static_cast<size_t>(n0 + j) * sample, col_.data() + static_cast<size_t>(j) * g.col_cols(), ld);
+  /// im2col of sample n into the calling thread's column matrix.
+  T* lower(const cpu::ConvGeometry& g, TensorView<const T> in, int n) {
+    T* col = col_.data() + static_cast<size_t>(omp_get_thread_num()) * col_size(g);
+    cpu::im2col(g, in.data + static_cast<size_t>(n) * in.sample_size(), col, g.col_cols());
+    return col;
   }
 
-  int chunk_ = 1;
-  Buffer<T> col_;
-  Buffer<T> gathered_;
+  /// The filter gradient of samples [group * kGroup, ...) into that group's slot, and their input
+  /// gradients.
+  void backward_group(const cpu::ConvGeometry& g, TensorView<const T> in, TensorView<const T> dout, TensorView<T> din,
+                      int group) {
+    const int oc = this->out_channels(), kk = g.col_rows(), P = g.col_cols();
+    const T* w = this->params()[0].value.data();
+    T* dw = dw_groups_.data() + static_cast<size_t>(group) * oc * kk;
+    const int end = std::min(in.n, (group + 1) * kGroup);
+    for (int n = group * kGroup; n < end; ++n) {
+      const T* dy = dout.data + static_cast<size_t>(n) * oc * P;
+      T* col = lower(g, in, n);
+      // dW_group[oc, kk] (+)= dy[oc, P] * col[kk, P]^T
+      cpu::gemm<T>(false, true, oc, kk, P, T(1), dy, P, col, P, n == group * kGroup ? T(0) : T(1), dw, kk);
+      if (din.data == nullptr) continue;
+      // dcol[kk, P] = W[oc, kk]^T * dy[oc, P], scattered back to the sample's pixels.
+      cpu::gemm<T>(true, false, kk, P, oc, T(1), w, kk, dy, P, T(0), col, P);
+      T* image = din.data + static_cast<size_t>(n) * in.sample_size();
+      std::memset(image, 0, sizeof(T) * in.sample_size());
+      cpu::col2im(g, col, P, image);
+    }
+  }
+
+  /// dW = the groups' filter gradients added in group order.
+  void sum_filter_gradient_groups(int groups) {
+    const long size = static_cast<long>(this->params()[0].grad.size());
+    T* dw = this->params()[0].grad.data();
+    const T* parts = dw_groups_.data();
+#pragma omp parallel for schedule(static) num_threads(threads_)
+    for (long i = 0; i < size; ++i) {
+      T acc = parts[i];
+      for (int group = 1; group < groups; ++group) acc += parts[static_cast<size_t>(group) * size + i];
+      dw[i] = acc;
+    }
+  }
+
+  int threads_ = 1;
+  Buffer<T> col_;        ///< one column matrix per thread
+  Buffer<T> dw_groups_;  ///< one filter gradient per group of kGroup samples
 };
 
 }  // namespace

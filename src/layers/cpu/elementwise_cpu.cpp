@@ -1,4 +1,5 @@
 // ReLU, Dropout and Flatten on the CPU.
+#include <algorithm>
 #include <cstring>
 
 #include "core/buffer.h"
@@ -24,7 +25,12 @@ class ReluCpu final : public ReluLayer<T> {
     if (din.data == nullptr) return;
     const long n = out.size();
 #pragma omp parallel for schedule(static)
-    for (long i = 0; i < n; ++i) din.data[i] = out.data[i] > T(0) ? dout.data[i] : T(0);
+    for (long i = 0; i < n; ++i) {
+      // Load first, then select: a load under the condition compiles to a branch the sign pattern
+      // mispredicts half the time, and keeps the loop from vectorising.
+      const T g = dout.data[i];
+      din.data[i] = out.data[i] > T(0) ? g : T(0);
+    }
   }
 };
 
@@ -47,11 +53,15 @@ class DropoutCpu final : public DropoutLayer<T> {
 #pragma omp parallel for schedule(static)
     for (int i = 0; i < in.n; ++i) {
       const uint32_t sample = step.first_sample + static_cast<uint32_t>(i);
-      for (long e = 0; e < per; ++e) {
-        const long k = i * per + e;
-        const bool keep = philox::dropout_uniform(step.seed, step.epoch, layer, sample, static_cast<uint32_t>(e)) >= p;
-        mask_.data()[k] = keep ? scale : T(0);
-        out.data[k] = in.data[k] * mask_.data()[k];
+      for (long e0 = 0; e0 < per; e0 += 4) {
+        // One generator call per four elements: each word is exactly dropout_uniform's for its element.
+        const philox::U32x4 words =
+            philox::dropout_words(step.seed, step.epoch, layer, sample, static_cast<uint32_t>(e0 >> 2));
+        for (long e = e0; e < std::min(per, e0 + 4); ++e) {
+          const long k = i * per + e;
+          mask_.data()[k] = philox::to_unit_float(words.v[e - e0]) >= p ? scale : T(0);
+          out.data[k] = in.data[k] * mask_.data()[k];
+        }
       }
     }
   }

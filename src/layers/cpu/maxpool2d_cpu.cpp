@@ -1,6 +1,8 @@
 // MaxPool2d on the CPU. Forward records, per output, the input offset of the first maximum of its
 // window; backward routes each output gradient there.
+#include <algorithm>
 #include <limits>
+#include <utility>
 
 #include "core/buffer.h"
 #include "layers/cpu/cpu_layers.h"
@@ -29,18 +31,9 @@ class MaxPool2dCpu final : public MaxPool2dLayer<T> {
       int32_t* arg = argmax_.data() + plane * od.h * od.w;
       for (int oy = 0; oy < od.h; ++oy)
         for (int ox = 0; ox < od.w; ++ox) {
-          T best = -std::numeric_limits<T>::infinity();
-          int32_t where = -1;
-          for (int ky = 0; ky < k; ++ky) {
-            const int y = oy * s - pad + ky;
-            if (y < 0 || y >= id.h) continue;
-            for (int kx = 0; kx < k; ++kx) {
-              const int x = ox * s - pad + kx;
-              if (x < 0 || x >= id.w) continue;
-              const T v = src[y * id.w + x];
-              if (v > best || where < 0) best = v, where = y * id.w + x;
-            }
-          }
+          const int y0 = oy * s - pad, x0 = ox * s - pad;
+          const bool inside = y0 >= 0 && x0 >= 0 && y0 + k <= id.h && x0 + k <= id.w;
+          const auto [best, where] = inside ? interior_max(src, id.w, k, y0, x0) : border_max(src, id, k, y0, x0);
           dst[oy * od.w + ox] = best;
           arg[oy * od.w + ox] = where;
         }
@@ -62,6 +55,33 @@ class MaxPool2dCpu final : public MaxPool2dLayer<T> {
   }
 
  private:
+  /// The first maximum of a window that lies wholly inside the plane. Selects instead of branches:
+  /// which element wins is data-dependent and would defeat the branch predictor.
+  static std::pair<T, int32_t> interior_max(const T* src, int width, int k, int y0, int x0) {
+    int32_t where = y0 * width + x0;
+    T best = src[where];
+    for (int ky = 0; ky < k; ++ky)
+      for (int kx = 0; kx < k; ++kx) {
+        const int32_t at = (y0 + ky) * width + x0 + kx;
+        const bool take = src[at] > best;
+        best = take ? src[at] : best;
+        where = take ? at : where;
+      }
+    return {best, where};
+  }
+
+  /// The first maximum of the window's elements inside the plane (padding never wins).
+  static std::pair<T, int32_t> border_max(const T* src, Dims id, int k, int y0, int x0) {
+    T best = -std::numeric_limits<T>::infinity();
+    int32_t where = -1;
+    for (int y = std::max(y0, 0); y < std::min(y0 + k, id.h); ++y)
+      for (int x = std::max(x0, 0); x < std::min(x0 + k, id.w); ++x) {
+        const T v = src[y * id.w + x];
+        if (v > best || where < 0) best = v, where = y * id.w + x;
+      }
+    return {best, where};
+  }
+
   Buffer<int32_t> argmax_;
 };
 
