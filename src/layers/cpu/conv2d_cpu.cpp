@@ -38,7 +38,7 @@ class Conv2dCpu final : public Conv2dLayer<T> {
     const int oc = this->out_channels(), kk = g.col_rows(), P = g.col_cols();
     const T* w = this->params()[0].value.data();
     const T* b = this->params()[1].value.data();
-#pragma omp parallel for schedule(static) num_threads(threads_)
+#pragma omp parallel for schedule(static) num_threads(team())
     for (int n = 0; n < in.n; ++n) {
       T* col = lower(g, in, n);
       T* y = out.data + static_cast<size_t>(n) * oc * P;
@@ -54,14 +54,14 @@ class Conv2dCpu final : public Conv2dLayer<T> {
     const cpu::ConvGeometry g = geometry();
     const int oc = this->out_channels(), P = g.col_cols();
     T* db = this->params()[1].grad.data();
-#pragma omp parallel for schedule(static) num_threads(threads_)
+#pragma omp parallel for schedule(static) num_threads(team())
     for (int o = 0; o < oc; ++o) {
       T acc = 0;
       for (int n = 0; n < in.n; ++n) acc += cpu::sum(dout.data + (static_cast<size_t>(n) * oc + o) * P, P);
       db[o] = acc;
     }
     const int groups = (in.n + kGroup - 1) / kGroup;
-#pragma omp parallel for schedule(static) num_threads(threads_)
+#pragma omp parallel for schedule(static) num_threads(team())
     for (int group = 0; group < groups; ++group) backward_group(g, in, dout, din, group);
     sum_filter_gradient_groups(groups);
   }
@@ -73,6 +73,8 @@ class Conv2dCpu final : public Conv2dLayer<T> {
     const Dims in = this->input_dims(), out = this->output_dims();
     return {in.c, in.h, in.w, this->kernel(), this->stride(), this->padding(), out.h, out.w};
   }
+  /// Threads for a parallel loop: the current setting, up to the column matrices reserved.
+  int team() const { return std::min(threads_, omp_get_max_threads()); }
   static size_t col_size(const cpu::ConvGeometry& g) { return static_cast<size_t>(g.col_rows()) * g.col_cols(); }
 
   /// im2col of sample n into the calling thread's column matrix.
@@ -109,7 +111,7 @@ class Conv2dCpu final : public Conv2dLayer<T> {
     const long size = static_cast<long>(this->params()[0].grad.size());
     T* dw = this->params()[0].grad.data();
     const T* parts = dw_groups_.data();
-#pragma omp parallel for schedule(static) num_threads(threads_)
+#pragma omp parallel for schedule(static) num_threads(team())
     for (long i = 0; i < size; ++i) {
       T acc = parts[i];
       for (int group = 1; group < groups; ++group) acc += parts[static_cast<size_t>(group) * size + i];
