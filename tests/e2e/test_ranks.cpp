@@ -28,6 +28,12 @@ namespace {
 
 constexpr const char* kSgd = " --set 'train.optimizer={type: sgd, lr: 0.01, momentum: 0.5}'";
 
+// How far runs on different rank counts may end apart (relative, parameters). Summing gradients
+// in another order keeps them within about 1e-8 until some ReLU or max-pool decision sits at a
+// near-tie and flips, which moves a few weights by about 1e-5 (measured 1.2e-5 at step 60 after a
+// flip near step 38, commit 3a1edb9); a wrong or missing batch moves them by about 4e-3.
+constexpr double kRankTolerance = 1e-4;
+
 std::string train_args(const fs::path& out, int steps, const std::string& extra = "") {
   return "train --device cpu --threads 1 --no-progress --config " + source_dir() + "/configs/mnist_cnn.yaml --data " +
          mnist_dir() + " --out " + out.string() + " --max-steps " + std::to_string(steps) +
@@ -53,7 +59,7 @@ TEST_F(Ranks, OneTwoAndThreeRanksTrainTheSameModel) {
   for (int n : {2, 3}) {
     const LoadedCheckpoint other = latest_checkpoint(d / std::to_string(n));
     EXPECT_EQ(other.state.world_size, n);
-    EXPECT_LT(relative_difference(other, one), 1e-5) << n << " ranks vs 1";
+    EXPECT_LT(relative_difference(other, one), kRankTolerance) << n << " ranks vs 1";
   }
   // Only rank 0 writes into the run folder.
   for (const auto& entry : fs::directory_iterator(d / "3")) {
@@ -77,7 +83,7 @@ TEST_F(Ranks, ARunResumesOnAnotherRankCount) {
     EXPECT_NE(second.output.find("written by " + std::to_string(before) + " rank(s)"), std::string::npos) << second.output;
     const LoadedCheckpoint end = latest_checkpoint(run);
     EXPECT_EQ(end.state.global_step, 60);
-    EXPECT_LT(relative_difference(end, whole), 1e-5) << before << " ranks then " << after;
+    EXPECT_LT(relative_difference(end, whole), kRankTolerance) << before << " ranks then " << after;
   }
 }
 
