@@ -42,6 +42,9 @@ void keep_blas_single_threaded() {
 
 // Blocks are multiples of this many rows/columns so the BLAS kernels see full register tiles.
 constexpr int64_t kBlockQuantum = 16;
+// C is cut into at most this many blocks, however many threads there are: more would pack the
+// shared operand again for each block (fc1's 2.4 MB input, for one).
+constexpr int64_t kMaxBlocks = 4;
 // Below this many multiply-adds a parallel region costs more than it saves.
 constexpr int64_t kParallelMinWork = int64_t{1} << 18;
 
@@ -52,18 +55,19 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, 
           const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
   if (m == 0 || n == 0) return;
   keep_blas_single_threaded();
-  const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
-  if (threads <= 1 || m * n * k < kParallelMinWork) {
+  if (m * n * k < kParallelMinWork) {
     blas_gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     return;
   }
-  // Split the longer side of C; A (or B) is shared read-only by every block.
+  // Split the longer side of C; A (or B) is shared read-only by every block. The blocks depend on
+  // the shape only, and OpenBLAS computes each the same way whichever thread runs it.
   const bool split_columns = n >= m;
   const int64_t extent = split_columns ? n : m;
   const int64_t quanta = (extent + kBlockQuantum - 1) / kBlockQuantum;
-  const int blocks = static_cast<int>(std::min<int64_t>(threads, quanta));
-#pragma omp parallel for schedule(static) num_threads(blocks)
-  for (int blk = 0; blk < blocks; ++blk) {
+  const int64_t blocks = std::min(kMaxBlocks, quanta);
+  const int threads = omp_in_parallel() ? 1 : static_cast<int>(std::min<int64_t>(omp_get_max_threads(), blocks));
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
     const int64_t begin = std::min(extent, quanta * blk / blocks * kBlockQuantum);
     const int64_t end = std::min(extent, quanta * (blk + 1) / blocks * kBlockQuantum);
     if (end <= begin) continue;
@@ -77,9 +81,21 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, 
   }
 }
 
+template <typename T>
+void gemm_on_this_thread(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, T alpha, const T* a,
+                         int64_t lda, const T* b, int64_t ldb, T beta, T* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  keep_blas_single_threaded();
+  blas_gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
 template void gemm<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t, const float*, int64_t,
                           float, float*, int64_t);
 template void gemm<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t, const double*,
                            int64_t, double, double*, int64_t);
+template void gemm_on_this_thread<float>(bool, bool, int64_t, int64_t, int64_t, float, const float*, int64_t,
+                                         const float*, int64_t, float, float*, int64_t);
+template void gemm_on_this_thread<double>(bool, bool, int64_t, int64_t, int64_t, double, const double*, int64_t,
+                                          const double*, int64_t, double, double*, int64_t);
 
 }  // namespace dptrain::cpu

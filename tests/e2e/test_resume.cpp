@@ -1,5 +1,5 @@
 // Checkpoints and resume as a user meets them (CPU, one process): a run stopped mid-epoch and
-// resumed is bit-for-bit the run that never stopped; SIGTERM stops at a step boundary with a
+// resumed, on the same or another thread count, is bit-for-bit the run that never stopped; SIGTERM stops at a step boundary with a
 // checkpoint; damaged checkpoints are refused with exit 2 and `--resume auto` falls back past them;
 // a checkpoint of another model is refused with the differences listed.
 #include <gtest/gtest.h>
@@ -56,6 +56,22 @@ TEST_F(Resume, StopAndResumeMidEpochIsBitForBitTheUninterruptedRun) {
   const Result again = run_dptrain(train_args(d / "split", 60) + " --resume auto");
   EXPECT_EQ(again.status, 0) << again.output;
   EXPECT_NE(again.output.find("nothing to do"), std::string::npos) << again.output;
+}
+
+TEST_F(Resume, ARunResumedOnAnotherThreadCountIsBitForBitTheSame) {
+  // As when a run moves to a machine with another core count: the CPU backend's results do not
+  // depend on its threads (fixed convolution groups, GEMM blocks cut by shape).
+  const fs::path d = fresh_dir("threads");
+  ASSERT_EQ(run_dptrain(train_args(d / "whole", 20)).status, 0);
+  std::string one_thread = train_args(d / "moved", 10);
+  one_thread.replace(one_thread.find("--threads 2"), 11, "--threads 1");
+  const Result first = run_dptrain(one_thread);
+  ASSERT_EQ(first.status, 0) << first.output;
+  const Result second = run_dptrain(train_args(d / "moved", 20) + " --resume auto");
+  ASSERT_EQ(second.status, 0) << second.output;
+  const LoadedCheckpoint a = latest_checkpoint(d / "whole"), b = latest_checkpoint(d / "moved");
+  EXPECT_EQ(b.state.global_step, 20);
+  EXPECT_TRUE(same_tensors(a, b)) << "parameters or optimizer state differ, relative " << relative_difference(a, b);
 }
 
 // The same on one GPU (CUDA graphs on). cuDNN's algorithm choice by timing can differ between two

@@ -147,15 +147,20 @@ std::vector<float> run_with_threads(const LayerConfig& c, Dims in, int n, int th
   return all;
 }
 
-TEST(Conv2d, ResultsDoNotDependOnThreadCount) {
-  // Samples go to threads whole and filter gradients sum in fixed groups: one, two or three
-  // threads give the same bits, for batches smaller and larger than the thread count.
+TEST(CpuLayers, ResultsDoNotDependOnThreadCount) {
+  // Convolutions give threads whole samples and sum filter gradients in fixed groups; linear
+  // layers cut their GEMMs by shape alone. One, two or three threads give the same bits, for
+  // batches smaller and larger than the thread count, GEMMs split by rows and by columns.
+  LayerConfig wide = simple("linear"), narrow = simple("linear");
+  wide.out_features = 40;
+  narrow.out_features = 10;
   const std::vector<std::tuple<LayerConfig, Dims, int>> cases{
-      {conv(16, 3), Dims{8, 14, 14}, 10}, {conv(6, 5, 2, 2), Dims{3, 11, 9}, 3}, {conv(32, 3), Dims{4, 20, 20}, 1}};
+      {conv(16, 3), Dims{8, 14, 14}, 10}, {conv(6, 5, 2, 2), Dims{3, 11, 9}, 3}, {conv(32, 3), Dims{4, 20, 20}, 1},
+      {wide, Dims{300, 1, 1}, 33},        {narrow, Dims{700, 1, 1}, 90}};
   for (const auto& [config, dims, n] : cases) {
     const std::vector<float> one = run_with_threads(config, dims, n, 1);
-    EXPECT_EQ(run_with_threads(config, dims, n, 2), one) << "batch " << n;
-    EXPECT_EQ(run_with_threads(config, dims, n, 3), one) << "batch " << n;
+    EXPECT_EQ(run_with_threads(config, dims, n, 2), one) << config.type << ", batch " << n;
+    EXPECT_EQ(run_with_threads(config, dims, n, 3), one) << config.type << ", batch " << n;
   }
 }
 

@@ -43,7 +43,7 @@ class Conv2dCpu final : public Conv2dLayer<T> {
       T* col = lower(g, in, n);
       T* y = out.data + static_cast<size_t>(n) * oc * P;
       // y[oc, P] = W[oc, kk] * col[kk, P] + b, the bias added while y is still in cache.
-      cpu::gemm<T>(false, false, oc, P, kk, T(1), w, kk, col, P, T(0), y, P);
+      cpu::gemm_on_this_thread<T>(false, false, oc, P, kk, T(1), w, kk, col, P, T(0), y, P);
       for (int o = 0; o < oc; ++o)
         for (int p = 0; p < P; ++p) y[static_cast<size_t>(o) * P + p] += b[o];
     }
@@ -96,10 +96,11 @@ class Conv2dCpu final : public Conv2dLayer<T> {
       const T* dy = dout.data + static_cast<size_t>(n) * oc * P;
       T* col = lower(g, in, n);
       // dW_group[oc, kk] (+)= dy[oc, P] * col[kk, P]^T
-      cpu::gemm<T>(false, true, oc, kk, P, T(1), dy, P, col, P, n == group * kGroup ? T(0) : T(1), dw, kk);
+      const T beta = n == group * kGroup ? T(0) : T(1);
+      cpu::gemm_on_this_thread<T>(false, true, oc, kk, P, T(1), dy, P, col, P, beta, dw, kk);
       if (din.data == nullptr) continue;
       // dcol[kk, P] = W[oc, kk]^T * dy[oc, P], scattered back to the sample's pixels.
-      cpu::gemm<T>(true, false, kk, P, oc, T(1), w, kk, dy, P, T(0), col, P);
+      cpu::gemm_on_this_thread<T>(true, false, kk, P, oc, T(1), w, kk, dy, P, T(0), col, P);
       T* image = din.data + static_cast<size_t>(n) * in.sample_size();
       std::memset(image, 0, sizeof(T) * in.sample_size());
       cpu::col2im(g, col, P, image);
