@@ -22,6 +22,7 @@
 #include "cuda/raii.h"
 #include "io/config.h"
 #include "kernels/conv_kernels.h"
+#include "kernels/conv_mma.h"
 #include "kernels/conv_tiled.h"
 #include "layers/conv2d.h"
 #include "layers/layer_factory.h"
@@ -150,6 +151,7 @@ struct Survey {
     if (layout == CUDNN_TENSOR_NCHW && !tf32 && kernels::direct_conv_fits(s.in.c, s.kernel)) run_direct(s, flops);
     const kernels::ConvGeometry g{batch, s.in.c, s.in.h, s.in.w, s.out.c, s.out.h, s.out.w, s.kernel, s.stride,
                                   s.padding};
+    if (layout == CUDNN_TENSOR_NCHW && kernels::mma_conv_fits(g)) run_mma(s, g, flops, tf32);
     if (layout != CUDNN_TENSOR_NCHW || tf32 || !kernels::tiled_conv_fits(g)) return;
     run_tiled(s, g, flops);
     // Find*Ex (above) lists the algorithms fastest first; the first that ran is the best.
@@ -191,6 +193,26 @@ struct Survey {
       kernels::tiled_conv_filter_grad(x.data(), y.data(), w.data(), b.data(), ws.data(), g, stream);
     }, kSurveyTiming);
     print(s, "backward_filter", "nchw", false, "tiled", CUDNN_DETERMINISTIC, scratch, us, flops);
+  }
+
+  /// kernels/conv_mma (3xTF32, or TF32 with tf32), timed like the tiled kernels.
+  void run_mma(const ConvShape& s, const kernels::ConvGeometry& g, double flops, bool tf32) {
+    const size_t scratch = kernels::mma_conv_scratch(g);
+    if (scratch > ws.size() * sizeof(float)) throw CudaError("conv_survey: workspace too small for the mma kernels");
+    const kernels::MmaMath math = tf32 ? kernels::MmaMath::Tf32 : kernels::MmaMath::SplitTf32;
+    const char* algo = tf32 ? "mma-tf32" : "mma-3xtf32";
+    double us = graph_time_us(stream, [&] {
+      kernels::mma_conv_forward(x.data(), w.data(), b.data(), y.data(), false, ws.data(), math, g, stream);
+    }, kSurveyTiming);
+    print(s, "forward", "nchw", tf32, algo, CUDNN_DETERMINISTIC, scratch, us, flops);
+    us = graph_time_us(stream, [&] {
+      kernels::mma_conv_backward_data(y.data(), w.data(), x.data(), ws.data(), math, g, stream);
+    }, kSurveyTiming);
+    print(s, "backward_data", "nchw", tf32, algo, CUDNN_DETERMINISTIC, scratch, us, flops);
+    us = graph_time_us(stream, [&] {
+      kernels::mma_conv_filter_grad(x.data(), y.data(), w.data(), b.data(), ws.data(), math, g, stream);
+    }, kSurveyTiming);
+    print(s, "backward_filter", "nchw", tf32, algo, CUDNN_DETERMINISTIC, scratch, us, flops);
   }
 
   /// One cuDNN algorithm timed the same graph way as the tiled kernels; a capture failure is reported, not fatal.

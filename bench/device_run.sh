@@ -120,6 +120,12 @@ PY
     cpuepoch)
       $B/dptrain train --device cpu --epochs 1 --out /tmp/dr/cpu1 --no-progress > "$OUT/cpuepoch.log" 2>&1; echo "rc=$?"
       grep -E "^epoch|^done" "$OUT/cpuepoch.log" ;;
+    kernelcheck)  # dptrain's 3x3 convolution kernels under memcheck and racecheck, on shapes with partial tiles
+      for tool in memcheck racecheck; do
+        compute-sanitizer --tool $tool --error-exitcode 9 $B/tests/dptrain_gpu_tests \
+          --gtest_filter='TiledConv.MnistConv2Batch1:TiledConv.OddSizesPad1:TiledConv.SmallestImagePad2' > "$OUT/kernelcheck_$tool.log" 2>&1
+        echo "$tool rc=$?"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED" "$OUT/kernelcheck_$tool.log" | tail -3
+      done ;;
     sanitize)
       compute-sanitizer --tool memcheck --error-exitcode 9 $B/dptrain train --device cuda --max-steps 30 --out /tmp/dr/san --no-progress > "$OUT/sanitize.log" 2>&1
       echo "memcheck rc=$?"; tail -4 "$OUT/sanitize.log" ;;

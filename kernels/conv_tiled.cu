@@ -8,13 +8,15 @@
 #include <string>
 
 #include "cuda/check.h"
+#include "kernels/conv_shared.cuh"
 #include "kernels/conv_tiled.h"
 
 namespace dptrain::kernels {
 
 namespace {
 
-constexpr int kTaps = 9;             // 3x3
+using namespace conv_shared;
+
 constexpr int kChannelChunk = 4;     // forward: input channels staged per pipeline step
 constexpr int kColumns = 4;          // forward: output columns per thread (one row)
 constexpr int kChannelsPerThread = 8;
@@ -25,22 +27,6 @@ constexpr int kFilterRows = 2;       // filter gradient: output rows staged per 
 // Filter gradient: the number of position chunks is a function of the shape only (never of the GPU), so the
 // summation order and the result are the same on every GPU. 128 blocks of 512 threads fill an H200 (132 SMs) once.
 constexpr int kFilterBlocks = 128;
-constexpr int kFinishRows = 8;
-// Largest dynamic shared memory a block asks for: below every target's opt-in limit (sm_86/89: 99 KB).
-constexpr size_t kMaxSmemBytes = 96 * 1024;
-
-// cp.async copies global to shared memory without a register round trip, so the next chunk loads while the
-// current one is multiplied. A source size of 0 writes a zero: the convolution's padding and the edges of partial
-// tiles cost no branches in the inner loops.
-__device__ __forceinline__ void cp_async4(float* dst, const float* src, bool valid) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(src), "r"(valid ? 4 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int kPending>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
-}
 
 /// Forward tiling of one launch: rows of output per block, 4-column groups per row, staged row pitch.
 struct ForwardTiling {
@@ -138,14 +124,6 @@ __global__ void __launch_bounds__(kMaxThreads) tiled_forward_kernel(const float*
       yr[ox] = relu ? fmaxf(v, 0.0f) : v;
     }
   }
-}
-
-// wt[ci][o][ky][kx] = w[o][ci][2 - ky][2 - kx]: the input gradient is the forward convolution of dy with these.
-__global__ void transpose_flip_kernel(const float* __restrict__ w, float* __restrict__ wt, int oc, int c) {
-  const int e = blockIdx.x * blockDim.x + threadIdx.x;
-  if (e >= oc * c * kTaps) return;
-  const int tap = e % kTaps, o = e / kTaps % oc, ci = e / kTaps / oc;
-  wt[e] = w[(o * c + ci) * kTaps + kTaps - 1 - tap];
 }
 
 /// Filter-gradient layout of one launch.
@@ -284,37 +262,7 @@ __global__ void __launch_bounds__(kOcb / kChannelsPerThread * kFilterChannels * 
   if (blockIdx.y == 0 && tid < kOcb) out[(o0 + tid) * (taps + 1) + taps] = bias_acc;
 }
 
-// Block of 32 outputs x 8 rows: row r adds chunks r, r + 8, ... in order (coalesced over outputs), then row 0 adds
-// the 8 rows in order.
-__global__ void tiled_filter_finish_kernel(const float* __restrict__ partial, int chunks, int taps, int total,
-                                           float* __restrict__ dw, float* __restrict__ db) {
-  __shared__ float sums[kFinishRows][33];
-  const int t = blockIdx.x * 32 + threadIdx.x;
-  float sum = 0.0f;
-  if (t < total) {
-#pragma unroll 4
-    for (int c = threadIdx.y; c < chunks; c += kFinishRows) sum += partial[static_cast<long long>(c) * total + t];
-  }
-  sums[threadIdx.y][threadIdx.x] = sum;
-  __syncthreads();
-  if (threadIdx.y != 0 || t >= total) return;
-  float total_sum = 0.0f;
-  for (int r = 0; r < kFinishRows; ++r) total_sum += sums[r][threadIdx.x];
-  const int o = t / (taps + 1), j = t % (taps + 1);
-  if (j < taps)
-    dw[o * taps + j] = total_sum;
-  else
-    db[o] = total_sum;
-}
-
 int channel_block(int oc) { return oc % 64 == 0 ? 64 : 32; }
-
-int multiprocessors() {
-  int device = 0, sms = 0;
-  CUDA_CHECK(cudaGetDevice(&device));
-  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  return sms;
-}
 
 /// Forward tiling with `rows` output rows per block.
 ForwardTiling forward_tiling(const ConvGeometry& g, int rows) {
@@ -355,22 +303,6 @@ FilterTiling filter_tiling(const ConvGeometry& g) {
   return t;
 }
 
-ConvGeometry transposed(const ConvGeometry& g) {
-  return ConvGeometry{g.n, g.oc, g.oh, g.ow, g.c, g.h, g.w, g.k, 1, g.k - 1 - g.pad};
-}
-
-size_t transposed_weight_bytes(const ConvGeometry& g) {
-  return sizeof(float) * static_cast<size_t>(g.oc) * g.c * kTaps;
-}
-
-bool fits_int(long long v) { return v >= 0 && v <= INT_MAX; }
-
-void set_smem(const void* kernel, size_t bytes) {
-  // Above 48 KB a kernel must opt in; a function attribute, not a stream operation, so graph capture allows it.
-  if (bytes > 48 * 1024)
-    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
-}
-
 void launch_forward(const float* x, const float* w, const float* b, float* y, bool relu, const ConvGeometry& g,
                     cudaStream_t stream) {
   const ForwardTiling t = choose_forward_tiling(g, multiprocessors());
@@ -391,11 +323,7 @@ void require_fits(const ConvGeometry& g, const char* what) {
 }  // namespace
 
 bool tiled_conv_fits(const ConvGeometry& g) {
-  if (g.k != 3 || g.stride != 1 || g.pad < 0 || g.pad > 2 || g.n < 1 || g.h < 1 || g.w < 1) return false;
-  if (g.c < 32 || g.oc < 32 || g.c % 32 != 0 || g.oc % 32 != 0) return false;
-  if (g.oh != g.h + 2 * g.pad - 2 || g.ow != g.w + 2 * g.pad - 2 || g.oh < 1 || g.ow < 1) return false;
-  const long long n = g.n;
-  if (!fits_int(n * g.c * g.h * g.w) || !fits_int(n * g.oc * g.oh * g.ow) || !fits_int(n * g.oh)) return false;
+  if (!plain_3x3(g) || g.c < 32 || g.oc < 32 || g.c % 32 != 0 || g.oc % 32 != 0) return false;
   const ConvGeometry gt = transposed(g);
   for (const ConvGeometry& f : {g, gt}) {
     const ForwardTiling t = forward_tiling(f, 1);
@@ -422,11 +350,7 @@ void tiled_conv_backward_data(const float* dy, const float* w, float* dx, void* 
                               cudaStream_t stream) {
   require_fits(g, "tiled_conv_backward_data");
   float* wt = static_cast<float*>(scratch);
-  const int count = g.oc * g.c * kTaps;
-  constexpr int kTransposeThreads = 256;
-  transpose_flip_kernel<<<(count + kTransposeThreads - 1) / kTransposeThreads, kTransposeThreads, 0, stream>>>(
-      w, wt, g.oc, g.c);
-  CUDA_CHECK_LAUNCH();
+  transpose_flip(w, wt, g.oc, g.c, stream);
   launch_forward(dy, wt, nullptr, dx, false, transposed(g), stream);
 }
 
@@ -441,10 +365,7 @@ void tiled_conv_filter_grad(const float* x, const float* dy, float* dw, float* d
   set_smem(reinterpret_cast<const void*>(kernel), t.smem(g));
   kernel<<<grid, t.threads(), t.smem(g), stream>>>(x, dy, partial, g, t);
   CUDA_CHECK_LAUNCH();
-  const int taps = g.c * kTaps, total = g.oc * (taps + 1);
-  tiled_filter_finish_kernel<<<(total + 31) / 32, dim3(32, kFinishRows), 0, stream>>>(partial, t.chunks, taps, total,
-                                                                                      dw, db);
-  CUDA_CHECK_LAUNCH();
+  finish_filter_grad(partial, t.chunks, g, dw, db, stream);
 }
 
 }  // namespace dptrain::kernels

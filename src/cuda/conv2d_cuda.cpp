@@ -7,8 +7,10 @@
 //   algorithms (AlgoRules).
 // - dptrain's direct kernels, for short reductions per output (a first layer on one-channel
 //   images: kernels/conv_kernels.h says why); their input gradient, when needed, stays with cuDNN.
-// - dptrain's register-tiled 3x3 kernels (kernels/conv_tiled.h), which replace cuDNN in each
-//   direction where they are faster, or always under heuristics.
+// - dptrain's 3x3 kernels, which replace cuDNN in each direction where they are faster, or
+//   always under heuristics: tensor-core ones (kernels/conv_mma.h: 3xTF32 in float32, TF32 under
+//   train.precision tf32; not under exact_convolutions) and register-tiled FMA ones
+//   (kernels/conv_tiled.h).
 // Under train.cudnn_benchmark every candidate of a direction is timed inside a CUDA graph, as the
 // step runs it (cuda/graph_timer.h); cudnnFind only proposes the candidates.
 // A ReLU after the layer can be absorbed: the forward's epilogue applies it, and the backward masks
@@ -17,6 +19,7 @@
 #include <cstdio>
 #include <functional>
 #include <limits>
+#include <optional>
 #include <utility>
 #include <string>
 #include <vector>
@@ -29,6 +32,7 @@
 #include "cuda/graph_timer.h"
 #include "cuda/raii.h"
 #include "kernels/conv_kernels.h"
+#include "kernels/conv_mma.h"
 #include "kernels/conv_tiled.h"
 #include "kernels/layer_kernels.h"
 #include "layers/conv2d.h"
@@ -79,6 +83,31 @@ Perf pick(const Perf* results, int count, AlgoRules rules, const char* what) {
                   (rules.exact ? "exact (no FFT/Winograd) " : "") + what + " algorithm for this convolution");
 }
 
+/// Who computes one direction of a convolution.
+enum class Impl { Cudnn, Tiled, Mma };
+
+/// One direction's algorithm: a cuDNN algorithm (its number and the workspace it asked for), or one
+/// of dptrain's kernel families (whose scratch is the family's own size).
+struct Algo {
+  Impl impl = Impl::Cudnn;
+  int cudnn = 0;
+  size_t memory = 0;
+};
+
+std::string label(const Algo& a) {
+  switch (a.impl) {
+    case Impl::Tiled: return "tiled";
+    case Impl::Mma: return "mma";
+    case Impl::Cudnn: break;
+  }
+  return "cuDNN " + std::to_string(a.cudnn);
+}
+
+template <typename Perf>
+Algo cudnn_algo(const Perf& r) {
+  return {Impl::Cudnn, static_cast<int>(r.algo), r.memory};
+}
+
 class Conv2dCuda final : public Conv2dLayer<float> {
  public:
   using Conv2dLayer<float>::Conv2dLayer;
@@ -99,32 +128,25 @@ class Conv2dCuda final : public Conv2dLayer<float> {
 
   void forward(DeviceContext& ctx, TensorView<const float> in, TensorView<float> out, Phase, const StepInfo&) override {
     const Plan& p = plan(ctx, in.n);
-    cudnnHandle_t h = ctx.cuda().cudnn();
-    if (direct_) {
+    CudaContext& cu = ctx.cuda();
+    if (direct_)
       kernels::conv_direct_forward(in.data, params()[0].value.data(), params()[1].value.data(), out.data, relu_,
-                                   geometry(in.n), ctx.cuda().stream());
-      return;
-    }
-    if (p.tiled_forward) {
-      kernels::tiled_conv_forward(in.data, params()[0].value.data(), params()[1].value.data(), out.data, relu_,
-                                  geometry(in.n), ctx.cuda().stream());
-      return;
-    }
-    void* ws = ctx.cuda().workspace(p.workspace);
-    CUDNN_CHECK(cudnnConvolutionForward(h, &kOne, p.x, in.data, filter_, params()[0].value.data(), conv_, p.fwd, ws,
-                                        p.workspace, &kZero, p.y, out.data));
-    const Dims od = output_dims();
-    kernels::add_bias_channels(out.data, params()[1].value.data(), in.n, od.c, od.h * od.w, relu_, ctx.cuda().stream());
+                                   geometry(in.n), cu.stream());
+    else
+      run_forward(cu.cudnn(), cu.stream(), cu.workspace(p.workspace), p, p.fwd, in.data, params()[0].value.data(),
+                  params()[1].value.data(), out.data);
   }
 
   // With an absorbed ReLU, dout is dL/d(ReLU output): the gradient of the convolution is dout
-  // where out > 0. The bias-gradient pass (or the direct kernel's staging) applies that mask.
-  // When an input gradient follows, the filter gradient goes to the side stream (cuda_context.h).
+  // where out > 0 (masked_gradient). When an input gradient follows, the filter gradient goes to
+  // the side stream (cuda_context.h).
   void backward(DeviceContext& ctx, TensorView<const float> in, TensorView<const float> out,
                 TensorView<const float> dout, TensorView<float> din) override {
     const Plan& p = plan(ctx, in.n);
     CudaContext& cu = ctx.cuda();
     cudaStream_t stream = cu.stream();
+    float* dw = params()[0].grad.data();
+    float* db = params()[1].grad.data();
     const float* dy = dout.data;
     if (direct_) {
       const float* relu_out = relu_ ? out.data : nullptr;
@@ -133,73 +155,104 @@ class Conv2dCuda final : public Conv2dLayer<float> {
         dy = masked_.data();
         relu_out = nullptr;
       }
-      kernels::conv_direct_filter_grad(in.data, dy, relu_out, params()[0].grad.data(), params()[1].grad.data(),
-                                       cu.workspace(p.workspace), geometry(in.n), stream);
+      kernels::conv_direct_filter_grad(in.data, dy, relu_out, dw, db, cu.workspace(p.workspace), geometry(in.n),
+                                       stream);
     } else {
-      dy = masked_gradient(cu, p, dout, out);
+      dy = masked_gradient(stream, p.n, p.filter, dout.data, out.data, masked_.data(), db, bias_partials_.data());
       const bool side = din.data != nullptr;
-      filter_gradient(side ? cu.side_cudnn() : cu.cudnn(), side ? cu.fork() : stream,
-                      side ? cu.side_workspace(p.workspace) : cu.workspace(p.workspace), p, in, dy);
+      run_filter(side ? cu.side_cudnn() : cu.cudnn(), side ? cu.fork() : stream,
+                 side ? cu.side_workspace(p.workspace) : cu.workspace(p.workspace), p, p.filter, in.data, dy, dw, db);
     }
-    if (din.data == nullptr) return;
-    void* ws = cu.workspace(p.workspace);
-    if (p.tiled_data)
-      kernels::tiled_conv_backward_data(dy, params()[0].value.data(), din.data, ws, geometry(in.n), stream);
-    else
-      CUDNN_CHECK(cudnnConvolutionBackwardData(cu.cudnn(), &kOne, filter_, params()[0].value.data(), p.y, dy, conv_,
-                                               p.bwd_data, ws, p.workspace, &kZero, p.x, din.data));
+    if (din.data != nullptr)
+      run_backward_data(cu.cudnn(), stream, cu.workspace(p.workspace), p, p.data, dy, params()[0].value.data(),
+                        din.data);
   }
 
  private:
-  struct Plan;
-  struct MeasureScratch;
-  struct Choice;
-
-  /// The gradient of the convolution's output, masked by an absorbed ReLU (into masked_); on the
-  /// cuDNN path this pass also sums the bias gradient (the tiled filter kernel sums it itself).
-  const float* masked_gradient(CudaContext& cu, const Plan& p, TensorView<const float> dout,
-                               TensorView<const float> out) {
-    cudaStream_t stream = cu.stream();
-    if (p.tiled_filter) {
-      if (!relu_) return dout.data;
-      kernels::relu_backward(dout.data, out.data, masked_.data(), out.size(), stream);
-      return masked_.data();
-    }
-    const Dims od = output_dims();
-    kernels::bias_grad_channels(dout.data, relu_ ? out.data : nullptr, masked_.data(), params()[1].grad.data(),
-                                bias_partials_.data(), dout.n, od.c, od.h * od.w, stream);
-    return relu_ ? masked_.data() : dout.data;
-  }
-
-  /// The filter gradient (and on the tiled path the bias gradient) on `stream`.
-  void filter_gradient(cudnnHandle_t h, cudaStream_t stream, void* ws, const Plan& p, TensorView<const float> in,
-                       const float* dy) {
-    if (p.tiled_filter)
-      kernels::tiled_conv_filter_grad(in.data, dy, params()[0].grad.data(), params()[1].grad.data(), ws,
-                                      geometry(in.n), stream);
-    else
-      CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, &kOne, p.x, in.data, p.y, dy, conv_, p.bwd_filter, ws, p.workspace,
-                                                 &kZero, filter_, params()[0].grad.data()));
-  }
-
   struct Plan {
     int n = 0;
     CudnnTensorDesc x, y;
-    cudnnConvolutionFwdAlgo_t fwd{};
-    cudnnConvolutionBwdDataAlgo_t bwd_data{};
-    cudnnConvolutionBwdFilterAlgo_t bwd_filter{};
-    bool tiled_forward = false, tiled_data = false, tiled_filter = false;  // kernels/conv_tiled.h instead
+    Algo fwd, data, filter;
     size_t workspace = 0;
   };
+  struct MeasureScratch;
+  struct Choice;
 
   kernels::ConvGeometry geometry(int n) const {
     const Dims in = input_dims(), out = output_dims();
     return {n, in.c, in.h, in.w, out.c, out.h, out.w, kernel(), stride(), padding()};
   }
 
+  // The three directions as the step runs them; plan measurement times the same calls. cuDNN runs
+  // on handle h, which is bound to stream; dptrain's kernels are queued on stream.
+  void run_forward(cudnnHandle_t h, cudaStream_t stream, void* ws, const Plan& p, const Algo& a, const float* x,
+                   const float* w, const float* b, float* y) {
+    const kernels::ConvGeometry g = geometry(p.n);
+    if (a.impl == Impl::Tiled) return kernels::tiled_conv_forward(x, w, b, y, relu_, g, stream);
+    if (a.impl == Impl::Mma) return kernels::mma_conv_forward(x, w, b, y, relu_, ws, math_, g, stream);
+    CUDNN_CHECK(cudnnConvolutionForward(h, &kOne, p.x, x, filter_, w, conv_,
+                                        static_cast<cudnnConvolutionFwdAlgo_t>(a.cudnn), ws, a.memory, &kZero, p.y, y));
+    kernels::add_bias_channels(y, b, p.n, g.oc, g.oh * g.ow, relu_, stream);
+  }
+
+  void run_backward_data(cudnnHandle_t h, cudaStream_t stream, void* ws, const Plan& p, const Algo& a,
+                         const float* dy, const float* w, float* dx) {
+    const kernels::ConvGeometry g = geometry(p.n);
+    if (a.impl == Impl::Tiled) return kernels::tiled_conv_backward_data(dy, w, dx, ws, g, stream);
+    if (a.impl == Impl::Mma) return kernels::mma_conv_backward_data(dy, w, dx, ws, math_, g, stream);
+    CUDNN_CHECK(cudnnConvolutionBackwardData(h, &kOne, filter_, w, p.y, dy, conv_,
+                                             static_cast<cudnnConvolutionBwdDataAlgo_t>(a.cudnn), ws, a.memory, &kZero,
+                                             p.x, dx));
+  }
+
+  /// The gradient of the convolution's output: dout, masked into `masked` by an absorbed ReLU. Where
+  /// cuDNN takes the filter gradient, this pass also sums the bias gradient (dptrain's kernels sum it
+  /// themselves).
+  const float* masked_gradient(cudaStream_t stream, int n, const Algo& filter, const float* dout, const float* out,
+                               float* masked, float* db, float* partials) {
+    const Dims od = output_dims();
+    if (filter.impl != Impl::Cudnn) {
+      if (!relu_) return dout;
+      kernels::relu_backward(dout, out, masked, static_cast<size_t>(n) * od.count(), stream);
+      return masked;
+    }
+    kernels::bias_grad_channels(dout, relu_ ? out : nullptr, relu_ ? masked : nullptr, db, partials, n, od.c,
+                                od.h * od.w, stream);
+    return relu_ ? masked : dout;
+  }
+
+  /// The filter gradient (and with dptrain's kernels the bias gradient).
+  void run_filter(cudnnHandle_t h, cudaStream_t stream, void* ws, const Plan& p, const Algo& a, const float* x,
+                  const float* dy, float* dw, float* db) {
+    const kernels::ConvGeometry g = geometry(p.n);
+    if (a.impl == Impl::Tiled) return kernels::tiled_conv_filter_grad(x, dy, dw, db, ws, g, stream);
+    if (a.impl == Impl::Mma) return kernels::mma_conv_filter_grad(x, dy, dw, db, ws, math_, g, stream);
+    CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, &kOne, p.x, x, p.y, dy, conv_,
+                                               static_cast<cudnnConvolutionBwdFilterAlgo_t>(a.cudnn), ws, a.memory,
+                                               &kZero, filter_, dw));
+  }
+
+  /// dptrain's kernel families that serve this layer at batch n, fastest expected first. The
+  /// tensor-core ones round like FFT (kernels/conv_mma.h): not under exact_convolutions.
+  std::vector<Impl> own_kernels(int n, bool exact) const {
+    std::vector<Impl> impls;
+    if (direct_) return impls;
+    if (!exact && kernels::mma_conv_fits(geometry(n))) impls.push_back(Impl::Mma);
+    if (kernels::tiled_conv_fits(geometry(n))) impls.push_back(Impl::Tiled);
+    return impls;
+  }
+
+  /// Workspace bytes an algorithm needs at batch n.
+  size_t bytes(const Algo& a, int n) const {
+    if (a.impl == Impl::Tiled) return kernels::tiled_conv_scratch(geometry(n));
+    if (a.impl == Impl::Mma) return kernels::mma_conv_scratch(geometry(n));
+    return a.memory;
+  }
+
   void create_descriptors(bool tf32) {
     const Dims in = input_dims();
     direct_ = kernels::direct_conv_fits(in.c, kernel());
+    math_ = tf32 ? kernels::MmaMath::Tf32 : kernels::MmaMath::SplitTf32;
     cudnnFilterDescriptor_t f = nullptr;
     CUDNN_CHECK(cudnnCreateFilterDescriptor(&f));
     filter_ = CudnnFilterDesc(f);
@@ -224,24 +277,15 @@ class Conv2dCuda final : public Conv2dLayer<float> {
       measure_plan(ctx, p);
     else
       heuristic_plan(ctx, p);
-    cudnnHandle_t h = ctx.cuda().cudnn();
-    size_t a = 0, b = 0, c = 0;
-    if (!direct_ && !p.tiled_forward)
-      CUDNN_CHECK(cudnnGetConvolutionForwardWorkspaceSize(h, p.x, filter_, conv_, p.y, p.fwd, &a));
-    if (!p.tiled_data)
-      CUDNN_CHECK(cudnnGetConvolutionBackwardDataWorkspaceSize(h, filter_, p.y, conv_, p.x, p.bwd_data, &b));
-    if (!direct_ && !p.tiled_filter)
-      CUDNN_CHECK(cudnnGetConvolutionBackwardFilterWorkspaceSize(h, p.x, p.y, conv_, filter_, p.bwd_filter, &c));
-    const bool tiled = p.tiled_forward || p.tiled_data || p.tiled_filter;
-    p.workspace = std::max({a, b, c, direct_ ? kernels::conv_direct_filter_grad_scratch(geometry(n)) : size_t{0},
-                            tiled ? kernels::tiled_conv_scratch(geometry(n)) : size_t{0}});
+    p.workspace = std::max({bytes(p.fwd, n), bytes(p.data, n), bytes(p.filter, n),
+                            direct_ ? kernels::conv_direct_filter_grad_scratch(geometry(n)) : size_t{0}});
     ctx.cuda().workspace(p.workspace);  // grow both now, never inside a step
     ctx.cuda().side_workspace(p.workspace);
     plans_.push_back(std::move(p));
     return plans_.back();
   }
 
-  /// cuDNN's heuristics for each direction; the tiled kernels wherever they serve the shape.
+  /// dptrain's fastest kernel family wherever one serves the shape; cuDNN's heuristics elsewhere.
   void heuristic_plan(DeviceContext& ctx, Plan& p) {
     cudnnHandle_t h = ctx.cuda().cudnn();
     constexpr int kMax = 16;
@@ -249,131 +293,92 @@ class Conv2dCuda final : public Conv2dLayer<float> {
     const AlgoRules rules = algo_rules(ctx.cuda().options());
     cudnnConvolutionFwdAlgoPerf_t f[kMax];
     CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, p.x, filter_, conv_, p.y, kMax, &found, f));
-    p.fwd = pick(f, found, rules, "forward").algo;
+    p.fwd = cudnn_algo(pick(f, found, rules, "forward"));
     cudnnConvolutionBwdDataAlgoPerf_t d[kMax];
     CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, filter_, p.y, conv_, p.x, kMax, &found, d));
-    p.bwd_data = pick(d, found, rules, "backward-data").algo;
+    p.data = cudnn_algo(pick(d, found, rules, "backward-data"));
     cudnnConvolutionBwdFilterAlgoPerf_t w[kMax];
     CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, p.x, p.y, conv_, filter_, kMax, &found, w));
-    p.bwd_filter = pick(w, found, rules, "backward-filter").algo;
-    p.tiled_forward = p.tiled_data = p.tiled_filter = !direct_ && kernels::tiled_conv_fits(geometry(p.n));
+    p.filter = cudnn_algo(pick(w, found, rules, "backward-filter"));
+    const std::vector<Impl> own = own_kernels(p.n, ctx.cuda().options().exact_convolutions);
+    if (!own.empty()) p.fwd = p.data = p.filter = Algo{own.front()};
   }
 
   /// By measurement: cudnnFind proposes algorithms (its eager times include launch overhead that a
   /// graph-replayed step never pays, which misranks the short kernels of small batches); the best
-  /// few that are allowed, and the tiled kernels where they serve, are each timed inside a CUDA
+  /// few that are allowed, and dptrain's kernels where they serve, are each timed inside a CUDA
   /// graph with the bias and ReLU work that goes with them, and the fastest is kept.
   void measure_plan(DeviceContext& ctx, Plan& p) {
     MeasureScratch m(*this, p.n);
     cudnnHandle_t h = ctx.cuda().cudnn();
     cudaStream_t st = ctx.cuda().stream();
     const AlgoRules rules = algo_rules(ctx.cuda().options());
-    const kernels::ConvGeometry g = geometry(p.n);
-    const kernels::ConvGeometry* tiled = !direct_ && kernels::tiled_conv_fits(g) ? &g : nullptr;
-    const Dims od = output_dims();
+    const std::vector<Impl> own = own_kernels(p.n, ctx.cuda().options().exact_convolutions);
     constexpr int kMax = 16;
     int found = 0;
     if (!direct_) {
       cudnnConvolutionFwdAlgoPerf_t f[kMax];
       CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithm(h, p.x, filter_, conv_, p.y, kMax, &found, f));
-      const Choice best = fastest(f, found, rules, "forward", st, [&](const auto& r, void* ws) {
-        CUDNN_CHECK(cudnnConvolutionForward(h, &kOne, p.x, m.x.data(), filter_, m.w.data(), conv_, r.algo, ws,
-                                            r.memory, &kZero, p.y, m.y.data()));
-        kernels::add_bias_channels(m.y.data(), m.b.data(), p.n, od.c, od.h * od.w, relu_, st);
-      }, tiled, [&](void*) { kernels::tiled_conv_forward(m.x.data(), m.w.data(), m.b.data(), m.y.data(), relu_, g, st); });
-      p.tiled_forward = best.index < 0;
-      p.fwd = best.index < 0 ? p.fwd : f[best.index].algo;
-      note(ctx, p.n, "forward", best, f);
+      const Choice best = fastest(f, found, rules, "forward", p.n, st, own, [&](const Algo& a, void* ws) {
+        run_forward(h, st, ws, p, a, m.x.data(), m.w.data(), m.b.data(), m.y.data());
+      });
+      p.fwd = best.algo;
+      note(ctx, p.n, "forward", best);
     }
     cudnnConvolutionBwdDataAlgoPerf_t d[kMax];
     CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(h, filter_, p.y, conv_, p.x, kMax, &found, d));
-    const Choice best_data = fastest(d, found, rules, "backward-data", st, [&](const auto& r, void* ws) {
-      CUDNN_CHECK(cudnnConvolutionBackwardData(h, &kOne, filter_, m.w.data(), p.y, m.y.data(), conv_, r.algo, ws,
-                                               r.memory, &kZero, p.x, m.x.data()));
-    }, tiled, [&](void* ws) { kernels::tiled_conv_backward_data(m.y.data(), m.w.data(), m.x.data(), ws, g, st); });
-    p.tiled_data = best_data.index < 0;
-    p.bwd_data = best_data.index < 0 ? p.bwd_data : d[best_data.index].algo;
-    note(ctx, p.n, "backward-data", best_data, d);
+    const Choice data = fastest(d, found, rules, "backward-data", p.n, st, own, [&](const Algo& a, void* ws) {
+      run_backward_data(h, st, ws, p, a, m.y.data(), m.w.data(), m.x.data());
+    });
+    p.data = data.algo;
+    note(ctx, p.n, "backward-data", data);
     if (direct_) return;
     cudnnConvolutionBwdFilterAlgoPerf_t w[kMax];
     CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(h, p.x, p.y, conv_, filter_, kMax, &found, w));
-    float* masked = relu_ ? m.masked.data() : nullptr;
-    const Choice best_filter = fastest(w, found, rules, "backward-filter", st, [&](const auto& r, void* ws) {
-      kernels::bias_grad_channels(m.y.data(), relu_ ? m.y.data() : nullptr, masked, m.b.data(), m.partials.data(),
-                                  p.n, od.c, od.h * od.w, st);
-      CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, &kOne, p.x, m.x.data(), p.y, relu_ ? masked : m.y.data(), conv_,
-                                                 r.algo, ws, r.memory, &kZero, filter_, m.w.data()));
-    }, tiled, [&](void* ws) {
-      if (relu_) kernels::relu_backward(m.y.data(), m.y.data(), masked, m.y.size(), st);
-      kernels::tiled_conv_filter_grad(m.x.data(), relu_ ? masked : m.y.data(), m.w.data(), m.b.data(), ws, g, st);
+    const Choice filter = fastest(w, found, rules, "backward-filter", p.n, st, own, [&](const Algo& a, void* ws) {
+      const float* dy = masked_gradient(st, p.n, a, m.y.data(), m.y.data(), m.masked.data(), m.b.data(),
+                                        m.partials.data());
+      run_filter(h, st, ws, p, a, m.x.data(), dy, m.w.data(), m.b.data());
     });
-    p.tiled_filter = best_filter.index < 0;
-    p.bwd_filter = best_filter.index < 0 ? p.bwd_filter : w[best_filter.index].algo;
-    note(ctx, p.n, "backward-filter", best_filter, w);
-    if (index() > 0) choose_side_by_side(ctx, p, m, d, best_data, w, best_filter);
+    p.filter = filter.algo;
+    note(ctx, p.n, "backward-filter", filter);
+    if (index() > 0) choose_side_by_side(ctx, p, m, data, filter);
   }
 
   /// Where an input gradient follows, backward runs the two directions side by side (the filter
   /// gradient on the side stream). Two algorithms that are fastest alone may contend for the same
   /// resource together (FFT ones both for memory bandwidth), so the two best of each direction are
   /// timed in pairs, as backward queues them, and the pair that finishes first is kept.
-  template <typename DataPerf, typename FilterPerf>
-  void choose_side_by_side(DeviceContext& ctx, Plan& p, MeasureScratch& m, const DataPerf* d, const Choice& data,
-                           const FilterPerf* w, const Choice& filter) {
-    std::vector<int> data_options{data.index}, filter_options{filter.index};
-    if (data.second != Choice::kNone) data_options.push_back(data.second);
-    if (filter.second != Choice::kNone) filter_options.push_back(filter.second);
+  void choose_side_by_side(DeviceContext& ctx, Plan& p, MeasureScratch& m, const Choice& data, const Choice& filter) {
+    std::vector<Algo> data_options{data.algo}, filter_options{filter.algo};
+    if (data.second) data_options.push_back(*data.second);
+    if (filter.second) filter_options.push_back(*filter.second);
     if (data_options.size() * filter_options.size() < 2) return;
     CudaContext& cu = ctx.cuda();
-    const kernels::ConvGeometry g = geometry(p.n);
-    const size_t tiled_bytes = kernels::tiled_conv_fits(g) ? kernels::tiled_conv_scratch(g) : 0;
-    size_t data_bytes = tiled_bytes, filter_bytes = tiled_bytes;
-    for (int i : data_options) data_bytes = std::max(data_bytes, i < 0 ? 0 : d[i].memory);
-    for (int i : filter_options) filter_bytes = std::max(filter_bytes, i < 0 ? 0 : w[i].memory);
-    Buffer<uint8_t> data_ws(Device::Cuda, std::max<size_t>(data_bytes, 1));
-    Buffer<uint8_t> filter_ws(Device::Cuda, std::max<size_t>(filter_bytes, 1));
-    const Dims od = output_dims();
+    size_t data_bytes = 1, filter_bytes = 1;
+    for (const Algo& a : data_options) data_bytes = std::max(data_bytes, bytes(a, p.n));
+    for (const Algo& a : filter_options) filter_bytes = std::max(filter_bytes, bytes(a, p.n));
+    Buffer<uint8_t> data_ws(Device::Cuda, data_bytes), filter_ws(Device::Cuda, filter_bytes);
     cudaStream_t st = cu.stream();
-    float* masked = relu_ ? m.masked.data() : nullptr;
-    const float* dy = relu_ ? masked : m.y.data();
-    const auto pair = [&](int di, int fi) {
-      if (fi < 0) {
-        if (relu_) kernels::relu_backward(m.y.data(), m.y.data(), masked, m.y.size(), st);
-      } else {
-        kernels::bias_grad_channels(m.y.data(), relu_ ? m.y.data() : nullptr, masked, m.db.data(), m.partials.data(),
-                                    p.n, od.c, od.h * od.w, st);
-      }
-      cudaStream_t side = cu.fork();
-      if (fi < 0)
-        kernels::tiled_conv_filter_grad(m.x.data(), dy, m.dw.data(), m.db.data(), filter_ws.data(), g, side);
-      else
-        CUDNN_CHECK(cudnnConvolutionBackwardFilter(cu.side_cudnn(), &kOne, p.x, m.x.data(), p.y, dy, conv_, w[fi].algo,
-                                                   filter_ws.data(), w[fi].memory, &kZero, filter_, m.dw.data()));
-      if (di < 0)
-        kernels::tiled_conv_backward_data(dy, m.w.data(), m.dx.data(), data_ws.data(), g, st);
-      else
-        CUDNN_CHECK(cudnnConvolutionBackwardData(cu.cudnn(), &kOne, filter_, m.w.data(), p.y, dy, conv_, d[di].algo,
-                                                 data_ws.data(), d[di].memory, &kZero, p.x, m.dx.data()));
+    const auto pair = [&](const Algo& da, const Algo& fa) {
+      const float* dy = masked_gradient(st, p.n, fa, m.y.data(), m.y.data(), m.masked.data(), m.db.data(),
+                                        m.partials.data());
+      run_filter(cu.side_cudnn(), cu.fork(), filter_ws.data(), p, fa, m.x.data(), dy, m.dw.data(), m.db.data());
+      run_backward_data(cu.cudnn(), st, data_ws.data(), p, da, dy, m.w.data(), m.dx.data());
       cu.join();
     };
     double best = std::numeric_limits<double>::infinity();
-    int best_data = data.index, best_filter = filter.index;
-    for (int di : data_options)
-      for (int fi : filter_options) {
+    for (const Algo& da : data_options)
+      for (const Algo& fa : filter_options) {
         try {
-          const double us = graph_time_us(st, [&] { pair(di, fi); });
-          if (us < best) best = us, best_data = di, best_filter = fi;
+          const double us = graph_time_us(st, [&] { pair(da, fa); });
+          if (us < best) best = us, p.data = da, p.filter = fa;
         } catch (const CudaError&) {  // not capturable: never chosen
         }
       }
-    p.tiled_data = best_data < 0;
-    if (best_data >= 0) p.bwd_data = d[best_data].algo;
-    p.tiled_filter = best_filter < 0;
-    if (best_filter >= 0) p.bwd_filter = w[best_filter].algo;
-    const auto label = [](int i, auto algo) { return i < 0 ? std::string("tiled") : "cuDNN " + std::to_string(algo); };
     char line[200];
     std::snprintf(line, sizeof line, "%s batch %d backward side by side: data %s + filter %s %.1f us", name().c_str(),
-                  p.n, label(best_data, p.bwd_data).c_str(), label(best_filter, p.bwd_filter).c_str(), best);
+                  p.n, label(p.data).c_str(), label(p.filter).c_str(), best);
     cu.note_choice(line);
   }
 
@@ -392,59 +397,59 @@ class Conv2dCuda final : public Conv2dLayer<float> {
     }
   };
 
-  /// The fastest allowed cuDNN result in a graph (index -1: the tiled kernels are faster). Only
-  /// the first kCandidates allowed results are timed; one that cannot be captured is passed over
-  /// (the first stays the answer if none can be: an eager step, train.cuda_graph off, still runs).
+  /// The fastest allowed algorithm of one direction in a graph: the first kCandidates allowed cuDNN
+  /// results and each of dptrain's kernel families are timed. A cuDNN algorithm that cannot be
+  /// captured is passed over (the first stays the answer if nothing else is left: an eager step,
+  /// train.cuda_graph off, still runs).
   struct Choice {
-    static constexpr int kNone = -2;
-    int index = -1;
+    Algo algo;
     double us = 0, cudnn_us = 0;  // the chosen one's graph time; the best cuDNN one's
-    int second = kNone;           // the runner-up (-1: the tiled kernels), if another was timed
+    std::optional<Algo> second;   // the runner-up, if another was timed
   };
-  template <typename Perf, typename CudnnOp>
-  Choice fastest(const Perf* results, int count, AlgoRules rules, const char* what, cudaStream_t st, CudnnOp cudnn_op,
-                 const kernels::ConvGeometry* tiled, const std::function<void(void*)>& tiled_op) {
+  template <typename Perf, typename Op>
+  Choice fastest(const Perf* results, int count, AlgoRules rules, const char* what, int n, cudaStream_t st,
+                 const std::vector<Impl>& own, Op op) {
     constexpr int kCandidates = 4;
-    std::vector<int> candidates;
-    size_t memory = tiled ? kernels::tiled_conv_scratch(*tiled) : 0;
+    std::vector<Algo> candidates;
     for (int i = 0; i < count && static_cast<int>(candidates.size()) < kCandidates; ++i)
-      if (allowed(results[i], rules)) {
-        candidates.push_back(i);
-        memory = std::max(memory, results[i].memory);
-      }
-    if (candidates.empty() && !tiled) pick(results, count, rules, what);  // throws: nothing allowed
-    Buffer<uint8_t> ws(Device::Cuda, std::max<size_t>(memory, 1));
-    std::vector<std::pair<double, int>> timed;  // (us, index)
-    for (int i : candidates) {
+      if (allowed(results[i], rules)) candidates.push_back(cudnn_algo(results[i]));
+    if (candidates.empty() && own.empty()) pick(results, count, rules, what);  // throws: nothing allowed
+    for (Impl impl : own) candidates.push_back(Algo{impl});
+    size_t memory = 1;
+    for (const Algo& a : candidates) memory = std::max(memory, bytes(a, n));
+    Buffer<uint8_t> ws(Device::Cuda, memory);
+    constexpr double kNever = std::numeric_limits<double>::infinity();
+    Choice best{candidates.front(), kNever, kNever, std::nullopt};
+    std::vector<std::pair<double, Algo>> timed;
+    for (const Algo& a : candidates) {
       try {
-        timed.emplace_back(graph_time_us(st, [&] { cudnn_op(results[i], ws.data()); }), i);
+        const double us = graph_time_us(st, [&] { op(a, ws.data()); });
+        timed.emplace_back(us, a);
+        if (a.impl == Impl::Cudnn) best.cudnn_us = std::min(best.cudnn_us, us);
       } catch (const CudaError&) {  // not capturable: never chosen, since the step is a graph
+        if (a.impl != Impl::Cudnn) throw;
       }
     }
-    constexpr double kNever = std::numeric_limits<double>::infinity();
-    Choice best{candidates.empty() ? -1 : candidates.front(), kNever, kNever};
-    if (!timed.empty()) best.cudnn_us = std::min_element(timed.begin(), timed.end())->first;
-    if (tiled) timed.emplace_back(graph_time_us(st, [&] { tiled_op(ws.data()); }), -1);
     std::stable_sort(timed.begin(), timed.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
-    if (!timed.empty()) best.index = timed[0].second, best.us = timed[0].first;
+    if (!timed.empty()) best.algo = timed[0].second, best.us = timed[0].first;
     if (timed.size() > 1) best.second = timed[1].second;
     return best;
   }
 
-  template <typename Perf>
-  void note(DeviceContext& ctx, int n, const char* direction, const Choice& c, const Perf* results) {
+  void note(DeviceContext& ctx, int n, const char* direction, const Choice& c) {
     char line[160];
-    if (c.index < 0)
-      std::snprintf(line, sizeof line, "%s batch %d %s: tiled kernels %.1f us (best cuDNN %.1f us)", name().c_str(), n,
-                    direction, c.us, c.cudnn_us);
+    if (c.algo.impl != Impl::Cudnn)
+      std::snprintf(line, sizeof line, "%s batch %d %s: %s kernels %.1f us (best cuDNN %.1f us)", name().c_str(), n,
+                    direction, label(c.algo).c_str(), c.us, c.cudnn_us);
     else
       std::snprintf(line, sizeof line, "%s batch %d %s: cuDNN algorithm %d %.1f us", name().c_str(), n, direction,
-                    static_cast<int>(results[c.index].algo), c.us);
+                    c.algo.cudnn, c.us);
     ctx.cuda().note_choice(line);
   }
 
   bool direct_ = false;
   bool relu_ = false;     // applies the ReLU that follows (absorb_following_relu)
+  kernels::MmaMath math_ = kernels::MmaMath::SplitTf32;  // float32: 3xTF32; precision tf32: TF32
   Buffer<float> masked_;  // with relu_: the gradient after the ReLU's mask
   Buffer<float> bias_partials_;
   CudnnFilterDesc filter_;

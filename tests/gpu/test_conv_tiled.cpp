@@ -1,7 +1,9 @@
-// The tiled 3x3 convolution kernels (kernels/conv_tiled.h) against a double-precision CPU reference: forward (with
-// and without ReLU), input gradient and filter/bias gradient, for mnist_cnn's conv2 at batches 64, 5 and 1, a 64->32
-// channel pad-2 shape (conv2's input gradient as a forward convolution), and odd sizes that leave partial tiles.
-// Outputs are poisoned with NaN before each call; two calls must agree bit for bit. Skipped without a GPU.
+// dptrain's 3x3 convolution kernels against a double-precision CPU reference: the register-tiled FMA ones
+// (kernels/conv_tiled.h) and the tensor-core ones (kernels/conv_mma.h) in 3xTF32, all within 1e-5, and in TF32,
+// within 2e-3. Forward (with and without ReLU), input gradient and filter/bias gradient, for mnist_cnn's conv2 at
+// batches 64, 5 and 1, a 64->32 channel pad-2 shape (conv2's input gradient as a forward convolution), and odd sizes
+// that leave partial tiles. Outputs are poisoned with NaN before each call; two calls must agree bit for bit.
+// Skipped without a GPU.
 #include <gtest/gtest.h>
 
 #include <cuda_runtime_api.h>
@@ -9,12 +11,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <iostream>
 #include <random>
 #include <vector>
 
 #include "core/buffer.h"
 #include "cuda/check.h"
 #include "cuda/cuda_context.h"
+#include "kernels/conv_mma.h"
 #include "kernels/conv_tiled.h"
 
 namespace dptrain {
@@ -113,16 +117,70 @@ std::vector<std::vector<float>> run_twice(std::vector<Buffer<float>*> outs, Op&&
   return second;
 }
 
+/// One family of kernels under test, with the relative error it must stay within.
+struct Family {
+  const char* name;
+  double tolerance;
+  bool (*fits)(const ConvGeometry&);
+  size_t (*scratch)(const ConvGeometry&);
+  void (*forward)(const float* x, const float* w, const float* b, float* y, bool relu, void* scratch,
+                  const ConvGeometry& g);
+  void (*backward_data)(const float* dy, const float* w, float* dx, void* scratch, const ConvGeometry& g);
+  void (*filter_grad)(const float* x, const float* dy, float* dw, float* db, void* scratch, const ConvGeometry& g);
+};
+
+template <kernels::MmaMath kMath>
+Family mma_family(const char* name, double tolerance) {
+  return {name, tolerance, kernels::mma_conv_fits, kernels::mma_conv_scratch,
+          [](const float* x, const float* w, const float* b, float* y, bool relu, void* scratch, const ConvGeometry& g) {
+            kernels::mma_conv_forward(x, w, b, y, relu, scratch, kMath, g, nullptr);
+          },
+          [](const float* dy, const float* w, float* dx, void* scratch, const ConvGeometry& g) {
+            kernels::mma_conv_backward_data(dy, w, dx, scratch, kMath, g, nullptr);
+          },
+          [](const float* x, const float* dy, float* dw, float* db, void* scratch, const ConvGeometry& g) {
+            kernels::mma_conv_filter_grad(x, dy, dw, db, scratch, kMath, g, nullptr);
+          }};
+}
+
+const Family kFamilies[] = {
+    {"tiled FMA", 1e-5, kernels::tiled_conv_fits, kernels::tiled_conv_scratch,
+     [](const float* x, const float* w, const float* b, float* y, bool relu, void*, const ConvGeometry& g) {
+       kernels::tiled_conv_forward(x, w, b, y, relu, g, nullptr);
+     },
+     [](const float* dy, const float* w, float* dx, void* scratch, const ConvGeometry& g) {
+       kernels::tiled_conv_backward_data(dy, w, dx, scratch, g, nullptr);
+     },
+     [](const float* x, const float* dy, float* dw, float* db, void* scratch, const ConvGeometry& g) {
+       kernels::tiled_conv_filter_grad(x, dy, dw, db, scratch, g, nullptr);
+     }},
+    mma_family<kernels::MmaMath::SplitTf32>("mma 3xTF32", 1e-5),
+    mma_family<kernels::MmaMath::Tf32>("mma TF32", 2e-3),
+};
+
+/// Checks one result and prints its error (the families' accuracy, side by side in the log).
+void expect_close(const Family& f, const char* what, const std::vector<float>& out, const std::vector<double>& ref) {
+  const double r = rel(out, ref);
+  std::cout << "[ error    ] " << f.name << " " << what << ": " << r << "\n";
+  EXPECT_LT(r, f.tolerance) << f.name << " " << what;
+}
+
+void check_family(const Family& f, const ConvGeometry& g, uint32_t seed);
+
 void check_shape(const ConvGeometry& g, uint32_t seed) {
-  SCOPED_TRACE(::testing::Message() << "n=" << g.n << " c=" << g.c << " " << g.h << "x" << g.w << " oc=" << g.oc
-                                    << " pad=" << g.pad);
-  ASSERT_TRUE(kernels::tiled_conv_fits(g));
+  for (const Family& f : kFamilies) check_family(f, g, seed);
+}
+
+void check_family(const Family& f, const ConvGeometry& g, uint32_t seed) {
+  SCOPED_TRACE(::testing::Message() << f.name << ": n=" << g.n << " c=" << g.c << " " << g.h << "x" << g.w
+                                    << " oc=" << g.oc << " pad=" << g.pad);
+  ASSERT_TRUE(f.fits(g));
   const std::vector<float> x = randoms(input_count(g), seed), w = randoms(weight_count(g), seed + 1),
                            b = randoms(size_t(g.oc), seed + 2), dy = randoms(output_count(g), seed + 3);
   Buffer<float> dx_buf = to_device(x), dw_buf = to_device(w), db_buf = to_device(b), ddy = to_device(dy);
   Buffer<float> y(Device::Cuda, output_count(g)), dx(Device::Cuda, input_count(g)),
       dw(Device::Cuda, weight_count(g)), db(Device::Cuda, size_t(g.oc));
-  Buffer<float> scratch(Device::Cuda, kernels::tiled_conv_scratch(g) / sizeof(float) + 1);
+  Buffer<float> scratch(Device::Cuda, f.scratch(g) / sizeof(float) + 1);
 
   std::vector<double> y_ref(output_count(g), 0.0), dx_ref(input_count(g), 0.0), dw_ref(weight_count(g), 0.0),
       db_ref(size_t(g.oc), 0.0);
@@ -142,27 +200,27 @@ void check_shape(const ConvGeometry& g, uint32_t seed) {
   for (bool relu : {false, true}) {
     SCOPED_TRACE(relu ? "forward with relu" : "forward");
     const auto out = run_twice({&y}, [&] {
-      kernels::tiled_conv_forward(dx_buf.data(), dw_buf.data(), db_buf.data(), y.data(), relu, g, nullptr);
+      f.forward(dx_buf.data(), dw_buf.data(), db_buf.data(), y.data(), relu, scratch.data(), g);
     });
     std::vector<double> ref = y_ref;
     if (relu)
       for (double& v : ref) v = std::max(v, 0.0);
-    EXPECT_LT(rel(out[0], ref), 1e-5);
+    expect_close(f, relu ? "forward+relu" : "forward", out[0], ref);
   }
   {
     SCOPED_TRACE("backward data");
     const auto out = run_twice({&dx}, [&] {
-      kernels::tiled_conv_backward_data(ddy.data(), dw_buf.data(), dx.data(), scratch.data(), g, nullptr);
+      f.backward_data(ddy.data(), dw_buf.data(), dx.data(), scratch.data(), g);
     });
-    EXPECT_LT(rel(out[0], dx_ref), 1e-5);
+    expect_close(f, "backward-data", out[0], dx_ref);
   }
   {
     SCOPED_TRACE("filter gradient");
     const auto out = run_twice({&dw, &db}, [&] {
-      kernels::tiled_conv_filter_grad(dx_buf.data(), ddy.data(), dw.data(), db.data(), scratch.data(), g, nullptr);
+      f.filter_grad(dx_buf.data(), ddy.data(), dw.data(), db.data(), scratch.data(), g);
     });
-    EXPECT_LT(rel(out[0], dw_ref), 1e-5);
-    EXPECT_LT(rel(out[1], db_ref), 1e-5);
+    expect_close(f, "filter", out[0], dw_ref);
+    expect_close(f, "bias", out[1], db_ref);
   }
 }
 
@@ -180,14 +238,17 @@ TEST_F(TiledConv, OddSizesPad0NinetySixChannels) { check_shape(conv3x3(3, 64, 7,
 TEST_F(TiledConv, SmallestImagePad2) { check_shape(conv3x3(2, 32, 1, 1, 64, 2), 61); }
 
 TEST_F(TiledConv, RefusesShapesItDoesNotServe) {
-  EXPECT_FALSE(kernels::tiled_conv_fits(conv3x3(64, 1, 28, 28, 32, 0)));    // conv1: one input channel
-  EXPECT_FALSE(kernels::tiled_conv_fits(conv3x3(64, 16, 26, 26, 64, 0)));   // channels not a multiple of 32
-  EXPECT_FALSE(kernels::tiled_conv_fits(conv3x3(64, 32, 26, 26, 48, 0)));
-  EXPECT_FALSE(kernels::tiled_conv_fits(ConvGeometry{64, 32, 26, 26, 64, 22, 22, 5, 1, 0}));  // 5x5
-  EXPECT_FALSE(kernels::tiled_conv_fits(ConvGeometry{64, 32, 26, 26, 64, 12, 12, 3, 2, 0}));  // stride 2
-  EXPECT_FALSE(kernels::tiled_conv_fits(ConvGeometry{64, 32, 26, 26, 64, 30, 30, 3, 1, 3}));  // pad 3
-  EXPECT_FALSE(kernels::tiled_conv_fits(conv3x3(1, 32, 4, 2048, 64, 1)));  // rows too wide to tile
-  EXPECT_TRUE(kernels::tiled_conv_fits(conv3x3(64, 32, 26, 26, 64, 0)));
+  for (const Family& f : kFamilies) {
+    SCOPED_TRACE(f.name);
+    EXPECT_FALSE(f.fits(conv3x3(64, 1, 28, 28, 32, 0)));    // conv1: one input channel
+    EXPECT_FALSE(f.fits(conv3x3(64, 16, 26, 26, 64, 0)));   // channels not a multiple of 32
+    EXPECT_FALSE(f.fits(conv3x3(64, 32, 26, 26, 48, 0)));
+    EXPECT_FALSE(f.fits(ConvGeometry{64, 32, 26, 26, 64, 22, 22, 5, 1, 0}));  // 5x5
+    EXPECT_FALSE(f.fits(ConvGeometry{64, 32, 26, 26, 64, 12, 12, 3, 2, 0}));  // stride 2
+    EXPECT_FALSE(f.fits(ConvGeometry{64, 32, 26, 26, 64, 30, 30, 3, 1, 3}));  // pad 3
+    EXPECT_FALSE(f.fits(conv3x3(1, 32, 4, 2048, 64, 1)));  // rows too wide to stage
+    EXPECT_TRUE(f.fits(conv3x3(64, 32, 26, 26, 64, 0)));
+  }
 }
 
 }  // namespace

@@ -175,7 +175,7 @@ TEST_F(CudaBackend, Tf32ConvAndLinearWithin2e3OfCpu) {
   }
 }
 
-/// The cuDNN algorithm numbers a context's choice lines name for `direction` (tiled: -1).
+/// The cuDNN algorithm numbers a context's choice lines name for `direction` (dptrain's own kernels: -1).
 std::vector<int> chosen(const DeviceContext& ctx, const std::string& direction) {
   std::vector<int> algos;
   for (const std::string& line : ctx.cuda().choices()) {
@@ -231,7 +231,7 @@ TEST_F(CudaBackend, ConvPlanTimesEachDirectionOnceAndExactNeverTransforms) {
   ASSERT_NE(pair.find("batch 64 backward side by side: data "), std::string::npos) << pair;
   const auto algo_after = [&](const std::string& what) {
     const size_t at = pair.find(what);
-    return pair.compare(at + what.size(), 5, "tiled") == 0 ? -1 : std::stoi(pair.substr(at + what.size() + 6));
+    return pair.compare(at + what.size(), 6, "cuDNN ") != 0 ? -1 : std::stoi(pair.substr(at + what.size() + 6));
   };
   const int data = algo_after("data "), filter = algo_after("filter ");
   EXPECT_TRUE(data != CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT && data != CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT_TILING &&

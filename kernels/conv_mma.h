@@ -1,0 +1,48 @@
+// Tensor-core kernels for 3x3, stride-1 convolutions with channel counts that are multiples of 32
+// (mnist_cnn's conv2): implicit GEMMs on mma.sync m16n8k8 TF32, operands staged in shared memory by
+// cp.async, two stages deep. They need up to 140 KB of shared memory per block (sm_90 has 227 KB;
+// mma_conv_fits says no where the device has less). Two kinds of math:
+// - MmaMath::SplitTf32 (float32 precision, "3xTF32"): each float32 operand is split into a TF32
+//   high part and a TF32 remainder, and each product is summed as lo*hi + hi*lo + hi*hi. A term
+//   then errs by about 2^-21 of itself (TF32 alone: 2^-11), and each run of tensor-core sums
+//   (at most 96 terms) is added into a float32 total with round-to-nearest. Against a float64
+//   reference they err by 5-7e-7 (relative norm) where float32 FMA sums err by 1-4e-7. Not exact
+//   convolutions in train.exact_convolutions' sense: like FFT's rounding, this difference grows
+//   under Adadelta (7.8e-3 from the CPU after 10 steps of the recipe, against 1e-7).
+// - MmaMath::Tf32 (train.precision tf32): one product of the TF32-rounded operands.
+// Deterministic: every output is summed in an order fixed by the shape, without atomics. Nothing
+// here allocates or synchronizes, so the calls can be captured in a CUDA graph.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+
+#include "kernels/conv_kernels.h"
+
+namespace dptrain::kernels {
+
+enum class MmaMath { SplitTf32, Tf32 };
+
+/// Whether these kernels serve this convolution (k == 3, stride 1, pad 0..2, channel counts multiples of 32, the
+/// staged tiles fit in shared memory, 32-bit indexing fits).
+bool mma_conv_fits(const ConvGeometry& g);
+
+/// Bytes of scratch the three functions need: prepared weights (forward, input gradient) first, then the
+/// filter-gradient partials, so the input and filter gradients may share one scratch buffer at once.
+size_t mma_conv_scratch(const ConvGeometry& g);
+
+/// y = conv(x, w) + b, then max(., 0) when relu is set. b may be null (no bias). scratch: mma_conv_scratch(g) bytes
+/// (the weights, rounded and laid out as the kernel stages them).
+void mma_conv_forward(const float* x, const float* w, const float* b, float* y, bool relu, void* scratch,
+                      MmaMath math, const ConvGeometry& g, cudaStream_t stream);
+
+/// dx = conv_transpose(dy, w) (overwritten). scratch: mma_conv_scratch(g) bytes.
+void mma_conv_backward_data(const float* dy, const float* w, float* dx, void* scratch, MmaMath math,
+                            const ConvGeometry& g, cudaStream_t stream);
+
+/// dw = sum over samples/positions of dy * x, db[o] = sum of dy[:, o] (both overwritten). scratch as above.
+void mma_conv_filter_grad(const float* x, const float* dy, float* dw, float* db, void* scratch, MmaMath math,
+                          const ConvGeometry& g, cudaStream_t stream);
+
+}  // namespace dptrain::kernels

@@ -1,0 +1,76 @@
+#include "kernels/conv_shared.cuh"
+
+#include "cuda/check.h"
+
+namespace dptrain::kernels::conv_shared {
+
+namespace {
+
+constexpr int kFinishRows = 8;
+
+__global__ void transpose_flip_kernel(const float* __restrict__ w, float* __restrict__ wt, int oc, int c) {
+  const int e = blockIdx.x * blockDim.x + threadIdx.x;
+  if (e >= oc * c * kTaps) return;
+  const int tap = e % kTaps, o = e / kTaps % oc, ci = e / kTaps / oc;
+  wt[e] = w[(o * c + ci) * kTaps + kTaps - 1 - tap];
+}
+
+// Block of 32 outputs x 8 rows: row r adds chunks r, r + 8, ... in order (coalesced over outputs), then row 0 adds
+// the 8 rows in order.
+__global__ void finish_kernel(const float* __restrict__ partial, int chunks, int taps, int total,
+                              float* __restrict__ dw, float* __restrict__ db) {
+  __shared__ float sums[kFinishRows][33];
+  const int t = blockIdx.x * 32 + threadIdx.x;
+  float sum = 0.0f;
+  if (t < total) {
+#pragma unroll 4
+    for (int c = threadIdx.y; c < chunks; c += kFinishRows) sum += partial[static_cast<long long>(c) * total + t];
+  }
+  sums[threadIdx.y][threadIdx.x] = sum;
+  __syncthreads();
+  if (threadIdx.y != 0 || t >= total) return;
+  float total_sum = 0.0f;
+  for (int r = 0; r < kFinishRows; ++r) total_sum += sums[r][threadIdx.x];
+  const int o = t / (taps + 1), j = t % (taps + 1);
+  if (j < taps)
+    dw[o * taps + j] = total_sum;
+  else
+    db[o] = total_sum;
+}
+
+}  // namespace
+
+bool plain_3x3(const ConvGeometry& g) {
+  if (g.k != 3 || g.stride != 1 || g.pad < 0 || g.pad > 2 || g.n < 1 || g.h < 1 || g.w < 1) return false;
+  if (g.oh != g.h + 2 * g.pad - 2 || g.ow != g.w + 2 * g.pad - 2 || g.oh < 1 || g.ow < 1) return false;
+  const long long n = g.n;
+  return fits_int(n * g.c * g.h * g.w) && fits_int(n * g.oc * g.oh * g.ow) && fits_int(n * g.oh);
+}
+
+int multiprocessors() {
+  int device = 0, sms = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return sms;
+}
+
+void set_smem(const void* kernel, size_t bytes) {
+  if (bytes > 48 * 1024)
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+}
+
+void transpose_flip(const float* w, float* wt, int oc, int c, cudaStream_t stream) {
+  const int count = oc * c * kTaps;
+  constexpr int kThreads = 256;
+  transpose_flip_kernel<<<(count + kThreads - 1) / kThreads, kThreads, 0, stream>>>(w, wt, oc, c);
+  CUDA_CHECK_LAUNCH();
+}
+
+void finish_filter_grad(const float* partial, int chunks, const ConvGeometry& g, float* dw, float* db,
+                        cudaStream_t stream) {
+  const int taps = g.c * kTaps, total = g.oc * (taps + 1);
+  finish_kernel<<<(total + 31) / 32, dim3(32, kFinishRows), 0, stream>>>(partial, chunks, taps, total, dw, db);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace dptrain::kernels::conv_shared

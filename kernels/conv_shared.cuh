@@ -1,0 +1,59 @@
+// Pieces the custom 3x3 convolution kernels (conv_tiled.cu, conv_mma.cu) share: asynchronous staging of global
+// memory into shared memory, the input gradient as a forward convolution with transposed, flipped weights, and the
+// fixed-order reduction of per-chunk filter-gradient partial sums.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <climits>
+#include <cstddef>
+
+#include "kernels/conv_kernels.h"
+
+namespace dptrain::kernels::conv_shared {
+
+constexpr int kTaps = 9;  // 3x3
+// Largest dynamic shared memory a block asks for: below every target's opt-in limit (sm_86/89: 99 KB).
+constexpr size_t kMaxSmemBytes = 96 * 1024;
+
+// cp.async copies global to shared memory without a register round trip, so the next chunk loads while the
+// current one is multiplied. A source size of 0 writes a zero: the convolution's padding and the edges of partial
+// tiles cost no branches in the inner loops.
+__device__ __forceinline__ void cp_async4(float* dst, const float* src, bool valid) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(src), "r"(valid ? 4 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+}
+
+/// The input gradient's convolution: dy [n, oc, oh, ow] convolved into dx [n, c, h, w] with padding k - 1 - pad.
+inline ConvGeometry transposed(const ConvGeometry& g) {
+  return ConvGeometry{g.n, g.oc, g.oh, g.ow, g.c, g.h, g.w, g.k, 1, g.k - 1 - g.pad};
+}
+
+inline size_t transposed_weight_bytes(const ConvGeometry& g) {
+  return sizeof(float) * static_cast<size_t>(g.oc) * g.c * kTaps;
+}
+
+inline bool fits_int(long long v) { return v >= 0 && v <= INT_MAX; }
+
+/// The 3x3 stride-1 shape both kernel families need: output size from padding 0..2, 32-bit indexing.
+bool plain_3x3(const ConvGeometry& g);
+
+int multiprocessors();
+
+/// Raises a kernel's dynamic shared-memory limit where it asks for more than 48 KB (a function attribute, not a
+/// stream operation: graph capture allows it).
+void set_smem(const void* kernel, size_t bytes);
+
+/// wt[ci][o][ky][kx] = w[o][ci][2 - ky][2 - kx]: the input gradient is the forward convolution of dy with these.
+void transpose_flip(const float* w, float* wt, int oc, int c, cudaStream_t stream);
+
+/// dw and db from partial[chunk][o][c * 9 + tap] (tap 9c: the bias), summed over chunks in a fixed order.
+void finish_filter_grad(const float* partial, int chunks, const ConvGeometry& g, float* dw, float* db,
+                        cudaStream_t stream);
+
+}  // namespace dptrain::kernels::conv_shared
