@@ -60,16 +60,6 @@ __device__ __forceinline__ void mma_product(float (&d)[4], const uint32_t (&ahi)
 
 /// Adds a run of tensor-core sums into the float32 totals (round to nearest: the tensor cores' own additions
 /// truncate, so no run is longer than one pipeline stage).
-template <int kN>
-__device__ __forceinline__ void add_run(float (&total)[kN][4], float (&run)[kN][4]) {
-#pragma unroll
-  for (int j = 0; j < kN; ++j)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      total[j][e] += run[j][e];
-      run[j][e] = 0.0f;
-    }
-}
 template <int kM, int kN>
 __device__ __forceinline__ void add_run(float (&total)[kM][kN][4], float (&run)[kM][kN][4]) {
 #pragma unroll
@@ -146,77 +136,78 @@ __device__ __forceinline__ int staged_offset(int p, int r0, const ConvGeometry& 
   return (oy - r0) * t.pitch + p - oy * g.ow;
 }
 
+__device__ __forceinline__ void cp_async16(float* dst, const float* src) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(src));
+}
+
 __host__ __device__ constexpr int parts(MmaMath math) { return math == MmaMath::SplitTf32 ? 2 : 1; }
 
-/// Forward block shape: kWarpsM x kWarpsN warps, each kFragsM m16 x kFragsN n8 fragments; kMinBlocks blocks per SM
-/// (a register cap: the shapes are chosen so that mnist_cnn's conv2 runs in one wave).
-template <int kWarpsM, int kWarpsN, int kFragsM, int kFragsN, int kMinBlocks>
+/// Forward block shape: kWarpsM x kWarpsN warps, each kFragsM m16 x kFragsN n8 fragments.
+template <int kWarpsM, int kWarpsN, int kFragsM, int kFragsN>
 struct ForwardShape {
-  static constexpr int kWm = kWarpsM, kWn = kWarpsN, kFm = kFragsM, kFn = kFragsN, kBlocks = kMinBlocks;
+  static constexpr int kWm = kWarpsM, kFm = kFragsM, kFn = kFragsN;
   static constexpr int kThreads = kWarpsM * kWarpsN * 32;
   static constexpr int kPositions = kWarpsM * kFragsM * 16;
   static constexpr int kChannels = kWarpsN * kFragsN * 8;
+  static constexpr int kWeightStride = kChannels + 8;  // 8 mod 32: B fragments hit 32 banks
+  static constexpr int kWeightFloats = kTaps * kChunk * kWeightStride;  // one part (hi or lo) of one chunk
 };
-using WideForward = ForwardShape<3, 2, 2, 4, 3>;    // 96 positions x 64 channels, 6 warps
-using NarrowForward = ForwardShape<3, 1, 2, 4, 6>;  // 96 positions x 32 channels, 3 warps
+using WideForward = ForwardShape<2, 2, 3, 4>;    // 96 positions x 64 channels, 4 warps
+using NarrowForward = ForwardShape<2, 1, 3, 4>;  // 96 positions x 32 channels, 2 warps
 
-/// Floats of the prepared weights of a forward launch: hi and lo parts of every weight.
-size_t prepared_floats(const ConvGeometry& g) { return static_cast<size_t>(g.oc) * g.c * kTaps * 2; }
-
-// The weights as B fragments, rounded (and split) once per call rather than once per use: float4 (hi of k = quad,
-// hi of k = quad + 4, lo of both) per lane, in the order the warps read them ([channel block][chunk][tap][warp
-// column][fragment][lane]), so a warp's fragment is one coalesced 512-byte load that the SM's L1 serves to every
-// block. flip: w holds [c][oc][3][3] of the convolution whose input gradient this is; the forward weights are its
-// transposed, flipped ones.
+/// Floats of the prepared weights of a forward launch: [channel block][chunk][part][tap * 8 + ci][o], o padded.
 template <class S>
-__global__ void prepare_weights_kernel(const float* __restrict__ w, float4* __restrict__ wp, ConvGeometry g,
-                                       bool flip, bool split_lo) {
-  const int chunks = g.c / kChunk;
-  const int total = g.oc / S::kChannels * chunks * kTaps * S::kWn * S::kFn * 32;
+size_t prepared_floats(const ConvGeometry& g) {
+  return static_cast<size_t>(g.oc / S::kChannels) * (g.c / kChunk) * 2 * S::kWeightFloats;
+}
+
+// The weights as the forward kernel stages them, rounded (and split) once per call rather than once per block: hi
+// and lo parts, each chunk of each channel block one contiguous run. flip: w holds [c][oc][3][3] of the convolution
+// whose input gradient this is; the forward weights are its transposed, flipped ones.
+__global__ void prepare_weights_kernel(const float* __restrict__ w, float* __restrict__ wp, ConvGeometry g,
+                                       int channels, int stride, bool flip, bool split_lo) {
+  const int per_chunk = kTaps * kChunk * stride, chunks = g.c / kChunk;
+  const int total = g.oc / channels * chunks * per_chunk;
   for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < total; e += gridDim.x * blockDim.x) {
-    int rest = e >> 5;
-    const int lane = e & 31, jn = rest % S::kFn;
-    rest /= S::kFn;
-    const int wn = rest % S::kWn;
-    rest /= S::kWn;
-    const int tap = rest % kTaps;
-    rest /= kTaps;
-    const int chunk = rest % chunks, block = rest / chunks;
-    const int o = block * S::kChannels + wn * S::kFn * 8 + jn * 8 + (lane >> 2);
-    float v[2];
-#pragma unroll
-    for (int k = 0; k < 2; ++k) {
-      const int c = chunk * kChunk + (lane & 3) + 4 * k;
-      v[k] = flip ? w[(c * g.oc + o) * kTaps + kTaps - 1 - tap] : w[(o * g.c + c) * kTaps + tap];
-    }
-    const float h0 = __uint_as_float(tf32_bits(v[0])), h1 = __uint_as_float(tf32_bits(v[1]));
-    wp[e] = split_lo ? make_float4(h0, h1, __uint_as_float(tf32_bits(v[0] - h0)), __uint_as_float(tf32_bits(v[1] - h1)))
-                     : make_float4(h0, h1, 0.0f, 0.0f);
+    const int col = e % stride, row = e / stride % (kTaps * kChunk), rest = e / per_chunk;
+    const int chunk = rest % chunks, block = rest / chunks, tap = row / kChunk, ci = chunk * kChunk + row % kChunk;
+    const int o = block * channels + col;
+    float v = 0.0f;
+    if (col < channels)
+      v = flip ? w[(ci * g.oc + o) * kTaps + kTaps - 1 - tap] : w[(o * g.c + ci) * kTaps + tap];
+    const uint32_t hi = tf32_bits(v);
+    float* out = wp + static_cast<long long>(rest) * 2 * per_chunk + row * stride + col;
+    out[0] = __uint_as_float(hi);
+    out[per_chunk] = split_lo ? __uint_as_float(tf32_bits(v - __uint_as_float(hi))) : 0.0f;
   }
 }
 
-template <MmaMath kMath>
+template <class S, MmaMath kMath>
 size_t forward_smem(const Staging& t) {
-  return sizeof(float) * static_cast<size_t>(kChunk) * t.plane * (1 + parts(kMath));
+  const size_t input = static_cast<size_t>(kChunk) * t.plane;
+  return sizeof(float) * (2 * (input + parts(kMath) * S::kWeightFloats) + (parts(kMath) - 1) * input);
 }
 
 // Block (sample and run of S::kPositions positions, S::kChannels output channels). Per stage: 8 input channels of
-// the rows the run needs, xs[ci][row][col], split in place into TF32 hi (and lo, in a buffer of its own). Warp (wm,
-// wn) multiplies positions m0 + [0, 16 kFm) by channels n0 + [0, 8 kFn): per tap one k8 step, its B fragments
-// loaded from the prepared weights.
+// the rows the run needs, xs[ci][row][col], split in place into TF32 hi (and lo, in a buffer of its own), and their
+// prepared weights ws[part][tap][ci][o]. Warp (wm, wn) multiplies positions m0 + [0, 16 kFm) by channels
+// n0 + [0, 8 kFn): per tap one k8 step.
 template <class S, MmaMath kMath>
-__global__ void __launch_bounds__(S::kThreads) __maxnreg__(65536 / (S::kThreads * S::kBlocks) / 8 * 8)
-    mma_forward_kernel(const float* __restrict__ x, const float4* __restrict__ wp, const float* __restrict__ b,
-                       float* __restrict__ y, bool relu, ConvGeometry g, Staging t, int tiles) {
+__global__ void __launch_bounds__(S::kThreads) mma_forward_kernel(const float* __restrict__ x,
+                                                                  const float* __restrict__ wp,
+                                                                  const float* __restrict__ b, float* __restrict__ y,
+                                                                  bool relu, ConvGeometry g, Staging t, int tiles) {
   extern __shared__ float4 smem4[];
   float* smem = reinterpret_cast<float*>(smem4);
-  const int in_floats = kChunk * t.plane;
-  float* lo_input = smem + 2 * in_floats;
+  constexpr int kParts = parts(kMath);
+  const int in_floats = kChunk * t.plane, stage_floats = in_floats + kParts * S::kWeightFloats;
+  float* lo_input = smem + 2 * stage_floats;
   const int positions = g.oh * g.ow, chunks = g.c / kChunk;
   const int s = blockIdx.x / tiles, p0 = blockIdx.x % tiles * S::kPositions, o0 = blockIdx.y * S::kChannels;
   const int r0 = p0 / g.ow;
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, group = lane >> 2, quad = lane & 3;
-  const int wn = warp / S::kWm, m0 = p0 + warp % S::kWm * S::kFm * 16, n0 = wn * S::kFn * 8;
+  const int tid = threadIdx.x, warp = tid >> 5, group = (tid & 31) >> 2, quad = tid & 3;
+  const int m0 = p0 + warp % S::kWm * S::kFm * 16, n0 = warp / S::kWm * S::kFn * 8;
 
   // A element (row, column quad): staged input of position row at channel quad; rows past the end read the last.
   int a_off[S::kFm][2];
@@ -227,7 +218,10 @@ __global__ void __launch_bounds__(S::kThreads) __maxnreg__(65536 / (S::kThreads 
       a_off[i][h] = staged_offset(min(m0 + i * 16 + h * 8 + group, positions - 1), r0, g, t) + quad * t.plane;
 
   auto stage = [&](int chunk, int buf) {
-    stage_input<S::kThreads>(smem + buf * in_floats, x, g, t, s, chunk * kChunk, kChunk, r0);
+    float* xs = smem + buf * stage_floats;
+    stage_input<S::kThreads>(xs, x, g, t, s, chunk * kChunk, kChunk, r0);
+    const float* src = wp + (static_cast<long long>(blockIdx.y) * chunks + chunk) * 2 * S::kWeightFloats;
+    for (int e = tid * 4; e < kParts * S::kWeightFloats; e += S::kThreads * 4) cp_async16(xs + in_floats + e, src + e);
     cp_async_commit();
   };
 
@@ -243,11 +237,11 @@ __global__ void __launch_bounds__(S::kThreads) __maxnreg__(65536 / (S::kThreads 
       cp_async_wait<0>();
     }
     __syncthreads();
-    float* xs = smem + buf * in_floats;
+    float* xs = smem + buf * stage_floats;
     split_in_place<kMath, S::kThreads>(xs, lo_input, in_floats);
     __syncthreads();
-    const float4* wb = wp + ((static_cast<long long>(blockIdx.y) * chunks + chunk) * kTaps * S::kWn + wn) * S::kFn * 32 + lane;
-#pragma unroll 1
+    const float* ws = xs + in_floats + n0 + group + quad * S::kWeightStride;
+#pragma unroll
     for (int tap = 0; tap < kTaps; ++tap) {
       const int tap_off = tap / 3 * t.pitch + tap % 3;
       uint32_t ahi[S::kFm][4], alo[S::kFm][4];
@@ -261,9 +255,13 @@ __global__ void __launch_bounds__(S::kThreads) __maxnreg__(65536 / (S::kThreads 
         }
 #pragma unroll
       for (int jn = 0; jn < S::kFn; ++jn) {
-        const float4 f = __ldg(wb + (tap * S::kWn * S::kFn + jn) * 32);
-        const uint32_t bhi[2] = {__float_as_uint(f.x), __float_as_uint(f.y)};
-        const uint32_t blo[2] = {__float_as_uint(f.z), __float_as_uint(f.w)};
+        uint32_t bhi[2], blo[2];
+#pragma unroll
+        for (int k = 0; k < 2; ++k) {
+          const int at = (tap * kChunk + 4 * k) * S::kWeightStride + jn * 8;
+          bhi[k] = __float_as_uint(ws[at]);
+          if constexpr (kMath == MmaMath::SplitTf32) blo[k] = __float_as_uint(ws[S::kWeightFloats + at]);
+        }
 #pragma unroll
         for (int i = 0; i < S::kFm; ++i) mma_product<kMath>(run[i][jn], ahi[i], alo[i], bhi, blo);
       }
@@ -300,17 +298,17 @@ struct FilterTiling {
   }
 };
 
-// Block (chunk of units, 32 input channels, kOcb output channels), kOcb / 4 warps: warp (wm, wn) multiplies output
-// channels wm 16 + [0, 16) by columns wn 72 + [0, 72) of N = tap 32 + input channel. Per unit: x rows staged
+// Block (chunk of units, 32 input channels, 32 kWarpsM output channels), 4 kWarpsM warps: warp (wm, wn) multiplies
+// output channels wm 32 + [0, 32) by columns wn 72 + [0, 72) of N = tap 32 + input channel. Per unit: x rows staged
 // xs[ci][row][col], dy ds[o][position], both split in place (lo parts in buffers of their own); 12 k8 steps of 8
-// positions. Threads 8o..8o+7 split dy of output channel o, an eighth of each unit's positions each, and sum its
+// positions. Threads 4o..4o+3 split dy of output channel o, a quarter of each unit's positions each, and sum its
 // bias gradient on the way, in a fixed order. At the end the block writes its partial sums:
 // partial[chunk][o][c * 9 + tap], tap 9c is the bias.
-template <int kOcb, MmaMath kMath>
-__global__ void __launch_bounds__(kOcb * 8, 1)
+template <int kWarpsM, MmaMath kMath>
+__global__ void __launch_bounds__(kWarpsM * 128, 1)
     mma_filter_partial_kernel(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ partial,
                               ConvGeometry g, FilterTiling t) {
-  constexpr int kWarpsM = kOcb / 16, kThreads = kOcb * 8, kFn = 9, kEighth = kUnit / 8;
+  constexpr int kThreads = kWarpsM * 128, kOcb = kWarpsM * 32, kFn = 9, kQuarter = kUnit / 4;
   extern __shared__ float4 smem4[];
   float* smem = reinterpret_cast<float*>(smem4);
   const int in_floats = t.input_floats(), stage_floats = in_floats + kOcb * kUnitStride;
@@ -344,7 +342,7 @@ __global__ void __launch_bounds__(kOcb * 8, 1)
     cp_async_commit();
   };
 
-  float acc[kFn][4] = {}, run[kFn][4] = {};
+  float acc[2][kFn][4] = {}, run[2][kFn][4] = {};
   float bias_acc = 0.0f;
   if (first < last) stage(first, 0);
   for (int unit = first; unit < last; ++unit) {
@@ -362,10 +360,10 @@ __global__ void __launch_bounds__(kOcb * 8, 1)
     const int q0 = unit % t.units_per_sample * kUnit, r0 = q0 / g.ow;
     split_in_place<kMath, kThreads>(xs, lo, in_floats);
     {
-      float* dr = ds + (tid >> 3) * kUnitStride + (tid & 7) * kEighth;
+      float* dr = ds + (tid >> 2) * kUnitStride + (tid & 3) * kQuarter;
       float* dl = lo + in_floats + (dr - ds);
 #pragma unroll 4
-      for (int p = 0; p < kEighth; ++p) {
+      for (int p = 0; p < kQuarter; ++p) {
         const float v = dr[p];
         bias_acc += v;
         const uint32_t hi = tf32_bits(v);
@@ -376,16 +374,18 @@ __global__ void __launch_bounds__(kOcb * 8, 1)
     // Past the sample's end dy is zero and any staged input will do.
     if (tid < kUnit) offsets[tid] = staged_offset(min(q0 + tid, positions - 1), r0, g, t.input);
     __syncthreads();
-    const int da = (wm * 16 + group) * kUnitStride + quad;
+    const int da = (wm * 32 + group) * kUnitStride + quad;
 #pragma unroll 2
     for (int step = 0; step < kUnit / 8; ++step) {
-      uint32_t ahi[4], alo[4];
+      uint32_t ahi[2][4], alo[2][4];
 #pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const int at = da + (j & 1) * 8 * kUnitStride + step * 8 + (j >> 1) * 4;
-        ahi[j] = __float_as_uint(ds[at]);
-        if constexpr (kMath == MmaMath::SplitTf32) alo[j] = __float_as_uint(lo[in_floats + at]);
-      }
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const int at = da + (i * 16 + (j & 1) * 8) * kUnitStride + step * 8 + (j >> 1) * 4;
+          ahi[i][j] = __float_as_uint(ds[at]);
+          if constexpr (kMath == MmaMath::SplitTf32) alo[i][j] = __float_as_uint(lo[in_floats + at]);
+        }
       const int p_off[2] = {offsets[step * 8 + quad], offsets[step * 8 + quad + 4]};
 #pragma unroll
       for (int jn = 0; jn < kFn; ++jn) {
@@ -395,26 +395,28 @@ __global__ void __launch_bounds__(kOcb * 8, 1)
           bhi[k] = __float_as_uint(xs[b_off[jn] + p_off[k]]);
           if constexpr (kMath == MmaMath::SplitTf32) blo[k] = __float_as_uint(lo[b_off[jn] + p_off[k]]);
         }
-        mma_product<kMath>(run[jn], ahi, alo, bhi, blo);
+#pragma unroll
+        for (int i = 0; i < 2; ++i) mma_product<kMath>(run[i][jn], ahi[i], alo[i], bhi, blo);
       }
     }
     add_run(acc, run);
   }
   bias_acc += __shfl_xor_sync(0xffffffffu, bias_acc, 1);
   bias_acc += __shfl_xor_sync(0xffffffffu, bias_acc, 2);
-  bias_acc += __shfl_xor_sync(0xffffffffu, bias_acc, 4);
 
   const int taps = g.c * kTaps;
   float* out = partial + static_cast<long long>(blockIdx.x) * g.oc * (taps + 1);
 #pragma unroll
-  for (int jn = 0; jn < kFn; ++jn)
+  for (int i = 0; i < 2; ++i)
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int o = o0 + wm * 16 + group + (j >> 1) * 8;
-      const int n = wn * kFn * 8 + jn * 8 + 2 * quad + (j & 1), tap = n / kFilterChannels;
-      out[o * (taps + 1) + (c0 + n % kFilterChannels) * kTaps + tap] = acc[jn][j];
-    }
-  if (blockIdx.y == 0 && (tid & 7) == 0) out[(o0 + (tid >> 3)) * (taps + 1) + taps] = bias_acc;
+    for (int jn = 0; jn < kFn; ++jn)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int o = o0 + wm * 32 + i * 16 + group + (j >> 1) * 8;
+        const int n = wn * kFn * 8 + jn * 8 + 2 * quad + (j & 1), tap = n / kFilterChannels;
+        out[o * (taps + 1) + (c0 + n % kFilterChannels) * kTaps + tap] = acc[i][jn][j];
+      }
+  if (blockIdx.y == 0 && (tid & 3) == 0) out[(o0 + (tid >> 2)) * (taps + 1) + taps] = bias_acc;
 }
 
 /// The opt-in shared-memory limit of the current device (sm_90: 227 KB).
@@ -425,26 +427,36 @@ size_t smem_limit() {
   return static_cast<size_t>(bytes);
 }
 
+template <class S>
 bool forward_fits(const ConvGeometry& g) {
-  const int run = g.oc % 64 == 0 ? WideForward::kPositions : NarrowForward::kPositions;
-  return forward_smem<MmaMath::SplitTf32>(staging_for(g, run, 8)) <= smem_limit();
+  return forward_smem<S, MmaMath::SplitTf32>(staging_for(g, S::kPositions, 8)) <= smem_limit();
 }
 
-/// Bytes of the prepared weights at the start of scratch (the same for the forward and the input gradient).
-size_t prepared_bytes(const ConvGeometry& g) { return sizeof(float) * prepared_floats(g); }
+bool forward_fits_any(const ConvGeometry& g) {
+  return g.oc % 64 == 0 ? forward_fits<WideForward>(g) : forward_fits<NarrowForward>(g);
+}
+
+size_t prepared_floats_any(const ConvGeometry& g) {
+  return g.oc % 64 == 0 ? prepared_floats<WideForward>(g) : prepared_floats<NarrowForward>(g);
+}
+
+/// Bytes of the prepared weights at the start of scratch: room for the forward's and for the input gradient's.
+size_t prepared_bytes(const ConvGeometry& g) {
+  return sizeof(float) * std::max(prepared_floats_any(g), prepared_floats_any(transposed(g)));
+}
 
 template <class S, MmaMath kMath>
 void launch_forward_shape(const float* x, const float* w, bool flip, const float* b, float* y, bool relu,
-                          float4* wp, const ConvGeometry& g, cudaStream_t stream) {
-  const int prep = static_cast<int>(prepared_floats(g) / 4);
+                          float* wp, const ConvGeometry& g, cudaStream_t stream) {
+  const int prep = static_cast<int>(prepared_floats<S>(g) / 2);
   constexpr int kPrepThreads = 256;
-  prepare_weights_kernel<S><<<(prep + kPrepThreads - 1) / kPrepThreads, kPrepThreads, 0, stream>>>(
-      w, wp, g, flip, kMath == MmaMath::SplitTf32);
+  prepare_weights_kernel<<<(prep + kPrepThreads - 1) / kPrepThreads, kPrepThreads, 0, stream>>>(
+      w, wp, g, S::kChannels, S::kWeightStride, flip, kMath == MmaMath::SplitTf32);
   CUDA_CHECK_LAUNCH();
   const Staging t = staging_for(g, S::kPositions, 8);
   const int tiles = (g.oh * g.ow + S::kPositions - 1) / S::kPositions;
   const dim3 grid(static_cast<unsigned>(g.n * tiles), static_cast<unsigned>(g.oc / S::kChannels));
-  const size_t smem = forward_smem<kMath>(t);
+  const size_t smem = forward_smem<S, kMath>(t);
   set_smem(reinterpret_cast<const void*>(mma_forward_kernel<S, kMath>), smem);
   mma_forward_kernel<S, kMath><<<grid, S::kThreads, smem, stream>>>(x, wp, b, y, relu, g, t, tiles);
   CUDA_CHECK_LAUNCH();
@@ -452,7 +464,7 @@ void launch_forward_shape(const float* x, const float* w, bool flip, const float
 
 /// The forward convolution g of x with w (flip: with the transposed, flipped weights of w), weights prepared in wp.
 template <MmaMath kMath>
-void launch_forward(const float* x, const float* w, bool flip, const float* b, float* y, bool relu, float4* wp,
+void launch_forward(const float* x, const float* w, bool flip, const float* b, float* y, bool relu, float* wp,
                     const ConvGeometry& g, cudaStream_t stream) {
   if (g.oc % 64 == 0)
     launch_forward_shape<WideForward, kMath>(x, w, flip, b, y, relu, wp, g, stream);
@@ -462,32 +474,32 @@ void launch_forward(const float* x, const float* w, bool flip, const float* b, f
 
 void launch_forward_math(MmaMath math, const float* x, const float* w, bool flip, const float* b, float* y, bool relu,
                          void* scratch, const ConvGeometry& g, cudaStream_t stream) {
-  float4* wp = static_cast<float4*>(scratch);
+  float* wp = static_cast<float*>(scratch);
   if (math == MmaMath::SplitTf32)
     launch_forward<MmaMath::SplitTf32>(x, w, flip, b, y, relu, wp, g, stream);
   else
     launch_forward<MmaMath::Tf32>(x, w, flip, b, y, relu, wp, g, stream);
 }
 
-int filter_channels(const ConvGeometry& g) { return g.oc % 64 == 0 ? 64 : 32; }
+int filter_warps_m(const ConvGeometry& g) { return g.oc % 64 == 0 ? 2 : 1; }
 
 FilterTiling filter_tiling(const ConvGeometry& g) {
   FilterTiling t{};
   t.input = staging_for(g, kUnit, 4);  // plane 4 mod 32: the 8 input channels of a B fragment hit distinct banks
   t.units_per_sample = (g.oh * g.ow + kUnit - 1) / kUnit;
-  const int tiles = (g.c / kFilterChannels) * (g.oc / filter_channels(g));
+  const int tiles = (g.c / kFilterChannels) * (g.oc / (32 * filter_warps_m(g)));
   t.chunks = std::max(1, std::min(g.n * t.units_per_sample, kFilterBlocks / tiles));
   return t;
 }
 
-template <int kOcb, MmaMath kMath>
+template <int kWarpsM, MmaMath kMath>
 void launch_filter_shape(const float* x, const float* dy, float* partial, const ConvGeometry& g, const FilterTiling& t,
                          cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(t.chunks), static_cast<unsigned>(g.c / kFilterChannels),
-                  static_cast<unsigned>(g.oc / kOcb));
-  const size_t smem = t.smem(kOcb, kMath);
-  set_smem(reinterpret_cast<const void*>(mma_filter_partial_kernel<kOcb, kMath>), smem);
-  mma_filter_partial_kernel<kOcb, kMath><<<grid, kOcb * 8, smem, stream>>>(x, dy, partial, g, t);
+                  static_cast<unsigned>(g.oc / (32 * kWarpsM)));
+  const size_t smem = t.smem(32 * kWarpsM, kMath);
+  set_smem(reinterpret_cast<const void*>(mma_filter_partial_kernel<kWarpsM, kMath>), smem);
+  mma_filter_partial_kernel<kWarpsM, kMath><<<grid, kWarpsM * 128, smem, stream>>>(x, dy, partial, g, t);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -502,9 +514,9 @@ void require_fits(const ConvGeometry& g, const char* what) {
 
 bool mma_conv_fits(const ConvGeometry& g) {
   if (!plain_3x3(g) || g.c % 32 != 0 || g.oc % 32 != 0 || g.c < 32 || g.oc < 32) return false;
-  if (!forward_fits(g) || !forward_fits(transposed(g))) return false;
+  if (!forward_fits_any(g) || !forward_fits_any(transposed(g))) return false;
   const FilterTiling t = filter_tiling(g);
-  if (t.smem(filter_channels(g), MmaMath::SplitTf32) > smem_limit()) return false;
+  if (t.smem(32 * filter_warps_m(g), MmaMath::SplitTf32) > smem_limit()) return false;
   return fits_int(static_cast<long long>(t.chunks) * g.oc * (g.c * kTaps + 1)) &&
          fits_int(static_cast<long long>(prepared_bytes(g)));
 }
@@ -531,11 +543,11 @@ void mma_conv_filter_grad(const float* x, const float* dy, float* dw, float* db,
   require_fits(g, "mma_conv_filter_grad");
   const FilterTiling t = filter_tiling(g);
   float* partial = reinterpret_cast<float*>(static_cast<char*>(scratch) + prepared_bytes(g));
-  const bool wide = filter_channels(g) == 64, split = math == MmaMath::SplitTf32;
-  if (wide && split) launch_filter_shape<64, MmaMath::SplitTf32>(x, dy, partial, g, t, stream);
-  if (wide && !split) launch_filter_shape<64, MmaMath::Tf32>(x, dy, partial, g, t, stream);
-  if (!wide && split) launch_filter_shape<32, MmaMath::SplitTf32>(x, dy, partial, g, t, stream);
-  if (!wide && !split) launch_filter_shape<32, MmaMath::Tf32>(x, dy, partial, g, t, stream);
+  const bool wide = filter_warps_m(g) == 2, split = math == MmaMath::SplitTf32;
+  if (wide && split) launch_filter_shape<2, MmaMath::SplitTf32>(x, dy, partial, g, t, stream);
+  if (wide && !split) launch_filter_shape<2, MmaMath::Tf32>(x, dy, partial, g, t, stream);
+  if (!wide && split) launch_filter_shape<1, MmaMath::SplitTf32>(x, dy, partial, g, t, stream);
+  if (!wide && !split) launch_filter_shape<1, MmaMath::Tf32>(x, dy, partial, g, t, stream);
   finish_filter_grad(partial, t.chunks, g, dw, db, stream);
 }
 
