@@ -504,10 +504,7 @@ void launch_filter_shape(const float* x, const float* dy, float* partial, const 
 }
 
 void require_fits(const ConvGeometry& g, const char* what) {
-  if (!mma_conv_fits(g))
-    throw CudaError(std::string(what) + ": the tensor-core kernels do not serve a " + std::to_string(g.c) + "->" +
-                    std::to_string(g.oc) + " channel, " + std::to_string(g.k) + "x" + std::to_string(g.k) +
-                    " convolution (stride " + std::to_string(g.stride) + ", pad " + std::to_string(g.pad) + ")");
+  if (!mma_conv_fits(g)) refuse(what, "tensor-core", g);
 }
 
 }  // namespace

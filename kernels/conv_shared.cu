@@ -1,5 +1,7 @@
 #include "kernels/conv_shared.cuh"
 
+#include <string>
+
 #include "cuda/check.h"
 
 namespace dptrain::kernels::conv_shared {
@@ -57,6 +59,12 @@ int multiprocessors() {
 void set_smem(const void* kernel, size_t bytes) {
   if (bytes > 48 * 1024)
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+}
+
+void refuse(const char* what, const char* family, const ConvGeometry& g) {
+  throw CudaError(std::string(what) + ": the " + family + " kernels do not serve a " + std::to_string(g.c) + "->" +
+                  std::to_string(g.oc) + " channel, " + std::to_string(g.k) + "x" + std::to_string(g.k) +
+                  " convolution (stride " + std::to_string(g.stride) + ", pad " + std::to_string(g.pad) + ")");
 }
 
 void transpose_flip(const float* w, float* wt, int oc, int c, cudaStream_t stream) {

@@ -49,6 +49,9 @@ int multiprocessors();
 /// stream operation: graph capture allows it).
 void set_smem(const void* kernel, size_t bytes);
 
+/// Throws CudaError: `what` (the call) was given a convolution that `family` (its kernels) does not serve.
+[[noreturn]] void refuse(const char* what, const char* family, const ConvGeometry& g);
+
 /// wt[ci][o][ky][kx] = w[o][ci][2 - ky][2 - kx]: the input gradient is the forward convolution of dy with these.
 void transpose_flip(const float* w, float* wt, int oc, int c, cudaStream_t stream);
 

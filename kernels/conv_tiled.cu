@@ -314,10 +314,7 @@ void launch_forward(const float* x, const float* w, const float* b, float* y, bo
 }
 
 void require_fits(const ConvGeometry& g, const char* what) {
-  if (!tiled_conv_fits(g))
-    throw CudaError(std::string(what) + ": the tiled kernels do not serve a " + std::to_string(g.c) + "->" +
-                    std::to_string(g.oc) + " channel, " + std::to_string(g.k) + "x" + std::to_string(g.k) +
-                    " convolution (stride " + std::to_string(g.stride) + ", pad " + std::to_string(g.pad) + ")");
+  if (!tiled_conv_fits(g)) refuse(what, "tiled", g);
 }
 
 }  // namespace
