@@ -13,7 +13,6 @@
 //   second kernel adds in a fixed order.
 #include <algorithm>
 #include <cstdint>
-#include <string>
 
 #include "cuda/check.h"
 #include "kernels/conv_mma.h"

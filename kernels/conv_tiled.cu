@@ -2,10 +2,8 @@
 // gradient (a forward convolution of dy with transposed, flipped weights), and a filter-gradient kernel that writes
 // per-chunk partial sums reduced in a fixed order by a second kernel.
 #include <algorithm>
-#include <climits>
 #include <cmath>
 #include <cstdint>
-#include <string>
 
 #include "cuda/check.h"
 #include "kernels/conv_shared.cuh"

@@ -17,7 +17,6 @@
 // the incoming gradient in the pass that sums the bias gradient (or in the direct kernel's staging).
 #include <algorithm>
 #include <cstdio>
-#include <functional>
 #include <limits>
 #include <optional>
 #include <utility>
