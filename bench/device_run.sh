@@ -88,6 +88,25 @@ for r in rows:
 print("%8.1f us  total of %d kernels" % (total, len(rows)))
 PY
       ;;
+    timeline)  # the GPU timeline of the graph-replayed step (bench/kernel_timeline.cpp), float32 and tf32
+      lib=$PWD/$B/bench/libdptrain_kernel_timeline.so
+      [ -f "$lib" ] || { echo "no $lib (CUPTI not found at configure time)"; continue; }
+      for t in float32 tf32; do
+        KERNEL_TIMELINE_OUT=/tmp/dr/timeline_$t.tsv CUDA_INJECTION64_PATH=$lib \
+          $B/dptrain bench --device cuda --steps 200 --set train.precision=$t > "$OUT/timeline_$t.json"
+        echo "timeline $t rc=$?: $(cat "$OUT/timeline_$t.json")"
+        python3 bench/timeline_report.py /tmp/dr/timeline_$t.tsv | tee "$OUT/timeline_$t.txt"
+      done ;;
+    ncuconv)  # ncu's view of the first launch (conv2, batch 64, float32) of each of dptrain's 3x3 kernels in the survey
+      for k in ${NCU_KERNELS:-mma_forward_kernel mma_filter_partial tiled_forward tiled_filter_partial}; do
+        ncu --clock-control none -k "regex:$k" -c 1 --section SpeedOfLight --section Occupancy --section LaunchStats \
+          --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis \
+          --section ComputeWorkloadAnalysis --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
+          $B/bench/dptrain_conv_survey > "$OUT/ncu_$k.txt" 2>&1
+        echo "ncu $k rc=$?"
+        grep -E "Duration|Registers Per|Achieved Occupancy|Theoretical Occupancy|Block Limit|Warp Cycles Per Issued|Issue Slots Busy|Compute \(SM\) Thr|Memory Thr|L2 Hit|L1/TEX Hit|Dynamic Shared|Grid Size|Waves Per SM|Stall|Executed Ipc A|Pipe" "$OUT/ncu_$k.txt" | head -40
+        grep -E "stalled" "$OUT/ncu_$k.txt" | sort -k3 -n -r | head -8
+      done ;;
     cpubench)
       for n in 2 16; do
         OMP_NUM_THREADS=$n $B/dptrain bench --device cpu --threads $n --steps 30 --warmup 3 | tee -a "$OUT/bench.jsonl"
