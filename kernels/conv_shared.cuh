@@ -9,25 +9,17 @@
 #include <cstddef>
 
 #include "kernels/conv_kernels.h"
+#include "kernels/cp_async.cuh"
 
 namespace dptrain::kernels::conv_shared {
+
+using kernels::cp_async4;
+using kernels::cp_async_commit;
+using kernels::cp_async_wait;
 
 constexpr int kTaps = 9;  // 3x3
 // Largest dynamic shared memory a block asks for: below every target's opt-in limit (sm_86/89: 99 KB).
 constexpr size_t kMaxSmemBytes = 96 * 1024;
-
-// cp.async copies global to shared memory without a register round trip, so the next chunk loads while the
-// current one is multiplied. A source size of 0 writes a zero: the convolution's padding and the edges of partial
-// tiles cost no branches in the inner loops.
-__device__ __forceinline__ void cp_async4(float* dst, const float* src, bool valid) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(s), "l"(src), "r"(valid ? 4 : 0));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int kPending>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
-}
 
 /// The input gradient's convolution: dy [n, oc, oh, ow] convolved into dx [n, c, h, w] with padding k - 1 - pad.
 inline ConvGeometry transposed(const ConvGeometry& g) {

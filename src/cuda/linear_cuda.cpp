@@ -1,6 +1,9 @@
-// Linear on CUDA: cuBLAS GEMMs on the row-major tensors (read by cuBLAS as their column-major
-// transposes) and the bias kernels, which also apply a following ReLU and dropout when the layer
-// absorbed them.
+// Linear on CUDA. At training batch sizes (up to kSkinnyRows rows) dptrain's skinny GEMMs
+// (kernels/skinny_gemm.h), whose forward also adds the bias and applies an absorbed ReLU and
+// dropout; at larger batches (evaluation) and where their 16-byte rows do not fit (fc2's 10
+// outputs: its weight and input gradients), cuBLAS GEMMs on the row-major tensors (read by cuBLAS
+// as their column-major transposes) and the bias kernel.
+#include <algorithm>
 #include <optional>
 
 #include "core/buffer.h"
@@ -9,6 +12,7 @@
 #include "cuda/cuda_layers.h"
 #include "cuda/fused_dropout.h"
 #include "kernels/layer_kernels.h"
+#include "kernels/skinny_gemm.h"
 #include "layers/linear.h"
 
 namespace dptrain {
@@ -16,6 +20,10 @@ namespace dptrain {
 namespace {
 
 constexpr float kOne = 1.0f, kZero = 0.0f;
+constexpr int kSkinnyRows = 256;
+
+/// A GEMM of a batch of at most kSkinnyRows samples that the skinny kernels serve.
+bool skinny(const kernels::SkinnyGemm& g, int batch) { return batch <= kSkinnyRows && kernels::skinny_gemm_fits(g); }
 
 class LinearCuda final : public LinearLayer<float> {
  public:
@@ -35,16 +43,23 @@ class LinearCuda final : public LinearLayer<float> {
   void reserve(DeviceContext&, int max_batch) override {
     const size_t need = relu_ || dropout_ ? static_cast<size_t>(max_batch) * out_features() : 0;
     if (masked_.size() < need) masked_ = Buffer<float>(Device::Cuda, need);
+    const size_t partials =
+        kernels::skinny_gemm_partials(std::min(max_batch, kSkinnyRows), out_features(), in_features());
+    if (partials_.size() < partials) partials_ = Buffer<float>(Device::Cuda, partials);
   }
 
   void forward(DeviceContext& ctx, TensorView<const float> in, TensorView<float> out, Phase phase,
                const StepInfo&) override {
     const int n = in.n, fi = in_features(), fo = out_features();
+    const kernels::FusedDropout drop = make_fused_dropout(dropout_, phase, ctx, fo);
+    cudaStream_t stream = ctx.cuda().stream();
+    // y[n, fo] = x[n, fi] W[fo, fi]^T + b
+    const kernels::SkinnyGemm g{in.data, false, params()[0].value.data(), true, out.data, n, fo, fi};
+    if (skinny(g, n)) return kernels::skinny_gemm(g, {params()[1].value.data(), relu_, drop}, partials_.data(), stream);
     // y^T[fo, n] = W[fo, fi] x^T[fi, n]  (W^T and x^T are what cuBLAS sees)
     CUBLAS_CHECK(cublasSgemm(ctx.cuda().cublas(), CUBLAS_OP_T, CUBLAS_OP_N, fo, n, fi, &kOne, params()[0].value.data(),
                              fi, in.data, fi, &kZero, out.data, fo));
-    kernels::add_bias_rows(out.data, params()[1].value.data(), n, fo, relu_, make_fused_dropout(dropout_, phase, ctx, fo),
-                           ctx.cuda().stream());
+    kernels::add_bias_rows(out.data, params()[1].value.data(), n, fo, relu_, drop, stream);
   }
 
   // With an absorbed ReLU, dout is dL/d(ReLU output); the bias-gradient pass masks it (out > 0).
@@ -58,12 +73,20 @@ class LinearCuda final : public LinearLayer<float> {
                             make_fused_dropout(dropout_, Phase::Train, ctx, fo), cu.stream());
     const float* dy = relu_ || dropout_ ? masked_.data() : dout.data;
     const bool side = din.data != nullptr;
-    if (side) cu.fork();
-    // dW^T[fi, fo] = x^T[fi, n] dy[n, fo]
-    CUBLAS_CHECK(cublasSgemm(side ? cu.side_cublas() : cu.cublas(), CUBLAS_OP_N, CUBLAS_OP_T, fi, fo, n, &kOne,
-                             in.data, fi, dy, fo, &kZero, params()[0].grad.data(), fi));
-    // dx^T[fi, n] = W^T[fi, fo] dy^T[fo, n]
-    if (side)
+    cudaStream_t weights_stream = side ? cu.fork() : cu.stream();
+    // dW[fo, fi] = dy^T[fo, n] x[n, fi]  (cuBLAS: dW^T[fi, fo] = x^T[fi, n] dy[n, fo])
+    const kernels::SkinnyGemm dw{dy, true, in.data, false, params()[0].grad.data(), fo, fi, n};
+    if (skinny(dw, n))
+      kernels::skinny_gemm(dw, {}, nullptr, weights_stream);
+    else
+      CUBLAS_CHECK(cublasSgemm(side ? cu.side_cublas() : cu.cublas(), CUBLAS_OP_N, CUBLAS_OP_T, fi, fo, n, &kOne,
+                               in.data, fi, dy, fo, &kZero, params()[0].grad.data(), fi));
+    if (!side) return;
+    // dx[n, fi] = dy[n, fo] W[fo, fi]  (cuBLAS: dx^T[fi, n] = W^T[fi, fo] dy^T[fo, n])
+    const kernels::SkinnyGemm dx{dy, false, params()[0].value.data(), false, din.data, n, fi, fo};
+    if (skinny(dx, n))
+      kernels::skinny_gemm(dx, {}, nullptr, cu.stream());
+    else
       CUBLAS_CHECK(cublasSgemm(cu.cublas(), CUBLAS_OP_N, CUBLAS_OP_N, fi, n, fo, &kOne, params()[0].value.data(), fi,
                                dy, fo, &kZero, din.data, fi));
   }
@@ -72,6 +95,7 @@ class LinearCuda final : public LinearLayer<float> {
   bool relu_ = false;     // applies the ReLU that follows (absorb_following_relu)
   std::optional<DropoutSpec> dropout_;  // absorbed (absorb_following_dropout)
   Buffer<float> masked_;  // with relu_ or dropout_: the gradient after their masks
+  Buffer<float> partials_;  // a split skinny forward's slice sums
 };
 
 }  // namespace
