@@ -264,7 +264,11 @@ void bias_grad_channels(const float* dy, const float* relu_out, float* masked, f
   bias_grad_channels_kernel<<<dim3(static_cast<unsigned>(channels), static_cast<unsigned>(groups)),
                               32 * kSamplesPerGroup, 0, stream>>>(dy, relu_out, masked, scratch, n, channels, plane);
   CUDA_CHECK_LAUNCH();
-  bias_grad_finish_kernel<<<(channels + 127) / 128, 128, 0, stream>>>(scratch, groups, channels, db);
+  bias_grad_finish(scratch, groups, channels, db, stream);
+}
+
+void bias_grad_finish(const float* partial, int groups, int channels, float* db, cudaStream_t stream) {
+  bias_grad_finish_kernel<<<(channels + 127) / 128, 128, 0, stream>>>(partial, groups, channels, db);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -44,6 +44,9 @@ void bias_grad_rows(const float* dy, const float* relu_out, float* masked, float
 void bias_grad_channels(const float* dy, const float* relu_out, float* masked, float* db, float* scratch, int n,
                         int channels, int plane, cudaStream_t stream);
 size_t bias_grad_channels_scratch(int n, int channels);
+/// db[c] = sum over g of partial[c * groups + g], in order: the last pass of a bias gradient summed
+/// by groups of samples.
+void bias_grad_finish(const float* partial, int groups, int channels, float* db, cudaStream_t stream);
 /// dx = y > 0 ? dy : 0 (the ReLU's backward, from its output).
 void relu_backward(const float* dy, const float* y, float* dx, long count, cudaStream_t stream);
 

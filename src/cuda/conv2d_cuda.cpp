@@ -15,6 +15,10 @@
 // step runs it (cuda/graph_timer.h); cudnnFind only proposes the candidates.
 // A ReLU after the layer can be absorbed: the forward's epilogue applies it, and the backward masks
 // the incoming gradient in the pass that sums the bias gradient (or in the direct kernel's staging).
+// So can a max pooling after that (windows that tile the plane) and a dropout after the pooling:
+// the convolution then runs without its bias, and one pass adds the bias, applies the ReLU, pools
+// and drops out (kernels/pool_kernels.h: conv_pool_forward); backward, one pass spreads the pooled
+// gradient over the windows, masked, and sums the bias gradient (conv_pool_backward).
 #include <algorithm>
 #include <cstdio>
 #include <limits>
@@ -28,12 +32,14 @@
 #include "cuda/cuda_context.h"
 #include "cuda/cuda_layers.h"
 #include "cuda/cudnn_descriptors.h"
+#include "cuda/fused_dropout.h"
 #include "cuda/graph_timer.h"
 #include "cuda/raii.h"
 #include "kernels/conv_kernels.h"
 #include "kernels/conv_mma.h"
 #include "kernels/conv_tiled.h"
 #include "kernels/layer_kernels.h"
+#include "kernels/pool_kernels.h"
 #include "layers/conv2d.h"
 
 namespace dptrain {
@@ -116,24 +122,48 @@ class Conv2dCuda final : public Conv2dLayer<float> {
     return relu_;
   }
 
+  // Pooling after a direct (one-channel) convolution stays a layer of its own.
+  bool absorb_following_pool(DeviceContext& ctx, const PoolSpec& pool) override {
+    if (!ctx.cuda().options().fuse_elementwise || kernels::direct_conv_fits(input_dims().c, kernel())) return false;
+    pool_ = pool;
+    if (kernels::pool_tiles_exactly(pool_geometry(1))) return true;
+    pool_.reset();
+    return false;
+  }
+
+  bool absorb_following_dropout(DeviceContext& ctx, const DropoutSpec& dropout) override {
+    if (!pool_ || !ctx.cuda().options().fuse_elementwise) return false;
+    dropout_ = dropout;
+    return true;
+  }
+
   void reserve(DeviceContext& ctx, int max_batch) override {
     if (!filter_) create_descriptors(ctx.cuda().options().tf32);
     plan(ctx, max_batch);
-    const size_t need = relu_ ? static_cast<size_t>(max_batch) * output_dims().count() : 0;
-    if (masked_.size() < need) masked_ = Buffer<float>(Device::Cuda, need);
-    const size_t partials = kernels::bias_grad_channels_scratch(max_batch, out_channels());
+    const size_t full = static_cast<size_t>(max_batch) * output_dims().count();
+    if (masked_.size() < (relu_ || pool_ ? full : 0)) masked_ = Buffer<float>(Device::Cuda, full);
+    const size_t partials = std::max(kernels::bias_grad_channels_scratch(max_batch, out_channels()),
+                                     kernels::conv_pool_backward_scratch(max_batch, out_channels()));
     if (bias_partials_.size() < partials) bias_partials_ = Buffer<float>(Device::Cuda, partials);
+    if (!pool_) return;
+    if (unpooled_.size() < full) unpooled_ = Buffer<float>(Device::Cuda, full);
+    const size_t pooled = static_cast<size_t>(pool_geometry(max_batch).planes) * pooled_plane();
+    if (argmax_.size() < pooled) argmax_ = Buffer<int32_t>(Device::Cuda, pooled);
   }
 
-  void forward(DeviceContext& ctx, TensorView<const float> in, TensorView<float> out, Phase, const StepInfo&) override {
+  void forward(DeviceContext& ctx, TensorView<const float> in, TensorView<float> out, Phase phase,
+               const StepInfo&) override {
     const Plan& p = plan(ctx, in.n);
     CudaContext& cu = ctx.cuda();
+    const float* w = params()[0].value.data();
+    const float* b = params()[1].value.data();
     if (direct_)
-      kernels::conv_direct_forward(in.data, params()[0].value.data(), params()[1].value.data(), out.data, relu_,
-                                   geometry(in.n), cu.stream());
-    else
-      run_forward(cu.cudnn(), cu.stream(), cu.workspace(p.workspace), p, p.fwd, in.data, params()[0].value.data(),
-                  params()[1].value.data(), out.data);
+      return kernels::conv_direct_forward(in.data, w, b, out.data, relu_, geometry(in.n), cu.stream());
+    run_forward(cu.cudnn(), cu.stream(), cu.workspace(p.workspace), p, p.fwd, in.data, w, b,
+                pool_ ? unpooled_.data() : out.data);
+    if (pool_)
+      kernels::conv_pool_forward(unpooled_.data(), b, relu_, out.data, argmax_.data(), pool_geometry(in.n),
+                                 out_channels(), fused_dropout(ctx, phase), cu.stream());
   }
 
   // With an absorbed ReLU, dout is dL/d(ReLU output): the gradient of the convolution is dout
@@ -157,7 +187,14 @@ class Conv2dCuda final : public Conv2dLayer<float> {
       kernels::conv_direct_filter_grad(in.data, dy, relu_out, dw, db, cu.workspace(p.workspace), geometry(in.n),
                                        stream);
     } else {
-      dy = masked_gradient(stream, p.n, p.filter, dout.data, out.data, masked_.data(), db, bias_partials_.data());
+      if (pool_) {  // the pooled gradient spread over the windows; the bias gradient where cuDNN takes the filter's
+        kernels::conv_pool_backward(dout.data, out.data, argmax_.data(), relu_, masked_.data(),
+                                    p.filter.impl == Impl::Cudnn ? db : nullptr, bias_partials_.data(),
+                                    pool_geometry(p.n), out_channels(), fused_dropout(ctx, Phase::Train), stream);
+        dy = masked_.data();
+      } else {
+        dy = masked_gradient(stream, p.n, p.filter, dout.data, out.data, masked_.data(), db, bias_partials_.data());
+      }
       const bool side = din.data != nullptr;
       run_filter(side ? cu.side_cudnn() : cu.cudnn(), side ? cu.fork() : stream,
                  side ? cu.side_workspace(p.workspace) : cu.workspace(p.workspace), p, p.filter, in.data, dy, dw, db);
@@ -177,6 +214,22 @@ class Conv2dCuda final : public Conv2dLayer<float> {
   struct MeasureScratch;
   struct Choice;
 
+  /// The absorbed pooling over the convolution's output at batch n; its output plane's size.
+  kernels::PoolGeometry pool_geometry(int n) const {
+    const Dims out = output_dims();
+    const int ph = (out.h + 2 * pool_->padding - pool_->kernel) / pool_->stride + 1;
+    const int pw = (out.w + 2 * pool_->padding - pool_->kernel) / pool_->stride + 1;
+    return {n * out.c, out.h, out.w, ph, pw, pool_->kernel, pool_->stride, pool_->padding};
+  }
+  int pooled_plane() const {
+    const kernels::PoolGeometry g = pool_geometry(1);
+    return g.oh * g.ow;
+  }
+
+  kernels::FusedDropout fused_dropout(DeviceContext& ctx, Phase phase) const {
+    return make_fused_dropout(dropout_, phase, ctx, static_cast<long>(out_channels()) * pooled_plane());
+  }
+
   kernels::ConvGeometry geometry(int n) const {
     const Dims in = input_dims(), out = output_dims();
     return {n, in.c, in.h, in.w, out.c, out.h, out.w, kernel(), stride(), padding()};
@@ -184,14 +237,17 @@ class Conv2dCuda final : public Conv2dLayer<float> {
 
   // The three directions as the step runs them; plan measurement times the same calls. cuDNN runs
   // on handle h, which is bound to stream; dptrain's kernels are queued on stream.
+  // With an absorbed pooling the bias and ReLU wait for the pooling pass (conv_pool_forward).
   void run_forward(cudnnHandle_t h, cudaStream_t stream, void* ws, const Plan& p, const Algo& a, const float* x,
                    const float* w, const float* b, float* y) {
     const kernels::ConvGeometry g = geometry(p.n);
-    if (a.impl == Impl::Tiled) return kernels::tiled_conv_forward(x, w, b, y, relu_, g, stream);
-    if (a.impl == Impl::Mma) return kernels::mma_conv_forward(x, w, b, y, relu_, ws, math_, g, stream);
+    const bool relu = relu_ && !pool_;
+    if (pool_) b = nullptr;
+    if (a.impl == Impl::Tiled) return kernels::tiled_conv_forward(x, w, b, y, relu, g, stream);
+    if (a.impl == Impl::Mma) return kernels::mma_conv_forward(x, w, b, y, relu, ws, math_, g, stream);
     CUDNN_CHECK(cudnnConvolutionForward(h, &kOne, p.x, x, filter_, w, conv_,
                                         static_cast<cudnnConvolutionFwdAlgo_t>(a.cudnn), ws, a.memory, &kZero, p.y, y));
-    kernels::add_bias_channels(y, b, p.n, g.oc, g.oh * g.ow, relu_, stream);
+    if (b != nullptr) kernels::add_bias_channels(y, b, p.n, g.oc, g.oh * g.ow, relu, stream);
   }
 
   void run_backward_data(cudnnHandle_t h, cudaStream_t stream, void* ws, const Plan& p, const Algo& a,
@@ -452,8 +508,12 @@ class Conv2dCuda final : public Conv2dLayer<float> {
   bool direct_ = false;
   bool relu_ = false;     // applies the ReLU that follows (absorb_following_relu)
   kernels::MmaMath math_ = kernels::MmaMath::SplitTf32;  // float32: 3xTF32; precision tf32: TF32
-  Buffer<float> masked_;  // with relu_: the gradient after the ReLU's mask
+  Buffer<float> masked_;  // with relu_ or pool_: the gradient of the convolution's output, masked
   Buffer<float> bias_partials_;
+  std::optional<PoolSpec> pool_;         // absorbed (absorb_following_pool)
+  std::optional<DropoutSpec> dropout_;   // absorbed after the pooling (absorb_following_dropout)
+  Buffer<float> unpooled_;               // with pool_: the convolution's output before bias and pooling
+  Buffer<int32_t> argmax_;               // with pool_: each window's first maximum
   CudnnFilterDesc filter_;
   CudnnConvDesc conv_;
   std::vector<Plan> plans_;

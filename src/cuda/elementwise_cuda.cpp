@@ -55,17 +55,19 @@ class MaxPool2dCuda final : public MaxPool2dLayer<float> {
     return true;
   }
   void reserve(DeviceContext&, int max_batch) override {
+    if (absorbed()) return;  // no indices of its own
     const size_t need = static_cast<size_t>(max_batch) * output_dims().count();
     if (argmax_.size() < need) argmax_ = Buffer<int32_t>(Device::Cuda, need);
   }
   void forward(DeviceContext& ctx, TensorView<const float> in, TensorView<float> out, Phase phase,
                const StepInfo&) override {
+    if (absorbed()) return;  // the convolution before applied it
     kernels::maxpool_forward(in.data, out.data, argmax_.data(), geometry(in.n), fused_dropout(ctx, phase),
                              ctx.cuda().stream());
   }
   void backward(DeviceContext& ctx, TensorView<const float> in, TensorView<const float>, TensorView<const float> dout,
                 TensorView<float> din) override {
-    if (din.data != nullptr)
+    if (din.data != nullptr && !absorbed())
       kernels::maxpool_backward(dout.data, argmax_.data(), din.data, geometry(in.n), fused_dropout(ctx, Phase::Train),
                                 ctx.cuda().stream());
   }

@@ -47,6 +47,11 @@ struct DropoutSpec {
   int layer = 0;       ///< the dropout layer's index, part of its random key
 };
 
+/// A max pooling layer as another layer applies it (Layer::absorb_following_pool).
+struct PoolSpec {
+  int kernel = 1, stride = 1, padding = 0;
+};
+
 /// One parameter's slice of the flat value and gradient buffers.
 template <typename T>
 struct ParamView {
@@ -90,6 +95,17 @@ class Layer {
   virtual bool absorb_following_dropout(DeviceContext& ctx, const DropoutSpec& dropout) {
     (void)ctx;
     (void)dropout;
+    return false;
+  }
+
+  /// Offers this layer the max pooling that follows it (after a ReLU it absorbed, if any). A layer
+  /// that takes it (on CUDA: convolutions, whose bias, ReLU and pooling then run in one pass) from
+  /// then on outputs the pooled tensor (at the start of its output buffer, which keeps its own
+  /// size), and its backward receives the gradient of the pooled output. Called before reserve(),
+  /// before the dropout that follows is offered (to this layer, then).
+  virtual bool absorb_following_pool(DeviceContext& ctx, const PoolSpec& pool) {
+    (void)ctx;
+    (void)pool;
     return false;
   }
 

@@ -27,9 +27,16 @@ class MaxPool2dLayer : public Layer<T> {
   int kernel() const { return kernel_; }
   int stride() const { return stride_; }
   int padding() const { return padding_; }
+  PoolSpec spec() const { return {kernel_, stride_, padding_}; }
+  bool is_view() const override { return absorbed_; }
+  /// The layer before applies this pooling (Layer::absorb_following_pool): forward and backward do
+  /// nothing.
+  void mark_absorbed() { absorbed_ = true; }
+  bool absorbed() const { return absorbed_; }
 
  private:
   int kernel_, stride_, padding_;
+  bool absorbed_ = false;
 };
 
 }  // namespace dptrain

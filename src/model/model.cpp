@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "layers/elementwise.h"
 #include "layers/layer_factory.h"
+#include "layers/maxpool2d.h"
 
 namespace dptrain {
 
@@ -48,16 +49,12 @@ Model<T>::Model(const ModelConfig& config, DeviceContext& ctx, int max_batch)
   for (size_t i = 0; i + 1 < layers_.size(); ++i)
     if (auto* relu = dynamic_cast<ReluLayer<T>*>(layers_[i + 1].get()))
       if (layers_[i]->absorb_following_relu(ctx)) relu->mark_absorbed();
-  for (size_t i = 1; i < layers_.size(); ++i) {
-    auto* dropout = dynamic_cast<DropoutLayer<T>*>(layers_[i].get());
-    if (dropout == nullptr) continue;
-    size_t before = i - 1;  // the layer whose kernels would apply it, past a ReLU it absorbed
-    if (auto* relu = dynamic_cast<ReluLayer<T>*>(layers_[before].get())) {
-      if (!relu->absorbed()) continue;
-      --before;
-    }
-    if (layers_[before]->absorb_following_dropout(ctx, dropout->spec())) dropout->mark_absorbed();
-  }
+  for (size_t i = 1; i < layers_.size(); ++i)
+    if (auto* pool = dynamic_cast<MaxPool2dLayer<T>*>(layers_[i].get()))
+      if (layers_[applier(i)]->absorb_following_pool(ctx, pool->spec())) pool->mark_absorbed();
+  for (size_t i = 1; i < layers_.size(); ++i)
+    if (auto* dropout = dynamic_cast<DropoutLayer<T>*>(layers_[i].get()))
+      if (layers_[applier(i)]->absorb_following_dropout(ctx, dropout->spec())) dropout->mark_absorbed();
 
   params_ = ParamStore<T>(ctx.device(), collect_params(layers_));
   size_t entry = 0;
@@ -83,6 +80,18 @@ Model<T>::Model(const ModelConfig& config, DeviceContext& ctx, int max_batch)
     if (range.second == 0) range.first = entries[k].offset;
     range.second = end;
   }
+}
+
+template <typename T>
+size_t Model<T>::applier(size_t i) const {
+  size_t before = i - 1;  // the layer whose kernels would apply layer i, past the ReLU and pooling it absorbed
+  while (before > 0) {
+    auto* relu = dynamic_cast<ReluLayer<T>*>(layers_[before].get());
+    auto* pool = dynamic_cast<MaxPool2dLayer<T>*>(layers_[before].get());
+    if (!(relu && relu->absorbed()) && !(pool && pool->absorbed())) break;
+    --before;
+  }
+  return before;
 }
 
 template <typename T>

@@ -53,6 +53,9 @@ class Model {
   }
 
  private:
+  /// The layer that would apply layer i for it (absorb_following_*): the one before, past the ReLU
+  /// and pooling layers that it absorbed.
+  size_t applier(size_t i) const;
   TensorView<T> activation(size_t i, int n);
   TensorView<T> activation_grad(size_t i, int n);
 

@@ -352,6 +352,47 @@ TEST_F(CudaBackend, AbsorbedDropoutMatchesCpuLayersInSequence) {
   }
 }
 
+// A convolution that absorbed the ReLU, max pooling and dropout after it (the CUDA model does this
+// for conv2: one pass for bias, ReLU, pooling and dropout, one for their backward) equals the CPU's
+// four layers run one after the other. Planes of 8 x 8 pooled by 2: few windows, so a near-tie that
+// GPU and CPU rounding could break differently is unlikely.
+TEST_F(CudaBackend, ConvAbsorbingReluPoolDropoutMatchesCpuLayersInSequence) {
+  LayerConfig conv = layer("conv2d"), pool = layer("maxpool2d"), drop = layer("dropout");
+  conv.out_channels = 64;
+  conv.kernel = 3;
+  pool.kernel = pool.stride = 2;
+  drop.p = 0.25;
+  const int drop_index = 5;
+  const Dims in{32, 10, 10};
+  for (int n : {3, 1}) {
+    auto cc = make_layer<float>(conv, 2, in, Device::Cpu);
+    auto cg = make_layer<float>(conv, 2, in, Device::Cuda);
+    auto pc = make_layer<float>(pool, 4, cc->output_dims(), Device::Cpu);
+    auto dc = make_layer<float>(drop, drop_index, pc->output_dims(), Device::Cpu);
+    ASSERT_TRUE(cg->absorb_following_relu(*gpu_));
+    ASSERT_TRUE(cg->absorb_following_pool(*gpu_, {2, 2, 0}));
+    ASSERT_TRUE(cg->absorb_following_dropout(*gpu_, {0.25f, 1.0f / 0.75f, drop_index}));
+    size_t np = 0;
+    for (const ParamSpec& s : cc->param_specs()) np += static_cast<size_t>(element_count(s.shape));
+    const std::vector<float> params = randoms(np, 21, -0.3f, 0.3f);
+    const std::vector<float> x = randoms(static_cast<size_t>(n) * in.count(), 22);
+    const size_t full = static_cast<size_t>(n) * cc->output_dims().count();
+    const std::vector<float> dy = randoms(static_cast<size_t>(n) * pc->output_dims().count(), 23);
+    std::vector<float> relu_out = run_layer(cpu_, *cc, params, x, std::vector<float>(full, 0.0f), n, Phase::Train).out;
+    for (float& v : relu_out) v = v > 0.0f ? v : 0.0f;
+    const std::vector<float> pooled = run_layer(cpu_, *pc, {}, relu_out, dy, n, Phase::Train).out;
+    const LayerRun dropped = run_layer(cpu_, *dc, {}, pooled, dy, n, Phase::Train);
+    std::vector<float> masked = run_layer(cpu_, *pc, {}, relu_out, dropped.din, n, Phase::Train).din;
+    for (size_t i = 0; i < masked.size(); ++i) masked[i] = relu_out[i] > 0.0f ? masked[i] : 0.0f;
+    const LayerRun want = run_layer(cpu_, *cc, params, x, masked, n, Phase::Train);
+    const LayerRun got = run_layer(*gpu_, *cg, params, x, dy, n, Phase::Train);
+    EXPECT_LE(rel(got.out, dropped.out), 1e-5) << "forward, n=" << n;
+    EXPECT_LE(rel(got.din, want.din), 1e-5) << "input gradient, n=" << n;
+    EXPECT_LE(rel(got.grads, want.grads), 1e-5) << "parameter gradients, n=" << n;
+    EXPECT_LE(rel(run_layer(*gpu_, *cg, params, x, dy, n, Phase::Eval).out, pooled), 1e-5) << "eval, n=" << n;
+  }
+}
+
 // Max pooling is a custom kernel that keeps the CPU's first maximum and its order of summing
 // gradients: equal bit for bit, with many exact ties and with overlapping, padded windows.
 TEST_F(CudaBackend, MaxPoolMatchesCpuBitForBitWithTiesAndOverlap) {
