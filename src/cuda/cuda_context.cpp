@@ -5,9 +5,9 @@
 
 namespace dptrain {
 
-CudaStream make_stream() {
+CudaStream make_stream(int priority) {
   cudaStream_t s = nullptr;
-  CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  CUDA_CHECK(cudaStreamCreateWithPriority(&s, cudaStreamNonBlocking, priority));
   return CudaStream(s);
 }
 
@@ -25,9 +25,16 @@ const CudaOptions& select_device(const CudaOptions& options) {
   return options;
 }
 
+/// The device's highest stream priority (the lowest is 0).
+int highest_priority() {
+  int lowest = 0, highest = 0;
+  CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&lowest, &highest));
+  return highest;
+}
+
 }  // namespace
 
-CudaContext::Lane::Lane(bool tf32) : stream(make_stream()) {
+CudaContext::Lane::Lane(bool tf32, int priority) : stream(make_stream(priority)) {
   cudnnHandle_t dnn = nullptr;
   CUDNN_CHECK(cudnnCreate(&dnn));
   cudnn = CudnnHandle(dnn);
@@ -43,10 +50,12 @@ CudaContext::Lane::Lane(bool tf32) : stream(make_stream()) {
 
 CudaContext::CudaContext(const CudaOptions& options)
     : options_(select_device(options)),
-      main_(options.tf32),
-      side_(options.tf32),
+      main_(options.tf32, highest_priority()),
+      side_(options.tf32, highest_priority()),
+      update_(make_stream(0)),
       forked_(make_event()),
-      joined_(make_event()) {
+      joined_(make_event()),
+      updated_(make_event()) {
   cudaDeviceProp prop{};
   CUDA_CHECK(cudaGetDeviceProperties(&prop, options.device));
   device_name_ = prop.name;
@@ -57,6 +66,7 @@ CudaContext::CudaContext(const CudaOptions& options)
 CudaContext::~CudaContext() {
   for (const Lane* lane : {&main_, &side_})
     if (lane->stream.get() != nullptr) (void)cudaStreamSynchronize(lane->stream);
+  if (update_.get() != nullptr) (void)cudaStreamSynchronize(update_);
 }
 
 void CudaContext::set_step(const StepState& state) {
@@ -69,9 +79,19 @@ cudaStream_t CudaContext::fork() {
   return side_.stream;
 }
 
+cudaStream_t CudaContext::queue_update() {
+  order_after_queued(update_);
+  updates_queued_ = true;
+  return update_;
+}
+
 void CudaContext::join() {
   CUDA_CHECK(cudaEventRecord(joined_, side_.stream));
   CUDA_CHECK(cudaStreamWaitEvent(main_.stream, joined_, 0));
+  if (!updates_queued_) return;  // a capture may not wait on a stream it never forked into
+  CUDA_CHECK(cudaEventRecord(updated_, update_));
+  CUDA_CHECK(cudaStreamWaitEvent(main_.stream, updated_, 0));
+  updates_queued_ = false;
 }
 
 void CudaContext::order_after_queued(cudaStream_t other) {

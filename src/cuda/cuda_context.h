@@ -7,6 +7,11 @@
 // chain of input gradients that the rest of backward waits for (at batch 64 that chain is short
 // kernels that leave most of the GPU idle). fork() starts side work after what the compute stream
 // has queued; join() (DeviceContext::join_side_work) brings it back before anyone reads a gradient.
+// A third, "update" stream takes parameter updates queued during backward (train/
+// update_in_backward.h). It has the lowest priority and the other two the highest, so that where
+// both have blocks waiting (fc1's update, a pass over 1.2M parameters, beside the input-gradient
+// chain), the gradients' go first; a captured step keeps these priorities (StepGraph
+// instantiates with node priorities).
 #pragma once
 
 #include <cublas_v2.h>
@@ -55,7 +60,9 @@ class CudaContext {
   cublasHandle_t side_cublas() const { return side_.cublas; }
   /// Orders the side stream after everything queued so far on the compute stream; returns it.
   cudaStream_t fork();
-  /// Orders the compute stream after everything queued so far on the side stream.
+  /// Orders the update stream after everything queued so far on the other two; returns it.
+  cudaStream_t queue_update();
+  /// Orders the compute stream after everything queued so far on the side and update streams.
   void join();
   /// Orders `other` after everything queued so far on both streams (a communication stream).
   void order_after_queued(cudaStream_t other);
@@ -83,7 +90,7 @@ class CudaContext {
     CublasHandle cublas;
     Buffer<uint8_t> workspace;          // for cuDNN and dptrain's kernels, grown while setting up
     Buffer<uint8_t> cublas_workspace;   // given to cuBLAS so it never allocates inside a captured graph
-    Lane(bool tf32);
+    Lane(bool tf32, int priority);
   };
   static void* grow(Lane& lane, size_t bytes);
 
@@ -91,7 +98,9 @@ class CudaContext {
   std::string device_name_;
   Lane main_;
   Lane side_;
-  CudaEvent forked_, joined_;
+  CudaStream update_;
+  CudaEvent forked_, joined_, updated_;
+  bool updates_queued_ = false;  // since the last join
   Buffer<uint8_t> step_state_;  // one StepState
   std::vector<std::string> choices_;
 };

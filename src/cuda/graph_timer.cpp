@@ -25,7 +25,7 @@ CudaGraphExec capture(cudaStream_t stream, const std::function<void()>& op, int 
   CUDA_CHECK(ended);
   CudaGraph graph(raw);
   cudaGraphExec_t exec = nullptr;
-  CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  CUDA_CHECK(cudaGraphInstantiate(&exec, graph, cudaGraphInstantiateFlagUseNodePriority));  // as StepGraph
   return CudaGraphExec(exec);
 }
 

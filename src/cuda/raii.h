@@ -49,8 +49,9 @@ using CudnnFilterDesc = UniqueHandle<cudnnFilterDescriptor_t, cudnnDestroyFilter
 using CudnnConvDesc = UniqueHandle<cudnnConvolutionDescriptor_t, cudnnDestroyConvolutionDescriptor>;
 using CudnnActivationDesc = UniqueHandle<cudnnActivationDescriptor_t, cudnnDestroyActivationDescriptor>;
 
-/// New non-blocking stream / timing-free event (checked).
-CudaStream make_stream();
+/// New non-blocking stream / timing-free event (checked). priority: cudaStreamCreateWithPriority's (lower numbers
+/// run first; 0 is the default and the lowest).
+CudaStream make_stream(int priority = 0);
 CudaEvent make_event(bool timing = false);
 
 }  // namespace dptrain

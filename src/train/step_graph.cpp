@@ -14,7 +14,8 @@ void StepGraph::end_capture() {
   CUDA_CHECK(cudaStreamEndCapture(stream_, &g));
   graph_ = CudaGraph(g);
   cudaGraphExec_t e = nullptr;
-  CUDA_CHECK(cudaGraphInstantiate(&e, graph_, 0));
+  // Each kernel keeps the priority of the stream it was captured on (cuda/cuda_context.h).
+  CUDA_CHECK(cudaGraphInstantiate(&e, graph_, cudaGraphInstantiateFlagUseNodePriority));
   exec_ = CudaGraphExec(e);
   ready_ = true;
 }

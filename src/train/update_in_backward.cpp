@@ -7,8 +7,7 @@ namespace dptrain {
 void UpdateInBackward::on_gradients_ready(DeviceContext& ctx, size_t begin, size_t end) {
   // After the layer's whole backward: its weight gradient (side stream), its bias gradient and its
   // input gradient, which still reads the weights about to change (compute stream).
-  cudaStream_t side = ctx.cuda().fork();
-  optimizer_.step_part(ctx, params_, grads_, scalars_, begin, end, side);
+  optimizer_.step_part(ctx, params_, grads_, scalars_, begin, end, ctx.cuda().queue_update());
 }
 
 }  // namespace dptrain
