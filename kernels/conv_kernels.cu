@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <climits>
 #include <string>
 
@@ -127,61 +128,84 @@ __global__ void conv_direct_filter_finish_kernel(const float* partial, int chunk
     db[o] = total;
 }
 
-// One input channel (a first layer on grey images), K x K taps known at compile time: block
-// (chunk of kSamplesPerChunk samples, output channel), each thread sums its positions' products
-// into K*K + 1 registers (the last one is the bias), then the block adds them up: lanes by a
-// shuffle tree, warps in order. A chunk's partials go to `partial` like the general kernel's. Each
-// position's gradient is read once; the input planes are small and stay in L1/L2.
-constexpr int kSamplesPerChunk = 4;
+// One input channel (a first layer on grey images), K x K taps known at compile time: a GEMM of
+// output channels by taps (+ bias) whose long inner dimension is the batch's positions. Block: a
+// chunk of consecutive positions (across samples); thread (channel o = tid / kParts + 32 r, part
+// tid % kParts) sums every kParts-th position of the chunk into K*K + 1 registers (the last is the
+// bias). Lanes of a warp take kParts neighbouring positions of four channels: the gradient reads
+// come in 32-byte runs and the input reads (from L1, the planes are small) are shared by the four
+// channels. The parts are added by a shuffle tree; chunks by the finish kernel, in order.
 constexpr int kOneChannelThreads = 256;
+constexpr int kParts = 8;
+constexpr int kOneChannelRows = kOneChannelThreads / kParts;  // channels per pass of a block
+// Chunks of the batch's positions: a constant (and a function of the shape), so the summation order
+// is the same on every GPU.
+// Many short chunks: a thread's positions form a chain of dependent loads, so the latency is hidden
+// by warps (about 8 blocks per SM) rather than within a thread.
+constexpr int kOneChannelChunks = 1024;
+constexpr int kMinChunkPositions = 32;
 
 template <int K>
 __global__ void __launch_bounds__(kOneChannelThreads)
     conv_direct_filter_one_channel_kernel(const float* __restrict__ x, const float* __restrict__ dy,
                                           const float* __restrict__ relu_out, float* __restrict__ partial,
-                                          ConvGeometry g) {
+                                          ConvGeometry g, int chunk_positions) {
   constexpr int kTaps = K * K;
-  __shared__ float warp_sums[kOneChannelThreads / 32][kTaps + 1];
-  const int chunk = blockIdx.x, o = blockIdx.y, plane = g.oh * g.ow;
-  const int first = chunk * kSamplesPerChunk, count = min(kSamplesPerChunk, g.n - first) * plane;
-  float acc[kTaps + 1] = {};
-  for (int e = threadIdx.x; e < count; e += blockDim.x) {
-    const int ds = e / plane, q = e - ds * plane, s = first + ds;
-    const long k = (static_cast<long>(s) * g.oc + o) * plane + q;
-    const float grad = relu_out == nullptr || relu_out[k] > 0.0f ? dy[k] : 0.0f;
-    const int oy = q / g.ow, ox = q - oy * g.ow;
-    const float* xs = x + static_cast<long>(s) * g.h * g.w;
+  const int plane = g.oh * g.ow, positions = g.n * plane, part = threadIdx.x % kParts;
+  const int first = blockIdx.x * chunk_positions, last = min(positions, first + chunk_positions);
+  for (int o = threadIdx.x / kParts; o - static_cast<int>(threadIdx.x / kParts) < g.oc; o += kOneChannelRows) {
+    float acc[kTaps + 1] = {};
+    if (o < g.oc) {
+      int p = first + part, s = p / plane, q = p - s * plane, oy = q / g.ow, ox = q - oy * g.ow;
+      for (; p < last; p += kParts) {
+        const long k = (static_cast<long>(s) * g.oc + o) * plane + oy * g.ow + ox;
+        const float grad = relu_out == nullptr || relu_out[k] > 0.0f ? dy[k] : 0.0f;
+        const float* xs = x + static_cast<long>(s) * g.h * g.w;
 #pragma unroll
-    for (int ky = 0; ky < K; ++ky) {
-      const int iy = oy * g.stride - g.pad + ky;
+        for (int ky = 0; ky < K; ++ky) {
+          const int iy = oy * g.stride - g.pad + ky;
 #pragma unroll
-      for (int kx = 0; kx < K; ++kx) {
-        const int ix = ox * g.stride - g.pad + kx;
-        const float v = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w ? xs[iy * g.w + ix] : 0.0f;
-        acc[ky * K + kx] += grad * v;
+          for (int kx = 0; kx < K; ++kx) {
+            const int ix = ox * g.stride - g.pad + kx;
+            const float v = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w ? __ldg(xs + iy * g.w + ix) : 0.0f;
+            acc[ky * K + kx] = fmaf(grad, v, acc[ky * K + kx]);
+          }
+        }
+        acc[kTaps] += grad;
+        // Next position: kParts on (kParts < g.ow is not assumed).
+        for (ox += kParts; ox >= g.ow;) {
+          ox -= g.ow;
+          if (++oy == g.oh) oy = 0, ++s;
+        }
       }
     }
-    acc[kTaps] += grad;
-  }
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 #pragma unroll
-  for (int j = 0; j <= kTaps; ++j) {
-    float v = acc[j];
-    for (int off = 16; off > 0; off /= 2) v += __shfl_down_sync(0xffffffffu, v, off);
-    if (lane == 0) warp_sums[warp][j] = v;
+    for (int j = 0; j <= kTaps; ++j)
+#pragma unroll
+      for (int off = kParts / 2; off > 0; off /= 2) acc[j] += __shfl_down_sync(0xffffffffu, acc[j], off, kParts);
+    if (part == 0 && o < g.oc) {
+      float* out = partial + (static_cast<long>(blockIdx.x) * g.oc + o) * (kTaps + 1);
+#pragma unroll
+      for (int j = 0; j <= kTaps; ++j) out[j] = acc[j];
+    }
   }
-  __syncthreads();
-  if (threadIdx.x > kTaps) return;
-  float total = 0.0f;
-  for (int w = 0; w < kOneChannelThreads / 32; ++w) total += warp_sums[w][threadIdx.x];
-  partial[(static_cast<long>(chunk) * g.oc + o) * (kTaps + 1) + threadIdx.x] = total;
+}
+
+/// Positions per chunk of the one-channel kernel.
+int one_channel_chunk_positions(const ConvGeometry& g) {
+  const long positions = static_cast<long>(g.n) * g.oh * g.ow;
+  const long per_chunk = std::max<long>(kMinChunkPositions, (positions + kOneChannelChunks - 1) / kOneChannelChunks);
+  return static_cast<int>(std::min<long>(per_chunk, INT_MAX));
 }
 
 /// The one-channel kernel's K, or 0 where it does not serve.
 int one_channel_kernel(const ConvGeometry& g) { return g.c == 1 && (g.k == 3 || g.k == 5) && g.oc <= 65535 ? g.k : 0; }
 
 int chunks_for(const ConvGeometry& g) {
-  if (one_channel_kernel(g) != 0) return (g.n + kSamplesPerChunk - 1) / kSamplesPerChunk;
+  if (one_channel_kernel(g) != 0) {
+    const long positions = static_cast<long>(g.n) * g.oh * g.ow;
+    return static_cast<int>((positions + one_channel_chunk_positions(g) - 1) / one_channel_chunk_positions(g));
+  }
   return (g.n * g.oh * g.ow + kChunk - 1) / kChunk;
 }
 
@@ -217,11 +241,13 @@ void conv_direct_filter_grad(const float* x, const float* dy, const float* relu_
   const int chunks = chunks_for(g), taps = g.c * g.k * g.k;
   float* partial = static_cast<float*>(scratch);
   if (const int k = one_channel_kernel(g); k != 0) {
-    const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(g.oc));
+    const int per_chunk = one_channel_chunk_positions(g);
     if (k == 3)
-      conv_direct_filter_one_channel_kernel<3><<<grid, kOneChannelThreads, 0, stream>>>(x, dy, relu_out, partial, g);
+      conv_direct_filter_one_channel_kernel<3><<<chunks, kOneChannelThreads, 0, stream>>>(x, dy, relu_out, partial, g,
+                                                                                         per_chunk);
     else
-      conv_direct_filter_one_channel_kernel<5><<<grid, kOneChannelThreads, 0, stream>>>(x, dy, relu_out, partial, g);
+      conv_direct_filter_one_channel_kernel<5><<<chunks, kOneChannelThreads, 0, stream>>>(x, dy, relu_out, partial, g,
+                                                                                         per_chunk);
   } else {
     const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>((g.oc + kChannelTile - 1) / kChannelTile));
     conv_direct_filter_partial_kernel<<<grid, kThreads, 0, stream>>>(x, dy, relu_out, partial, g);

@@ -46,15 +46,27 @@ __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint3
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-/// d += a * b; split math adds the two small cross products before the large one.
-template <MmaMath kMath>
-__device__ __forceinline__ void mma_product(float (&d)[4], const uint32_t (&ahi)[4], const uint32_t (&alo)[4],
-                                            const uint32_t (&bhi)[2], const uint32_t (&blo)[2]) {
+/// run[i][j] += a[i] * b[j] for a warp's tile of fragments; split math adds the two small cross products before
+/// the large one. Product-major order: the kM x kN mma's of one product are independent, so the tensor cores
+/// never wait on the one before (each accumulator still sees its three products in the same order).
+template <MmaMath kMath, int kM, int kN>
+__device__ __forceinline__ void mma_tile(float (&run)[kM][kN][4], const uint32_t (&ahi)[kM][4],
+                                         const uint32_t (&alo)[kM][4], const uint32_t (&bhi)[kN][2],
+                                         const uint32_t (&blo)[kN][2]) {
   if constexpr (kMath == MmaMath::SplitTf32) {
-    mma(d, alo, bhi[0], bhi[1]);
-    mma(d, ahi, blo[0], blo[1]);
+#pragma unroll
+    for (int i = 0; i < kM; ++i)
+#pragma unroll
+      for (int j = 0; j < kN; ++j) mma(run[i][j], alo[i], bhi[j][0], bhi[j][1]);
+#pragma unroll
+    for (int i = 0; i < kM; ++i)
+#pragma unroll
+      for (int j = 0; j < kN; ++j) mma(run[i][j], ahi[i], blo[j][0], blo[j][1]);
   }
-  mma(d, ahi, bhi[0], bhi[1]);
+#pragma unroll
+  for (int i = 0; i < kM; ++i)
+#pragma unroll
+    for (int j = 0; j < kN; ++j) mma(run[i][j], ahi[i], bhi[j][0], bhi[j][1]);
 }
 
 /// Adds a run of tensor-core sums into the float32 totals (round to nearest: the tensor cores' own additions
@@ -252,18 +264,16 @@ __global__ void __launch_bounds__(S::kThreads) mma_forward_kernel(const float* _
           ahi[i][j] = __float_as_uint(xs[at]);
           if constexpr (kMath == MmaMath::SplitTf32) alo[i][j] = __float_as_uint(lo_input[at]);
         }
+      uint32_t bhi[S::kFn][2], blo[S::kFn][2];
 #pragma unroll
-      for (int jn = 0; jn < S::kFn; ++jn) {
-        uint32_t bhi[2], blo[2];
+      for (int jn = 0; jn < S::kFn; ++jn)
 #pragma unroll
         for (int k = 0; k < 2; ++k) {
           const int at = (tap * kChunk + 4 * k) * S::kWeightStride + jn * 8;
-          bhi[k] = __float_as_uint(ws[at]);
-          if constexpr (kMath == MmaMath::SplitTf32) blo[k] = __float_as_uint(ws[S::kWeightFloats + at]);
+          bhi[jn][k] = __float_as_uint(ws[at]);
+          if constexpr (kMath == MmaMath::SplitTf32) blo[jn][k] = __float_as_uint(ws[S::kWeightFloats + at]);
         }
-#pragma unroll
-        for (int i = 0; i < S::kFm; ++i) mma_product<kMath>(run[i][jn], ahi[i], alo[i], bhi, blo);
-      }
+      mma_tile<kMath>(run, ahi, alo, bhi, blo);
     }
     add_run(acc, run);
   }
@@ -386,17 +396,15 @@ __global__ void __launch_bounds__(kWarpsM * 128, 1)
           if constexpr (kMath == MmaMath::SplitTf32) alo[i][j] = __float_as_uint(lo[in_floats + at]);
         }
       const int p_off[2] = {offsets[step * 8 + quad], offsets[step * 8 + quad + 4]};
+      uint32_t bhi[kFn][2], blo[kFn][2];
 #pragma unroll
-      for (int jn = 0; jn < kFn; ++jn) {
-        uint32_t bhi[2], blo[2];
+      for (int jn = 0; jn < kFn; ++jn)
 #pragma unroll
         for (int k = 0; k < 2; ++k) {
-          bhi[k] = __float_as_uint(xs[b_off[jn] + p_off[k]]);
-          if constexpr (kMath == MmaMath::SplitTf32) blo[k] = __float_as_uint(lo[b_off[jn] + p_off[k]]);
+          bhi[jn][k] = __float_as_uint(xs[b_off[jn] + p_off[k]]);
+          if constexpr (kMath == MmaMath::SplitTf32) blo[jn][k] = __float_as_uint(lo[b_off[jn] + p_off[k]]);
         }
-#pragma unroll
-        for (int i = 0; i < 2; ++i) mma_product<kMath>(run[i][jn], ahi[i], alo[i], bhi, blo);
-      }
+      mma_tile<kMath>(run, ahi, alo, bhi, blo);
     }
     add_run(acc, run);
   }
