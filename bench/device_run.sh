@@ -96,6 +96,7 @@ PY
           $B/dptrain bench --device cuda --steps 200 --set train.precision=$t > "$OUT/timeline_$t.json"
         echo "timeline $t rc=$?: $(cat "$OUT/timeline_$t.json")"
         python3 bench/timeline_report.py /tmp/dr/timeline_$t.tsv | tee "$OUT/timeline_$t.txt"
+        gzip -c /tmp/dr/timeline_$t.tsv > "$OUT/timeline_$t.tsv.gz"
       done ;;
     ncuconv)  # ncu's view of the first launch (conv2, batch 64, float32) of each of dptrain's 3x3 kernels in the survey
       for k in ${NCU_KERNELS:-mma_forward_kernel mma_filter_partial tiled_forward tiled_filter_partial}; do

@@ -12,13 +12,15 @@ def main(path, top_gaps=12):
     for line in open(path):
         kind, start, end, stream, graph, node, name = line.rstrip("\n").split("\t", 6)
         rows.append((int(start), int(end), int(stream), int(graph), int(node), name))
-    nodes = collections.defaultdict(set)
+    nodes, count = collections.defaultdict(set), collections.Counter()
     for r in rows:
         if r[3]:
             nodes[r[3]].add(r[4])
+            count[r[3]] += 1
     if not nodes:
         sys.exit("no graph launches in " + path)
-    graph = max(nodes, key=lambda g: len(nodes[g]))
+    # The step's graph is the one replayed most often (planning replays its small graphs a few dozen times).
+    graph = max(nodes, key=lambda g: count[g] / len(nodes[g]))
     per = len(nodes[graph])
     mine = sorted((r for r in rows if r[3] == graph), key=lambda r: r[0])
     launches = [mine[i:i + per] for i in range(0, len(mine) - per + 1, per)]
