@@ -1,8 +1,8 @@
 // Linear on CUDA. At training batch sizes (up to kSkinnyRows rows) dptrain's skinny GEMMs
 // (kernels/skinny_gemm.h), whose forward also adds the bias and applies an absorbed ReLU and
-// dropout; at larger batches (evaluation) and where their 16-byte rows do not fit (fc2's 10
-// outputs: its weight and input gradients), cuBLAS GEMMs on the row-major tensors (read by cuBLAS
-// as their column-major transposes) and the bias kernel.
+// dropout; at larger batches (evaluation), and for a GEMM too large for their 32-bit indexing,
+// cuBLAS GEMMs on the row-major tensors (read by cuBLAS as their column-major transposes) and the
+// bias kernel.
 #include <algorithm>
 #include <optional>
 
