@@ -1,6 +1,6 @@
-// Pieces the custom 3x3 convolution kernels (conv_tiled.cu, conv_mma.cu) share: asynchronous staging of global
-// memory into shared memory, the input gradient as a forward convolution with transposed, flipped weights, and the
-// fixed-order reduction of per-chunk filter-gradient partial sums.
+// Pieces the custom 3x3 convolution kernels (conv_tiled.cu, conv_mma.cu) share: the input gradient as a forward
+// convolution with transposed, flipped weights, the fixed-order reduction of per-chunk filter-gradient partial sums,
+// and (from kernels/cp_async.cuh) asynchronous staging of global memory into shared memory.
 #pragma once
 
 #include <cuda_runtime_api.h>
