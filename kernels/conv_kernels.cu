@@ -139,9 +139,8 @@ constexpr int kOneChannelThreads = 256;
 constexpr int kParts = 8;
 constexpr int kOneChannelRows = kOneChannelThreads / kParts;  // channels per pass of a block
 // Chunks of the batch's positions: a constant (and a function of the shape), so the summation order
-// is the same on every GPU.
-// Many short chunks: a thread's positions form a chain of dependent loads, so the latency is hidden
-// by warps (about 8 blocks per SM) rather than within a thread.
+// is the same on every GPU. Many short ones: a thread's positions form a chain of dependent loads,
+// so the latency is hidden by warps (about 8 blocks per SM) rather than within a thread.
 constexpr int kOneChannelChunks = 1024;
 constexpr int kMinChunkPositions = 32;
 
@@ -203,8 +202,8 @@ int one_channel_kernel(const ConvGeometry& g) { return g.c == 1 && (g.k == 3 || 
 
 int chunks_for(const ConvGeometry& g) {
   if (one_channel_kernel(g) != 0) {
-    const long positions = static_cast<long>(g.n) * g.oh * g.ow;
-    return static_cast<int>((positions + one_channel_chunk_positions(g) - 1) / one_channel_chunk_positions(g));
+    const long positions = static_cast<long>(g.n) * g.oh * g.ow, per_chunk = one_channel_chunk_positions(g);
+    return static_cast<int>((positions + per_chunk - 1) / per_chunk);
   }
   return (g.n * g.oh * g.ow + kChunk - 1) / kChunk;
 }

@@ -12,10 +12,6 @@ namespace {
 
 constexpr int kPoolThreads = 128;
 
-// Grid (plane, range of outputs): no division to find the plane. The window's first maximum, in
-// the CPU's scan order (row by row).
-// bias (may be null): added to plane p's values, bias[p % channels], before the optional ReLU (a
-// convolution's epilogue fused in: conv_pool_forward).
 // Thread per output, across planes (a plane of 12 x 12 outputs would leave most of a per-plane
 // block idle). The window's first maximum, in the CPU's scan order (row by row). bias (may be
 // null): added to plane p's values, bias[p % channels], before the optional ReLU (a convolution's

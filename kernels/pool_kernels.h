@@ -38,8 +38,9 @@ bool pool_tiles_exactly(const PoolGeometry& g);
 void conv_pool_forward(const float* x, const float* bias, bool relu, float* y, int32_t* argmax, const PoolGeometry& g,
                        int channels, const FusedDropout& drop, cudaStream_t stream);
 /// The gradient of the convolution's output from that of the pooled output: dx = dy times the
-/// dropout's mask (read from conv_pool_forward's argmax) at each window's argmax, 0 elsewhere, and 0 for the whole window where relu is
-/// set and its output y (the pooled ReLU, times the mask) is not positive. When db is not null,
+/// dropout's mask (read from conv_pool_forward's argmax) at each window's argmax, 0 elsewhere,
+/// and 0 for the whole window where relu is set and its output y (the pooled ReLU, times the mask)
+/// is not positive. When db is not null,
 /// db[c] = the sum of channel c's gradients, in a fixed order (`scratch`:
 /// conv_pool_backward_scratch floats).
 void conv_pool_backward(const float* dy, const float* y, const int32_t* argmax, bool relu, float* dx, float* db,

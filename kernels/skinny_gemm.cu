@@ -1,7 +1,8 @@
 // Block tile 64 x 64, 256 threads of 4 x 4 outputs, k in steps of 16 staged through shared memory
 // by cp.async (16-byte copies where rows allow), kStages steps in flight (a step's products take
-// less time than a load's latency). Each operand is staged in its global layout, so that one copy moves four neighbours:
-// a row-major [rows][k] operand as [row][k] (pitch 20), a [k][rows] one as [k][row] (pitch 68).
+// less time than a load's latency). Each operand is staged in its global layout, so that one copy
+// moves four neighbours: a row-major [rows][k] operand as [row][k] (pitch 20), a [k][rows] one as
+// [k][row] (pitch 68).
 // A thread reads four k at a time of its four rows and four columns (float4s) for 64 FMAs; its
 // columns are neighbours, except for a [col][k] B, where they are 16 apart so that the eight
 // lanes of a float4 phase read distinct banks.

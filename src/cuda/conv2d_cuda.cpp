@@ -131,8 +131,9 @@ class Conv2dCuda final : public Conv2dLayer<float> {
     return false;
   }
 
-  bool absorb_following_dropout(DeviceContext& ctx, const DropoutSpec& dropout) override {
-    if (!pool_ || !ctx.cuda().options().fuse_elementwise) return false;
+  // Only after an absorbed pooling (which fuse_elementwise already allowed).
+  bool absorb_following_dropout(DeviceContext&, const DropoutSpec& dropout) override {
+    if (!pool_) return false;
     dropout_ = dropout;
     return true;
   }
@@ -217,9 +218,8 @@ class Conv2dCuda final : public Conv2dLayer<float> {
   /// The absorbed pooling over the convolution's output at batch n; its output plane's size.
   kernels::PoolGeometry pool_geometry(int n) const {
     const Dims out = output_dims();
-    const int ph = (out.h + 2 * pool_->padding - pool_->kernel) / pool_->stride + 1;
-    const int pw = (out.w + 2 * pool_->padding - pool_->kernel) / pool_->stride + 1;
-    return {n * out.c, out.h, out.w, ph, pw, pool_->kernel, pool_->stride, pool_->padding};
+    return {n * out.c, out.h, out.w, pool_->pooled(out.h), pool_->pooled(out.w), pool_->kernel, pool_->stride,
+            pool_->padding};
   }
   int pooled_plane() const {
     const kernels::PoolGeometry g = pool_geometry(1);

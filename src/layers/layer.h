@@ -50,6 +50,8 @@ struct DropoutSpec {
 /// A max pooling layer as another layer applies it (Layer::absorb_following_pool).
 struct PoolSpec {
   int kernel = 1, stride = 1, padding = 0;
+  /// Output size along a side of `in` (floor, as nn.MaxPool2d).
+  int pooled(int in) const { return (in + 2 * padding - kernel) / stride + 1; }
 };
 
 /// One parameter's slice of the flat value and gradient buffers.

@@ -20,8 +20,7 @@ class MaxPool2dLayer : public Layer<T> {
       throw layer_error(index, c.name, "padding must be between 0 and half the kernel");
     if (in.h + 2 * padding_ < kernel_ || in.w + 2 * padding_ < kernel_)
       throw layer_error(index, c.name, "kernel " + std::to_string(kernel_) + " does not fit the input " + to_string(in));
-    this->set_output_dims(Dims{in.c, (in.h + 2 * padding_ - kernel_) / stride_ + 1,
-                               (in.w + 2 * padding_ - kernel_) / stride_ + 1});
+    this->set_output_dims(Dims{in.c, spec().pooled(in.h), spec().pooled(in.w)});
   }
   std::string_view type() const override { return "maxpool2d"; }
   int kernel() const { return kernel_; }
