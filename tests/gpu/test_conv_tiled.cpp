@@ -20,6 +20,7 @@
 #include "cuda/cuda_context.h"
 #include "kernels/conv_mma.h"
 #include "kernels/conv_tiled.h"
+#include "host_copies.h"
 
 namespace dptrain {
 namespace {
@@ -80,18 +81,6 @@ double rel(const std::vector<float>& a, const std::vector<double>& b) {
     den += b[i] * b[i];
   }
   return std::sqrt(num / den);
-}
-
-std::vector<float> to_host(const Buffer<float>& b) {
-  std::vector<float> h(b.size());
-  b.copy_to_host(h);
-  return h;
-}
-
-Buffer<float> to_device(const std::vector<float>& h) {
-  Buffer<float> b(Device::Cuda, h.size());
-  b.copy_from_host(h);
-  return b;
 }
 
 void poison(Buffer<float>& b) { CUDA_CHECK(cudaMemset(b.data(), 0xFF, b.size() * sizeof(float))); }

@@ -15,6 +15,7 @@
 #include "cuda/check.h"
 #include "cuda/cuda_context.h"
 #include "kernels/skinny_gemm.h"
+#include "host_copies.h"
 
 namespace dptrain {
 namespace {
@@ -32,18 +33,6 @@ std::vector<float> randoms(size_t n, uint32_t seed) {
   std::vector<float> v(n);
   for (float& x : v) x = d(gen);
   return v;
-}
-
-Buffer<float> to_device(const std::vector<float>& h) {
-  Buffer<float> b(Device::Cuda, h.size());
-  CUDA_CHECK(cudaMemcpy(b.data(), h.data(), h.size() * sizeof(float), cudaMemcpyHostToDevice));
-  return b;
-}
-
-std::vector<float> to_host(const Buffer<float>& b) {
-  std::vector<float> h(b.size());
-  CUDA_CHECK(cudaMemcpy(h.data(), b.data(), h.size() * sizeof(float), cudaMemcpyDeviceToHost));
-  return h;
 }
 
 struct Case {
