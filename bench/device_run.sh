@@ -108,16 +108,30 @@ PY
         grep -E "Duration|Registers Per|Achieved Occupancy|Theoretical Occupancy|Block Limit|Warp Cycles Per Issued|Issue Slots Busy|Compute \(SM\) Thr|Memory Thr|L2 Hit|L1/TEX Hit|Dynamic Shared|Grid Size|Waves Per SM|Stall|Executed Ipc A|Pipe" "$OUT/ncu_$k.txt" | head -40
         grep -E "stalled" "$OUT/ncu_$k.txt" | sort -k3 -n -r | head -8
       done ;;
-    ncustep)  # ncu's view of the training step's own kernels (graph nodes of `dptrain bench`), first launch each
-      for k in ${NCU_KERNELS:-skinny_gemm_kernel conv_pool_backward_kernel maxpool_forward_kernel conv_direct_filter_one_channel}; do
-        ncu --clock-control none -k "regex:$k" -c 2 --section SpeedOfLight --section Occupancy --section LaunchStats \
-          --section WarpStateStats --section MemoryWorkloadAnalysis \
-          --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
-          $B/dptrain bench --device cuda --steps 3 --warmup 1 > "$OUT/ncu_$k.txt" 2>&1
-        echo "ncu $k rc=$?"
-        grep -E "Duration|Registers Per|Achieved Occupancy|Theoretical Occupancy|Issue Slots Busy|Memory Thr|Grid Size|Waves Per SM" "$OUT/ncu_$k.txt" | head -20
-        grep -E "stalled" "$OUT/ncu_$k.txt" | sort -k3 -n -r | head -5
-      done ;;
+    ncustep)  # ncu's view of the training step's own kernels: one profile of the first launches in `dptrain bench`
+      ncu --clock-control none -k "regex:${NCU_KERNELS:-skinny_gemm_kernel|conv_pool|one_channel|narrow_linear|linear_loss}" \
+        -c ${NCU_COUNT:-8} --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+        --section MemoryWorkloadAnalysis --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
+        $B/dptrain bench --device cuda --steps 3 --warmup 1 --set train.cudnn_benchmark=false > "$OUT/ncu_step.txt" 2>&1
+      echo "ncu rc=$?"
+      python3 - "$OUT/ncu_step.txt" <<'PY'
+import re, sys
+keep = re.compile(r"^\s+(Duration|Registers Per Thread|Achieved Occupancy|Theoretical Occupancy|Memory Throughput|DRAM Throughput|Issue Slots Busy|Grid Size|Block Size|Waves Per SM|L2 Hit Rate|L1/TEX Hit Rate)\s")
+kernel, stalls = None, []
+def number(text):
+    try: return float(text)
+    except ValueError: return 0.0
+def flush():
+    if kernel: print("   stalls:", ", ".join("%s %s" % s for s in sorted(stalls, key=lambda s: -number(s[1]))[:4]))
+for line in open(sys.argv[1]):
+    if re.match(r"^  \S.*Context \d+, Stream", line):
+        flush(); kernel, stalls = line.strip()[:150], []; print(kernel)
+    elif kernel and keep.match(line): print("   " + " ".join(line.split()))
+    elif kernel and "issue_stalled" in line:
+        f = line.split(); stalls.append((f[0].replace("smsp__average_warps_issue_stalled_", "").replace("_per_issue_active.ratio", ""), f[-1].replace(",", "")))
+flush()
+PY
+      ;;
     cpubench)
       for n in 2 16; do
         OMP_NUM_THREADS=$n $B/dptrain bench --device cpu --threads $n --steps 30 --warmup 3 | tee -a "$OUT/bench.jsonl"

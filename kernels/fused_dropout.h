@@ -33,6 +33,18 @@ __device__ __forceinline__ float dropout_factor(const FusedDropout& d, long i) {
                                           static_cast<uint32_t>(i - s * d.per_sample));
   return u >= d.p ? d.scale : 0.0f;
 }
+
+/// The factors of flat elements i to i + 3 from one generator call (dropout_words serves four); i's
+/// element within its sample must be a multiple of 4.
+__device__ __forceinline__ float4 dropout_factors4(const FusedDropout& d, long i) {
+  if (d.step == nullptr) return make_float4(1.0f, 1.0f, 1.0f, 1.0f);
+  const long s = i / d.per_sample;
+  const StepInfo info = d.step->info;
+  const philox::U32x4 r = philox::dropout_words(info.seed, info.epoch, d.layer, info.first_sample + static_cast<uint32_t>(s),
+                                                static_cast<uint32_t>(i - s * d.per_sample) >> 2);
+  const auto factor = [&](uint32_t word) { return philox::to_unit_float(word) >= d.p ? d.scale : 0.0f; };
+  return make_float4(factor(r.v[0]), factor(r.v[1]), factor(r.v[2]), factor(r.v[3]));
+}
 #endif
 
 }  // namespace dptrain::kernels

@@ -5,6 +5,7 @@
 #include "core/philox.h"
 #include "cuda/check.h"
 #include "kernels/layer_kernels.h"
+#include "kernels/softmax_row.cuh"
 
 namespace dptrain::kernels {
 
@@ -165,27 +166,14 @@ __global__ void softmax_xent_kernel(const float* logits, const int32_t* labels, 
   double loss = 0.0, correct = 0.0;
   for (int i = warp; i < n; i += kLossWarps) {
     const float* x = logits + static_cast<long>(i) * classes;
-    // First maximum: compare (value, -index) so ties go to the lowest index, as torch.argmax.
-    float best = -FLT_MAX;
-    int best_index = classes;
-    for (int c = lane; c < classes; c += 32)
-      if (x[c] > best || (x[c] == best && c < best_index)) best = x[c], best_index = c;
-    for (int off = 16; off > 0; off /= 2) {
-      const float ob = __shfl_xor_sync(0xffffffffu, best, off);
-      const int oi = __shfl_xor_sync(0xffffffffu, best_index, off);
-      if (ob > best || (ob == best && oi < best_index)) best = ob, best_index = oi;
-    }
-    float z = 0.0f;
-    for (int c = lane; c < classes; c += 32) z += expf(x[c] - best);
-    for (int off = 16; off > 0; off /= 2) z += __shfl_xor_sync(0xffffffffu, z, off);
-    const float lse = best + logf(z);
+    const SoftmaxRow row = softmax_row(x, classes, lane);
     const int y = labels[i];
     if (dlogits != nullptr) {
       float* g = dlogits + static_cast<long>(i) * classes;
-      for (int c = lane; c < classes; c += 32) g[c] = (expf(x[c] - lse) - (c == y ? 1.0f : 0.0f)) * grad_scale;
+      for (int c = lane; c < classes; c += 32) g[c] = softmax_xent_grad(x, c, row, y, grad_scale);
     }
-    loss += static_cast<double>(lse - x[y]);
-    correct += best_index == y ? 1.0 : 0.0;
+    loss += static_cast<double>(row.lse - x[y]);
+    correct += row.best_index == y ? 1.0 : 0.0;
   }
   if (lane == 0) warp_loss[warp] = loss, warp_correct[warp] = correct;
   __syncthreads();

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <cfloat>
 #include <climits>
 #include <string>
@@ -13,19 +14,14 @@ namespace {
 constexpr int kPoolThreads = 128;
 
 // Thread per output, across planes (a plane of 12 x 12 outputs would leave most of a per-plane
-// block idle). The window's first maximum, in the CPU's scan order (row by row). bias (may be
-// null): added to plane p's values, bias[p % channels], before the optional ReLU (a convolution's
-// epilogue fused in: conv_pool_forward), which also marks the windows the dropout zeroed by storing
-// their argmax as ~offset (negative), so that its backward needs no generator.
-__global__ void maxpool_forward_kernel(const float* x, float* y, int32_t* argmax, PoolGeometry g, FusedDropout drop,
-                                       const float* bias, int channels, bool relu, bool mark_dropped) {
+// block idle). The window's first maximum, in the CPU's scan order (row by row).
+__global__ void maxpool_forward_kernel(const float* x, float* y, int32_t* argmax, PoolGeometry g, FusedDropout drop) {
   const int per_plane = g.oh * g.ow;
   const long o = blockIdx.x * long{blockDim.x} + threadIdx.x;
   if (o >= static_cast<long>(g.planes) * per_plane) return;
   const int plane = static_cast<int>(o / per_plane), q = static_cast<int>(o - static_cast<long>(plane) * per_plane);
   const int oy = q / g.ow, ox = q - oy * g.ow;
   const float* src = x + static_cast<long>(plane) * g.h * g.w;
-  const float b = bias != nullptr ? __ldg(bias + plane % channels) : 0.0f;
   float best = -INFINITY;
   int where = -1;
   for (int ky = 0; ky < g.k; ++ky) {
@@ -34,15 +30,12 @@ __global__ void maxpool_forward_kernel(const float* x, float* y, int32_t* argmax
     for (int kx = 0; kx < g.k; ++kx) {
       const int ix = ox * g.stride - g.pad + kx;
       if (ix < 0 || ix >= g.w) continue;
-      float v = src[iy * g.w + ix];
-      if (bias != nullptr) v += b;
-      if (relu) v = v > 0.0f ? v : 0.0f;
+      const float v = src[iy * g.w + ix];
       if (v > best || where < 0) best = v, where = iy * g.w + ix;
     }
   }
-  const float factor = dropout_factor(drop, o);
-  y[o] = best * factor;
-  argmax[o] = mark_dropped && factor == 0.0f ? ~where : where;
+  y[o] = best * dropout_factor(drop, o);
+  argmax[o] = where;
 }
 
 /// First window index along one axis whose span [o * s - pad, o * s - pad + k) holds position p.
@@ -95,47 +88,130 @@ __global__ void maxpool_backward_tiled_kernel(const float* dy, const int32_t* ar
   }
 }
 
-// Block (channel, group of kPoolSamples samples), warp per sample: each lane takes windows of the
-// sample's plane, writes the whole window (the gradient at its argmax, zeros elsewhere) and adds
-// its gradient to the lane's sum; lanes are added by a shuffle tree, warps in order, groups by
-// bias_grad_finish. A fixed order.
-constexpr int kPoolSamples = 8;
+// The pooling absorbed by a convolution: windows of kK x kK that tile the plane, rows of outputs a
+// multiple of 4 long. A thread takes four neighbouring outputs of a row, so every access is 16 bytes
+// wide and one generator call gives their four dropout factors.
+__device__ __forceinline__ float element(const float4& v, int e) { return e == 0 ? v.x : e == 1 ? v.y : e == 2 ? v.z : v.w; }
+__device__ __forceinline__ int element(const int4& v, int e) { return e == 0 ? v.x : e == 1 ? v.y : e == 2 ? v.z : v.w; }
 
-__global__ void conv_pool_backward_kernel(const float* __restrict__ dy, const float* __restrict__ y,
-                                          const int32_t* __restrict__ argmax, bool relu, float* __restrict__ dx,
-                                          float* __restrict__ partial, PoolGeometry g, int n, int channels,
-                                          FusedDropout drop) {
-  __shared__ float warp_sums[kPoolSamples];
-  const int c = blockIdx.x, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int s = blockIdx.y * kPoolSamples + warp, per_plane = g.oh * g.ow;
-  float acc = 0.0f;
-  if (s < n) {
-    const long plane = static_cast<long>(s) * channels + c;
-    float* out = dx + plane * g.h * g.w;
-    const float scale = drop.active() ? drop.scale : 1.0f;
-    for (int q = lane; q < per_plane; q += 32) {
-      const long o = plane * per_plane + q;
-      const int where = argmax[o];  // negative: the dropout zeroed this output (forward's mark)
-      float grad = where >= 0 ? dy[o] * scale : 0.0f;
-      if (relu && !(y[o] > 0.0f)) grad = 0.0f;
-      acc += grad;
-      const int oy = q / g.ow, ox = q - oy * g.ow;
-      for (int ky = 0; ky < g.k; ++ky) {
-        const int row = (oy * g.k + ky) * g.w + ox * g.k;
-        for (int kx = 0; kx < g.k; ++kx) out[row + kx] = row + kx == where ? grad : 0.0f;
+// x + bias[channel], then the ReLU, then each window's first maximum in the CPU's scan order (row by
+// row), times the dropout's factor; where the dropout zeroed an output its argmax is stored as
+// ~offset (negative), so that the backward needs no generator.
+template <int kK>
+__global__ void conv_pool_forward_kernel(const float* __restrict__ x, const float* __restrict__ bias, bool relu,
+                                         float* __restrict__ y, int32_t* __restrict__ argmax, PoolGeometry g,
+                                         int channels, FusedDropout drop) {
+  const int quads = g.ow / 4, t = blockIdx.x * blockDim.x + threadIdx.x;
+  if (t >= g.planes * g.oh * quads) return;
+  const int row = t / quads, qx = t - row * quads, plane = row / g.oh, oy = row - plane * g.oh;
+  const float b = __ldg(bias + plane % channels);
+  const int first = oy * kK * g.w + qx * 4 * kK;  // the first window's top-left offset in the plane
+  const float* src = x + static_cast<long>(plane) * g.h * g.w + first;
+  float best[4];
+  int where[4];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) best[j] = -INFINITY, where[j] = -1;
+#pragma unroll
+  for (int ky = 0; ky < kK; ++ky)
+#pragma unroll
+    for (int v = 0; v < kK; ++v) {
+      const float4 f = *reinterpret_cast<const float4*>(src + ky * g.w + 4 * v);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int c = 4 * v + e, j = c / kK;
+        float value = element(f, e) + b;
+        if (relu) value = value > 0.0f ? value : 0.0f;
+        if (value > best[j] || where[j] < 0) best[j] = value, where[j] = first + ky * g.w + c;
       }
     }
+  const long o = static_cast<long>(row) * g.ow + qx * 4;
+  const float4 factor = dropout_factors4(drop, o);
+  *reinterpret_cast<float4*>(y + o) =
+      make_float4(best[0] * factor.x, best[1] * factor.y, best[2] * factor.z, best[3] * factor.w);
+  *reinterpret_cast<int4*>(argmax + o) = make_int4(factor.x == 0.0f ? ~where[0] : where[0],
+                                                   factor.y == 0.0f ? ~where[1] : where[1],
+                                                   factor.z == 0.0f ? ~where[2] : where[2],
+                                                   factor.w == 0.0f ? ~where[3] : where[3]);
+}
+
+// Block (channel, group of samples), thread per four neighbouring windows: it writes the windows
+// whole (the gradient, times the dropout's scale, at the argmax; zeros elsewhere; all zeros where
+// the ReLU's output is not positive or the dropout zeroed the output) and sums their gradients;
+// threads are added by a shuffle tree, warps in order, groups by bias_grad_finish. A fixed order.
+constexpr int kConvPoolThreads = 256;
+
+int samples_per_block(const PoolGeometry& g) { return std::max(1, kConvPoolThreads / (g.oh * g.ow / 4)); }
+
+template <int kK>
+__global__ void __launch_bounds__(kConvPoolThreads) conv_pool_backward_kernel(
+    const float* __restrict__ dy, const float* __restrict__ y, const int32_t* __restrict__ argmax, bool relu,
+    float* __restrict__ dx, float* __restrict__ partial, PoolGeometry g, int n, int channels, int samples,
+    float scale) {
+  __shared__ float warp_sums[kConvPoolThreads / 32];
+  const int c = blockIdx.x, quads = g.ow / 4, plane_quads = g.oh * quads;
+  float acc = 0.0f;
+  for (int t = threadIdx.x; t < samples * plane_quads; t += kConvPoolThreads) {
+    const int s = blockIdx.y * samples + t / plane_quads, q = t % plane_quads;
+    if (s >= n) break;
+    const long plane = static_cast<long>(s) * channels + c;
+    const int oy = q / quads, qx = q - oy * quads;
+    const long o = plane * g.oh * g.ow + oy * g.ow + qx * 4;
+    const int4 where = *reinterpret_cast<const int4*>(argmax + o);
+    const float4 grad_in = *reinterpret_cast<const float4*>(dy + o);
+    const float4 out = relu ? *reinterpret_cast<const float4*>(y + o) : make_float4(1.0f, 1.0f, 1.0f, 1.0f);
+    float grad[4];
+    int at[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      at[j] = element(where, j);
+      grad[j] = at[j] >= 0 && element(out, j) > 0.0f ? element(grad_in, j) * scale : 0.0f;
+      acc += grad[j];
+    }
+    const int first = oy * kK * g.w + qx * 4 * kK;
+    float* window = dx + plane * g.h * g.w + first;
+#pragma unroll
+    for (int ky = 0; ky < kK; ++ky)
+#pragma unroll
+      for (int v = 0; v < kK; ++v) {
+        float value[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int cx = 4 * v + e, j = cx / kK;
+          value[e] = first + ky * g.w + cx == at[j] ? grad[j] : 0.0f;
+        }
+        *reinterpret_cast<float4*>(window + ky * g.w + 4 * v) = make_float4(value[0], value[1], value[2], value[3]);
+      }
   }
   if (partial == nullptr) return;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   for (int off = 16; off > 0; off /= 2) acc += __shfl_down_sync(0xffffffffu, acc, off);
   if (lane == 0) warp_sums[warp] = acc;
   __syncthreads();
   if (threadIdx.x != 0) return;
   float total = 0.0f;
-  for (int w = 0; w < kPoolSamples; ++w) total += warp_sums[w];
+  for (int w = 0; w < kConvPoolThreads / 32; ++w) total += warp_sums[w];
   partial[static_cast<long>(c) * gridDim.y + blockIdx.y] = total;
 }
 
+template <int kK>
+void launch_conv_pool(const float* x, const float* bias, bool relu, float* y, int32_t* argmax, const PoolGeometry& g,
+                      int channels, const FusedDropout& drop, cudaStream_t stream) {
+  const int quads = g.planes * g.oh * (g.ow / 4);
+  conv_pool_forward_kernel<kK><<<(quads + kPoolThreads - 1) / kPoolThreads, kPoolThreads, 0, stream>>>(
+      x, bias, relu, y, argmax, g, channels, drop);
+  CUDA_CHECK_LAUNCH();
+}
+
+template <int kK>
+void launch_conv_pool_backward(const float* dy, const float* y, const int32_t* argmax, bool relu, float* dx,
+                               float* partial, const PoolGeometry& g, int channels, float scale, cudaStream_t stream) {
+  const int n = g.planes / channels, samples = samples_per_block(g), groups = (n + samples - 1) / samples;
+  if (groups > 65535) throw CudaError("conv_pool_backward: batch of " + std::to_string(n) + " exceeds the launch grid");
+  conv_pool_backward_kernel<kK><<<dim3(static_cast<unsigned>(channels), static_cast<unsigned>(groups)),
+                                  kConvPoolThreads, 0, stream>>>(dy, y, argmax, relu, dx, partial, g, n, channels,
+                                                                 samples, scale);
+  CUDA_CHECK_LAUNCH();
+}
 
 void check_fits(const PoolGeometry& g) {
   if (static_cast<long>(g.h) * g.w > 65535L * kPoolThreads)
@@ -158,7 +234,7 @@ bool pool_tiles_exactly(const PoolGeometry& g) {
 
 void maxpool_forward(const float* x, float* y, int32_t* argmax, const PoolGeometry& g, const FusedDropout& drop,
                      cudaStream_t stream) {
-  maxpool_forward_kernel<<<forward_blocks(g), kPoolThreads, 0, stream>>>(x, y, argmax, g, drop, nullptr, 1, false, false);
+  maxpool_forward_kernel<<<forward_blocks(g), kPoolThreads, 0, stream>>>(x, y, argmax, g, drop);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -178,27 +254,36 @@ void maxpool_backward(const float* dy, const int32_t* argmax, float* dx, const P
   CUDA_CHECK_LAUNCH();
 }
 
-void conv_pool_forward(const float* x, const float* bias, bool relu, float* y, int32_t* argmax, const PoolGeometry& g,
-                       int channels, const FusedDropout& drop, cudaStream_t stream) {
-  maxpool_forward_kernel<<<forward_blocks(g), kPoolThreads, 0, stream>>>(x, y, argmax, g, drop, bias, channels, relu, true);
-  CUDA_CHECK_LAUNCH();
+bool conv_pool_fits(const PoolGeometry& g) {
+  return pool_tiles_exactly(g) && g.k >= 2 && g.k <= 3 && g.ow % 4 == 0 &&
+         static_cast<long>(g.planes) * g.h * g.w <= INT_MAX;
 }
 
-size_t conv_pool_backward_scratch(int n, int channels) {
-  return static_cast<size_t>(channels) * ((n + kPoolSamples - 1) / kPoolSamples);
+void conv_pool_forward(const float* x, const float* bias, bool relu, float* y, int32_t* argmax, const PoolGeometry& g,
+                       int channels, const FusedDropout& drop, cudaStream_t stream) {
+  if (!conv_pool_fits(g)) throw CudaError("conv_pool_forward: pooling geometry outside conv_pool_fits");
+  if (g.k == 2) return launch_conv_pool<2>(x, bias, relu, y, argmax, g, channels, drop, stream);
+  launch_conv_pool<3>(x, bias, relu, y, argmax, g, channels, drop, stream);
+}
+
+size_t conv_pool_backward_scratch(const PoolGeometry& g, int channels) {
+  const int n = g.planes / channels, samples = samples_per_block(g);
+  return static_cast<size_t>(channels) * ((n + samples - 1) / samples);
 }
 
 void conv_pool_backward(const float* dy, const float* y, const int32_t* argmax, bool relu, float* dx, float* db,
                         float* scratch, const PoolGeometry& g, int channels, const FusedDropout& drop,
                         cudaStream_t stream) {
-  if (!pool_tiles_exactly(g)) throw CudaError("conv_pool_backward: the pooling windows do not tile the plane");
-  const int n = g.planes / channels, groups = (n + kPoolSamples - 1) / kPoolSamples;
-  if (groups > 65535) throw CudaError("conv_pool_backward: batch of " + std::to_string(n) + " exceeds the launch grid");
-  conv_pool_backward_kernel<<<dim3(static_cast<unsigned>(channels), static_cast<unsigned>(groups)), 32 * kPoolSamples,
-                              0, stream>>>(dy, y, argmax, relu, dx, db != nullptr ? scratch : nullptr, g, n, channels,
-                                           drop);
-  CUDA_CHECK_LAUNCH();
-  if (db != nullptr) bias_grad_finish(scratch, groups, channels, db, stream);
+  if (!conv_pool_fits(g)) throw CudaError("conv_pool_backward: pooling geometry outside conv_pool_fits");
+  float* partial = db != nullptr ? scratch : nullptr;
+  const float scale = drop.active() ? drop.scale : 1.0f;
+  if (g.k == 2)
+    launch_conv_pool_backward<2>(dy, y, argmax, relu, dx, partial, g, channels, scale, stream);
+  else
+    launch_conv_pool_backward<3>(dy, y, argmax, relu, dx, partial, g, channels, scale, stream);
+  if (db == nullptr) return;
+  const int n = g.planes / channels, samples = samples_per_block(g);
+  bias_grad_finish(scratch, (n + samples - 1) / samples, channels, db, stream);
 }
 
 }  // namespace dptrain::kernels

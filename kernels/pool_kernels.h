@@ -27,25 +27,29 @@ void maxpool_backward(const float* dy, const int32_t* argmax, float* dx, const P
                       cudaStream_t stream);
 
 // Pooling absorbed by the convolution before it (Layer::absorb_following_pool), for windows that
-// tile the plane (pool_tiles_exactly). x is the convolution's output without its bias; the planes
-// are samples x `channels`.
+// tile the plane (conv_pool_fits). x is the convolution's output without its bias; the planes are
+// samples x `channels`.
 
 /// Whether the windows tile the plane exactly (stride = kernel, no padding, sides divisible).
 bool pool_tiles_exactly(const PoolGeometry& g);
+/// Whether conv_pool_forward and conv_pool_backward serve g: windows of 2 or 3 that tile the plane,
+/// rows of outputs a multiple of 4 long (each thread takes four, with 16-byte accesses; the
+/// buffers must be 16-byte aligned, as Buffer's are).
+bool conv_pool_fits(const PoolGeometry& g);
 /// maxpool_forward of x + bias[channel], after a ReLU when relu is set: the convolution's bias,
 /// ReLU, pooling and dropout in one pass; the pre-pool values are never stored. Where the dropout
 /// zeroed an output, argmax holds ~offset (for conv_pool_backward, which then needs no generator).
 void conv_pool_forward(const float* x, const float* bias, bool relu, float* y, int32_t* argmax, const PoolGeometry& g,
                        int channels, const FusedDropout& drop, cudaStream_t stream);
 /// The gradient of the convolution's output from that of the pooled output: dx = dy times the
-/// dropout's mask (read from conv_pool_forward's argmax) at each window's argmax, 0 elsewhere,
-/// and 0 for the whole window where relu is set and its output y (the pooled ReLU, times the mask)
-/// is not positive. When db is not null,
-/// db[c] = the sum of channel c's gradients, in a fixed order (`scratch`:
-/// conv_pool_backward_scratch floats).
+/// dropout's scale (where conv_pool_forward's argmax says it kept the output) at each window's
+/// argmax, 0 elsewhere, and 0 for the whole window where relu is set and its output y (the pooled
+/// ReLU, times the mask) is not positive. When db is not null, db[c] = the sum of channel c's
+/// gradients, in a fixed order (`scratch`: conv_pool_backward_scratch floats).
 void conv_pool_backward(const float* dy, const float* y, const int32_t* argmax, bool relu, float* dx, float* db,
                         float* scratch, const PoolGeometry& g, int channels, const FusedDropout& drop,
                         cudaStream_t stream);
-size_t conv_pool_backward_scratch(int n, int channels);
+/// g: the geometry of the largest batch.
+size_t conv_pool_backward_scratch(const PoolGeometry& g, int channels);
 
 }  // namespace dptrain::kernels

@@ -33,12 +33,6 @@ __device__ __forceinline__ void cp_async16(float* dst, const float* src, bool va
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(valid ? 16 : 0));
 }
 
-__device__ __forceinline__ float finish(float v, int row, int col, int n, const RowEpilogue& e) {
-  if (e.bias != nullptr) v += __ldg(e.bias + col);
-  if (e.relu) v = v > 0.0f ? v : 0.0f;
-  return v * dropout_factor(e.dropout, static_cast<long>(row) * n + col);
-}
-
 /// One thread's 16-byte share of staging an operand: where it reads (at the block's first k) and
 /// writes, how far a step moves the read, and the bounds it checks. wide: one 16-byte copy (rows of
 /// 16-byte multiples, aligned); else four 4-byte ones, each checked (fc2's 10 outputs).
@@ -152,7 +146,7 @@ __global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(SkinnyGemm g, Row
       if (partials != nullptr)
         partials[(static_cast<long>(blockIdx.z) * g.m + row) * g.n + col] = acc[i][j];
       else
-        g.c[static_cast<long>(row) * g.n + col] = finish(acc[i][j], row, col, g.n, epilogue);
+        g.c[static_cast<long>(row) * g.n + col] = apply_epilogue(acc[i][j], row, col, g.n, epilogue);
     }
   }
 }
@@ -174,7 +168,7 @@ __global__ void skinny_gemm_reduce_kernel(const float* __restrict__ partials, in
   for (int off = kReduceLanes / 2; off > 0; off /= 2) v += __shfl_down_sync(0xffffffffu, v, off, kReduceLanes);
   if (lane == 0 && i < total) {
     const int row = static_cast<int>(i / g.n);
-    g.c[i] = finish(v, row, static_cast<int>(i - static_cast<long>(row) * g.n), g.n, epilogue);
+    g.c[i] = apply_epilogue(v, row, static_cast<int>(i - static_cast<long>(row) * g.n), g.n, epilogue);
   }
 }
 

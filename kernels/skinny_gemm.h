@@ -11,17 +11,9 @@
 
 #include <cstddef>
 
-#include "kernels/fused_dropout.h"
+#include "kernels/row_epilogue.h"
 
 namespace dptrain::kernels {
-
-/// What a linear forward applies to c[row][col] after the sum: + bias[col], ReLU, times the dropout
-/// factor of element row * n + col (kernels/fused_dropout.h). Default: nothing.
-struct RowEpilogue {
-  const float* bias = nullptr;
-  bool relu = false;
-  FusedDropout dropout;
-};
 
 /// A GEMM c[m][n] = sum_k a(m, k) b(k, n), c row-major. a: row-major [m][k], or [k][m] when
 /// trans_a; b: row-major [k][n], or [n][k] when trans_b.

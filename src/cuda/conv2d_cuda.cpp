@@ -126,7 +126,7 @@ class Conv2dCuda final : public Conv2dLayer<float> {
   bool absorb_following_pool(DeviceContext& ctx, const PoolSpec& pool) override {
     if (!ctx.cuda().options().fuse_elementwise || kernels::direct_conv_fits(input_dims().c, kernel())) return false;
     pool_ = pool;
-    if (kernels::pool_tiles_exactly(pool_geometry(1))) return true;
+    if (kernels::conv_pool_fits(pool_geometry(1))) return true;
     pool_.reset();
     return false;
   }
@@ -144,7 +144,8 @@ class Conv2dCuda final : public Conv2dLayer<float> {
     const size_t full = static_cast<size_t>(max_batch) * output_dims().count();
     if (masked_.size() < (relu_ || pool_ ? full : 0)) masked_ = Buffer<float>(Device::Cuda, full);
     const size_t partials = std::max(kernels::bias_grad_channels_scratch(max_batch, out_channels()),
-                                     kernels::conv_pool_backward_scratch(max_batch, out_channels()));
+                                     pool_ ? kernels::conv_pool_backward_scratch(pool_geometry(max_batch), out_channels())
+                                           : size_t{0});
     if (bias_partials_.size() < partials) bias_partials_ = Buffer<float>(Device::Cuda, partials);
     if (!pool_) return;
     if (unpooled_.size() < full) unpooled_ = Buffer<float>(Device::Cuda, full);

@@ -1,4 +1,6 @@
-// Linear on CUDA. At training batch sizes (up to kSkinnyRows rows) dptrain's skinny GEMMs
+// Linear on CUDA. With few outputs (a classifier's last layer) the narrow kernels
+// (kernels/classifier_kernels.h): a warp per sample forward, and the backward fused with the loss.
+// Otherwise, at training batch sizes (up to kSkinnyRows rows), dptrain's skinny GEMMs
 // (kernels/skinny_gemm.h), whose forward also adds the bias and applies an absorbed ReLU and
 // dropout; at larger batches (evaluation), and for a GEMM too large for their 32-bit indexing,
 // cuBLAS GEMMs on the row-major tensors (read by cuBLAS as their column-major transposes) and the
@@ -11,6 +13,7 @@
 #include "cuda/cuda_context.h"
 #include "cuda/cuda_layers.h"
 #include "cuda/fused_dropout.h"
+#include "kernels/classifier_kernels.h"
 #include "kernels/layer_kernels.h"
 #include "kernels/skinny_gemm.h"
 #include "layers/linear.h"
@@ -53,9 +56,12 @@ class LinearCuda final : public LinearLayer<float> {
     const int n = in.n, fi = in_features(), fo = out_features();
     const kernels::FusedDropout drop = make_fused_dropout(dropout_, phase, ctx, fo);
     cudaStream_t stream = ctx.cuda().stream();
+    const kernels::RowEpilogue epilogue{params()[1].value.data(), relu_, drop};
+    if (fo <= kernels::kNarrowMaxOutputs)
+      return kernels::narrow_linear_forward(in.data, params()[0].value.data(), out.data, n, fo, fi, epilogue, stream);
     // y[n, fo] = x[n, fi] W[fo, fi]^T + b
     const kernels::SkinnyGemm g{in.data, false, params()[0].value.data(), true, out.data, n, fo, fi};
-    if (skinny(g, n)) return kernels::skinny_gemm(g, {params()[1].value.data(), relu_, drop}, partials_.data(), stream);
+    if (skinny(g, n)) return kernels::skinny_gemm(g, epilogue, partials_.data(), stream);
     // y^T[fo, n] = W[fo, fi] x^T[fi, n]  (W^T and x^T are what cuBLAS sees)
     CUBLAS_CHECK(cublasSgemm(ctx.cuda().cublas(), CUBLAS_OP_T, CUBLAS_OP_N, fo, n, fi, &kOne, params()[0].value.data(),
                              fi, in.data, fi, &kZero, out.data, fo));
@@ -89,6 +95,19 @@ class LinearCuda final : public LinearLayer<float> {
     else
       CUBLAS_CHECK(cublasSgemm(cu.cublas(), CUBLAS_OP_N, CUBLAS_OP_N, fi, n, fo, &kOne, params()[0].value.data(), fi,
                                dy, fo, &kZero, din.data, fi));
+  }
+
+  // The last layer of a classifier, without a ReLU or dropout of its own: one launch.
+  bool backward_with_loss(DeviceContext& ctx, TensorView<const float> in, TensorView<const float> out,
+                          const int32_t* labels, float grad_scale, double* sums, TensorView<float> dout,
+                          TensorView<float> din) override {
+    const int n = in.n, fi = in_features(), fo = out_features();
+    if (relu_ || dropout_ || fo > kernels::kNarrowMaxOutputs || !kernels::linear_loss_backward_fits(n, fo, fi))
+      return false;
+    kernels::linear_loss_backward({in.data, params()[0].value.data(), out.data, labels, n, fo, fi, grad_scale,
+                                   dout.data, sums, params()[0].grad.data(), params()[1].grad.data(), din.data},
+                                  ctx.cuda().stream());
+    return true;
   }
 
  private:

@@ -135,6 +135,18 @@ class Layer {
   virtual void backward(DeviceContext& ctx, TensorView<const T> in, TensorView<const T> out,
                         TensorView<const T> dout, TensorView<T> din) = 0;
 
+  /// The model's last layer may compute the loss of its output together with its own backward (on
+  /// CUDA: a linear layer with few outputs, in one launch). Arguments as
+  /// SoftmaxCrossEntropy::forward_backward and backward(); `dout` receives dL/dlogits. Returns false,
+  /// having queued nothing, where the layer does not serve the case: the model then runs the loss
+  /// and backward() apart.
+  virtual bool backward_with_loss(DeviceContext& ctx, TensorView<const T> in, TensorView<const T> out,
+                                  const int32_t* labels, T grad_scale, double* sums, TensorView<T> dout,
+                                  TensorView<T> din) {
+    (void)ctx, (void)in, (void)out, (void)labels, (void)grad_scale, (void)sums, (void)dout, (void)din;
+    return false;
+  }
+
  protected:
   void set_output_dims(Dims d) { output_ = d; }
   std::vector<ParamView<T>>& params() { return params_; }

@@ -446,6 +446,73 @@ TEST_F(CudaBackend, LossMatchesCpu) {
   EXPECT_EQ(sg[1], sc[1]);
 }
 
+// A linear layer with few outputs, the model's last, computes the loss and its own backward in one
+// launch (Layer::backward_with_loss): the same as the CPU's layer, loss and backward in turn. The
+// 84 inputs of the second case leave the last slice of columns partial.
+TEST_F(CudaBackend, LinearBackwardWithLossMatchesCpuLinearThenLoss) {
+  struct Case {
+    int n, inputs, classes;
+  };
+  for (const Case& k : {Case{64, 128, 10}, Case{5, 84, 10}, Case{33, 40, 16}}) {
+    LayerConfig lin = layer("linear");
+    lin.out_features = k.classes;
+    const Dims in{k.inputs, 1, 1};
+    const int n = k.n;
+    const std::vector<float> params = randoms(static_cast<size_t>(k.classes) * (k.inputs + 1), 31, -0.3f, 0.3f);
+    const std::vector<float> x = randoms(static_cast<size_t>(n) * k.inputs, 32, -2.0f, 2.0f);
+    std::vector<int32_t> labels(static_cast<size_t>(n));
+    for (int i = 0; i < n; ++i) labels[static_cast<size_t>(i)] = (i * 7 + 3) % k.classes;
+    struct Result {
+      std::vector<float> logits, dlogits, din, grads;
+      std::vector<double> sums;
+    };
+    auto run = [&](DeviceContext& ctx, bool fused) {
+      auto l = make_layer<float>(lin, 9, in, ctx.device());
+      auto loss = make_softmax_cross_entropy<float>(ctx.device());
+      const Device dev = ctx.device();
+      Buffer<float> pv(dev, params.size()), pg(dev, params.size()), bx(dev, x.size()), bdx(dev, x.size());
+      const size_t outs = static_cast<size_t>(n) * k.classes;
+      Buffer<float> by(dev, outs), bdy(dev, outs);
+      Buffer<int32_t> bl(dev, labels.size());
+      Buffer<double> sums(dev, 2);
+      upload(ctx, pv.span(), std::span<const float>(params));
+      upload(ctx, bx.span(), std::span<const float>(x));
+      upload(ctx, bl.span(), std::span<const int32_t>(labels));
+      zero_async(ctx, sums.span());
+      const size_t nw = static_cast<size_t>(k.classes) * k.inputs;
+      l->bind({{{pv.data(), nw}, {pg.data(), nw}},
+               {{pv.data() + nw, static_cast<size_t>(k.classes)}, {pg.data() + nw, static_cast<size_t>(k.classes)}}});
+      l->reserve(ctx, n);
+      const StepInfo step{11, 2, 640};
+      ctx.set_step(StepState{step, {}});
+      const TensorView<const float> xin{bx.data(), n, in};
+      const TensorView<float> y{by.data(), n, l->output_dims()}, dy{bdy.data(), n, l->output_dims()};
+      const TensorView<float> dx{bdx.data(), n, in};
+      l->forward(ctx, xin, y, Phase::Train, step);
+      const float scale = 1.0f / static_cast<float>(n);
+      if (fused) {
+        EXPECT_TRUE(l->backward_with_loss(ctx, xin, y, bl.data(), scale, sums.data(), dy, dx));
+      } else {
+        loss->forward_backward(ctx, y, bl.data(), scale, dy, sums.data());
+        l->backward(ctx, xin, y, dy, dx);
+      }
+      Result r{to_host(ctx, by, outs), to_host(ctx, bdy, outs), to_host(ctx, bdx, x.size()),
+               to_host(ctx, pg, params.size()), std::vector<double>(2)};
+      download(ctx, std::span<const double>(sums.span()), std::span<double>(r.sums));
+      return r;
+    };
+    const Result want = run(cpu_, false), got = run(*gpu_, true), apart = run(*gpu_, false);
+    const std::string at = "n=" + std::to_string(n) + ", " + std::to_string(k.inputs) + " inputs";
+    EXPECT_LE(rel(got.logits, want.logits), 1e-6) << at;
+    EXPECT_LE(rel(got.dlogits, want.dlogits), 1e-5) << at;
+    EXPECT_LE(rel(got.din, want.din), 1e-5) << at;
+    EXPECT_LE(rel(got.grads, want.grads), 1e-5) << at;
+    EXPECT_NEAR(got.sums[0], want.sums[0], 1e-5 * std::abs(want.sums[0])) << at;
+    EXPECT_EQ(got.sums[1], want.sums[1]) << at;
+    EXPECT_EQ(got.dlogits, apart.dlogits) << "fused and separate GPU losses differ, " << at;
+  }
+}
+
 const std::string kData = DPTRAIN_TEST_DATA_DIR;
 bool have_mnist() { return std::filesystem::exists(kData + "/train-labels-idx1-ubyte.gz") || std::filesystem::exists(kData + "/train-labels-idx1-ubyte"); }
 

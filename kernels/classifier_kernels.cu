@@ -1,0 +1,141 @@
+#include <string>
+
+#include "cuda/check.h"
+#include "kernels/classifier_kernels.h"
+#include "kernels/softmax_row.cuh"
+
+namespace dptrain::kernels {
+
+namespace {
+
+constexpr int kWarps = 8, kThreads = 32 * kWarps;
+
+// Warp per sample: lanes stride over k (coalesced rows of x and w) keeping a sum per output, then a
+// butterfly adds the lanes; lane o writes output o. A fixed order.
+__global__ void __launch_bounds__(kThreads) narrow_linear_forward_kernel(const float* __restrict__ x,
+                                                                          const float* __restrict__ w,
+                                                                          float* __restrict__ y, int n, int outputs,
+                                                                          int inputs, RowEpilogue epilogue) {
+  const int lane = threadIdx.x % 32, i = blockIdx.x * kWarps + threadIdx.x / 32;
+  if (i >= n) return;  // the whole warp
+  float acc[kNarrowMaxOutputs] = {};
+  const float* row = x + static_cast<long>(i) * inputs;
+  for (int k = lane; k < inputs; k += 32) {
+    const float v = row[k];
+#pragma unroll
+    for (int o = 0; o < kNarrowMaxOutputs; ++o)
+      if (o < outputs) acc[o] = fmaf(v, __ldg(w + static_cast<long>(o) * inputs + k), acc[o]);
+  }
+  float mine = 0.0f;
+#pragma unroll
+  for (int o = 0; o < kNarrowMaxOutputs; ++o) {
+    if (o >= outputs) break;
+    for (int off = 16; off > 0; off /= 2) acc[o] += __shfl_xor_sync(0xffffffffu, acc[o], off);
+    if (o == lane) mine = acc[o];
+  }
+  if (lane < outputs) y[static_cast<long>(i) * outputs + lane] = apply_epilogue(mine, i, lane, outputs, epilogue);
+}
+
+// Block per slice of kCols input columns, for the whole batch. Each block stages its columns of x
+// and w (loads in flight during the softmax), computes every sample's dL/dlogits into shared memory
+// (a warp per sample: cheap, and no second launch to share them), then its columns of dw (sums over
+// samples in order) and dx (over classes in order). Block 0 also writes dlogits, db and the loss.
+constexpr int kCols = 16;
+
+size_t shared_bytes(int n, int classes) {
+  return sizeof(float) * (static_cast<size_t>(n) * classes + static_cast<size_t>(n) * kCols +
+                          static_cast<size_t>(classes) * kCols);
+}
+
+__global__ void __launch_bounds__(kThreads) linear_loss_backward_kernel(LinearLossBackward p) {
+  extern __shared__ float shared[];
+  __shared__ double warp_loss[kWarps], warp_correct[kWarps];
+  const int n = p.n, classes = p.classes, inputs = p.inputs;
+  float* dl = shared;                 // [n][classes]
+  float* xs = dl + n * classes;       // [n][kCols]
+  float* ws = xs + n * kCols;         // [classes][kCols]
+  const int c0 = blockIdx.x * kCols, cols = min(kCols, inputs - c0);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const bool first = blockIdx.x == 0;
+
+  for (int t = threadIdx.x; t < n * kCols; t += kThreads) {
+    const int i = t / kCols, j = t % kCols;
+    xs[t] = j < cols ? p.x[static_cast<long>(i) * inputs + c0 + j] : 0.0f;
+  }
+  for (int t = threadIdx.x; t < classes * kCols; t += kThreads) {
+    const int c = t / kCols, j = t % kCols;
+    ws[t] = j < cols ? __ldg(p.w + static_cast<long>(c) * inputs + c0 + j) : 0.0f;
+  }
+  double loss = 0.0, correct = 0.0;
+  for (int i = warp; i < n; i += kWarps) {
+    const float* z = p.logits + static_cast<long>(i) * classes;
+    const SoftmaxRow row = softmax_row(z, classes, lane);
+    const int label = p.labels[i];
+    for (int c = lane; c < classes; c += 32) {
+      const float g = softmax_xent_grad(z, c, row, label, p.grad_scale);
+      dl[i * classes + c] = g;
+      if (first) p.dlogits[static_cast<long>(i) * classes + c] = g;
+    }
+    loss += static_cast<double>(row.lse - z[label]);
+    correct += row.best_index == label ? 1.0 : 0.0;
+  }
+  if (lane == 0) warp_loss[warp] = loss, warp_correct[warp] = correct;
+  __syncthreads();
+
+  if (first) {
+    if (threadIdx.x == 0) {
+      double tl = 0.0, tc = 0.0;
+      for (int w = 0; w < kWarps; ++w) tl += warp_loss[w], tc += warp_correct[w];
+      p.sums[0] += tl;
+      p.sums[1] += tc;
+    }
+    for (int c = threadIdx.x; c < classes; c += kThreads) {
+      float total = 0.0f;
+      for (int i = 0; i < n; ++i) total += dl[i * classes + c];
+      p.db[c] = total;
+    }
+  }
+  for (int t = threadIdx.x; t < classes * kCols; t += kThreads) {
+    const int c = t / kCols, j = t % kCols;
+    if (j >= cols) continue;
+    float total = 0.0f;
+    for (int i = 0; i < n; ++i) total = fmaf(dl[i * classes + c], xs[i * kCols + j], total);
+    p.dw[static_cast<long>(c) * inputs + c0 + j] = total;
+  }
+  if (p.dx == nullptr) return;
+  for (int t = threadIdx.x; t < n * kCols; t += kThreads) {
+    const int i = t / kCols, j = t % kCols;
+    if (j >= cols) continue;
+    float total = 0.0f;
+    for (int c = 0; c < classes; ++c) total = fmaf(dl[i * classes + c], ws[c * kCols + j], total);
+    p.dx[static_cast<long>(i) * inputs + c0 + j] = total;
+  }
+}
+
+}  // namespace
+
+void narrow_linear_forward(const float* x, const float* w, float* y, int n, int outputs, int inputs,
+                           const RowEpilogue& epilogue, cudaStream_t stream) {
+  if (outputs < 1 || outputs > kNarrowMaxOutputs)
+    throw CudaError("narrow_linear_forward: " + std::to_string(outputs) + " outputs (at most " +
+                    std::to_string(kNarrowMaxOutputs) + ")");
+  narrow_linear_forward_kernel<<<(n + kWarps - 1) / kWarps, kThreads, 0, stream>>>(x, w, y, n, outputs, inputs,
+                                                                                   epilogue);
+  CUDA_CHECK_LAUNCH();
+}
+
+bool linear_loss_backward_fits(int n, int classes, int inputs) {
+  return n > 0 && classes > 0 && inputs > 0 && shared_bytes(n, classes) <= 48 * 1024 &&
+         static_cast<long>(n) * inputs <= (1L << 31) - 1 && static_cast<long>(classes) * inputs <= (1L << 31) - 1;
+}
+
+void linear_loss_backward(const LinearLossBackward& p, cudaStream_t stream) {
+  if (!linear_loss_backward_fits(p.n, p.classes, p.inputs))
+    throw CudaError("linear_loss_backward: a batch of " + std::to_string(p.n) + " x " + std::to_string(p.classes) +
+                    " classes x " + std::to_string(p.inputs) + " inputs does not fit its shared memory");
+  const unsigned blocks = static_cast<unsigned>((p.inputs + kCols - 1) / kCols);
+  linear_loss_backward_kernel<<<blocks, kThreads, shared_bytes(p.n, p.classes), stream>>>(p);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace dptrain::kernels
