@@ -20,6 +20,7 @@ __global__ void __launch_bounds__(kThreads) narrow_linear_forward_kernel(const f
   if (i >= n) return;  // the whole warp
   float acc[kNarrowMaxOutputs] = {};
   const float* row = x + static_cast<long>(i) * inputs;
+#pragma unroll 4
   for (int k = lane; k < inputs; k += 32) {
     const float v = row[k];
 #pragma unroll
@@ -36,15 +37,26 @@ __global__ void __launch_bounds__(kThreads) narrow_linear_forward_kernel(const f
   if (lane < outputs) y[static_cast<long>(i) * outputs + lane] = apply_epilogue(mine, i, lane, outputs, epilogue);
 }
 
-// Block per slice of kCols input columns, for the whole batch. Each block stages its columns of x
-// and w (loads in flight during the softmax), computes every sample's dL/dlogits into shared memory
-// (a warp per sample: cheap, and no second launch to share them), then its columns of dw (sums over
-// samples in order) and dx (over classes in order). Block 0 also writes dlogits, db and the loss.
+// Block per slice of kCols input columns, for the whole batch. Each block stages the logits, the
+// labels and its columns of x and w in shared memory (one round of loads), computes every sample's
+// dL/dlogits there (a warp per sample: cheap, and no second launch to share them), then its columns
+// of dw (sums over samples) and dx (over classes). Block 0 also writes dlogits, db and the loss.
+// Sums over samples run in four interleaved chains added in a fixed order.
 constexpr int kCols = 16;
 
 size_t shared_bytes(int n, int classes) {
-  return sizeof(float) * (static_cast<size_t>(n) * classes + static_cast<size_t>(n) * kCols +
-                          static_cast<size_t>(classes) * kCols);
+  return sizeof(float) * (2 * static_cast<size_t>(n) * classes + static_cast<size_t>(n) * kCols +
+                          static_cast<size_t>(classes) * kCols) +
+         sizeof(int32_t) * static_cast<size_t>(n);
+}
+
+/// sum over i < n of a[i * stride_a] * b[i * stride_b] (b null: of a alone), in four chains.
+__device__ __forceinline__ float sum_over_samples(const float* a, int stride_a, const float* b, int stride_b, int n) {
+  float acc[4] = {};
+#pragma unroll 4
+  for (int i = 0; i < n; ++i)
+    acc[i % 4] = b == nullptr ? acc[i % 4] + a[i * stride_a] : fmaf(a[i * stride_a], b[i * stride_b], acc[i % 4]);
+  return (acc[0] + acc[1]) + (acc[2] + acc[3]);
 }
 
 __global__ void __launch_bounds__(kThreads) linear_loss_backward_kernel(LinearLossBackward p) {
@@ -52,8 +64,10 @@ __global__ void __launch_bounds__(kThreads) linear_loss_backward_kernel(LinearLo
   __shared__ double warp_loss[kWarps], warp_correct[kWarps];
   const int n = p.n, classes = p.classes, inputs = p.inputs;
   float* dl = shared;                 // [n][classes]
-  float* xs = dl + n * classes;       // [n][kCols]
+  float* zs = dl + n * classes;       // the logits, [n][classes]
+  float* xs = zs + n * classes;       // [n][kCols]
   float* ws = xs + n * kCols;         // [classes][kCols]
+  int32_t* labels = reinterpret_cast<int32_t*>(ws + classes * kCols);
   const int c0 = blockIdx.x * kCols, cols = min(kCols, inputs - c0);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const bool first = blockIdx.x == 0;
@@ -66,11 +80,14 @@ __global__ void __launch_bounds__(kThreads) linear_loss_backward_kernel(LinearLo
     const int c = t / kCols, j = t % kCols;
     ws[t] = j < cols ? __ldg(p.w + static_cast<long>(c) * inputs + c0 + j) : 0.0f;
   }
+  for (int t = threadIdx.x; t < n * classes; t += kThreads) zs[t] = p.logits[t];
+  for (int t = threadIdx.x; t < n; t += kThreads) labels[t] = p.labels[t];
+  __syncthreads();
   double loss = 0.0, correct = 0.0;
   for (int i = warp; i < n; i += kWarps) {
-    const float* z = p.logits + static_cast<long>(i) * classes;
+    const float* z = zs + i * classes;
     const SoftmaxRow row = softmax_row(z, classes, lane);
-    const int label = p.labels[i];
+    const int label = labels[i];
     for (int c = lane; c < classes; c += 32) {
       const float g = softmax_xent_grad(z, c, row, label, p.grad_scale);
       dl[i * classes + c] = g;
@@ -89,18 +106,11 @@ __global__ void __launch_bounds__(kThreads) linear_loss_backward_kernel(LinearLo
       p.sums[0] += tl;
       p.sums[1] += tc;
     }
-    for (int c = threadIdx.x; c < classes; c += kThreads) {
-      float total = 0.0f;
-      for (int i = 0; i < n; ++i) total += dl[i * classes + c];
-      p.db[c] = total;
-    }
+    for (int c = threadIdx.x; c < classes; c += kThreads) p.db[c] = sum_over_samples(dl + c, classes, nullptr, 0, n);
   }
   for (int t = threadIdx.x; t < classes * kCols; t += kThreads) {
     const int c = t / kCols, j = t % kCols;
-    if (j >= cols) continue;
-    float total = 0.0f;
-    for (int i = 0; i < n; ++i) total = fmaf(dl[i * classes + c], xs[i * kCols + j], total);
-    p.dw[static_cast<long>(c) * inputs + c0 + j] = total;
+    if (j < cols) p.dw[static_cast<long>(c) * inputs + c0 + j] = sum_over_samples(dl + c, classes, xs + j, kCols, n);
   }
   if (p.dx == nullptr) return;
   for (int t = threadIdx.x; t < n * kCols; t += kThreads) {

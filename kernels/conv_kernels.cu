@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <climits>
+#include <cstdlib>
 #include <string>
 
 #include "cuda/check.h"
@@ -82,6 +83,7 @@ __global__ void conv_direct_filter_partial_kernel(const float* x, const float* d
     const int p = first + i;
     dy_offset[i] = p < positions ? (static_cast<long>(p / plane) * g.oc + o0) * plane + p % plane : -1;
   }
+#pragma unroll 4
   for (int e = threadIdx.x; e < kChunk * (taps + 1); e += blockDim.x) {
     const int i = e / (taps + 1), j = e % (taps + 1), p = first + i;
     float v = 0.0f;
@@ -93,18 +95,22 @@ __global__ void conv_direct_filter_partial_kernel(const float* x, const float* d
     xs[i][j] = v;
   }
   __syncthreads();
+  // Both loads unconditional and several elements' in flight: no chain of dependent loads.
+#pragma unroll 4
   for (int e = threadIdx.x; e < tile * kChunk; e += blockDim.x) {
     const int o = e / kChunk, i = e % kChunk;
-    const long k = dy_offset[i] + static_cast<long>(o) * plane;
-    ds[o][i] = dy_offset[i] >= 0 && (relu_out == nullptr || relu_out[k] > 0.0f) ? dy[k] : 0.0f;
+    const long base = dy_offset[i], k = base >= 0 ? base + static_cast<long>(o) * plane : 0;
+    const float mask = relu_out == nullptr ? 1.0f : relu_out[k], grad = dy[k];
+    ds[o][i] = base >= 0 && mask > 0.0f ? grad : 0.0f;
   }
   __syncthreads();
   float* out = partial + (static_cast<long>(blockIdx.x) * g.oc + o0) * (taps + 1);
   for (int e = threadIdx.x; e < tile * (taps + 1); e += blockDim.x) {
     const int o = e / (taps + 1), j = e % (taps + 1);
-    float acc = 0.0f;
-    for (int i = 0; i < kChunk; ++i) acc += ds[o][i] * xs[i][j];
-    out[e] = acc;
+    float acc[4] = {};  // four independent chains, added in a fixed order
+#pragma unroll 4
+    for (int i = 0; i < kChunk; ++i) acc[i % 4] = fmaf(ds[o][i], xs[i][j], acc[i % 4]);
+    out[e] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
   }
 }
 
@@ -211,7 +217,7 @@ int one_channel_chunk_positions(const ConvGeometry& g) {
 int one_channel_kernel(const ConvGeometry& g) { return g.c == 1 && (g.k == 3 || g.k == 5) && g.oc <= 65535 ? g.k : 0; }
 
 int chunks_for(const ConvGeometry& g) {
-  if (one_channel_kernel(g) != 0) {
+  if (one_channel_kernel(g) != 0 && getenv("DPTRAIN_CONV1_GENERAL") == nullptr) {
     const long positions = static_cast<long>(g.n) * g.oh * g.ow, per_chunk = one_channel_chunk_positions(g);
     return static_cast<int>((positions + per_chunk - 1) / per_chunk);
   }
@@ -249,7 +255,7 @@ void conv_direct_filter_grad(const float* x, const float* dy, const float* relu_
   check_fits(g);
   const int chunks = chunks_for(g), taps = g.c * g.k * g.k;
   float* partial = static_cast<float*>(scratch);
-  if (const int k = one_channel_kernel(g); k != 0) {
+  if (const int k = one_channel_kernel(g); k != 0 && getenv("DPTRAIN_CONV1_GENERAL") == nullptr) {
     const int per_chunk = one_channel_chunk_positions(g);
     if (k == 3)
       conv_direct_filter_one_channel_kernel<3><<<chunks, kOneChannelThreads, 0, stream>>>(x, dy, relu_out, partial, g,

@@ -76,6 +76,7 @@ void CudaContext::set_step(const StepState& state) {
 cudaStream_t CudaContext::fork() {
   CUDA_CHECK(cudaEventRecord(forked_, main_.stream));
   CUDA_CHECK(cudaStreamWaitEvent(side_.stream, forked_, 0));
+  side_forked_ = true;
   return side_.stream;
 }
 
@@ -85,10 +86,15 @@ cudaStream_t CudaContext::queue_update() {
   return update_;
 }
 
+// A capture may not wait on a stream it never forked into: the side and update streams are waited
+// on only where work was queued there since the last join.
 void CudaContext::join() {
-  CUDA_CHECK(cudaEventRecord(joined_, side_.stream));
-  CUDA_CHECK(cudaStreamWaitEvent(main_.stream, joined_, 0));
-  if (!updates_queued_) return;  // a capture may not wait on a stream it never forked into
+  if (side_forked_) {
+    CUDA_CHECK(cudaEventRecord(joined_, side_.stream));
+    CUDA_CHECK(cudaStreamWaitEvent(main_.stream, joined_, 0));
+    side_forked_ = false;
+  }
+  if (!updates_queued_) return;
   CUDA_CHECK(cudaEventRecord(updated_, update_));
   CUDA_CHECK(cudaStreamWaitEvent(main_.stream, updated_, 0));
   updates_queued_ = false;
@@ -97,6 +103,7 @@ void CudaContext::join() {
 void CudaContext::order_after_queued(cudaStream_t other) {
   CUDA_CHECK(cudaEventRecord(forked_, main_.stream));
   CUDA_CHECK(cudaStreamWaitEvent(other, forked_, 0));
+  if (!side_forked_) return;
   CUDA_CHECK(cudaEventRecord(joined_, side_.stream));
   CUDA_CHECK(cudaStreamWaitEvent(other, joined_, 0));
 }

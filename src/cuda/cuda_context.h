@@ -100,6 +100,7 @@ class CudaContext {
   Lane side_;
   CudaStream update_;
   CudaEvent forked_, joined_, updated_;
+  bool side_forked_ = false;     // since the last join
   bool updates_queued_ = false;  // since the last join
   Buffer<uint8_t> step_state_;  // one StepState
   std::vector<std::string> choices_;
