@@ -153,36 +153,32 @@ __global__ void bias_grad_finish_kernel(const float* __restrict__ partial, int g
   db[c] = total;
 }
 
-// One block: warp w takes samples w, w + kLossWarps, ... and keeps their loss and correct count
-// (lane 0, in sample order); thread 0 adds the warps' sums in order. The same sums on every run,
-// in one launch (the batch is small: 64 samples of 10 classes).
-constexpr int kPerLane = 32;  // classes <= 32 * kPerLane
+// One block. Up to kSerialClasses classes a thread per sample, else a warp per sample (warp w takes
+// samples w, w + kLossWarps, ...; lane 0 keeps their sums); add_block_sums adds the threads' loss
+// and correct counts in a fixed order. The same sums on every run, in one launch (the batch is
+// small: 64 samples of 10 classes).
 constexpr int kLossWarps = 32;
 
-__global__ void softmax_xent_kernel(const float* logits, const int32_t* labels, int n, int classes, float grad_scale,
-                                    float* dlogits, double* sums) {
-  __shared__ double warp_loss[kLossWarps], warp_correct[kLossWarps];
+__global__ void __launch_bounds__(32 * kLossWarps) softmax_xent_kernel(const float* logits, const int32_t* labels,
+                                                                       int n, int classes, float grad_scale,
+                                                                       float* dlogits, double* sums) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const bool serial = classes <= kSerialClasses;
   double loss = 0.0, correct = 0.0;
-  for (int i = warp; i < n; i += kLossWarps) {
+  for (int i = serial ? threadIdx.x : warp; i < n; i += serial ? blockDim.x : kLossWarps) {
     const float* x = logits + static_cast<long>(i) * classes;
-    const SoftmaxRow row = softmax_row(x, classes, lane);
+    const SoftmaxRow row = serial ? softmax_row_thread(x, classes) : softmax_row(x, classes, lane);
     const int y = labels[i];
     if (dlogits != nullptr) {
       float* g = dlogits + static_cast<long>(i) * classes;
-      for (int c = lane; c < classes; c += 32) g[c] = softmax_xent_grad(x, c, row, y, grad_scale);
+      for (int c = serial ? 0 : lane; c < classes; c += serial ? 1 : 32) g[c] = softmax_xent_grad(x, c, row, y, grad_scale);
     }
-    loss += static_cast<double>(row.lse - x[y]);
-    correct += row.best_index == y ? 1.0 : 0.0;
+    if (serial || lane == 0) {
+      loss += static_cast<double>(row.lse - x[y]);
+      correct += row.best_index == y ? 1.0 : 0.0;
+    }
   }
-  if (lane == 0) warp_loss[warp] = loss, warp_correct[warp] = correct;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    double tl = 0.0, tc = 0.0;
-    for (int w = 0; w < kLossWarps; ++w) tl += warp_loss[w], tc += warp_correct[w];
-    sums[0] += tl;
-    sums[1] += tc;
-  }
+  add_block_sums<kLossWarps>(loss, correct, sums);
 }
 
 }  // namespace
@@ -236,7 +232,6 @@ void relu_backward(const float* dy, const float* y, float* dx, long count, cudaS
 
 void softmax_cross_entropy(const float* logits, const int32_t* labels, int n, int classes, float grad_scale,
                            float* dlogits, double* sums, cudaStream_t stream) {
-  if (classes > 32 * kPerLane) throw CudaError("softmax_cross_entropy: more than 1024 classes");
   softmax_xent_kernel<<<1, 32 * kLossWarps, 0, stream>>>(logits, labels, n, classes, grad_scale, dlogits, sums);
   CUDA_CHECK_LAUNCH();
 }

@@ -8,7 +8,6 @@
 // lanes of a float4 phase read distinct banks.
 #include <algorithm>
 #include <climits>
-#include <cstdlib>
 #include <cstdint>
 #include <string>
 
@@ -26,10 +25,7 @@ constexpr int kKPitch = kTile + 4;     // [k][row] staging
 constexpr int kOperandFloats = kTile * kRowPitch > kDepth * kKPitch ? kTile * kRowPitch : kDepth * kKPitch;
 // Blocks a split GEMM aims at: about one wave on current GPUs. A constant, so that the split (and
 // the rounding) is the same on every GPU.
-int target_blocks() {
-  static const int blocks = getenv("DPTRAIN_SKINNY_BLOCKS") != nullptr ? atoi(getenv("DPTRAIN_SKINNY_BLOCKS")) : 384;
-  return blocks;
-}
+constexpr int kTargetBlocks = 128;
 constexpr int kMinSlice = 32;  // k per slice at least: two steps
 
 __device__ __forceinline__ void cp_async16(float* dst, const float* src, bool valid) {
@@ -82,7 +78,7 @@ struct OperandCopy {
 // Block (column tile, row tile, slice of k). partials: write the slice's sums to
 // partials + slice * m * n (the epilogue runs after the slices are added); null: apply it here.
 template <bool kTransA, bool kTransB>
-__global__ void __launch_bounds__(kThreads, 3) skinny_gemm_kernel(SkinnyGemm g, RowEpilogue epilogue, int slice,
+__global__ void __launch_bounds__(kThreads) skinny_gemm_kernel(SkinnyGemm g, RowEpilogue epilogue, int slice,
                                                               float* __restrict__ partials) {
   __shared__ __align__(16) float as[kStages][kOperandFloats];
   __shared__ __align__(16) float bs[kStages][kOperandFloats];
@@ -155,21 +151,21 @@ __global__ void __launch_bounds__(kThreads, 3) skinny_gemm_kernel(SkinnyGemm g, 
   }
 }
 
-// `lanes` (a power of two up to 8, a function of the split count) per output: lane l adds slices
-// l, l + lanes, ... in order (independent loads in flight), then a shuffle tree adds the lanes;
-// then the epilogue. A fixed order.
-int reduce_lanes(int splits) { return splits >= 8 ? 8 : splits >= 4 ? 4 : 2; }
+// kReduceLanes lanes per output: lane l adds slices l, l + kReduceLanes, ... in order (independent
+// loads in flight), then a shuffle tree adds the lanes; then the epilogue. A fixed order.
+constexpr int kReduceLanes = 8;
 
-__global__ void skinny_gemm_reduce_kernel(const float* __restrict__ partials, int splits, int lanes, SkinnyGemm g,
+__global__ void skinny_gemm_reduce_kernel(const float* __restrict__ partials, int splits, SkinnyGemm g,
                                           RowEpilogue epilogue) {
   const long total = static_cast<long>(g.m) * g.n;
-  const long i = (blockIdx.x * long{blockDim.x} + threadIdx.x) / lanes;
-  const int lane = threadIdx.x % lanes;
+  const long i = (blockIdx.x * long{blockDim.x} + threadIdx.x) / kReduceLanes;
+  const int lane = threadIdx.x % kReduceLanes;
   float v = 0.0f;
   if (i < total)
 #pragma unroll 4
-    for (int s = lane; s < splits; s += lanes) v += partials[s * total + i];
-  for (int off = lanes / 2; off > 0; off /= 2) v += __shfl_down_sync(0xffffffffu, v, off, lanes);
+    for (int s = lane; s < splits; s += kReduceLanes) v += partials[s * total + i];
+#pragma unroll
+  for (int off = kReduceLanes / 2; off > 0; off /= 2) v += __shfl_down_sync(0xffffffffu, v, off, kReduceLanes);
   if (lane == 0 && i < total) {
     const int row = static_cast<int>(i / g.n);
     g.c[i] = apply_epilogue(v, row, static_cast<int>(i - static_cast<long>(row) * g.n), g.n, epilogue);
@@ -199,7 +195,7 @@ bool skinny_gemm_fits(const SkinnyGemm& g) {
 
 int skinny_gemm_splits(int m, int n, int k) {
   const int blocks = tiles(m) * tiles(n);
-  const int splits = std::max(1, std::min(target_blocks() / blocks, k / kMinSlice));
+  const int splits = std::max(1, std::min(kTargetBlocks / blocks, k / kMinSlice));
   return (k + slice_for(k, splits) - 1) / slice_for(k, splits);  // no empty slice after rounding
 }
 
@@ -224,10 +220,8 @@ void skinny_gemm(const SkinnyGemm& g, const RowEpilogue& epilogue, float* partia
   if (splits == 1) return;
   const long total = static_cast<long>(g.m) * g.n;
   constexpr int kReduceThreads = 256;
-  const int lanes = reduce_lanes(splits);
-  const long blocks = (total * lanes + kReduceThreads - 1) / kReduceThreads;  // every lane of a warp shuffles
-  skinny_gemm_reduce_kernel<<<static_cast<unsigned>(blocks), kReduceThreads, 0, stream>>>(partials, splits, lanes, g,
-                                                                                         epilogue);
+  const long blocks = (total * kReduceLanes + kReduceThreads - 1) / kReduceThreads;  // every lane of a warp shuffles
+  skinny_gemm_reduce_kernel<<<static_cast<unsigned>(blocks), kReduceThreads, 0, stream>>>(partials, splits, g, epilogue);
   CUDA_CHECK_LAUNCH();
 }
 

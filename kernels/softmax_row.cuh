@@ -30,6 +30,41 @@ __device__ __forceinline__ SoftmaxRow softmax_row(const float* x, int classes, i
   return {best + logf(z), best_index};
 }
 
+/// Up to this many classes a thread takes a sample alone (softmax_row_thread): a warp per sample
+/// would spend its time in chains of shuffles, one sample after another.
+constexpr int kSerialClasses = 32;
+
+/// softmax_row by one thread, classes in order (the same first maximum).
+__device__ __forceinline__ SoftmaxRow softmax_row_thread(const float* x, int classes) {
+  float best = -FLT_MAX;
+  int best_index = classes;
+#pragma unroll 4
+  for (int c = 0; c < classes; ++c)
+    if (x[c] > best) best = x[c], best_index = c;
+  float z = 0.0f;
+#pragma unroll 4
+  for (int c = 0; c < classes; ++c) z += expf(x[c] - best);
+  return {best + logf(z), best_index};
+}
+
+/// sums[0] += the block's loss, sums[1] += its correct count: each thread's values, added by a
+/// shuffle tree per warp and the warps in order (a fixed order). Every thread of the block calls it.
+template <int kWarps>
+__device__ __forceinline__ void add_block_sums(double loss, double correct, double* sums) {
+  __shared__ double warp_loss[kWarps], warp_correct[kWarps];
+  for (int off = 16; off > 0; off /= 2) {
+    loss += __shfl_down_sync(0xffffffffu, loss, off);
+    correct += __shfl_down_sync(0xffffffffu, correct, off);
+  }
+  if (threadIdx.x % 32 == 0) warp_loss[threadIdx.x / 32] = loss, warp_correct[threadIdx.x / 32] = correct;
+  __syncthreads();
+  if (threadIdx.x != 0) return;
+  double tl = 0.0, tc = 0.0;
+  for (int w = 0; w < kWarps; ++w) tl += warp_loss[w], tc += warp_correct[w];
+  sums[0] += tl;
+  sums[1] += tc;
+}
+
 /// dL/dlogit c: (softmax - onehot(label)) * grad_scale.
 __device__ __forceinline__ float softmax_xent_grad(const float* x, int c, const SoftmaxRow& row, int label,
                                                    float grad_scale) {

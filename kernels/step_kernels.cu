@@ -14,4 +14,16 @@ void write_step_state(StepState* dst, const StepState& state, cudaStream_t strea
   CUDA_CHECK_LAUNCH();
 }
 
+void set_captured_step_state(cudaGraphExec_t exec, cudaGraphNode_t node, const StepState& state) {
+  cudaKernelNodeParams params{};
+  CUDA_CHECK(cudaGraphKernelNodeGetParams(node, &params));
+  if (params.func != reinterpret_cast<void*>(write_step_state_kernel))
+    throw CudaError("set_captured_step_state: the node is not a write_step_state launch");
+  StepState* dst = *static_cast<StepState**>(params.kernelParams[0]);
+  StepState value = state;
+  void* args[] = {&dst, &value};
+  params.kernelParams = args;
+  CUDA_CHECK(cudaGraphExecKernelNodeSetParams(exec, node, &params));
+}
+
 }  // namespace dptrain::kernels

@@ -49,9 +49,6 @@ class LinearCuda final : public LinearLayer<float> {
     const size_t partials =
         kernels::skinny_gemm_partials(std::min(max_batch, kSkinnyRows), out_features(), in_features());
     if (partials_.size() < partials) partials_ = Buffer<float>(Device::Cuda, partials);
-    const size_t dx_partials =
-        kernels::skinny_gemm_partials(std::min(max_batch, kSkinnyRows), in_features(), out_features());
-    if (dx_partials_.size() < dx_partials) dx_partials_ = Buffer<float>(Device::Cuda, dx_partials);
   }
 
   void forward(DeviceContext& ctx, TensorView<const float> in, TensorView<float> out, Phase phase,
@@ -94,7 +91,7 @@ class LinearCuda final : public LinearLayer<float> {
     // dx[n, fi] = dy[n, fo] W[fo, fi]  (cuBLAS: dx^T[fi, n] = W^T[fi, fo] dy^T[fo, n])
     const kernels::SkinnyGemm dx{dy, false, params()[0].value.data(), false, din.data, n, fi, fo};
     if (skinny(dx, n))
-      kernels::skinny_gemm(dx, {}, dx_partials_.data(), cu.stream());
+      kernels::skinny_gemm(dx, {}, nullptr, cu.stream());
     else
       CUBLAS_CHECK(cublasSgemm(cu.cublas(), CUBLAS_OP_N, CUBLAS_OP_N, fi, n, fo, &kOne, params()[0].value.data(), fi,
                                dy, fo, &kZero, din.data, fi));
@@ -117,8 +114,7 @@ class LinearCuda final : public LinearLayer<float> {
   bool relu_ = false;     // applies the ReLU that follows (absorb_following_relu)
   std::optional<DropoutSpec> dropout_;  // absorbed (absorb_following_dropout)
   Buffer<float> masked_;  // with relu_ or dropout_: the gradient after their masks
-  Buffer<float> partials_;     // a split skinny forward's slice sums
-  Buffer<float> dx_partials_;  // the input gradient's (the weight gradient runs beside it, unsplit)
+  Buffer<float> partials_;  // a split skinny forward's slice sums
 };
 
 }  // namespace

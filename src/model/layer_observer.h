@@ -4,7 +4,9 @@
 // and only for Phase::Train passes (evaluation is not a training step).
 //
 // Calls arrive in execution order: forward_begin/forward_done for layers 0..L-1, loss_done, then
-// backward_begin/backward_done for layers L-1..0. Views point at the context's memory (device
+// backward_begin/backward_done for layers L-1..0. A last layer that computes the loss within its
+// backward (Layer::backward_with_loss) has done that backward by loss_done: its backward_begin and
+// backward_done follow with nothing queued between them. Views point at the context's memory (device
 // memory on CUDA) and hold work that is queued, not finished: an observer that reads them must
 // queue its reads on the same stream, and must not synchronise unless it is a debug mode.
 #pragma once

@@ -130,30 +130,27 @@ void Model<T>::loss(DeviceContext& ctx, const int32_t* labels, T grad_scale, dou
                     GradientHook* hook) {
   const size_t last = layers_.size() - 1;
   const int n = last_n_;
-  size_t pending = layers_.size();  // layers whose backward is still to run
-  // An observer hears of the loss and of each layer apart, so it gets the two launches apart.
-  if (backward && observing_ == nullptr &&
-      layers_[last]->backward_with_loss(ctx, layer_input(last), activation(last, n), labels, grad_scale, sums,
-                                        activation_grad(last, n), input_grad(last))) {
-    gradients_queued(ctx, last, hook);
-    pending = last;
-  } else {
+  // The last layer may take the loss into its own backward (one launch); else the loss, then it.
+  const bool fused = backward && layers_[last]->backward_with_loss(ctx, layer_input(last), activation(last, n), labels,
+                                                                   grad_scale, sums, activation_grad(last, n),
+                                                                   input_grad(last));
+  if (!fused) {
     TensorView<T> dlogits = backward ? activation_grad(last, n) : TensorView<T>{nullptr, n, layers_[last]->output_dims()};
     loss_->forward_backward(ctx, activation(last, n), labels, grad_scale, dlogits, sums);
-    if (observing_ != nullptr) observing_->loss_done(ctx, std::span<const double>(sums, 2));
-    if (!backward) return;
   }
-  for (size_t i = pending; i-- > 0;) {
+  if (observing_ != nullptr) observing_->loss_done(ctx, std::span<const double>(sums, 2));
+  if (!backward) return;
+  for (size_t i = layers_.size(); i-- > 0;) {
     Layer<T>& layer = *layers_[i];
     const TensorView<T> din = input_grad(i);
     if (observing_ != nullptr) observing_->backward_begin(ctx, layer);
-    layer.backward(ctx, layer_input(i), activation(i, n), activation_grad(i, n), din);
+    if (!(fused && i == last)) layer.backward(ctx, layer_input(i), activation(i, n), activation_grad(i, n), din);
+    const auto [begin, end] = grad_ranges_[i];
     if (observing_ != nullptr) {
-      const auto [begin, end] = grad_ranges_[i];
       ctx.join_side_work();  // the observer reads this layer's gradients and times its work
       observing_->backward_done(ctx, layer, din, std::span<const T>(params_.grads().data() + begin, end - begin));
     }
-    gradients_queued(ctx, i, hook);
+    if (hook != nullptr && end > begin) hook->on_gradients_ready(ctx, begin, end);
   }
   ctx.join_side_work();
   if (hook != nullptr) hook->on_backward_done(ctx);
@@ -167,12 +164,6 @@ TensorView<const T> Model<T>::layer_input(size_t i) {
 template <typename T>
 TensorView<T> Model<T>::input_grad(size_t i) {
   return i == 0 ? TensorView<T>{nullptr, last_n_, input_} : activation_grad(i - 1, last_n_);
-}
-
-template <typename T>
-void Model<T>::gradients_queued(DeviceContext& ctx, size_t i, GradientHook* hook) {
-  const auto [begin, end] = grad_ranges_[i];
-  if (hook != nullptr && end > begin) hook->on_gradients_ready(ctx, begin, end);
 }
 
 template class Model<float>;

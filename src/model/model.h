@@ -61,8 +61,6 @@ class Model {
   /// Of the last pass: layer i's input, and where its backward writes dL/d(input) (null for layer 0).
   TensorView<const T> layer_input(size_t i);
   TensorView<T> input_grad(size_t i);
-  /// Tells the hook (may be null) that layer i's parameter gradients are queued.
-  void gradients_queued(DeviceContext& ctx, size_t i, GradientHook* hook);
 
   Dims input_;
   int num_classes_;

@@ -1,12 +1,23 @@
 #include "train/step_graph.h"
 
 #include "cuda/check.h"
+#include "kernels/step_kernels.h"
 
 namespace dptrain {
 
 StepGraph::StepGraph(cudaStream_t stream, int count, float grad_scale)
     : stream_(stream), count_(count), grad_scale_(grad_scale) {
   CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+}
+
+void StepGraph::mark_step_state() {
+  cudaStreamCaptureStatus status{};
+  const cudaGraphNode_t* last = nullptr;
+  size_t count = 0;
+  CUDA_CHECK(cudaStreamGetCaptureInfo(stream_, &status, nullptr, nullptr, &last, nullptr, &count));
+  if (status != cudaStreamCaptureStatusActive || count != 1)
+    throw CudaError("StepGraph: the step state's write is not the last captured work");
+  step_state_ = last[0];
 }
 
 void StepGraph::end_capture() {
@@ -21,5 +32,11 @@ void StepGraph::end_capture() {
 }
 
 void StepGraph::launch() { CUDA_CHECK(cudaGraphLaunch(exec_, stream_)); }
+
+void StepGraph::launch(const StepState& state) {
+  if (step_state_ == nullptr) throw CudaError("StepGraph: no step state node was marked");
+  kernels::set_captured_step_state(exec_, step_state_, state);
+  launch();
+}
 
 }  // namespace dptrain

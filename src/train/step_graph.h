@@ -1,10 +1,12 @@
 // StepGraph: one training step captured as a CUDA graph and replayed for every later step with the
 // same shape. Nothing a step needs is a launch argument that changes (the data position, dropout
 // keys and optimizer scalars come from the device-resident StepState), so one graph serves a run.
+// The StepState's write is the graph's first node, given each launch's state: one launch per step.
 #pragma once
 
 #include <cuda_runtime_api.h>
 
+#include "core/step_state.h"
 #include "cuda/raii.h"
 
 namespace dptrain {
@@ -13,9 +15,14 @@ class StepGraph {
  public:
   /// Begins capturing the work queued on `stream` from this thread.
   StepGraph(cudaStream_t stream, int count, float grad_scale);
+  /// The work captured last was the StepState's write (DeviceContext::set_step).
+  void mark_step_state();
   /// Ends the capture and instantiates the graph.
   void end_capture();
+  /// Launches the step as captured (the state it was captured with).
   void launch();
+  /// Launches the step for `state`.
+  void launch(const StepState& state);
   bool matches(int count, float grad_scale) const { return ready_ && count == count_ && grad_scale == grad_scale_; }
 
  private:
@@ -25,6 +32,7 @@ class StepGraph {
   bool ready_ = false;
   CudaGraph graph_;
   CudaGraphExec exec_;
+  cudaGraphNode_t step_state_ = nullptr;  // a node of graph_
 };
 
 }  // namespace dptrain

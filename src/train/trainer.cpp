@@ -129,11 +129,10 @@ void Trainer::step(int epoch, int64_t step_in_epoch, int64_t global_step) {
   const StepState state{{config_.train.seed, static_cast<uint32_t>(epoch), static_cast<uint32_t>(shard.first)},
                         optimizer_->scalars(schedule_->lr(global_step), global_step + 1)};
   if (profiler_) profiler_->begin_step(ctx_, global_step, shard.count);
-  ctx_.set_step(state);  // outside any graph: every replay reads this step's values
   // Each rank scales by the global batch, so the summed gradients are the global batch mean.
   const float grad_scale = 1.0f / static_cast<float>(batch);
   if (graph_ && graph_->matches(shard.count, grad_scale)) {
-    graph_->launch();
+    graph_->launch(state);  // its first node writes this step's state
     return;
   }
   // A host communicator (MPI) stages gradients through the host with a stream sync: not capturable.
@@ -143,6 +142,8 @@ void Trainer::step(int epoch, int64_t step_in_epoch, int64_t global_step) {
   const bool capture = ctx_.on_cuda() && config_.train.cuda_graph && capturable_exchange && !observed &&
                        shard.count == local_batch_ && warmed_up_;
   if (capture) graph_ = std::make_unique<StepGraph>(ctx_.cuda().stream(), shard.count, grad_scale);
+  ctx_.set_step(state);
+  if (capture) graph_->mark_step_state();
   run_step(state.info, shard.count, grad_scale);
   if (capture) {
     graph_->end_capture();
