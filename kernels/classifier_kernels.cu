@@ -10,41 +10,12 @@ namespace {
 
 constexpr int kWarps = 8, kThreads = 32 * kWarps;
 
-// Warp per sample: lanes stride over k (coalesced rows of x and w) keeping a sum per output, then a
-// butterfly adds the lanes; lane o writes output o. A fixed order. Every load and shuffle is
-// unconditional (rows past `outputs` read the last row, their sums unused): a load guarded per
-// output becomes a branch, and the in-order issue then waits out each load's latency in turn
-// (12 us for fc2 at batch 64, H200).
-__global__ void __launch_bounds__(kThreads) narrow_linear_forward_kernel(const float* __restrict__ x,
-                                                                          const float* __restrict__ w,
-                                                                          float* __restrict__ y, int n, int outputs,
-                                                                          int inputs, RowEpilogue epilogue) {
-  const int lane = threadIdx.x % 32, i = blockIdx.x * kWarps + threadIdx.x / 32;
-  if (i >= n) return;  // the whole warp
-  float acc[kNarrowMaxOutputs] = {};
-  const float* row = x + static_cast<long>(i) * inputs;
-  for (int k = lane; k < inputs; k += 32) {
-    const float v = row[k];
-#pragma unroll
-    for (int o = 0; o < kNarrowMaxOutputs; ++o)
-      acc[o] = fmaf(v, __ldg(w + static_cast<long>(min(o, outputs - 1)) * inputs + k), acc[o]);
-  }
-  float mine = 0.0f;
-#pragma unroll
-  for (int o = 0; o < kNarrowMaxOutputs; ++o) {
-#pragma unroll
-    for (int off = 16; off > 0; off /= 2) acc[o] += __shfl_xor_sync(0xffffffffu, acc[o], off);
-    if (o == lane) mine = acc[o];
-  }
-  if (lane < outputs) y[static_cast<long>(i) * outputs + lane] = apply_epilogue(mine, i, lane, outputs, epilogue);
-}
-
 // Block per slice of kCols input columns, for the whole batch. Each block stages the logits, the
 // labels and its columns of x and w in shared memory (one round of loads), computes every sample's
-// dL/dlogits there (a warp per sample: cheap, and no second launch to share them), then its columns
+// dL/dlogits there (a thread per sample: cheap, and no second launch to share them), then its columns
 // of dw (sums over samples) and dx (over classes). Block 0 also writes dlogits, db and the loss.
 // Sums over samples run in four interleaved chains added in a fixed order.
-constexpr int kCols = 16;
+constexpr int kCols = 8;
 
 size_t shared_bytes(int n, int classes) {
   return sizeof(float) * (2 * static_cast<size_t>(n) * classes + static_cast<size_t>(n) * kCols +
@@ -115,16 +86,6 @@ __global__ void __launch_bounds__(kThreads) linear_loss_backward_kernel(LinearLo
 }
 
 }  // namespace
-
-void narrow_linear_forward(const float* x, const float* w, float* y, int n, int outputs, int inputs,
-                           const RowEpilogue& epilogue, cudaStream_t stream) {
-  if (outputs < 1 || outputs > kNarrowMaxOutputs)
-    throw CudaError("narrow_linear_forward: " + std::to_string(outputs) + " outputs (at most " +
-                    std::to_string(kNarrowMaxOutputs) + ")");
-  narrow_linear_forward_kernel<<<(n + kWarps - 1) / kWarps, kThreads, 0, stream>>>(x, w, y, n, outputs, inputs,
-                                                                                   epilogue);
-  CUDA_CHECK_LAUNCH();
-}
 
 bool linear_loss_backward_fits(int n, int classes, int inputs) {
   return n > 0 && classes > 0 && classes <= kSerialClasses && inputs > 0 && shared_bytes(n, classes) <= 48 * 1024 &&

@@ -82,7 +82,6 @@ __global__ void conv_direct_filter_partial_kernel(const float* x, const float* d
     const int p = first + i;
     dy_offset[i] = p < positions ? (static_cast<long>(p / plane) * g.oc + o0) * plane + p % plane : -1;
   }
-#pragma unroll 4
   for (int e = threadIdx.x; e < kChunk * (taps + 1); e += blockDim.x) {
     const int i = e / (taps + 1), j = e % (taps + 1), p = first + i;
     float v = 0.0f;
@@ -94,22 +93,18 @@ __global__ void conv_direct_filter_partial_kernel(const float* x, const float* d
     xs[i][j] = v;
   }
   __syncthreads();
-  // Both loads unconditional and several elements' in flight: no chain of dependent loads.
-#pragma unroll 4
   for (int e = threadIdx.x; e < tile * kChunk; e += blockDim.x) {
     const int o = e / kChunk, i = e % kChunk;
-    const long base = dy_offset[i], k = base >= 0 ? base + static_cast<long>(o) * plane : 0;
-    const float mask = relu_out == nullptr ? 1.0f : relu_out[k], grad = dy[k];
-    ds[o][i] = base >= 0 && mask > 0.0f ? grad : 0.0f;
+    const long k = dy_offset[i] + static_cast<long>(o) * plane;
+    ds[o][i] = dy_offset[i] >= 0 && (relu_out == nullptr || relu_out[k] > 0.0f) ? dy[k] : 0.0f;
   }
   __syncthreads();
   float* out = partial + (static_cast<long>(blockIdx.x) * g.oc + o0) * (taps + 1);
   for (int e = threadIdx.x; e < tile * (taps + 1); e += blockDim.x) {
     const int o = e / (taps + 1), j = e % (taps + 1);
-    float acc[4] = {};  // four independent chains, added in a fixed order
-#pragma unroll 4
-    for (int i = 0; i < kChunk; ++i) acc[i % 4] = fmaf(ds[o][i], xs[i][j], acc[i % 4]);
-    out[e] = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    float acc = 0.0f;
+    for (int i = 0; i < kChunk; ++i) acc += ds[o][i] * xs[i][j];
+    out[e] = acc;
   }
 }
 
@@ -135,98 +130,82 @@ __global__ void conv_direct_filter_finish_kernel(const float* partial, int chunk
 
 // One input channel (a first layer on grey images), K x K taps known at compile time: a GEMM of
 // output channels by taps (+ bias) whose long inner dimension is the batch's positions. Block: a
-// chunk of consecutive positions (across samples). It stages the chunk's taps (each position's
-// inputs read once, not once per channel) and, 32 channels at a time, their gradients (masked; a
-// thread's loads all in flight); then thread (channel tid % 32, part tid / 32) sums every
-// kOneChannelParts-th position into K*K + 1 registers (the last is the bias), the parts are added
-// in order through shared memory, and the chunks by the finish kernel, in order. (A thread per
-// (position, channel), computing each position's indices and loads for every channel, took
-// 19-24 us for conv1 at batch 64 in the step's graph; H200.)
+// chunk of consecutive positions (across samples); thread (channel o = tid / kParts + 32 r, part
+// tid % kParts) sums every kParts-th position of the chunk into K*K + 1 registers (the last is the
+// bias). Lanes of a warp take kParts neighbouring positions of four channels: the gradient reads
+// come in 32-byte runs and the input reads (from L1, the planes are small) are shared by the four
+// channels. The parts are added by a shuffle tree; chunks by the finish kernel, in order.
 constexpr int kOneChannelThreads = 256;
-constexpr int kOneChannelGroup = 32;  // channels staged at a time
-constexpr int kOneChannelParts = kOneChannelThreads / kOneChannelGroup;
-
-template <int K>
-struct OneChannel {
-  static constexpr int kTaps = K * K;
-  static constexpr int kPitch = (kTaps + 1 + 3) / 4 * 4;  // taps + bias, 16-byte rows
-  static constexpr int kChunk = K == 3 ? 256 : 128;       // positions per block (48 KB of shared memory)
-  static constexpr int kScratch = kOneChannelGroup * (kChunk + 1) > kOneChannelParts * kOneChannelGroup * (kTaps + 1)
-                                      ? kOneChannelGroup * (kChunk + 1)
-                                      : kOneChannelParts * kOneChannelGroup * (kTaps + 1);
-};
+constexpr int kParts = 8;
+constexpr int kOneChannelRows = kOneChannelThreads / kParts;  // channels per pass of a block
+// Chunks of the batch's positions: a constant (and a function of the shape), so the summation order
+// is the same on every GPU. Many short ones: a thread's positions form a chain of dependent loads,
+// so the latency is hidden by warps (about 8 blocks per SM) rather than within a thread.
+constexpr int kOneChannelChunks = 1024;
+constexpr int kMinChunkPositions = 32;
 
 template <int K>
 __global__ void __launch_bounds__(kOneChannelThreads)
     conv_direct_filter_one_channel_kernel(const float* __restrict__ x, const float* __restrict__ dy,
                                           const float* __restrict__ relu_out, float* __restrict__ partial,
-                                          ConvGeometry g) {
-  using C = OneChannel<K>;
-  __shared__ __align__(16) float xs[C::kChunk][C::kPitch];
-  __shared__ float scratch[C::kScratch];   // the group's gradients [channel][position], then the parts' sums
-  __shared__ long offset[C::kChunk];       // a position's gradient in channel 0, -1 past the end
-  const int plane = g.oh * g.ow, positions = g.n * plane, first = blockIdx.x * C::kChunk;
-  for (int i = threadIdx.x; i < C::kChunk; i += kOneChannelThreads) {
-    const int p = first + i;
-    if (p >= positions) {
-      offset[i] = -1;
-      for (int j = 0; j < C::kPitch; ++j) xs[i][j] = 0.0f;
-      continue;
-    }
-    const int s = p / plane, q = p - s * plane, oy = q / g.ow, ox = q - oy * g.ow;
-    offset[i] = static_cast<long>(s) * g.oc * plane + q;
-    const float* in = x + static_cast<long>(s) * g.h * g.w;
+                                          ConvGeometry g, int chunk_positions) {
+  constexpr int kTaps = K * K;
+  const int plane = g.oh * g.ow, positions = g.n * plane, part = threadIdx.x % kParts;
+  const int first = blockIdx.x * chunk_positions, last = min(positions, first + chunk_positions);
+  for (int o = threadIdx.x / kParts; o - static_cast<int>(threadIdx.x / kParts) < g.oc; o += kOneChannelRows) {
+    float acc[kTaps + 1] = {};
+    if (o < g.oc) {
+      int p = first + part, s = p / plane, q = p - s * plane, oy = q / g.ow, ox = q - oy * g.ow;
+      for (; p < last; p += kParts) {
+        const long k = (static_cast<long>(s) * g.oc + o) * plane + oy * g.ow + ox;
+        const float grad = relu_out == nullptr || relu_out[k] > 0.0f ? dy[k] : 0.0f;
+        const float* xs = x + static_cast<long>(s) * g.h * g.w;
 #pragma unroll
-    for (int ky = 0; ky < K; ++ky) {
-      const int iy = oy * g.stride - g.pad + ky;
+        for (int ky = 0; ky < K; ++ky) {
+          const int iy = oy * g.stride - g.pad + ky;
 #pragma unroll
-      for (int kx = 0; kx < K; ++kx) {
-        const int ix = ox * g.stride - g.pad + kx;
-        xs[i][ky * K + kx] = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w ? __ldg(in + iy * g.w + ix) : 0.0f;
+          for (int kx = 0; kx < K; ++kx) {
+            const int ix = ox * g.stride - g.pad + kx;
+            const float v = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w ? __ldg(xs + iy * g.w + ix) : 0.0f;
+            acc[ky * K + kx] = fmaf(grad, v, acc[ky * K + kx]);
+          }
+        }
+        acc[kTaps] += grad;
+        // Next position: kParts on (kParts < g.ow is not assumed).
+        for (ox += kParts; ox >= g.ow;) {
+          ox -= g.ow;
+          if (++oy == g.oh) oy = 0, ++s;
+        }
       }
     }
-    for (int j = C::kTaps; j < C::kPitch; ++j) xs[i][j] = j == C::kTaps ? 1.0f : 0.0f;
-  }
-  __syncthreads();
-  const int channel = threadIdx.x % kOneChannelGroup, part = threadIdx.x / kOneChannelGroup;
-  for (int c0 = 0; c0 < g.oc; c0 += kOneChannelGroup) {
-#pragma unroll 4
-    for (int e = threadIdx.x; e < kOneChannelGroup * C::kChunk; e += kOneChannelThreads) {
-      const int cc = e / C::kChunk, i = e % C::kChunk;
-      const bool valid = offset[i] >= 0 && c0 + cc < g.oc;
-      const long k = valid ? offset[i] + static_cast<long>(c0 + cc) * plane : 0;
-      const float mask = relu_out == nullptr ? 1.0f : relu_out[k], grad = dy[k];
-      scratch[cc * (C::kChunk + 1) + i] = valid && mask > 0.0f ? grad : 0.0f;
-    }
-    __syncthreads();
-    float acc[C::kTaps + 1] = {};
-    for (int i = part; i < C::kChunk; i += kOneChannelParts) {
-      const float grad = scratch[channel * (C::kChunk + 1) + i];
 #pragma unroll
-      for (int j = 0; j <= C::kTaps; ++j) acc[j] = fmaf(grad, xs[i][j], acc[j]);
-    }
-    __syncthreads();  // the gradients are read: the parts' sums take their place
-    float* sums = scratch + (part * kOneChannelGroup + channel) * (C::kTaps + 1);
+    for (int j = 0; j <= kTaps; ++j)
 #pragma unroll
-    for (int j = 0; j <= C::kTaps; ++j) sums[j] = acc[j];
-    __syncthreads();
-    for (int e = threadIdx.x; e < kOneChannelGroup * (C::kTaps + 1); e += kOneChannelThreads) {
-      const int cc = e / (C::kTaps + 1), j = e % (C::kTaps + 1);
-      if (c0 + cc >= g.oc) continue;
-      float total = 0.0f;
-      for (int r = 0; r < kOneChannelParts; ++r) total += scratch[(r * kOneChannelGroup + cc) * (C::kTaps + 1) + j];
-      partial[(static_cast<long>(blockIdx.x) * g.oc + c0 + cc) * (C::kTaps + 1) + j] = total;
+      for (int off = kParts / 2; off > 0; off /= 2) acc[j] += __shfl_down_sync(0xffffffffu, acc[j], off, kParts);
+    if (part == 0 && o < g.oc) {
+      float* out = partial + (static_cast<long>(blockIdx.x) * g.oc + o) * (kTaps + 1);
+#pragma unroll
+      for (int j = 0; j <= kTaps; ++j) out[j] = acc[j];
     }
-    __syncthreads();  // before the next group's gradients overwrite the sums
   }
+}
+
+/// Positions per chunk of the one-channel kernel.
+int one_channel_chunk_positions(const ConvGeometry& g) {
+  const long positions = static_cast<long>(g.n) * g.oh * g.ow;
+  const long per_chunk = std::max<long>(kMinChunkPositions, (positions + kOneChannelChunks - 1) / kOneChannelChunks);
+  return static_cast<int>(std::min<long>(per_chunk, INT_MAX));
 }
 
 /// The one-channel kernel's K, or 0 where it does not serve.
 int one_channel_kernel(const ConvGeometry& g) { return g.c == 1 && (g.k == 3 || g.k == 5) && g.oc <= 65535 ? g.k : 0; }
 
 int chunks_for(const ConvGeometry& g) {
-  const int k = one_channel_kernel(g), chunk = k == 3 ? OneChannel<3>::kChunk : k == 5 ? OneChannel<5>::kChunk : kChunk;
-  return (g.n * g.oh * g.ow + chunk - 1) / chunk;
+  if (one_channel_kernel(g) != 0) {
+    const long positions = static_cast<long>(g.n) * g.oh * g.ow, per_chunk = one_channel_chunk_positions(g);
+    return static_cast<int>((positions + per_chunk - 1) / per_chunk);
+  }
+  return (g.n * g.oh * g.ow + kChunk - 1) / kChunk;
 }
 
 /// The kernels index positions and inputs in 32-bit integers (64-bit division is slow on GPUs).
@@ -260,10 +239,14 @@ void conv_direct_filter_grad(const float* x, const float* dy, const float* relu_
   check_fits(g);
   const int chunks = chunks_for(g), taps = g.c * g.k * g.k;
   float* partial = static_cast<float*>(scratch);
-  if (const int k = one_channel_kernel(g); k == 3) {
-    conv_direct_filter_one_channel_kernel<3><<<chunks, kOneChannelThreads, 0, stream>>>(x, dy, relu_out, partial, g);
-  } else if (k == 5) {
-    conv_direct_filter_one_channel_kernel<5><<<chunks, kOneChannelThreads, 0, stream>>>(x, dy, relu_out, partial, g);
+  if (const int k = one_channel_kernel(g); k != 0) {
+    const int per_chunk = one_channel_chunk_positions(g);
+    if (k == 3)
+      conv_direct_filter_one_channel_kernel<3><<<chunks, kOneChannelThreads, 0, stream>>>(x, dy, relu_out, partial, g,
+                                                                                         per_chunk);
+    else
+      conv_direct_filter_one_channel_kernel<5><<<chunks, kOneChannelThreads, 0, stream>>>(x, dy, relu_out, partial, g,
+                                                                                         per_chunk);
   } else {
     const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>((g.oc + kChannelTile - 1) / kChannelTile));
     conv_direct_filter_partial_kernel<<<grid, kThreads, 0, stream>>>(x, dy, relu_out, partial, g);

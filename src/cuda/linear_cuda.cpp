@@ -1,10 +1,9 @@
-// Linear on CUDA. With few outputs (a classifier's last layer) the narrow kernels
-// (kernels/classifier_kernels.h): a warp per sample forward, and the backward fused with the loss.
-// Otherwise, at training batch sizes (up to kSkinnyRows rows), dptrain's skinny GEMMs
+// Linear on CUDA. At training batch sizes (up to kSkinnyRows rows), dptrain's skinny GEMMs
 // (kernels/skinny_gemm.h), whose forward also adds the bias and applies an absorbed ReLU and
 // dropout; at larger batches (evaluation), and for a GEMM too large for their 32-bit indexing,
 // cuBLAS GEMMs on the row-major tensors (read by cuBLAS as their column-major transposes) and the
-// bias kernel.
+// bias kernel. As the model's last layer, its backward may take the loss in (one launch:
+// kernels/classifier_kernels.h).
 #include <algorithm>
 #include <optional>
 
@@ -57,8 +56,6 @@ class LinearCuda final : public LinearLayer<float> {
     const kernels::FusedDropout drop = make_fused_dropout(dropout_, phase, ctx, fo);
     cudaStream_t stream = ctx.cuda().stream();
     const kernels::RowEpilogue epilogue{params()[1].value.data(), relu_, drop};
-    if (fo <= kernels::kNarrowMaxOutputs)
-      return kernels::narrow_linear_forward(in.data, params()[0].value.data(), out.data, n, fo, fi, epilogue, stream);
     // y[n, fo] = x[n, fi] W[fo, fi]^T + b
     const kernels::SkinnyGemm g{in.data, false, params()[0].value.data(), true, out.data, n, fo, fi};
     if (skinny(g, n)) return kernels::skinny_gemm(g, epilogue, partials_.data(), stream);
@@ -70,7 +67,9 @@ class LinearCuda final : public LinearLayer<float> {
 
   // With an absorbed ReLU, dout is dL/d(ReLU output); the bias-gradient pass masks it (out > 0).
   // With an absorbed dropout, dout is dL/d(dropout output), which that pass multiplies by the mask.
-  // When an input gradient follows, the weight gradient goes to the side stream (cuda_context.h).
+  // When an input gradient follows, it runs first, alone: the layer below waits for it. The weight
+  // gradient then goes to the side stream (cuda_context.h), beside the layer below's backward (side
+  // by side, fc1's two GEMMs took 21.8 us for the input gradient instead of 14; H200).
   void backward(DeviceContext& ctx, TensorView<const float> in, TensorView<const float> out,
                 TensorView<const float> dout, TensorView<float> din) override {
     const int n = in.n, fi = in_features(), fo = out_features();
@@ -79,22 +78,23 @@ class LinearCuda final : public LinearLayer<float> {
                             make_fused_dropout(dropout_, Phase::Train, ctx, fo), cu.stream());
     const float* dy = relu_ || dropout_ ? masked_.data() : dout.data;
     const bool side = din.data != nullptr;
-    cudaStream_t weights_stream = side ? cu.fork() : cu.stream();
+    if (side) {
+      // dx[n, fi] = dy[n, fo] W[fo, fi]  (cuBLAS: dx^T[fi, n] = W^T[fi, fo] dy^T[fo, n])
+      const kernels::SkinnyGemm dx{dy, false, params()[0].value.data(), false, din.data, n, fi, fo};
+      if (skinny(dx, n))
+        kernels::skinny_gemm(dx, {}, nullptr, cu.stream());
+      else
+        CUBLAS_CHECK(cublasSgemm(cu.cublas(), CUBLAS_OP_N, CUBLAS_OP_N, fi, n, fo, &kOne, params()[0].value.data(), fi,
+                                 dy, fo, &kZero, din.data, fi));
+    }
     // dW[fo, fi] = dy^T[fo, n] x[n, fi]  (cuBLAS: dW^T[fi, fo] = x^T[fi, n] dy[n, fo])
+    cudaStream_t weights_stream = side ? cu.fork() : cu.stream();
     const kernels::SkinnyGemm dw{dy, true, in.data, false, params()[0].grad.data(), fo, fi, n};
     if (skinny(dw, n))
       kernels::skinny_gemm(dw, {}, nullptr, weights_stream);
     else
       CUBLAS_CHECK(cublasSgemm(side ? cu.side_cublas() : cu.cublas(), CUBLAS_OP_N, CUBLAS_OP_T, fi, fo, n, &kOne,
                                in.data, fi, dy, fo, &kZero, params()[0].grad.data(), fi));
-    if (!side) return;
-    // dx[n, fi] = dy[n, fo] W[fo, fi]  (cuBLAS: dx^T[fi, n] = W^T[fi, fo] dy^T[fo, n])
-    const kernels::SkinnyGemm dx{dy, false, params()[0].value.data(), false, din.data, n, fi, fo};
-    if (skinny(dx, n))
-      kernels::skinny_gemm(dx, {}, nullptr, cu.stream());
-    else
-      CUBLAS_CHECK(cublasSgemm(cu.cublas(), CUBLAS_OP_N, CUBLAS_OP_N, fi, n, fo, &kOne, params()[0].value.data(), fi,
-                               dy, fo, &kZero, din.data, fi));
   }
 
   // The last layer of a classifier, without a ReLU or dropout of its own: one launch.
@@ -102,8 +102,7 @@ class LinearCuda final : public LinearLayer<float> {
                           const int32_t* labels, float grad_scale, double* sums, TensorView<float> dout,
                           TensorView<float> din) override {
     const int n = in.n, fi = in_features(), fo = out_features();
-    if (relu_ || dropout_ || fo > kernels::kNarrowMaxOutputs || !kernels::linear_loss_backward_fits(n, fo, fi))
-      return false;
+    if (relu_ || dropout_ || !kernels::linear_loss_backward_fits(n, fo, fi)) return false;
     kernels::linear_loss_backward({in.data, params()[0].value.data(), out.data, labels, n, fo, fi, grad_scale,
                                    dout.data, sums, params()[0].grad.data(), params()[1].grad.data(), din.data},
                                   ctx.cuda().stream());

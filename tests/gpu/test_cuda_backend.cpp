@@ -446,9 +446,10 @@ TEST_F(CudaBackend, LossMatchesCpu) {
   EXPECT_EQ(sg[1], sc[1]);
 }
 
-// A linear layer with few outputs, the model's last, computes the loss and its own backward in one
-// launch (Layer::backward_with_loss): the same as the CPU's layer, loss and backward in turn. The
-// 84 inputs of the second case leave the last slice of columns partial.
+// The model's last linear layer computes the loss and its own backward in one launch
+// (Layer::backward_with_loss): the same as the CPU's layer, loss and backward in turn, and the same
+// dL/dlogits as the GPU's separate loss kernel. 84 and 40 inputs leave the last slice of columns
+// partial.
 TEST_F(CudaBackend, LinearBackwardWithLossMatchesCpuLinearThenLoss) {
   struct Case {
     int n, inputs, classes;
