@@ -147,11 +147,6 @@ __device__ __forceinline__ int staged_offset(int p, int r0, const ConvGeometry& 
   return (oy - r0) * t.pitch + p - oy * g.ow;
 }
 
-__device__ __forceinline__ void cp_async16(float* dst, const float* src) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(src));
-}
-
 __host__ __device__ constexpr int parts(MmaMath math) { return math == MmaMath::SplitTf32 ? 2 : 1; }
 
 /// Forward block shape: kWarpsM x kWarpsN warps, each kFragsM m16 x kFragsN n8 fragments.

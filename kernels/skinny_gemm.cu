@@ -28,11 +28,6 @@ constexpr int kOperandFloats = kTile * kRowPitch > kDepth * kKPitch ? kTile * kR
 constexpr int kTargetBlocks = 128;
 constexpr int kMinSlice = 32;  // k per slice at least: two steps
 
-__device__ __forceinline__ void cp_async16(float* dst, const float* src, bool valid) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(valid ? 16 : 0));
-}
-
 /// One thread's 16-byte share of staging an operand: where it reads (at the block's first k) and
 /// writes, how far a step moves the read, and the bounds it checks. wide: one 16-byte copy (rows of
 /// 16-byte multiples, aligned); else four 4-byte ones, each checked (fc2's 10 outputs).

@@ -1,6 +1,7 @@
-// One sample's softmax cross-entropy as a warp computes it, lanes over the classes. Shared by the
-// loss kernel and the classifier's fused backward (kernels/classifier_kernels.h), so that both give
-// the same loss and dL/dlogits bit for bit.
+// One sample's softmax cross-entropy, as a warp computes it (lanes over the classes) or as one
+// thread does (few classes), and the block's loss sums. Shared by the loss kernel and the
+// classifier's fused backward (kernels/classifier_kernels.h), so that both give the same loss and
+// dL/dlogits bit for bit.
 #pragma once
 
 #include <cfloat>
