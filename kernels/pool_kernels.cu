@@ -142,6 +142,12 @@ constexpr int kConvPoolThreads = 256;
 
 int samples_per_block(const PoolGeometry& g) { return std::max(1, kConvPoolThreads / (g.oh * g.ow / 4)); }
 
+/// Blocks along the batch (g.planes / channels samples): one bias-gradient partial each per channel.
+int sample_groups(const PoolGeometry& g, int channels) {
+  const int n = g.planes / channels, samples = samples_per_block(g);
+  return (n + samples - 1) / samples;
+}
+
 template <int kK>
 __global__ void __launch_bounds__(kConvPoolThreads) conv_pool_backward_kernel(
     const float* __restrict__ dy, const float* __restrict__ y, const int32_t* __restrict__ argmax, bool relu,
@@ -205,7 +211,7 @@ void launch_conv_pool(const float* x, const float* bias, bool relu, float* y, in
 template <int kK>
 void launch_conv_pool_backward(const float* dy, const float* y, const int32_t* argmax, bool relu, float* dx,
                                float* partial, const PoolGeometry& g, int channels, float scale, cudaStream_t stream) {
-  const int n = g.planes / channels, samples = samples_per_block(g), groups = (n + samples - 1) / samples;
+  const int n = g.planes / channels, samples = samples_per_block(g), groups = sample_groups(g, channels);
   if (groups > 65535) throw CudaError("conv_pool_backward: batch of " + std::to_string(n) + " exceeds the launch grid");
   conv_pool_backward_kernel<kK><<<dim3(static_cast<unsigned>(channels), static_cast<unsigned>(groups)),
                                   kConvPoolThreads, 0, stream>>>(dy, y, argmax, relu, dx, partial, g, n, channels,
@@ -226,11 +232,12 @@ unsigned forward_blocks(const PoolGeometry& g) {
   return static_cast<unsigned>((outputs + kPoolThreads - 1) / kPoolThreads);
 }
 
-}  // namespace
-
+/// Whether the windows tile the plane exactly (stride = kernel, no padding, sides divisible).
 bool pool_tiles_exactly(const PoolGeometry& g) {
   return g.k == g.stride && g.pad == 0 && g.h == g.oh * g.k && g.w == g.ow * g.k;
 }
+
+}  // namespace
 
 void maxpool_forward(const float* x, float* y, int32_t* argmax, const PoolGeometry& g, const FusedDropout& drop,
                      cudaStream_t stream) {
@@ -267,8 +274,7 @@ void conv_pool_forward(const float* x, const float* bias, bool relu, float* y, i
 }
 
 size_t conv_pool_backward_scratch(const PoolGeometry& g, int channels) {
-  const int n = g.planes / channels, samples = samples_per_block(g);
-  return static_cast<size_t>(channels) * ((n + samples - 1) / samples);
+  return static_cast<size_t>(channels) * sample_groups(g, channels);
 }
 
 void conv_pool_backward(const float* dy, const float* y, const int32_t* argmax, bool relu, float* dx, float* db,
@@ -282,8 +288,7 @@ void conv_pool_backward(const float* dy, const float* y, const int32_t* argmax, 
   else
     launch_conv_pool_backward<3>(dy, y, argmax, relu, dx, partial, g, channels, scale, stream);
   if (db == nullptr) return;
-  const int n = g.planes / channels, samples = samples_per_block(g);
-  bias_grad_finish(scratch, (n + samples - 1) / samples, channels, db, stream);
+  bias_grad_finish(scratch, sample_groups(g, channels), channels, db, stream);
 }
 
 }  // namespace dptrain::kernels

@@ -30,11 +30,9 @@ void maxpool_backward(const float* dy, const int32_t* argmax, float* dx, const P
 // tile the plane (conv_pool_fits). x is the convolution's output without its bias; the planes are
 // samples x `channels`.
 
-/// Whether the windows tile the plane exactly (stride = kernel, no padding, sides divisible).
-bool pool_tiles_exactly(const PoolGeometry& g);
-/// Whether conv_pool_forward and conv_pool_backward serve g: windows of 2 or 3 that tile the plane,
-/// rows of outputs a multiple of 4 long (each thread takes four, with 16-byte accesses; the
-/// buffers must be 16-byte aligned, as Buffer's are).
+/// Whether conv_pool_forward and conv_pool_backward serve g: windows of 2 or 3 that tile the plane
+/// (stride = kernel, no padding, sides divisible), rows of outputs a multiple of 4 long (each
+/// thread takes four, with 16-byte accesses; the buffers must be 16-byte aligned, as Buffer's are).
 bool conv_pool_fits(const PoolGeometry& g);
 /// maxpool_forward of x + bias[channel], after a ReLU when relu is set: the convolution's bias,
 /// ReLU, pooling and dropout in one pass; the pre-pool values are never stored. Where the dropout

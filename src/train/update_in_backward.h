@@ -2,8 +2,9 @@
 // updated as soon as backward has queued their gradients, on the low-priority update stream
 // (cuda/cuda_context.h) after everything queued so far. The update of the last layers (fc1 holds
 // 97% of mnist_cnn's parameters) then overlaps the backward of the first ones instead of waiting
-// for all of it, and only the first layer's small update is left at the end of the step. The update rules are
-// element-wise, so updating layer by layer gives exactly the values of one update after backward.
+// for all of it, and only the first layer's small update is left at the end of the step. The
+// update rules are element-wise, so updating layer by layer gives exactly the values of one update
+// after backward.
 // With an exchange the gradients must be summed first: the trainer then updates after backward.
 #pragma once
 
