@@ -109,7 +109,7 @@ PY
         grep -E "stalled" "$OUT/ncu_$k.txt" | sort -k3 -n -r | head -8
       done ;;
     ncustep)  # ncu's view of the training step's own kernels: one profile of the first launches in `dptrain bench`
-      ncu --clock-control none -k "regex:${NCU_KERNELS:-skinny_gemm_kernel|conv_pool|one_channel|narrow_linear|linear_loss}" \
+      ncu --clock-control none -k "regex:${NCU_KERNELS:-skinny_gemm_kernel|conv_pool|filter_plane|narrow_linear|linear_loss}" \
         -c ${NCU_COUNT:-8} --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
         --section MemoryWorkloadAnalysis --metrics "regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio" \
         $B/dptrain bench --device cuda --steps 3 --warmup 1 --set train.cudnn_benchmark=false > "$OUT/ncu_step.txt" 2>&1
@@ -171,7 +171,7 @@ PY
         echo "$tool rc=$?"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED" "$OUT/kernelcheck_$tool.log" | tail -3
       done ;;
     sanitize)
-      compute-sanitizer --tool memcheck --error-exitcode 9 $B/dptrain train --device cuda --max-steps 30 --out /tmp/dr/san --no-progress > "$OUT/sanitize.log" 2>&1
+      compute-sanitizer --tool memcheck --error-exitcode 9 $B/dptrain train --device cuda --max-steps 30 --out /tmp/dr/san --no-progress ${SANITIZE_ARGS:-} > "$OUT/sanitize.log" 2>&1
       echo "memcheck rc=$?"; tail -4 "$OUT/sanitize.log" ;;
   esac
 done

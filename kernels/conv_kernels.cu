@@ -129,82 +129,67 @@ __global__ void conv_direct_filter_finish_kernel(const float* partial, int chunk
 }
 
 // One input channel (a first layer on grey images), K x K taps known at compile time: a GEMM of
-// output channels by taps (+ bias) whose long inner dimension is the batch's positions. Block: a
-// chunk of consecutive positions (across samples); thread (channel o = tid / kParts + 32 r, part
-// tid % kParts) sums every kParts-th position of the chunk into K*K + 1 registers (the last is the
-// bias). Lanes of a warp take kParts neighbouring positions of four channels: the gradient reads
-// come in 32-byte runs and the input reads (from L1, the planes are small) are shared by the four
-// channels. The parts are added by a shuffle tree; chunks by the finish kernel, in order.
-constexpr int kOneChannelThreads = 256;
-constexpr int kParts = 8;
-constexpr int kOneChannelRows = kOneChannelThreads / kParts;  // channels per pass of a block
-// Chunks of the batch's positions: a constant (and a function of the shape), so the summation order
-// is the same on every GPU. Many short ones: a thread's positions form a chain of dependent loads,
-// so the latency is hidden by warps (about 8 blocks per SM) rather than within a thread.
-constexpr int kOneChannelChunks = 1024;
-constexpr int kMinChunkPositions = 32;
+// output channels by taps (+ bias) whose long inner dimension is the batch's positions, a stream
+// over dy with a few FMAs per element. Block (sample, group of kPlaneWarps output channels): the
+// sample's input plane, zero-padded, sits in shared memory; warp w takes channel o = group *
+// kPlaneWarps + w and walks its output plane 32 positions at a time, so that dy and relu_out are
+// read in whole 128-byte lines; lane l sums the K*K + 1 products (the last is the bias) of positions
+// l, l + 32, ... in order, and a shuffle tree adds the lanes. partial[s][o][j]; the finish kernel
+// adds the samples in order. (A block per chunk of 43 positions across channels, before, spent
+// more on its 8-lane reductions and 1.3 MB of partials than on dy: 25 us in the step's graph.)
+constexpr int kPlaneWarps = 8;
+constexpr int kMaxPlaneFloats = 12 * 1024;  // a padded input plane in 48 KB of shared memory
 
 template <int K>
-__global__ void __launch_bounds__(kOneChannelThreads)
-    conv_direct_filter_one_channel_kernel(const float* __restrict__ x, const float* __restrict__ dy,
-                                          const float* __restrict__ relu_out, float* __restrict__ partial,
-                                          ConvGeometry g, int chunk_positions) {
+__global__ void __launch_bounds__(kPlaneWarps * 32)
+    conv_direct_filter_plane_kernel(const float* __restrict__ x, const float* __restrict__ dy,
+                                    const float* __restrict__ relu_out, float* __restrict__ partial, ConvGeometry g) {
+  extern __shared__ float xs[];  // [h + 2 pad][w + 2 pad]
   constexpr int kTaps = K * K;
-  const int plane = g.oh * g.ow, positions = g.n * plane, part = threadIdx.x % kParts;
-  const int first = blockIdx.x * chunk_positions, last = min(positions, first + chunk_positions);
-  for (int o = threadIdx.x / kParts; o - static_cast<int>(threadIdx.x / kParts) < g.oc; o += kOneChannelRows) {
-    float acc[kTaps + 1] = {};
-    if (o < g.oc) {
-      int p = first + part, s = p / plane, q = p - s * plane, oy = q / g.ow, ox = q - oy * g.ow;
-      for (; p < last; p += kParts) {
-        const long k = (static_cast<long>(s) * g.oc + o) * plane + oy * g.ow + ox;
-        const float grad = relu_out == nullptr || relu_out[k] > 0.0f ? dy[k] : 0.0f;
-        const float* xs = x + static_cast<long>(s) * g.h * g.w;
+  const int s = blockIdx.x, pw = g.w + 2 * g.pad, padded = (g.h + 2 * g.pad) * pw;
+  const float* plane_in = x + static_cast<long>(s) * g.h * g.w;
+  for (int e = threadIdx.x; e < padded; e += blockDim.x) {
+    const int iy = e / pw - g.pad, ix = e % pw - g.pad;
+    xs[e] = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w ? plane_in[iy * g.w + ix] : 0.0f;
+  }
+  __syncthreads();
+  const int lane = threadIdx.x % 32, o = blockIdx.y * kPlaneWarps + threadIdx.x / 32;
+  if (o >= g.oc) return;
+  const int plane = g.oh * g.ow;
+  const float* grads = dy + (static_cast<long>(s) * g.oc + o) * plane;
+  const float* kept = relu_out == nullptr ? nullptr : relu_out + (static_cast<long>(s) * g.oc + o) * plane;
+  float acc[kTaps + 1] = {};
+#pragma unroll 4
+  for (int q = lane; q < plane; q += 32) {
+    const float d = grads[q];  // read either way: the loads of several positions stay in flight
+    const float grad = kept == nullptr || kept[q] > 0.0f ? d : 0.0f;
+    const int oy = q / g.ow, ox = q - oy * g.ow;
+    const float* window = xs + oy * g.stride * pw + ox * g.stride;
 #pragma unroll
-        for (int ky = 0; ky < K; ++ky) {
-          const int iy = oy * g.stride - g.pad + ky;
+    for (int ky = 0; ky < K; ++ky)
 #pragma unroll
-          for (int kx = 0; kx < K; ++kx) {
-            const int ix = ox * g.stride - g.pad + kx;
-            const float v = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w ? __ldg(xs + iy * g.w + ix) : 0.0f;
-            acc[ky * K + kx] = fmaf(grad, v, acc[ky * K + kx]);
-          }
-        }
-        acc[kTaps] += grad;
-        // Next position: kParts on (kParts < g.ow is not assumed).
-        for (ox += kParts; ox >= g.ow;) {
-          ox -= g.ow;
-          if (++oy == g.oh) oy = 0, ++s;
-        }
-      }
-    }
+      for (int kx = 0; kx < K; ++kx) acc[ky * K + kx] = fmaf(grad, window[ky * pw + kx], acc[ky * K + kx]);
+    acc[kTaps] += grad;
+  }
 #pragma unroll
-    for (int j = 0; j <= kTaps; ++j)
+  for (int j = 0; j <= kTaps; ++j)
 #pragma unroll
-      for (int off = kParts / 2; off > 0; off /= 2) acc[j] += __shfl_down_sync(0xffffffffu, acc[j], off, kParts);
-    if (part == 0 && o < g.oc) {
-      float* out = partial + (static_cast<long>(blockIdx.x) * g.oc + o) * (kTaps + 1);
+    for (int off = 16; off > 0; off /= 2) acc[j] += __shfl_down_sync(0xffffffffu, acc[j], off);
+  if (lane == 0) {
+    float* out = partial + (static_cast<long>(s) * g.oc + o) * (kTaps + 1);
 #pragma unroll
-      for (int j = 0; j <= kTaps; ++j) out[j] = acc[j];
-    }
+    for (int j = 0; j <= kTaps; ++j) out[j] = acc[j];
   }
 }
 
-/// Positions per chunk of the one-channel kernel.
-int one_channel_chunk_positions(const ConvGeometry& g) {
-  const long positions = static_cast<long>(g.n) * g.oh * g.ow;
-  const long per_chunk = std::max<long>(kMinChunkPositions, (positions + kOneChannelChunks - 1) / kOneChannelChunks);
-  return static_cast<int>(std::min<long>(per_chunk, INT_MAX));
+/// The plane kernel's K, or 0 where it does not serve.
+int plane_kernel(const ConvGeometry& g) {
+  const long padded = static_cast<long>(g.h + 2 * g.pad) * (g.w + 2 * g.pad);
+  return g.c == 1 && (g.k == 3 || g.k == 5) && padded <= kMaxPlaneFloats && g.oc <= 65535 * kPlaneWarps ? g.k : 0;
 }
-
-/// The one-channel kernel's K, or 0 where it does not serve.
-int one_channel_kernel(const ConvGeometry& g) { return g.c == 1 && (g.k == 3 || g.k == 5) && g.oc <= 65535 ? g.k : 0; }
 
 int chunks_for(const ConvGeometry& g) {
-  if (one_channel_kernel(g) != 0) {
-    const long positions = static_cast<long>(g.n) * g.oh * g.ow, per_chunk = one_channel_chunk_positions(g);
-    return static_cast<int>((positions + per_chunk - 1) / per_chunk);
-  }
+  if (plane_kernel(g) != 0) return g.n;
   return (g.n * g.oh * g.ow + kChunk - 1) / kChunk;
 }
 
@@ -239,14 +224,13 @@ void conv_direct_filter_grad(const float* x, const float* dy, const float* relu_
   check_fits(g);
   const int chunks = chunks_for(g), taps = g.c * g.k * g.k;
   float* partial = static_cast<float*>(scratch);
-  if (const int k = one_channel_kernel(g); k != 0) {
-    const int per_chunk = one_channel_chunk_positions(g);
+  if (const int k = plane_kernel(g); k != 0) {
+    const dim3 grid(static_cast<unsigned>(g.n), static_cast<unsigned>((g.oc + kPlaneWarps - 1) / kPlaneWarps));
+    const size_t shared = sizeof(float) * (g.h + 2 * g.pad) * (g.w + 2 * g.pad);
     if (k == 3)
-      conv_direct_filter_one_channel_kernel<3><<<chunks, kOneChannelThreads, 0, stream>>>(x, dy, relu_out, partial, g,
-                                                                                         per_chunk);
+      conv_direct_filter_plane_kernel<3><<<grid, kPlaneWarps * 32, shared, stream>>>(x, dy, relu_out, partial, g);
     else
-      conv_direct_filter_one_channel_kernel<5><<<chunks, kOneChannelThreads, 0, stream>>>(x, dy, relu_out, partial, g,
-                                                                                         per_chunk);
+      conv_direct_filter_plane_kernel<5><<<grid, kPlaneWarps * 32, shared, stream>>>(x, dy, relu_out, partial, g);
   } else {
     const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>((g.oc + kChannelTile - 1) / kChannelTile));
     conv_direct_filter_partial_kernel<<<grid, kThreads, 0, stream>>>(x, dy, relu_out, partial, g);

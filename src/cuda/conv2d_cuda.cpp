@@ -197,13 +197,19 @@ class Conv2dCuda final : public Conv2dLayer<float> {
       } else {
         dy = masked_gradient(stream, p.n, p.filter, dout.data, out.data, masked_.data(), db, bias_partials_.data());
       }
-      const bool side = din.data != nullptr;
-      run_filter(side ? cu.side_cudnn() : cu.cudnn(), side ? cu.fork() : stream,
-                 side ? cu.side_workspace(p.workspace) : cu.workspace(p.workspace), p, p.filter, in.data, dy, dw, db);
     }
+    // Beside an input gradient the filter gradient runs on the side stream, forked here but queued
+    // after the input gradient (the critical path), so that the graph launches that one's kernels
+    // first: the other way round, cuDNN's FFT filter gradient (which starts with a pass over dy,
+    // flip_filter) filled the GPU and held the input gradient back by 13 us.
+    const bool side = !direct_ && din.data != nullptr;
+    const cudaStream_t filter_stream = side ? cu.fork() : stream;
     if (din.data != nullptr)
       run_backward_data(cu.cudnn(), stream, cu.workspace(p.workspace), p, p.data, dy, params()[0].value.data(),
                         din.data);
+    if (!direct_)
+      run_filter(side ? cu.side_cudnn() : cu.cudnn(), filter_stream,
+                 side ? cu.side_workspace(p.workspace) : cu.workspace(p.workspace), p, p.filter, in.data, dy, dw, db);
   }
 
  private:
@@ -422,8 +428,9 @@ class Conv2dCuda final : public Conv2dLayer<float> {
     const auto pair = [&](const Algo& da, const Algo& fa) {
       const float* dy = masked_gradient(st, p.n, fa, m.y.data(), m.y.data(), m.masked.data(), m.db.data(),
                                         m.partials.data());
-      run_filter(cu.side_cudnn(), cu.fork(), filter_ws.data(), p, fa, m.x.data(), dy, m.dw.data(), m.db.data());
+      const cudaStream_t side = cu.fork();  // as backward queues them
       run_backward_data(cu.cudnn(), st, data_ws.data(), p, da, dy, m.w.data(), m.dx.data());
+      run_filter(cu.side_cudnn(), side, filter_ws.data(), p, fa, m.x.data(), dy, m.dw.data(), m.db.data());
       cu.join();
     };
     double best = std::numeric_limits<double>::infinity();
@@ -456,10 +463,12 @@ class Conv2dCuda final : public Conv2dLayer<float> {
     }
   };
 
-  /// The fastest allowed algorithm of one direction in a graph: the first kCandidates allowed cuDNN
-  /// results and each of dptrain's kernel families are timed. A cuDNN algorithm that cannot be
-  /// captured is passed over (the first stays the answer if nothing else is left: an eager step,
-  /// train.cuda_graph off, still runs).
+  /// The fastest allowed algorithm of one direction in a graph: every allowed cuDNN result and each
+  /// of dptrain's kernel families are timed. (Timing only cudnnFind's first four let its own noisy
+  /// eager ranking decide: for conv2's forward at batch 64, Winograd, 40 us in a graph, was passed
+  /// over, it seems, in some processes, which then ran FFT tiling, 44 us.) A cuDNN algorithm that
+  /// cannot be captured is passed over (the first stays the answer if nothing else is left: an
+  /// eager step, train.cuda_graph off, still runs).
   struct Choice {
     Algo algo;
     double us = 0, cudnn_us = 0;  // the chosen one's graph time; the best cuDNN one's
@@ -468,9 +477,8 @@ class Conv2dCuda final : public Conv2dLayer<float> {
   template <typename Perf, typename Op>
   Choice fastest(const Perf* results, int count, AlgoRules rules, const char* what, int n, cudaStream_t st,
                  const std::vector<Impl>& own, Op op) {
-    constexpr int kCandidates = 4;
     std::vector<Algo> candidates;
-    for (int i = 0; i < count && static_cast<int>(candidates.size()) < kCandidates; ++i)
+    for (int i = 0; i < count; ++i)
       if (allowed(results[i], rules)) candidates.push_back(cudnn_algo(results[i]));
     if (candidates.empty() && own.empty()) pick(results, count, rules, what);  // throws: nothing allowed
     for (Impl impl : own) candidates.push_back(Algo{impl});

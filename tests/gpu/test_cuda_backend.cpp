@@ -145,7 +145,7 @@ TEST_F(CudaBackend, ConvMatchesCpu) {
     c.padding = 1;
     compare_layer(cpu_, *gpu_, c, Dims{1, 13, 11}, n, 1e-5);
     compare_layer(cpu_, *gpu_, c, Dims{2, 13, 11}, n, 1e-5);
-    c.kernel = 5;  // one channel, 5x5: the one-channel filter-gradient kernel's other size
+    c.kernel = 5;  // one channel, 5x5: the plane filter-gradient kernel's other size
     c.stride = 1;
     c.padding = 2;
     compare_layer(cpu_, *gpu_, c, Dims{1, 13, 11}, n, 1e-5);
