@@ -182,10 +182,15 @@ __global__ void __launch_bounds__(kPlaneWarps * 32)
   }
 }
 
+/// Floats of the plane kernel's shared memory: one zero-padded input plane.
+long padded_plane_floats(const ConvGeometry& g) { return static_cast<long>(g.h + 2 * g.pad) * (g.w + 2 * g.pad); }
+
 /// The plane kernel's K, or 0 where it does not serve.
 int plane_kernel(const ConvGeometry& g) {
-  const long padded = static_cast<long>(g.h + 2 * g.pad) * (g.w + 2 * g.pad);
-  return g.c == 1 && (g.k == 3 || g.k == 5) && padded <= kMaxPlaneFloats && g.oc <= 65535 * kPlaneWarps ? g.k : 0;
+  return g.c == 1 && (g.k == 3 || g.k == 5) && padded_plane_floats(g) <= kMaxPlaneFloats &&
+                 g.oc <= 65535 * kPlaneWarps
+             ? g.k
+             : 0;
 }
 
 int chunks_for(const ConvGeometry& g) {
@@ -226,7 +231,7 @@ void conv_direct_filter_grad(const float* x, const float* dy, const float* relu_
   float* partial = static_cast<float*>(scratch);
   if (const int k = plane_kernel(g); k != 0) {
     const dim3 grid(static_cast<unsigned>(g.n), static_cast<unsigned>((g.oc + kPlaneWarps - 1) / kPlaneWarps));
-    const size_t shared = sizeof(float) * (g.h + 2 * g.pad) * (g.w + 2 * g.pad);
+    const size_t shared = sizeof(float) * static_cast<size_t>(padded_plane_floats(g));
     if (k == 3)
       conv_direct_filter_plane_kernel<3><<<grid, kPlaneWarps * 32, shared, stream>>>(x, dy, relu_out, partial, g);
     else
