@@ -5,9 +5,27 @@
 namespace dptrain {
 
 void UpdateInBackward::on_gradients_ready(DeviceContext& ctx, size_t begin, size_t end) {
+  if (held_end_ > held_begin_) {
+    if (end != held_begin_) {  // not neighbours: the held update goes alone
+      optimizer_.step_part(ctx, params_, grads_, scalars_, held_begin_, held_end_, ctx.cuda().queue_update());
+    } else {
+      end = held_end_;
+    }
+    held_begin_ = held_end_ = 0;
+  }
+  if (end - begin < kSmallUpdate) {
+    held_begin_ = begin, held_end_ = end;
+    return;
+  }
   // After the layer's whole backward: its weight gradient (side stream), its bias gradient and its
   // input gradient, which still reads the weights about to change (compute stream).
   optimizer_.step_part(ctx, params_, grads_, scalars_, begin, end, ctx.cuda().queue_update());
+}
+
+void UpdateInBackward::on_backward_done(DeviceContext& ctx) {
+  if (held_end_ == held_begin_) return;
+  optimizer_.step_part(ctx, params_, grads_, scalars_, held_begin_, held_end_, ctx.cuda().stream());
+  held_begin_ = held_end_ = 0;
 }
 
 }  // namespace dptrain
