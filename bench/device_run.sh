@@ -28,6 +28,17 @@ for step in "$@"; do
         echo -n "$b $t: "; $b/dptrain bench --device cuda --steps 400 --set train.precision=$t | tee -a "$OUT/ab.jsonl" |
           python3 -c "import json,sys; r=json.loads(sys.stdin.read()); print(r['ms_per_step'], r['images_per_second'])"
       done; done; done ;;
+    envab)  # this tree under each setting of $ENVAB (space-separated VAR=value), interleaved, same machine
+      for round in 1 2; do for t in float32 tf32; do for e in $ENVAB; do
+        echo -n "$e $t: "; env "$e" $B/dptrain bench --device cuda --steps 400 --set train.precision=$t | tee -a "$OUT/envab.jsonl" |
+          python3 -c "import json,sys; r=json.loads(sys.stdin.read()); print(r['ms_per_step'], r['images_per_second'])"
+      done; done; done ;;
+    startup)  # wall time of a 20-step training run (planning, data, evaluation at the end): this tree and each base, interleaved
+      for round in 1 2; do for b in $B /tmp/bases/*/b; do
+        d=$(mktemp -d /tmp/dr/startup.XXXX); rmdir "$d"
+        /usr/bin/time -f "%e" -o /tmp/dr/wall $b/dptrain train --device cuda --max-steps 20 --no-progress --out "$d" >"$d.log" 2>&1
+        echo "$b round $round: rc=$? $(cat /tmp/dr/wall) s wall; $(grep -c "" "$d.log") log lines"
+      done; done ;;
     test)
       $B/tests/dptrain_gpu_tests 2>&1 | tee "$OUT/gpu_tests.log" | grep -E "^\[  |GPU vs CPU|Failure|Expected|Which|rel" | head -60 ;;
     ctest)

@@ -140,7 +140,7 @@ class Conv2dCuda final : public Conv2dLayer<float> {
 
   void reserve(DeviceContext& ctx, int max_batch) override {
     if (!filter_) create_descriptors(ctx.cuda().options().tf32);
-    plan(ctx, max_batch);
+    plan(ctx, max_batch, false);
     const size_t full = static_cast<size_t>(max_batch) * output_dims().count();
     if (masked_.size() < (relu_ || pool_ ? full : 0)) masked_ = Buffer<float>(Device::Cuda, full);
     const size_t partials = std::max(kernels::bias_grad_channels_scratch(max_batch, out_channels()),
@@ -155,7 +155,7 @@ class Conv2dCuda final : public Conv2dLayer<float> {
 
   void forward(DeviceContext& ctx, TensorView<const float> in, TensorView<float> out, Phase phase,
                const StepInfo&) override {
-    const Plan& p = plan(ctx, in.n);
+    const Plan& p = plan(ctx, in.n, phase == Phase::Train);
     CudaContext& cu = ctx.cuda();
     const float* w = params()[0].value.data();
     const float* b = params()[1].value.data();
@@ -173,7 +173,7 @@ class Conv2dCuda final : public Conv2dLayer<float> {
   // the side stream (cuda_context.h).
   void backward(DeviceContext& ctx, TensorView<const float> in, TensorView<const float> out,
                 TensorView<const float> dout, TensorView<float> din) override {
-    const Plan& p = plan(ctx, in.n);
+    const Plan& p = plan(ctx, in.n, true);
     CudaContext& cu = ctx.cuda();
     cudaStream_t stream = cu.stream();
     float* dw = params()[0].grad.data();
@@ -217,6 +217,7 @@ class Conv2dCuda final : public Conv2dLayer<float> {
     int n = 0;
     CudnnTensorDesc x, y;
     Algo fwd, data, filter;
+    bool backward = false;  ///< data and filter chosen (an evaluation batch needs only fwd)
     size_t workspace = 0;
   };
   struct MeasureScratch;
@@ -329,24 +330,32 @@ class Conv2dCuda final : public Conv2dLayer<float> {
     CUDNN_CHECK(cudnnSetConvolutionMathType(c, tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH));
   }
 
-  const Plan& plan(DeviceContext& ctx, int n) {
-    for (const Plan& p : plans_)
-      if (p.n == n) return p;
-    const Dims in = input_dims(), out = output_dims();
-    Plan p;
-    p.n = n;
-    p.x = make_tensor_desc(n, in.c, in.h, in.w);
-    p.y = make_tensor_desc(n, out.c, out.h, out.w);
-    if (ctx.cuda().options().cudnn_benchmark)
-      measure_plan(ctx, p);
-    else
-      heuristic_plan(ctx, p);
+  /// The plan for batch n, chosen the first time the batch is seen: in a forward pass (a training
+  /// forward also chooses the backward directions, so that no timing runs inside backward, where
+  /// the side stream may hold work), or in reserve(). By measurement, an evaluation batch times its
+  /// forward only.
+  const Plan& plan(DeviceContext& ctx, int n, bool backward) {
+    auto found = std::find_if(plans_.begin(), plans_.end(), [n](const Plan& p) { return p.n == n; });
+    if (found == plans_.end()) {
+      const Dims in = input_dims(), out = output_dims();
+      Plan p;
+      p.n = n;
+      p.x = make_tensor_desc(n, in.c, in.h, in.w);
+      p.y = make_tensor_desc(n, out.c, out.h, out.w);
+      if (ctx.cuda().options().cudnn_benchmark)
+        measure_forward(ctx, p);
+      else
+        heuristic_plan(ctx, p);
+      plans_.push_back(std::move(p));
+      found = plans_.end() - 1;
+    }
+    Plan& p = *found;
+    if (backward && !p.backward) measure_backward(ctx, p);
     p.workspace = std::max({bytes(p.fwd, n), bytes(p.data, n), bytes(p.filter, n),
                             direct_ ? kernels::conv_direct_filter_grad_scratch(geometry(n)) : size_t{0}});
     ctx.cuda().workspace(p.workspace);  // grow both now, never inside a step
     ctx.cuda().side_workspace(p.workspace);
-    plans_.push_back(std::move(p));
-    return plans_.back();
+    return p;
   }
 
   /// dptrain's fastest kernel family (by expectation) wherever one serves the shape; cuDNN's
@@ -367,13 +376,15 @@ class Conv2dCuda final : public Conv2dLayer<float> {
     p.filter = cudnn_algo(pick(w, found, rules, "backward-filter"));
     const std::vector<Impl> own = own_kernels(p.n, ctx.cuda().options().exact_convolutions);
     if (!own.empty()) p.fwd = p.data = p.filter = Algo{own.front()};
+    p.backward = true;
   }
 
   /// By measurement: cudnnFind proposes algorithms (its eager times include launch overhead that a
   /// graph-replayed step never pays, which misranks the short kernels of small batches); the best
   /// few that are allowed, and dptrain's kernels where they serve, are each timed inside a CUDA
   /// graph with the bias and ReLU work that goes with them, and the fastest is kept.
-  void measure_plan(DeviceContext& ctx, Plan& p) {
+  void measure_forward(DeviceContext& ctx, Plan& p) {
+    if (direct_) return;
     MeasureScratch m(*this, p.n);
     cudnnHandle_t h = ctx.cuda().cudnn();
     cudaStream_t st = ctx.cuda().stream();
@@ -381,15 +392,24 @@ class Conv2dCuda final : public Conv2dLayer<float> {
     const std::vector<Impl> own = own_kernels(p.n, ctx.cuda().options().exact_convolutions);
     constexpr int kMax = 16;
     int found = 0;
-    if (!direct_) {
-      cudnnConvolutionFwdAlgoPerf_t f[kMax];
-      CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithm(h, p.x, filter_, conv_, p.y, kMax, &found, f));
-      const Choice best = fastest(f, found, rules, "forward", p.n, st, own, [&](const Algo& a, void* ws) {
-        run_forward(h, st, ws, p, a, m.x.data(), m.w.data(), m.b.data(), m.y.data());
-      });
-      p.fwd = best.algo;
-      note(ctx, p.n, "forward", best);
-    }
+    cudnnConvolutionFwdAlgoPerf_t f[kMax];
+    CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithm(h, p.x, filter_, conv_, p.y, kMax, &found, f));
+    const Choice best = fastest(f, found, rules, "forward", p.n, st, own, [&](const Algo& a, void* ws) {
+      run_forward(h, st, ws, p, a, m.x.data(), m.w.data(), m.b.data(), m.y.data());
+    });
+    p.fwd = best.algo;
+    note(ctx, p.n, "forward", best);
+  }
+
+  void measure_backward(DeviceContext& ctx, Plan& p) {
+    p.backward = true;
+    MeasureScratch m(*this, p.n);
+    cudnnHandle_t h = ctx.cuda().cudnn();
+    cudaStream_t st = ctx.cuda().stream();
+    const AlgoRules rules = algo_rules(ctx.cuda().options());
+    const std::vector<Impl> own = own_kernels(p.n, ctx.cuda().options().exact_convolutions);
+    constexpr int kMax = 16;
+    int found = 0;
     cudnnConvolutionBwdDataAlgoPerf_t d[kMax];
     CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(h, filter_, p.y, conv_, p.x, kMax, &found, d));
     const Choice data = fastest(d, found, rules, "backward-data", p.n, st, own, [&](const Algo& a, void* ws) {

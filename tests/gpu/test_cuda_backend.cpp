@@ -12,6 +12,7 @@
 
 #include "comm/communicator.h"
 #include "core/device_ops.h"
+#include "cuda/check.h"
 #include "cuda/cuda_context.h"
 #include "data/dataset.h"
 #include "data/sampler.h"
@@ -187,7 +188,9 @@ std::vector<int> chosen(const DeviceContext& ctx, const std::string& direction) 
 }
 
 // Under cudnn_benchmark every direction of a convolution is chosen by graph timing, once per batch
-// size, and reported; with train.exact_convolutions never an FFT or Winograd algorithm.
+// size, and reported; with train.exact_convolutions never an FFT or Winograd algorithm. reserve()
+// (sized for the evaluation batch) times the forward only; a training forward times the backward
+// directions of its batch.
 TEST_F(CudaBackend, ConvPlanTimesEachDirectionOnceAndExactNeverTransforms) {
   TrainConfig t;
   t.exact_convolutions = true;
@@ -202,9 +205,26 @@ TEST_F(CudaBackend, ConvPlanTimesEachDirectionOnceAndExactNeverTransforms) {
   Buffer<float> values(Device::Cuda, np), grads(Device::Cuda, np);
   conv->bind({{values.span().subspan(0, np - 64), grads.span().subspan(0, np - 64)},
               {values.span().subspan(np - 64), grads.span().subspan(np - 64)}});
+  const Dims in{32, 26, 26};
+  Buffer<float> x(Device::Cuda, static_cast<size_t>(64) * in.count()),
+      y(Device::Cuda, static_cast<size_t>(64) * conv->output_dims().count());
+  CUDA_CHECK(cudaMemset(x.data(), 0, x.size() * sizeof(float)));
+  CUDA_CHECK(cudaMemset(values.data(), 0, values.size() * sizeof(float)));
+  const auto train_forward = [&](Layer<float>& l, int n) {
+    l.forward(*gpu_, TensorView<const float>{x.data(), n, in}, TensorView<float>{y.data(), n, l.output_dims()},
+              Phase::Train, StepInfo{});
+  };
   conv->reserve(*gpu_, 64);
   conv->reserve(*gpu_, 64);  // a known batch size is not timed again
   conv->reserve(*gpu_, 16);
+  ASSERT_EQ(gpu_->cuda().choices().size(), 2u);
+  EXPECT_EQ(chosen(*gpu_, "forward").size(), 2u);
+  conv->forward(*gpu_, TensorView<const float>{x.data(), 64, in}, TensorView<float>{y.data(), 64, conv->output_dims()},
+                Phase::Eval, StepInfo{});
+  ASSERT_EQ(gpu_->cuda().choices().size(), 2u);  // an evaluation forward needs nothing more
+  train_forward(*conv, 64);
+  train_forward(*conv, 16);
+  train_forward(*conv, 64);
   ASSERT_EQ(gpu_->cuda().choices().size(), 6u);
   for (int a : chosen(*gpu_, "forward"))
     EXPECT_TRUE(a != CUDNN_CONVOLUTION_FWD_ALGO_FFT && a != CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING &&
@@ -226,6 +246,7 @@ TEST_F(CudaBackend, ConvPlanTimesEachDirectionOnceAndExactNeverTransforms) {
   second->bind({{values.span().subspan(0, np - 64), grads.span().subspan(0, np - 64)},
                 {values.span().subspan(np - 64), grads.span().subspan(np - 64)}});
   second->reserve(*gpu_, 64);
+  train_forward(*second, 64);
   ASSERT_EQ(gpu_->cuda().choices().size(), 10u);
   const std::string& pair = gpu_->cuda().choices().back();
   ASSERT_NE(pair.find("batch 64 backward side by side: data "), std::string::npos) << pair;
