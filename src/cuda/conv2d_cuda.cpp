@@ -343,14 +343,14 @@ class Conv2dCuda final : public Conv2dLayer<float> {
       p.x = make_tensor_desc(n, in.c, in.h, in.w);
       p.y = make_tensor_desc(n, out.c, out.h, out.w);
       if (ctx.cuda().options().cudnn_benchmark)
-        measure_forward(ctx, p);
+        measure_plan(ctx, p, true, backward);
       else
         heuristic_plan(ctx, p);
       plans_.push_back(std::move(p));
       found = plans_.end() - 1;
     }
     Plan& p = *found;
-    if (backward && !p.backward) measure_backward(ctx, p);
+    if (backward && !p.backward) measure_plan(ctx, p, false, true);
     p.workspace = std::max({bytes(p.fwd, n), bytes(p.data, n), bytes(p.filter, n),
                             direct_ ? kernels::conv_direct_filter_grad_scratch(geometry(n)) : size_t{0}});
     ctx.cuda().workspace(p.workspace);  // grow both now, never inside a step
@@ -383,8 +383,7 @@ class Conv2dCuda final : public Conv2dLayer<float> {
   /// graph-replayed step never pays, which misranks the short kernels of small batches); the best
   /// few that are allowed, and dptrain's kernels where they serve, are each timed inside a CUDA
   /// graph with the bias and ReLU work that goes with them, and the fastest is kept.
-  void measure_forward(DeviceContext& ctx, Plan& p) {
-    if (direct_) return;
+  void measure_plan(DeviceContext& ctx, Plan& p, bool forward, bool backward) {
     MeasureScratch m(*this, p.n);
     cudnnHandle_t h = ctx.cuda().cudnn();
     cudaStream_t st = ctx.cuda().stream();
@@ -392,24 +391,17 @@ class Conv2dCuda final : public Conv2dLayer<float> {
     const std::vector<Impl> own = own_kernels(p.n, ctx.cuda().options().exact_convolutions);
     constexpr int kMax = 16;
     int found = 0;
-    cudnnConvolutionFwdAlgoPerf_t f[kMax];
-    CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithm(h, p.x, filter_, conv_, p.y, kMax, &found, f));
-    const Choice best = fastest(f, found, rules, "forward", p.n, st, own, [&](const Algo& a, void* ws) {
-      run_forward(h, st, ws, p, a, m.x.data(), m.w.data(), m.b.data(), m.y.data());
-    });
-    p.fwd = best.algo;
-    note(ctx, p.n, "forward", best);
-  }
-
-  void measure_backward(DeviceContext& ctx, Plan& p) {
+    if (forward && !direct_) {
+      cudnnConvolutionFwdAlgoPerf_t f[kMax];
+      CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithm(h, p.x, filter_, conv_, p.y, kMax, &found, f));
+      const Choice best = fastest(f, found, rules, "forward", p.n, st, own, [&](const Algo& a, void* ws) {
+        run_forward(h, st, ws, p, a, m.x.data(), m.w.data(), m.b.data(), m.y.data());
+      });
+      p.fwd = best.algo;
+      note(ctx, p.n, "forward", best);
+    }
+    if (!backward) return;
     p.backward = true;
-    MeasureScratch m(*this, p.n);
-    cudnnHandle_t h = ctx.cuda().cudnn();
-    cudaStream_t st = ctx.cuda().stream();
-    const AlgoRules rules = algo_rules(ctx.cuda().options());
-    const std::vector<Impl> own = own_kernels(p.n, ctx.cuda().options().exact_convolutions);
-    constexpr int kMax = 16;
-    int found = 0;
     cudnnConvolutionBwdDataAlgoPerf_t d[kMax];
     CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(h, filter_, p.y, conv_, p.x, kMax, &found, d));
     const Choice data = fastest(d, found, rules, "backward-data", p.n, st, own, [&](const Algo& a, void* ws) {
