@@ -336,6 +336,7 @@ class Conv2dCuda final : public Conv2dLayer<float> {
   /// forward only.
   const Plan& plan(DeviceContext& ctx, int n, bool backward) {
     auto found = std::find_if(plans_.begin(), plans_.end(), [n](const Plan& p) { return p.n == n; });
+    if (found != plans_.end() && (found->backward || !backward)) return *found;  // every step: a lookup
     if (found == plans_.end()) {
       const Dims in = input_dims(), out = output_dims();
       Plan p;
@@ -348,9 +349,10 @@ class Conv2dCuda final : public Conv2dLayer<float> {
         heuristic_plan(ctx, p);
       plans_.push_back(std::move(p));
       found = plans_.end() - 1;
+    } else {
+      measure_plan(ctx, *found, false, true);
     }
     Plan& p = *found;
-    if (backward && !p.backward) measure_plan(ctx, p, false, true);
     p.workspace = std::max({bytes(p.fwd, n), bytes(p.data, n), bytes(p.filter, n),
                             direct_ ? kernels::conv_direct_filter_grad_scratch(geometry(n)) : size_t{0}});
     ctx.cuda().workspace(p.workspace);  // grow both now, never inside a step
