@@ -9,6 +9,12 @@ mkdir -p "$OUT"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 NCCL_NVLS_ENABLE=0 PYTHONUNBUFFERED=1
 B=build-dev
 rm -rf /tmp/dr; mkdir -p /tmp/dr
+# bench_rate LOG CMD...: runs a `dptrain bench` command, appends its JSON to $OUT/LOG, prints ms/step and images/s.
+bench_rate() {
+  local log=$1; shift
+  "$@" | tee -a "$OUT/$log" |
+    python3 -c "import json,sys; r=json.loads(sys.stdin.read()); print(r['ms_per_step'], r['images_per_second'])"
+}
 for step in "$@"; do
   case $step in
     build)
@@ -25,13 +31,11 @@ for step in "$@"; do
       done; wait ;;
     ab)  # this tree against each base build, interleaved, same machine; ms/step and images/s
       for round in 1 2; do for t in float32 tf32; do for b in $B /tmp/bases/*/b; do
-        echo -n "$b $t: "; $b/dptrain bench --device cuda --steps 400 --set train.precision=$t | tee -a "$OUT/ab.jsonl" |
-          python3 -c "import json,sys; r=json.loads(sys.stdin.read()); print(r['ms_per_step'], r['images_per_second'])"
+        echo -n "$b $t: "; bench_rate ab.jsonl $b/dptrain bench --device cuda --steps 400 --set train.precision=$t
       done; done; done ;;
     envab)  # this tree under each setting of $ENVAB (space-separated VAR=value), interleaved, same machine
       for round in 1 2; do for t in float32 tf32; do for e in $ENVAB; do
-        echo -n "$e $t: "; env "$e" $B/dptrain bench --device cuda --steps 400 --set train.precision=$t | tee -a "$OUT/envab.jsonl" |
-          python3 -c "import json,sys; r=json.loads(sys.stdin.read()); print(r['ms_per_step'], r['images_per_second'])"
+        echo -n "$e $t: "; bench_rate envab.jsonl env "$e" $B/dptrain bench --device cuda --steps 400 --set train.precision=$t
       done; done; done ;;
     startup)  # wall time of a 20-step training run (planning, data, evaluation at the end): this tree and each base, interleaved
       for round in 1 2; do for b in $B /tmp/bases/*/b; do
