@@ -79,6 +79,29 @@ for k in sorted(best):
     r = best[k]; print("%-6s %-15s %-4s %-4s %-8s algo %d %8.1f us %6.2f TFLOP/s" % (k[0], k[1], k[2], k[3], "det" if k[4] else "any", r["algo"], r["us"], r["tflops"]))
 PY
       ;;
+    batches)  # the acceptance table: both configs, float32 and tf32, batch 1 to 8192; PyTorch (graph) in the same call
+      for c in mnist_cnn lenet5; do for t in float32 tf32; do for b in ${BATCHES:-1 3 64 257 1000 1024 2048 4096 8192}; do
+        s=$(( b >= 1024 ? 60 : 200 ))
+        r=$(timeout 300 $B/dptrain bench --config configs/$c.yaml --device cuda --steps $s --warmup 5 --batch-size $b \
+              --set train.precision=$t 2>"$OUT/bench_err.log" | tee -a "$OUT/batches.jsonl")
+        echo "dptrain $c $t $b rc=$? $(echo "$r" | python3 -c "import json,sys; r=json.loads(sys.stdin.read() or '{}'); print(r.get('ms_per_step'), r.get('images_per_second'))" 2>/dev/null) $(tail -1 "$OUT/bench_err.log")"
+      done; done; done
+      for c in mnist_cnn lenet5; do
+        timeout 500 python3 bench/pytorch_reference.py --net $c --mode graph --precision float32 tf32 --steps 50 --warmup 5 \
+          --batch ${BATCHES:-1 3 64 257 1000 1024 2048 4096 8192} | tee -a "$OUT/batches.jsonl" |
+          python3 -c "import json,sys; [print('pytorch', r['config'], r['precision'], r['batch'], r['ms_per_step'], r['images_per_second']) for r in map(json.loads, sys.stdin)]"
+      done ;;
+    sanitize)  # memcheck over planning (every candidate, DPTRAIN_PLAN_TIMING=quick) and a few graph steps; racecheck on the kernel sweep
+      for a in "configs/mnist_cnn.yaml 1024" "configs/lenet5.yaml 4096" "configs/mnist_cnn.yaml 4096"; do set -- $a
+        DPTRAIN_PLAN_TIMING=quick timeout 400 compute-sanitizer --tool memcheck --print-limit 5 $B/dptrain bench --config $1 \
+          --device cuda --steps 20 --warmup 2 --batch-size $2 > "$OUT/memcheck_$(basename $1 .yaml)_$2.log" 2>&1
+        echo "memcheck $1 $2 rc=$?: $(grep -E 'ERROR SUMMARY' "$OUT/memcheck_$(basename $1 .yaml)_$2.log")"; grep -m3 -E "Invalid|Address|at 0x" "$OUT/memcheck_$(basename $1 .yaml)_$2.log"
+      done
+      timeout 400 compute-sanitizer --tool racecheck --print-limit 5 $B/tests/dptrain_gpu_tests --gtest_filter='ShapeSweep.*:TiledConv.*:SkinnyGemm.*' > "$OUT/racecheck.log" 2>&1
+      echo "racecheck rc=$?: $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck.log")"; tail -3 "$OUT/racecheck.log" ;;
+    longsweep)
+      DPTRAIN_SWEEP=long timeout 500 $B/tests/dptrain_gpu_tests --gtest_filter='ShapeSweep.*' > "$OUT/longsweep.log" 2>&1
+      echo "long sweep rc=$?"; grep -E "^sweep:|FAILED|Failure" "$OUT/longsweep.log" | head -20 ;;
     quickbench)  # dptrain alone, graph step in float32 and tf32
       for t in float32 tf32; do $B/dptrain bench --device cuda --steps 400 --set train.precision=$t | tee -a "$OUT/bench.jsonl"; done ;;
     bench)

@@ -7,9 +7,15 @@ Modes:
   examples  - as pytorch/examples mnist/main.py runs it: torchvision MNIST dataset, DataLoader
               (1 worker, pinned memory, shuffle), host-to-device copy per batch
   resident  - the whole dataset normalised on the GPU once, batches indexed on the device (eager)
+  graph     - resident, with the whole step (batch gather, forward, backward, a capturable
+              optimizer) captured once with torch.cuda.graph and replayed: what a strong PyTorch
+              user writes, and the fair peer of dptrain's graph-replayed step
   cpu       - the same step on the CPU with --threads threads
 
-  python3 bench/pytorch_reference.py --data data/mnist --mode resident --steps 300
+--net mnist_cnn (default: examples/mnist, Adadelta) or lenet5 (configs/lenet5.yaml: SGD with
+Nesterov momentum and weight decay); --precision tf32 allows TF32 in cuDNN and cuBLAS.
+
+  python3 bench/pytorch_reference.py --data data/mnist --mode resident --mode graph --batch 1024
 """
 import argparse
 import gzip
@@ -50,6 +56,34 @@ class Net(nn.Module):
         return F.log_softmax(x, dim=1)
 
 
+class LeNet5(nn.Module):
+    """configs/lenet5.yaml: conv 6@5x5 pad 2, pool, conv 16@5x5, pool, fc 120, 84, 10, ReLUs."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 5, padding=2)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(400, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = torch.flatten(x, 1)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return F.log_softmax(self.fc3(x), dim=1)
+
+
+def make_model(args, device, capturable=False):
+    if args.net == "lenet5":
+        model = LeNet5().to(device)
+        return model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    model = Net().to(device)
+    return model, torch.optim.Adadelta(model.parameters(), lr=1.0, capturable=capturable)
+
+
 def read_idx(path):
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rb") as f:
@@ -81,7 +115,7 @@ def timed_steps(step, warmup, steps, sync):
 
 def report(mode, device_name, batch, times, extra=None):
     med = statistics.median(times)
-    out = {"impl": "pytorch", "mode": mode, "device": device_name, "precision": "float32", "batch": batch,
+    out = {"impl": "pytorch", "mode": mode, "device": device_name, "batch": batch,
            "steps": len(times), "ms_per_step": med, "ms_per_step_min": min(times), "ms_per_step_max": max(times),
            "images_per_second": 1000.0 * batch / med, "torch": torch.__version__}
     out.update(extra or {})
@@ -102,8 +136,7 @@ def run_resident(args, device):
     labels = torch.from_numpy(read_idx(find(args.data, "train-labels-idx1-ubyte")).astype(np.int64))
     x_all = ((images.float() / 255.0 - 0.1307) / 0.3081).unsqueeze(1).to(device)
     y_all = labels.to(device)
-    model = Net().to(device)
-    optimizer = torch.optim.Adadelta(model.parameters(), lr=1.0)
+    model, optimizer = make_model(args, device)
     step_on = make_step(model, optimizer, device)
     perm = torch.randperm(x_all.shape[0], device=device)
     cursor = [0]
@@ -116,6 +149,44 @@ def run_resident(args, device):
 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     return timed_steps(step, args.warmup, args.steps, sync)
+
+
+def run_graph(args, device):
+    images = torch.from_numpy(read_idx(find(args.data, "train-images-idx3-ubyte")).copy())
+    labels = torch.from_numpy(read_idx(find(args.data, "train-labels-idx1-ubyte")).astype(np.int64))
+    x_all = ((images.float() / 255.0 - 0.1307) / 0.3081).unsqueeze(1).to(device)
+    y_all = labels.to(device)
+    model, optimizer = make_model(args, device, capturable=True)
+    perm = torch.randperm(x_all.shape[0], device=device)
+    batches = x_all.shape[0] // args.batch
+    idx = perm[:args.batch].clone()  # the step's sample indices: the graph's one input
+
+    def body():
+        optimizer.zero_grad(set_to_none=False)
+        loss = F.nll_loss(model(x_all[idx]), y_all[idx])
+        loss.backward()
+        optimizer.step()
+
+    # Warm-up on a side stream (optimizer state, cuDNN/cuBLAS plans), then capture, as PyTorch's
+    # CUDA graphs documentation does for whole-network capture.
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            body()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        body()
+    cursor = [0]
+
+    def step():
+        i = cursor[0] % batches
+        cursor[0] += 1
+        idx.copy_(perm[i * args.batch:(i + 1) * args.batch])
+        graph.replay()
+
+    return timed_steps(step, args.warmup, args.steps, torch.cuda.synchronize)
 
 
 def run_examples(args, device):
@@ -132,8 +203,7 @@ def run_examples(args, device):
     dataset = datasets.MNIST(root, train=True, download=False, transform=transform)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch, shuffle=True, num_workers=1,
                                          pin_memory=True)
-    model = Net().to(device)
-    optimizer = torch.optim.Adadelta(model.parameters(), lr=1.0)
+    model, optimizer = make_model(args, device)
     step_on = make_step(model, optimizer, device)
     it = [iter(loader)]
 
@@ -153,25 +223,33 @@ def run_examples(args, device):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data/mnist")
-    p.add_argument("--mode", choices=["examples", "resident", "cpu"], action="append")
+    p.add_argument("--mode", choices=["examples", "resident", "graph", "cpu"], action="append")
+    p.add_argument("--net", choices=["mnist_cnn", "lenet5"], default="mnist_cnn")
+    p.add_argument("--precision", choices=["float32", "tf32"], nargs="+", default=["float32"])
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--warmup", type=int, default=30)
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--batch", type=int, nargs="+", default=[64], help="one run per batch size")
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args()
-    torch.manual_seed(1)
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    for mode in args.mode or ["resident"]:
-        if mode == "cpu":
-            if args.threads:
-                torch.set_num_threads(args.threads)
-            times = run_resident(args, torch.device("cpu"))
-            report("cpu", "cpu", args.batch, times, {"threads": torch.get_num_threads()})
-        else:
-            device = torch.device("cuda")
-            times = run_resident(args, device) if mode == "resident" else run_examples(args, device)
-            report(mode, torch.cuda.get_device_name(0), args.batch, times)
+    for precision in args.precision:
+        torch.backends.cudnn.allow_tf32 = precision == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+        torch.backends.cudnn.benchmark = True
+        extra = {"config": args.net, "precision": precision}
+        for batch in args.batch:
+            one = argparse.Namespace(**vars(args))
+            one.batch = batch
+            torch.manual_seed(1)
+            for mode in args.mode or ["resident"]:
+                if mode == "cpu":
+                    if args.threads:
+                        torch.set_num_threads(args.threads)
+                    times = run_resident(one, torch.device("cpu"))
+                    report("cpu", "cpu", batch, times, dict(extra, threads=torch.get_num_threads()))
+                else:
+                    run = {"resident": run_resident, "graph": run_graph, "examples": run_examples}[mode]
+                    report(mode, torch.cuda.get_device_name(0), batch, run(one, torch.device("cuda")), extra)
+                    torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 // dptrain train: builds the model from a config and trains it on the chosen device. A failure of
-// the run (a numerical blow-up under --check-numerics included) exits 1; bad input exits 2.
+// the run (a numerical blow-up under --check-numerics, or a diverged loss: train/divergence.h,
+// included) exits 1; bad input exits 2.
 #include <cstdio>
 #include <filesystem>
 #include <fstream>

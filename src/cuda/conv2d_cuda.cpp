@@ -1,18 +1,21 @@
-// Conv2d on CUDA: forward, backward-data, backward-filter and the bias gradient. Three families of
-// kernels serve it:
-// - cuDNN, with algorithms chosen once per batch size: by measurement (cudnnFind*) when
-//   train.cudnn_benchmark is on, by its heuristics otherwise, and only among deterministic
-//   algorithms (so a run repeats bit for bit) unless train.deterministic is off. float32 forbids
-//   TF32 (CUDNN_FMA_MATH); tf32 allows it. train.exact_convolutions forbids the FFT and Winograd
-//   algorithms (AlgoRules).
+// Conv2d on CUDA: forward, backward-data, backward-filter and the bias gradient. Each direction is
+// computed by one implementation (Algo), chosen once per batch size:
+// - cuDNN's algorithms, only deterministic ones (so a run repeats bit for bit) unless
+//   train.deterministic is off. float32 forbids TF32 (CUDNN_FMA_MATH); tf32 allows it.
+//   train.exact_convolutions forbids the FFT and Winograd algorithms (AlgoRules).
 // - dptrain's direct kernels, for short reductions per output (a first layer on one-channel
-//   images: kernels/conv_kernels.h says why); their input gradient, when needed, stays with cuDNN.
-// - dptrain's 3x3 kernels, which replace cuDNN in each direction where they are faster, or
-//   always under heuristics: tensor-core ones (kernels/conv_mma.h: 3xTF32 in float32, TF32 under
+//   images: kernels/conv_kernels.h says why), forward and filter gradient.
+// - dptrain's 3x3 kernels: tensor-core ones (kernels/conv_mma.h: 3xTF32 in float32, TF32 under
 //   train.precision tf32; not under exact_convolutions) and register-tiled FMA ones
 //   (kernels/conv_tiled.h).
-// Under train.cudnn_benchmark every candidate of a direction is timed inside a CUDA graph, as the
-// step runs it (cuda/graph_timer.h); cudnnFind only proposes the candidates.
+// - Where no allowed implementation serves the whole batch, cuDNN over sub-batches (a warning says so).
+// Every candidate is first run once on random inputs and compared with cuDNN's plainest algorithm;
+// one that disagrees or fails to run is dropped with a warning, so the planner never chooses a
+// broken implementation. Under train.cudnn_benchmark the survivors are each timed inside a CUDA
+// graph, as the step runs them (cuda/graph_timer.h; cudnnFind only proposes the candidates), and
+// the fastest is kept; otherwise dptrain's kernels come first, then cuDNN's heuristic order.
+// Batch sizes are planned before the first step (Layer::plan), so no workspace grows after a step
+// was captured.
 // A ReLU after the layer can be absorbed: the forward's epilogue applies it, and the backward masks
 // the incoming gradient in the pass that sums the bias gradient (or in the direct kernel's staging).
 // So can a max pooling after that (windows that tile the plane) and a dropout after the pooling:
@@ -20,11 +23,14 @@
 // and drops out (kernels/pool_kernels.h: conv_pool_forward); backward, one pass spreads the pooled
 // gradient over the windows, masked, and sums the bias gradient (conv_pool_backward).
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <limits>
 #include <optional>
 #include <utility>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "core/buffer.h"
@@ -35,6 +41,7 @@
 #include "cuda/fused_dropout.h"
 #include "cuda/graph_timer.h"
 #include "cuda/raii.h"
+#include "kernels/compare_kernels.h"
 #include "kernels/conv_kernels.h"
 #include "kernels/conv_mma.h"
 #include "kernels/conv_tiled.h"
@@ -79,38 +86,53 @@ bool allowed(const Perf& r, AlgoRules rules) {
          (!rules.deterministic || r.determinism == CUDNN_DETERMINISTIC) && (!rules.exact || !transforms(r.algo));
 }
 
-/// The first allowed result of a Find or heuristic query (results come best first).
-template <typename Perf>
-Perf pick(const Perf* results, int count, AlgoRules rules, const char* what) {
-  for (int i = 0; i < count; ++i)
-    if (allowed(results[i], rules)) return results[i];
-  throw CudaError(std::string("cuDNN offers no ") + (rules.deterministic ? "deterministic " : "") +
-                  (rules.exact ? "exact (no FFT/Winograd) " : "") + what + " algorithm for this convolution");
-}
-
-/// Who computes one direction of a convolution.
-enum class Impl { Cudnn, Tiled, Mma };
+/// Who computes one direction of a convolution: cuDNN, or one of dptrain's kernel families (the
+/// direct kernels serve forward and the filter gradient, the 3x3 ones all three directions).
+enum class Impl { Cudnn, Direct, Tiled, Mma };
 
 /// One direction's algorithm: a cuDNN algorithm (its number and the workspace it asked for), or one
-/// of dptrain's kernel families (whose scratch is the family's own size).
+/// of dptrain's kernel families (whose scratch is the family's own size). chunk > 0: cuDNN over
+/// sub-batches of `chunk` samples, the fallback where no allowed algorithm serves the whole batch.
 struct Algo {
   Impl impl = Impl::Cudnn;
   int cudnn = 0;
   size_t memory = 0;
+  int chunk = 0;
 };
+
+bool same(const Algo& a, const Algo& b) { return a.impl == b.impl && a.cudnn == b.cudnn && a.chunk == b.chunk; }
 
 std::string label(const Algo& a) {
   switch (a.impl) {
+    case Impl::Direct: return "direct";
     case Impl::Tiled: return "tiled";
     case Impl::Mma: return "mma";
     case Impl::Cudnn: break;
   }
-  return "cuDNN " + std::to_string(a.cudnn);
+  std::string s = "cuDNN " + std::to_string(a.cudnn);
+  if (a.chunk > 0) s += " in chunks of " + std::to_string(a.chunk);
+  return s;
 }
 
 template <typename Perf>
 Algo cudnn_algo(const Perf& r) {
-  return {Impl::Cudnn, static_cast<int>(r.algo), r.memory};
+  return {Impl::Cudnn, static_cast<int>(r.algo), r.memory, 0};
+}
+
+/// Largest relative difference (||candidate - reference|| / ||reference||) a candidate may show and
+/// still be used. Rounding differences between correct implementations are far below it (float32
+/// sums, FFT, Winograd and 3xTF32: 1e-7 to 1e-5; TF32 products: about 1e-3), and a kernel that
+/// reads or writes the wrong elements far above it.
+double tolerance(bool tf32) { return tf32 ? 2e-2 : 1e-3; }
+
+/// DPTRAIN_PLAN_TIMING=quick times each candidate once (under compute-sanitizer, where the usual
+/// 90 runs of every candidate would take minutes); the choices are then noisier, not different in kind.
+GraphTiming plan_timing() {
+  static const bool quick = [] {
+    const char* v = std::getenv("DPTRAIN_PLAN_TIMING");
+    return v != nullptr && std::string(v) == "quick";
+  }();
+  return quick ? GraphTiming{1, 0, 1} : GraphTiming{};
 }
 
 class Conv2dCuda final : public Conv2dLayer<float> {
@@ -122,7 +144,7 @@ class Conv2dCuda final : public Conv2dLayer<float> {
     return relu_;
   }
 
-  // Pooling after a direct (one-channel) convolution stays a layer of its own.
+  // Pooling after a convolution the direct kernels may serve stays a layer of its own.
   bool absorb_following_pool(DeviceContext& ctx, const PoolSpec& pool) override {
     if (!ctx.cuda().options().fuse_elementwise || kernels::direct_conv_fits(input_dims().c, kernel())) return false;
     pool_ = pool;
@@ -140,7 +162,6 @@ class Conv2dCuda final : public Conv2dLayer<float> {
 
   void reserve(DeviceContext& ctx, int max_batch) override {
     if (!filter_) create_descriptors(ctx.cuda().options().tf32);
-    plan(ctx, max_batch, false);
     const size_t full = static_cast<size_t>(max_batch) * output_dims().count();
     if (masked_.size() < (relu_ || pool_ ? full : 0)) masked_ = Buffer<float>(Device::Cuda, full);
     const size_t partials = std::max(kernels::bias_grad_channels_scratch(max_batch, out_channels()),
@@ -153,15 +174,17 @@ class Conv2dCuda final : public Conv2dLayer<float> {
     if (argmax_.size() < pooled) argmax_ = Buffer<int32_t>(Device::Cuda, pooled);
   }
 
+  void plan(DeviceContext& ctx, int batch, bool backward) override {
+    if (!filter_) create_descriptors(ctx.cuda().options().tf32);
+    plan_for(ctx, batch, backward);
+  }
+
   void forward(DeviceContext& ctx, TensorView<const float> in, TensorView<float> out, Phase phase,
                const StepInfo&) override {
-    const Plan& p = plan(ctx, in.n, phase == Phase::Train);
+    const Plan& p = plan_for(ctx, in.n, phase == Phase::Train);
     CudaContext& cu = ctx.cuda();
-    const float* w = params()[0].value.data();
     const float* b = params()[1].value.data();
-    if (direct_)
-      return kernels::conv_direct_forward(in.data, w, b, out.data, relu_, geometry(in.n), cu.stream());
-    run_forward(cu.cudnn(), cu.stream(), cu.workspace(p.workspace), p, p.fwd, in.data, w, b,
+    run_forward(cu.cudnn(), cu.stream(), cu.workspace(p.workspace), p, p.fwd, in.data, params()[0].value.data(), b,
                 pool_ ? unpooled_.data() : out.data);
     if (pool_)
       kernels::conv_pool_forward(unpooled_.data(), b, relu_, out.data, argmax_.data(), pool_geometry(in.n),
@@ -173,54 +196,53 @@ class Conv2dCuda final : public Conv2dLayer<float> {
   // the side stream (cuda_context.h).
   void backward(DeviceContext& ctx, TensorView<const float> in, TensorView<const float> out,
                 TensorView<const float> dout, TensorView<float> din) override {
-    const Plan& p = plan(ctx, in.n, true);
+    const Plan& p = plan_for(ctx, in.n, true);
     CudaContext& cu = ctx.cuda();
     cudaStream_t stream = cu.stream();
     float* dw = params()[0].grad.data();
     float* db = params()[1].grad.data();
+    if (p.filter.impl == Impl::Direct && din.data == nullptr) {
+      // The first layer: the direct filter gradient masks by the ReLU's output as it stages dout.
+      return kernels::conv_direct_filter_grad(in.data, dout.data, relu_ ? out.data : nullptr, dw, db,
+                                              cu.workspace(p.workspace), geometry(in.n), stream);
+    }
     const float* dy = dout.data;
-    if (direct_) {
-      const float* relu_out = relu_ ? out.data : nullptr;
-      if (relu_ && din.data != nullptr) {  // the input gradient needs the masked gradient itself
-        kernels::relu_backward(dout.data, out.data, masked_.data(), out.size(), stream);
-        dy = masked_.data();
-        relu_out = nullptr;
-      }
-      kernels::conv_direct_filter_grad(in.data, dy, relu_out, dw, db, cu.workspace(p.workspace), geometry(in.n),
-                                       stream);
+    if (pool_) {  // the pooled gradient spread over the windows; the bias gradient where cuDNN takes the filter's
+      kernels::conv_pool_backward(dout.data, out.data, argmax_.data(), relu_, masked_.data(),
+                                  p.filter.impl == Impl::Cudnn ? db : nullptr, bias_partials_.data(),
+                                  pool_geometry(p.n), out_channels(), fused_dropout(ctx, Phase::Train), stream);
+      dy = masked_.data();
     } else {
-      if (pool_) {  // the pooled gradient spread over the windows; the bias gradient where cuDNN takes the filter's
-        kernels::conv_pool_backward(dout.data, out.data, argmax_.data(), relu_, masked_.data(),
-                                    p.filter.impl == Impl::Cudnn ? db : nullptr, bias_partials_.data(),
-                                    pool_geometry(p.n), out_channels(), fused_dropout(ctx, Phase::Train), stream);
-        dy = masked_.data();
-      } else {
-        dy = masked_gradient(stream, p.n, p.filter, dout.data, out.data, masked_.data(), db, bias_partials_.data());
-      }
+      dy = masked_gradient(stream, p.n, p.filter, dout.data, out.data, masked_.data(), db, bias_partials_.data());
     }
     // Beside an input gradient the filter gradient runs on the side stream, forked here but queued
     // after the input gradient (the critical path), so that the graph launches that one's kernels
     // first: the other way round, cuDNN's FFT filter gradient (which starts with a pass over dy,
     // flip_filter) filled the GPU and held the input gradient back by 13 us.
-    const bool side = !direct_ && din.data != nullptr;
+    const bool side = din.data != nullptr;
     const cudaStream_t filter_stream = side ? cu.fork() : stream;
-    if (din.data != nullptr)
+    if (side)
       run_backward_data(cu.cudnn(), stream, cu.workspace(p.workspace), p, p.data, dy, params()[0].value.data(),
                         din.data);
-    if (!direct_)
-      run_filter(side ? cu.side_cudnn() : cu.cudnn(), filter_stream,
-                 side ? cu.side_workspace(p.workspace) : cu.workspace(p.workspace), p, p.filter, in.data, dy, dw, db);
+    run_filter(side ? cu.side_cudnn() : cu.cudnn(), filter_stream,
+               side ? cu.side_workspace(p.workspace) : cu.workspace(p.workspace), p, p.filter, in.data, dy, dw, db);
   }
 
  private:
+  /// cuDNN descriptors of a sub-batch of `n` samples (Algo::chunk).
+  struct ChunkDescs {
+    int n = 0;
+    CudnnTensorDesc x, y;
+  };
   struct Plan {
     int n = 0;
     CudnnTensorDesc x, y;
     Algo fwd, data, filter;
     bool backward = false;  ///< data and filter chosen (an evaluation batch needs only fwd)
     size_t workspace = 0;
+    std::vector<ChunkDescs> chunks;
   };
-  struct MeasureScratch;
+  struct Scratch;
   struct Choice;
 
   /// The absorbed pooling over the convolution's output at batch n; its output plane's size.
@@ -243,6 +265,24 @@ class Conv2dCuda final : public Conv2dLayer<float> {
     return {n, in.c, in.h, in.w, out.c, out.h, out.w, kernel(), stride(), padding()};
   }
 
+  /// The model never asks the first layer for an input gradient (its input is the data).
+  bool needs_input_grad() const { return index() > 0; }
+
+  const ChunkDescs& chunk_descs(const Plan& p, int chunk) const {
+    for (const ChunkDescs& c : p.chunks)
+      if (c.n == chunk) return c;
+    throw CudaError(name() + ": no descriptors for chunks of " + std::to_string(chunk));
+  }
+
+  /// Calls f(x descriptor, y descriptor, first sample, count) for the whole batch, or for each
+  /// chunk of a chunked algorithm, in order.
+  template <typename F>
+  void for_each_chunk(const Plan& p, const Algo& a, F f) const {
+    if (a.chunk == 0) return f(p.x, p.y, 0, p.n);
+    const ChunkDescs& c = chunk_descs(p, a.chunk);
+    for (int first = 0; first < p.n; first += a.chunk) f(c.x, c.y, first, a.chunk);
+  }
+
   // The three directions as the step runs them; plan measurement times the same calls. cuDNN runs
   // on handle h, which is bound to stream; dptrain's kernels are queued on stream.
   // With an absorbed pooling the bias and ReLU wait for the pooling pass (conv_pool_forward).
@@ -251,10 +291,15 @@ class Conv2dCuda final : public Conv2dLayer<float> {
     const kernels::ConvGeometry g = geometry(p.n);
     const bool relu = relu_ && !pool_;
     if (pool_) b = nullptr;
+    if (a.impl == Impl::Direct) return kernels::conv_direct_forward(x, w, b, y, relu, g, stream);
     if (a.impl == Impl::Tiled) return kernels::tiled_conv_forward(x, w, b, y, relu, g, stream);
     if (a.impl == Impl::Mma) return kernels::mma_conv_forward(x, w, b, y, relu, ws, math_, g, stream);
-    CUDNN_CHECK(cudnnConvolutionForward(h, &kOne, p.x, x, filter_, w, conv_,
-                                        static_cast<cudnnConvolutionFwdAlgo_t>(a.cudnn), ws, a.memory, &kZero, p.y, y));
+    const size_t xs = input_dims().count(), ys = output_dims().count();
+    for_each_chunk(p, a, [&](cudnnTensorDescriptor_t xd, cudnnTensorDescriptor_t yd, int first, int) {
+      CUDNN_CHECK(cudnnConvolutionForward(h, &kOne, xd, x + first * xs, filter_, w, conv_,
+                                          static_cast<cudnnConvolutionFwdAlgo_t>(a.cudnn), ws, a.memory, &kZero, yd,
+                                          y + first * ys));
+    });
     if (b != nullptr) kernels::add_bias_channels(y, b, p.n, g.oc, g.oh * g.ow, relu, stream);
   }
 
@@ -263,9 +308,13 @@ class Conv2dCuda final : public Conv2dLayer<float> {
     const kernels::ConvGeometry g = geometry(p.n);
     if (a.impl == Impl::Tiled) return kernels::tiled_conv_backward_data(dy, w, dx, ws, g, stream);
     if (a.impl == Impl::Mma) return kernels::mma_conv_backward_data(dy, w, dx, ws, math_, g, stream);
-    CUDNN_CHECK(cudnnConvolutionBackwardData(h, &kOne, filter_, w, p.y, dy, conv_,
-                                             static_cast<cudnnConvolutionBwdDataAlgo_t>(a.cudnn), ws, a.memory, &kZero,
-                                             p.x, dx));
+    if (a.impl == Impl::Direct) throw CudaError(name() + ": the direct kernels compute no input gradient");
+    const size_t xs = input_dims().count(), ys = output_dims().count();
+    for_each_chunk(p, a, [&](cudnnTensorDescriptor_t xd, cudnnTensorDescriptor_t yd, int first, int) {
+      CUDNN_CHECK(cudnnConvolutionBackwardData(h, &kOne, filter_, w, yd, dy + first * ys, conv_,
+                                               static_cast<cudnnConvolutionBwdDataAlgo_t>(a.cudnn), ws, a.memory,
+                                               &kZero, xd, dx + first * xs));
+    });
   }
 
   /// The gradient of the convolution's output: dout, masked into `masked` by an absorbed ReLU. Where
@@ -284,31 +333,42 @@ class Conv2dCuda final : public Conv2dLayer<float> {
     return relu_ ? masked : dout;
   }
 
-  /// The filter gradient (and with dptrain's kernels the bias gradient).
+  /// The filter gradient (and with dptrain's kernels the bias gradient). In chunks, each chunk after
+  /// the first adds to dw (beta 1), in chunk order: deterministic.
   void run_filter(cudnnHandle_t h, cudaStream_t stream, void* ws, const Plan& p, const Algo& a, const float* x,
                   const float* dy, float* dw, float* db) {
     const kernels::ConvGeometry g = geometry(p.n);
+    if (a.impl == Impl::Direct) return kernels::conv_direct_filter_grad(x, dy, nullptr, dw, db, ws, g, stream);
     if (a.impl == Impl::Tiled) return kernels::tiled_conv_filter_grad(x, dy, dw, db, ws, g, stream);
     if (a.impl == Impl::Mma) return kernels::mma_conv_filter_grad(x, dy, dw, db, ws, math_, g, stream);
-    CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, &kOne, p.x, x, p.y, dy, conv_,
-                                               static_cast<cudnnConvolutionBwdFilterAlgo_t>(a.cudnn), ws, a.memory,
-                                               &kZero, filter_, dw));
+    const size_t xs = input_dims().count(), ys = output_dims().count();
+    for_each_chunk(p, a, [&](cudnnTensorDescriptor_t xd, cudnnTensorDescriptor_t yd, int first, int) {
+      CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, &kOne, xd, x + first * xs, yd, dy + first * ys, conv_,
+                                                 static_cast<cudnnConvolutionBwdFilterAlgo_t>(a.cudnn), ws, a.memory,
+                                                 first == 0 ? &kZero : &kOne, filter_, dw));
+    });
   }
 
-  /// dptrain's kernel families that serve this layer at batch n, fastest expected first (the three
-  /// directions of mnist_cnn's conv2 at batch 64 on an H200: tiled FMA 248 us, 3xTF32 277, TF32
-  /// 170). The tensor-core ones round like FFT (kernels/conv_mma.h): not under exact_convolutions.
-  std::vector<Impl> own_kernels(int n, bool exact) const {
+  /// dptrain's kernel families that may serve one direction at batch n, fastest expected first (the
+  /// three directions of mnist_cnn's conv2 at batch 64 on an H200: tiled FMA 248 us, 3xTF32 277,
+  /// TF32 170). The tensor-core ones round like FFT (kernels/conv_mma.h): not under
+  /// exact_convolutions. The direct kernels compute no input gradient.
+  std::vector<Impl> own_kernels(int n, bool exact, bool data_direction) const {
     std::vector<Impl> impls;
-    if (direct_) return impls;
-    if (kernels::tiled_conv_fits(geometry(n))) impls.push_back(Impl::Tiled);
-    if (!exact && kernels::mma_conv_fits(geometry(n)))
+    const kernels::ConvGeometry g = geometry(n);
+    if (kernels::direct_conv_fits(g.c, g.k)) {
+      if (!data_direction) impls.push_back(Impl::Direct);
+      return impls;
+    }
+    if (kernels::tiled_conv_fits(g)) impls.push_back(Impl::Tiled);
+    if (!exact && kernels::mma_conv_fits(g))
       impls.insert(math_ == kernels::MmaMath::Tf32 ? impls.begin() : impls.end(), Impl::Mma);
     return impls;
   }
 
   /// Workspace bytes an algorithm needs at batch n.
   size_t bytes(const Algo& a, int n) const {
+    if (a.impl == Impl::Direct) return kernels::conv_direct_filter_grad_scratch(geometry(n));
     if (a.impl == Impl::Tiled) return kernels::tiled_conv_scratch(geometry(n));
     if (a.impl == Impl::Mma) return kernels::mma_conv_scratch(geometry(n));
     return a.memory;
@@ -316,7 +376,7 @@ class Conv2dCuda final : public Conv2dLayer<float> {
 
   void create_descriptors(bool tf32) {
     const Dims in = input_dims();
-    direct_ = kernels::direct_conv_fits(in.c, kernel());
+    tf32_ = tf32;
     math_ = tf32 ? kernels::MmaMath::Tf32 : kernels::MmaMath::SplitTf32;
     cudnnFilterDescriptor_t f = nullptr;
     CUDNN_CHECK(cudnnCreateFilterDescriptor(&f));
@@ -330,11 +390,11 @@ class Conv2dCuda final : public Conv2dLayer<float> {
     CUDNN_CHECK(cudnnSetConvolutionMathType(c, tf32 ? CUDNN_DEFAULT_MATH : CUDNN_FMA_MATH));
   }
 
-  /// The plan for batch n, chosen the first time the batch is seen: in a forward pass (a training
-  /// forward also chooses the backward directions, so that no timing runs inside backward, where
-  /// the side stream may hold work), or in reserve(). By measurement, an evaluation batch times its
-  /// forward only.
-  const Plan& plan(DeviceContext& ctx, int n, bool backward) {
+  /// The plan for batch n, chosen the first time the batch is seen (Layer::plan, or else the first
+  /// forward: a training forward also chooses the backward directions, so that no choice is made
+  /// inside backward, where the side stream may hold work). An evaluation batch chooses its forward
+  /// only.
+  const Plan& plan_for(DeviceContext& ctx, int n, bool backward) {
     auto found = std::find_if(plans_.begin(), plans_.end(), [n](const Plan& p) { return p.n == n; });
     if (found != plans_.end() && (found->backward || !backward)) return *found;  // every step: a lookup
     if (found == plans_.end()) {
@@ -343,92 +403,158 @@ class Conv2dCuda final : public Conv2dLayer<float> {
       p.n = n;
       p.x = make_tensor_desc(n, in.c, in.h, in.w);
       p.y = make_tensor_desc(n, out.c, out.h, out.w);
-      if (ctx.cuda().options().cudnn_benchmark)
-        measure_plan(ctx, p, true, backward);
-      else
-        heuristic_plan(ctx, p);
       plans_.push_back(std::move(p));
       found = plans_.end() - 1;
+      choose(ctx, *found, true, backward);
     } else {
-      measure_plan(ctx, *found, false, true);
+      choose(ctx, *found, false, true);
     }
     Plan& p = *found;
-    p.workspace = std::max({bytes(p.fwd, n), bytes(p.data, n), bytes(p.filter, n),
-                            direct_ ? kernels::conv_direct_filter_grad_scratch(geometry(n)) : size_t{0}});
+    p.workspace = std::max({bytes(p.fwd, n), p.backward ? bytes(p.data, n) : size_t{0},
+                            p.backward ? bytes(p.filter, n) : size_t{0}});
     ctx.cuda().workspace(p.workspace);  // grow both now, never inside a step
     ctx.cuda().side_workspace(p.workspace);
     return p;
   }
 
-  /// dptrain's fastest kernel family (by expectation) wherever one serves the shape; cuDNN's
-  /// heuristics elsewhere.
-  void heuristic_plan(DeviceContext& ctx, Plan& p) {
-    cudnnHandle_t h = ctx.cuda().cudnn();
-    constexpr int kMax = 16;
-    int found = 0;
-    const AlgoRules rules = algo_rules(ctx.cuda().options());
-    cudnnConvolutionFwdAlgoPerf_t f[kMax];
-    CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, p.x, filter_, conv_, p.y, kMax, &found, f));
-    p.fwd = cudnn_algo(pick(f, found, rules, "forward"));
-    cudnnConvolutionBwdDataAlgoPerf_t d[kMax];
-    CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, filter_, p.y, conv_, p.x, kMax, &found, d));
-    p.data = cudnn_algo(pick(d, found, rules, "backward-data"));
-    cudnnConvolutionBwdFilterAlgoPerf_t w[kMax];
-    CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, p.x, p.y, conv_, filter_, kMax, &found, w));
-    p.filter = cudnn_algo(pick(w, found, rules, "backward-filter"));
-    const std::vector<Impl> own = own_kernels(p.n, ctx.cuda().options().exact_convolutions);
-    if (!own.empty()) p.fwd = p.data = p.filter = Algo{own.front()};
-    p.backward = true;
-  }
-
-  /// By measurement: cudnnFind proposes algorithms (its eager times include launch overhead that a
-  /// graph-replayed step never pays, which misranks the short kernels of small batches); the best
-  /// few that are allowed, and dptrain's kernels where they serve, are each timed inside a CUDA
-  /// graph with the bias and ReLU work that goes with them, and the fastest is kept.
-  void measure_plan(DeviceContext& ctx, Plan& p, bool forward, bool backward) {
-    MeasureScratch m(*this, p.n);
+  /// Chooses the directions asked for. Each candidate is run once on random inputs and its outputs
+  /// compared with a reference implementation's (cuDNN's plainest algorithm); one that disagrees, or
+  /// fails to run, is dropped with a warning. With train.cudnn_benchmark the survivors are timed in
+  /// a CUDA graph, as the step runs them, and the fastest is kept (cudnnFind only proposes: its
+  /// eager times include launch overhead that a replayed step never pays); without it, the first
+  /// survivor of dptrain's kernels, then cuDNN's heuristic order.
+  void choose(DeviceContext& ctx, Plan& p, bool forward, bool backward) {
+    Scratch m(*this, p.n, ctx.cuda().stream());
     cudnnHandle_t h = ctx.cuda().cudnn();
     cudaStream_t st = ctx.cuda().stream();
-    const AlgoRules rules = algo_rules(ctx.cuda().options());
-    const std::vector<Impl> own = own_kernels(p.n, ctx.cuda().options().exact_convolutions);
+    const CudaOptions& o = ctx.cuda().options();
+    const AlgoRules rules = algo_rules(o);
+    const bool timed = o.cudnn_benchmark;
     constexpr int kMax = 16;
     int found = 0;
-    if (forward && !direct_) {
+    if (forward) {
+      std::vector<Algo> cudnn;
       cudnnConvolutionFwdAlgoPerf_t f[kMax];
-      CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithm(h, p.x, filter_, conv_, p.y, kMax, &found, f));
-      const Choice best = fastest(f, found, rules, "forward", p.n, st, own, [&](const Algo& a, void* ws) {
-        run_forward(h, st, ws, p, a, m.x.data(), m.w.data(), m.b.data(), m.y.data());
-      });
-      p.fwd = best.algo;
-      note(ctx, p.n, "forward", best);
+      if (timed)
+        CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithm(h, p.x, filter_, conv_, p.y, kMax, &found, f));
+      else
+        CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, p.x, filter_, conv_, p.y, kMax, &found, f));
+      for (int i = 0; i < found; ++i)
+        if (allowed(f[i], rules)) cudnn.push_back(cudnn_algo(f[i]));
+      const Choice c = choose_direction(
+          ctx, p, "forward", own_kernels(p.n, o.exact_convolutions, false), cudnn,
+          {reference(p, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, h), reference(p, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM, h)}, {{m.y.data(), m.y.size()}},
+          [&](int chunk) { return chunked(p, chunk, rules, [&](cudnnTensorDescriptor_t x, cudnnTensorDescriptor_t y) {
+            cudnnConvolutionFwdAlgoPerf_t r[kMax];
+            int k = 0;
+            CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, x, filter_, conv_, y, kMax, &k, r));
+            return first_allowed(r, k, rules);
+          }); },
+          m, timed, [&](const Algo& a, void* ws) {
+            run_forward(h, st, ws, p, a, m.x.data(), m.w.data(), m.b.data(), m.y.data());
+          });
+      p.fwd = c.algo;
     }
     if (!backward) return;
     p.backward = true;
-    cudnnConvolutionBwdDataAlgoPerf_t d[kMax];
-    CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(h, filter_, p.y, conv_, p.x, kMax, &found, d));
-    const Choice data = fastest(d, found, rules, "backward-data", p.n, st, own, [&](const Algo& a, void* ws) {
-      run_backward_data(h, st, ws, p, a, m.y.data(), m.w.data(), m.x.data());
-    });
-    p.data = data.algo;
-    note(ctx, p.n, "backward-data", data);
-    if (direct_) return;
+    std::optional<Choice> data;
+    if (needs_input_grad()) {
+      std::vector<Algo> cudnn;
+      cudnnConvolutionBwdDataAlgoPerf_t d[kMax];
+      if (timed)
+        CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(h, filter_, p.y, conv_, p.x, kMax, &found, d));
+      else
+        CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, filter_, p.y, conv_, p.x, kMax, &found, d));
+      for (int i = 0; i < found; ++i)
+        if (allowed(d[i], rules)) cudnn.push_back(cudnn_algo(d[i]));
+      data = choose_direction(
+          ctx, p, "backward-data", own_kernels(p.n, o.exact_convolutions, true), cudnn,
+          {reference(p, CUDNN_CONVOLUTION_BWD_DATA_ALGO_1, h), reference(p, CUDNN_CONVOLUTION_BWD_DATA_ALGO_0, h)}, {{m.dx.data(), m.dx.size()}},
+          [&](int chunk) { return chunked(p, chunk, rules, [&](cudnnTensorDescriptor_t x, cudnnTensorDescriptor_t y) {
+            cudnnConvolutionBwdDataAlgoPerf_t r[kMax];
+            int k = 0;
+            CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, filter_, y, conv_, x, kMax, &k, r));
+            return first_allowed(r, k, rules);
+          }); },
+          m, timed, [&](const Algo& a, void* ws) {
+            run_backward_data(h, st, ws, p, a, m.dy.data(), m.w.data(), m.dx.data());
+          });
+      p.data = data->algo;
+    }
+    std::vector<Algo> cudnn;
     cudnnConvolutionBwdFilterAlgoPerf_t w[kMax];
-    CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(h, p.x, p.y, conv_, filter_, kMax, &found, w));
-    const Choice filter = fastest(w, found, rules, "backward-filter", p.n, st, own, [&](const Algo& a, void* ws) {
-      const float* dy = masked_gradient(st, p.n, a, m.y.data(), m.y.data(), m.masked.data(), m.b.data(),
-                                        m.partials.data());
-      run_filter(h, st, ws, p, a, m.x.data(), dy, m.w.data(), m.b.data());
-    });
+    if (timed)
+      CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(h, p.x, p.y, conv_, filter_, kMax, &found, w));
+    else
+      CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, p.x, p.y, conv_, filter_, kMax, &found, w));
+    for (int i = 0; i < found; ++i)
+      if (allowed(w[i], rules)) cudnn.push_back(cudnn_algo(w[i]));
+    const Choice filter = choose_direction(
+        ctx, p, "backward-filter", own_kernels(p.n, o.exact_convolutions, false), cudnn,
+        {reference(p, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1, h), reference(p, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0, h)}, {{m.dw.data(), m.dw.size()}, {m.db.data(), m.db.size()}},
+        [&](int chunk) { return chunked(p, chunk, rules, [&](cudnnTensorDescriptor_t x, cudnnTensorDescriptor_t y) {
+          cudnnConvolutionBwdFilterAlgoPerf_t r[kMax];
+          int k = 0;
+          CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, x, y, conv_, filter_, kMax, &k, r));
+          return first_allowed(r, k, rules);
+        }); },
+        m, timed, [&](const Algo& a, void* ws) {
+          const float* dy = masked_gradient(st, p.n, a, m.dy.data(), m.dy.data(), m.masked.data(), m.db.data(),
+                                            m.partials.data());
+          run_filter(h, st, ws, p, a, m.x.data(), dy, m.dw.data(), m.db.data());
+        });
     p.filter = filter.algo;
-    note(ctx, p.n, "backward-filter", filter);
-    if (index() > 0) choose_side_by_side(ctx, p, m, data, filter);
+    if (timed && data) choose_side_by_side(ctx, p, m, *data, filter);
+  }
+
+  /// A reference of a direction: cuDNN's plainest algorithms (implicit GEMM; for the gradients
+  /// algorithm 1, then 0), whatever the run's rules, since they only check the others.
+  template <typename AlgoEnum>
+  Algo reference(const Plan& p, AlgoEnum algo, cudnnHandle_t h) const {
+    size_t bytes = 0;
+    cudnnStatus_t status;
+    if constexpr (std::is_same_v<AlgoEnum, cudnnConvolutionFwdAlgo_t>)
+      status = cudnnGetConvolutionForwardWorkspaceSize(h, p.x, filter_, conv_, p.y, algo, &bytes);
+    else if constexpr (std::is_same_v<AlgoEnum, cudnnConvolutionBwdDataAlgo_t>)
+      status = cudnnGetConvolutionBackwardDataWorkspaceSize(h, filter_, p.y, conv_, p.x, algo, &bytes);
+    else
+      status = cudnnGetConvolutionBackwardFilterWorkspaceSize(h, p.x, p.y, conv_, filter_, algo, &bytes);
+    return {Impl::Cudnn, static_cast<int>(algo), status == CUDNN_STATUS_SUCCESS ? bytes : 0, 0};
+  }
+
+  template <typename Perf>
+  static std::optional<Algo> first_allowed(const Perf* r, int count, AlgoRules rules) {
+    for (int i = 0; i < count; ++i)
+      if (allowed(r[i], rules)) return cudnn_algo(r[i]);
+    return std::nullopt;
+  }
+
+  /// The fallback where no allowed implementation serves the whole batch (cuDNN may offer no
+  /// deterministic algorithm for a direction at a large batch): the largest sub-batch, a divisor of
+  /// n below `below`, for which cuDNN's heuristics offer an allowed algorithm. Returns it, with its
+  /// descriptors added to the plan, or nothing.
+  template <typename Query>
+  std::optional<Algo> chunked(Plan& p, int below, AlgoRules, Query query) {
+    const Dims in = input_dims(), out = output_dims();
+    for (int parts = 2; parts <= p.n; ++parts) {
+      if (p.n % parts != 0 || p.n / parts >= below) continue;
+      const int chunk = p.n / parts;
+      ChunkDescs c{chunk, make_tensor_desc(chunk, in.c, in.h, in.w), make_tensor_desc(chunk, out.c, out.h, out.w)};
+      std::optional<Algo> a = query(c.x, c.y);
+      if (!a) continue;
+      a->chunk = chunk;
+      if (std::none_of(p.chunks.begin(), p.chunks.end(), [&](const ChunkDescs& d) { return d.n == chunk; }))
+        p.chunks.push_back(std::move(c));
+      return a;
+    }
+    return std::nullopt;
   }
 
   /// Where an input gradient follows, backward runs the two directions side by side (the filter
   /// gradient on the side stream). Two algorithms that are fastest alone may contend for the same
   /// resource together (FFT ones both for memory bandwidth), so the two best of each direction are
   /// timed in pairs, as backward queues them, and the pair that finishes first is kept.
-  void choose_side_by_side(DeviceContext& ctx, Plan& p, MeasureScratch& m, const Choice& data, const Choice& filter) {
+  void choose_side_by_side(DeviceContext& ctx, Plan& p, Scratch& m, const Choice& data, const Choice& filter) {
     std::vector<Algo> data_options{data.algo}, filter_options{filter.algo};
     if (data.second) data_options.push_back(*data.second);
     if (filter.second) filter_options.push_back(*filter.second);
@@ -440,7 +566,7 @@ class Conv2dCuda final : public Conv2dLayer<float> {
     Buffer<uint8_t> data_ws(Device::Cuda, data_bytes), filter_ws(Device::Cuda, filter_bytes);
     cudaStream_t st = cu.stream();
     const auto pair = [&](const Algo& da, const Algo& fa) {
-      const float* dy = masked_gradient(st, p.n, fa, m.y.data(), m.y.data(), m.masked.data(), m.db.data(),
+      const float* dy = masked_gradient(st, p.n, fa, m.dy.data(), m.dy.data(), m.masked.data(), m.db.data(),
                                         m.partials.data());
       const cudaStream_t side = cu.fork();  // as backward queues them
       run_backward_data(cu.cudnn(), st, data_ws.data(), p, da, dy, m.w.data(), m.dx.data());
@@ -451,7 +577,7 @@ class Conv2dCuda final : public Conv2dLayer<float> {
     for (const Algo& da : data_options)
       for (const Algo& fa : filter_options) {
         try {
-          const double us = graph_time_us(st, [&] { pair(da, fa); });
+          const double us = graph_time_us(st, [&] { pair(da, fa); }, plan_timing());
           if (us < best) best = us, p.data = da, p.filter = fa;
         } catch (const CudaError&) {  // not capturable: never chosen
         }
@@ -462,74 +588,176 @@ class Conv2dCuda final : public Conv2dLayer<float> {
     cu.note_choice(line);
   }
 
-  /// Tensors of one batch for timing, filled with 0.0115 (never zeros: some kernels skip them).
-  /// dx, dw, db: outputs of the two backward directions when they run side by side.
-  struct MeasureScratch {
-    Buffer<float> x, y, w, b, masked, partials, dx, dw, db;
-    MeasureScratch(Conv2dCuda& layer, int n)
+  /// Tensors of one batch for checking and timing. Inputs (x, w, b, dy) hold values in [-1, 1)
+  /// (never zeros: some kernels skip them); y, dx, dw, db receive the directions' outputs;
+  /// `reference` the reference implementation's outputs, back to back.
+  struct Scratch {
+    Buffer<float> x, w, b, dy, y, dx, dw, db, masked, partials, reference;
+    Buffer<uint8_t> difference;
+    Scratch(Conv2dCuda& layer, int n, cudaStream_t stream)
         : x(Device::Cuda, static_cast<size_t>(n) * layer.input_dims().count()),
-          y(Device::Cuda, static_cast<size_t>(n) * layer.output_dims().count()),
           w(Device::Cuda, layer.params()[0].value.size()), b(Device::Cuda, layer.params()[1].value.size()),
-          masked(Device::Cuda, layer.relu_ ? y.size() : 0),
+          dy(Device::Cuda, static_cast<size_t>(n) * layer.output_dims().count()),
+          y(Device::Cuda, dy.size()), dx(Device::Cuda, x.size()), dw(Device::Cuda, w.size()),
+          db(Device::Cuda, b.size()), masked(Device::Cuda, layer.relu_ ? y.size() : 0),
           partials(Device::Cuda, kernels::bias_grad_channels_scratch(n, layer.out_channels())),
-          dx(Device::Cuda, x.size()), dw(Device::Cuda, w.size()), db(Device::Cuda, b.size()) {
-      for (Buffer<float>* t : {&x, &y, &w, &b}) CUDA_CHECK(cudaMemset(t->data(), 0x3c, t->size() * sizeof(float)));
+          reference(Device::Cuda, std::max(y.size(), x.size()) + w.size() + b.size()),
+          difference(Device::Cuda, sizeof(kernels::Difference)) {
+      unsigned seed = 1;
+      for (Buffer<float>* t : {&x, &w, &b, &dy}) kernels::fill_uniform(t->data(), t->size(), seed++, stream);
     }
   };
 
-  /// The fastest allowed algorithm of one direction in a graph: every allowed cuDNN result and each
-  /// of dptrain's kernel families are timed. (Timing only cudnnFind's first four let its own noisy
-  /// eager ranking decide: for conv2's forward at batch 64, Winograd, 40 us in a graph, was passed
-  /// over, it seems, in some processes, which then ran FFT tiling, 44 us.) A cuDNN algorithm that
-  /// cannot be captured is passed over (the first stays the answer if nothing else is left: an
-  /// eager step, train.cuda_graph off, still runs).
+  struct Output {
+    float* data;
+    size_t size;
+  };
+
+  /// One direction's choice, and the runner-up among those timed (for choose_side_by_side).
   struct Choice {
     Algo algo;
     double us = 0, cudnn_us = 0;  // the chosen one's graph time; the best cuDNN one's
-    std::optional<Algo> second;   // the runner-up, if another was timed
+    std::optional<Algo> second;
   };
-  template <typename Perf, typename Op>
-  Choice fastest(const Perf* results, int count, AlgoRules rules, const char* what, int n, cudaStream_t st,
-                 const std::vector<Impl>& own, Op op) {
+
+  /// Runs `a` once (op) and compares its outputs with the reference's: the relative difference, or
+  /// +inf where an output was left unwritten (poisoned with NaN first) or is not finite. Throws
+  /// what running `a` throws.
+  template <typename Op>
+  double check(cudaStream_t st, Scratch& m, const std::vector<Output>& outs, const Algo& a, void* ws, Op& op) {
+    for (const Output& o : outs) CUDA_CHECK(cudaMemsetAsync(o.data, 0xff, o.size * sizeof(float), st));
+    op(a, ws);
+    auto* diff = reinterpret_cast<kernels::Difference*>(m.difference.data());
+    CUDA_CHECK(cudaMemsetAsync(diff, 0, sizeof(kernels::Difference), st));
+    size_t offset = 0;
+    for (const Output& o : outs) {
+      kernels::compare_outputs(o.data, m.reference.data() + offset, o.size, diff, st);
+      offset += o.size;
+    }
+    kernels::Difference host;
+    CUDA_CHECK(cudaMemcpyAsync(&host, diff, sizeof host, cudaMemcpyDeviceToHost, st));
+    CUDA_CHECK(cudaStreamSynchronize(st));
+    return host.relative();
+  }
+
+  /// Checks and (timed) times the candidates of one direction: dptrain's kernel families `own` and
+  /// cuDNN's allowed algorithms `cudnn` (best first). `fallback(below)` finds a chunked cuDNN
+  /// algorithm for sub-batches smaller than `below` (used when no candidate survives).
+  template <typename Fallback, typename Op>
+  Choice choose_direction(DeviceContext& ctx, Plan& p, const char* direction, const std::vector<Impl>& own,
+                          const std::vector<Algo>& cudnn, const std::vector<Algo>& references,
+                          const std::vector<Output>& outs,
+                          Fallback fallback, Scratch& m, bool timed, Op op) {
+    CudaContext& cu = ctx.cuda();
+    cudaStream_t st = cu.stream();
     std::vector<Algo> candidates;
-    for (int i = 0; i < count; ++i)
-      if (allowed(results[i], rules)) candidates.push_back(cudnn_algo(results[i]));
-    if (candidates.empty() && own.empty()) pick(results, count, rules, what);  // throws: nothing allowed
     for (Impl impl : own) candidates.push_back(Algo{impl});
+    candidates.insert(candidates.end(), cudnn.begin(), cudnn.end());
     size_t memory = 1;
-    for (const Algo& a : candidates) memory = std::max(memory, bytes(a, n));
+    for (const Algo& a : references) memory = std::max(memory, a.memory);
+    for (const Algo& a : candidates) memory = std::max(memory, bytes(a, p.n));
     Buffer<uint8_t> ws(Device::Cuda, memory);
-    constexpr double kNever = std::numeric_limits<double>::infinity();
-    Choice best{candidates.front(), kNever, kNever, std::nullopt};
-    std::vector<std::pair<double, Algo>> timed;
-    for (const Algo& a : candidates) {
+    const std::string what = name() + " batch " + std::to_string(p.n) + " " + direction;
+
+    // The first reference that runs; its outputs are kept for the comparisons.
+    std::optional<Algo> reference;
+    std::string reference_error;
+    for (const Algo& r : references) {
       try {
-        const double us = graph_time_us(st, [&] { op(a, ws.data()); });
-        timed.emplace_back(us, a);
-        if (a.impl == Impl::Cudnn) best.cudnn_us = std::min(best.cudnn_us, us);
-      } catch (const CudaError&) {  // not capturable: never chosen, since the step is a graph
-        if (a.impl != Impl::Cudnn) throw;
+        op(r, ws.data());
+        size_t offset = 0;
+        for (const Output& o : outs) {
+          CUDA_CHECK(cudaMemcpyAsync(m.reference.data() + offset, o.data, o.size * sizeof(float),
+                                     cudaMemcpyDeviceToDevice, st));
+          offset += o.size;
+        }
+        CUDA_CHECK(cudaStreamSynchronize(st));
+        reference = r;
+        break;
+      } catch (const CudaError& e) {
+        reference_error = e.what();
       }
     }
-    std::stable_sort(timed.begin(), timed.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
-    if (!timed.empty()) best.algo = timed[0].second, best.us = timed[0].first;
-    if (timed.size() > 1) best.second = timed[1].second;
+    const bool have_reference = reference.has_value();
+    if (!have_reference)
+      cu.warn(what + ": no reference algorithm runs (" + reference_error +
+              "); candidates are checked for unwritten and non-finite outputs only");
+    const double tol = tolerance(tf32_);
+    std::vector<Algo> usable;
+    const auto try_candidate = [&](const Algo& a, void* scratch) {
+      try {
+        double err = check(st, m, outs, a, scratch, op);
+        if (!have_reference && std::isfinite(err)) err = 0;  // compared with stale data: only finiteness counts
+        if (err <= tol) return true;
+        char line[240];
+        std::snprintf(line, sizeof line, "%s: %s disagrees with %s (relative difference %.3g, tolerance %.3g); not used",
+                      what.c_str(), label(a).c_str(), reference ? label(*reference).c_str() : "finite outputs",
+                      err, tol);
+        cu.warn(line);
+      } catch (const CudaError& e) {
+        cu.warn(what + ": " + label(a) + " failed to run (" + e.what() + "); not used");
+      }
+      return false;
+    };
+    for (const Algo& a : candidates) {
+      if (!timed && !usable.empty()) break;  // heuristics: the first that passes
+      if (try_candidate(a, ws.data())) usable.push_back(a);
+    }
+    if (usable.empty()) {
+      // Nothing serves the whole batch: cuDNN over sub-batches, each size checked like the others.
+      for (int below = p.n; usable.empty();) {
+        std::optional<Algo> a = fallback(below);
+        if (!a) break;
+        below = a->chunk;
+        Buffer<uint8_t> chunk_ws(Device::Cuda, std::max<size_t>(1, a->memory));
+        if (try_candidate(*a, chunk_ws.data())) usable.push_back(*a);
+      }
+      if (usable.empty())
+        throw CudaError(what + ": no implementation serves this convolution (cuDNN offers no " +
+                        std::string(algo_rules(cu.options()).deterministic ? "deterministic " : "") +
+                        "algorithm that passes the check, even on sub-batches)");
+      cu.warn(what + ": no allowed algorithm serves the whole batch; using " + label(usable.front()));
+    }
+
+    Choice best{usable.front(), 0, 0, std::nullopt};
+    if (!timed || usable.size() == 1) {
+      note(ctx, what, best);
+      return best;
+    }
+    // Timed: the fastest in a CUDA graph. One that cannot be captured is passed over (the first
+    // stays the answer if nothing else is left: an eager step, train.cuda_graph off, still runs).
+    constexpr double kNever = std::numeric_limits<double>::infinity();
+    best.us = best.cudnn_us = kNever;
+    std::vector<std::pair<double, Algo>> times;
+    for (const Algo& a : usable) {
+      try {
+        const double us = graph_time_us(st, [&] { op(a, ws.data()); }, plan_timing());
+        times.emplace_back(us, a);
+        if (a.impl == Impl::Cudnn) best.cudnn_us = std::min(best.cudnn_us, us);
+      } catch (const CudaError&) {  // not capturable: never chosen, since the step is a graph
+      }
+    }
+    std::stable_sort(times.begin(), times.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    if (!times.empty()) best.algo = times[0].second, best.us = times[0].first;
+    if (times.size() > 1) best.second = times[1].second;
+    note(ctx, what, best);
     return best;
   }
 
-  void note(DeviceContext& ctx, int n, const char* direction, const Choice& c) {
-    char line[160];
-    if (c.algo.impl != Impl::Cudnn)
-      std::snprintf(line, sizeof line, "%s batch %d %s: %s kernels %.1f us (best cuDNN %.1f us)", name().c_str(), n,
-                    direction, label(c.algo).c_str(), c.us, c.cudnn_us);
+  void note(DeviceContext& ctx, const std::string& what, const Choice& c) {
+    char line[200];
+    if (c.us == 0)
+      std::snprintf(line, sizeof line, "%s: %s", what.c_str(), label(c.algo).c_str());
+    else if (c.algo.impl != Impl::Cudnn)
+      std::snprintf(line, sizeof line, "%s: %s kernels %.1f us (best cuDNN %.1f us)", what.c_str(),
+                    label(c.algo).c_str(), c.us, c.cudnn_us);
     else
-      std::snprintf(line, sizeof line, "%s batch %d %s: cuDNN algorithm %d %.1f us", name().c_str(), n, direction,
-                    c.algo.cudnn, c.us);
+      std::snprintf(line, sizeof line, "%s: %s %.1f us", what.c_str(), label(c.algo).c_str(), c.us);
     ctx.cuda().note_choice(line);
   }
 
-  bool direct_ = false;
   bool relu_ = false;     // applies the ReLU that follows (absorb_following_relu)
+  bool tf32_ = false;     // train.precision tf32: TF32 math allowed (wider check tolerance)
   kernels::MmaMath math_ = kernels::MmaMath::SplitTf32;  // float32: 3xTF32; precision tf32: TF32
   Buffer<float> masked_;  // with relu_ or pool_: the gradient of the convolution's output, masked
   Buffer<float> bias_partials_;

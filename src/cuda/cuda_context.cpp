@@ -1,5 +1,7 @@
 #include "cuda/cuda_context.h"
 
+#include <cstdio>
+
 #include "cuda/check.h"
 #include "kernels/step_kernels.h"
 
@@ -112,8 +114,14 @@ void* CudaContext::grow(Lane& lane, size_t bytes) {
   if (bytes > lane.workspace.size()) {
     CUDA_CHECK(cudaStreamSynchronize(lane.stream));
     lane.workspace = Buffer<uint8_t>(Device::Cuda, bytes);
+    ++workspace_generation_;
   }
   return lane.workspace.data();
+}
+
+void CudaContext::warn(const std::string& line) {
+  std::fprintf(stderr, "dptrain: warning: %s\n", line.c_str());
+  warnings_.push_back(line);
 }
 
 void* CudaContext::workspace(size_t bytes) { return grow(main_, bytes); }

@@ -19,6 +19,7 @@
 #include <cudnn.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
@@ -76,11 +77,18 @@ class CudaContext {
   size_t workspace_size() const { return main_.workspace.size(); }
   /// The side stream's workspace, likewise.
   void* side_workspace(size_t bytes);
+  /// Counts the workspace reallocations so far. A captured graph holds the workspace pointers it
+  /// was captured with: after a reallocation (a batch size planned late) it must be captured again.
+  uint64_t workspace_generation() const { return workspace_generation_; }
 
   /// What layers chose by measurement while setting up (e.g. each convolution's algorithms with
   /// their times), one line each, for `dptrain bench` to report.
   void note_choice(std::string line) { choices_.push_back(std::move(line)); }
   const std::vector<std::string>& choices() const { return choices_; }
+  /// A problem met while setting up that the run survives (a convolution algorithm dropped by the
+  /// planner's check): printed on stderr as one "dptrain: warning:" line, and kept.
+  void warn(const std::string& line);
+  const std::vector<std::string>& warnings() const { return warnings_; }
 
  private:
   /// A stream with its cuDNN and cuBLAS handles and their workspaces.
@@ -92,7 +100,7 @@ class CudaContext {
     Buffer<uint8_t> cublas_workspace;   // given to cuBLAS so it never allocates inside a captured graph
     Lane(bool tf32, int priority);
   };
-  static void* grow(Lane& lane, size_t bytes);
+  void* grow(Lane& lane, size_t bytes);
 
   CudaOptions options_;
   std::string device_name_;
@@ -104,6 +112,8 @@ class CudaContext {
   bool updates_queued_ = false;  // since the last join
   Buffer<uint8_t> step_state_;  // one StepState
   std::vector<std::string> choices_;
+  std::vector<std::string> warnings_;
+  uint64_t workspace_generation_ = 0;
 };
 
 /// Number of usable CUDA devices; 0 (never an exception) when there is no driver or no GPU.

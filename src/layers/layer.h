@@ -123,6 +123,16 @@ class Layer {
     (void)max_batch;
   }
 
+  /// Chooses now how a batch of `batch` samples (at most the reserved batch) will be computed, in
+  /// forward only or in both directions (on CUDA: each convolution's algorithms, timed or by
+  /// heuristics, and the workspace they need), so that no choice is made, and no workspace grows,
+  /// once steps are captured. Optional: a batch size not planned is planned when first seen.
+  virtual void plan(DeviceContext& ctx, int batch, bool backward) {
+    (void)ctx;
+    (void)batch;
+    (void)backward;
+  }
+
   /// out = f(in). `out` has in.n samples of output_dims(). On CUDA, stochastic layers read the step
   /// from the context's device-resident StepState (DeviceContext::set_step), which must hold `step`.
   virtual void forward(DeviceContext& ctx, TensorView<const T> in, TensorView<T> out, Phase phase,

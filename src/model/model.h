@@ -34,6 +34,11 @@ class Model {
   int num_classes() const { return num_classes_; }
   int max_batch() const { return max_batch_; }
 
+  /// Plans every layer for a batch of `batch` samples (Layer::plan): forward only, or with backward.
+  void plan(DeviceContext& ctx, int batch, bool backward) {
+    for (auto& layer : layers_) layer->plan(ctx, batch, backward);
+  }
+
   /// Hears of each stage of later training passes (null: none, the default). Not owned.
   void set_observer(LayerObserver<T>* observer) { observer_ = observer; }
 

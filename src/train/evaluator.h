@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "core/buffer.h"
 #include "core/device_context.h"
@@ -26,10 +27,13 @@ class Evaluator {
   /// The model must have been built with max_batch >= batch_size().
   EvalResult run(Model<float>& model, DeviceContext& ctx);
   int batch_size() const { return batch_; }
+  /// The batch sizes run() passes to the model: batch_size(), and the last, shorter one if any.
+  std::vector<int> batch_sizes() const;
 
  private:
   std::unique_ptr<BatchSource> source_;
   int batch_;
+  int64_t count_;
   Dims dims_;
   Buffer<float> x_;
   Buffer<int32_t> y_;

@@ -18,9 +18,9 @@ Progress::Progress(bool enabled, int64_t total_steps, int log_every, std::FILE* 
 
 bool Progress::due(int64_t step) const {
   if (!enabled_) return false;
-  if (!tty_) return (step + 1) % log_every_ == 0 || step + 1 == total_;
+  if (!tty_) return step % log_every_ == 0 || step == total_;
   const auto now = std::chrono::steady_clock::now();
-  if (now - last_draw_ < std::chrono::milliseconds(200) && step + 1 != total_) return false;
+  if (now - last_draw_ < std::chrono::milliseconds(200) && step != total_) return false;
   last_draw_ = now;
   return true;
 }
@@ -39,7 +39,7 @@ std::string format_duration(double s) {
 void Progress::update(int64_t step, int epoch, double loss, double images_per_second) {
   if (!enabled_) return;
   const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-  const double done = static_cast<double>(step + 1) / static_cast<double>(total_);
+  const double done = static_cast<double>(step) / static_cast<double>(total_);
   const double eta = done > 0 ? elapsed * (1.0 - done) / done : NAN;
   if (tty_) {
     constexpr int kWidth = 30;
@@ -47,11 +47,11 @@ void Progress::update(int64_t step, int epoch, double loss, double images_per_se
     std::string bar(static_cast<size_t>(filled), '#');
     bar.resize(kWidth, '.');
     std::fprintf(out_, "\r[%s] step %lld/%lld  epoch %d  loss %.4f  %.0f img/s  ETA %s \x1b[K", bar.c_str(),
-                 static_cast<long long>(step + 1), static_cast<long long>(total_), epoch, loss, images_per_second,
+                 static_cast<long long>(step), static_cast<long long>(total_), epoch, loss, images_per_second,
                  format_duration(eta).c_str());
     drawn_ = true;
   } else {
-    std::fprintf(out_, "step %lld/%lld epoch %d loss %.4f %.0f img/s eta %s\n", static_cast<long long>(step + 1),
+    std::fprintf(out_, "step %lld/%lld epoch %d loss %.4f %.0f img/s eta %s\n", static_cast<long long>(step),
                  static_cast<long long>(total_), epoch, loss, images_per_second, format_duration(eta).c_str());
   }
   std::fflush(out_);

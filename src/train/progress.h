@@ -15,8 +15,10 @@ class Progress {
   /// total_steps: steps this run will take (for the bar and ETA); log_every: plain-line period.
   Progress(bool enabled, int64_t total_steps, int log_every, std::FILE* out = stderr);
 
-  /// Whether a redraw is due at this step (cheap; lets the caller skip reading the loss).
+  /// Whether a redraw is due after `step` steps (cheap; lets the caller skip reading the loss).
+  /// Steps are counted as done: after the first step, `step` is 1 (as in ckpt-<step>).
   bool due(int64_t step) const;
+  /// Shows the state after `step` steps.
   void update(int64_t step, int epoch, double loss, double images_per_second);
   /// Clears the bar line, so the next message starts on a fresh line.
   void clear();

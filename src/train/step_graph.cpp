@@ -5,8 +5,8 @@
 
 namespace dptrain {
 
-StepGraph::StepGraph(cudaStream_t stream, int count, float grad_scale)
-    : stream_(stream), count_(count), grad_scale_(grad_scale) {
+StepGraph::StepGraph(cudaStream_t stream, int count, float grad_scale, uint64_t workspace_generation)
+    : stream_(stream), count_(count), grad_scale_(grad_scale), generation_(workspace_generation) {
   CUDA_CHECK(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
 }
 

@@ -6,6 +6,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cstdint>
+
 #include "core/step_state.h"
 #include "cuda/raii.h"
 
@@ -13,8 +15,9 @@ namespace dptrain {
 
 class StepGraph {
  public:
-  /// Begins capturing the work queued on `stream` from this thread.
-  StepGraph(cudaStream_t stream, int count, float grad_scale);
+  /// Begins capturing the work queued on `stream` from this thread. `workspace_generation`:
+  /// CudaContext::workspace_generation() now; the graph serves only while it is unchanged.
+  StepGraph(cudaStream_t stream, int count, float grad_scale, uint64_t workspace_generation);
   /// The work captured last was the StepState's write (DeviceContext::set_step).
   void mark_step_state();
   /// Ends the capture and instantiates the graph.
@@ -23,12 +26,17 @@ class StepGraph {
   void launch();
   /// Launches the step for `state`.
   void launch(const StepState& state);
-  bool matches(int count, float grad_scale) const { return ready_ && count == count_ && grad_scale == grad_scale_; }
+  /// Whether a replay computes a step of `count` samples scaled by `grad_scale`, with the workspaces
+  /// it was captured with (a reallocated workspace would leave it pointing into freed memory).
+  bool matches(int count, float grad_scale, uint64_t workspace_generation) const {
+    return ready_ && count == count_ && grad_scale == grad_scale_ && workspace_generation == generation_;
+  }
 
  private:
   cudaStream_t stream_;
   int count_;
   float grad_scale_;
+  uint64_t generation_;
   bool ready_ = false;
   CudaGraph graph_;
   CudaGraphExec exec_;

@@ -7,6 +7,8 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
+#include <string>
 
 #include <nlohmann/json.hpp>
 
@@ -15,6 +17,7 @@
 #include "core/error.h"
 #include "data/sampler.h"
 #include "io/checkpoint.h"
+#include "train/divergence.h"
 #include "train/numerics_checker.h"
 #include "train/preemption.h"
 #include "train/profiler.h"
@@ -76,9 +79,12 @@ Trainer::Trainer(const Config& config, const TrainOptions& options, const MnistD
   x_ = Buffer<float>(ctx_.device(), static_cast<size_t>(local_batch) * in.count());
   y_ = Buffer<int32_t>(ctx_.device(), static_cast<size_t>(local_batch));
   sums_ = Buffer<double>(ctx_.device(), 2);
+  plan_batch_sizes();
 
   checkpoints_ = std::make_unique<CheckpointDir>(options_.out_dir, config_.checkpoint.keep);
+  divergence_ = std::make_unique<DivergenceMonitor>(config_.model.num_classes);
   if (options_.resume != nullptr) {
+    divergence_->set_last_checkpoint(options_.resume->state.global_step, options_.resume->path);
     // Every rank reads the same validated file: an identical start without a broadcast.
     restore_train_state(*options_.resume, ctx_, model_->params(), *optimizer_);
     best_accuracy_ = options_.resume->state.best_test_accuracy;
@@ -94,6 +100,20 @@ Trainer::Trainer(const Config& config, const TrainOptions& options, const MnistD
 }
 
 Trainer::~Trainer() = default;
+
+void Trainer::plan_batch_sizes() {
+  // Every batch size this rank will run is planned before the first step: a size first met later
+  // (the epoch's short last batch, the evaluation) would be timed in the middle of training, and
+  // could grow a workspace that the captured step still points to (StepGraph::matches).
+  std::vector<int> train_sizes{plan_->shard(0, comm_.rank()).count,
+                               plan_->shard(steps_per_epoch_ - 1, comm_.rank()).count};
+  std::sort(train_sizes.begin(), train_sizes.end());
+  train_sizes.erase(std::unique(train_sizes.begin(), train_sizes.end()), train_sizes.end());
+  for (int n : train_sizes)
+    if (n > 0) model_->plan(ctx_, n, /*backward=*/true);
+  if (evaluator_)
+    for (int n : evaluator_->batch_sizes()) model_->plan(ctx_, n, /*backward=*/false);
+}
 
 void Trainer::attach_observer() {
   // The model has one observer: the checker's kernels would be timed as the layers' work.
@@ -131,7 +151,7 @@ void Trainer::step(int epoch, int64_t step_in_epoch, int64_t global_step) {
   if (profiler_) profiler_->begin_step(ctx_, global_step, shard.count);
   // Each rank scales by the global batch, so the summed gradients are the global batch mean.
   const float grad_scale = 1.0f / static_cast<float>(batch);
-  if (graph_ && graph_->matches(shard.count, grad_scale)) {
+  if (graph_ && graph_->matches(shard.count, grad_scale, ctx_.cuda().workspace_generation())) {
     graph_->launch(state);  // its first node writes this step's state
     return;
   }
@@ -141,7 +161,9 @@ void Trainer::step(int epoch, int64_t step_in_epoch, int64_t global_step) {
   const bool observed = numerics_ || profiler_;
   const bool capture = ctx_.on_cuda() && config_.train.cuda_graph && capturable_exchange && !observed &&
                        shard.count == local_batch_ && warmed_up_;
-  if (capture) graph_ = std::make_unique<StepGraph>(ctx_.cuda().stream(), shard.count, grad_scale);
+  if (capture)
+    graph_ = std::make_unique<StepGraph>(ctx_.cuda().stream(), shard.count, grad_scale,
+                                         ctx_.cuda().workspace_generation());
   ctx_.set_step(state);
   if (capture) graph_->mark_step_state();
   run_step(state.info, shard.count, grad_scale);
@@ -191,7 +213,10 @@ void Trainer::finish_epoch(int epoch, int64_t global_step, const EpochStats& sta
   const double samples = timed + static_cast<double>(stats.carried_samples);
   const double slowest = comm_.all_reduce_scalar(seconds, ReduceOp::Max);
   if (comm_.rank() == 0) {
+    // The sums are global: rank 0 checks for all (one line; the others wait at the barrier).
+    if (samples > 0) check_training_loss(loss_sum / samples, global_step, epoch + 1);
     const EvalResult ev = evaluator_->run(*model_, ctx_);
+    divergence_->check_test_loss(ev.loss, global_step, epoch + 1);
     last_eval_ = ev;
     if (ev.accuracy > best_accuracy_) best_accuracy_ = ev.accuracy, new_best_ = true;
     nlohmann::json line = {{"epoch", epoch + 1},
@@ -226,7 +251,11 @@ std::string Trainer::save_checkpoint(const Position& at, const EpochStats& stats
                          static_cast<double>(stats.carried_samples);
   std::string path;
   if (comm_.rank() == 0) {
+    // Never a checkpoint of a diverged run: its loss (read here anyway), then its values.
+    if (samples > 0) check_training_loss(loss_sum / samples, at.global_step, at.epoch + 1);
     const TrainStateSnapshot snapshot(ctx_, model_->params(), *optimizer_);
+    divergence_->require_finite(snapshot.model(), at.global_step, "checkpoint");
+    divergence_->require_finite(snapshot.optimizer(), at.global_step, "checkpoint");
     CheckpointState state;
     state.config_yaml = to_yaml(config_);
     state.epoch = at.epoch;
@@ -245,6 +274,7 @@ std::string Trainer::save_checkpoint(const Position& at, const EpochStats& stats
     if (new_best_) checkpoints_->save_best(snapshot.model(), snapshot.optimizer(), state);
     new_best_ = false;
   }
+  divergence_->set_last_checkpoint(at.global_step, path);
   comm_.barrier();  // nobody runs ahead into NCCL while rank 0 writes
   return path;
 }
@@ -274,18 +304,34 @@ bool Trainer::stop_requested() {
   return comm_.all_reduce_scalar(here ? 1.0 : 0.0, ReduceOp::Max) > 0;  // all ranks stop at the same step
 }
 
-void Trainer::log_progress(Progress& progress, int64_t global_step, int epoch, const EpochStats& stats) {
-  if (!progress.due(global_step)) return;
+void Trainer::log_progress(int64_t global_step, int epoch, const EpochStats& stats) {
+  if (!progress_->due(global_step)) return;
   wait_for_device();
   std::array<double, 2> sums{};
   download(ctx_, std::span<const double>(sums_.span()), std::span<double>(sums));
   const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - stats.start).count();
   const double ips = elapsed > 0 ? static_cast<double>(stats.samples * comm_.size()) / elapsed : 0.0;
   const int64_t seen = stats.samples + stats.carried_samples;
-  progress.update(global_step, epoch + 1, seen > 0 ? sums[0] / static_cast<double>(seen) : 0.0, ips);
+  const double loss = seen > 0 ? sums[0] / static_cast<double>(seen) : 0.0;
+  if (seen > 0) check_training_loss(loss, global_step, epoch + 1);
+  progress_->update(global_step, epoch + 1, loss, ips);
 }
 
-void Trainer::write_weights() {
+void Trainer::check_training_loss(double loss, int64_t global_step, int epoch) {
+  std::optional<std::string> warning;
+  try {
+    warning = divergence_->check_training_loss(loss, global_step, epoch);
+  } catch (const DivergenceError&) {
+    if (progress_) progress_->clear();  // the error line starts a line of its own
+    throw;
+  }
+  if (!warning) return;
+  if (progress_) progress_->clear();
+  std::fprintf(stderr, "dptrain: warning: %s\n", warning->c_str());
+  std::fflush(stderr);
+}
+
+void Trainer::write_weights(int64_t global_step) {
   if (comm_.rank() != 0) return;
   const ParamStore<float>& params = model_->params();
   std::vector<float> host(params.size());
@@ -293,6 +339,7 @@ void Trainer::write_weights() {
   std::vector<NamedTensor> tensors;
   for (const ParamEntry& e : params.entries())
     tensors.push_back({e.name, e.shape, std::span<const float>(host).subspan(e.offset, e.count)});
+  divergence_->require_finite(tensors, global_step, "final weights file");
   save_weights((std::filesystem::path(options_.out_dir) / "final.safetensors").string(), tensors, to_yaml(config_));
 }
 
@@ -301,7 +348,7 @@ TrainSummary Trainer::run() {
   const int64_t total = total_steps_;
   Position pos = start_position();
   summary.first_step = pos.global_step;
-  Progress progress(comm_.rank() == 0 && options_.show_progress, total, config_.train.log_every);
+  progress_ = std::make_unique<Progress>(comm_.rank() == 0 && options_.show_progress, total, config_.train.log_every);
   EpochStats stats;
   zero_async(ctx_, sums_.span());
   if (options_.resume != nullptr && comm_.rank() == 0) {
@@ -323,7 +370,7 @@ TrainSummary Trainer::run() {
       ++pos.step_in_epoch, ++pos.global_step;
       if (pos.global_step == options_.fail_after_step)
         throw std::runtime_error("injected failure after step " + std::to_string(pos.global_step));
-      log_progress(progress, pos.global_step, pos.epoch, stats);
+      log_progress(pos.global_step, pos.epoch, stats);
       if ((stop = stop_requested())) break;
       const int64_t every = config_.checkpoint.every_steps;
       if (every > 0 && pos.global_step % every == 0 && pos.step_in_epoch < steps_per_epoch_) {
@@ -334,7 +381,7 @@ TrainSummary Trainer::run() {
     wait_for_device();
     train_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - stats.start).count();
     train_samples += stats.samples;
-    progress.clear();
+    progress_->clear();
     if (stop) break;
     finish_epoch(pos.epoch, pos.global_step, stats);
     summary.epochs_completed = pos.epoch + 1;
@@ -356,7 +403,7 @@ TrainSummary Trainer::run() {
   summary.images_per_second = train_seconds > 0 ? static_cast<double>(train_samples * comm_.size()) / train_seconds : 0;
   summary.final_eval = last_eval_;
   if (profiler_) profiler_->report(ctx_, comm_, (std::filesystem::path(options_.out_dir) / "profile.json").string());
-  if (!stop) write_weights();
+  if (!stop) write_weights(pos.global_step);
   comm_.barrier();
   return summary;
 }

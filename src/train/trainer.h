@@ -10,6 +10,11 @@
 // taken: the position in the data (epoch, samples consumed) is all the data order, the dropout
 // masks and the schedule depend on.
 //
+// Divergence (train/divergence.h): every loss the loop already reads back (progress lines,
+// mid-epoch checkpoints, epoch ends, the evaluation) is checked; a NaN/Inf or blown-up loss ends
+// the run with a DivergenceError before any further checkpoint is written, and a checkpoint's
+// host copy is checked for NaN/Inf before it is written. The step itself is not touched.
+//
 // Two debug/measuring modes plug in as the model's LayerObserver: train.check_numerics
 // (train/numerics_checker.h) and TrainOptions::profile (train/profiler.h); both turn CUDA graph
 // capture off.
@@ -79,17 +84,24 @@ class Trainer {
   struct Position;
   /// Builds the numerics checker or the profiler the config and options ask for, as the model's observer.
   void attach_observer();
+  /// Plans the model for every batch size this rank will run (training shards, evaluation batches).
+  void plan_batch_sizes();
   /// The step's work (gather, forward, loss, backward and exchange, update), queued on the device.
   void run_step(const StepInfo& info, int count, float grad_scale);
   /// Rank 0 evaluates and appends the epoch's metrics line; the others wait outside NCCL.
   void finish_epoch(int epoch, int64_t global_step, const EpochStats& stats);
-  void write_weights();
+  /// Rank 0 writes final.safetensors (after `global_step` steps), if its values are finite.
+  void write_weights(int64_t global_step);
   Position start_position();
   /// Whether every rank should stop now (a signal reached any of them); one host reduction.
   bool stop_requested();
   /// Rank 0 writes a checkpoint of `at`; all ranks return together. Returns the path on rank 0.
   std::string save_checkpoint(const Position& at, const EpochStats& stats);
-  void log_progress(Progress& progress, int64_t global_step, int epoch, const EpochStats& stats);
+  /// Rank 0, when a progress line is due: reads this rank's running loss, shows it and checks it.
+  void log_progress(int64_t global_step, int epoch, const EpochStats& stats);
+  /// Feeds a mean training loss read after `global_step` steps to the divergence monitor: throws
+  /// DivergenceError, or prints its one warning to stderr.
+  void check_training_loss(double loss, int64_t global_step, int epoch);
   void wait_for_device();
   /// The hook the model reports gradients to: the exchange, or the profiler wrapping it.
   GradientHook* step_hook();
@@ -127,6 +139,8 @@ class Trainer {
   std::unique_ptr<class NumericsChecker> numerics_;  ///< train.check_numerics, else null
   std::unique_ptr<class Profiler> profiler_;         ///< TrainOptions::profile, else null
   std::unique_ptr<class UpdateInBackward> updater_;  ///< on CUDA (used per updates_in_backward())
+  std::unique_ptr<class DivergenceMonitor> divergence_;  ///< checks every loss read back
+  std::unique_ptr<Progress> progress_;                   ///< rank 0's progress display (run())
 };
 
 }  // namespace dptrain

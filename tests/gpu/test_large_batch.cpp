@@ -1,0 +1,86 @@
+// Large batches on the GPU, as a user first tries them: the shipped configs at batch 1024 to 8192,
+// trained past the epoch's short last batch (whose planning once grew a workspace under the
+// captured step: an illegal memory access at the next full step) and evaluated, in float32 and
+// tf32, with timed planning. The planner must warn about nothing (a warning means it dropped an
+// implementation that disagreed with the reference). Also: a workspace reallocation is seen by
+// the captured step. Skipped without a GPU.
+#include <gtest/gtest.h>
+
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <string>
+
+#include "cuda/cuda_context.h"
+
+namespace dptrain {
+namespace {
+
+const std::string kData = DPTRAIN_TEST_DATA_DIR;
+
+class LargeBatch : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    if (!std::filesystem::exists(kData + "/train-images-idx3-ubyte.gz") &&
+        !std::filesystem::exists(kData + "/train-images-idx3-ubyte"))
+      GTEST_SKIP() << "MNIST not in " << kData;
+  }
+};
+
+std::string run_dptrain(const std::string& args, int& status) {
+  FILE* p = popen((std::string(DPTRAIN_BINARY) + " " + args + " 2>&1").c_str(), "r");
+  std::string out;
+  if (p == nullptr) return out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  status = pclose(p);
+  return out;
+}
+
+struct Case {
+  const char* config;
+  int batch;
+  const char* precision;
+  int steps;  // past the first epoch's last (short) batch
+};
+
+TEST_F(LargeBatch, ShippedConfigsTrainPastTheEpochTailAndEvaluate) {
+  const Case cases[] = {{"mnist_cnn", 1024, "float32", 60},
+                        {"lenet5", 4096, "float32", 17},
+                        {"lenet5", 2048, "tf32", 31},
+                        {"mnist_cnn", 8192, "tf32", 9}};
+  for (const Case& c : cases) {
+    const std::filesystem::path out =
+        std::filesystem::temp_directory_path() /
+        ("dptrain_large_batch_" + std::string(c.config) + "_" + std::to_string(c.batch) + "_" + c.precision);
+    std::filesystem::remove_all(out);
+    int status = -1;
+    const std::string log = run_dptrain(
+        "train --device cuda --config " + std::string(DPTRAIN_SOURCE_DIR) + "/configs/" + c.config + ".yaml --data " +
+            kData + " --no-progress --out " + out.string() + " --max-steps " + std::to_string(c.steps) +
+            " --set train.batch_size=" + std::to_string(c.batch) + " --set train.precision=" + c.precision,
+        status);
+    const std::string what = std::string(c.config) + " batch " + std::to_string(c.batch) + " " + c.precision;
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << what << "\n" << log;
+    EXPECT_EQ(log.find("dptrain: warning:"), std::string::npos) << what << "\n" << log;
+    EXPECT_TRUE(std::filesystem::exists(out / "final.safetensors")) << what << "\n" << log;
+  }
+}
+
+TEST_F(LargeBatch, WorkspaceGrowthIsCountedForTheCapturedStep) {
+  CudaContext ctx(CudaOptions{});
+  const uint64_t before = ctx.workspace_generation();
+  ctx.workspace(ctx.workspace_size() + 1);
+  EXPECT_GT(ctx.workspace_generation(), before);
+  const uint64_t grown = ctx.workspace_generation();
+  ctx.workspace(1);  // already large enough: no reallocation
+  EXPECT_EQ(ctx.workspace_generation(), grown);
+  ctx.side_workspace(ctx.workspace_size() + (1 << 20));
+  EXPECT_GT(ctx.workspace_generation(), grown);
+}
+
+}  // namespace
+}  // namespace dptrain
