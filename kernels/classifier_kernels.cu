@@ -96,7 +96,7 @@ void linear_loss_backward(const LinearLossBackward& p, cudaStream_t stream) {
   if (!linear_loss_backward_fits(p.n, p.classes, p.inputs))
     throw CudaError("linear_loss_backward: a batch of " + std::to_string(p.n) + " x " + std::to_string(p.classes) +
                     " classes x " + std::to_string(p.inputs) + " inputs does not fit its shared memory");
-  const unsigned blocks = static_cast<unsigned>((p.inputs + kCols - 1) / kCols);
+  const unsigned blocks = static_cast<unsigned>((p.inputs + long{kCols} - 1) / kCols);
   linear_loss_backward_kernel<<<blocks, kThreads, shared_bytes(p.n, p.classes), stream>>>(p);
   CUDA_CHECK_LAUNCH();
 }

@@ -29,6 +29,7 @@ __device__ __forceinline__ int tap_offset(const ConvGeometry& g, int j, int oy, 
 // thread, whose taps are read once and serve every channel of the group; the group's weights sit
 // in shared memory (broadcast reads). Each output sums its taps in (ci, ky, kx) order.
 constexpr int kForwardChannels = 8;
+constexpr int kForwardThreads = 128;
 
 __global__ void conv_direct_forward_kernel(const float* __restrict__ x, const float* __restrict__ w,
                                            const float* __restrict__ b, float* __restrict__ y, ConvGeometry g,
@@ -193,26 +194,38 @@ int plane_kernel(const ConvGeometry& g) {
              : 0;
 }
 
-int chunks_for(const ConvGeometry& g) {
+/// Blocks of partial sums (64-bit: also sizes the scratch of geometries direct_conv_fits refuses).
+long long chunks_for(const ConvGeometry& g) {
   if (plane_kernel(g) != 0) return g.n;
-  return (g.n * g.oh * g.ow + kChunk - 1) / kChunk;
+  return (static_cast<long long>(g.n) * g.oh * g.ow + kChunk - 1) / kChunk;
 }
 
-/// The kernels index positions and inputs in 32-bit integers (64-bit division is slow on GPUs).
-void check_fits(const ConvGeometry& g) {
-  if (static_cast<long>(g.n) * g.oh * g.ow > INT_MAX || static_cast<long>(g.n) * g.c * g.h * g.w > INT_MAX)
-    throw CudaError("direct convolution: batch of " + std::to_string(g.n) + " is too large for 32-bit indexing");
-  if (static_cast<long>(g.n) * g.oc > INT_MAX || static_cast<long>(g.oh) * g.ow > 65535L * 128)
-    throw CudaError("direct convolution: output of " + std::to_string(g.oh) + "x" + std::to_string(g.ow) +
-                    " for a batch of " + std::to_string(g.n) + " exceeds the launch grid");
+/// Within a sample the kernels index in 32-bit integers (64-bit division is slow on GPUs); direct_conv_fits.
+void check_fits(const ConvGeometry& g, const char* what) {
+  if (!direct_conv_fits(g))
+    throw CudaError(std::string(what) + ": the direct kernels do not serve a batch of " + std::to_string(g.n) + " x " +
+                    std::to_string(g.c) + "x" + std::to_string(g.h) + "x" + std::to_string(g.w) + " -> " +
+                    std::to_string(g.oc) + "x" + std::to_string(g.oh) + "x" + std::to_string(g.ow) + " (kernel " +
+                    std::to_string(g.k) + ", stride " + std::to_string(g.stride) + ", pad " + std::to_string(g.pad) +
+                    "): see direct_conv_fits");
 }
 
 }  // namespace
 
+bool direct_conv_fits(const ConvGeometry& g) {
+  if (g.n < 1 || g.c < 1 || g.h < 1 || g.w < 1 || g.oc < 1 || g.k < 1 || g.stride < 1 || g.pad < 0) return false;
+  if (g.c > kDirectConvMaxReduction || g.k > kDirectConvMaxReduction || !direct_conv_fits(g.c, g.k)) return false;
+  const long long ph = static_cast<long long>(g.h) + 2 * g.pad, pw = static_cast<long long>(g.w) + 2 * g.pad;
+  if (ph < g.k || pw < g.k || g.oh != (ph - g.k) / g.stride + 1 || g.ow != (pw - g.k) / g.stride + 1) return false;
+  const long long plane = static_cast<long long>(g.oh) * g.ow;
+  const long long groups = (g.oc + kForwardChannels - 1) / kForwardChannels;
+  return static_cast<long long>(g.c) * g.h * g.w <= INT_MAX && g.n * plane <= INT_MAX - (kChunk - 1) &&
+         g.n * groups <= INT_MAX && plane <= 65535LL * kForwardThreads && g.oc <= 65535LL * kChannelTile;
+}
+
 void conv_direct_forward(const float* x, const float* w, const float* b, float* y, bool relu, const ConvGeometry& g,
                          cudaStream_t stream) {
-  check_fits(g);
-  constexpr int kForwardThreads = 128;
+  check_fits(g, "conv_direct_forward");
   const int groups = (g.oc + kForwardChannels - 1) / kForwardChannels;
   const dim3 grid(static_cast<unsigned>(g.n * groups),
                   static_cast<unsigned>((g.oh * g.ow + kForwardThreads - 1) / kForwardThreads));
@@ -226,8 +239,8 @@ size_t conv_direct_filter_grad_scratch(const ConvGeometry& g) {
 
 void conv_direct_filter_grad(const float* x, const float* dy, const float* relu_out, float* dw, float* db,
                              void* scratch, const ConvGeometry& g, cudaStream_t stream) {
-  check_fits(g);
-  const int chunks = chunks_for(g), taps = g.c * g.k * g.k;
+  check_fits(g, "conv_direct_filter_grad");
+  const int chunks = static_cast<int>(chunks_for(g)), taps = g.c * g.k * g.k;
   float* partial = static_cast<float*>(scratch);
   if (const int k = plane_kernel(g); k != 0) {
     const dim3 grid(static_cast<unsigned>(g.n), static_cast<unsigned>((g.oc + kPlaneWarps - 1) / kPlaneWarps));

@@ -20,10 +20,18 @@ struct ConvGeometry {
 
 constexpr int kDirectConvMaxReduction = 32;
 
-/// Whether the direct kernels serve this convolution.
+/// Whether the direct kernels serve convolutions of this layer shape (the short reduction; batch-independent).
 inline bool direct_conv_fits(int in_channels, int kernel) {
   return in_channels * kernel * kernel <= kDirectConvMaxReduction;
 }
+
+/// Whether conv_direct_forward and conv_direct_filter_grad serve this geometry at its batch: the short reduction
+/// (c k^2 <= 32), a consistent shape (every extent >= 1, pad >= 0, oh = (h + 2 pad - k) / stride + 1, likewise ow)
+/// and the launch and 32-bit index limits: one sample's input c h w <= INT_MAX, the filter gradient's positions
+/// n oh ow <= INT_MAX - 128, n ceil(oc / 8) <= INT_MAX (grid.x), oh ow <= 65535 * 128 (grid.y) and oc <= 65535 * 32
+/// (grid.y). Batch and tensor sizes are otherwise free (offsets of samples are 64-bit). Outside it the two
+/// functions throw CudaError.
+bool direct_conv_fits(const ConvGeometry& g);
 
 /// y = conv(x, w) + b, then max(., 0) when relu is set.
 void conv_direct_forward(const float* x, const float* w, const float* b, float* y, bool relu, const ConvGeometry& g,

@@ -297,7 +297,7 @@ struct FilterTiling {
   __host__ __device__ int input_floats() const { return kFilterChannels * input.plane; }
   // Two stages of input and dy, one buffer of their TF32 remainders (split math), the positions' offsets.
   size_t smem(int ocb, MmaMath math) const {
-    const size_t stage = static_cast<size_t>(input_floats()) + static_cast<size_t>(ocb) * kUnitStride;
+    const size_t stage = static_cast<size_t>(kFilterChannels) * input.plane + static_cast<size_t>(ocb) * kUnitStride;
     return sizeof(float) * ((1 + parts(math)) * stage + kUnit);
   }
 };
@@ -447,6 +447,14 @@ size_t prepared_bytes(const ConvGeometry& g) {
   return sizeof(float) * std::max(prepared_floats_any(g), prepared_floats_any(transposed(g)));
 }
 
+/// The prepared weights are staged by 16-byte cp.async: the functions use scratch from its first 16-byte aligned
+/// address on (mma_conv_scratch adds 16 bytes for it), whatever pointer they are given.
+constexpr size_t kScratchAlign = 16;
+char* aligned_scratch(void* scratch) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(scratch);
+  return reinterpret_cast<char*>((a + kScratchAlign - 1) / kScratchAlign * kScratchAlign);
+}
+
 template <class S, MmaMath kMath>
 void launch_forward_shape(const float* x, const float* w, bool flip, const float* b, float* y, bool relu,
                           float* wp, const ConvGeometry& g, cudaStream_t stream) {
@@ -476,7 +484,7 @@ void launch_forward(const float* x, const float* w, bool flip, const float* b, f
 
 void launch_forward_math(MmaMath math, const float* x, const float* w, bool flip, const float* b, float* y, bool relu,
                          void* scratch, const ConvGeometry& g, cudaStream_t stream) {
-  float* wp = static_cast<float*>(scratch);
+  float* wp = reinterpret_cast<float*>(aligned_scratch(scratch));
   if (math == MmaMath::SplitTf32)
     launch_forward<MmaMath::SplitTf32>(x, w, flip, b, y, relu, wp, g, stream);
   else
@@ -522,7 +530,7 @@ bool mma_conv_fits(const ConvGeometry& g) {
 
 size_t mma_conv_scratch(const ConvGeometry& g) {
   const FilterTiling t = filter_tiling(g);
-  return prepared_bytes(g) + sizeof(float) * static_cast<size_t>(t.chunks) * g.oc * (g.c * kTaps + 1);
+  return kScratchAlign + prepared_bytes(g) + sizeof(float) * static_cast<size_t>(t.chunks) * g.oc * (g.c * kTaps + 1);
 }
 
 void mma_conv_forward(const float* x, const float* w, const float* b, float* y, bool relu, void* scratch,
@@ -541,7 +549,7 @@ void mma_conv_filter_grad(const float* x, const float* dy, float* dw, float* db,
                           const ConvGeometry& g, cudaStream_t stream) {
   require_fits(g, "mma_conv_filter_grad");
   const FilterTiling t = filter_tiling(g);
-  float* partial = reinterpret_cast<float*>(static_cast<char*>(scratch) + prepared_bytes(g));
+  float* partial = reinterpret_cast<float*>(aligned_scratch(scratch) + prepared_bytes(g));
   const bool wide = filter_warps_m(g) == 2, split = math == MmaMath::SplitTf32;
   if (wide && split) launch_filter_shape<2, MmaMath::SplitTf32>(x, dy, partial, g, t, stream);
   if (wide && !split) launch_filter_shape<2, MmaMath::Tf32>(x, dy, partial, g, t, stream);

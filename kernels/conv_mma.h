@@ -29,12 +29,17 @@ namespace dptrain::kernels {
 
 enum class MmaMath { SplitTf32, Tf32 };
 
-/// Whether these kernels serve this convolution (k == 3, stride 1, pad 0..2, channel counts multiples of 32, the
-/// staged tiles fit in shared memory, 32-bit indexing fits).
+/// Whether these kernels serve this convolution: conv_shared::plain_3x3 (k = 3, stride 1, pad 0..2, consistent output
+/// size; n c h w, n oc oh ow, 9 c oc <= INT_MAX; c, oc <= 65535 * 32), c and oc multiples of 32 (>= 32), the staged
+/// tiles of the forward, of the input gradient (the transposed convolution) and of the filter gradient (3xTF32, the
+/// larger) within the current device's opt-in shared memory per block (sm_90: 227 KB; sm_86/89: 99 KB), and the
+/// filter partials (chunks x oc x (9 c + 1) floats) and prepared weights (bytes) <= INT_MAX. Any pointers (4-byte
+/// accesses to x, w, dy; scratch is realigned).
 bool mma_conv_fits(const ConvGeometry& g);
 
 /// Bytes of scratch the three functions need: prepared weights (forward, input gradient) first, then the
-/// filter-gradient partials, so the input and filter gradients may share one scratch buffer at once.
+/// filter-gradient partials, so the input and filter gradients may share one scratch buffer at once; plus 16 bytes
+/// so that the weights may start at a 16-byte aligned address whatever the scratch pointer.
 size_t mma_conv_scratch(const ConvGeometry& g);
 
 /// y = conv(x, w) + b, then max(., 0) when relu is set. b may be null (no bias). scratch: mma_conv_scratch(g) bytes

@@ -11,8 +11,9 @@ namespace {
 constexpr int kFinishRows = 8;
 
 __global__ void transpose_flip_kernel(const float* __restrict__ w, float* __restrict__ wt, int oc, int c) {
-  const int e = blockIdx.x * blockDim.x + threadIdx.x;
-  if (e >= oc * c * kTaps) return;
+  const long wide = blockIdx.x * long{blockDim.x} + threadIdx.x;  // 9 oc c <= INT_MAX, but the last block runs past it
+  if (wide >= static_cast<long>(oc) * c * kTaps) return;
+  const int e = static_cast<int>(wide);
   const int tap = e % kTaps, o = e / kTaps % oc, ci = e / kTaps / oc;
   wt[e] = w[(o * c + ci) * kTaps + kTaps - 1 - tap];
 }
@@ -22,15 +23,17 @@ __global__ void transpose_flip_kernel(const float* __restrict__ w, float* __rest
 __global__ void finish_kernel(const float* __restrict__ partial, int chunks, int taps, int total,
                               float* __restrict__ dw, float* __restrict__ db) {
   __shared__ float sums[kFinishRows][33];
-  const int t = blockIdx.x * 32 + threadIdx.x;
+  const long wide = blockIdx.x * 32L + threadIdx.x;  // total <= INT_MAX, but the last block runs past it
+  const bool valid = wide < total;
+  const int t = valid ? static_cast<int>(wide) : 0;
   float sum = 0.0f;
-  if (t < total) {
+  if (valid) {
 #pragma unroll 4
     for (int c = threadIdx.y; c < chunks; c += kFinishRows) sum += partial[static_cast<long long>(c) * total + t];
   }
   sums[threadIdx.y][threadIdx.x] = sum;
   __syncthreads();
-  if (threadIdx.y != 0 || t >= total) return;
+  if (threadIdx.y != 0 || !valid) return;
   float total_sum = 0.0f;
   for (int r = 0; r < kFinishRows; ++r) total_sum += sums[r][threadIdx.x];
   const int o = t / (taps + 1), j = t % (taps + 1);
@@ -45,8 +48,10 @@ __global__ void finish_kernel(const float* __restrict__ partial, int chunks, int
 bool plain_3x3(const ConvGeometry& g) {
   if (g.k != 3 || g.stride != 1 || g.pad < 0 || g.pad > 2 || g.n < 1 || g.h < 1 || g.w < 1) return false;
   if (g.oh != g.h + 2 * g.pad - 2 || g.ow != g.w + 2 * g.pad - 2 || g.oh < 1 || g.ow < 1) return false;
+  if (g.c < 1 || g.oc < 1 || g.c > 65535 * 32 || g.oc > 65535 * 32) return false;  // grid.y and z: channels / 32
   const long long n = g.n;
-  return fits_int(n * g.c * g.h * g.w) && fits_int(n * g.oc * g.oh * g.ow) && fits_int(n * g.oh);
+  return fits_int(n * g.c * g.h * g.w) && fits_int(n * g.oc * g.oh * g.ow) && fits_int(n * g.oh) &&
+         fits_int(static_cast<long long>(g.oc) * g.c * kTaps);
 }
 
 int multiprocessors() {
@@ -70,14 +75,16 @@ void refuse(const char* what, const char* family, const ConvGeometry& g) {
 void transpose_flip(const float* w, float* wt, int oc, int c, cudaStream_t stream) {
   const int count = oc * c * kTaps;
   constexpr int kThreads = 256;
-  transpose_flip_kernel<<<(count + kThreads - 1) / kThreads, kThreads, 0, stream>>>(w, wt, oc, c);
+  const unsigned blocks = static_cast<unsigned>((count + long{kThreads} - 1) / kThreads);
+  transpose_flip_kernel<<<blocks, kThreads, 0, stream>>>(w, wt, oc, c);
   CUDA_CHECK_LAUNCH();
 }
 
 void finish_filter_grad(const float* partial, int chunks, const ConvGeometry& g, float* dw, float* db,
                         cudaStream_t stream) {
   const int taps = g.c * kTaps, total = g.oc * (taps + 1);
-  finish_kernel<<<(total + 31) / 32, dim3(32, kFinishRows), 0, stream>>>(partial, chunks, taps, total, dw, db);
+  const unsigned blocks = static_cast<unsigned>((total + 31L) / 32);
+  finish_kernel<<<blocks, dim3(32, kFinishRows), 0, stream>>>(partial, chunks, taps, total, dw, db);
   CUDA_CHECK_LAUNCH();
 }
 

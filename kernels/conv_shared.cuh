@@ -32,7 +32,9 @@ inline size_t transposed_weight_bytes(const ConvGeometry& g) {
 
 inline bool fits_int(long long v) { return v >= 0 && v <= INT_MAX; }
 
-/// The 3x3 stride-1 shape both kernel families need: output size from padding 0..2, 32-bit indexing.
+/// The 3x3 stride-1 shape both kernel families need: k = 3, stride 1, pad 0..2, n, h, w >= 1, oh = h + 2 pad - 2 >= 1
+/// and ow = w + 2 pad - 2 >= 1; 32-bit indexing: n c h w, n oc oh ow and 9 c oc (the weights) <= INT_MAX; the grid:
+/// 1 <= c, oc <= 65535 * 32 (grid.y and grid.z count channels / 32).
 bool plain_3x3(const ConvGeometry& g);
 
 int multiprocessors();

@@ -14,8 +14,11 @@
 
 namespace dptrain::kernels {
 
-/// Whether the tiled kernels serve this convolution (k == 3, stride == 1, pad 0..2, channel counts they tile, 32-bit
-/// indexing fits).
+/// Whether the tiled kernels serve this convolution: conv_shared::plain_3x3 (k = 3, stride 1, pad 0..2, consistent
+/// output size; n c h w, n oc oh ow, 9 c oc <= INT_MAX; c, oc <= 65535 * 32), c and oc multiples of 32 (>= 32); the
+/// one-row forward tiling of the convolution and of its transpose (input gradient) within 512 threads (ceil(ow / 4)
+/// x oc-block / 8, oc-block 64 where 64 divides oc, else 32; likewise ceil(w / 4) with c) and 96 KB of shared
+/// memory, the filter tiling within 96 KB, and chunks x oc x (9 c + 1) <= INT_MAX. Any pointers (4-byte accesses).
 bool tiled_conv_fits(const ConvGeometry& g);
 
 /// Bytes of scratch the two backward functions need (transposed weights, filter-gradient partials). The two use

@@ -1,6 +1,9 @@
 // Compiled with --fmad=false (CMakeLists.txt): the normalisation must match the CPU bit for bit.
 #include <cub/device/device_radix_sort.cuh>
 
+#include <climits>
+#include <string>
+
 #include "core/philox.h"
 #include "cuda/check.h"
 #include "kernels/data_kernels.h"
@@ -32,7 +35,18 @@ __global__ void gather_kernel(const uint8_t* images, const int32_t* labels, cons
 
 }  // namespace
 
+namespace {
+
+/// cub's radix sort counts items in an int; the key kernel's grid-stride index is a uint32_t.
+void check_count(uint32_t n) {
+  if (n > static_cast<uint32_t>(INT_MAX))
+    throw CudaError("sort_epoch_order: " + std::to_string(n) + " samples exceed the sort's 32-bit item count");
+}
+
+}  // namespace
+
 size_t epoch_order_scratch_bytes(uint32_t n) {
+  check_count(n);
   size_t bytes = 0;
   CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, bytes, static_cast<const uint64_t*>(nullptr),
                                              static_cast<uint64_t*>(nullptr), static_cast<const uint32_t*>(nullptr),
@@ -42,6 +56,8 @@ size_t epoch_order_scratch_bytes(uint32_t n) {
 
 void sort_epoch_order(uint64_t seed, uint32_t epoch, uint32_t n, uint64_t* keys, uint64_t* keys_sorted,
                       uint32_t* indices, uint32_t* order, void* scratch, size_t scratch_bytes, cudaStream_t stream) {
+  check_count(n);
+  if (n == 0) return;
   shuffle_keys_kernel<<<(n + 255) / 256, 256, 0, stream>>>(seed, epoch, n, keys, indices);
   CUDA_CHECK_LAUNCH();
   // LSD radix sort is stable: equal keys keep index order, exactly the host's (key, index) order.
@@ -53,6 +69,7 @@ void gather_normalize(const uint8_t* images, const int32_t* labels, const uint32
                       const StepState* step, int count, float mean, float std, float* x, int32_t* y,
                       cudaStream_t stream) {
   const long total = static_cast<long>(count) * pixels;
+  if (total <= 0) return;
   const int blocks = static_cast<int>((total + 255) / 256 < 65535 * 4 ? (total + 255) / 256 : 65535 * 4);
   gather_kernel<<<blocks < 1 ? 1 : blocks, 256, 0, stream>>>(images, labels, order, pixels, first, step, count, mean,
                                                               std, x, y);

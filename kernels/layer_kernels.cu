@@ -1,4 +1,5 @@
 #include <cfloat>
+#include <climits>
 #include <cstdint>
 #include <string>
 
@@ -18,17 +19,22 @@ int grid_for(long n) {
   return static_cast<int>(b < 1 ? 1 : (b > 65535L * 16 ? 65535L * 16 : b));
 }
 
-// Grid (range of elements, sample): 32-bit indices, no division per element.
+// Grid (range of elements, samples): no division per element. grid.y (at most 65535) strides over
+// the batch.
 __global__ void dropout_forward_kernel(const float* __restrict__ x, float* __restrict__ y, float* __restrict__ mask,
-                                       int per_sample, float p, float scale, uint32_t layer, const StepState* step) {
-  const int e = blockIdx.x * blockDim.x + threadIdx.x;
+                                       int n, int per_sample, float p, float scale, uint32_t layer,
+                                       const StepState* step) {
+  const long e = blockIdx.x * long{blockDim.x} + threadIdx.x;
   if (e >= per_sample) return;
   const StepInfo info = step->info;
-  const uint32_t sample = info.first_sample + blockIdx.y;
-  const long i = static_cast<long>(blockIdx.y) * per_sample + e;
-  const float m = philox::dropout_uniform(info.seed, info.epoch, layer, sample, static_cast<uint32_t>(e)) >= p ? scale : 0.0f;
-  mask[i] = m;
-  y[i] = x[i] * m;
+  for (int s = blockIdx.y; s < n; s += gridDim.y) {
+    const uint32_t sample = info.first_sample + static_cast<uint32_t>(s);
+    const long i = static_cast<long>(s) * per_sample + e;
+    const float m =
+        philox::dropout_uniform(info.seed, info.epoch, layer, sample, static_cast<uint32_t>(e)) >= p ? scale : 0.0f;
+    mask[i] = m;
+    y[i] = x[i] * m;
+  }
 }
 
 __global__ void multiply_kernel(const float* a, const float* b, float* out, long count) {
@@ -51,21 +57,25 @@ __global__ void add_bias_rows_kernel(float* y, const float* b, int n, int featur
   }
 }
 
-// Block row (sample, channel) of `plane` values; float4 when rows are 16-byte aligned.
-__global__ void add_bias_channels_kernel(float* y, const float* b, int channels, int plane, bool vec4,
+// Block row (sample, channel) of `plane` values; float4 when rows are 16-byte aligned. Rows stride by
+// grid.x and a row's values by grid.y (at most 65535) x the block, past the launch limits.
+__global__ void add_bias_channels_kernel(float* y, const float* b, long rows, int channels, int plane, bool vec4,
                                          bool with_relu) {
-  const int row = blockIdx.x, q = blockIdx.y * blockDim.x + threadIdx.x;
-  const float bias = __ldg(b + row % channels);
-  float* r = y + static_cast<long>(row) * plane;
-  if (vec4) {
-    if (q >= plane / 4) return;
-    float4 v = reinterpret_cast<float4*>(r)[q];
-    v.x += bias, v.y += bias, v.z += bias, v.w += bias;
-    if (with_relu) v.x = relu(v.x), v.y = relu(v.y), v.z = relu(v.z), v.w = relu(v.w);
-    reinterpret_cast<float4*>(r)[q] = v;
-  } else if (q < plane) {
-    const float v = r[q] + bias;
-    r[q] = with_relu ? relu(v) : v;
+  const int per_row = vec4 ? plane / 4 : plane;
+  for (long row = blockIdx.x; row < rows; row += gridDim.x) {
+    const float bias = __ldg(b + row % channels);
+    float* r = y + row * plane;
+    for (long q = blockIdx.y * long{blockDim.x} + threadIdx.x; q < per_row; q += long{gridDim.y} * blockDim.x) {
+      if (vec4) {
+        float4 v = reinterpret_cast<float4*>(r)[q];
+        v.x += bias, v.y += bias, v.z += bias, v.w += bias;
+        if (with_relu) v.x = relu(v.x), v.y = relu(v.y), v.z = relu(v.z), v.w = relu(v.w);
+        reinterpret_cast<float4*>(r)[q] = v;
+      } else {
+        const float v = r[q] + bias;
+        r[q] = with_relu ? relu(v) : v;
+      }
+    }
   }
 }
 
@@ -76,9 +86,9 @@ constexpr int kRowLanes = 32;
 // With a fused dropout the gradient is first multiplied by its mask (the dropout's backward), then
 // masked by the ReLU. relu_out is then the output after dropout, which is positive exactly where the
 // ReLU's output is and the mask kept it; where the mask dropped it the gradient is 0 either way.
-__global__ void bias_grad_rows_kernel(const float* __restrict__ dy, const float* __restrict__ relu_out,
-                                      float* __restrict__ masked, float* __restrict__ db, int n, int features,
-                                      FusedDropout drop) {
+__global__ void __launch_bounds__(32 * kRowLanes)
+    bias_grad_rows_kernel(const float* __restrict__ dy, const float* __restrict__ relu_out, float* __restrict__ masked,
+                          float* __restrict__ db, int n, int features, FusedDropout drop) {
   __shared__ float lane_sums[kRowLanes][33];
   const int col = threadIdx.x, lane = threadIdx.y, o = blockIdx.x * 32 + col;
   const bool write_masked = relu_out != nullptr || drop.active();
@@ -116,15 +126,16 @@ __global__ void relu_backward_kernel(const float* dy, const float* y, float* dx,
 
 // Block (channel, group of kSamplesPerGroup samples), a warp per sample, lanes striding over
 // positions: thousands of warps with independent loads in flight. Lanes are added by a shuffle
-// tree, warps in order; partial[c][group], then bias_grad_finish adds the groups in order.
+// tree, warps in order; partial[c][group], then bias_grad_finish adds the groups in order. The
+// grid is one-dimensional, block c * groups + group (grid.y would cap the batch at 65535 groups).
 constexpr int kSamplesPerGroup = 8;
 
 __global__ void bias_grad_channels_kernel(const float* __restrict__ dy, const float* __restrict__ relu_out,
                                           float* __restrict__ masked, float* __restrict__ partial, int n,
-                                          int channels, int plane) {
+                                          int channels, int plane, int groups) {
   __shared__ float warp_sums[kSamplesPerGroup];
-  const int c = blockIdx.x, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int s = blockIdx.y * kSamplesPerGroup + warp;
+  const int c = blockIdx.x / groups, group = blockIdx.x - c * groups, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int s = group * kSamplesPerGroup + warp;
   float acc = 0.0f;
   if (s < n) {
     const long row = (static_cast<long>(s) * channels + c) * plane;
@@ -140,7 +151,7 @@ __global__ void bias_grad_channels_kernel(const float* __restrict__ dy, const fl
   if (threadIdx.x == 0) {
     float total = 0.0f;
     for (int w = 0; w < kSamplesPerGroup; ++w) total += warp_sums[w];
-    partial[static_cast<long>(c) * gridDim.y + blockIdx.y] = total;
+    partial[blockIdx.x] = total;
   }
 }
 
@@ -185,9 +196,10 @@ __global__ void __launch_bounds__(32 * kLossWarps) softmax_xent_kernel(const flo
 
 void dropout_forward(const float* x, float* y, float* mask, int n, int per_sample, float p, float scale,
                      uint32_t layer, const StepState* step, cudaStream_t stream) {
-  if (n > 65535) throw CudaError("dropout: batch of " + std::to_string(n) + " exceeds the launch grid");
-  const dim3 grid(static_cast<unsigned>((per_sample + kThreads - 1) / kThreads), static_cast<unsigned>(n));
-  dropout_forward_kernel<<<grid, kThreads, 0, stream>>>(x, y, mask, per_sample, p, scale, layer, step);
+  if (n <= 0 || per_sample <= 0) return;
+  const dim3 grid(static_cast<unsigned>((per_sample + long{kThreads} - 1) / kThreads),
+                  static_cast<unsigned>(n < 65535 ? n : 65535));
+  dropout_forward_kernel<<<grid, kThreads, 0, stream>>>(x, y, mask, n, per_sample, p, scale, layer, step);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -204,18 +216,21 @@ void add_bias_rows(float* y, const float* b, int n, int features, bool relu, con
 }
 
 void add_bias_channels(float* y, const float* b, int n, int channels, int plane, bool relu, cudaStream_t stream) {
+  if (n <= 0 || channels <= 0 || plane <= 0) return;
   const bool vec4 = plane % 4 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0;
   const int per_row = vec4 ? plane / 4 : plane;
   const int threads = per_row >= 256 ? 256 : (per_row + 31) / 32 * 32;  // one block per row where it fits
-  const dim3 grid(static_cast<unsigned>(n * channels), static_cast<unsigned>((per_row + threads - 1) / threads));
-  add_bias_channels_kernel<<<grid, threads, 0, stream>>>(y, b, channels, plane, vec4, relu);
+  const long rows = static_cast<long>(n) * channels, ranges = (per_row + long{threads} - 1) / threads;
+  const dim3 grid(static_cast<unsigned>(rows < INT_MAX ? rows : INT_MAX),
+                  static_cast<unsigned>(ranges < 65535 ? ranges : 65535));
+  add_bias_channels_kernel<<<grid, threads, 0, stream>>>(y, b, rows, channels, plane, vec4, relu);
   CUDA_CHECK_LAUNCH();
 }
 
 void bias_grad_rows(const float* dy, const float* relu_out, float* masked, float* db, int n, int features,
                     const FusedDropout& drop, cudaStream_t stream) {
-  bias_grad_rows_kernel<<<(features + 31) / 32, dim3(32, kRowLanes), 0, stream>>>(dy, relu_out, masked, db, n,
-                                                                                 features, drop);
+  const unsigned blocks = static_cast<unsigned>((features + 31L) / 32);
+  bias_grad_rows_kernel<<<blocks, dim3(32, kRowLanes), 0, stream>>>(dy, relu_out, masked, db, n, features, drop);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -243,15 +258,21 @@ size_t bias_grad_channels_scratch(int n, int channels) {
 void bias_grad_channels(const float* dy, const float* relu_out, float* masked, float* db, float* scratch, int n,
                         int channels, int plane, cudaStream_t stream) {
   const int groups = (n + kSamplesPerGroup - 1) / kSamplesPerGroup;
-  if (groups > 65535) throw CudaError("bias_grad_channels: batch of " + std::to_string(n) + " exceeds the launch grid");
-  bias_grad_channels_kernel<<<dim3(static_cast<unsigned>(channels), static_cast<unsigned>(groups)),
-                              32 * kSamplesPerGroup, 0, stream>>>(dy, relu_out, masked, scratch, n, channels, plane);
-  CUDA_CHECK_LAUNCH();
+  const long blocks = static_cast<long>(channels) * groups;  // at most n * channels / 8 + channels
+  if (blocks > INT_MAX)
+    throw CudaError("bias_grad_channels: " + std::to_string(n) + " samples x " + std::to_string(channels) +
+                    " channels exceed the launch grid");
+  if (blocks > 0) {
+    bias_grad_channels_kernel<<<static_cast<unsigned>(blocks), 32 * kSamplesPerGroup, 0, stream>>>(
+        dy, relu_out, masked, scratch, n, channels, plane, groups);
+    CUDA_CHECK_LAUNCH();
+  }
   bias_grad_finish(scratch, groups, channels, db, stream);
 }
 
 void bias_grad_finish(const float* partial, int groups, int channels, float* db, cudaStream_t stream) {
-  bias_grad_finish_kernel<<<(channels + 127) / 128, 128, 0, stream>>>(partial, groups, channels, db);
+  const unsigned blocks = static_cast<unsigned>((channels + 127L) / 128);
+  bias_grad_finish_kernel<<<blocks, 128, 0, stream>>>(partial, groups, channels, db);
   CUDA_CHECK_LAUNCH();
 }
 

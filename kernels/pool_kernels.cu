@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <cfloat>
 #include <climits>
+#include <cstdint>
 #include <string>
 
 #include "cuda/check.h"
@@ -13,12 +14,9 @@ namespace {
 
 constexpr int kPoolThreads = 128;
 
-// Thread per output, across planes (a plane of 12 x 12 outputs would leave most of a per-plane
-// block idle). The window's first maximum, in the CPU's scan order (row by row).
-__global__ void maxpool_forward_kernel(const float* x, float* y, int32_t* argmax, PoolGeometry g, FusedDropout drop) {
-  const int per_plane = g.oh * g.ow;
-  const long o = blockIdx.x * long{blockDim.x} + threadIdx.x;
-  if (o >= static_cast<long>(g.planes) * per_plane) return;
+// One output o (a flat index over planes x outputs): the window's first maximum.
+__device__ __forceinline__ void maxpool_output(const float* x, float* y, int32_t* argmax, const PoolGeometry& g,
+                                               const FusedDropout& drop, int per_plane, long o) {
   const int plane = static_cast<int>(o / per_plane), q = static_cast<int>(o - static_cast<long>(plane) * per_plane);
   const int oy = q / g.ow, ox = q - oy * g.ow;
   const float* src = x + static_cast<long>(plane) * g.h * g.w;
@@ -38,18 +36,27 @@ __global__ void maxpool_forward_kernel(const float* x, float* y, int32_t* argmax
   argmax[o] = where;
 }
 
+// Thread per output, across planes (a plane of 12 x 12 outputs would leave most of a per-plane
+// block idle). The window's first maximum, in the CPU's scan order (row by row).
+__global__ void maxpool_forward_kernel(const float* x, float* y, int32_t* argmax, PoolGeometry g, FusedDropout drop) {
+  const int per_plane = g.oh * g.ow;
+  const long total = static_cast<long>(g.planes) * per_plane;
+  for (long o = blockIdx.x * long{blockDim.x} + threadIdx.x; o < total; o += long{gridDim.x} * blockDim.x)
+    maxpool_output(x, y, argmax, g, drop, per_plane, o);
+}
+
 /// First window index along one axis whose span [o * s - pad, o * s - pad + k) holds position p.
 __device__ __forceinline__ int first_window(int p, int k, int s, int pad) {
   const int t = p + pad - k + 1;
   return t <= 0 ? 0 : (t + s - 1) / s;
 }
 
-// Grid (plane, range of inputs). Windows that tile the plane (stride = kernel, no padding) hold
-// each input at most once: one lookup. Otherwise every window over the input, in output order.
-__global__ void maxpool_backward_kernel(const float* dy, const int32_t* argmax, float* dx, PoolGeometry g,
-                                        FusedDropout drop) {
-  const int per_plane = g.h * g.w, offset = blockIdx.y * blockDim.x + threadIdx.x;
-  if (offset >= per_plane) return;
+// Grid (plane, range of inputs; the ranges repeat past grid.y's limit). Windows that tile the plane
+// (stride = kernel, no padding) hold each input at most once: one lookup. Otherwise every window
+// over the input, in output order.
+__device__ __forceinline__ void maxpool_input_grad(const float* dy, const int32_t* argmax, float* dx,
+                                                   const PoolGeometry& g, const FusedDropout& drop, int per_plane,
+                                                   int offset) {
   const int iy = offset / g.w, ix = offset - iy * g.w;
   const long base = static_cast<long>(blockIdx.x) * g.oh * g.ow;
   float acc = 0.0f;
@@ -71,12 +78,18 @@ __global__ void maxpool_backward_kernel(const float* dy, const int32_t* argmax, 
   dx[static_cast<long>(blockIdx.x) * per_plane + offset] = acc;
 }
 
+__global__ void maxpool_backward_kernel(const float* dy, const int32_t* argmax, float* dx, PoolGeometry g,
+                                        FusedDropout drop) {
+  const int per_plane = g.h * g.w;
+  for (long e = blockIdx.y * long{blockDim.x} + threadIdx.x; e < per_plane; e += long{gridDim.y} * blockDim.x)
+    maxpool_input_grad(dy, argmax, dx, g, drop, per_plane, static_cast<int>(e));
+}
+
 // Windows that tile the plane exactly (stride = kernel, no padding, sides divisible): a thread per
 // window reads its maximum's index and gradient once and writes the whole window.
-__global__ void maxpool_backward_tiled_kernel(const float* dy, const int32_t* argmax, float* dx, PoolGeometry g,
-                                              FusedDropout drop) {
-  const int per_plane = g.oh * g.ow, q = blockIdx.y * blockDim.x + threadIdx.x;
-  if (q >= per_plane) return;
+__device__ __forceinline__ void maxpool_window_grad(const float* dy, const int32_t* argmax, float* dx,
+                                                    const PoolGeometry& g, const FusedDropout& drop, int per_plane,
+                                                    int q) {
   const int oy = q / g.ow, ox = q - oy * g.ow;
   const long o = static_cast<long>(blockIdx.x) * per_plane + q;
   const int where = argmax[o];
@@ -88,22 +101,61 @@ __global__ void maxpool_backward_tiled_kernel(const float* dy, const int32_t* ar
   }
 }
 
+__global__ void maxpool_backward_tiled_kernel(const float* dy, const int32_t* argmax, float* dx, PoolGeometry g,
+                                              FusedDropout drop) {
+  const int per_plane = g.oh * g.ow;
+  for (long q = blockIdx.y * long{blockDim.x} + threadIdx.x; q < per_plane; q += long{gridDim.y} * blockDim.x)
+    maxpool_window_grad(dy, argmax, dx, g, drop, per_plane, static_cast<int>(q));
+}
+
 // The pooling absorbed by a convolution: windows of kK x kK that tile the plane, rows of outputs a
 // multiple of 4 long. A thread takes four neighbouring outputs of a row, so every access is 16 bytes
-// wide and one generator call gives their four dropout factors.
+// wide and one generator call gives their four dropout factors. kVec: every buffer is 16-byte
+// aligned (the offsets are multiples of 4 elements), so the four are one float4/int4 access; else
+// four scalar ones (a view at an odd offset): the same values in the same order either way.
 __device__ __forceinline__ float element(const float4& v, int e) { return e == 0 ? v.x : e == 1 ? v.y : e == 2 ? v.z : v.w; }
 __device__ __forceinline__ int element(const int4& v, int e) { return e == 0 ? v.x : e == 1 ? v.y : e == 2 ? v.z : v.w; }
 
+template <bool kVec>
+__device__ __forceinline__ float4 load4(const float* p) {
+  if constexpr (kVec) return *reinterpret_cast<const float4*>(p);
+  return make_float4(p[0], p[1], p[2], p[3]);
+}
+template <bool kVec>
+__device__ __forceinline__ int4 load4(const int32_t* p) {
+  if constexpr (kVec) return *reinterpret_cast<const int4*>(p);
+  return make_int4(p[0], p[1], p[2], p[3]);
+}
+template <bool kVec>
+__device__ __forceinline__ void store4(float* p, const float4& v) {
+  if constexpr (kVec) {
+    *reinterpret_cast<float4*>(p) = v;
+  } else {
+    p[0] = v.x, p[1] = v.y, p[2] = v.z, p[3] = v.w;
+  }
+}
+template <bool kVec>
+__device__ __forceinline__ void store4(int32_t* p, const int4& v) {
+  if constexpr (kVec) {
+    *reinterpret_cast<int4*>(p) = v;
+  } else {
+    p[0] = v.x, p[1] = v.y, p[2] = v.z, p[3] = v.w;
+  }
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
 // x + bias[channel], then the ReLU, then each window's first maximum in the CPU's scan order (row by
 // row), times the dropout's factor; where the dropout zeroed an output its argmax is stored as
-// ~offset (negative), so that the backward needs no generator.
-template <int kK>
+// ~offset (negative), so that the backward needs no generator. One launch covers planes
+// [plane0, plane0 + count / (oh ow / 4)): count, the launch's threads, fits an int.
+template <int kK, bool kVec>
 __global__ void conv_pool_forward_kernel(const float* __restrict__ x, const float* __restrict__ bias, bool relu,
                                          float* __restrict__ y, int32_t* __restrict__ argmax, PoolGeometry g,
-                                         int channels, FusedDropout drop) {
+                                         int channels, FusedDropout drop, int plane0, int count) {
   const int quads = g.ow / 4, t = blockIdx.x * blockDim.x + threadIdx.x;
-  if (t >= g.planes * g.oh * quads) return;
-  const int row = t / quads, qx = t - row * quads, plane = row / g.oh, oy = row - plane * g.oh;
+  if (t >= count) return;
+  const int row = t / quads, qx = t - row * quads, local = row / g.oh, oy = row - local * g.oh, plane = plane0 + local;
   const float b = __ldg(bias + plane % channels);
   const int first = oy * kK * g.w + qx * 4 * kK;  // the first window's top-left offset in the plane
   const float* src = x + static_cast<long>(plane) * g.h * g.w + first;
@@ -115,7 +167,7 @@ __global__ void conv_pool_forward_kernel(const float* __restrict__ x, const floa
   for (int ky = 0; ky < kK; ++ky)
 #pragma unroll
     for (int v = 0; v < kK; ++v) {
-      const float4 f = *reinterpret_cast<const float4*>(src + ky * g.w + 4 * v);
+      const float4 f = load4<kVec>(src + ky * g.w + 4 * v);
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int c = 4 * v + e, j = c / kK;
@@ -124,20 +176,19 @@ __global__ void conv_pool_forward_kernel(const float* __restrict__ x, const floa
         if (value > best[j] || where[j] < 0) best[j] = value, where[j] = first + ky * g.w + c;
       }
     }
-  const long o = static_cast<long>(row) * g.ow + qx * 4;
+  const long o = (static_cast<long>(plane) * g.oh + oy) * g.ow + qx * 4;
   const float4 factor = dropout_factors4(drop, o);
-  *reinterpret_cast<float4*>(y + o) =
-      make_float4(best[0] * factor.x, best[1] * factor.y, best[2] * factor.z, best[3] * factor.w);
-  *reinterpret_cast<int4*>(argmax + o) = make_int4(factor.x == 0.0f ? ~where[0] : where[0],
-                                                   factor.y == 0.0f ? ~where[1] : where[1],
-                                                   factor.z == 0.0f ? ~where[2] : where[2],
-                                                   factor.w == 0.0f ? ~where[3] : where[3]);
+  store4<kVec>(y + o, make_float4(best[0] * factor.x, best[1] * factor.y, best[2] * factor.z, best[3] * factor.w));
+  store4<kVec>(argmax + o, make_int4(factor.x == 0.0f ? ~where[0] : where[0], factor.y == 0.0f ? ~where[1] : where[1],
+                                     factor.z == 0.0f ? ~where[2] : where[2], factor.w == 0.0f ? ~where[3] : where[3]));
 }
 
 // Block (channel, group of samples), thread per four neighbouring windows: it writes the windows
 // whole (the gradient, times the dropout's scale, at the argmax; zeros elsewhere; all zeros where
 // the ReLU's output is not positive or the dropout zeroed the output) and sums their gradients;
 // threads are added by a shuffle tree, warps in order, groups by bias_grad_finish. A fixed order.
+// The grid is one-dimensional, block c * groups + group (grid.y would cap the batch at 65535
+// groups), which is also the index of its partial sum.
 constexpr int kConvPoolThreads = 256;
 
 int samples_per_block(const PoolGeometry& g) { return std::max(1, kConvPoolThreads / (g.oh * g.ow / 4)); }
@@ -148,23 +199,23 @@ int sample_groups(const PoolGeometry& g, int channels) {
   return (n + samples - 1) / samples;
 }
 
-template <int kK>
+template <int kK, bool kVec>
 __global__ void __launch_bounds__(kConvPoolThreads) conv_pool_backward_kernel(
     const float* __restrict__ dy, const float* __restrict__ y, const int32_t* __restrict__ argmax, bool relu,
     float* __restrict__ dx, float* __restrict__ partial, PoolGeometry g, int n, int channels, int samples,
-    float scale) {
+    int groups, float scale) {
   __shared__ float warp_sums[kConvPoolThreads / 32];
-  const int c = blockIdx.x, quads = g.ow / 4, plane_quads = g.oh * quads;
+  const int c = blockIdx.x / groups, group = blockIdx.x - c * groups, quads = g.ow / 4, plane_quads = g.oh * quads;
   float acc = 0.0f;
   for (int t = threadIdx.x; t < samples * plane_quads; t += kConvPoolThreads) {
-    const int s = blockIdx.y * samples + t / plane_quads, q = t % plane_quads;
+    const int s = group * samples + t / plane_quads, q = t % plane_quads;
     if (s >= n) break;
     const long plane = static_cast<long>(s) * channels + c;
     const int oy = q / quads, qx = q - oy * quads;
     const long o = plane * g.oh * g.ow + oy * g.ow + qx * 4;
-    const int4 where = *reinterpret_cast<const int4*>(argmax + o);
-    const float4 grad_in = *reinterpret_cast<const float4*>(dy + o);
-    const float4 out = relu ? *reinterpret_cast<const float4*>(y + o) : make_float4(1.0f, 1.0f, 1.0f, 1.0f);
+    const int4 where = load4<kVec>(argmax + o);
+    const float4 grad_in = load4<kVec>(dy + o);
+    const float4 out = relu ? load4<kVec>(y + o) : make_float4(1.0f, 1.0f, 1.0f, 1.0f);
     float grad[4];
     int at[4];
 #pragma unroll
@@ -185,7 +236,7 @@ __global__ void __launch_bounds__(kConvPoolThreads) conv_pool_backward_kernel(
           const int cx = 4 * v + e, j = cx / kK;
           value[e] = first + ky * g.w + cx == at[j] ? grad[j] : 0.0f;
         }
-        *reinterpret_cast<float4*>(window + ky * g.w + 4 * v) = make_float4(value[0], value[1], value[2], value[3]);
+        store4<kVec>(window + ky * g.w + 4 * v, make_float4(value[0], value[1], value[2], value[3]));
       }
   }
   if (partial == nullptr) return;
@@ -196,40 +247,39 @@ __global__ void __launch_bounds__(kConvPoolThreads) conv_pool_backward_kernel(
   if (threadIdx.x != 0) return;
   float total = 0.0f;
   for (int w = 0; w < kConvPoolThreads / 32; ++w) total += warp_sums[w];
-  partial[static_cast<long>(c) * gridDim.y + blockIdx.y] = total;
+  partial[blockIdx.x] = total;
 }
 
-template <int kK>
+template <int kK, bool kVec>
 void launch_conv_pool(const float* x, const float* bias, bool relu, float* y, int32_t* argmax, const PoolGeometry& g,
                       int channels, const FusedDropout& drop, cudaStream_t stream) {
-  const int quads = g.planes * g.oh * (g.ow / 4);
-  conv_pool_forward_kernel<kK><<<(quads + kPoolThreads - 1) / kPoolThreads, kPoolThreads, 0, stream>>>(
-      x, bias, relu, y, argmax, g, channels, drop);
-  CUDA_CHECK_LAUNCH();
+  // Launches of at most INT_MAX - kPoolThreads threads (one per 4 outputs), whole planes each.
+  const long per_plane = static_cast<long>(g.oh) * (g.ow / 4);
+  const long planes_per_launch = std::max(1L, (INT_MAX - kPoolThreads) / per_plane);
+  for (long plane0 = 0; plane0 < g.planes; plane0 += planes_per_launch) {
+    const int count = static_cast<int>(std::min<long>(planes_per_launch, g.planes - plane0) * per_plane);
+    conv_pool_forward_kernel<kK, kVec><<<(count + kPoolThreads - 1) / kPoolThreads, kPoolThreads, 0, stream>>>(
+        x, bias, relu, y, argmax, g, channels, drop, static_cast<int>(plane0), count);
+    CUDA_CHECK_LAUNCH();
+  }
 }
 
-template <int kK>
+template <int kK, bool kVec>
 void launch_conv_pool_backward(const float* dy, const float* y, const int32_t* argmax, bool relu, float* dx,
                                float* partial, const PoolGeometry& g, int channels, float scale, cudaStream_t stream) {
   const int n = g.planes / channels, samples = samples_per_block(g), groups = sample_groups(g, channels);
-  if (groups > 65535) throw CudaError("conv_pool_backward: batch of " + std::to_string(n) + " exceeds the launch grid");
-  conv_pool_backward_kernel<kK><<<dim3(static_cast<unsigned>(channels), static_cast<unsigned>(groups)),
-                                  kConvPoolThreads, 0, stream>>>(dy, y, argmax, relu, dx, partial, g, n, channels,
-                                                                 samples, scale);
+  // channels * groups <= channels * n = g.planes: within grid.x's 2^31 - 1.
+  conv_pool_backward_kernel<kK, kVec><<<static_cast<unsigned>(channels) * static_cast<unsigned>(groups),
+                                        kConvPoolThreads, 0, stream>>>(dy, y, argmax, relu, dx, partial, g, n,
+                                                                       channels, samples, groups, scale);
   CUDA_CHECK_LAUNCH();
 }
 
-void check_fits(const PoolGeometry& g) {
-  if (static_cast<long>(g.h) * g.w > 65535L * kPoolThreads)
-    throw CudaError("max pooling: a " + std::to_string(g.h) + "x" + std::to_string(g.w) +
-                    " plane exceeds the launch grid");
-}
-
-/// Blocks of the forward kernel: one thread per output.
-unsigned forward_blocks(const PoolGeometry& g) {
-  const long outputs = static_cast<long>(g.planes) * g.oh * g.ow;
-  if (outputs > 65535L * 65535L) throw CudaError("max pooling: " + std::to_string(outputs) + " outputs exceed the launch grid");
-  return static_cast<unsigned>((outputs + kPoolThreads - 1) / kPoolThreads);
+/// Blocks of a launch that covers `items` with kPoolThreads threads each, within grid.x's limit and
+/// grid.y's (65535) where `y` is set; the kernels loop over what one launch does not cover.
+unsigned blocks_for(long items, bool y = false) {
+  const long blocks = (items + kPoolThreads - 1) / kPoolThreads;
+  return static_cast<unsigned>(std::max(1L, std::min(blocks, y ? 65535L : static_cast<long>(INT_MAX))));
 }
 
 /// Whether the windows tile the plane exactly (stride = kernel, no padding, sides divisible).
@@ -241,36 +291,49 @@ bool pool_tiles_exactly(const PoolGeometry& g) {
 
 void maxpool_forward(const float* x, float* y, int32_t* argmax, const PoolGeometry& g, const FusedDropout& drop,
                      cudaStream_t stream) {
-  maxpool_forward_kernel<<<forward_blocks(g), kPoolThreads, 0, stream>>>(x, y, argmax, g, drop);
+  const long outputs = static_cast<long>(g.planes) * g.oh * g.ow;
+  if (outputs <= 0) return;
+  maxpool_forward_kernel<<<blocks_for(outputs), kPoolThreads, 0, stream>>>(x, y, argmax, g, drop);
   CUDA_CHECK_LAUNCH();
 }
 
 void maxpool_backward(const float* dy, const int32_t* argmax, float* dx, const PoolGeometry& g, const FusedDropout& drop,
                       cudaStream_t stream) {
-  check_fits(g);
+  if (g.planes <= 0) return;
   if (pool_tiles_exactly(g)) {
-    const dim3 grid(static_cast<unsigned>(g.planes),
-                    static_cast<unsigned>((g.oh * g.ow + kPoolThreads - 1) / kPoolThreads));
+    const dim3 grid(static_cast<unsigned>(g.planes), blocks_for(static_cast<long>(g.oh) * g.ow, true));
     maxpool_backward_tiled_kernel<<<grid, kPoolThreads, 0, stream>>>(dy, argmax, dx, g, drop);
     CUDA_CHECK_LAUNCH();
     return;
   }
-  const dim3 grid(static_cast<unsigned>(g.planes),
-                  static_cast<unsigned>((g.h * g.w + kPoolThreads - 1) / kPoolThreads));
+  const dim3 grid(static_cast<unsigned>(g.planes), blocks_for(static_cast<long>(g.h) * g.w, true));
   maxpool_backward_kernel<<<grid, kPoolThreads, 0, stream>>>(dy, argmax, dx, g, drop);
   CUDA_CHECK_LAUNCH();
 }
 
 bool conv_pool_fits(const PoolGeometry& g) {
-  return pool_tiles_exactly(g) && g.k >= 2 && g.k <= 3 && g.ow % 4 == 0 &&
-         static_cast<long>(g.planes) * g.h * g.w <= INT_MAX;
+  return g.planes >= 1 && pool_tiles_exactly(g) && g.k >= 2 && g.k <= 3 && g.oh >= 1 && g.ow >= 4 && g.ow % 4 == 0 &&
+         static_cast<long>(g.h) * g.w <= INT_MAX;
 }
+
+namespace {
+
+void require_conv_pool(const PoolGeometry& g, int channels, const char* what) {
+  if (!conv_pool_fits(g) || channels < 1 || g.planes % channels != 0)
+    throw CudaError(std::string(what) + ": pooling geometry outside conv_pool_fits (or planes not samples x " +
+                    std::to_string(channels) + " channels)");
+}
+
+}  // namespace
 
 void conv_pool_forward(const float* x, const float* bias, bool relu, float* y, int32_t* argmax, const PoolGeometry& g,
                        int channels, const FusedDropout& drop, cudaStream_t stream) {
-  if (!conv_pool_fits(g)) throw CudaError("conv_pool_forward: pooling geometry outside conv_pool_fits");
-  if (g.k == 2) return launch_conv_pool<2>(x, bias, relu, y, argmax, g, channels, drop, stream);
-  launch_conv_pool<3>(x, bias, relu, y, argmax, g, channels, drop, stream);
+  require_conv_pool(g, channels, "conv_pool_forward");
+  const bool vec = aligned16(x) && aligned16(y) && aligned16(argmax);
+  if (g.k == 2 && vec) return launch_conv_pool<2, true>(x, bias, relu, y, argmax, g, channels, drop, stream);
+  if (g.k == 2) return launch_conv_pool<2, false>(x, bias, relu, y, argmax, g, channels, drop, stream);
+  if (vec) return launch_conv_pool<3, true>(x, bias, relu, y, argmax, g, channels, drop, stream);
+  launch_conv_pool<3, false>(x, bias, relu, y, argmax, g, channels, drop, stream);
 }
 
 size_t conv_pool_backward_scratch(const PoolGeometry& g, int channels) {
@@ -280,13 +343,18 @@ size_t conv_pool_backward_scratch(const PoolGeometry& g, int channels) {
 void conv_pool_backward(const float* dy, const float* y, const int32_t* argmax, bool relu, float* dx, float* db,
                         float* scratch, const PoolGeometry& g, int channels, const FusedDropout& drop,
                         cudaStream_t stream) {
-  if (!conv_pool_fits(g)) throw CudaError("conv_pool_backward: pooling geometry outside conv_pool_fits");
+  require_conv_pool(g, channels, "conv_pool_backward");
   float* partial = db != nullptr ? scratch : nullptr;
   const float scale = drop.active() ? drop.scale : 1.0f;
-  if (g.k == 2)
-    launch_conv_pool_backward<2>(dy, y, argmax, relu, dx, partial, g, channels, scale, stream);
+  const bool vec = aligned16(dy) && (!relu || aligned16(y)) && aligned16(argmax) && aligned16(dx);
+  if (g.k == 2 && vec)
+    launch_conv_pool_backward<2, true>(dy, y, argmax, relu, dx, partial, g, channels, scale, stream);
+  else if (g.k == 2)
+    launch_conv_pool_backward<2, false>(dy, y, argmax, relu, dx, partial, g, channels, scale, stream);
+  else if (vec)
+    launch_conv_pool_backward<3, true>(dy, y, argmax, relu, dx, partial, g, channels, scale, stream);
   else
-    launch_conv_pool_backward<3>(dy, y, argmax, relu, dx, partial, g, channels, scale, stream);
+    launch_conv_pool_backward<3, false>(dy, y, argmax, relu, dx, partial, g, channels, scale, stream);
   if (db == nullptr) return;
   bias_grad_finish(scratch, sample_groups(g, channels), channels, db, stream);
 }

@@ -184,7 +184,8 @@ void launch(const SkinnyGemm& g, const RowEpilogue& epilogue, int splits, float*
 }  // namespace
 
 bool skinny_gemm_fits(const SkinnyGemm& g) {
-  return g.m > 0 && g.n > 0 && g.k > 0 && static_cast<long>(g.m) * g.n <= INT_MAX / 2 &&
+  // k <= INT_MAX / 2: a slice's end (k0 + slice, slices rounded up to kDepth) stays an int.
+  return g.m > 0 && g.n > 0 && g.k > 0 && g.k <= INT_MAX / 2 && static_cast<long>(g.m) * g.n <= INT_MAX / 2 &&
          static_cast<long>(g.n) * g.k <= INT_MAX && static_cast<long>(g.m) * g.k <= INT_MAX && tiles(g.m) <= 65535;
 }
 

@@ -26,8 +26,9 @@ struct SkinnyGemm {
   int m, n, k;
 };
 
-/// Whether skinny_gemm serves g (32-bit indexing). Operands whose rows are a multiple of 4 floats,
-/// 16-byte aligned, are staged fastest.
+/// Whether skinny_gemm serves g: m, n, k >= 1, k <= INT_MAX / 2, m n <= INT_MAX / 2, n k and m k <= INT_MAX,
+/// ceil(m / 64) <= 65535 (grid.y). Any pointers: operands whose rows are a multiple of 4 floats, at a
+/// 16-byte aligned address, are staged with 16-byte copies, others with 4-byte ones (checked per call).
 bool skinny_gemm_fits(const SkinnyGemm& g);
 /// Slices of k the GEMM is split into (1: none).
 int skinny_gemm_splits(int m, int n, int k);

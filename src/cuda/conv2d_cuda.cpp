@@ -349,15 +349,21 @@ class Conv2dCuda final : public Conv2dLayer<float> {
     });
   }
 
+  enum class Direction { Forward, Data, Filter };
+
   /// dptrain's kernel families that may serve one direction at batch n, fastest expected first (the
   /// three directions of mnist_cnn's conv2 at batch 64 on an H200: tiled FMA 248 us, 3xTF32 277,
   /// TF32 170). The tensor-core ones round like FFT (kernels/conv_mma.h): not under
   /// exact_convolutions. The direct kernels compute no input gradient.
-  std::vector<Impl> own_kernels(int n, bool exact, bool data_direction) const {
+  /// The direct filter gradient's scratch grows with the batch and the plane (per-block partials):
+  /// past kMaxWorkspace cuDNN serves that direction.
+  std::vector<Impl> own_kernels(int n, bool exact, Direction direction) const {
     std::vector<Impl> impls;
     const kernels::ConvGeometry g = geometry(n);
     if (kernels::direct_conv_fits(g.c, g.k)) {
-      if (!data_direction) impls.push_back(Impl::Direct);
+      if (kernels::direct_conv_fits(g) && direction != Direction::Data &&
+          (direction == Direction::Forward || kernels::conv_direct_filter_grad_scratch(g) <= kMaxWorkspace))
+        impls.push_back(Impl::Direct);
       return impls;
     }
     if (kernels::tiled_conv_fits(g)) impls.push_back(Impl::Tiled);
@@ -442,7 +448,7 @@ class Conv2dCuda final : public Conv2dLayer<float> {
       for (int i = 0; i < found; ++i)
         if (allowed(f[i], rules)) cudnn.push_back(cudnn_algo(f[i]));
       const Choice c = choose_direction(
-          ctx, p, "forward", own_kernels(p.n, o.exact_convolutions, false), cudnn,
+          ctx, p, "forward", own_kernels(p.n, o.exact_convolutions, Direction::Forward), cudnn,
           {reference(p, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, h), reference(p, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM, h)}, {{m.y.data(), m.y.size()}},
           [&](int chunk) { return chunked(p, chunk, rules, [&](cudnnTensorDescriptor_t x, cudnnTensorDescriptor_t y) {
             cudnnConvolutionFwdAlgoPerf_t r[kMax];
@@ -468,7 +474,7 @@ class Conv2dCuda final : public Conv2dLayer<float> {
       for (int i = 0; i < found; ++i)
         if (allowed(d[i], rules)) cudnn.push_back(cudnn_algo(d[i]));
       data = choose_direction(
-          ctx, p, "backward-data", own_kernels(p.n, o.exact_convolutions, true), cudnn,
+          ctx, p, "backward-data", own_kernels(p.n, o.exact_convolutions, Direction::Data), cudnn,
           {reference(p, CUDNN_CONVOLUTION_BWD_DATA_ALGO_1, h), reference(p, CUDNN_CONVOLUTION_BWD_DATA_ALGO_0, h)}, {{m.dx.data(), m.dx.size()}},
           [&](int chunk) { return chunked(p, chunk, rules, [&](cudnnTensorDescriptor_t x, cudnnTensorDescriptor_t y) {
             cudnnConvolutionBwdDataAlgoPerf_t r[kMax];
@@ -490,7 +496,7 @@ class Conv2dCuda final : public Conv2dLayer<float> {
     for (int i = 0; i < found; ++i)
       if (allowed(w[i], rules)) cudnn.push_back(cudnn_algo(w[i]));
     const Choice filter = choose_direction(
-        ctx, p, "backward-filter", own_kernels(p.n, o.exact_convolutions, false), cudnn,
+        ctx, p, "backward-filter", own_kernels(p.n, o.exact_convolutions, Direction::Filter), cudnn,
         {reference(p, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1, h), reference(p, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0, h)}, {{m.dw.data(), m.dw.size()}, {m.db.data(), m.db.size()}},
         [&](int chunk) { return chunked(p, chunk, rules, [&](cudnnTensorDescriptor_t x, cudnnTensorDescriptor_t y) {
           cudnnConvolutionBwdFilterAlgoPerf_t r[kMax];

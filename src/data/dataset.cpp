@@ -12,6 +12,7 @@ Dataset load_idx_pair(const std::string& images_path, const std::string& labels_
   const IdxArray labels = read_idx_u8(labels_path, 1);
   Dataset d;
   d.source = images_path;
+  d.labels_source = labels_path;
   d.count = images.dims[0];
   d.rows = static_cast<int>(images.dims[1]);
   d.cols = static_cast<int>(images.dims[2]);
@@ -31,6 +32,13 @@ Dataset load_idx_pair(const std::string& images_path, const std::string& labels_
   }
   d.images = std::move(images.data);
   return d;
+}
+
+void check_labels(const Dataset& d, int num_classes) {
+  for (size_t i = 0; i < d.labels.size(); ++i)
+    if (d.labels[i] < 0 || d.labels[i] >= num_classes)
+      throw InputError(d.labels_source, "label " + std::to_string(d.labels[i]) + " at index " + std::to_string(i) +
+                                            " is not below model.num_classes (" + std::to_string(num_classes) + ")");
 }
 
 namespace {

@@ -10,7 +10,8 @@
 namespace dptrain {
 
 struct Dataset {
-  std::string source;  ///< the image file it came from, for messages
+  std::string source;         ///< the image file it came from, for messages
+  std::string labels_source;  ///< the label file
   int64_t count = 0;
   int rows = 28, cols = 28;
   std::vector<uint8_t> images;  ///< count * rows * cols, sample-major, row-major
@@ -19,6 +20,10 @@ struct Dataset {
 
 /// Reads and cross-checks an image file and its label file (raw or gzip). InputError on any fault.
 Dataset load_idx_pair(const std::string& images_path, const std::string& labels_path);
+
+/// InputError naming the label file and the first index whose label is not below num_classes (a
+/// model with fewer class scores than the data has labels would read past its logits).
+void check_labels(const Dataset& d, int num_classes);
 
 struct MnistData {
   Dataset train, test;

@@ -73,6 +73,24 @@ TEST_F(DataFiles, ReadsRawAndGzipPairs) {
   }
 }
 
+TEST_F(DataFiles, LabelsMustBeBelowTheModelsClassCount) {
+  const std::string im = write("c", idx(8, {3, 28, 28}, 3 * 784, 7));
+  std::vector<uint8_t> lab = idx(8, {3}, 0);
+  lab.insert(lab.end(), {0, 9, 4});
+  const std::string lb = write("d", lab);
+  const Dataset d = load_idx_pair(im, lb);
+  EXPECT_NO_THROW(check_labels(d, 10));
+  try {
+    check_labels(d, 5);
+    FAIL() << "a label of 9 passed with 5 classes";
+  } catch (const InputError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find(lb), std::string::npos) << what;
+    EXPECT_NE(what.find("label 9 at index 1"), std::string::npos) << what;
+    EXPECT_NE(what.find("model.num_classes (5)"), std::string::npos) << what;
+  }
+}
+
 TEST_F(DataFiles, EveryMalformedCaseIsNamed) {
   std::vector<uint8_t> labels3 = idx(8, {3}, 0);
   labels3.insert(labels3.end(), {1, 2, 3});
