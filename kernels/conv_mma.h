@@ -12,7 +12,7 @@
 // - MmaMath::Tf32 (train.precision tf32): one product of the TF32-rounded operands.
 // Deterministic: every output is summed in an order fixed by the shape, without atomics. Nothing
 // here allocates or synchronizes, so the calls can be captured in a CUDA graph.
-// Where they win (H200, conv2 of mnist_cnn, inside a graph; docs/BENCHMARKS.md): TF32 forward at
+// Where they win (H200, conv2 of mnist_cnn, inside a graph; docs/benchmarks/notebook.md): TF32 forward at
 // batch 64 (28 us, cuDNN 30) and 3xTF32 forward and filter gradient at batch 1000 (588 and 832
 // us, cuDNN 632 and 1805). At batch 64 in float32 cuDNN's FFT and Winograd stay ahead (45, 42 and
 // 60 us against 57, 140 and 80): these kernels are latency-bound there (8 warps per SM, a wave

@@ -10,7 +10,7 @@
 // The rank-count comparisons use SGD (lr 0.01, momentum 0.5) on mnist_cnn with its dropout: the
 // recipe's Adadelta at lr 1.0 turns float rounding (the gradient sums are added in a different
 // order on each rank count) into differences of 1e-2 within 10-30 steps, measured in
-// docs/BENCHMARKS.md; with SGD the runs stay within 1e-7 of each other. (Momentum 0.9 was once
+// docs/benchmarks/notebook.md; with SGD the runs stay within 1e-7 of each other. (Momentum 0.9 was once
 // 1.06e-5 after 60 steps on the device machine's OpenBLAS; 0.5 keeps the margin.)
 #include <gtest/gtest.h>
 #include <signal.h>

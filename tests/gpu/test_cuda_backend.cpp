@@ -589,7 +589,7 @@ std::vector<float> train_params(DeviceContext& ctx, const MnistData& data, int s
 // Adadelta at lr 1.0 the first steps agree to 1e-7 but rounding differences then grow chaotically
 // (1.6e-7 to 4.7e-5 at step 20 depending on the algorithms cuDNN picks, 6% by step 50, also with
 // dropout off), so that recipe is checked at 10 steps, before the growth, with exact convolutions:
-// FFT's rounding (1e-6) starts the growth earlier (6e-4 at step 10). See docs/BENCHMARKS.md.
+// FFT's rounding (1e-6) starts the growth earlier (6e-4 at step 10). See docs/benchmarks/notebook.md.
 TEST_F(CudaBackend, FiftyTrainingStepsMatchCpu) {
   if (!have_mnist()) GTEST_SKIP() << "MNIST not in " << kData;
   const MnistData data = load_mnist_dir(kData);
