@@ -605,18 +605,32 @@ TEST_F(CudaBackend, FiftyTrainingStepsMatchCpu) {
   EXPECT_LT(r10, 1e-4);
 }
 
-// How far GPU and CPU drift apart step by step, with and without dropout, and the gradients of the
-// very first step (identical parameters): tells rounding growth from a real difference.
-TEST_F(CudaBackend, DivergenceReport) {
+// How far GPU and CPU drift apart step by step, with timed plans (FFT and 3xTF32 allowed), for the
+// recipe, the recipe without dropout and SGD. Two summation orders start about 1e-7 apart; a real
+// difference (a wrong kernel, a different mask) shows at once, far above it. Asserted: every setup
+// within 1e-5 after one step and 1e-4 up to five; SGD within 1e-4 for all 50 steps (measured: 7.2e-7
+// to 2.4e-5). The recipe's Adadelta at lr 1.0 amplifies rounding chaotically after 10-20 steps
+// (1e-2 at 50: docs/benchmarks/notebook.md), so its later steps are printed, not asserted.
+TEST_F(CudaBackend, GpuCpuDriftStaysRoundingSized) {
   if (!have_mnist()) GTEST_SKIP() << "MNIST not in " << kData;
   const MnistData data = load_mnist_dir(kData);
-  for (const std::vector<std::string>& sets :
-       {std::vector<std::string>{}, std::vector<std::string>{"model.layers.5.p=0", "model.layers.9.p=0"},
-        std::vector<std::string>{"train.optimizer={type: sgd, lr: 0.01}", "train.schedule={type: constant}"}}) {
+  struct Setup {
+    const char* name;
+    std::vector<std::string> sets;
+    bool chaotic;  // Adadelta at lr 1.0
+  };
+  const Setup setups[] = {
+      {"recipe", {}, true},
+      {"recipe without dropout", {"model.layers.5.p=0", "model.layers.9.p=0"}, true},
+      {"sgd lr 0.01", {"train.optimizer={type: sgd, lr: 0.01}", "train.schedule={type: constant}"}, false}};
+  for (const Setup& setup : setups) {
     for (int steps : {1, 2, 5, 10, 20, 50}) {
       DeviceContext g = make_device_context(Device::Cuda, TrainConfig{});
-      const double r = rel(train_params(g, data, steps, false, sets), train_params(cpu_, data, steps, false, sets));
-      std::printf("divergence sets=%zu steps=%d rel=%.3g\n", sets.size(), steps, r);
+      const double r =
+          rel(train_params(g, data, steps, false, setup.sets), train_params(cpu_, data, steps, false, setup.sets));
+      std::printf("drift %s, %d steps: %.3g\n", setup.name, steps, r);
+      if (steps == 1) EXPECT_LT(r, 1e-5) << setup.name;
+      if (steps <= 5 || !setup.chaotic) EXPECT_LT(r, 1e-4) << setup.name << ", " << steps << " steps";
     }
   }
 }
