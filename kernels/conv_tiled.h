@@ -25,7 +25,7 @@ bool tiled_conv_fits(const ConvGeometry& g);
 /// disjoint parts, so one scratch buffer may serve both at once.
 size_t tiled_conv_scratch(const ConvGeometry& g);
 
-/// y = conv(x, w) + b, then max(., 0) when relu is set. b is never null.
+/// y = conv(x, w) + b, then max(., 0) when relu is set. b may be null (no bias: a pooling absorbed after it adds it).
 void tiled_conv_forward(const float* x, const float* w, const float* b, float* y, bool relu, const ConvGeometry& g,
                         cudaStream_t stream);
 
