@@ -1,0 +1,462 @@
+#include "cuda/conv_planner.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <limits>
+#include <type_traits>
+#include <utility>
+
+#include "core/buffer.h"
+#include "cuda/check.h"
+#include "cuda/cuda_context.h"
+#include "cuda/graph_timer.h"
+#include "kernels/compare_kernels.h"
+#include "kernels/layer_kernels.h"
+
+namespace dptrain {
+
+namespace {
+
+/// Which cuDNN algorithms a run accepts. deterministic: only those that repeat bit for bit. exact
+/// (train.exact_convolutions): no FFT or Winograd algorithm, whose transforms round differently from
+/// a sum of products. Their error is about 1e-6 relative, harmless to training, but under Adadelta
+/// it grows to 6e-4 of the parameters in 10 steps against the CPU reference (1e-7 without them).
+struct AlgoRules {
+  bool deterministic = true;
+  bool exact = false;
+};
+
+AlgoRules algo_rules(const CudaOptions& o) { return {o.deterministic, o.exact_convolutions}; }
+
+bool transforms(cudnnConvolutionFwdAlgo_t a) {
+  return a == CUDNN_CONVOLUTION_FWD_ALGO_FFT || a == CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING ||
+         a == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD || a == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED;
+}
+bool transforms(cudnnConvolutionBwdDataAlgo_t a) {
+  return a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT || a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT_TILING ||
+         a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD || a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED;
+}
+bool transforms(cudnnConvolutionBwdFilterAlgo_t a) {
+  return a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT || a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT_TILING ||
+         a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED;
+}
+
+template <typename Perf>
+bool allowed(const Perf& r, AlgoRules rules) {
+  return r.status == CUDNN_STATUS_SUCCESS && r.memory <= kMaxConvWorkspace &&
+         (!rules.deterministic || r.determinism == CUDNN_DETERMINISTIC) && (!rules.exact || !transforms(r.algo));
+}
+
+template <typename Perf>
+ConvAlgo cudnn_algo(const Perf& r) {
+  return {ConvImpl::Cudnn, static_cast<int>(r.algo), r.memory, 0};
+}
+
+template <typename Perf>
+std::optional<ConvAlgo> first_allowed(const Perf* r, int count, AlgoRules rules) {
+  for (int i = 0; i < count; ++i)
+    if (allowed(r[i], rules)) return cudnn_algo(r[i]);
+  return std::nullopt;
+}
+
+/// A reference of a direction: cuDNN's plainest algorithms (implicit GEMM; for the gradients
+/// algorithm 1, then 0), whatever the run's rules, since they only check the others.
+template <typename AlgoEnum>
+ConvAlgo reference(const ConvExecutor& exec, const ConvPlan& p, AlgoEnum algo, cudnnHandle_t h) {
+  size_t bytes = 0;
+  cudnnStatus_t status;
+  if constexpr (std::is_same_v<AlgoEnum, cudnnConvolutionFwdAlgo_t>)
+    status = cudnnGetConvolutionForwardWorkspaceSize(h, p.batch.x, exec.filter_desc(), exec.conv_desc(), p.batch.y,
+                                                     algo, &bytes);
+  else if constexpr (std::is_same_v<AlgoEnum, cudnnConvolutionBwdDataAlgo_t>)
+    status = cudnnGetConvolutionBackwardDataWorkspaceSize(h, exec.filter_desc(), p.batch.y, exec.conv_desc(), p.batch.x,
+                                                          algo, &bytes);
+  else
+    status = cudnnGetConvolutionBackwardFilterWorkspaceSize(h, p.batch.x, p.batch.y, exec.conv_desc(),
+                                                            exec.filter_desc(), algo, &bytes);
+  return {ConvImpl::Cudnn, static_cast<int>(algo), status == CUDNN_STATUS_SUCCESS ? bytes : 0, 0};
+}
+
+/// Largest relative difference (||candidate - reference|| / ||reference||) a candidate may show and
+/// still be used: the shape sweep's tolerances for FFT and Winograd (float32) and TF32, with room.
+/// Rounding differences between correct implementations are below it (float32 sums, FFT, Winograd
+/// and 3xTF32: 1e-7 to 1e-5; TF32 products: about 1e-3), and a kernel that reads or writes the
+/// wrong elements far above it.
+double tolerance(bool tf32) { return tf32 ? 1e-2 : 1e-4; }
+
+/// DPTRAIN_PLAN_TIMING=quick times each candidate once (under compute-sanitizer, where the usual
+/// 90 runs of every candidate would take minutes); the choices are then noisier, not different in kind.
+GraphTiming plan_timing() {
+  static const bool quick = [] {
+    const char* v = std::getenv("DPTRAIN_PLAN_TIMING");
+    return v != nullptr && std::string(v) == "quick";
+  }();
+  return quick ? GraphTiming{1, 0, 1} : GraphTiming{};
+}
+
+}  // namespace
+
+/// Tensors of one batch for checking and timing. Inputs (x, w, b, dy) hold values in [-1, 1)
+/// (never zeros: some kernels skip them); y, dx, dw, db receive the directions' outputs;
+/// `reference` the reference implementation's outputs, back to back.
+struct ConvPlanner::Scratch {
+  Buffer<float> x, w, b, dy, y, dx, dw, db, masked, partials, reference;
+  Buffer<uint8_t> difference;
+  Scratch(const ConvExecutor& exec, int n, cudaStream_t stream)
+      : x(Device::Cuda, input_count(exec.geometry(n))),
+        w(Device::Cuda, weight_count(exec.geometry(n))),
+        b(Device::Cuda, static_cast<size_t>(exec.geometry(n).oc)),
+        dy(Device::Cuda, output_count(exec.geometry(n))),
+        y(Device::Cuda, dy.size()),
+        dx(Device::Cuda, x.size()),
+        dw(Device::Cuda, w.size()),
+        db(Device::Cuda, b.size()),
+        masked(Device::Cuda, exec.relu() ? y.size() : 0),
+        partials(Device::Cuda, kernels::bias_grad_channels_scratch(n, exec.geometry(n).oc)),
+        reference(Device::Cuda, std::max(y.size(), x.size()) + w.size() + b.size()),
+        difference(Device::Cuda, sizeof(kernels::Difference)) {
+    unsigned seed = 1;
+    for (Buffer<float>* t : {&x, &w, &b, &dy}) kernels::fill_uniform(t->data(), t->size(), seed++, stream);
+  }
+  static size_t input_count(const kernels::ConvGeometry& g) { return size_t(g.n) * g.c * g.h * g.w; }
+  static size_t output_count(const kernels::ConvGeometry& g) { return size_t(g.n) * g.oc * g.oh * g.ow; }
+  static size_t weight_count(const kernels::ConvGeometry& g) { return size_t(g.oc) * g.c * g.k * g.k; }
+};
+
+ConvPlanner::ConvPlanner(const ConvExecutor& exec, std::string name, bool needs_input_grad)
+    : exec_(exec), name_(std::move(name)), needs_input_grad_(needs_input_grad) {}
+
+const ConvPlan& ConvPlanner::plan(DeviceContext& ctx, int n, bool backward) {
+  auto found = std::find_if(plans_.begin(), plans_.end(), [n](const ConvPlan& p) { return p.batch.n == n; });
+  if (found != plans_.end() && (found->backward || !backward)) return *found;  // every step: a lookup
+  if (found == plans_.end()) {
+    ConvPlan p;  // kept only once chosen: a failed choice leaves no half-made plan behind
+    p.batch = exec_.batch(n);
+    choose(ctx, p, true, backward);
+    plans_.push_back(std::move(p));
+    found = plans_.end() - 1;
+  } else {
+    choose(ctx, *found, false, true);
+  }
+  ConvPlan& p = *found;
+  p.workspace = std::max({exec_.bytes(p.fwd, n), p.backward ? exec_.bytes(p.data, n) : size_t{0},
+                          p.backward ? exec_.bytes(p.filter, n) : size_t{0}});
+  ctx.cuda().workspace(p.workspace);  // grow both now, never inside a step
+  ctx.cuda().side_workspace(p.workspace);
+  return p;
+}
+
+/// Chooses the directions asked for. Each candidate is run once on random inputs and its outputs
+/// compared with a reference implementation's (cuDNN's plainest algorithm); one that disagrees, or
+/// fails to run, is dropped with a warning. With train.cudnn_benchmark the survivors are timed in
+/// a CUDA graph, as the step runs them, and the fastest is kept (cudnnFind only proposes: its
+/// eager times include launch overhead that a replayed step never pays); without it, the first
+/// survivor of dptrain's kernels, then cuDNN's heuristic order.
+void ConvPlanner::choose(DeviceContext& ctx, ConvPlan& p, bool forward, bool backward) {
+  Scratch m(exec_, p.batch.n, ctx.cuda().stream());
+  cudnnHandle_t h = ctx.cuda().cudnn();
+  cudaStream_t st = ctx.cuda().stream();
+  const CudaOptions& o = ctx.cuda().options();
+  const AlgoRules rules = algo_rules(o);
+  const bool timed = o.cudnn_benchmark;
+  constexpr int kMax = 16;
+  int found = 0;
+  if (forward) {
+    std::vector<ConvAlgo> cudnn;
+    cudnnConvolutionFwdAlgoPerf_t f[kMax];
+    if (timed)
+      CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithm(h, p.batch.x, exec_.filter_desc(), exec_.conv_desc(), p.batch.y,
+                                                       kMax, &found, f));
+    else
+      CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, p.batch.x, exec_.filter_desc(), exec_.conv_desc(),
+                                                         p.batch.y, kMax, &found, f));
+    for (int i = 0; i < found; ++i)
+      if (allowed(f[i], rules)) cudnn.push_back(cudnn_algo(f[i]));
+    const Choice c = choose_direction(
+        ctx, p, "forward", exec_.own_kernels(p.batch.n, o.exact_convolutions, ConvDirection::Forward), cudnn,
+        {reference(exec_, p, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, h),
+         reference(exec_, p, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM, h)},
+        {{m.y.data(), m.y.size()}},
+        [&](int chunk) {
+          return chunked(p, chunk, [&](cudnnTensorDescriptor_t x, cudnnTensorDescriptor_t y) {
+            cudnnConvolutionFwdAlgoPerf_t r[kMax];
+            int k = 0;
+            CUDNN_CHECK(
+                cudnnGetConvolutionForwardAlgorithm_v7(h, x, exec_.filter_desc(), exec_.conv_desc(), y, kMax, &k, r));
+            return first_allowed(r, k, rules);
+          });
+        },
+        m, timed,
+        [&](const ConvAlgo& a, void* ws) {
+          exec_.forward(h, st, ws, p.batch, a, m.x.data(), m.w.data(), m.b.data(), m.y.data());
+        });
+    p.fwd = c.algo;
+  }
+  if (!backward) return;
+  std::optional<Choice> data;
+  if (needs_input_grad_) {
+    std::vector<ConvAlgo> cudnn;
+    cudnnConvolutionBwdDataAlgoPerf_t d[kMax];
+    if (timed)
+      CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(h, exec_.filter_desc(), p.batch.y, exec_.conv_desc(),
+                                                            p.batch.x, kMax, &found, d));
+    else
+      CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, exec_.filter_desc(), p.batch.y, exec_.conv_desc(),
+                                                              p.batch.x, kMax, &found, d));
+    for (int i = 0; i < found; ++i)
+      if (allowed(d[i], rules)) cudnn.push_back(cudnn_algo(d[i]));
+    data = choose_direction(
+        ctx, p, "backward-data", exec_.own_kernels(p.batch.n, o.exact_convolutions, ConvDirection::Data), cudnn,
+        {reference(exec_, p, CUDNN_CONVOLUTION_BWD_DATA_ALGO_1, h),
+         reference(exec_, p, CUDNN_CONVOLUTION_BWD_DATA_ALGO_0, h)},
+        {{m.dx.data(), m.dx.size()}},
+        [&](int chunk) {
+          return chunked(p, chunk, [&](cudnnTensorDescriptor_t x, cudnnTensorDescriptor_t y) {
+            cudnnConvolutionBwdDataAlgoPerf_t r[kMax];
+            int k = 0;
+            CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, exec_.filter_desc(), y, exec_.conv_desc(), x,
+                                                                    kMax, &k, r));
+            return first_allowed(r, k, rules);
+          });
+        },
+        m, timed,
+        [&](const ConvAlgo& a, void* ws) {
+          exec_.backward_data(h, st, ws, p.batch, a, m.dy.data(), m.w.data(), m.dx.data());
+        });
+    p.data = data->algo;
+  }
+  std::vector<ConvAlgo> cudnn;
+  cudnnConvolutionBwdFilterAlgoPerf_t w[kMax];
+  if (timed)
+    CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(h, p.batch.x, p.batch.y, exec_.conv_desc(),
+                                                            exec_.filter_desc(), kMax, &found, w));
+  else
+    CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, p.batch.x, p.batch.y, exec_.conv_desc(),
+                                                              exec_.filter_desc(), kMax, &found, w));
+  for (int i = 0; i < found; ++i)
+    if (allowed(w[i], rules)) cudnn.push_back(cudnn_algo(w[i]));
+  const Choice filter = choose_direction(
+      ctx, p, "backward-filter", exec_.own_kernels(p.batch.n, o.exact_convolutions, ConvDirection::Filter), cudnn,
+      {reference(exec_, p, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1, h),
+       reference(exec_, p, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0, h)},
+      {{m.dw.data(), m.dw.size()}, {m.db.data(), m.db.size()}},
+      [&](int chunk) {
+        return chunked(p, chunk, [&](cudnnTensorDescriptor_t x, cudnnTensorDescriptor_t y) {
+          cudnnConvolutionBwdFilterAlgoPerf_t r[kMax];
+          int k = 0;
+          CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, x, y, exec_.conv_desc(), exec_.filter_desc(),
+                                                                    kMax, &k, r));
+          return first_allowed(r, k, rules);
+        });
+      },
+      m, timed,
+      [&](const ConvAlgo& a, void* ws) {
+        const float* dy = exec_.masked_gradient(st, p.batch.n, a, m.dy.data(), m.dy.data(), m.masked.data(),
+                                                m.db.data(), m.partials.data());
+        exec_.filter_grad(h, st, ws, p.batch, a, m.x.data(), dy, m.dw.data(), m.db.data());
+      });
+  p.filter = filter.algo;
+  if (timed && data) choose_side_by_side(ctx, p, m, *data, filter);
+  p.backward = true;
+}
+
+/// The fallback where no allowed implementation serves the whole batch (cuDNN may offer no
+/// deterministic algorithm for a direction at a large batch): the largest sub-batch, a divisor of
+/// n below `below`, for which cuDNN's heuristics offer an allowed algorithm. Returns it, with its
+/// descriptors added to the plan, or nothing.
+template <typename Query>
+std::optional<ConvAlgo> ConvPlanner::chunked(ConvPlan& p, int below, Query query) {
+  for (int parts = 2; parts <= p.batch.n; ++parts) {
+    if (p.batch.n % parts != 0 || p.batch.n / parts >= below) continue;
+    const int chunk = p.batch.n / parts;
+    ConvBatch probe = exec_.batch(chunk);
+    std::optional<ConvAlgo> a = query(probe.x.get(), probe.y.get());
+    if (!a) continue;
+    a->chunk = chunk;
+    exec_.add_chunk(p.batch, chunk);
+    return a;
+  }
+  return std::nullopt;
+}
+
+/// Where an input gradient follows, backward runs the two directions side by side (the filter
+/// gradient on the side stream). Two algorithms that are fastest alone may contend for the same
+/// resource together (FFT ones both for memory bandwidth), so the two best of each direction are
+/// timed in pairs, as backward queues them, and the pair that finishes first is kept.
+void ConvPlanner::choose_side_by_side(DeviceContext& ctx, ConvPlan& p, Scratch& m, const Choice& data,
+                                      const Choice& filter) {
+  std::vector<ConvAlgo> data_options{data.algo}, filter_options{filter.algo};
+  if (data.second) data_options.push_back(*data.second);
+  if (filter.second) filter_options.push_back(*filter.second);
+  if (data_options.size() * filter_options.size() < 2) return;
+  CudaContext& cu = ctx.cuda();
+  size_t data_bytes = 1, filter_bytes = 1;
+  for (const ConvAlgo& a : data_options) data_bytes = std::max(data_bytes, exec_.bytes(a, p.batch.n));
+  for (const ConvAlgo& a : filter_options) filter_bytes = std::max(filter_bytes, exec_.bytes(a, p.batch.n));
+  Buffer<uint8_t> data_ws(Device::Cuda, data_bytes), filter_ws(Device::Cuda, filter_bytes);
+  cudaStream_t st = cu.stream();
+  const auto pair = [&](const ConvAlgo& da, const ConvAlgo& fa) {
+    const float* dy = exec_.masked_gradient(st, p.batch.n, fa, m.dy.data(), m.dy.data(), m.masked.data(), m.db.data(),
+                                            m.partials.data());
+    const cudaStream_t side = cu.fork();  // as backward queues them
+    exec_.backward_data(cu.cudnn(), st, data_ws.data(), p.batch, da, dy, m.w.data(), m.dx.data());
+    exec_.filter_grad(cu.side_cudnn(), side, filter_ws.data(), p.batch, fa, m.x.data(), dy, m.dw.data(), m.db.data());
+    cu.join();
+  };
+  double best = std::numeric_limits<double>::infinity();
+  for (const ConvAlgo& da : data_options)
+    for (const ConvAlgo& fa : filter_options) {
+      try {
+        const double us = graph_time_us(
+            st, [&] { pair(da, fa); }, plan_timing());
+        if (us < best) best = us, p.data = da, p.filter = fa;
+      } catch (const CudaError&) {  // not capturable: never chosen
+      }
+    }
+  char line[200];
+  std::snprintf(line, sizeof line, "%s batch %d backward side by side: data %s + filter %s %.1f us", name_.c_str(),
+                p.batch.n, label(p.data).c_str(), label(p.filter).c_str(), best);
+  cu.note_choice(line);
+}
+
+/// Runs `a` once (op) and compares its outputs with the reference's: the relative difference, or
+/// +inf where an output was left unwritten (poisoned with NaN first) or is not finite. Throws
+/// what running `a` throws.
+template <typename Op>
+double ConvPlanner::check(cudaStream_t st, Scratch& m, const std::vector<Output>& outs, const ConvAlgo& a, void* ws,
+                          Op& op) {
+  for (const Output& o : outs) CUDA_CHECK(cudaMemsetAsync(o.data, 0xff, o.size * sizeof(float), st));
+  op(a, ws);
+  auto* diff = reinterpret_cast<kernels::Difference*>(m.difference.data());
+  CUDA_CHECK(cudaMemsetAsync(diff, 0, sizeof(kernels::Difference), st));
+  size_t offset = 0;
+  for (const Output& o : outs) {
+    kernels::compare_outputs(o.data, m.reference.data() + offset, o.size, diff, st);
+    offset += o.size;
+  }
+  kernels::Difference host;
+  CUDA_CHECK(cudaMemcpyAsync(&host, diff, sizeof host, cudaMemcpyDeviceToHost, st));
+  CUDA_CHECK(cudaStreamSynchronize(st));
+  return host.relative();
+}
+
+/// Checks and (timed) times the candidates of one direction: dptrain's kernel families `own` and
+/// cuDNN's allowed algorithms `cudnn` (best first). `fallback(below)` finds a chunked cuDNN
+/// algorithm for sub-batches smaller than `below` (used when no candidate survives).
+template <typename Fallback, typename Op>
+ConvPlanner::Choice ConvPlanner::choose_direction(DeviceContext& ctx, ConvPlan& p, const char* direction,
+                                                  const std::vector<ConvImpl>& own, const std::vector<ConvAlgo>& cudnn,
+                                                  const std::vector<ConvAlgo>& references,
+                                                  const std::vector<Output>& outs, Fallback fallback, Scratch& m,
+                                                  bool timed, Op op) {
+  CudaContext& cu = ctx.cuda();
+  cudaStream_t st = cu.stream();
+  std::vector<ConvAlgo> candidates;
+  for (ConvImpl impl : own) candidates.push_back(ConvAlgo{impl});
+  candidates.insert(candidates.end(), cudnn.begin(), cudnn.end());
+  size_t memory = 1;
+  for (const ConvAlgo& a : references) memory = std::max(memory, a.memory);
+  for (const ConvAlgo& a : candidates) memory = std::max(memory, exec_.bytes(a, p.batch.n));
+  Buffer<uint8_t> ws(Device::Cuda, memory);
+  const std::string what = name_ + " batch " + std::to_string(p.batch.n) + " " + direction;
+
+  // The first reference that runs; its outputs are kept for the comparisons.
+  std::optional<ConvAlgo> reference;
+  std::string reference_error;
+  for (const ConvAlgo& r : references) {
+    try {
+      op(r, ws.data());
+      size_t offset = 0;
+      for (const Output& o : outs) {
+        CUDA_CHECK(
+            cudaMemcpyAsync(m.reference.data() + offset, o.data, o.size * sizeof(float), cudaMemcpyDeviceToDevice, st));
+        offset += o.size;
+      }
+      CUDA_CHECK(cudaStreamSynchronize(st));
+      reference = r;
+      break;
+    } catch (const CudaError& e) {
+      reference_error = e.what();
+    }
+  }
+  const bool have_reference = reference.has_value();
+  if (!have_reference)
+    cu.warn(what + ": no reference algorithm runs (" + reference_error +
+            "); candidates are checked for unwritten and non-finite outputs only");
+  const double tol = tolerance(exec_.tf32());
+  std::vector<ConvAlgo> usable;
+  const auto try_candidate = [&](const ConvAlgo& a, void* scratch) {
+    try {
+      double err = check(st, m, outs, a, scratch, op);
+      if (!have_reference && std::isfinite(err)) err = 0;  // compared with stale data: only finiteness counts
+      if (err <= tol) return true;
+      char line[240];
+      std::snprintf(line, sizeof line, "%s: %s disagrees with %s (relative difference %.3g, tolerance %.3g); not used",
+                    what.c_str(), label(a).c_str(), reference ? label(*reference).c_str() : "finite outputs", err, tol);
+      cu.warn(line);
+    } catch (const CudaError& e) {
+      cu.warn(what + ": " + label(a) + " failed to run (" + e.what() + "); not used");
+    }
+    return false;
+  };
+  for (const ConvAlgo& a : candidates) {
+    if (!timed && !usable.empty()) break;  // heuristics: the first that passes
+    if (try_candidate(a, ws.data())) usable.push_back(a);
+  }
+  if (usable.empty()) {
+    // Nothing serves the whole batch: cuDNN over sub-batches, each size checked like the others.
+    for (int below = p.batch.n; usable.empty();) {
+      std::optional<ConvAlgo> a = fallback(below);
+      if (!a) break;
+      below = a->chunk;
+      Buffer<uint8_t> chunk_ws(Device::Cuda, std::max<size_t>(1, a->memory));
+      if (try_candidate(*a, chunk_ws.data())) usable.push_back(*a);
+    }
+    if (usable.empty())
+      throw CudaError(what + ": no implementation serves this convolution (cuDNN offers no " +
+                      std::string(algo_rules(cu.options()).deterministic ? "deterministic " : "") +
+                      "algorithm that passes the check, even on sub-batches)");
+    cu.warn(what + ": no allowed algorithm serves the whole batch; using " + label(usable.front()));
+  }
+
+  Choice best{usable.front(), 0, 0, std::nullopt};
+  if (!timed || usable.size() == 1) {
+    note(ctx, what, best);
+    return best;
+  }
+  // Timed: the fastest in a CUDA graph. One that cannot be captured is passed over (the first
+  // stays the answer if nothing else is left: an eager step, train.cuda_graph off, still runs).
+  constexpr double kNever = std::numeric_limits<double>::infinity();
+  best.us = best.cudnn_us = kNever;
+  std::vector<std::pair<double, ConvAlgo>> times;
+  for (const ConvAlgo& a : usable) {
+    try {
+      const double us = graph_time_us(
+          st, [&] { op(a, ws.data()); }, plan_timing());
+      times.emplace_back(us, a);
+      if (a.impl == ConvImpl::Cudnn) best.cudnn_us = std::min(best.cudnn_us, us);
+    } catch (const CudaError&) {  // not capturable: never chosen, since the step is a graph
+    }
+  }
+  std::stable_sort(times.begin(), times.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+  if (!times.empty()) best.algo = times[0].second, best.us = times[0].first;
+  if (times.size() > 1) best.second = times[1].second;
+  note(ctx, what, best);
+  return best;
+}
+
+void ConvPlanner::note(DeviceContext& ctx, const std::string& what, const Choice& c) {
+  char line[200];
+  if (c.us == 0)
+    std::snprintf(line, sizeof line, "%s: %s", what.c_str(), label(c.algo).c_str());
+  else if (c.algo.impl != ConvImpl::Cudnn)
+    std::snprintf(line, sizeof line, "%s: %s kernels %.1f us (best cuDNN %.1f us)", what.c_str(), label(c.algo).c_str(),
+                  c.us, c.cudnn_us);
+  else
+    std::snprintf(line, sizeof line, "%s: %s %.1f us", what.c_str(), label(c.algo).c_str(), c.us);
+  ctx.cuda().note_choice(line);
+}
+
+}  // namespace dptrain

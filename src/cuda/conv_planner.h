@@ -1,0 +1,79 @@
+// ConvPlanner: chooses, once per batch size, which implementation computes each direction of one
+// convolution layer (ConvExecutor runs them), and keeps the choices.
+// - Eligibility: cuDNN's algorithms that the run's rules allow (only deterministic ones unless
+//   train.deterministic is off; no FFT or Winograd under train.exact_convolutions; at most
+//   kMaxConvWorkspace), and dptrain's kernel families whose guards admit the shape.
+// - Safety: every candidate is run once on random inputs, its outputs poisoned first, and compared
+//   on the device with cuDNN's plainest algorithm; one that disagrees (1e-4 in relative norm, 1e-2
+//   under tf32), leaves an output unwritten or fails to run is dropped with one warning and never
+//   used. Where nothing serves the whole batch, cuDNN runs over equal sub-batches (warned once).
+// - Choice: with train.cudnn_benchmark the survivors are timed inside a CUDA graph, as the step
+//   runs them (cudnnFind only proposes: its eager times include launch overhead that a replayed
+//   step never pays), and the fastest is kept; where an input gradient follows, the two best of
+//   each backward direction are also timed in pairs, side by side, as backward queues them.
+//   Without it: dptrain's kernels first, then cuDNN's heuristic order, the first that passes.
+// Planning allocates, synchronizes and grows the context's workspaces: it runs before a step is
+// captured (Layer::plan), never inside one.
+#pragma once
+
+#include <cudnn.h>
+
+#include <deque>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/device_context.h"
+#include "cuda/conv_executor.h"
+
+namespace dptrain {
+
+/// One batch size's choices, and the workspace they need.
+struct ConvPlan {
+  ConvBatch batch;
+  ConvAlgo fwd, data, filter;
+  bool backward = false;  ///< data and filter chosen (an evaluation batch needs only fwd)
+  size_t workspace = 0;
+};
+
+class ConvPlanner {
+ public:
+  /// name: the layer's, for notes and warnings. needs_input_grad: false for the model's first layer,
+  /// whose input gradient is never computed.
+  ConvPlanner(const ConvExecutor& exec, std::string name, bool needs_input_grad);
+
+  /// The plan for batch n, chosen the first time the batch is seen (with its backward directions
+  /// when asked; an evaluation batch needs its forward only). The returned reference stays valid.
+  const ConvPlan& plan(DeviceContext& ctx, int n, bool backward);
+
+ private:
+  struct Scratch;
+  struct Output {
+    float* data;
+    size_t size;
+  };
+  struct Choice {
+    ConvAlgo algo;
+    double us = 0, cudnn_us = 0;     // the chosen one's graph time; the best cuDNN one's (0: untimed)
+    std::optional<ConvAlgo> second;  // the runner-up among those timed
+  };
+
+  void choose(DeviceContext& ctx, ConvPlan& p, bool forward, bool backward);
+  template <typename Fallback, typename Op>
+  Choice choose_direction(DeviceContext& ctx, ConvPlan& p, const char* direction, const std::vector<ConvImpl>& own,
+                          const std::vector<ConvAlgo>& cudnn, const std::vector<ConvAlgo>& references,
+                          const std::vector<Output>& outs, Fallback fallback, Scratch& m, bool timed, Op op);
+  template <typename Op>
+  double check(cudaStream_t st, Scratch& m, const std::vector<Output>& outs, const ConvAlgo& a, void* ws, Op& op);
+  template <typename Query>
+  std::optional<ConvAlgo> chunked(ConvPlan& p, int below, Query query);
+  void choose_side_by_side(DeviceContext& ctx, ConvPlan& p, Scratch& m, const Choice& data, const Choice& filter);
+  void note(DeviceContext& ctx, const std::string& what, const Choice& c);
+
+  const ConvExecutor& exec_;
+  std::string name_;
+  bool needs_input_grad_;
+  std::deque<ConvPlan> plans_;  // a deque: references to earlier plans survive new ones
+};
+
+}  // namespace dptrain
