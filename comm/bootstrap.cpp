@@ -1,6 +1,5 @@
 #include "comm/bootstrap.h"
 
-#include <cuda_runtime.h>
 #include <mpi.h>
 
 #include <algorithm>
@@ -13,9 +12,13 @@
 
 #include "comm/mpi_check.h"
 #include "comm/mpi_communicator.h"
-#include "comm/nccl_communicator.h"
 #include "core/error.h"
+#if DPTRAIN_HAVE_CUDA
+#include <cuda_runtime.h>
+
+#include "comm/nccl_communicator.h"
 #include "cuda/check.h"
+#endif
 
 namespace dptrain {
 
@@ -117,6 +120,7 @@ std::optional<std::string> find_shared_gpu(const std::vector<RankPlacement>& pla
   return std::nullopt;
 }
 
+#if DPTRAIN_HAVE_CUDA
 namespace {
 
 // One rank's placement as fixed-size bytes for MPI_Allgather. `error` is set instead of throwing
@@ -162,6 +166,7 @@ std::vector<RankPlacement> gather_placements(const MpiSession& session, int cuda
 }
 
 }  // namespace
+#endif
 
 std::unique_ptr<Communicator> make_communicator(CommKind kind, Device device, const MpiSession& session,
                                                 int cuda_device, double timeout_s) {
@@ -171,6 +176,10 @@ std::unique_ptr<Communicator> make_communicator(CommKind kind, Device device, co
     if (kind == CommKind::Mpi || session.size() > 1) return std::make_unique<MpiCommunicator>(session, Device::Cpu);
     return std::make_unique<SingleRankCommunicator>();
   }
+#if !DPTRAIN_HAVE_CUDA
+  (void)cuda_device, (void)timeout_s;
+  throw_built_without_cuda();
+#else
   if (kind == CommKind::Mpi) return std::make_unique<MpiCommunicator>(session, Device::Cuda);
   if (kind == CommKind::Auto && session.size() == 1) return std::make_unique<SingleRankCommunicator>();
   // Fail here, on every rank alike, rather than inside ncclCommInitRank (which fails on some ranks
@@ -178,6 +187,7 @@ std::unique_ptr<Communicator> make_communicator(CommKind kind, Device device, co
   if (auto problem = find_shared_gpu(gather_placements(session, cuda_device)))
     throw InputError("comm.backend", *problem);
   return std::make_unique<NcclCommunicator>(session, cuda_device, timeout_s);
+#endif
 }
 
 }  // namespace dptrain

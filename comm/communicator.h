@@ -6,12 +6,12 @@
 // NcclCommunicator (device buffers on a stream).
 #pragma once
 
-#include <cuda_runtime_api.h>
-
 #include <cstdint>
 #include <memory>
 #include <span>
 #include <string_view>
+
+#include "core/cuda_support.h"  // cudaStream_t
 
 namespace dptrain {
 

@@ -1,15 +1,17 @@
 #include "comm/gradient_reducer.h"
 
-#include <cuda_runtime.h>
-
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
 #include <string>
 
 #include "core/error.h"
+#if DPTRAIN_HAVE_CUDA
+#include <cuda_runtime.h>
+
 #include "cuda/check.h"
 #include "cuda/cuda_context.h"
+#endif
 
 namespace dptrain {
 
@@ -47,6 +49,7 @@ GradientReducer::GradientReducer(Communicator& comm, DeviceContext& ctx, std::sp
       buckets_(plan_buckets(grads.size(), bucket_elements(options.bucket_mb))),
       ready_(buckets_.size(), 0),
       on_cuda_(ctx.on_cuda()) {
+#if DPTRAIN_HAVE_CUDA
   if (on_cuda_) {
     CUDA_CHECK(cudaSetDevice(ctx.cuda().device()));
     // Highest priority: a ready all-reduce should not queue behind the rest of backward's kernels.
@@ -58,6 +61,7 @@ GradientReducer::GradientReducer(Communicator& comm, DeviceContext& ctx, std::sp
     comm_stream_ = CudaStream(s);
     exchange_done_ = make_event();
   }
+#endif
 }
 
 void GradientReducer::on_gradients_ready(DeviceContext& ctx, size_t begin, size_t end) {
@@ -78,9 +82,11 @@ void GradientReducer::on_gradients_ready(DeviceContext& ctx, size_t begin, size_
   if (options_.overlap) launch_pending(ctx, /*all=*/false);
 }
 
-void GradientReducer::fence_compute(DeviceContext& ctx) {
+void GradientReducer::fence_compute([[maybe_unused]] DeviceContext& ctx) {
+#if DPTRAIN_HAVE_CUDA
   if (!on_cuda_) return;
   ctx.cuda().order_after_queued(comm_stream_);  // parameter gradients may be on the side stream
+#endif
 }
 
 void GradientReducer::launch_pending(DeviceContext& ctx, bool all) {
@@ -102,10 +108,12 @@ void GradientReducer::on_backward_done(DeviceContext& ctx) {
     fence_compute(ctx);
     comm_.all_reduce_sum(grads_, comm_stream_.get());
   }
+#if DPTRAIN_HAVE_CUDA
   if (on_cuda_) {
     CUDA_CHECK(cudaEventRecord(exchange_done_, comm_stream_));
     CUDA_CHECK(cudaStreamWaitEvent(ctx.cuda().stream(), exchange_done_, 0));
   }
+#endif
   std::fill(ready_.begin(), ready_.end(), size_t{0});
   next_ = 0;
 }

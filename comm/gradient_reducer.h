@@ -25,7 +25,9 @@
 
 #include "comm/communicator.h"
 #include "core/device_context.h"
+#if DPTRAIN_HAVE_CUDA
 #include "cuda/raii.h"
+#endif
 #include "model/gradient_hook.h"
 
 namespace dptrain {
@@ -88,8 +90,14 @@ class GradientReducer final : public GradientHook {
   std::vector<size_t> ready_;  // per bucket: elements reported final this step
   size_t next_ = 0;            // first bucket not launched this step
   bool on_cuda_ = false;
+#if DPTRAIN_HAVE_CUDA
   CudaStream comm_stream_;
   CudaEvent exchange_done_;   // recorded on the comm stream after the last bucket
+#else
+  struct NoStream {
+    cudaStream_t get() const { return nullptr; }
+  } comm_stream_;  // a CPU-only build (core/cuda_support.h) exchanges host memory only
+#endif
 };
 
 }  // namespace dptrain

@@ -1,7 +1,5 @@
 #include "comm/mpi_communicator.h"
 
-#include <cuda_runtime.h>
-
 #include <algorithm>
 #include <climits>
 #include <stdexcept>
@@ -9,7 +7,11 @@
 
 #include "comm/bootstrap.h"
 #include "comm/mpi_check.h"
+#if DPTRAIN_HAVE_CUDA
+#include <cuda_runtime.h>
+
 #include "cuda/check.h"
+#endif
 
 namespace dptrain {
 
@@ -29,7 +31,11 @@ MPI_Op mpi_op(ReduceOp op) {
 
 }  // namespace
 
+#if DPTRAIN_HAVE_CUDA
 void MpiCommunicator::PinnedDeleter::operator()(float* p) const noexcept { (void)cudaFreeHost(p); }
+#else
+void MpiCommunicator::PinnedDeleter::operator()(float*) const noexcept {}  // nothing is staged (below)
+#endif
 
 MpiCommunicator::MpiCommunicator(const MpiSession& session, Device device)
     : rank_(session.rank()), size_(session.size()), device_(device) {
@@ -44,6 +50,8 @@ MpiCommunicator::~MpiCommunicator() {
   MPI_Finalized(&finalized);
   if (!finalized && comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
 }
+
+#if DPTRAIN_HAVE_CUDA
 
 bool MpiCommunicator::is_device_pointer(const float* p) const {
   if (device_ == Device::Cpu) return false;
@@ -80,6 +88,24 @@ void MpiCommunicator::on_host(std::span<float> data, cudaStream_t stream, HostOp
   // while this copy still reads it. This path is for debugging; speed is not its point.
   CUDA_CHECK(cudaStreamSynchronize(stream));
 }
+
+#else  // a CPU-only build: spans are host memory; a Device::Cuda communicator refuses on first use
+
+bool MpiCommunicator::is_device_pointer(const float*) const {
+  if (device_ == Device::Cpu) return false;
+  throw_built_without_cuda();
+}
+
+void MpiCommunicator::reserve_staging(size_t) {
+  if (device_ != Device::Cpu) throw_built_without_cuda();
+}
+
+template <typename HostOp>
+void MpiCommunicator::on_host(std::span<float> data, cudaStream_t, HostOp host_op) {
+  if (!data.empty() && !is_device_pointer(data.data())) host_op(data);
+}
+
+#endif
 
 void MpiCommunicator::reduce_then_broadcast(std::span<float> data) {
   for (size_t off = 0; off < data.size(); off += kMaxMpiCount) {

@@ -62,8 +62,11 @@ if ! [[ "$np" =~ ^[0-9]+$ ]] || ((np < 1)); then
 fi
 
 export NCCL_NVLS_ENABLE="${NCCL_NVLS_ENABLE:-0}"
+# dptrain names the launcher (this script, or launch/train.sh that ran it) in its resume hint.
+DPTRAIN_LAUNCHER="${DPTRAIN_LAUNCHER:-$(printf '%q' "$0")}"
+export DPTRAIN_LAUNCHER
 
-args=(-np "$np" --bind-to none --map-by slot -x NCCL_NVLS_ENABLE)
+args=(-np "$np" --bind-to none --map-by slot -x NCCL_NVLS_ENABLE -x DPTRAIN_LAUNCHER)
 # Forward the other NCCL_*/CUDA_* settings to remote ranks too (a local launch inherits them anyway).
 while IFS='=' read -r name _; do
   [[ "$name" == NCCL_NVLS_ENABLE ]] && continue

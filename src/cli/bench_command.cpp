@@ -12,7 +12,9 @@
 #include "comm/communicator.h"
 #include "core/device_ops.h"
 #include "cpu/threads.h"
+#if DPTRAIN_HAVE_CUDA
 #include "cuda/cuda_context.h"
+#endif
 #include "data/dataset.h"
 #include "io/config.h"
 #include "train/runtime.h"
@@ -71,10 +73,15 @@ int run_bench(const BenchArgs& a) {
   }
   const double med = median(ms);
   const auto [lo, hi] = std::minmax_element(ms.begin(), ms.end());
+  std::string device_label = "cpu";
+  std::vector<std::string> choices;  // what the CUDA layers chose by measurement
+#if DPTRAIN_HAVE_CUDA
+  if (device == Device::Cuda) device_label = ctx.cuda().device_name(), choices = ctx.cuda().choices();
+#endif
   const nlohmann::json j = {
       {"impl", "dptrain"},
       {"config", config.name},
-      {"device", device == Device::Cuda ? ctx.cuda().device_name() : "cpu"},
+      {"device", device_label},
       {"threads", device == Device::Cpu ? cpu_threads() : 0},
       {"precision", config.train.precision},
       {"cuda_graph", device == Device::Cuda && config.train.cuda_graph},
@@ -84,7 +91,7 @@ int run_bench(const BenchArgs& a) {
       {"ms_per_step_min", *lo},
       {"ms_per_step_max", *hi},
       {"images_per_second", med > 0 ? 1000.0 * config.train.batch_size / med : 0.0},
-      {"choices", device == Device::Cuda ? ctx.cuda().choices() : std::vector<std::string>{}}};
+      {"choices", choices}};
   std::printf("%s\n", j.dump().c_str());
   return 0;
 }

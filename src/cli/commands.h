@@ -15,5 +15,6 @@ Command add_eval(CLI::App& app);
 Command add_predict(CLI::App& app);
 Command add_bench(CLI::App& app);
 Command add_inspect(CLI::App& app);
+Command add_plot(CLI::App& app);
 
 }  // namespace dptrain::cli

@@ -28,6 +28,7 @@ int run_eval(const EvalArgs& a) {
   LoadedModel loaded = load_model(a.checkpoint, ctx, a.batch);
   const std::string dir = a.data.empty() ? loaded.config.data.dir : a.data;
   const Dataset test = load_mnist_test(dir);
+  check_labels(test, loaded.config.model.num_classes);
   Evaluator evaluator(test, loaded.config.data, a.batch, ctx);
   const EvalResult r = evaluator.run(*loaded.model, ctx);
   if (a.json) {

@@ -12,6 +12,7 @@
 #include <string>
 
 #include "cli/commands.h"
+#include "cli/run_messages.h"
 #include "core/error.h"
 #include "cpu/threads.h"
 
@@ -22,12 +23,13 @@ int main(int argc, char** argv) {
     const std::string core = dptrain::better_blas_coretype();
     if (!core.empty() && setenv("OPENBLAS_CORETYPE", core.c_str(), 1) == 0) execv("/proc/self/exe", argv);
   }
+  dptrain::cli::set_command_line(argc, argv);  // for messages that show a command to run again
   CLI::App app{"dptrain: data-parallel CNN training on GPUs (cuDNN, cuBLAS, NCCL) and CPUs", "dptrain"};
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("dptrain 0.1.0"));
   std::map<CLI::App*, dptrain::cli::Command> commands;
   for (auto add : {dptrain::cli::add_train, dptrain::cli::add_eval, dptrain::cli::add_predict, dptrain::cli::add_bench,
-                    dptrain::cli::add_inspect}) {
+                    dptrain::cli::add_inspect, dptrain::cli::add_plot}) {
     // Each adder creates its subcommand last; find it by position.
     dptrain::cli::Command run = add(app);
     commands[app.get_subcommands({}).back()] = std::move(run);

@@ -1,7 +1,10 @@
 // dptrain train: builds the model from a config and trains it on the chosen device. A failure of
 // the run (a numerical blow-up under --check-numerics, or a diverged loss: train/divergence.h,
-// included) exits 1; bad input exits 2.
+// included) exits 1; bad input exits 2. Rank 0 prints a short banner (cli/run_messages.h; the
+// resolved config only with --verbose), keeps curves.png in the run folder (io/curves.h) and, after
+// a stop, names the command that continues the run.
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -10,14 +13,21 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "cli/run_messages.h"
 #include "comm/bootstrap.h"
 #include "comm/communicator.h"
 #include "comm/gradient_reducer.h"
-#include "cuda/cuda_context.h"
+#include "core/cuda_support.h"  // cuda_device_count
 #include "core/error.h"
+#include "cpu/threads.h"
+#if DPTRAIN_HAVE_CUDA
+#include "cuda/cuda_context.h"  // the GPU's name, for the banner
+#endif
 #include "data/dataset.h"
 #include "io/config.h"
 #include "io/checkpoint.h"
+#include "io/curves.h"
+#include "layers/layer_factory.h"
 #include "train/preemption.h"
 #include "train/resume.h"
 #include "train/runtime.h"
@@ -44,6 +54,7 @@ struct TrainArgs {
   std::string inject_failure; // RANK:STEP, for tests of failure handling
   bool check_numerics = false;
   bool profile = false;
+  bool verbose = false;       // print the resolved config at start
 };
 
 /// The flags that are shorthands for config keys become overrides, applied after --set.
@@ -126,6 +137,56 @@ RunSetup resolve_run(const TrainArgs& args) {
   return run;
 }
 
+/// Parameters of the model `config` describes, from its layers' shapes (nothing is allocated).
+int64_t parameter_count(const ModelConfig& config) {
+  int64_t count = 0;
+  Dims dims = config.input;
+  for (size_t i = 0; i < config.layers.size(); ++i) {
+    const auto layer = make_layer<float>(config.layers[i], static_cast<int>(i), dims, Device::Cpu);
+    for (const ParamSpec& spec : layer->param_specs()) count += element_count(spec.shape);
+    dims = layer->output_dims();
+  }
+  return count;
+}
+
+BannerFacts banner_facts(const Config& config, const std::string& out, Device device, const DeviceContext& ctx,
+                         const Communicator& comm, const MnistData& data) {
+  BannerFacts f;
+  f.config_name = config.name;
+  f.config_source = config.source;
+  f.parameters = parameter_count(config.model);
+  f.device = "cpu, " + std::to_string(cpu_threads()) + " thread(s)";
+  f.precision = "float32";
+#if DPTRAIN_HAVE_CUDA
+  if (device == Device::Cuda) f.device = "cuda, " + ctx.cuda().device_name(), f.precision = config.train.precision;
+#else
+  (void)device, (void)ctx;
+#endif
+  f.ranks = comm.size();
+  f.exchange = std::string(comm.name());
+  const TrainConfig& t = config.train;
+  f.global_batch = t.batch_per_rank > 0 ? int64_t{t.batch_per_rank} * comm.size() : t.batch_size;
+  f.per_rank_batch = (f.global_batch + comm.size() - 1) / comm.size();
+  f.steps_per_epoch = (data.train.count + f.global_batch - 1) / f.global_batch;
+  f.epochs = t.epochs;
+  f.max_steps = t.max_steps;
+  f.data_dir = config.data.dir;
+  f.train_images = data.train.count;
+  f.test_images = data.test.count;
+  f.run_dir = out;
+  return f;
+}
+
+/// How to continue this run after a stop: the command it was started with (the launcher script
+/// when one says so through DPTRAIN_LAUNCHER, else this binary as invoked, under mpirun when Open
+/// MPI started several ranks), with --resume auto.
+std::string resume_hint(const std::string& out, int ranks) {
+  const char* launcher = std::getenv("DPTRAIN_LAUNCHER");
+  const bool open_mpi = std::getenv("OMPI_COMM_WORLD_SIZE") != nullptr;
+  const std::string mpirun = ranks > 1 && open_mpi ? "mpirun -np " + std::to_string(ranks) : "";
+  return resume_command(command_line(), launcher != nullptr ? launcher : "", mpirun, out);
+}
+
 /// "RANK:STEP" -> the step after which this rank fails, or -1.
 int64_t failure_step_for(const std::string& spec, int rank) {
   if (spec.empty()) return -1;
@@ -152,9 +213,8 @@ int train_on_rank(const TrainArgs& args, const MpiSession& mpi) {
   const int64_t resumed_step = run.checkpoint ? run.checkpoint->state.global_step : -1;
   if (comm->rank() == 0) {
     prepare_run_folder(out, config, resumed_step);
-    std::printf("dptrain train: config %s, device %s, %d rank(s) over %s, run folder %s\n%s", config.source.c_str(),
-                std::string(device_name(device)).c_str(), comm->size(), std::string(comm->name()).c_str(), out.c_str(),
-                to_yaml(config).c_str());
+    std::fputs(run_banner(banner_facts(config, out, device, ctx, *comm, data)).c_str(), stdout);
+    if (args.verbose) std::printf("resolved config:\n%s", to_yaml(config).c_str());
     for (const std::string& note : run.notes) std::printf("%s\n", note.c_str());
     std::fflush(stdout);
   }
@@ -165,6 +225,8 @@ int train_on_rank(const TrainArgs& args, const MpiSession& mpi) {
   options.resume = run.checkpoint ? &*run.checkpoint : nullptr;
   options.fail_after_step = failure_step_for(args.inject_failure, comm->rank());
   options.profile = args.profile;
+  CurvesKeeper curves(out);  // rank 0 keeps curves.png current
+  if (comm->rank() == 0) options.after_epoch = [&curves](double seconds) { curves.after_epoch(seconds); };
   // The reducer needs the model's gradient buffer, so the trainer is built first without it.
   Trainer trainer(config, options, data, ctx, *comm, nullptr);
   std::unique_ptr<GradientReducer> reducer;
@@ -176,12 +238,13 @@ int train_on_rank(const TrainArgs& args, const MpiSession& mpi) {
   const PreemptionSignals signals;
   const TrainSummary s = trainer.run();
   if (comm->rank() != 0) return 0;
+  curves.at_end();
   if (s.preempted) {
     const int sig = preemption_signal();
     const std::string why =
         sig == kLauncherGoneSignal ? "because the MPI launcher ended" : "by signal " + std::to_string(sig);
-    std::printf("preempted %s at step %lld; checkpoint %s\nresume with: dptrain train --resume auto --out %s\n",
-                why.c_str(), static_cast<long long>(s.steps), s.checkpoint.c_str(), out.c_str());
+    std::printf("preempted %s at step %lld; checkpoint %s\nresume with: %s\n", why.c_str(),
+                static_cast<long long>(s.steps), s.checkpoint.c_str(), resume_hint(out, comm->size()).c_str());
   } else if (s.steps == s.first_step) {
     std::printf("nothing to do: the run is already at step %lld (raise --epochs or --max-steps to continue it)\n",
                 static_cast<long long>(s.steps));
@@ -234,6 +297,7 @@ Command add_train(CLI::App& app) {
       ->check(CLI::IsMember({"auto", "nccl", "mpi"}));
   sub->add_option("--threads", args->threads, "CPU backend threads (default: all cores)")->check(CLI::NonNegativeNumber);
   sub->add_flag("--no-progress", args->no_progress, "No progress bar or progress lines");
+  sub->add_flag("--verbose", args->verbose, "Also print the resolved config (always written to config.yaml)");
   sub->add_option("--resume", args->resume,
                   "Continue from a checkpoint: a ckpt-*.safetensors file, or 'auto' for the newest valid one in the run folder");
   sub->add_option("--inject-failure", args->inject_failure, "RANK:STEP: that rank fails after that step (tests)")

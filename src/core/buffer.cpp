@@ -1,7 +1,5 @@
 #include "core/buffer.h"
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -9,9 +7,51 @@
 #include <stdexcept>
 #include <utility>
 
+#include "core/cuda_support.h"
+#if DPTRAIN_HAVE_CUDA
+#include <cuda_runtime.h>
+
 #include "cuda/check.h"
+#endif
 
 namespace dptrain {
+
+namespace {
+
+// Memory on the current CUDA device. A CPU-only build refuses to allocate it, so no Device::Cuda
+// buffer there ever holds memory and the other operations are never reached.
+#if DPTRAIN_HAVE_CUDA
+void* device_alloc(size_t bytes) {
+  void* p = nullptr;
+  CUDA_CHECK(cudaMalloc(&p, bytes));
+  return p;
+}
+void device_free(void* p) noexcept {
+  cudaFree(p);  // no throw from a destructor; a failure here means the context is gone anyway
+}
+void device_upload(void* dst, const void* src, size_t bytes) {
+  CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+  // From pageable memory cudaMemcpy may return before the DMA lands; non-blocking streams would
+  // not wait for it. Set-up only, so wait here.
+  CUDA_CHECK(cudaDeviceSynchronize());
+}
+void device_download(void* dst, const void* src, size_t bytes) {
+  CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost));
+}
+void device_zero(void* p, size_t bytes) {
+  // Set-up only; waits, because work on non-blocking streams does not order after cudaMemset.
+  CUDA_CHECK(cudaMemset(p, 0, bytes));
+  CUDA_CHECK(cudaDeviceSynchronize());
+}
+#else
+[[noreturn]] void* device_alloc(size_t) { throw_built_without_cuda(); }
+void device_free(void*) noexcept {}
+void device_upload(void*, const void*, size_t) { throw_built_without_cuda(); }
+void device_download(void*, const void*, size_t) { throw_built_without_cuda(); }
+void device_zero(void*, size_t) { throw_built_without_cuda(); }
+#endif
+
+}  // namespace
 
 template <typename T>
 Buffer<T>::Buffer(Device device, size_t count) : count_(count), device_(device) {
@@ -21,9 +61,7 @@ Buffer<T>::Buffer(Device device, size_t count) : count_(count), device_(device) 
     data_ = static_cast<T*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
     if (data_ == nullptr) throw std::bad_alloc();
   } else {
-    void* p = nullptr;
-    CUDA_CHECK(cudaMalloc(&p, bytes));
-    data_ = static_cast<T*>(p);
+    data_ = static_cast<T*>(device_alloc(bytes));
   }
 }
 
@@ -38,7 +76,7 @@ void Buffer<T>::release() noexcept {
   if (device_ == Device::Cpu) {
     std::free(data_);
   } else {
-    cudaFree(data_);  // no throw from a destructor; a failure here means the context is gone anyway
+    device_free(data_);
   }
   data_ = nullptr;
   count_ = 0;
@@ -68,10 +106,7 @@ void Buffer<T>::copy_from_host(std::span<const T> src) {
   if (device_ == Device::Cpu) {
     std::memcpy(data_, src.data(), count_ * sizeof(T));
   } else {
-    CUDA_CHECK(cudaMemcpy(data_, src.data(), count_ * sizeof(T), cudaMemcpyHostToDevice));
-    // From pageable memory cudaMemcpy may return before the DMA lands; non-blocking streams would
-    // not wait for it. Set-up only, so wait here.
-    CUDA_CHECK(cudaDeviceSynchronize());
+    device_upload(data_, src.data(), count_ * sizeof(T));
   }
 }
 
@@ -82,7 +117,7 @@ void Buffer<T>::copy_to_host(std::span<T> dst) const {
   if (device_ == Device::Cpu) {
     std::memcpy(dst.data(), data_, count_ * sizeof(T));
   } else {
-    CUDA_CHECK(cudaMemcpy(dst.data(), data_, count_ * sizeof(T), cudaMemcpyDeviceToHost));
+    device_download(dst.data(), data_, count_ * sizeof(T));
   }
 }
 
@@ -92,9 +127,7 @@ void Buffer<T>::zero() {
   if (device_ == Device::Cpu) {
     std::memset(data_, 0, count_ * sizeof(T));
   } else {
-    // Set-up only; waits, because work on non-blocking streams does not order after cudaMemset.
-    CUDA_CHECK(cudaMemset(data_, 0, count_ * sizeof(T)));
-    CUDA_CHECK(cudaDeviceSynchronize());
+    device_zero(data_, count_ * sizeof(T));
   }
 }
 

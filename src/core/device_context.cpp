@@ -2,9 +2,23 @@
 
 #include <stdexcept>
 
+#include "core/cuda_support.h"
+#if DPTRAIN_HAVE_CUDA
 #include "cuda/cuda_context.h"
+#endif
 
 namespace dptrain {
+
+#if !DPTRAIN_HAVE_CUDA
+// A CPU-only build makes no CudaContext, so a DeviceContext's is always null. This stand-in only
+// lets unique_ptr<CudaContext> be destroyed and the calls below compile.
+class CudaContext {
+ public:
+  void set_step(const StepState&) { throw_built_without_cuda(); }
+  void join() { throw_built_without_cuda(); }
+  const StepState* step() const { throw_built_without_cuda(); }
+};
+#endif
 
 DeviceContext::DeviceContext() = default;
 DeviceContext::DeviceContext(std::unique_ptr<CudaContext> cuda) : device_(Device::Cuda), cuda_(std::move(cuda)) {}

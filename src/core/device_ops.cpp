@@ -1,15 +1,46 @@
 #include "core/device_ops.h"
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
 #include <cstring>
 #include <stdexcept>
 
+#include "core/cuda_support.h"
+#if DPTRAIN_HAVE_CUDA
+#include <cuda_runtime.h>
+
 #include "cuda/check.h"
 #include "cuda/cuda_context.h"
+#endif
 
 namespace dptrain {
+
+namespace {
+
+// The CUDA side, on the context's compute stream. A CPU-only build has no CUDA context, so there
+// these are never reached.
+#if DPTRAIN_HAVE_CUDA
+void zero_on_stream(DeviceContext& ctx, void* p, size_t bytes) {
+  CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, ctx.cuda().stream()));
+}
+void copy_and_wait(DeviceContext& ctx, void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+  CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, kind, ctx.cuda().stream()));
+  CUDA_CHECK(cudaStreamSynchronize(ctx.cuda().stream()));
+}
+void upload_and_wait(DeviceContext& ctx, void* dst, const void* src, size_t bytes) {
+  copy_and_wait(ctx, dst, src, bytes, cudaMemcpyHostToDevice);
+}
+void download_and_wait(DeviceContext& ctx, void* dst, const void* src, size_t bytes) {
+  copy_and_wait(ctx, dst, src, bytes, cudaMemcpyDeviceToHost);
+}
+void wait_for_stream(DeviceContext& ctx) { CUDA_CHECK(cudaStreamSynchronize(ctx.cuda().stream())); }
+#else
+void zero_on_stream(DeviceContext&, void*, size_t) { throw_built_without_cuda(); }
+void upload_and_wait(DeviceContext&, void*, const void*, size_t) { throw_built_without_cuda(); }
+void download_and_wait(DeviceContext&, void*, const void*, size_t) { throw_built_without_cuda(); }
+void wait_for_stream(DeviceContext&) { throw_built_without_cuda(); }
+#endif
+
+}  // namespace
 
 template <typename T>
 void zero_async(DeviceContext& ctx, std::span<T> data) {
@@ -18,7 +49,7 @@ void zero_async(DeviceContext& ctx, std::span<T> data) {
     std::memset(data.data(), 0, data.size_bytes());
     return;
   }
-  CUDA_CHECK(cudaMemsetAsync(data.data(), 0, data.size_bytes(), ctx.cuda().stream()));
+  zero_on_stream(ctx, data.data(), data.size_bytes());
 }
 
 template <typename T>
@@ -29,8 +60,7 @@ void upload(DeviceContext& ctx, std::span<T> dst, std::span<const T> src) {
     std::memcpy(dst.data(), src.data(), src.size_bytes());
     return;
   }
-  CUDA_CHECK(cudaMemcpyAsync(dst.data(), src.data(), src.size_bytes(), cudaMemcpyHostToDevice, ctx.cuda().stream()));
-  CUDA_CHECK(cudaStreamSynchronize(ctx.cuda().stream()));
+  upload_and_wait(ctx, dst.data(), src.data(), src.size_bytes());
 }
 
 template <typename T>
@@ -42,14 +72,13 @@ void download(DeviceContext& ctx, std::span<const T> src, std::span<T> dst) {
     return;
   }
   ctx.join_side_work();
-  CUDA_CHECK(cudaMemcpyAsync(dst.data(), src.data(), src.size_bytes(), cudaMemcpyDeviceToHost, ctx.cuda().stream()));
-  CUDA_CHECK(cudaStreamSynchronize(ctx.cuda().stream()));
+  download_and_wait(ctx, dst.data(), src.data(), src.size_bytes());
 }
 
 void synchronize(DeviceContext& ctx) {
   if (!ctx.on_cuda()) return;
   ctx.join_side_work();
-  CUDA_CHECK(cudaStreamSynchronize(ctx.cuda().stream()));
+  wait_for_stream(ctx);
 }
 
 #define DPTRAIN_INSTANTIATE(T)                                                      \

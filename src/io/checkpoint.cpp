@@ -249,10 +249,27 @@ std::string pad_to(std::string s, size_t width) {
   return s;
 }
 
+/// A checkpoint's 0-based `epoch` as training messages number it (from 1), and where in it the
+/// checkpoint stands; "" when the value is not a plain count.
+std::string epoch_as_counted(const std::string& value, const std::map<std::string, std::string>& metadata) {
+  if (value.empty() || value.size() > 12 || !std::all_of(value.begin(), value.end(), [](char c) { return c >= '0' && c <= '9'; }))
+    return "";
+  const int64_t epoch = std::stoll(value);
+  const auto samples = metadata.find("samples_in_epoch");
+  const std::string where = samples != metadata.end() && samples->second == "0" && epoch > 0
+                                ? "not begun: epoch " + std::to_string(epoch) + " is complete; "
+                                : "";
+  return std::to_string(epoch + 1) + " (" + where + "counted from 1 as training messages count; stored as " + value + ")";
+}
+
 void append_metadata(std::string& out, const std::map<std::string, std::string>& metadata) {
   out += "metadata:\n";
+  const auto format = metadata.find("format");
+  const bool checkpoint = format != metadata.end() && format->second == kCheckpointFormat;
   for (const auto& [key, value] : metadata) {
-    if (key == "tensor_sha256") {
+    if (key == "epoch" && checkpoint && !epoch_as_counted(value, metadata).empty()) {
+      out += "  epoch: " + epoch_as_counted(value, metadata) + "\n";
+    } else if (key == "tensor_sha256") {
       out += "  tensor_sha256: (per tensor, below)\n";
     } else if (key == "config") {
       out += "  config: |\n";

@@ -3,8 +3,6 @@
 // work on one span.
 #pragma once
 
-#include <cuda_runtime_api.h>
-
 #include <memory>
 #include <span>
 #include <string>
@@ -12,6 +10,7 @@
 #include <vector>
 
 #include "core/buffer.h"
+#include "core/cuda_support.h"  // cudaStream_t
 #include "core/device_context.h"
 #include "io/config.h"
 #include "optim/step_scalars.h"

@@ -6,10 +6,12 @@
 
 #include "core/device_ops.h"
 #include "core/error.h"
-#include "cuda/cuda_context.h"
-#include "kernels/optimizer_kernels.h"
 #include "optim/optimizer.h"
 #include "optim/update_rules.h"
+#if DPTRAIN_HAVE_CUDA
+#include "cuda/cuda_context.h"
+#include "kernels/optimizer_kernels.h"
+#endif
 
 namespace dptrain {
 
@@ -32,10 +34,12 @@ class Slots {
   std::vector<Buffer<float>> buffers_;
 };
 
+#if DPTRAIN_HAVE_CUDA
 cudaStream_t stream_of(DeviceContext& ctx, cudaStream_t stream) { return stream != nullptr ? stream : ctx.cuda().stream(); }
 
 /// Elements [begin, end) of a flat buffer (a state slot, or null for none).
 float* part(float* buffer, size_t begin) { return buffer != nullptr ? buffer + begin : nullptr; }
+#endif
 
 class Sgd final : public Optimizer {
  public:
@@ -51,12 +55,14 @@ class Sgd final : public Optimizer {
     s.first_step = t == 1 ? 1.0f : 0.0f;
     return s;
   }
-  void update(DeviceContext& ctx, std::span<float> p, std::span<const float> g, const StepScalars* s, size_t begin,
-              size_t end, cudaStream_t stream) override {
+  void update([[maybe_unused]] DeviceContext& ctx, std::span<float> p, std::span<const float> g, const StepScalars* s,
+              size_t begin, size_t end, [[maybe_unused]] cudaStream_t stream) override {
     float* buf = h_.momentum != 0.0f ? slots_[0].data() : nullptr;
+#if DPTRAIN_HAVE_CUDA
     if (ctx.on_cuda())
       return kernels::sgd_step(p.data() + begin, g.data() + begin, part(buf, begin), end - begin, h_, s,
                                stream_of(ctx, stream));
+#endif
     const StepScalars sc = *s;
     float dummy = 0.0f;
 #pragma omp parallel for schedule(static) firstprivate(dummy)
@@ -84,13 +90,15 @@ class Adam final : public Optimizer {
     s.bias_correction2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(beta2_, static_cast<double>(t))));
     return s;
   }
-  void update(DeviceContext& ctx, std::span<float> p, std::span<const float> g, const StepScalars* s, size_t begin,
-              size_t end, cudaStream_t stream) override {
+  void update([[maybe_unused]] DeviceContext& ctx, std::span<float> p, std::span<const float> g, const StepScalars* s,
+              size_t begin, size_t end, [[maybe_unused]] cudaStream_t stream) override {
     float* m = slots_[0].data();
     float* v = slots_[1].data();
+#if DPTRAIN_HAVE_CUDA
     if (ctx.on_cuda())
       return kernels::adam_step(p.data() + begin, g.data() + begin, m + begin, v + begin, end - begin, h_, s,
                                 stream_of(ctx, stream));
+#endif
     const StepScalars sc = *s;
     const rules::AdamHyper h = h_;
     float* pp = p.data();
@@ -118,13 +126,15 @@ class Adadelta final : public Optimizer {
     s.lr = static_cast<float>(lr);
     return s;
   }
-  void update(DeviceContext& ctx, std::span<float> p, std::span<const float> g, const StepScalars* s, size_t begin,
-              size_t end, cudaStream_t stream) override {
+  void update([[maybe_unused]] DeviceContext& ctx, std::span<float> p, std::span<const float> g, const StepScalars* s,
+              size_t begin, size_t end, [[maybe_unused]] cudaStream_t stream) override {
     float* sq = slots_[0].data();
     float* acc = slots_[1].data();
+#if DPTRAIN_HAVE_CUDA
     if (ctx.on_cuda())
       return kernels::adadelta_step(p.data() + begin, g.data() + begin, sq + begin, acc + begin, end - begin, h_, s,
                                     stream_of(ctx, stream));
+#endif
     const StepScalars sc = *s;
     const rules::AdadeltaHyper h = h_;
     float* pp = p.data();

@@ -4,8 +4,10 @@
 #include <cmath>
 
 #include "core/device_ops.h"
+#if DPTRAIN_HAVE_CUDA
 #include "cuda/cuda_context.h"
 #include "kernels/numerics_kernels.h"
+#endif
 
 namespace dptrain {
 
@@ -45,11 +47,12 @@ size_t NumericsChecker::slot(NumericsCheck check, size_t key, const std::string&
 }
 
 template <typename T>
-void NumericsChecker::check(DeviceContext& ctx, size_t slot, std::span<const T> data) {
+void NumericsChecker::check([[maybe_unused]] DeviceContext& ctx, size_t slot, std::span<const T> data) {
   int32_t* flag = flags_.data() + slot;
-  if (ctx.on_cuda()) {
-    kernels::flag_non_finite(data.data(), data.size(), flag, ctx.cuda().stream());
-  } else if (*flag == 0 && !std::all_of(data.begin(), data.end(), [](T x) { return std::isfinite(x); })) {
+#if DPTRAIN_HAVE_CUDA
+  if (ctx.on_cuda()) return kernels::flag_non_finite(data.data(), data.size(), flag, ctx.cuda().stream());
+#endif
+  if (*flag == 0 && !std::all_of(data.begin(), data.end(), [](T x) { return std::isfinite(x); })) {
     *flag = 1;
   }
 }

@@ -1,7 +1,5 @@
 #include "train/profiler.h"
 
-#include <nvtx3/nvToolsExt.h>
-
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
@@ -9,12 +7,23 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/cuda_support.h"
+#if DPTRAIN_HAVE_CUDA
+#include <nvtx3/nvToolsExt.h>
+
 #include "cuda/check.h"
 #include "cuda/cuda_context.h"
+#endif
 
 namespace dptrain {
 
 namespace {
+
+#if !DPTRAIN_HAVE_CUDA
+// NVTX ranges are for Nsight Systems on a GPU; a CPU-only build has neither, and marks nothing.
+void nvtxRangePushA(const char*) {}
+void nvtxRangePop() {}
+#endif
 
 // The marks of a step: fixed points, then four per layer.
 enum Mark : size_t { kStepBegin, kDataDone, kLossDone, kBackwardDone, kExchangeDone, kOptimizerDone, kLayerMarks };
@@ -38,11 +47,13 @@ nlohmann::json to_json(const Spread& s) { return {{"mean", s.mean}, {"min", s.mi
 }  // namespace
 
 StepMarks::StepMarks(DeviceContext& ctx, size_t points) : on_cuda_(ctx.on_cuda()), marked_(points, false) {
+#if DPTRAIN_HAVE_CUDA
   if (on_cuda_) {
     for (size_t p = 0; p < points; ++p) events_.push_back(make_event(/*timing=*/true));
-  } else {
-    times_.resize(points);
+    return;
   }
+#endif
+  times_.resize(points);
 }
 
 void StepMarks::clear() {
@@ -50,22 +61,30 @@ void StepMarks::clear() {
   blocking_ms_ = 0;
 }
 
-void StepMarks::mark(DeviceContext& ctx, size_t p) {
+void StepMarks::mark([[maybe_unused]] DeviceContext& ctx, size_t p) {
+#if DPTRAIN_HAVE_CUDA
   if (on_cuda_) CUDA_CHECK(cudaEventRecord(events_[p], ctx.cuda().stream()));
-  else times_[p] = std::chrono::steady_clock::now();
+#endif
+  if (!on_cuda_) times_[p] = std::chrono::steady_clock::now();
   marked_[p] = true;
   last_ = p;
 }
 
 void StepMarks::wait() const {
+#if DPTRAIN_HAVE_CUDA
   if (on_cuda_ && marked_[last_]) CUDA_CHECK(cudaEventSynchronize(events_[last_]));
+#endif
 }
 
 double StepMarks::ms(size_t from, size_t to) const {
-  if (!on_cuda_) return std::chrono::duration<double, std::milli>(times_[to] - times_[from]).count();
-  float ms = 0;
-  CUDA_CHECK(cudaEventElapsedTime(&ms, events_[from], events_[to]));
-  return ms;
+#if DPTRAIN_HAVE_CUDA
+  if (on_cuda_) {
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, events_[from], events_[to]));
+    return ms;
+  }
+#endif
+  return std::chrono::duration<double, std::milli>(times_[to] - times_[from]).count();
 }
 
 Profiler::Profiler(DeviceContext& ctx, const Model<float>& model, int warmup_steps)

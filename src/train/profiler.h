@@ -27,7 +27,9 @@
 
 #include "comm/communicator.h"
 #include "core/device_context.h"
+#if DPTRAIN_HAVE_CUDA
 #include "cuda/raii.h"
+#endif
 #include "model/gradient_hook.h"
 #include "model/layer_observer.h"
 #include "model/model.h"
@@ -52,7 +54,9 @@ class StepMarks {
 
  private:
   bool on_cuda_;
+#if DPTRAIN_HAVE_CUDA
   std::vector<CudaEvent> events_;
+#endif
   std::vector<std::chrono::steady_clock::time_point> times_;
   std::vector<bool> marked_;
   size_t last_ = 0;

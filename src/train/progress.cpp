@@ -7,9 +7,10 @@
 
 namespace dptrain {
 
-Progress::Progress(bool enabled, int64_t total_steps, int log_every, std::FILE* out)
+Progress::Progress(bool enabled, int64_t first_step, int64_t total_steps, int log_every, std::FILE* out)
     : enabled_(enabled),
       tty_(enabled && isatty(fileno(out)) == 1),
+      first_(first_step),
       total_(std::max<int64_t>(total_steps, 1)),
       log_every_(log_every),
       out_(out),
@@ -36,11 +37,17 @@ std::string format_duration(double s) {
   return buf;
 }
 
+double eta_seconds(int64_t first_step, int64_t step, int64_t total, double elapsed) {
+  const int64_t taken = step - first_step;
+  if (taken <= 0 || !(elapsed >= 0)) return NAN;
+  return elapsed * static_cast<double>(std::max<int64_t>(total - step, 0)) / static_cast<double>(taken);
+}
+
 void Progress::update(int64_t step, int epoch, double loss, double images_per_second) {
   if (!enabled_) return;
   const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-  const double done = static_cast<double>(step) / static_cast<double>(total_);
-  const double eta = done > 0 ? elapsed * (1.0 - done) / done : NAN;
+  const double done = static_cast<double>(step) / static_cast<double>(total_);  // of the whole run, for the bar
+  const double eta = eta_seconds(first_, step, total_, elapsed);
   if (tty_) {
     constexpr int kWidth = 30;
     const int filled = static_cast<int>(done * kWidth);

@@ -2,14 +2,20 @@
 
 #include <memory>
 
+#include "core/cuda_support.h"
 #include "core/error.h"
 #include "cpu/threads.h"
+#if DPTRAIN_HAVE_CUDA
 #include "cuda/cuda_context.h"
+#endif
 
 namespace dptrain {
 
 Device resolve_device(const std::string& flag) {
   if (flag == "cpu") return Device::Cpu;
+#if !DPTRAIN_HAVE_CUDA
+  if (flag == "cuda") throw_built_without_cuda();  // and "auto" is the CPU: cuda_device_count() is 0
+#endif
   const bool have_gpu = cuda_device_count() > 0;
   if (flag == "cuda") {
     if (!have_gpu) throw InputError("--device cuda", "no CUDA device is visible (use --device cpu or auto)");
@@ -21,6 +27,7 @@ Device resolve_device(const std::string& flag) {
 
 DeviceContext make_device_context(Device device, const TrainConfig& train, int cuda_device) {
   if (device == Device::Cpu) return DeviceContext();
+#if DPTRAIN_HAVE_CUDA
   CudaOptions options;
   options.device = cuda_device;
   options.tf32 = train.precision == "tf32";
@@ -29,6 +36,10 @@ DeviceContext make_device_context(Device device, const TrainConfig& train, int c
   options.exact_convolutions = train.exact_convolutions;
   options.fuse_elementwise = !train.check_numerics;
   return DeviceContext(std::make_unique<CudaContext>(options));
+#else
+  (void)train, (void)cuda_device;
+  throw_built_without_cuda();
+#endif
 }
 
 void configure_cpu_threads(int threads) {

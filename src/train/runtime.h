@@ -8,7 +8,8 @@
 
 namespace dptrain {
 
-/// "cpu", "cuda" or "auto" (CUDA when a GPU is visible). "cuda" without a GPU is an InputError.
+/// "cpu", "cuda" or "auto" (CUDA when a GPU is visible). "cuda" without a GPU, or in a CPU-only
+/// build (core/cuda_support.h), is an InputError; "auto" there is the CPU.
 Device resolve_device(const std::string& flag);
 
 /// The context for `device`; on CUDA drives GPU `cuda_device` with the config's precision.

@@ -1,9 +1,13 @@
 #include "train/step_graph.h"
 
+#if DPTRAIN_HAVE_CUDA
 #include "cuda/check.h"
 #include "kernels/step_kernels.h"
+#endif
 
 namespace dptrain {
+
+#if DPTRAIN_HAVE_CUDA
 
 StepGraph::StepGraph(cudaStream_t stream, int count, float grad_scale, uint64_t workspace_generation)
     : stream_(stream), count_(count), grad_scale_(grad_scale), generation_(workspace_generation) {
@@ -38,5 +42,18 @@ void StepGraph::launch(const StepState& state) {
   kernels::set_captured_step_state(exec_, step_state_, state);
   launch();
 }
+
+#else  // a CPU-only build: the trainer captures only on CUDA, which such a build refuses
+
+StepGraph::StepGraph(cudaStream_t stream, int count, float grad_scale, uint64_t workspace_generation)
+    : stream_(stream), count_(count), grad_scale_(grad_scale), generation_(workspace_generation) {
+  throw_built_without_cuda();
+}
+void StepGraph::mark_step_state() { throw_built_without_cuda(); }
+void StepGraph::end_capture() { throw_built_without_cuda(); }
+void StepGraph::launch() { throw_built_without_cuda(); }
+void StepGraph::launch(const StepState&) { throw_built_without_cuda(); }
+
+#endif
 
 }  // namespace dptrain

@@ -2,14 +2,16 @@
 // same shape. Nothing a step needs is a launch argument that changes (the data position, dropout
 // keys and optimizer scalars come from the device-resident StepState), so one graph serves a run.
 // The StepState's write is the graph's first node, given each launch's state: one launch per step.
+// A CPU-only build (core/cuda_support.h) captures nothing: its StepGraph cannot be made.
 #pragma once
-
-#include <cuda_runtime_api.h>
 
 #include <cstdint>
 
+#include "core/cuda_support.h"
 #include "core/step_state.h"
+#if DPTRAIN_HAVE_CUDA
 #include "cuda/raii.h"
+#endif
 
 namespace dptrain {
 
@@ -38,9 +40,11 @@ class StepGraph {
   float grad_scale_;
   uint64_t generation_;
   bool ready_ = false;
+#if DPTRAIN_HAVE_CUDA
   CudaGraph graph_;
   CudaGraphExec exec_;
   cudaGraphNode_t step_state_ = nullptr;  // a node of graph_
+#endif
 };
 
 }  // namespace dptrain

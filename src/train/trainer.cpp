@@ -12,9 +12,12 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/cuda_support.h"
 #include "core/device_ops.h"
-#include "cuda/cuda_context.h"
 #include "core/error.h"
+#if DPTRAIN_HAVE_CUDA
+#include "cuda/cuda_context.h"
+#endif
 #include "data/sampler.h"
 #include "io/checkpoint.h"
 #include "train/divergence.h"
@@ -43,6 +46,16 @@ struct Trainer::Position {
 
 namespace {
 
+// What the step needs of a CUDA context. A CPU-only build has none (core/cuda_support.h).
+#if DPTRAIN_HAVE_CUDA
+/// The compute stream on CUDA; null on the CPU, where communicators ignore it.
+cudaStream_t compute_stream(DeviceContext& ctx) { return ctx.on_cuda() ? ctx.cuda().stream() : nullptr; }
+uint64_t workspace_generation(DeviceContext& ctx) { return ctx.cuda().workspace_generation(); }
+#else
+cudaStream_t compute_stream(DeviceContext&) { return nullptr; }
+uint64_t workspace_generation(DeviceContext&) { throw_built_without_cuda(); }
+#endif
+
 int resolve_global_batch(const TrainConfig& t, int ranks) {
   if (t.batch_per_rank > 0) return t.batch_per_rank * ranks;
   if (t.batch_size % ranks != 0)
@@ -58,6 +71,8 @@ Trainer::Trainer(const Config& config, const TrainOptions& options, const MnistD
                  Communicator& comm, GradientHook* hook)
     : config_(config), options_(options), data_(data), ctx_(ctx), comm_(comm), hook_(hook) {
   global_batch_ = resolve_global_batch(config_.train, comm_.size());
+  check_labels(data_.train, config_.model.num_classes);
+  check_labels(data_.test, config_.model.num_classes);
   plan_ = std::make_unique<BatchPlan>(data_.train.count, global_batch_, comm_.size());
   steps_per_epoch_ = plan_->steps_per_epoch();
   const int local_batch = (global_batch_ + comm_.size() - 1) / comm_.size();
@@ -91,7 +106,7 @@ Trainer::Trainer(const Config& config, const TrainOptions& options, const MnistD
   } else {
     // Identical start on every rank: rank 0's initial parameters (from the seed) are broadcast.
     model_->params().initialize(config_.train.seed);
-    comm_.broadcast(model_->params().values().span(), 0, ctx_.on_cuda() ? ctx_.cuda().stream() : nullptr);
+    comm_.broadcast(model_->params().values().span(), 0, compute_stream(ctx_));
   }
   attach_observer();
   if (ctx_.on_cuda())
@@ -151,7 +166,7 @@ void Trainer::step(int epoch, int64_t step_in_epoch, int64_t global_step) {
   if (profiler_) profiler_->begin_step(ctx_, global_step, shard.count);
   // Each rank scales by the global batch, so the summed gradients are the global batch mean.
   const float grad_scale = 1.0f / static_cast<float>(batch);
-  if (graph_ && graph_->matches(shard.count, grad_scale, ctx_.cuda().workspace_generation())) {
+  if (graph_ && graph_->matches(shard.count, grad_scale, workspace_generation(ctx_))) {
     graph_->launch(state);  // its first node writes this step's state
     return;
   }
@@ -162,8 +177,7 @@ void Trainer::step(int epoch, int64_t step_in_epoch, int64_t global_step) {
   const bool capture = ctx_.on_cuda() && config_.train.cuda_graph && capturable_exchange && !observed &&
                        shard.count == local_batch_ && warmed_up_;
   if (capture)
-    graph_ = std::make_unique<StepGraph>(ctx_.cuda().stream(), shard.count, grad_scale,
-                                         ctx_.cuda().workspace_generation());
+    graph_ = std::make_unique<StepGraph>(compute_stream(ctx_), shard.count, grad_scale, workspace_generation(ctx_));
   ctx_.set_step(state);
   if (capture) graph_->mark_step_state();
   run_step(state.info, shard.count, grad_scale);
@@ -199,7 +213,7 @@ void Trainer::run_step(const StepInfo& info, int count, float grad_scale) {
 
 void Trainer::wait_for_device() {
   // Through the communicator: NCCL's version watches for failed peers instead of hanging.
-  if (ctx_.on_cuda()) comm_.synchronize(ctx_.cuda().stream());
+  if (ctx_.on_cuda()) comm_.synchronize(compute_stream(ctx_));
 }
 
 void Trainer::finish_epoch(int epoch, int64_t global_step, const EpochStats& stats) {
@@ -229,14 +243,28 @@ void Trainer::finish_epoch(int epoch, int64_t global_step, const EpochStats& sta
                            {"seconds", slowest},
                            {"lr", schedule_->lr(std::max<int64_t>(global_step - 1, 0))},
                            {"ranks", comm_.size()},
-                           {"partial_epoch", samples < static_cast<double>(data_.train.count)}};
+                           {"partial_epoch", samples < static_cast<double>(data_.train.count)},
+                           // What the figures cover: train_* the epoch's samples so far (across a
+                           // resume), seconds and images_per_second only this process's.
+                           {"samples", static_cast<int64_t>(samples)},
+                           {"epoch_size", data_.train.count},
+                           {"timed_samples", static_cast<int64_t>(timed)},
+                           {"partial_timing", timed < samples}};
     std::ofstream out(std::filesystem::path(options_.out_dir) / "metrics.jsonl", std::ios::app);
     out << line.dump() << "\n";
     if (!out) throw std::runtime_error(options_.out_dir + "/metrics.jsonl: cannot write");
-    std::printf("epoch %d  step %lld  train_loss %.4f  test_loss %.4f  test_accuracy %.2f%%  %.0f img/s  %.1f s\n",
+    std::string note;
+    if (samples < static_cast<double>(data_.train.count))
+      note += "; partial epoch: " + std::to_string(static_cast<int64_t>(samples)) + " of " +
+              std::to_string(data_.train.count) + " images";
+    if (timed < samples)
+      note += "; time and img/s cover the " + std::to_string(static_cast<int64_t>(timed)) + " images since the resume";
+    if (!note.empty()) note = "  (" + note.substr(2) + ")";
+    std::printf("epoch %d  step %lld  train_loss %.4f  test_loss %.4f  test_accuracy %.2f%%  %.0f img/s  %.1f s%s\n",
                 epoch + 1, static_cast<long long>(global_step), line["train_loss"].get<double>(), ev.loss,
-                100.0 * ev.accuracy, line["images_per_second"].get<double>(), slowest);
+                100.0 * ev.accuracy, line["images_per_second"].get<double>(), slowest, note.c_str());
     std::fflush(stdout);
+    if (options_.after_epoch) options_.after_epoch(slowest);
   }
   comm_.barrier();  // the others wait here, outside NCCL, while rank 0 evaluates and writes
 }
@@ -348,7 +376,8 @@ TrainSummary Trainer::run() {
   const int64_t total = total_steps_;
   Position pos = start_position();
   summary.first_step = pos.global_step;
-  progress_ = std::make_unique<Progress>(comm_.rank() == 0 && options_.show_progress, total, config_.train.log_every);
+  progress_ = std::make_unique<Progress>(comm_.rank() == 0 && options_.show_progress, pos.global_step, total,
+                                         config_.train.log_every);
   EpochStats stats;
   zero_async(ctx_, sums_.span());
   if (options_.resume != nullptr && comm_.rank() == 0) {

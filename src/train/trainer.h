@@ -21,6 +21,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -47,6 +48,9 @@ struct TrainOptions {
   int64_t fail_after_step = -1;
   bool profile = false;          ///< time the steps and print a table at the end (train/profiler.h)
   int profile_warmup_steps = 5;  ///< steps not counted by the profile
+  /// Rank 0, after each epoch's metrics line, with the epoch's training seconds (the CLI redraws
+  /// curves.png here). Null: nothing.
+  std::function<void(double epoch_seconds)> after_epoch;
 };
 
 struct TrainSummary {

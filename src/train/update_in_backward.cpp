@@ -1,8 +1,13 @@
 #include "train/update_in_backward.h"
 
+#include "core/cuda_support.h"
+#if DPTRAIN_HAVE_CUDA
 #include "cuda/cuda_context.h"
+#endif
 
 namespace dptrain {
+
+#if DPTRAIN_HAVE_CUDA
 
 void UpdateInBackward::on_gradients_ready(DeviceContext& ctx, size_t begin, size_t end) {
   if (held_end_ > held_begin_) {
@@ -27,5 +32,12 @@ void UpdateInBackward::on_backward_done(DeviceContext& ctx) {
   optimizer_.step_part(ctx, params_, grads_, scalars_, held_begin_, held_end_, ctx.cuda().stream());
   held_begin_ = held_end_ = 0;
 }
+
+#else  // a CPU-only build: the trainer updates during backward only on CUDA, which it refuses
+
+void UpdateInBackward::on_gradients_ready(DeviceContext&, size_t, size_t) { throw_built_without_cuda(); }
+void UpdateInBackward::on_backward_done(DeviceContext&) { throw_built_without_cuda(); }
+
+#endif
 
 }  // namespace dptrain

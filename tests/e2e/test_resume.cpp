@@ -8,7 +8,7 @@
 #include <fstream>
 #include <string>
 
-#include "cuda/cuda_context.h"
+#include "core/cuda_support.h"  // cuda_device_count: 0 in a CPU-only build
 #include "e2e_support.h"
 
 namespace dptrain::e2e {

@@ -19,12 +19,14 @@
 #include "comm/bootstrap.h"
 #include "comm/gradient_reducer.h"
 #include "comm/mpi_communicator.h"
-#include "comm/nccl_communicator.h"
 #include "core/buffer.h"
 #include "core/device_context.h"
 #include "core/error.h"
+#if DPTRAIN_HAVE_CUDA
+#include "comm/nccl_communicator.h"
 #include "cuda/check.h"
 #include "cuda/cuda_context.h"
+#endif
 
 namespace dptrain {
 namespace {
@@ -197,7 +199,9 @@ TEST(MpiComm, GradientReducerSumsEveryBucket) {
   }
 }
 
-// ---- GPU ranks (skipped, by all ranks alike, where the host has no usable GPU) ----
+// ---- GPU ranks (skipped, by all ranks alike, where the host has no usable GPU; not built in a
+// CPU-only build) ----
+#if DPTRAIN_HAVE_CUDA
 
 int visible_gpus() { return cuda_device_count(); }
 
@@ -314,6 +318,7 @@ TEST(MpiCommGpu, NcclAllReduceBroadcastAndReducerInAGraph) {
   }
   comm->barrier();
 }
+#endif  // DPTRAIN_HAVE_CUDA
 
 }  // namespace
 }  // namespace dptrain

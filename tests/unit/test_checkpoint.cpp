@@ -437,6 +437,10 @@ TEST_F(CheckpointTest, InspectReport) {
   EXPECT_TRUE(report.valid) << report.text;
   EXPECT_NE(report.text.find("format: dptrain-checkpoint"), std::string::npos) << report.text;
   EXPECT_NE(report.text.find("global_step: 1234"), std::string::npos);
+  // Epochs as the training messages number them (from 1); the file stores 3.
+  EXPECT_NE(report.text.find("\n  epoch: 4 (counted from 1 as training messages count; stored as 3)\n"),
+            std::string::npos)
+      << report.text;
   EXPECT_NE(report.text.find("    - type: conv2d"), std::string::npos);  // config indented
   EXPECT_NE(report.text.find("conv1.weight"), std::string::npos);
   EXPECT_NE(report.text.find("[32, 1, 3, 3]"), std::string::npos);

@@ -13,7 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "cuda/cuda_context.h"
+#include "core/cuda_support.h"  // cuda_device_count, DPTRAIN_HAVE_CUDA
 #include "data/dataset.h"
 #include "data/pgm.h"
 
@@ -103,12 +103,35 @@ TEST(Cli, MissingOrMalformedDataIsNamed) {
   EXPECT_NE(r.output.find(d.string()), std::string::npos) << r.output;
 }
 
+#if DPTRAIN_HAVE_CUDA
 TEST(Cli, CudaWithoutGpuIsAClearError) {
   if (cuda_device_count() > 0) GTEST_SKIP() << "a GPU is present";
   const Result r = run("train --device cuda --config " + kConfig);
   EXPECT_EQ(r.status, 2) << r.output;
   EXPECT_NE(r.output.find("no CUDA device"), std::string::npos) << r.output;
 }
+#else
+// A CPU-only build (core/cuda_support.h): every command that takes --device refuses cuda with one
+// line and exit status 2, before reading any data; "auto" is the CPU, without a word about it.
+TEST(Cli, CudaInACpuOnlyBuildIsAClearError) {
+  const fs::path d = temp_dir("cpuonly");
+  for (const std::string& args : {"train --device cuda --config " + kConfig + " --out " + (d / "run").string(),
+                                   "eval --device cuda --checkpoint " + (d / "none.safetensors").string(),
+                                   "bench --device cuda --config " + kConfig}) {
+    const Result r = run(args);
+    EXPECT_EQ(r.status, 2) << args << "\n" << r.output;
+    EXPECT_EQ(r.output, "dptrain: error: --device cuda: this dptrain was built without CUDA (configure with the CUDA "
+                        "toolkit to use GPUs)\n")
+        << args;
+  }
+  if (!have_mnist()) GTEST_SKIP() << "MNIST not found in " << DPTRAIN_TEST_DATA_DIR;
+  const Result r = run("bench --device auto --steps 1 --warmup 0 --threads 1 --config " + kConfig + " --data " +
+                       DPTRAIN_TEST_DATA_DIR);
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("\"device\":\"cpu\""), std::string::npos) << r.output;
+  EXPECT_EQ(std::count(r.output.begin(), r.output.end(), '\n'), 1) << r.output;  // the JSON line alone
+}
+#endif
 
 TEST(Cli, CorruptWeightsFileIsRejected) {
   const fs::path d = temp_dir("badweights");
