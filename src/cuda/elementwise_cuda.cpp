@@ -142,17 +142,17 @@ class SoftmaxCrossEntropyCuda final : public SoftmaxCrossEntropy<float> {
 
 }  // namespace
 
-std::unique_ptr<Layer<float>> make_conv2d_cuda(const LayerConfig& c, int index, Dims in);
-std::unique_ptr<Layer<float>> make_linear_cuda(const LayerConfig& c, int index, Dims in);
-
-std::unique_ptr<Layer<float>> make_cuda_layer(const LayerConfig& c, int index, Dims in) {
-  if (c.type == "conv2d") return make_conv2d_cuda(c, index, in);
-  if (c.type == "linear") return make_linear_cuda(c, index, in);
-  if (c.type == "relu") return std::make_unique<ReluCuda>(c, index, in);
-  if (c.type == "maxpool2d") return std::make_unique<MaxPool2dCuda>(c, index, in);
-  if (c.type == "dropout") return std::make_unique<DropoutCuda>(c, index, in);
-  if (c.type == "flatten") return std::make_unique<FlattenCuda>(c, index, in);
-  throw InputError("model.layers[" + std::to_string(index) + "] (" + c.name + ")", "unknown layer type '" + c.type + "'");
+std::unique_ptr<Layer<float>> make_relu_cuda(const LayerConfig& c, int index, Dims in) {
+  return std::make_unique<ReluCuda>(c, index, in);
+}
+std::unique_ptr<Layer<float>> make_maxpool2d_cuda(const LayerConfig& c, int index, Dims in) {
+  return std::make_unique<MaxPool2dCuda>(c, index, in);
+}
+std::unique_ptr<Layer<float>> make_dropout_cuda(const LayerConfig& c, int index, Dims in) {
+  return std::make_unique<DropoutCuda>(c, index, in);
+}
+std::unique_ptr<Layer<float>> make_flatten_cuda(const LayerConfig& c, int index, Dims in) {
+  return std::make_unique<FlattenCuda>(c, index, in);
 }
 
 std::unique_ptr<SoftmaxCrossEntropy<float>> make_softmax_cross_entropy_cuda() {

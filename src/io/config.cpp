@@ -7,9 +7,11 @@
 #include <functional>
 #include <set>
 #include <sstream>
+#include <string_view>
 
 #include "core/error.h"
 #include "io/atomic_file.h"
+#include "io/layer_types.h"
 
 namespace dptrain {
 
@@ -25,7 +27,8 @@ class MapReader {
   }
 
   template <typename T>
-  void get(const char* key, T& out) {
+  void get(std::string_view key_view, T& out) {
+    const std::string key(key_view);
     used_.insert(key);
     if (!node_ || node_.IsNull()) return;
     const YAML::Node v = node_[key];
@@ -89,29 +92,17 @@ LayerConfig read_layer(const YAML::Node& node, const std::string& path, const st
   LayerConfig l;
   r.get("type", l.type);
   r.get("name", l.name);
-  require(!l.type.empty(), r, r.join("type"), "missing (conv2d, relu, maxpool2d, dropout, flatten, linear)");
+  require(!l.type.empty(), r, r.join("type"), "missing (" + layer_type_names() + ")");
+  const LayerType* type = find_layer_type(l.type);
+  if (type == nullptr) r.fail(r.join("type"), "unknown layer type '" + l.type + "' (" + layer_type_names() + ")");
   // Only the fields that belong to the layer's type are read; others are reported as unknown.
-  if (l.type == "conv2d") {
-    r.get("out_channels", l.out_channels);
-    r.get("kernel", l.kernel);
-    r.get("stride", l.stride);
-    r.get("padding", l.padding);
-  } else if (l.type == "maxpool2d") {
-    r.get("kernel", l.kernel);
-    r.get("stride", l.stride);
-    r.get("padding", l.padding);
-  } else if (l.type == "linear") {
-    r.get("out_features", l.out_features);
-  } else if (l.type == "dropout") {
-    r.get("p", l.p);
-  } else if (l.type != "relu" && l.type != "flatten") {
-    r.fail(r.join("type"), "unknown layer type '" + l.type + "' (conv2d, relu, maxpool2d, dropout, flatten, linear)");
+  for (const LayerField& f : type->fields) {
+    if (f.int_member != nullptr) r.get(f.key, l.*f.int_member);
+    else r.get(f.key, l.*f.float_member);
   }
   r.finish();
   // Resolve defaults here so the saved config says what ran.
-  if (l.type == "conv2d" && l.stride == 0) l.stride = 1;
-  if (l.type == "maxpool2d" && l.stride == 0) l.stride = l.kernel;
-  return l;
+  return with_defaults(*type, std::move(l));
 }
 
 ModelConfig read_model(const YAML::Node& node, const std::string& source) {
@@ -375,12 +366,13 @@ std::string to_yaml(const Config& c) {
   for (const LayerConfig& l : c.model.layers) {
     out << YAML::Flow << YAML::BeginMap << YAML::Key << "name" << YAML::Value << l.name << YAML::Key << "type"
         << YAML::Value << l.type;
-    if (l.type == "conv2d") out << YAML::Key << "out_channels" << YAML::Value << l.out_channels;
-    if (l.type == "conv2d" || l.type == "maxpool2d")
-      out << YAML::Key << "kernel" << YAML::Value << l.kernel << YAML::Key << "stride" << YAML::Value << l.stride
-          << YAML::Key << "padding" << YAML::Value << l.padding;
-    if (l.type == "linear") out << YAML::Key << "out_features" << YAML::Value << l.out_features;
-    if (l.type == "dropout") out << YAML::Key << "p" << YAML::Value << num(l.p);
+    if (const LayerType* type = find_layer_type(l.type)) {
+      for (const LayerField& f : type->fields) {
+        out << YAML::Key << std::string(f.key) << YAML::Value;
+        if (f.int_member != nullptr) out << l.*f.int_member;
+        else out << num(l.*f.float_member);
+      }
+    }
     out << YAML::EndMap;
   }
   out << YAML::EndSeq << YAML::EndMap;

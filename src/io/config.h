@@ -14,9 +14,10 @@
 
 namespace dptrain {
 
-/// One entry of model.layers. Fields not used by a layer's type must be absent in the YAML.
+/// One entry of model.layers. Which fields a type reads and writes, and their defaults, are its
+/// entry in io/layer_types.h; fields not used by a layer's type must be absent in the YAML.
 struct LayerConfig {
-  std::string type;  ///< conv2d | relu | maxpool2d | dropout | flatten | linear
+  std::string type;  ///< a name in layer_types() (io/layer_types.h)
   std::string name;  ///< state_dict prefix; defaults to "<type><k>" (k counts layers of that type)
   int out_channels = 0;  ///< conv2d
   int kernel = 0;        ///< conv2d, maxpool2d (square)

@@ -16,8 +16,11 @@ namespace dptrain {
 template <typename T>
 class ReluLayer : public Layer<T> {
  public:
-  ReluLayer(const LayerConfig& c, int index, Dims in) : Layer<T>(c.name, index, in) { this->set_output_dims(in); }
-  std::string_view type() const override { return "relu"; }
+  static constexpr std::string_view kType = "relu";
+  ReluLayer(const LayerConfig& c, int index, Dims in) : Layer<T>(c.name, index, in) {
+    this->set_output_dims(check_layer(kType, c, index, in).output);
+  }
+  std::string_view type() const override { return kType; }
   bool is_view() const override { return absorbed_; }
   /// The layer before applies this ReLU (Layer::absorb_following_relu): forward and backward do nothing.
   void mark_absorbed() { absorbed_ = true; }
@@ -30,11 +33,14 @@ class ReluLayer : public Layer<T> {
 template <typename T>
 class DropoutLayer : public Layer<T> {
  public:
-  DropoutLayer(const LayerConfig& c, int index, Dims in) : Layer<T>(c.name, index, in), p_(c.p) {
-    if (!(p_ >= 0.0 && p_ < 1.0)) throw layer_error(index, c.name, "p must be in [0, 1)");
-    this->set_output_dims(in);
+  static constexpr std::string_view kType = "dropout";
+  /// p's range: the "dropout" entry of io/layer_types.cpp.
+  DropoutLayer(const LayerConfig& c, int index, Dims in) : Layer<T>(c.name, index, in) {
+    const CheckedLayer checked = check_layer(kType, c, index, in);
+    p_ = checked.config.p;
+    this->set_output_dims(checked.output);
   }
-  std::string_view type() const override { return "dropout"; }
+  std::string_view type() const override { return kType; }
   double p() const { return p_; }
   /// The factor applied to kept elements.
   T scale() const { return static_cast<T>(1.0 / (1.0 - p_)); }
@@ -48,17 +54,18 @@ class DropoutLayer : public Layer<T> {
   }
 
  private:
-  double p_;
+  double p_ = 0.0;
   bool absorbed_ = false;
 };
 
 template <typename T>
 class FlattenLayer : public Layer<T> {
  public:
+  static constexpr std::string_view kType = "flatten";
   FlattenLayer(const LayerConfig& c, int index, Dims in) : Layer<T>(c.name, index, in) {
-    this->set_output_dims(Dims{static_cast<int>(in.count()), 1, 1});
+    this->set_output_dims(check_layer(kType, c, index, in).output);
   }
-  std::string_view type() const override { return "flatten"; }
+  std::string_view type() const override { return kType; }
   bool is_view() const override { return true; }
 };
 

@@ -1,14 +1,37 @@
-// The closed set of layer types, each with its CPU and CUDA implementation.
+// The factories' dispatch: the CPU makers as a table, one line per layer type of io/layer_types.h
+// keyed by its name; CUDA layers come from the CUDA floor's own table (cuda/cuda_layer_factory.cpp).
 #include "layers/layer_factory.h"
 
 #include <type_traits>
 
 #include "core/error.h"
 #include "cuda/cuda_layers.h"
+#include "io/layer_types.h"
 #include "layers/cpu/cpu_layers.h"
 #include "layers/layer_error.h"
 
 namespace dptrain {
+
+namespace {
+
+template <typename T>
+struct CpuMaker {
+  std::string_view type;
+  std::unique_ptr<Layer<T>> (*make)(const LayerConfig& c, int index, Dims in);
+};
+
+/// Every type of io/layer_types.h, no other (LayerTypes.EveryTypeHasOneCpuMaker checks it).
+template <typename T>
+constexpr CpuMaker<T> kCpuMakers[] = {
+    {"conv2d", make_conv2d_cpu<T>},
+    {"relu", make_relu_cpu<T>},
+    {"maxpool2d", make_maxpool2d_cpu<T>},
+    {"dropout", make_dropout_cpu<T>},
+    {"flatten", make_flatten_cpu<T>},
+    {"linear", make_linear_cpu<T>},
+};
+
+}  // namespace
 
 template <typename T>
 std::unique_ptr<Layer<T>> make_layer(const LayerConfig& c, int index, Dims input, Device device) {
@@ -16,13 +39,15 @@ std::unique_ptr<Layer<T>> make_layer(const LayerConfig& c, int index, Dims input
     if constexpr (std::is_same_v<T, float>) return make_cuda_layer(c, index, input);
     else throw layer_error(index, c.name, "the CUDA backend computes in float32 only");
   }
-  if (c.type == "conv2d") return make_conv2d_cpu<T>(c, index, input);
-  if (c.type == "linear") return make_linear_cpu<T>(c, index, input);
-  if (c.type == "maxpool2d") return make_maxpool2d_cpu<T>(c, index, input);
-  if (c.type == "relu") return make_relu_cpu<T>(c, index, input);
-  if (c.type == "dropout") return make_dropout_cpu<T>(c, index, input);
-  if (c.type == "flatten") return make_flatten_cpu<T>(c, index, input);
-  throw layer_error(index, c.name, "unknown layer type '" + c.type + "' (conv2d, relu, maxpool2d, dropout, flatten, linear)");
+  for (const CpuMaker<T>& maker : kCpuMakers<T>)
+    if (maker.type == c.type) return maker.make(c, index, input);
+  throw layer_error(index, c.name, "unknown layer type '" + c.type + "' (" + layer_type_names() + ")");
+}
+
+std::vector<std::string_view> cpu_layer_types() {
+  std::vector<std::string_view> types;
+  for (const CpuMaker<float>& maker : kCpuMakers<float>) types.push_back(maker.type);
+  return types;
 }
 
 template <typename T>

@@ -12,17 +12,16 @@ namespace dptrain {
 template <typename T>
 class MaxPool2dLayer : public Layer<T> {
  public:
-  MaxPool2dLayer(const LayerConfig& c, int index, Dims in)
-      : Layer<T>(c.name, index, in), kernel_(c.kernel), stride_(c.stride == 0 ? c.kernel : c.stride), padding_(c.padding) {
-    if (kernel_ <= 0) throw layer_error(index, c.name, "kernel must be > 0");
-    if (stride_ <= 0) throw layer_error(index, c.name, "stride must be > 0");
-    if (padding_ < 0 || 2 * padding_ > kernel_)
-      throw layer_error(index, c.name, "padding must be between 0 and half the kernel");
-    if (in.h + 2 * padding_ < kernel_ || in.w + 2 * padding_ < kernel_)
-      throw layer_error(index, c.name, "kernel " + std::to_string(kernel_) + " does not fit the input " + to_string(in));
-    this->set_output_dims(Dims{in.c, spec().pooled(in.h), spec().pooled(in.w)});
+  static constexpr std::string_view kType = "maxpool2d";
+  /// Geometry, defaults and shape checks: the "maxpool2d" entry of io/layer_types.cpp.
+  MaxPool2dLayer(const LayerConfig& c, int index, Dims in) : Layer<T>(c.name, index, in) {
+    const CheckedLayer checked = check_layer(kType, c, index, in);
+    kernel_ = checked.config.kernel;
+    stride_ = checked.config.stride;
+    padding_ = checked.config.padding;
+    this->set_output_dims(checked.output);
   }
-  std::string_view type() const override { return "maxpool2d"; }
+  std::string_view type() const override { return kType; }
   int kernel() const { return kernel_; }
   int stride() const { return stride_; }
   int padding() const { return padding_; }
@@ -34,7 +33,7 @@ class MaxPool2dLayer : public Layer<T> {
   bool absorbed() const { return absorbed_; }
 
  private:
-  int kernel_, stride_, padding_;
+  int kernel_ = 0, stride_ = 0, padding_ = 0;
   bool absorbed_ = false;
 };
 

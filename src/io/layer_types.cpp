@@ -1,0 +1,104 @@
+// The table of layer types (io/layer_types.h) and their shape rules. The rules follow PyTorch's
+// modules (nn.Conv2d, nn.MaxPool2d with floor output sizes, nn.Linear over the flattened input);
+// their problem texts are what the layers report, so they are part of the error messages.
+#include "io/layer_types.h"
+
+namespace dptrain {
+
+namespace {
+
+LayerShape conv2d_shape(const LayerConfig& c, Dims in) {
+  if (c.out_channels <= 0) return {{}, "out_channels must be > 0"};
+  if (c.kernel <= 0) return {{}, "kernel must be > 0"};
+  if (c.stride <= 0) return {{}, "stride must be > 0"};
+  if (c.padding < 0) return {{}, "padding must be >= 0"};
+  const int oh = (in.h + 2 * c.padding - c.kernel) / c.stride + 1;
+  const int ow = (in.w + 2 * c.padding - c.kernel) / c.stride + 1;
+  if (in.h + 2 * c.padding < c.kernel || in.w + 2 * c.padding < c.kernel || oh <= 0 || ow <= 0)
+    return {{}, "kernel " + std::to_string(c.kernel) + " does not fit the input " + to_string(in) + " with padding " +
+                    std::to_string(c.padding)};
+  return {Dims{c.out_channels, oh, ow}, {}};
+}
+
+LayerShape relu_shape(const LayerConfig&, Dims in) { return {in, {}}; }
+
+LayerShape maxpool2d_shape(const LayerConfig& c, Dims in) {
+  if (c.kernel <= 0) return {{}, "kernel must be > 0"};
+  if (c.stride <= 0) return {{}, "stride must be > 0"};
+  if (c.padding < 0 || 2 * c.padding > c.kernel) return {{}, "padding must be between 0 and half the kernel"};
+  if (in.h + 2 * c.padding < c.kernel || in.w + 2 * c.padding < c.kernel)
+    return {{}, "kernel " + std::to_string(c.kernel) + " does not fit the input " + to_string(in)};
+  // PoolSpec::pooled (layers/layer.h), which the fused kernels use, is the same floor division.
+  const auto pooled = [&](int side) { return (side + 2 * c.padding - c.kernel) / c.stride + 1; };
+  return {Dims{in.c, pooled(in.h), pooled(in.w)}, {}};
+}
+
+LayerShape dropout_shape(const LayerConfig& c, Dims in) {
+  if (!(c.p >= 0.0 && c.p < 1.0)) return {{}, "p must be in [0, 1)"};
+  return {in, {}};
+}
+
+LayerShape flatten_shape(const LayerConfig&, Dims in) { return {Dims{static_cast<int>(in.count()), 1, 1}, {}}; }
+
+LayerShape linear_shape(const LayerConfig& c, Dims) {
+  if (c.out_features <= 0) return {{}, "out_features must be > 0"};
+  return {Dims{c.out_features, 1, 1}, {}};
+}
+
+constexpr LayerField kConv2dFields[] = {
+    {.key = "out_channels", .int_member = &LayerConfig::out_channels},
+    {.key = "kernel", .int_member = &LayerConfig::kernel},
+    {.key = "stride", .int_member = &LayerConfig::stride, .zero_means = 1},
+    {.key = "padding", .int_member = &LayerConfig::padding},
+};
+constexpr LayerField kMaxPool2dFields[] = {
+    {.key = "kernel", .int_member = &LayerConfig::kernel},
+    {.key = "stride", .int_member = &LayerConfig::stride, .zero_means_field = "kernel"},
+    {.key = "padding", .int_member = &LayerConfig::padding},
+};
+constexpr LayerField kDropoutFields[] = {
+    {.key = "p", .float_member = &LayerConfig::p},
+};
+constexpr LayerField kLinearFields[] = {
+    {.key = "out_features", .int_member = &LayerConfig::out_features},
+};
+
+constexpr LayerType kLayerTypes[] = {
+    {"conv2d", kConv2dFields, conv2d_shape, "square-kernel 2-D convolution with bias (nn.Conv2d)"},
+    {"relu", {}, relu_shape, "max(x, 0), element by element"},
+    {"maxpool2d", kMaxPool2dFields, maxpool2d_shape, "square-window max pooling (nn.MaxPool2d)"},
+    {"dropout", kDropoutFields, dropout_shape, "inverted dropout with probability p, identity in evaluation"},
+    {"flatten", {}, flatten_shape, "C x H x W reshaped to (C*H*W) x 1 x 1"},
+    {"linear", kLinearFields, linear_shape, "y = x W^T + b over the flattened input (nn.Linear)"},
+};
+
+}  // namespace
+
+std::span<const LayerType> layer_types() { return kLayerTypes; }
+
+const LayerType* find_layer_type(std::string_view name) {
+  for (const LayerType& t : kLayerTypes)
+    if (t.name == name) return &t;
+  return nullptr;
+}
+
+std::string layer_type_names() {
+  std::string names;
+  for (const LayerType& t : kLayerTypes) names += (names.empty() ? "" : ", ") + std::string(t.name);
+  return names;
+}
+
+LayerConfig with_defaults(const LayerType& type, LayerConfig config) {
+  for (const LayerField& f : type.fields) {
+    if (f.int_member == nullptr || config.*f.int_member != 0) continue;
+    if (f.zero_means_field.empty()) {
+      config.*f.int_member = f.zero_means;
+      continue;
+    }
+    for (const LayerField& from : type.fields)
+      if (from.key == f.zero_means_field) config.*f.int_member = config.*from.int_member;
+  }
+  return config;
+}
+
+}  // namespace dptrain
