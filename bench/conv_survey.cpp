@@ -17,9 +17,9 @@
 #include <vector>
 
 #include "core/buffer.h"
-#include "cuda/check.h"
-#include "cuda/graph_timer.h"
-#include "cuda/raii.h"
+#include "core/cuda_check.h"
+#include "layers/cuda/graph_timer.h"
+#include "core/cuda_raii.h"
 #include "io/config.h"
 #include "kernels/conv_kernels.h"
 #include "kernels/conv_mma.h"

@@ -24,11 +24,11 @@ endif()
 find_package(PNG QUIET)
 
 function(_dptrain_link_plotting)
-  if(PLPLOT_FOUND AND TARGET dptrain_lib)
+  if(PLPLOT_FOUND AND TARGET dptrain_io)
     # Private: PLplot's include folder holds generic names (drivers.h, pdf.h, qt.h); only
     # src/io/curves.cpp includes plplot.h, and the rest asks plot_unavailable_reason().
-    target_link_libraries(dptrain_lib PRIVATE PkgConfig::PLPLOT)
-    target_compile_definitions(dptrain_lib PRIVATE DPTRAIN_HAVE_PLOT=1)
+    target_link_libraries(dptrain_io PRIVATE PkgConfig::PLPLOT)
+    target_compile_definitions(dptrain_io PRIVATE DPTRAIN_HAVE_PLOT=1)
   endif()
   if(PNG_FOUND AND TARGET dptrain_unit_tests)
     target_link_libraries(dptrain_unit_tests PRIVATE PNG::PNG)

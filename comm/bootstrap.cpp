@@ -17,7 +17,7 @@
 #include <cuda_runtime.h>
 
 #include "comm/nccl_communicator.h"
-#include "cuda/check.h"
+#include "core/cuda_check.h"
 #endif
 
 namespace dptrain {

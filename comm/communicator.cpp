@@ -2,7 +2,7 @@
 #include "comm/communicator.h"
 
 #if DPTRAIN_HAVE_CUDA
-#include "cuda/check.h"
+#include "core/cuda_check.h"
 #endif
 
 namespace dptrain {

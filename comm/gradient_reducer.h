@@ -9,7 +9,7 @@
 //    order the slices arrive in: every rank issues the same collectives in the same order, which
 //    NCCL requires. A completed bucket waits for the ones before it.
 //  - On CUDA the all-reduces run on the reducer's own high-priority stream, after events recorded
-//    on the compute stream and its side stream (cuda/cuda_context.h); on_backward_done makes the
+//    on the compute stream and its side stream (core/cuda_context.h); on_backward_done makes the
 //    compute stream wait for that stream, so the optimizer waits for the exchange and nothing else,
 //    and the host never waits at all. Only events, stream waits and the communicator's collective
 //    are issued: with NCCL the whole step is capturable in a CUDA graph. Nothing is allocated after
@@ -26,7 +26,7 @@
 #include "comm/communicator.h"
 #include "core/device_context.h"
 #if DPTRAIN_HAVE_CUDA
-#include "cuda/raii.h"
+#include "core/cuda_raii.h"
 #endif
 #include "model/gradient_hook.h"
 

@@ -1,4 +1,4 @@
-// MPI_CHECK: the check macro for MPI calls, like CUDA_CHECK (cuda/check.h): on failure it throws
+// MPI_CHECK: the check macro for MPI calls, like CUDA_CHECK (core/cuda_check.h): on failure it throws
 // CommError with the call's text, file:line, this rank and MPI's own error string. It only sees
 // errors if the communicator's error handler is MPI_ERRORS_RETURN (the communicators set it on their
 // own duplicate of MPI_COMM_WORLD); under the default MPI_ERRORS_ARE_FATAL MPI aborts by itself.

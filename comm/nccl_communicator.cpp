@@ -14,7 +14,7 @@
 #include "comm/comm_error.h"
 #include "comm/mpi_check.h"
 #include "core/error.h"
-#include "cuda/check.h"
+#include "core/cuda_check.h"
 
 namespace dptrain {
 

@@ -1,6 +1,6 @@
 #include <string>
 
-#include "cuda/check.h"
+#include "core/cuda_check.h"
 #include "kernels/classifier_kernels.h"
 #include "kernels/softmax_row.cuh"
 

@@ -4,7 +4,7 @@
 #include <cmath>
 #include <limits>
 
-#include "cuda/check.h"
+#include "core/cuda_check.h"
 
 namespace dptrain::kernels {
 

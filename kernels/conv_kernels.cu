@@ -2,7 +2,7 @@
 #include <climits>
 #include <string>
 
-#include "cuda/check.h"
+#include "core/cuda_check.h"
 #include "kernels/conv_kernels.h"
 
 namespace dptrain::kernels {

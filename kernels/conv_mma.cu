@@ -14,7 +14,7 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "cuda/check.h"
+#include "core/cuda_check.h"
 #include "kernels/conv_mma.h"
 #include "kernels/conv_shared.cuh"
 

@@ -2,7 +2,7 @@
 
 #include <string>
 
-#include "cuda/check.h"
+#include "core/cuda_check.h"
 
 namespace dptrain::kernels::conv_shared {
 

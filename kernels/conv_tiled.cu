@@ -5,7 +5,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "cuda/check.h"
+#include "core/cuda_check.h"
 #include "kernels/conv_shared.cuh"
 #include "kernels/conv_tiled.h"
 

@@ -5,7 +5,7 @@
 #include <string>
 
 #include "core/philox.h"
-#include "cuda/check.h"
+#include "core/cuda_check.h"
 #include "kernels/data_kernels.h"
 
 namespace dptrain::kernels {

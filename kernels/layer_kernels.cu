@@ -4,7 +4,7 @@
 #include <string>
 
 #include "core/philox.h"
-#include "cuda/check.h"
+#include "core/cuda_check.h"
 #include "kernels/layer_kernels.h"
 #include "kernels/softmax_row.cuh"
 

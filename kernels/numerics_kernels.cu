@@ -1,6 +1,6 @@
 #include <algorithm>
 
-#include "cuda/check.h"
+#include "core/cuda_check.h"
 #include "kernels/numerics_kernels.h"
 
 namespace dptrain::kernels {

@@ -1,6 +1,6 @@
 // Optimizer kernels: one thread per element, grid-stride; compiled with --fmad=false (see
 // CMakeLists.txt) so they reproduce the CPU updates bit for bit.
-#include "cuda/check.h"
+#include "core/cuda_check.h"
 #include "kernels/optimizer_kernels.h"
 
 namespace dptrain::kernels {

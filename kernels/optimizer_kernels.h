@@ -1,4 +1,4 @@
-// CUDA launches of the optimizer update rules (src/optim/update_rules.h) over the flat buffers.
+// CUDA launches of the optimizer update rules (src/core/update_rules.h) over the flat buffers.
 // Scalars are read from device memory so a captured CUDA graph sees each step's values.
 #pragma once
 
@@ -6,7 +6,7 @@
 
 #include <cstddef>
 
-#include "optim/update_rules.h"
+#include "core/update_rules.h"
 
 namespace dptrain::kernels {
 

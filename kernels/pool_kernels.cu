@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <string>
 
-#include "cuda/check.h"
+#include "core/cuda_check.h"
 #include "kernels/layer_kernels.h"
 #include "kernels/pool_kernels.h"
 

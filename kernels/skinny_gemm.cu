@@ -11,7 +11,7 @@
 #include <cstdint>
 #include <string>
 
-#include "cuda/check.h"
+#include "core/cuda_check.h"
 #include "kernels/cp_async.cuh"
 #include "kernels/skinny_gemm.h"
 

@@ -13,7 +13,7 @@
 #include "core/device_ops.h"
 #include "cpu/threads.h"
 #if DPTRAIN_HAVE_CUDA
-#include "cuda/cuda_context.h"
+#include "core/cuda_context.h"
 #endif
 #include "data/dataset.h"
 #include "io/config.h"
@@ -53,7 +53,7 @@ int run_bench(const BenchArgs& a) {
   SingleRankCommunicator comm;
   TrainOptions options;
   options.show_progress = false;
-  Trainer trainer(config, options, data, ctx, comm, nullptr);
+  Trainer trainer(config, options, data, ctx, comm);
 
   // Steps are timed in groups so that on the GPU the timer does not serialise every step.
   const int group = device == Device::Cuda ? 20 : 1;

@@ -16,12 +16,11 @@
 #include "cli/run_messages.h"
 #include "comm/bootstrap.h"
 #include "comm/communicator.h"
-#include "comm/gradient_reducer.h"
 #include "core/cuda_support.h"  // cuda_device_count
 #include "core/error.h"
 #include "cpu/threads.h"
 #if DPTRAIN_HAVE_CUDA
-#include "cuda/cuda_context.h"  // the GPU's name, for the banner
+#include "core/cuda_context.h"  // the GPU's name, for the banner
 #endif
 #include "data/dataset.h"
 #include "io/config.h"
@@ -227,14 +226,7 @@ int train_on_rank(const TrainArgs& args, const MpiSession& mpi) {
   options.profile = args.profile;
   CurvesKeeper curves(out);  // rank 0 keeps curves.png current
   if (comm->rank() == 0) options.after_epoch = [&curves](double seconds) { curves.after_epoch(seconds); };
-  // The reducer needs the model's gradient buffer, so the trainer is built first without it.
-  Trainer trainer(config, options, data, ctx, *comm, nullptr);
-  std::unique_ptr<GradientReducer> reducer;
-  if (comm->size() > 1) {
-    reducer = std::make_unique<GradientReducer>(*comm, ctx, trainer.model().params().grads().span(),
-                                                GradientReducerOptions{config.comm.bucket_mb, config.comm.overlap});
-    trainer.set_gradient_hook(reducer.get());
-  }
+  Trainer trainer(config, options, data, ctx, *comm);  // with its gradient exchange on several ranks
   const PreemptionSignals signals;
   const TrainSummary s = trainer.run();
   if (comm->rank() != 0) return 0;

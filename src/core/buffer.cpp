@@ -11,7 +11,7 @@
 #if DPTRAIN_HAVE_CUDA
 #include <cuda_runtime.h>
 
-#include "cuda/check.h"
+#include "core/cuda_check.h"
 #endif
 
 namespace dptrain {

@@ -2,14 +2,14 @@
 //
 // CMake's DPTRAIN_CUDA option sets DPTRAIN_HAVE_CUDA (1 or 0) on dptrain_lib and everything that
 // links it. A CPU-only build (0: no CUDA toolkit found, or -DDPTRAIN_CUDA=OFF) compiles no CUDA
-// source (src/cuda, kernels/, the NCCL communicator, the step graph), includes no CUDA header and
+// source (core's CUDA runtime, layers/cuda, kernels/, the NCCL communicator, the step graph), includes no CUDA header and
 // links no CUDA library. Invariants of such a build:
 //  - resolve_device() refuses --device cuda with an InputError (exit status 2) and "auto" is the
 //    CPU, so no CUDA DeviceContext, CudaContext or Device::Cuda Buffer is ever made: every
 //    ctx.on_cuda() branch is dead. Files that drive the GPU themselves keep that code inside
 //    `#if DPTRAIN_HAVE_CUDA`.
 //  - The entry points into the CUDA floor that CUDA-free code calls (the CUDA layer and batch
-//    source makers, cuda_device_count) are defined by cuda/cuda_absent.cpp: the makers refuse as
+//    source makers, cuda_device_count) are defined by each floor's cuda_absent.cpp (core, layers, train): the makers refuse as
 //    --device cuda does, and there are no devices.
 #pragma once
 
@@ -31,7 +31,7 @@ namespace dptrain {
 inline constexpr bool kHaveCuda = DPTRAIN_HAVE_CUDA != 0;
 
 /// Number of usable CUDA devices; 0 (never an exception) when there is no driver or no GPU, and
-/// always 0 in a CPU-only build. (Also declared by cuda/cuda_context.h, which defines it.)
+/// always 0 in a CPU-only build. (Also declared by core/cuda_context.h, which defines it.)
 int cuda_device_count();
 
 #if !DPTRAIN_HAVE_CUDA

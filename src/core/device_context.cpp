@@ -4,7 +4,7 @@
 
 #include "core/cuda_support.h"
 #if DPTRAIN_HAVE_CUDA
-#include "cuda/cuda_context.h"
+#include "core/cuda_context.h"
 #endif
 
 namespace dptrain {

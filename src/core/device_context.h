@@ -1,5 +1,5 @@
 // DeviceContext: everything a layer, loss or optimizer needs to run on this rank's device.
-// On the CPU it is empty; on CUDA it owns (through CudaContext, cuda/cuda_context.h) the rank's
+// On the CPU it is empty; on CUDA it owns (through CudaContext, core/cuda_context.h) the rank's
 // compute stream, cuDNN and cuBLAS handles and the shared workspace: one per rank, never per layer.
 #pragma once
 
@@ -28,7 +28,7 @@ class DeviceContext {
   CudaContext& cuda() const;
 
   /// Orders the compute stream after the work layers queued on the CUDA side stream (parameter
-  /// gradients, see cuda/cuda_context.h); nothing on the CPU. Call before reading gradients.
+  /// gradients, see core/cuda_context.h); nothing on the CPU. Call before reading gradients.
   void join_side_work();
 
   /// Writes this step's state into the context's memory: directly on the CPU, by a kernel queued

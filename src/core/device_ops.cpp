@@ -8,8 +8,8 @@
 #if DPTRAIN_HAVE_CUDA
 #include <cuda_runtime.h>
 
-#include "cuda/check.h"
-#include "cuda/cuda_context.h"
+#include "core/cuda_check.h"
+#include "core/cuda_context.h"
 #endif
 
 namespace dptrain {

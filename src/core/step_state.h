@@ -7,7 +7,7 @@
 
 #include <cstdint>
 
-#include "optim/step_scalars.h"
+#include "core/step_scalars.h"
 
 namespace dptrain {
 

@@ -5,7 +5,7 @@
 #include <type_traits>
 
 #include "core/error.h"
-#include "cuda/cuda_layers.h"
+#include "layers/cuda/cuda_layers.h"
 #include "io/layer_types.h"
 #include "layers/cpu/cpu_layers.h"
 #include "layers/layer_error.h"

@@ -13,7 +13,7 @@
 #include "core/cuda_support.h"  // cudaStream_t
 #include "core/device_context.h"
 #include "io/config.h"
-#include "optim/step_scalars.h"
+#include "core/step_scalars.h"
 
 namespace dptrain {
 

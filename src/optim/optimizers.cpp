@@ -1,5 +1,5 @@
 // SGD, Adam/AdamW and Adadelta over the flat buffers: a loop on the CPU, a kernel on CUDA, the same
-// update rule (optim/update_rules.h) in both. The CPU loops of Adam and Adadelta are `omp simd`
+// update rule (core/update_rules.h) in both. The CPU loops of Adam and Adadelta are `omp simd`
 // over local copies (their sqrt and division dominate); vector sqrt and division round exactly as
 // the scalar ones, so the bits do not change.
 #include <cmath>
@@ -7,9 +7,9 @@
 #include "core/device_ops.h"
 #include "core/error.h"
 #include "optim/optimizer.h"
-#include "optim/update_rules.h"
+#include "core/update_rules.h"
 #if DPTRAIN_HAVE_CUDA
-#include "cuda/cuda_context.h"
+#include "core/cuda_context.h"
 #include "kernels/optimizer_kernels.h"
 #endif
 

@@ -5,7 +5,7 @@
 
 #include "core/device_ops.h"
 #if DPTRAIN_HAVE_CUDA
-#include "cuda/cuda_context.h"
+#include "core/cuda_context.h"
 #include "kernels/numerics_kernels.h"
 #endif
 

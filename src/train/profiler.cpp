@@ -11,8 +11,8 @@
 #if DPTRAIN_HAVE_CUDA
 #include <nvtx3/nvToolsExt.h>
 
-#include "cuda/check.h"
-#include "cuda/cuda_context.h"
+#include "core/cuda_check.h"
+#include "core/cuda_context.h"
 #endif
 
 namespace dptrain {

@@ -28,7 +28,7 @@
 #include "comm/communicator.h"
 #include "core/device_context.h"
 #if DPTRAIN_HAVE_CUDA
-#include "cuda/raii.h"
+#include "core/cuda_raii.h"
 #endif
 #include "model/gradient_hook.h"
 #include "model/layer_observer.h"

@@ -6,7 +6,7 @@
 #include "core/error.h"
 #include "cpu/threads.h"
 #if DPTRAIN_HAVE_CUDA
-#include "cuda/cuda_context.h"
+#include "core/cuda_context.h"
 #endif
 
 namespace dptrain {

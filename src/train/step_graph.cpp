@@ -1,8 +1,8 @@
 #include "train/step_graph.h"
 
 #if DPTRAIN_HAVE_CUDA
-#include "cuda/check.h"
-#include "kernels/step_kernels.h"
+#include "core/cuda_check.h"
+#include "core/step_state_kernels.h"
 #endif
 
 namespace dptrain {
@@ -29,7 +29,7 @@ void StepGraph::end_capture() {
   CUDA_CHECK(cudaStreamEndCapture(stream_, &g));
   graph_ = CudaGraph(g);
   cudaGraphExec_t e = nullptr;
-  // Each kernel keeps the priority of the stream it was captured on (cuda/cuda_context.h).
+  // Each kernel keeps the priority of the stream it was captured on (core/cuda_context.h).
   CUDA_CHECK(cudaGraphInstantiate(&e, graph_, cudaGraphInstantiateFlagUseNodePriority));
   exec_ = CudaGraphExec(e);
   ready_ = true;

@@ -10,7 +10,7 @@
 #include "core/cuda_support.h"
 #include "core/step_state.h"
 #if DPTRAIN_HAVE_CUDA
-#include "cuda/raii.h"
+#include "core/cuda_raii.h"
 #endif
 
 namespace dptrain {

@@ -12,11 +12,12 @@
 
 #include <nlohmann/json.hpp>
 
+#include "comm/gradient_reducer.h"
 #include "core/cuda_support.h"
 #include "core/device_ops.h"
 #include "core/error.h"
 #if DPTRAIN_HAVE_CUDA
-#include "cuda/cuda_context.h"
+#include "core/cuda_context.h"
 #endif
 #include "data/sampler.h"
 #include "io/checkpoint.h"
@@ -44,6 +45,12 @@ struct Trainer::Position {
   int64_t global_step = 0;
 };
 
+/// The time run() spent in its step loops, for the summary's images per second.
+struct Trainer::TrainTime {
+  double seconds = 0;   // this process's
+  int64_t samples = 0;  // this rank's samples in them
+};
+
 namespace {
 
 // What the step needs of a CUDA context. A CPU-only build has none (core/cuda_support.h).
@@ -68,8 +75,8 @@ int resolve_global_batch(const TrainConfig& t, int ranks) {
 }  // namespace
 
 Trainer::Trainer(const Config& config, const TrainOptions& options, const MnistData& data, DeviceContext& ctx,
-                 Communicator& comm, GradientHook* hook)
-    : config_(config), options_(options), data_(data), ctx_(ctx), comm_(comm), hook_(hook) {
+                 Communicator& comm)
+    : config_(config), options_(options), data_(data), ctx_(ctx), comm_(comm) {
   global_batch_ = resolve_global_batch(config_.train, comm_.size());
   check_labels(data_.train, config_.model.num_classes);
   check_labels(data_.test, config_.model.num_classes);
@@ -109,9 +116,7 @@ Trainer::Trainer(const Config& config, const TrainOptions& options, const MnistD
     comm_.broadcast(model_->params().values().span(), 0, compute_stream(ctx_));
   }
   attach_observer();
-  if (ctx_.on_cuda())
-    updater_ = std::make_unique<UpdateInBackward>(*optimizer_, model_->params().values().span(),
-                                                  model_->params().grads().span(), &ctx_.step()->scalars);
+  compose_gradient_hook();
 }
 
 Trainer::~Trainer() = default;
@@ -140,19 +145,34 @@ void Trainer::attach_observer() {
   }
   if (options_.profile) {
     profiler_ = std::make_unique<Profiler>(ctx_, *model_, options_.profile_warmup_steps);
-    profiler_->set_exchange(hook_);
     model_->set_observer(profiler_.get());
   }
 }
 
-void Trainer::set_gradient_hook(GradientHook* hook) {
-  hook_ = hook;
-  if (profiler_) profiler_->set_exchange(hook);
+void Trainer::compose_gradient_hook() {
+  ParamStore<float>& params = model_->params();
+  // Several ranks sum their gradients (the reducer needs the model's gradient buffer: built here,
+  // after the model).
+  if (comm_.size() > 1)
+    reducer_ = std::make_unique<GradientReducer>(comm_, ctx_, params.grads().span(),
+                                                 GradientReducerOptions{config_.comm.bucket_mb, config_.comm.overlap});
+  gradient_hook_ = reducer_.get();
+  // The profiler wraps the exchange (or nothing): its marks around the exchange's end time the
+  // communication the optimizer waits for.
+  if (profiler_) {
+    profiler_->set_exchange(gradient_hook_);
+    gradient_hook_ = profiler_.get();
+  }
+  // Nothing to wait for and nobody timing or checking the update as a stage: each layer is updated
+  // as soon as backward has queued its gradients (CUDA only: the update stream).
+  updates_during_backward_ =
+      ctx_.on_cuda() && gradient_hook_ == nullptr && !numerics_ && !options_.update_after_backward;
+  if (updates_during_backward_) {
+    updater_ = std::make_unique<UpdateInBackward>(*optimizer_, params.values().span(), params.grads().span(),
+                                                  &ctx_.step()->scalars);
+    gradient_hook_ = updater_.get();
+  }
 }
-
-GradientHook* Trainer::step_hook() { return profiler_ ? profiler_.get() : hook_; }
-
-bool Trainer::updates_in_backward() { return updater_ != nullptr && step_hook() == nullptr && !numerics_; }
 
 void Trainer::step(int epoch, int64_t step_in_epoch, int64_t global_step) {
   if (epoch != source_epoch_) {
@@ -171,7 +191,7 @@ void Trainer::step(int epoch, int64_t step_in_epoch, int64_t global_step) {
     return;
   }
   // A host communicator (MPI) stages gradients through the host with a stream sync: not capturable.
-  const bool capturable_exchange = hook_ == nullptr || comm_.name() != "mpi";
+  const bool capturable_exchange = reducer_ == nullptr || comm_.name() != "mpi";
   // Checking and profiling work per layer, launch by launch, which a replayed graph would skip.
   const bool observed = numerics_ || profiler_;
   const bool capture = ctx_.on_cuda() && config_.train.cuda_graph && capturable_exchange && !observed &&
@@ -190,25 +210,30 @@ void Trainer::step(int epoch, int64_t step_in_epoch, int64_t global_step) {
 }
 
 void Trainer::run_step(const StepInfo& info, int count, float grad_scale) {
-  const Dims in = config_.model.input;
   ParamStore<float>& params = model_->params();
   if (count > 0) {
     source_->gather_step(ctx_, count, x_.data(), y_.data());
     if (profiler_) profiler_->data_done(ctx_);
-    model_->forward(ctx_, TensorView<const float>{x_.data(), count, in}, Phase::Train, info);
-    model_->backward(ctx_, y_.data(), grad_scale, sums_.data(), updates_in_backward() ? updater_.get() : step_hook());
+    model_->forward(ctx_, TensorView<const float>{x_.data(), count, config_.model.input}, Phase::Train, info);
+    // The loss, then backward; each layer's gradients go to the hook as soon as they are queued.
+    model_->backward(ctx_, y_.data(), grad_scale, sums_.data(), gradient_hook_);
   } else {
-    // A tail batch smaller than the rank count leaves this rank idle; it still joins the exchange.
-    zero_async(ctx_, params.grads().span());
-    if (GradientHook* hook = step_hook(); hook != nullptr) {
-      hook->on_gradients_ready(ctx_, 0, params.size());
-      hook->on_backward_done(ctx_);
-    }
+    report_idle_gradients();
   }
-  if (count == 0 || !updates_in_backward())
+  // The hook's end of backward queued the wait for the exchange: the optimizer reads summed gradients.
+  if (!updates_during_backward_)
     optimizer_->step(ctx_, params.values().span(), params.grads().span(), &ctx_.step()->scalars);
   if (profiler_) profiler_->optimizer_done(ctx_);
   if (numerics_) numerics_->parameters_updated(ctx_, params);
+}
+
+void Trainer::report_idle_gradients() {
+  // Only on several ranks (one rank's shard is the whole batch), so the hook is never the update.
+  ParamStore<float>& params = model_->params();
+  zero_async(ctx_, params.grads().span());
+  if (gradient_hook_ == nullptr) return;
+  gradient_hook_->on_gradients_ready(ctx_, 0, params.size());
+  gradient_hook_->on_backward_done(ctx_);
 }
 
 void Trainer::wait_for_device() {
@@ -307,7 +332,7 @@ std::string Trainer::save_checkpoint(const Position& at, const EpochStats& stats
   return path;
 }
 
-Trainer::Position Trainer::start_position() {
+Trainer::Position Trainer::resume_position() {
   if (options_.resume == nullptr) return {};
   const CheckpointState& state = options_.resume->state;
   Position p;
@@ -324,6 +349,35 @@ Trainer::Position Trainer::start_position() {
                          std::to_string(global_batch_) + " (resume with the batch size it was written with)");
   }
   return p;
+}
+
+Trainer::EpochStats Trainer::resume_epoch_stats() {
+  EpochStats stats;
+  zero_async(ctx_, sums_.span());
+  if (options_.resume != nullptr && comm_.rank() == 0) {
+    // The epoch's running loss and accuracy sums continue on rank 0, so its metrics line is whole.
+    const auto m = nlohmann::json::parse(options_.resume->state.epoch_metrics_json);
+    const std::array<double, 2> sums{m.value("loss_sum", 0.0), m.value("correct", 0.0)};
+    upload(ctx_, sums_.span(), std::span<const double>(sums));
+    stats.carried_samples = static_cast<int64_t>(m.value("samples", 0.0));
+  }
+  return stats;
+}
+
+bool Trainer::checkpoint_due_after_step(const Position& pos) const {
+  const int64_t every = config_.checkpoint.every_steps;
+  return every > 0 && pos.global_step % every == 0 && pos.step_in_epoch < steps_per_epoch_;
+}
+
+bool Trainer::checkpoint_due_after_epoch(const Position& evaluated) const {
+  const bool epoch_done = evaluated.step_in_epoch == steps_per_epoch_;
+  const bool run_done =
+      evaluated.global_step >= total_steps_ || (epoch_done && evaluated.epoch + 1 >= config_.train.epochs);
+  return (epoch_done && config_.checkpoint.every_epoch) || run_done;
+}
+
+bool Trainer::checkpoint_due_at_end(const Position& end, int64_t saved_step) const {
+  return saved_step != end.global_step;
 }
 
 bool Trainer::stop_requested() {
@@ -373,27 +427,21 @@ void Trainer::write_weights(int64_t global_step) {
 
 TrainSummary Trainer::run() {
   TrainSummary summary;
-  const int64_t total = total_steps_;
-  Position pos = start_position();
+  Position pos = resume_position();
   summary.first_step = pos.global_step;
-  progress_ = std::make_unique<Progress>(comm_.rank() == 0 && options_.show_progress, pos.global_step, total,
+  progress_ = std::make_unique<Progress>(comm_.rank() == 0 && options_.show_progress, pos.global_step, total_steps_,
                                          config_.train.log_every);
-  EpochStats stats;
-  zero_async(ctx_, sums_.span());
-  if (options_.resume != nullptr && comm_.rank() == 0) {
-    // The epoch's running loss and accuracy sums continue on rank 0, so its metrics line is whole.
-    const auto m = nlohmann::json::parse(options_.resume->state.epoch_metrics_json);
-    const std::array<double, 2> sums{m.value("loss_sum", 0.0), m.value("correct", 0.0)};
-    upload(ctx_, sums_.span(), std::span<const double>(sums));
-    stats.carried_samples = static_cast<int64_t>(m.value("samples", 0.0));
-  }
-  int64_t saved_step = options_.resume != nullptr ? pos.global_step : -1;  // that checkpoint exists
-  double train_seconds = 0;
-  int64_t train_samples = 0;
+  EpochStats stats = resume_epoch_stats();
+  int64_t saved_step = options_.resume != nullptr ? pos.global_step : -1;  // the newest checkpoint's step
+  const auto checkpoint = [&] {
+    summary.checkpoint = save_checkpoint(pos, stats);
+    saved_step = pos.global_step;
+  };
+  TrainTime trained;
   bool stop = false;
-  while (pos.epoch < config_.train.epochs && pos.global_step < total && !stop) {
+  while (pos.epoch < config_.train.epochs && pos.global_step < total_steps_ && !stop) {
     stats.start = std::chrono::steady_clock::now();
-    while (pos.step_in_epoch < steps_per_epoch_ && pos.global_step < total) {
+    while (pos.step_in_epoch < steps_per_epoch_ && pos.global_step < total_steps_) {
       step(pos.epoch, pos.step_in_epoch, pos.global_step);
       stats.samples += plan_->shard(pos.step_in_epoch, comm_.rank()).count;
       ++pos.step_in_epoch, ++pos.global_step;
@@ -401,38 +449,35 @@ TrainSummary Trainer::run() {
         throw std::runtime_error("injected failure after step " + std::to_string(pos.global_step));
       log_progress(pos.global_step, pos.epoch, stats);
       if ((stop = stop_requested())) break;
-      const int64_t every = config_.checkpoint.every_steps;
-      if (every > 0 && pos.global_step % every == 0 && pos.step_in_epoch < steps_per_epoch_) {
-        summary.checkpoint = save_checkpoint(pos, stats);  // epoch ends are saved after their evaluation
-        saved_step = pos.global_step;
-      }
+      if (checkpoint_due_after_step(pos)) checkpoint();
     }
     wait_for_device();
-    train_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - stats.start).count();
-    train_samples += stats.samples;
+    trained.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - stats.start).count();
+    trained.samples += stats.samples;
     progress_->clear();
     if (stop) break;
     finish_epoch(pos.epoch, pos.global_step, stats);
     summary.epochs_completed = pos.epoch + 1;
-    const bool epoch_done = pos.step_in_epoch == steps_per_epoch_;
-    const bool run_done = pos.global_step >= total || (epoch_done && pos.epoch + 1 >= config_.train.epochs);
-    if (epoch_done) {
+    const bool save = checkpoint_due_after_epoch(pos);
+    if (pos.step_in_epoch == steps_per_epoch_) {  // the epoch is complete: the next one begins
       pos.epoch += 1, pos.step_in_epoch = 0;
       zero_async(ctx_, sums_.span());
       stats = EpochStats{};
     }
-    if ((epoch_done && config_.checkpoint.every_epoch) || run_done) {
-      summary.checkpoint = save_checkpoint(pos, stats);
-      saved_step = pos.global_step;
-    }
+    if (save) checkpoint();
   }
-  if (saved_step != pos.global_step) summary.checkpoint = save_checkpoint(pos, stats);  // preempted
-  summary.preempted = stop;
-  summary.steps = pos.global_step;
-  summary.images_per_second = train_seconds > 0 ? static_cast<double>(train_samples * comm_.size()) / train_seconds : 0;
+  if (checkpoint_due_at_end(pos, saved_step)) checkpoint();
+  return finish_run(summary, pos, stop, trained);
+}
+
+TrainSummary Trainer::finish_run(TrainSummary summary, const Position& end, bool preempted, const TrainTime& trained) {
+  summary.preempted = preempted;
+  summary.steps = end.global_step;
+  summary.images_per_second =
+      trained.seconds > 0 ? static_cast<double>(trained.samples * comm_.size()) / trained.seconds : 0;
   summary.final_eval = last_eval_;
   if (profiler_) profiler_->report(ctx_, comm_, (std::filesystem::path(options_.out_dir) / "profile.json").string());
-  if (!stop) write_weights(pos.global_step);
+  if (!preempted) write_weights(end.global_step);
   comm_.barrier();
   return summary;
 }

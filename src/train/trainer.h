@@ -1,8 +1,8 @@
-// Trainer: the training loop (Caffe's Solver): for each step, gather this rank's shard of the
-// global batch, forward, loss and backward (the GradientHook exchanges gradients as they appear),
-// one optimizer update; at each epoch end rank 0 evaluates on the test set and appends a line to
-// metrics.jsonl while the other ranks wait outside NCCL. A run can stop at --max-steps mid-epoch
-// and still evaluates, records its metrics and writes its weights.
+// Trainer: the training loop (Caffe's Solver): for each step (run_step), gather this rank's shard
+// of the global batch, forward, loss and backward (the GradientHook exchanges gradients as they
+// appear), one optimizer update; at each epoch end rank 0 evaluates on the test set and appends a
+// line to metrics.jsonl while the other ranks wait outside NCCL. A run can stop at --max-steps
+// mid-epoch and still evaluates, records its metrics and writes its weights.
 //
 // Checkpoints (rank 0 writes, the others wait at an MPI barrier): every checkpoint.every_steps
 // steps, at each epoch end, and when the run ends, finished or preempted (a stop signal, agreed by
@@ -18,6 +18,12 @@
 // Two debug/measuring modes plug in as the model's LayerObserver: train.check_numerics
 // (train/numerics_checker.h) and TrainOptions::profile (train/profiler.h); both turn CUDA graph
 // capture off.
+//
+// The gradient hook is composed once, when the trainer is built (compose_gradient_hook): the
+// trainer's own GradientReducer on several ranks (config.comm), wrapped by the profiler under
+// --profile; or, on CUDA with one rank and neither profiler nor numerics checker, UpdateInBackward.
+// Backward reports to that one hook. The parameters are then updated in exactly one place per
+// step: by the hook during backward (updates_during_backward_), or by the optimizer after it.
 #pragma once
 
 #include <cstdint>
@@ -48,6 +54,9 @@ struct TrainOptions {
   int64_t fail_after_step = -1;
   bool profile = false;          ///< time the steps and print a table at the end (train/profiler.h)
   int profile_warmup_steps = 5;  ///< steps not counted by the profile
+  /// For tests: update after backward even where UpdateInBackward would update during it (CUDA, one
+  /// rank), to compare the two.
+  bool update_after_backward = false;
   /// Rank 0, after each epoch's metrics line, with the epoch's training seconds (the CLI redraws
   /// curves.png here). Null: nothing.
   std::function<void(double epoch_seconds)> after_epoch;
@@ -65,9 +74,11 @@ struct TrainSummary {
 
 class Trainer {
  public:
-  /// `hook` exchanges gradients between ranks (null on one rank). Data must outlive the trainer.
+  /// Builds the model, the optimizer and the step's gradient hook; on several ranks
+  /// (comm.size() > 1) that includes the gradient exchange (a GradientReducer configured by
+  /// config.comm). Data, ctx and comm must outlive the trainer.
   Trainer(const Config& config, const TrainOptions& options, const MnistData& data, DeviceContext& ctx,
-          Communicator& comm, GradientHook* hook);
+          Communicator& comm);
   ~Trainer();
 
   TrainSummary run();
@@ -76,9 +87,6 @@ class Trainer {
   /// Queued on the device; returns without waiting. (run() uses it; so does `dptrain bench`.)
   void step(int epoch, int64_t step_in_epoch, int64_t global_step);
 
-  /// The gradient exchange (built after the model, as it needs the gradient buffer). Before run().
-  void set_gradient_hook(GradientHook* hook);
-
   Model<float>& model() { return *model_; }
   Optimizer& optimizer() { return *optimizer_; }
   int64_t steps_per_epoch() const { return steps_per_epoch_; }
@@ -86,17 +94,43 @@ class Trainer {
  private:
   struct EpochStats;
   struct Position;
+  struct TrainTime;
   /// Builds the numerics checker or the profiler the config and options ask for, as the model's observer.
   void attach_observer();
   /// Plans the model for every batch size this rank will run (training shards, evaluation batches).
   void plan_batch_sizes();
+  /// Builds the gradient hook backward reports to, once: the exchange (several ranks), wrapped by
+  /// the profiler (--profile); or, on CUDA with one rank and no profiler or numerics checker (which
+  /// observe the update as a stage of its own), UpdateInBackward. Sets updates_during_backward_.
+  void compose_gradient_hook();
   /// The step's work (gather, forward, loss, backward and exchange, update), queued on the device.
   void run_step(const StepInfo& info, int count, float grad_scale);
+  /// A rank left idle by a tail batch smaller than the rank count: zero gradients, reported to the
+  /// hook as backward would, so the rank still joins the exchange.
+  void report_idle_gradients();
   /// Rank 0 evaluates and appends the epoch's metrics line; the others wait outside NCCL.
   void finish_epoch(int epoch, int64_t global_step, const EpochStats& stats);
   /// Rank 0 writes final.safetensors (after `global_step` steps), if its values are finite.
   void write_weights(int64_t global_step);
-  Position start_position();
+  /// Resume decoding: where this run starts, from the checkpoint it resumes (the beginning for a
+  /// fresh run). InputError if the checkpoint stopped between global batches of this run's size.
+  Position resume_position();
+  /// Resume decoding: the running sums of the epoch under way, zero on the device, or on rank 0 of
+  /// a resumed run the checkpoint's (so the epoch's metrics line covers the whole epoch).
+  EpochStats resume_epoch_stats();
+  /// Checkpoint cadence, after the step that brought the run to `pos`: every checkpoint.every_steps
+  /// steps mid-epoch (an epoch's last step is saved after its evaluation).
+  bool checkpoint_due_after_step(const Position& pos) const;
+  /// Checkpoint cadence, after the evaluation at `evaluated` (the position before the next epoch
+  /// begins): at a complete epoch's end under checkpoint.every_epoch, and when the run is done.
+  bool checkpoint_due_after_epoch(const Position& evaluated) const;
+  /// Checkpoint cadence, when the run ends at `end`: always, unless the newest checkpoint
+  /// (`saved_step`, -1: none) is of that step already.
+  bool checkpoint_due_at_end(const Position& end, int64_t saved_step) const;
+  /// The final report, on every rank together: `summary` completed for a run that ended at `end`
+  /// (stopped by a signal if `preempted`) after `trained` in its step loops; the profile table (its
+  /// rows are reduced over ranks); unless preempted, rank 0's final weights.
+  TrainSummary finish_run(TrainSummary summary, const Position& end, bool preempted, const TrainTime& trained);
   /// Whether every rank should stop now (a signal reached any of them); one host reduction.
   bool stop_requested();
   /// Rank 0 writes a checkpoint of `at`; all ranks return together. Returns the path on rank 0.
@@ -107,18 +141,12 @@ class Trainer {
   /// DivergenceError, or prints its one warning to stderr.
   void check_training_loss(double loss, int64_t global_step, int epoch);
   void wait_for_device();
-  /// The hook the model reports gradients to: the exchange, or the profiler wrapping it.
-  GradientHook* step_hook();
-  /// Whether parameters are updated during backward (UpdateInBackward): CUDA, one rank, no
-  /// gradient exchange, no profiler or numerics checks (which observe the update as a stage).
-  bool updates_in_backward();
 
   Config config_;
   TrainOptions options_;
   const MnistData& data_;
   DeviceContext& ctx_;
   Communicator& comm_;
-  GradientHook* hook_;
 
   int global_batch_;
   int64_t steps_per_epoch_;
@@ -142,7 +170,10 @@ class Trainer {
   std::unique_ptr<class StepGraph> graph_;  ///< the captured full-batch step (CUDA, train.cuda_graph)
   std::unique_ptr<class NumericsChecker> numerics_;  ///< train.check_numerics, else null
   std::unique_ptr<class Profiler> profiler_;         ///< TrainOptions::profile, else null
-  std::unique_ptr<class UpdateInBackward> updater_;  ///< on CUDA (used per updates_in_backward())
+  std::unique_ptr<class GradientReducer> reducer_;   ///< the gradient exchange on several ranks, else null
+  std::unique_ptr<class UpdateInBackward> updater_;  ///< when updates_during_backward_, else null
+  GradientHook* gradient_hook_ = nullptr;  ///< the one hook backward reports to (compose_gradient_hook)
+  bool updates_during_backward_ = false;   ///< the hook updates the parameters: no optimizer step after
   std::unique_ptr<class DivergenceMonitor> divergence_;  ///< checks every loss read back
   std::unique_ptr<Progress> progress_;                   ///< rank 0's progress display (run())
 };

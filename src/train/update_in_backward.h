@@ -1,6 +1,6 @@
 // UpdateInBackward: with one rank on CUDA (no gradient exchange), each layer's parameters are
 // updated as soon as backward has queued their gradients, on the low-priority update stream
-// (cuda/cuda_context.h) after everything queued so far. The update of the last layers (fc1 holds
+// (core/cuda_context.h) after everything queued so far. The update of the last layers (fc1 holds
 // 97% of mnist_cnn's parameters) then overlaps the backward of the first ones instead of waiting
 // for all of it, and only the first layer's small update is left at the end of the step. The
 // update rules are element-wise, so updating layer by layer gives exactly the values of one update

@@ -3,14 +3,16 @@
 // exception, no unbounded allocation.
 //
 // Build: clang++ -std=c++20 -g -O1 -fsanitize=fuzzer,address,undefined -Isrc \
-//          tests/fuzz/fuzz_checkpoint.cpp src/io/{safetensors,checkpoint,sha256,atomic_file}.cpp
+//          tests/fuzz/fuzz_checkpoint.cpp src/io/{safetensors,checkpoint_*,sha256,atomic_file}.cpp
 // Run:   ./a.out -max_total_time=60 CORPUS_DIR   (seed it with a real checkpoint)
 #include <cstddef>
 #include <cstdint>
 #include <span>
 
 #include "core/error.h"
-#include "io/checkpoint.h"
+#include "io/checkpoint_format.h"
+#include "io/checkpoint_inspect.h"
+#include "io/checkpoint_validation.h"
 #include "io/safetensors.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {

@@ -16,8 +16,8 @@
 #include <vector>
 
 #include "core/buffer.h"
-#include "cuda/check.h"
-#include "cuda/cuda_context.h"
+#include "core/cuda_check.h"
+#include "core/cuda_context.h"
 #include "kernels/conv_mma.h"
 #include "kernels/conv_tiled.h"
 #include "host_copies.h"

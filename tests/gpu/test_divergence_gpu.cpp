@@ -6,7 +6,7 @@
 #include <gtest/gtest.h>
 
 #include "../unit/divergence_run.h"
-#include "cuda/cuda_context.h"
+#include "core/cuda_context.h"
 
 namespace dptrain {
 namespace {

@@ -12,7 +12,7 @@
 #include <filesystem>
 #include <string>
 
-#include "cuda/cuda_context.h"
+#include "core/cuda_context.h"
 
 namespace dptrain {
 namespace {

@@ -11,7 +11,7 @@
 
 #include "../unit/numerics_probe.h"
 #include "comm/communicator.h"
-#include "cuda/cuda_context.h"
+#include "core/cuda_context.h"
 #include "data/dataset.h"
 #include "train/runtime.h"
 #include "train/trainer.h"
@@ -73,7 +73,7 @@ std::optional<NumericsError> blow_up(DeviceContext& ctx, const MnistData& data) 
   SingleRankCommunicator comm;
   TrainOptions options;
   options.show_progress = false;
-  Trainer trainer(config, options, data, ctx, comm, nullptr);
+  Trainer trainer(config, options, data, ctx, comm);
   try {
     for (int s = 0; s < 5; ++s) trainer.step(0, s, s);
   } catch (const NumericsError& e) {
@@ -104,7 +104,7 @@ std::vector<float> train_params(DeviceContext& ctx, const MnistData& data, int s
   options.profile = profile;
   options.out_dir = (std::filesystem::temp_directory_path() / "dptrain_gpu_profile_test").string();
   std::filesystem::create_directories(options.out_dir);
-  Trainer trainer(config, options, data, ctx, comm, nullptr);
+  Trainer trainer(config, options, data, ctx, comm);
   for (int s = 0; s < steps; ++s) trainer.step(0, s, s);
   const auto& p = trainer.model().params();
   std::vector<float> host(p.size());

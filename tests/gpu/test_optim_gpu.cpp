@@ -1,6 +1,6 @@
 // CUDA optimizer kernels against the CPU loop: every optimizer, 20 steps on random data with a
 // rate that changes each step, must give bitwise-equal parameters and state (both apply the
-// shared rules of optim/update_rules.h with explicitly rounded float ops). Covers the float4 path
+// shared rules of core/update_rules.h with explicitly rounded float ops). Covers the float4 path
 // with a tail, the unaligned scalar path, and a captured CUDA graph replayed with new scalars.
 #include <gtest/gtest.h>
 
@@ -13,9 +13,9 @@
 #include <string>
 #include <vector>
 
-#include "cuda/check.h"
-#include "cuda/cuda_context.h"
-#include "cuda/raii.h"
+#include "core/cuda_check.h"
+#include "core/cuda_context.h"
+#include "core/cuda_raii.h"
 #include "optim/optimizer.h"
 
 namespace dptrain {

@@ -12,8 +12,8 @@
 #include <vector>
 
 #include "core/buffer.h"
-#include "cuda/check.h"
-#include "cuda/cuda_context.h"
+#include "core/cuda_check.h"
+#include "core/cuda_context.h"
 #include "kernels/skinny_gemm.h"
 #include "host_copies.h"
 

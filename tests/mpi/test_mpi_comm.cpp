@@ -24,8 +24,8 @@
 #include "core/error.h"
 #if DPTRAIN_HAVE_CUDA
 #include "comm/nccl_communicator.h"
-#include "cuda/check.h"
-#include "cuda/cuda_context.h"
+#include "core/cuda_check.h"
+#include "core/cuda_context.h"
 #endif
 
 namespace dptrain {

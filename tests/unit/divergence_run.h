@@ -19,7 +19,8 @@
 #include <string>
 #include <vector>
 
-#include "io/checkpoint.h"
+#include "io/checkpoint_dir.h"
+#include "io/checkpoint_format.h"
 
 namespace dptrain::test_support {
 

@@ -14,7 +14,10 @@
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
-#include "io/checkpoint.h"
+#include "io/checkpoint_dir.h"
+#include "io/checkpoint_format.h"
+#include "io/checkpoint_inspect.h"
+#include "io/checkpoint_validation.h"
 #include "io/sha256.h"
 
 namespace dptrain {
@@ -75,7 +78,7 @@ std::vector<TensorRef> refs_of(const std::vector<NamedTensor>& tensors) {
   return refs;
 }
 
-/// The checksum scheme exactly as checkpoint.h documents it, written independently of the code.
+/// The checksum scheme exactly as checkpoint_format.h documents it, written independently of the code.
 std::vector<uint8_t> forge(const std::vector<TensorRef>& refs, std::map<std::string, std::string> metadata) {
   Sha256 data;
   nlohmann::json per_tensor = nlohmann::json::object();

@@ -14,7 +14,7 @@
 
 #include "core/cuda_support.h"  // DPTRAIN_HAVE_CUDA
 #include "core/error.h"
-#include "cuda/cuda_layers.h"
+#include "layers/cuda/cuda_layers.h"
 #include "io/config.h"
 #include "io/layer_types.h"
 #include "layers/layer_factory.h"

@@ -72,7 +72,7 @@ std::vector<float> train_params(const MnistData& data, int steps, bool profile, 
   options.show_progress = false;
   options.profile = profile;
   options.out_dir = out;
-  Trainer trainer(config, options, data, cpu, comm, nullptr);
+  Trainer trainer(config, options, data, cpu, comm);
   for (int s = 0; s < steps; ++s) trainer.step(0, s, s);
   const auto& p = trainer.model().params();
   return {p.values().data(), p.values().data() + p.size()};

@@ -1,4 +1,4 @@
-#include "cuda/conv_planner.h"
+#include "layers/cuda/conv_planner.h"
 
 #include <algorithm>
 #include <cmath>
@@ -9,9 +9,9 @@
 #include <utility>
 
 #include "core/buffer.h"
-#include "cuda/check.h"
-#include "cuda/cuda_context.h"
-#include "cuda/graph_timer.h"
+#include "core/cuda_check.h"
+#include "core/cuda_context.h"
+#include "layers/cuda/graph_timer.h"
 #include "kernels/compare_kernels.h"
 #include "kernels/layer_kernels.h"
 

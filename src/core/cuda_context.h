@@ -26,7 +26,7 @@
 
 #include "core/buffer.h"
 #include "core/step_state.h"
-#include "cuda/raii.h"
+#include "core/cuda_raii.h"
 
 namespace dptrain {
 

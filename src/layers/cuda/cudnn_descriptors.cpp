@@ -1,6 +1,6 @@
-#include "cuda/cudnn_descriptors.h"
+#include "layers/cuda/cudnn_descriptors.h"
 
-#include "cuda/check.h"
+#include "core/cuda_check.h"
 
 namespace dptrain {
 

@@ -6,7 +6,7 @@
 
 #include "core/buffer.h"
 #include "core/device_ops.h"
-#include "cuda/cuda_context.h"
+#include "core/cuda_context.h"
 #include "kernels/data_kernels.h"
 #include "train/batch_source.h"
 

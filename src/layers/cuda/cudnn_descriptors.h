@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "core/tensor.h"
-#include "cuda/raii.h"
+#include "core/cuda_raii.h"
 
 namespace dptrain {
 

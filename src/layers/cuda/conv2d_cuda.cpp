@@ -1,7 +1,7 @@
 // Conv2d on CUDA: the layer. Which implementation computes each direction at each batch size is
-// ConvPlanner's choice (cuda/conv_planner.h: cuDNN's algorithms, dptrain's direct and 3x3 kernels,
+// ConvPlanner's choice (layers/cuda/conv_planner.h: cuDNN's algorithms, dptrain's direct and 3x3 kernels,
 // each checked against a reference before use, timed or by heuristics); ConvExecutor runs them
-// (cuda/conv_executor.h). This file holds what the layer adds around them:
+// (layers/cuda/conv_executor.h). This file holds what the layer adds around them:
 // A ReLU after the layer can be absorbed: the forward's epilogue applies it, and the backward masks
 // the incoming gradient in the pass that sums the bias gradient (or in the direct kernel's staging).
 // So can a max pooling after that (windows that tile the plane) and a dropout after the pooling:
@@ -16,12 +16,12 @@
 #include <utility>
 
 #include "core/buffer.h"
-#include "cuda/check.h"
-#include "cuda/conv_executor.h"
-#include "cuda/conv_planner.h"
-#include "cuda/cuda_context.h"
-#include "cuda/cuda_layers.h"
-#include "cuda/fused_dropout.h"
+#include "core/cuda_check.h"
+#include "layers/cuda/conv_executor.h"
+#include "layers/cuda/conv_planner.h"
+#include "core/cuda_context.h"
+#include "layers/cuda/cuda_layers.h"
+#include "layers/cuda/fused_dropout.h"
 #include "kernels/conv_kernels.h"
 #include "kernels/layer_kernels.h"
 #include "kernels/pool_kernels.h"

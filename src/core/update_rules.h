@@ -8,7 +8,7 @@
 #include <cmath>
 
 #include "core/host_device.h"
-#include "optim/step_scalars.h"
+#include "core/step_scalars.h"
 
 namespace dptrain::rules {
 

@@ -1,4 +1,4 @@
-#include "cuda/check.h"
+#include "core/cuda_check.h"
 
 namespace dptrain {
 

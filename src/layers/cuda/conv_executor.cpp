@@ -1,7 +1,7 @@
-#include "cuda/conv_executor.h"
+#include "layers/cuda/conv_executor.h"
 
-#include "cuda/check.h"
-#include "cuda/cudnn_descriptors.h"
+#include "core/cuda_check.h"
+#include "layers/cuda/cudnn_descriptors.h"
 #include "kernels/conv_tiled.h"
 #include "kernels/layer_kernels.h"
 

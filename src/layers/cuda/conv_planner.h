@@ -24,7 +24,7 @@
 #include <vector>
 
 #include "core/device_context.h"
-#include "cuda/conv_executor.h"
+#include "layers/cuda/conv_executor.h"
 
 namespace dptrain {
 

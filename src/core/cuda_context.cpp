@@ -1,9 +1,9 @@
-#include "cuda/cuda_context.h"
+#include "core/cuda_context.h"
 
 #include <cstdio>
 
-#include "cuda/check.h"
-#include "kernels/step_kernels.h"
+#include "core/cuda_check.h"
+#include "core/step_state_kernels.h"
 
 namespace dptrain {
 

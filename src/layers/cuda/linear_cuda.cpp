@@ -8,10 +8,10 @@
 #include <optional>
 
 #include "core/buffer.h"
-#include "cuda/check.h"
-#include "cuda/cuda_context.h"
-#include "cuda/cuda_layers.h"
-#include "cuda/fused_dropout.h"
+#include "core/cuda_check.h"
+#include "core/cuda_context.h"
+#include "layers/cuda/cuda_layers.h"
+#include "layers/cuda/fused_dropout.h"
 #include "kernels/classifier_kernels.h"
 #include "kernels/layer_kernels.h"
 #include "kernels/skinny_gemm.h"

@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "core/tensor.h"
-#include "cuda/raii.h"
+#include "core/cuda_raii.h"
 #include "kernels/conv_kernels.h"
 #include "kernels/conv_mma.h"
 

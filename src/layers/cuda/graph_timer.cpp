@@ -1,10 +1,10 @@
-#include "cuda/graph_timer.h"
+#include "layers/cuda/graph_timer.h"
 
 #include <algorithm>
 #include <vector>
 
-#include "cuda/check.h"
-#include "cuda/raii.h"
+#include "core/cuda_check.h"
+#include "core/cuda_raii.h"
 
 namespace dptrain {
 namespace {

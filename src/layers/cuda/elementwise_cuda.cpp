@@ -2,11 +2,11 @@
 #include <optional>
 
 #include "core/buffer.h"
-#include "cuda/check.h"
-#include "cuda/cuda_context.h"
-#include "cuda/cuda_layers.h"
-#include "cuda/cudnn_descriptors.h"
-#include "cuda/fused_dropout.h"
+#include "core/cuda_check.h"
+#include "core/cuda_context.h"
+#include "layers/cuda/cuda_layers.h"
+#include "layers/cuda/cudnn_descriptors.h"
+#include "layers/cuda/fused_dropout.h"
 #include "kernels/layer_kernels.h"
 #include "kernels/pool_kernels.h"
 #include "layers/elementwise.h"

@@ -1,5 +1,5 @@
-#include "cuda/check.h"
-#include "kernels/step_kernels.h"
+#include "core/cuda_check.h"
+#include "core/step_state_kernels.h"
 
 namespace dptrain::kernels {
 

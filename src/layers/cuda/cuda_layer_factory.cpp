@@ -3,7 +3,7 @@
 // make_cuda_layer is cuda/cuda_absent.cpp's, which refuses.
 #include <string>
 
-#include "cuda/cuda_layers.h"
+#include "layers/cuda/cuda_layers.h"
 #include "layers/layer_error.h"
 
 namespace dptrain {
