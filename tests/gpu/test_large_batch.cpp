@@ -6,12 +6,11 @@
 // the captured step. Skipped without a GPU.
 #include <gtest/gtest.h>
 
-#include <sys/wait.h>
-
 #include <cstdio>
 #include <filesystem>
 #include <string>
 
+#include "../unit/command_runner.h"
 #include "core/cuda_context.h"
 
 namespace dptrain {
@@ -28,17 +27,6 @@ class LargeBatch : public ::testing::Test {
       GTEST_SKIP() << "MNIST not in " << kData;
   }
 };
-
-std::string run_dptrain(const std::string& args, int& status) {
-  FILE* p = popen((std::string(DPTRAIN_BINARY) + " " + args + " 2>&1").c_str(), "r");
-  std::string out;
-  if (p == nullptr) return out;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
-  status = pclose(p);
-  return out;
-}
 
 struct Case {
   const char* config;
@@ -57,14 +45,13 @@ TEST_F(LargeBatch, ShippedConfigsTrainPastTheEpochTailAndEvaluate) {
         std::filesystem::temp_directory_path() /
         ("dptrain_large_batch_" + std::string(c.config) + "_" + std::to_string(c.batch) + "_" + c.precision);
     std::filesystem::remove_all(out);
-    int status = -1;
-    const std::string log = run_dptrain(
+    const test_support::CommandResult r = test_support::run_dptrain(
         "train --device cuda --config " + std::string(DPTRAIN_SOURCE_DIR) + "/configs/" + c.config + ".yaml --data " +
-            kData + " --no-progress --out " + out.string() + " --max-steps " + std::to_string(c.steps) +
-            " --set train.batch_size=" + std::to_string(c.batch) + " --set train.precision=" + c.precision,
-        status);
+        kData + " --no-progress --out " + out.string() + " --max-steps " + std::to_string(c.steps) +
+        " --set train.batch_size=" + std::to_string(c.batch) + " --set train.precision=" + c.precision);
+    const std::string& log = r.output;
     const std::string what = std::string(c.config) + " batch " + std::to_string(c.batch) + " " + c.precision;
-    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << what << "\n" << log;
+    EXPECT_EQ(r.status, 0) << what << "\n" << log;
     EXPECT_EQ(log.find("dptrain: warning:"), std::string::npos) << what << "\n" << log;
     EXPECT_TRUE(std::filesystem::exists(out / "final.safetensors")) << what << "\n" << log;
   }

@@ -21,6 +21,7 @@
 
 #include "io/checkpoint_dir.h"
 #include "io/checkpoint_format.h"
+#include "command_runner.h"
 
 namespace dptrain::test_support {
 
@@ -45,16 +46,11 @@ inline TrainRun train_run(const std::string& device, const std::string& name, co
   r.out = divergence_fs::temp_directory_path() / ("dptrain_divergence_" + device + "_" + name + "_" +
                                                   std::to_string(getpid()));
   divergence_fs::remove_all(r.out);
-  const std::string cmd = std::string(DPTRAIN_BINARY) + " train --device " + device + " --threads 2 --config " +
-                          DPTRAIN_SOURCE_DIR + "/configs/mnist_cnn.yaml --data " + DPTRAIN_TEST_DATA_DIR +
-                          " --set train.optimizer.lr=" + lr + " --out " + r.out.string() + " " + extra + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  if (p == nullptr) return r;
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.output.append(buf.data(), n);
-  const int st = pclose(p);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+  const test_support::CommandResult run = test_support::run_dptrain(
+      "train --device " + device + " --threads 2 --config " + DPTRAIN_SOURCE_DIR + "/configs/mnist_cnn.yaml --data " +
+      DPTRAIN_TEST_DATA_DIR + " --set train.optimizer.lr=" + lr + " --out " + r.out.string() + " " + extra);
+  r.status = run.status;
+  r.output = run.output;
   return r;
 }
 

@@ -20,29 +20,15 @@
 
 #include "core/error.h"
 #include "io/curves.h"
+#include "command_runner.h"
 
 namespace dptrain {
 namespace {
 
 namespace fs = std::filesystem;
 
-struct Result {
-  int status = -1;
-  std::string output;  // stdout and stderr together
-};
-
-Result run_dptrain(const std::string& args) {
-  const std::string cmd = std::string(DPTRAIN_BINARY) + " " + args + " 2>&1";
-  Result r;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (p == nullptr) return r;
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.output.append(buf.data(), n);
-  const int st = pclose(p);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-  return r;
-}
+using Result = test_support::CommandResult;
+using test_support::run_dptrain;
 
 fs::path temp_dir(const std::string& name) {
   const fs::path d = fs::temp_directory_path() / ("dptrain_curves_" + name + "_" + std::to_string(getpid()));

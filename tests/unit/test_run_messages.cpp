@@ -21,6 +21,7 @@
 #include "cli/run_messages.h"
 #include "io/curves.h"
 #include "train/progress.h"
+#include "command_runner.h"
 
 namespace dptrain {
 namespace {
@@ -102,22 +103,9 @@ TEST(Banner, IsShortAndNamesWhatRuns) {
 // ---------------------------------------------------------------------------------------------
 // Through the binary, on a tiny dataset
 
-struct Result {
-  int status = -1;
-  std::string output;
-};
+using Result = test_support::CommandResult;
 
-Result shell(const std::string& command) {
-  Result r;
-  FILE* p = popen((command + " 2>&1").c_str(), "r");
-  if (p == nullptr) return r;
-  std::array<char, 4096> buf{};
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.output.append(buf.data(), n);
-  const int st = pclose(p);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-  return r;
-}
+Result shell(const std::string& command) { return test_support::run_command(command); }
 
 void put_be32(std::ofstream& out, uint32_t v) {
   const char b[4] = {char(v >> 24), char(v >> 16), char(v >> 8), char(v)};
