@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "core/cuda_check.h"
+#include "core/philox.h"
 
 namespace dptrain::kernels {
 
@@ -49,15 +50,8 @@ __global__ void compare_kernel(const float* a, const float* b, size_t n, Differe
 
 __global__ void fill_uniform_kernel(float* x, size_t n, unsigned seed) {
   const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x;
-  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
-    // splitmix64 of (seed, i): well mixed, cheap, the same on every device.
-    unsigned long long z = (static_cast<unsigned long long>(seed) << 40) ^ i;
-    z += 0x9e3779b97f4a7c15ULL;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    z ^= z >> 31;
-    x[i] = static_cast<float>(static_cast<double>(z >> 40) * (2.0 / 16777216.0) - 1.0);
-  }
+  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
+    x[i] = static_cast<float>(2.0 * philox::init_uniform(seed, 0, i) - 1.0);
 }
 
 }  // namespace

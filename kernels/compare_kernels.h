@@ -25,8 +25,8 @@ struct Difference {
 /// of the sums (atomics), which is all a tolerance check needs.
 void compare_outputs(const float* a, const float* b, size_t n, Difference* out, cudaStream_t stream);
 
-/// x[i] = a value in [-1, 1) hashed from (seed, i): test and planning inputs that are neither zero
-/// nor constant, made on the device. Queued on `stream`.
+/// x[i] = a value in [-1, 1) drawn from (seed, i) by the counter-based generator (core/philox.h):
+/// test and planning inputs that are neither zero nor constant, made on the device. Queued on `stream`.
 void fill_uniform(float* x, size_t n, unsigned seed, cudaStream_t stream);
 
 }  // namespace dptrain::kernels

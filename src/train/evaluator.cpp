@@ -11,16 +11,16 @@ namespace dptrain {
 Evaluator::Evaluator(const Dataset& data, const DataConfig& config, int batch_size, DeviceContext& ctx)
     : source_(make_batch_source(data, config, /*shuffle=*/false, ctx)),
       batch_(static_cast<int>(std::min<int64_t>(batch_size, data.count))),
-      count_(data.count),
       dims_{1, data.rows, data.cols},
       x_(ctx.device(), static_cast<size_t>(batch_) * data.rows * data.cols),
       y_(ctx.device(), static_cast<size_t>(batch_)),
       sums_(ctx.device(), 2) {}
 
 std::vector<int> Evaluator::batch_sizes() const {
+  const int64_t count = source_->size();
   std::vector<int> sizes;
   if (batch_ > 0) sizes.push_back(batch_);
-  if (batch_ > 0 && count_ % batch_ != 0) sizes.push_back(static_cast<int>(count_ % batch_));
+  if (batch_ > 0 && count % batch_ != 0) sizes.push_back(static_cast<int>(count % batch_));
   return sizes;
 }
 

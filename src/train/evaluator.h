@@ -33,7 +33,6 @@ class Evaluator {
  private:
   std::unique_ptr<BatchSource> source_;
   int batch_;
-  int64_t count_;
   Dims dims_;
   Buffer<float> x_;
   Buffer<int32_t> y_;

@@ -54,11 +54,19 @@ ConvAlgo cudnn_algo(const Perf& r) {
   return {ConvImpl::Cudnn, static_cast<int>(r.algo), r.memory, 0};
 }
 
+/// The allowed results of a Find or heuristic query, in its order (best first).
+template <typename Perf>
+std::vector<ConvAlgo> allowed_algos(const Perf* r, int count, AlgoRules rules) {
+  std::vector<ConvAlgo> algos;
+  for (int i = 0; i < count; ++i)
+    if (allowed(r[i], rules)) algos.push_back(cudnn_algo(r[i]));
+  return algos;
+}
+
 template <typename Perf>
 std::optional<ConvAlgo> first_allowed(const Perf* r, int count, AlgoRules rules) {
-  for (int i = 0; i < count; ++i)
-    if (allowed(r[i], rules)) return cudnn_algo(r[i]);
-  return std::nullopt;
+  const std::vector<ConvAlgo> algos = allowed_algos(r, count, rules);
+  return algos.empty() ? std::nullopt : std::optional<ConvAlgo>(algos.front());
 }
 
 /// A reference of a direction: cuDNN's plainest algorithms (implicit GEMM; for the gradients
@@ -172,8 +180,7 @@ void ConvPlanner::choose(DeviceContext& ctx, ConvPlan& p, bool forward, bool bac
     else
       CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, p.batch.x, exec_.filter_desc(), exec_.conv_desc(),
                                                          p.batch.y, kMax, &found, f));
-    for (int i = 0; i < found; ++i)
-      if (allowed(f[i], rules)) cudnn.push_back(cudnn_algo(f[i]));
+    cudnn = allowed_algos(f, found, rules);
     const Choice c = choose_direction(
         ctx, p, "forward", exec_.own_kernels(p.batch.n, o.exact_convolutions, ConvDirection::Forward), cudnn,
         {reference(exec_, p, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, h),
@@ -205,8 +212,7 @@ void ConvPlanner::choose(DeviceContext& ctx, ConvPlan& p, bool forward, bool bac
     else
       CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, exec_.filter_desc(), p.batch.y, exec_.conv_desc(),
                                                               p.batch.x, kMax, &found, d));
-    for (int i = 0; i < found; ++i)
-      if (allowed(d[i], rules)) cudnn.push_back(cudnn_algo(d[i]));
+    cudnn = allowed_algos(d, found, rules);
     data = choose_direction(
         ctx, p, "backward-data", exec_.own_kernels(p.batch.n, o.exact_convolutions, ConvDirection::Data), cudnn,
         {reference(exec_, p, CUDNN_CONVOLUTION_BWD_DATA_ALGO_1, h),
@@ -235,8 +241,7 @@ void ConvPlanner::choose(DeviceContext& ctx, ConvPlan& p, bool forward, bool bac
   else
     CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, p.batch.x, p.batch.y, exec_.conv_desc(),
                                                               exec_.filter_desc(), kMax, &found, w));
-  for (int i = 0; i < found; ++i)
-    if (allowed(w[i], rules)) cudnn.push_back(cudnn_algo(w[i]));
+  cudnn = allowed_algos(w, found, rules);
   const Choice filter = choose_direction(
       ctx, p, "backward-filter", exec_.own_kernels(p.batch.n, o.exact_convolutions, ConvDirection::Filter), cudnn,
       {reference(exec_, p, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1, h),
