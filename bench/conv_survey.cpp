@@ -91,7 +91,8 @@ double time_us(cudaStream_t stream, int reps, const std::function<cudnnStatus_t(
 }
 
 /// Graph timings here: 20 calls captured back to back, 20 replays (more than a plan's, for a steadier median).
-constexpr GraphTiming kSurveyTiming{20, 3, 20};
+// Every replay counted (settled 0): the survey reports times, it does not only choose.
+constexpr GraphTiming kSurveyTiming{20, 3, 20, std::numeric_limits<double>::infinity(), 0.0};
 
 struct Survey {
   cudnnHandle_t h;

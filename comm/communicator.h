@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string>
 #include <string_view>
 
 #include "core/cuda_support.h"  // cudaStream_t
@@ -34,6 +35,9 @@ class Communicator {
   virtual double all_reduce_scalar(double value, ReduceOp op) = 0;
   /// Blocks until every rank has arrived (outside NCCL).
   virtual void barrier() = 0;
+  /// Replaces every rank's `bytes` with root's (any length), blocking, through the host path (MPI)
+  /// like all_reduce_scalar: for small host messages (rank 0's plan, train/plan_sharing.h), never tensors.
+  virtual void broadcast_bytes(std::string& bytes, int root) = 0;
   /// Blocks the host until the work queued on CUDA `stream` (collectives included) is done. Use it
   /// instead of cudaStreamSynchronize wherever collectives may be pending: NCCL overrides it to
   /// watch for peer failures and a timeout (it aborts the communicator and throws naming the
@@ -51,6 +55,7 @@ class SingleRankCommunicator final : public Communicator {
   void broadcast(std::span<float>, int, cudaStream_t) override {}
   double all_reduce_scalar(double value, ReduceOp) override { return value; }
   void barrier() override {}
+  void broadcast_bytes(std::string&, int) override {}
 };
 
 }  // namespace dptrain

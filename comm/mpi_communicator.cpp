@@ -147,4 +147,18 @@ double MpiCommunicator::all_reduce_scalar(double value, ReduceOp op) {
 
 void MpiCommunicator::barrier() { MPI_CHECK(MPI_Barrier(comm_)); }
 
+void MpiCommunicator::broadcast_bytes(std::string& bytes, int root) {
+  if (root < 0 || root >= size_)
+    throw std::invalid_argument("broadcast root " + std::to_string(root) + " outside [0, " + std::to_string(size_) + ")");
+  if (size_ == 1) return;
+  // The length first, so that every rank sizes its buffer; then the bytes in MPI-sized pieces.
+  uint64_t length = bytes.size();
+  MPI_CHECK(MPI_Bcast(&length, 1, MPI_UINT64_T, root, comm_));
+  bytes.resize(length);
+  for (size_t off = 0; off < length; off += kMaxMpiCount) {
+    const int n = static_cast<int>(std::min<size_t>(kMaxMpiCount, length - off));
+    MPI_CHECK(MPI_Bcast(bytes.data() + off, n, MPI_CHAR, root, comm_));
+  }
+}
+
 }  // namespace dptrain

@@ -41,6 +41,7 @@ class MpiCommunicator final : public Communicator {
   void broadcast(std::span<float> data, int root, cudaStream_t stream) override;
   double all_reduce_scalar(double value, ReduceOp op) override;
   void barrier() override;
+  void broadcast_bytes(std::string& bytes, int root) override;
 
   /// Grows the pinned staging buffer to `count` floats now (it otherwise grows on the first
   /// device span larger than it, then never again). No-op on a Device::Cpu communicator.

@@ -65,6 +65,7 @@ class NcclCommunicator final : public Communicator {
   /// Through MPI (host), see the file comment.
   double all_reduce_scalar(double value, ReduceOp op) override { return host_.all_reduce_scalar(value, op); }
   void barrier() override { host_.barrier(); }
+  void broadcast_bytes(std::string& bytes, int root) override { host_.broadcast_bytes(bytes, root); }
   /// wait_for(stream, timeout_s).
   void synchronize(cudaStream_t stream) override { wait_for(stream, timeout_s_); }
 

@@ -11,6 +11,7 @@
 namespace dptrain {
 
 class CudaContext;
+class PlanBook;  // io/plan_cache.h: the planners' choices, read and written through this context
 
 class DeviceContext {
  public:
@@ -37,10 +38,16 @@ class DeviceContext {
   /// The state as kernels read it: a host pointer on the CPU, a device pointer on CUDA.
   const StepState* step() const;
 
+  /// The book planners consult and record their choices in (io/plan_cache.h), or null: plan
+  /// afresh and record nothing. Not owned; whoever sets it clears it before the book goes away.
+  PlanBook* plan_book() const { return plan_book_; }
+  void set_plan_book(PlanBook* book) { plan_book_ = book; }
+
  private:
   Device device_ = Device::Cpu;
   std::unique_ptr<CudaContext> cuda_;
   StepState host_step_;
+  PlanBook* plan_book_ = nullptr;
 };
 
 }  // namespace dptrain

@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "io/atomic_file.h"
 #include "io/layer_types.h"
+#include "io/plan_cache.h"
 
 namespace dptrain {
 
@@ -203,6 +204,7 @@ TrainConfig read_train(const YAML::Node& node, const std::string& source) {
   r.get("exact_convolutions", t.exact_convolutions);
   r.get("check_numerics", t.check_numerics);
   r.get("log_every", t.log_every);
+  r.get("plan_cache", t.plan_cache);
   t.optimizer = read_optimizer(r.child("optimizer"), source);
   t.schedule = read_schedule(r.child("schedule"), source);
   r.finish();
@@ -213,6 +215,7 @@ TrainConfig read_train(const YAML::Node& node, const std::string& source) {
   require(t.eval_batch_size > 0, r, "train.eval_batch_size", "must be > 0");
   require(t.log_every > 0, r, "train.log_every", "must be > 0");
   require(t.precision == "float32" || t.precision == "tf32", r, "train.precision", "must be float32 or tf32");
+  if (const auto problem = plan_cache_setting_problem(t.plan_cache)) r.fail("train.plan_cache", *problem);
   return t;
 }
 
@@ -390,6 +393,7 @@ std::string to_yaml(const Config& c) {
       << "exact_convolutions" << YAML::Value << t.exact_convolutions << YAML::Key
       << "check_numerics" << YAML::Value << t.check_numerics << YAML::Key
       << "log_every" << YAML::Value << t.log_every;
+  out << YAML::Key << "plan_cache" << YAML::Value << t.plan_cache;
   const OptimizerConfig& o = t.optimizer;
   out << YAML::Key << "optimizer" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "type"
       << YAML::Value << o.type << YAML::Key << "lr" << YAML::Value << num(o.lr) << YAML::Key << "weight_decay"

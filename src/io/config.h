@@ -73,6 +73,7 @@ struct TrainConfig {
   bool exact_convolutions = false;  ///< true: no FFT/Winograd convolutions (the CPU's rounding, to float32)
   bool check_numerics = false;  ///< debug: stop at the first NaN/Inf in any layer (train/numerics_checker.h)
   int log_every = 50;        ///< plain-text progress line period (steps) when not on a terminal
+  std::string plan_cache = "auto";  ///< auto | off | PATH (a recorded plan, read only): io/plan_cache.h
   OptimizerConfig optimizer;
   ScheduleConfig schedule;
 };

@@ -23,6 +23,7 @@
 #include "io/checkpoint.h"
 #include "train/divergence.h"
 #include "train/numerics_checker.h"
+#include "train/plan_sharing.h"
 #include "train/preemption.h"
 #include "train/profiler.h"
 #include "train/progress.h"
@@ -124,15 +125,27 @@ Trainer::~Trainer() = default;
 void Trainer::plan_batch_sizes() {
   // Every batch size this rank will run is planned before the first step: a size first met later
   // (the epoch's short last batch, the evaluation) would be timed in the middle of training, and
-  // could grow a workspace that the captured step still points to (StepGraph::matches).
-  std::vector<int> train_sizes{plan_->shard(0, comm_.rank()).count,
-                               plan_->shard(steps_per_epoch_ - 1, comm_.rank()).count};
-  std::sort(train_sizes.begin(), train_sizes.end());
-  train_sizes.erase(std::unique(train_sizes.begin(), train_sizes.end()), train_sizes.end());
-  for (int n : train_sizes)
-    if (n > 0) model_->plan(ctx_, n, /*backward=*/true);
-  if (evaluator_)
-    for (int n : evaluator_->batch_sizes()) model_->plan(ctx_, n, /*backward=*/false);
+  // could grow a workspace that the captured step still points to (StepGraph::matches). Rank 0
+  // plans the sizes of every rank and its choices are what all run (train/plan_sharing.h).
+  std::vector<int> own, every;
+  for (int r = 0; r < comm_.size(); ++r)
+    for (const int64_t step : {int64_t{0}, steps_per_epoch_ - 1}) {
+      const int n = plan_->shard(step, r).count;
+      if (n <= 0) continue;
+      every.push_back(n);
+      if (r == comm_.rank()) own.push_back(n);
+    }
+  for (std::vector<int>* sizes : {&own, &every}) {
+    std::sort(sizes->begin(), sizes->end());
+    sizes->erase(std::unique(sizes->begin(), sizes->end()), sizes->end());
+  }
+  const PlanningOptions planning{config_.train.plan_cache, options_.out_dir, options_.resume != nullptr};
+  plan_on_every_rank(comm_, ctx_, planning, [&](bool root) {
+    for (int n : root ? every : own) model_->plan(ctx_, n, /*backward=*/true);
+    // Forward only; a size equal to a training size is already planned (ConvPlanner::plan).
+    if (evaluator_)
+      for (int n : evaluator_->batch_sizes()) model_->plan(ctx_, n, /*backward=*/false);
+  });
 }
 
 void Trainer::attach_observer() {

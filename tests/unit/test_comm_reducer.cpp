@@ -31,6 +31,7 @@ class DoublingCommunicator final : public Communicator {
   void broadcast(std::span<float>, int, cudaStream_t) override {}
   double all_reduce_scalar(double value, ReduceOp) override { return value; }
   void barrier() override {}
+  void broadcast_bytes(std::string&, int) override {}
 
   std::vector<Bucket> calls;
 

@@ -64,6 +64,7 @@ class ConvExecutor {
   kernels::ConvGeometry geometry(int n) const;
   bool tf32() const { return tf32_; }
   bool relu() const { return relu_; }
+  bool pooled() const { return pooled_; }
   cudnnFilterDescriptor_t filter_desc() const { return filter_; }
   cudnnConvolutionDescriptor_t conv_desc() const { return conv_; }
 

@@ -12,6 +12,7 @@
 #include "core/cuda_check.h"
 #include "core/cuda_context.h"
 #include "layers/cuda/graph_timer.h"
+#include "io/plan_cache.h"
 #include "kernels/compare_kernels.h"
 #include "kernels/layer_kernels.h"
 
@@ -63,12 +64,6 @@ std::vector<ConvAlgo> allowed_algos(const Perf* r, int count, AlgoRules rules) {
   return algos;
 }
 
-template <typename Perf>
-std::optional<ConvAlgo> first_allowed(const Perf* r, int count, AlgoRules rules) {
-  const std::vector<ConvAlgo> algos = allowed_algos(r, count, rules);
-  return algos.empty() ? std::nullopt : std::optional<ConvAlgo>(algos.front());
-}
-
 /// A reference of a direction: cuDNN's plainest algorithms (implicit GEMM; for the gradients
 /// algorithm 1, then 0), whatever the run's rules, since they only check the others.
 template <typename AlgoEnum>
@@ -101,7 +96,36 @@ GraphTiming plan_timing() {
     const char* v = std::getenv("DPTRAIN_PLAN_TIMING");
     return v != nullptr && std::string(v) == "quick";
   }();
-  return quick ? GraphTiming{1, 0, 1} : GraphTiming{};
+  return quick ? GraphTiming{1, 0, 1, std::numeric_limits<double>::infinity(), 0.02} : GraphTiming{};
+}
+
+/// cuDNN algorithms timed per direction under train.cudnn_benchmark, in its heuristic order: the
+/// allowed ones past these rarely win (an H200's mnist_cnn shapes had 3 to 5 allowed per direction).
+constexpr size_t kTimedCudnnCandidates = 4;
+
+/// A candidate whose first timed replay takes this many times the best so far cannot win: its
+/// timing stops there (replay-to-replay noise in a graph is a few percent).
+constexpr double kClearlySlower = 1.3;
+
+/// Implementation names in plan records (io/plan_cache.h's plan_implementations()).
+const char* impl_name(ConvImpl i) {
+  switch (i) {
+    case ConvImpl::Cudnn: return "cudnn";
+    case ConvImpl::Direct: return "direct";
+    case ConvImpl::Tiled: return "tiled";
+    case ConvImpl::Mma: return "mma";
+  }
+  return "?";
+}
+
+std::optional<ConvImpl> impl_from(const std::string& name) {
+  for (ConvImpl i : {ConvImpl::Cudnn, ConvImpl::Direct, ConvImpl::Tiled, ConvImpl::Mma})
+    if (name == impl_name(i)) return i;
+  return std::nullopt;
+}
+
+PlanRecord record_of(const ConvAlgo& a) {
+  return {impl_name(a.impl), a.impl == ConvImpl::Cudnn ? a.cudnn : 0, a.impl == ConvImpl::Cudnn ? a.chunk : 0};
 }
 
 }  // namespace
@@ -169,30 +193,52 @@ void ConvPlanner::choose(DeviceContext& ctx, ConvPlan& p, bool forward, bool bac
   const CudaOptions& o = ctx.cuda().options();
   const AlgoRules rules = algo_rules(o);
   const bool timed = o.cudnn_benchmark;
+  PlanBook* book = ctx.plan_book();
   constexpr int kMax = 16;
-  int found = 0;
+  // cuDNN's allowed algorithms for a direction, in its heuristic order (best first). Timed, only
+  // the first few are kept: those that can win (cudnnFind, which would run every one eagerly, is
+  // not called; the survivors are timed as the step runs them anyway).
+  const auto candidates = [&](std::vector<ConvAlgo> algos) {
+    if (timed && algos.size() > kTimedCudnnCandidates) algos.resize(kTimedCudnnCandidates);
+    return algos;
+  };
+  const auto fwd_heuristic = [&](cudnnTensorDescriptor_t x, cudnnTensorDescriptor_t y) {
+    cudnnConvolutionFwdAlgoPerf_t r[kMax];
+    int k = 0;
+    CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, x, exec_.filter_desc(), exec_.conv_desc(), y, kMax, &k, r));
+    return allowed_algos(r, k, rules);
+  };
+  const auto data_heuristic = [&](cudnnTensorDescriptor_t x, cudnnTensorDescriptor_t y) {
+    cudnnConvolutionBwdDataAlgoPerf_t r[kMax];
+    int k = 0;
+    CUDNN_CHECK(
+        cudnnGetConvolutionBackwardDataAlgorithm_v7(h, exec_.filter_desc(), y, exec_.conv_desc(), x, kMax, &k, r));
+    return allowed_algos(r, k, rules);
+  };
+  const auto filter_heuristic = [&](cudnnTensorDescriptor_t x, cudnnTensorDescriptor_t y) {
+    cudnnConvolutionBwdFilterAlgoPerf_t r[kMax];
+    int k = 0;
+    CUDNN_CHECK(
+        cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, x, y, exec_.conv_desc(), exec_.filter_desc(), kMax, &k, r));
+    return allowed_algos(r, k, rules);
+  };
+  const auto first_of = [](std::vector<ConvAlgo> algos) {
+    return algos.empty() ? std::nullopt : std::optional<ConvAlgo>(algos.front());
+  };
+  // Records each choice made (or confirmed) in the book, once the directions are final.
+  std::vector<std::pair<std::string, const ConvAlgo*>> records;
   if (forward) {
-    std::vector<ConvAlgo> cudnn;
-    cudnnConvolutionFwdAlgoPerf_t f[kMax];
-    if (timed)
-      CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithm(h, p.batch.x, exec_.filter_desc(), exec_.conv_desc(), p.batch.y,
-                                                       kMax, &found, f));
-    else
-      CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, p.batch.x, exec_.filter_desc(), exec_.conv_desc(),
-                                                         p.batch.y, kMax, &found, f));
-    cudnn = allowed_algos(f, found, rules);
+    const std::vector<ConvImpl> own = exec_.own_kernels(p.batch.n, o.exact_convolutions, ConvDirection::Forward);
+    const std::string k = key(o, p.batch.n, "forward");
     const Choice c = choose_direction(
-        ctx, p, "forward", exec_.own_kernels(p.batch.n, o.exact_convolutions, ConvDirection::Forward), cudnn,
+        ctx, p, "forward", own, [&] { return candidates(fwd_heuristic(p.batch.x, p.batch.y)); },
+        recorded(ctx, p, k, "forward", own, fwd_heuristic),
         {reference(exec_, p, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, h),
          reference(exec_, p, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM, h)},
         {{m.y.data(), m.y.size()}},
         [&](int chunk) {
           return chunked(p, chunk, [&](cudnnTensorDescriptor_t x, cudnnTensorDescriptor_t y) {
-            cudnnConvolutionFwdAlgoPerf_t r[kMax];
-            int k = 0;
-            CUDNN_CHECK(
-                cudnnGetConvolutionForwardAlgorithm_v7(h, x, exec_.filter_desc(), exec_.conv_desc(), y, kMax, &k, r));
-            return first_allowed(r, k, rules);
+            return first_of(fwd_heuristic(x, y));
           });
         },
         m, timed,
@@ -200,71 +246,122 @@ void ConvPlanner::choose(DeviceContext& ctx, ConvPlan& p, bool forward, bool bac
           exec_.forward(h, st, ws, p.batch, a, m.x.data(), m.w.data(), m.b.data(), m.y.data());
         });
     p.fwd = c.algo;
+    records.emplace_back(k, &p.fwd);
   }
-  if (!backward) return;
-  std::optional<Choice> data;
-  if (needs_input_grad_) {
-    std::vector<ConvAlgo> cudnn;
-    cudnnConvolutionBwdDataAlgoPerf_t d[kMax];
-    if (timed)
-      CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(h, exec_.filter_desc(), p.batch.y, exec_.conv_desc(),
-                                                            p.batch.x, kMax, &found, d));
-    else
-      CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, exec_.filter_desc(), p.batch.y, exec_.conv_desc(),
-                                                              p.batch.x, kMax, &found, d));
-    cudnn = allowed_algos(d, found, rules);
-    data = choose_direction(
-        ctx, p, "backward-data", exec_.own_kernels(p.batch.n, o.exact_convolutions, ConvDirection::Data), cudnn,
-        {reference(exec_, p, CUDNN_CONVOLUTION_BWD_DATA_ALGO_1, h),
-         reference(exec_, p, CUDNN_CONVOLUTION_BWD_DATA_ALGO_0, h)},
-        {{m.dx.data(), m.dx.size()}},
+  if (backward) {
+    std::optional<Choice> data;
+    if (needs_input_grad_) {
+      const std::vector<ConvImpl> own = exec_.own_kernels(p.batch.n, o.exact_convolutions, ConvDirection::Data);
+      const std::string k = key(o, p.batch.n, "backward-data");
+      data = choose_direction(
+          ctx, p, "backward-data", own, [&] { return candidates(data_heuristic(p.batch.x, p.batch.y)); },
+          recorded(ctx, p, k, "backward-data", own, data_heuristic),
+          {reference(exec_, p, CUDNN_CONVOLUTION_BWD_DATA_ALGO_1, h),
+           reference(exec_, p, CUDNN_CONVOLUTION_BWD_DATA_ALGO_0, h)},
+          {{m.dx.data(), m.dx.size()}},
+          [&](int chunk) {
+            return chunked(p, chunk, [&](cudnnTensorDescriptor_t x, cudnnTensorDescriptor_t y) {
+              return first_of(data_heuristic(x, y));
+            });
+          },
+          m, timed,
+          [&](const ConvAlgo& a, void* ws) {
+            exec_.backward_data(h, st, ws, p.batch, a, m.dy.data(), m.w.data(), m.dx.data());
+          });
+      p.data = data->algo;
+      records.emplace_back(k, &p.data);
+    }
+    const std::vector<ConvImpl> own = exec_.own_kernels(p.batch.n, o.exact_convolutions, ConvDirection::Filter);
+    const std::string k = key(o, p.batch.n, "backward-filter");
+    const Choice filter = choose_direction(
+        ctx, p, "backward-filter", own, [&] { return candidates(filter_heuristic(p.batch.x, p.batch.y)); },
+        recorded(ctx, p, k, "backward-filter", own, filter_heuristic),
+        {reference(exec_, p, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1, h),
+         reference(exec_, p, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0, h)},
+        {{m.dw.data(), m.dw.size()}, {m.db.data(), m.db.size()}},
         [&](int chunk) {
           return chunked(p, chunk, [&](cudnnTensorDescriptor_t x, cudnnTensorDescriptor_t y) {
-            cudnnConvolutionBwdDataAlgoPerf_t r[kMax];
-            int k = 0;
-            CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, exec_.filter_desc(), y, exec_.conv_desc(), x,
-                                                                    kMax, &k, r));
-            return first_allowed(r, k, rules);
+            return first_of(filter_heuristic(x, y));
           });
         },
         m, timed,
         [&](const ConvAlgo& a, void* ws) {
-          exec_.backward_data(h, st, ws, p.batch, a, m.dy.data(), m.w.data(), m.dx.data());
+          const float* dy = exec_.masked_gradient(st, p.batch.n, a, m.dy.data(), m.dy.data(), m.masked.data(),
+                                                  m.db.data(), m.partials.data());
+          exec_.filter_grad(h, st, ws, p.batch, a, m.x.data(), dy, m.dw.data(), m.db.data());
         });
-    p.data = data->algo;
+    p.filter = filter.algo;
+    records.emplace_back(k, &p.filter);
+    // A recorded pair was already timed side by side when it was made.
+    if (timed && data && !(data->recorded && filter.recorded)) choose_side_by_side(ctx, p, m, *data, filter);
+    p.backward = true;
   }
-  std::vector<ConvAlgo> cudnn;
-  cudnnConvolutionBwdFilterAlgoPerf_t w[kMax];
-  if (timed)
-    CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(h, p.batch.x, p.batch.y, exec_.conv_desc(),
-                                                            exec_.filter_desc(), kMax, &found, w));
-  else
-    CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, p.batch.x, p.batch.y, exec_.conv_desc(),
-                                                              exec_.filter_desc(), kMax, &found, w));
-  cudnn = allowed_algos(w, found, rules);
-  const Choice filter = choose_direction(
-      ctx, p, "backward-filter", exec_.own_kernels(p.batch.n, o.exact_convolutions, ConvDirection::Filter), cudnn,
-      {reference(exec_, p, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1, h),
-       reference(exec_, p, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0, h)},
-      {{m.dw.data(), m.dw.size()}, {m.db.data(), m.db.size()}},
-      [&](int chunk) {
-        return chunked(p, chunk, [&](cudnnTensorDescriptor_t x, cudnnTensorDescriptor_t y) {
-          cudnnConvolutionBwdFilterAlgoPerf_t r[kMax];
-          int k = 0;
-          CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, x, y, exec_.conv_desc(), exec_.filter_desc(),
-                                                                    kMax, &k, r));
-          return first_allowed(r, k, rules);
-        });
-      },
-      m, timed,
-      [&](const ConvAlgo& a, void* ws) {
-        const float* dy = exec_.masked_gradient(st, p.batch.n, a, m.dy.data(), m.dy.data(), m.masked.data(),
-                                                m.db.data(), m.partials.data());
-        exec_.filter_grad(h, st, ws, p.batch, a, m.x.data(), dy, m.dw.data(), m.db.data());
-      });
-  p.filter = filter.algo;
-  if (timed && data) choose_side_by_side(ctx, p, m, *data, filter);
-  p.backward = true;
+  if (book != nullptr)
+    for (const auto& [k, algo] : records) book->put(k, record_of(*algo));
+}
+
+std::string ConvPlanner::key(const CudaOptions& o, int n, const char* direction) const {
+  const kernels::ConvGeometry g = exec_.geometry(n);
+  const auto s = [](auto v) { return std::to_string(v); };
+  // Everything that decides the choice: the shape and what the layer absorbed, the batch, the
+  // direction, and every setting that filters or ranks candidates.
+  return plan_key({{"op", "conv2d"},
+                   {"n", s(n)},
+                   {"in", s(g.c) + "x" + s(g.h) + "x" + s(g.w)},
+                   {"out", s(g.oc) + "x" + s(g.oh) + "x" + s(g.ow)},
+                   {"kernel", s(g.k)},
+                   {"stride", s(g.stride)},
+                   {"pad", s(g.pad)},
+                   {"relu", s(int(exec_.relu()))},
+                   {"pooled", s(int(exec_.pooled()))},
+                   {"input_grad", s(int(needs_input_grad_))},
+                   {"precision", exec_.tf32() ? "tf32" : "float32"},
+                   {"deterministic", s(int(o.deterministic))},
+                   {"exact", s(int(o.exact_convolutions))},
+                   {"timed", s(int(o.cudnn_benchmark))},
+                   {"timing", plan_timing().replays == 1 ? "quick" : "full"},
+                   {"direction", direction}});
+}
+
+template <typename Heuristic>
+std::optional<ConvAlgo> ConvPlanner::recorded(DeviceContext& ctx, ConvPlan& p, const std::string& key,
+                                              const char* direction, const std::vector<ConvImpl>& own,
+                                              Heuristic heuristic) {
+  PlanBook* book = ctx.plan_book();
+  if (book == nullptr) return std::nullopt;
+  CudaContext& cu = ctx.cuda();
+  const std::string what = name_ + " batch " + std::to_string(p.batch.n) + " " + direction;
+  const std::optional<PlanRecord> r = book->find(key);
+  if (!r) {
+    if (book->fixed) cu.warn(what + ": not in " + book->source + "; planned here");
+    return std::nullopt;
+  }
+  const auto stale = [&](const std::string& why) -> std::optional<ConvAlgo> {
+    cu.warn(what + ": the recorded plan (" + r->impl + " " + std::to_string(r->algo) + ", chunk " +
+            std::to_string(r->chunk) + ") " + why + " (stale); planned afresh");
+    book->erase(key);
+    return std::nullopt;
+  };
+  const std::optional<ConvImpl> impl = impl_from(r->impl);
+  if (!impl) return stale("names an unknown implementation");
+  if (*impl != ConvImpl::Cudnn) {
+    if (r->chunk != 0 || std::find(own.begin(), own.end(), *impl) == own.end())
+      return stale("is not eligible for this shape and these settings");
+    return ConvAlgo{*impl};
+  }
+  const int n = p.batch.n;
+  if (r->chunk < 0 || r->chunk >= n || (r->chunk > 0 && n % r->chunk != 0)) return stale("has an impossible sub-batch");
+  // The workspace comes from cuDNN, never from the file: a too-small one would be written past.
+  const ConvBatch probe = exec_.batch(r->chunk > 0 ? r->chunk : n);
+  for (ConvAlgo a : heuristic(probe.x.get(), probe.y.get())) {
+    if (a.cudnn != r->algo) continue;
+    if (r->chunk > 0) {
+      a.chunk = r->chunk;
+      exec_.add_chunk(p.batch, r->chunk);
+    }
+    return a;
+  }
+  return stale("is not among the algorithms cuDNN allows here under this run's rules");
 }
 
 /// The fallback where no allowed implementation serves the whole batch (cuDNN may offer no
@@ -314,8 +411,10 @@ void ConvPlanner::choose_side_by_side(DeviceContext& ctx, ConvPlan& p, Scratch& 
   for (const ConvAlgo& da : data_options)
     for (const ConvAlgo& fa : filter_options) {
       try {
+        GraphTiming timing = plan_timing();
+        timing.stop_above_us = best * kClearlySlower;
         const double us = graph_time_us(
-            st, [&] { pair(da, fa); }, plan_timing());
+            st, [&] { pair(da, fa); }, timing);
         if (us < best) best = us, p.data = da, p.filter = fa;
       } catch (const CudaError&) {  // not capturable: never chosen
       }
@@ -348,22 +447,21 @@ double ConvPlanner::check(cudaStream_t st, Scratch& m, const std::vector<Output>
 }
 
 /// Checks and (timed) times the candidates of one direction: dptrain's kernel families `own` and
-/// cuDNN's allowed algorithms `cudnn` (best first). `fallback(below)` finds a chunked cuDNN
+/// cuDNN's allowed algorithms `cudnn()` (best first; asked only when needed). `recorded`: the plan
+/// book's choice, used if it passes the check (untimed). `fallback(below)` finds a chunked cuDNN
 /// algorithm for sub-batches smaller than `below` (used when no candidate survives).
-template <typename Fallback, typename Op>
+template <typename Cudnn, typename Fallback, typename Op>
 ConvPlanner::Choice ConvPlanner::choose_direction(DeviceContext& ctx, ConvPlan& p, const char* direction,
-                                                  const std::vector<ConvImpl>& own, const std::vector<ConvAlgo>& cudnn,
+                                                  const std::vector<ConvImpl>& own, Cudnn cudnn,
+                                                  const std::optional<ConvAlgo>& recorded,
                                                   const std::vector<ConvAlgo>& references,
                                                   const std::vector<Output>& outs, Fallback fallback, Scratch& m,
                                                   bool timed, Op op) {
   CudaContext& cu = ctx.cuda();
   cudaStream_t st = cu.stream();
-  std::vector<ConvAlgo> candidates;
-  for (ConvImpl impl : own) candidates.push_back(ConvAlgo{impl});
-  candidates.insert(candidates.end(), cudnn.begin(), cudnn.end());
   size_t memory = 1;
   for (const ConvAlgo& a : references) memory = std::max(memory, a.memory);
-  for (const ConvAlgo& a : candidates) memory = std::max(memory, exec_.bytes(a, p.batch.n));
+  if (recorded) memory = std::max(memory, exec_.bytes(*recorded, p.batch.n));
   Buffer<uint8_t> ws(Device::Cuda, memory);
   const std::string what = name_ + " batch " + std::to_string(p.batch.n) + " " + direction;
 
@@ -391,7 +489,6 @@ ConvPlanner::Choice ConvPlanner::choose_direction(DeviceContext& ctx, ConvPlan& 
     cu.warn(what + ": no reference algorithm runs (" + reference_error +
             "); candidates are checked for unwritten and non-finite outputs only");
   const double tol = tolerance(exec_.tf32());
-  std::vector<ConvAlgo> usable;
   const auto try_candidate = [&](const ConvAlgo& a, void* scratch) {
     try {
       double err = check(st, m, outs, a, scratch, op);
@@ -406,6 +503,22 @@ ConvPlanner::Choice ConvPlanner::choose_direction(DeviceContext& ctx, ConvPlan& 
     }
     return false;
   };
+  // A recorded choice is checked like any candidate, once and untimed; one that fails is planned afresh.
+  if (recorded) {
+    if (try_candidate(*recorded, ws.data())) {
+      Choice c{*recorded, 0, 0, std::nullopt, true};
+      note(ctx, what, c);
+      return c;
+    }
+    cu.warn(what + ": the recorded " + label(*recorded) + " failed its check; planned afresh");
+  }
+
+  std::vector<ConvAlgo> candidates;
+  for (ConvImpl impl : own) candidates.push_back(ConvAlgo{impl});
+  for (const ConvAlgo& a : cudnn()) candidates.push_back(a);
+  for (const ConvAlgo& a : candidates) memory = std::max(memory, exec_.bytes(a, p.batch.n));
+  if (memory > ws.size()) ws = Buffer<uint8_t>(Device::Cuda, memory);
+  std::vector<ConvAlgo> usable;
   for (const ConvAlgo& a : candidates) {
     if (!timed && !usable.empty()) break;  // heuristics: the first that passes
     if (try_candidate(a, ws.data())) usable.push_back(a);
@@ -433,14 +546,19 @@ ConvPlanner::Choice ConvPlanner::choose_direction(DeviceContext& ctx, ConvPlan& 
   }
   // Timed: the fastest in a CUDA graph. One that cannot be captured is passed over (the first
   // stays the answer if nothing else is left: an eager step, train.cuda_graph off, still runs).
+  // A candidate clearly slower than the best so far stops after its first timed replay.
   constexpr double kNever = std::numeric_limits<double>::infinity();
   best.us = best.cudnn_us = kNever;
   std::vector<std::pair<double, ConvAlgo>> times;
+  double fastest = kNever;
   for (const ConvAlgo& a : usable) {
     try {
+      GraphTiming timing = plan_timing();
+      timing.stop_above_us = fastest * kClearlySlower;
       const double us = graph_time_us(
-          st, [&] { op(a, ws.data()); }, plan_timing());
+          st, [&] { op(a, ws.data()); }, timing);
       times.emplace_back(us, a);
+      fastest = std::min(fastest, us);
       if (a.impl == ConvImpl::Cudnn) best.cudnn_us = std::min(best.cudnn_us, us);
     } catch (const CudaError&) {  // not capturable: never chosen, since the step is a graph
     }
@@ -454,7 +572,9 @@ ConvPlanner::Choice ConvPlanner::choose_direction(DeviceContext& ctx, ConvPlan& 
 
 void ConvPlanner::note(DeviceContext& ctx, const std::string& what, const Choice& c) {
   char line[200];
-  if (c.us == 0)
+  if (c.recorded)
+    std::snprintf(line, sizeof line, "%s: %s (recorded plan, checked)", what.c_str(), label(c.algo).c_str());
+  else if (c.us == 0)
     std::snprintf(line, sizeof line, "%s: %s", what.c_str(), label(c.algo).c_str());
   else if (c.algo.impl != ConvImpl::Cudnn)
     std::snprintf(line, sizeof line, "%s: %s kernels %.1f us (best cuDNN %.1f us)", what.c_str(), label(c.algo).c_str(),

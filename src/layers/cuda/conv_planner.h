@@ -12,6 +12,17 @@
 //   step never pays), and the fastest is kept; where an input gradient follows, the two best of
 //   each backward direction are also timed in pairs, side by side, as backward queues them.
 //   Without it: dptrain's kernels first, then cuDNN's heuristic order, the first that passes.
+// - Pruning (timed): only dptrain's eligible kernels and the first kTimedCudnnCandidates allowed
+//   algorithms in cuDNN's heuristic order are checked and timed (cudnnFind, which runs every
+//   algorithm eagerly, is not called); a candidate whose first timed replay is clearly slower than
+//   the best so far stops there, and timing of the others ends once three replays agree.
+// - Recorded plans: with a plan book on the context (DeviceContext::plan_book, io/plan_cache.h)
+//   each direction's choice is looked up by a key of the layer's shape, the batch, the direction
+//   and every setting that filters candidates, and recorded after it is made. A recorded choice is
+//   used only if it is still eligible here (the family's guard admits the shape; cuDNN allows the
+//   algorithm under the run's rules, its workspace asked of cuDNN again) and passes the same check
+//   against the reference, run once, untimed; otherwise it is dropped with one warning and the
+//   direction is planned afresh.
 // Planning allocates, synchronizes and grows the context's workspaces: it runs before a step is
 // captured (Layer::plan), never inside one.
 #pragma once
@@ -56,13 +67,22 @@ class ConvPlanner {
     ConvAlgo algo;
     double us = 0, cudnn_us = 0;     // the chosen one's graph time; the best cuDNN one's (0: untimed)
     std::optional<ConvAlgo> second;  // the runner-up among those timed
+    bool recorded = false;           // taken from the plan book (checked, not timed)
   };
 
   void choose(DeviceContext& ctx, ConvPlan& p, bool forward, bool backward);
-  template <typename Fallback, typename Op>
+  template <typename Cudnn, typename Fallback, typename Op>
   Choice choose_direction(DeviceContext& ctx, ConvPlan& p, const char* direction, const std::vector<ConvImpl>& own,
-                          const std::vector<ConvAlgo>& cudnn, const std::vector<ConvAlgo>& references,
-                          const std::vector<Output>& outs, Fallback fallback, Scratch& m, bool timed, Op op);
+                          Cudnn cudnn, const std::optional<ConvAlgo>& recorded,
+                          const std::vector<ConvAlgo>& references, const std::vector<Output>& outs, Fallback fallback,
+                          Scratch& m, bool timed, Op op);
+  /// The key of one direction's choice at batch n in the plan book.
+  std::string key(const CudaOptions& o, int n, const char* direction) const;
+  /// The book's choice for `key` as a candidate, if it is still eligible here; nothing on a miss.
+  /// `heuristic(x, y)`: cuDNN's allowed algorithms for those descriptors.
+  template <typename Heuristic>
+  std::optional<ConvAlgo> recorded(DeviceContext& ctx, ConvPlan& p, const std::string& key, const char* direction,
+                                   const std::vector<ConvImpl>& own, Heuristic heuristic);
   template <typename Op>
   double check(cudaStream_t st, Scratch& m, const std::vector<Output>& outs, const ConvAlgo& a, void* ws, Op& op);
   template <typename Query>

@@ -44,6 +44,13 @@ double graph_time_us(cudaStream_t stream, const std::function<void()>& op, Graph
     float ms = 0;
     CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
     us.push_back(1000.0 * ms / timing.calls);
+    if (us.size() == 1 && us[0] > timing.stop_above_us) return us[0];  // cannot win: no more replays
+    if (us.size() >= 3) {
+      const auto [lo, hi] = std::minmax_element(us.begin(), us.end());
+      std::vector<double> sorted = us;
+      std::nth_element(sorted.begin(), sorted.begin() + sorted.size() / 2, sorted.end());
+      if (*hi - *lo <= timing.settled * sorted[sorted.size() / 2]) break;
+    }
   }
   std::nth_element(us.begin(), us.begin() + us.size() / 2, us.end());
   return us[us.size() / 2];

@@ -1,0 +1,253 @@
+#include "io/plan_cache.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <stdexcept>
+
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "io/atomic_file.h"
+
+namespace dptrain {
+
+namespace {
+
+using nlohmann::json;
+
+constexpr const char* kFormat = "dptrain-plans";
+/// Bumped whenever a record's meaning or the key's fields change: older files are then stale.
+constexpr int kVersion = 1;
+/// A plan file larger than this is not one (a few hundred bytes per record).
+constexpr uint64_t kMaxPlanFileBytes = uint64_t{64} << 20;
+/// cuDNN numbers its algorithms from 0; none has reached 16.
+constexpr int kMaxAlgo = 64;
+
+json fingerprint_json(const PlanFingerprint& f) {
+  return json{{"gpu", f.gpu},         {"compute_capability", std::to_string(f.cc_major) + "." + std::to_string(f.cc_minor)},
+              {"sms", f.sms},         {"driver", f.driver},
+              {"cuda_runtime", f.runtime}, {"cudnn", f.cudnn},
+              {"cublas", f.cublas},   {"build", f.build}};
+}
+
+/// Throws nlohmann's exceptions on missing or mistyped fields (the caller reports the file corrupt).
+PlanFingerprint fingerprint_from(const json& j) {
+  PlanFingerprint f;
+  f.gpu = j.at("gpu").get<std::string>();
+  const std::string cc = j.at("compute_capability").get<std::string>();
+  const size_t dot = cc.find('.');
+  if (dot == std::string::npos) throw std::runtime_error("compute_capability is not major.minor");
+  f.cc_major = std::atoi(cc.substr(0, dot).c_str());
+  f.cc_minor = std::atoi(cc.substr(dot + 1).c_str());
+  f.sms = j.at("sms").get<int>();
+  f.driver = j.at("driver").get<int>();
+  f.runtime = j.at("cuda_runtime").get<int>();
+  f.cudnn = j.at("cudnn").get<int>();
+  f.cublas = j.at("cublas").get<int>();
+  f.build = j.at("build").get<std::string>();
+  return f;
+}
+
+json records_json(const PlanBook& book) {
+  json plans = json::object();
+  for (const auto& [key, r] : book.records()) plans[key] = json{{"impl", r.impl}, {"algo", r.algo}, {"chunk", r.chunk}};
+  return plans;
+}
+
+/// A record as stored, or nothing when it names an unknown implementation or holds numbers out of
+/// range (a file from another dptrain, or edited by hand).
+std::optional<PlanRecord> record_from(const json& j) {
+  if (!j.is_object() || !j.contains("impl") || !j["impl"].is_string() || !j.contains("algo") ||
+      !j["algo"].is_number_integer() || !j.contains("chunk") || !j["chunk"].is_number_integer())
+    return std::nullopt;
+  PlanRecord r{j["impl"].get<std::string>(), j["algo"].get<int>(), j["chunk"].get<int>()};
+  const auto& names = plan_implementations();
+  if (std::find(names.begin(), names.end(), r.impl) == names.end()) return std::nullopt;
+  if (r.algo < 0 || r.algo >= kMaxAlgo || r.chunk < 0) return std::nullopt;
+  return r;
+}
+
+/// Fills `book` from a "plans" object; returns how many records were dropped.
+int read_records(const json& plans, PlanBook& book) {
+  if (!plans.is_object()) throw std::runtime_error("\"plans\" is not an object");
+  int dropped = 0;
+  for (const auto& [key, value] : plans.items()) {
+    if (const std::optional<PlanRecord> r = record_from(value))
+      book.put(key, *r);
+    else
+      ++dropped;
+  }
+  return dropped;
+}
+
+/// Holds an exclusive flock on a lock file beside the plan file for its lifetime. A lock file of
+/// its own (never renamed) is what every writer locks: the plan file itself is replaced by rename,
+/// so a lock on it would be on an inode that the next writer no longer opens.
+class PlanFileLock {
+ public:
+  explicit PlanFileLock(const std::string& path) : path_(path + ".lock") {
+    fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd_ < 0) throw std::runtime_error(path_ + ": cannot open the lock file: " + std::strerror(errno));
+    while (::flock(fd_, LOCK_EX) != 0) {
+      if (errno == EINTR) continue;
+      const int e = errno;
+      ::close(fd_);
+      throw std::runtime_error(path_ + ": cannot lock: " + std::strerror(e));
+    }
+  }
+  ~PlanFileLock() { ::close(fd_); }  // closing releases the lock
+  PlanFileLock(const PlanFileLock&) = delete;
+  PlanFileLock& operator=(const PlanFileLock&) = delete;
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+};
+
+/// An environment variable usable as a folder: set, and absolute (the XDG rule).
+std::optional<std::string> absolute_env(const char* name) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || v[0] != '/') return std::nullopt;
+  return std::string(v);
+}
+
+}  // namespace
+
+std::string PlanFingerprint::describe() const {
+  return gpu + " (sm " + std::to_string(cc_major) + "." + std::to_string(cc_minor) + ", " + std::to_string(sms) +
+         " SMs), driver " + std::to_string(driver) + ", CUDA " + std::to_string(runtime) + ", cuDNN " +
+         std::to_string(cudnn) + ", cuBLAS " + std::to_string(cublas) + ", build " + build;
+}
+
+std::string plan_key(const std::vector<std::pair<std::string, std::string>>& fields) {
+  std::string key;
+  for (const auto& [name, value] : fields) {
+    if (!key.empty()) key += ';';
+    key += name + '=' + value;
+  }
+  return key;
+}
+
+std::optional<PlanRecord> PlanBook::find(const std::string& key) {
+  const auto it = records_.find(key);
+  if (it == records_.end()) return std::nullopt;
+  used_.insert(key);
+  return it->second;
+}
+
+void PlanBook::put(const std::string& key, const PlanRecord& record) {
+  records_[key] = record;
+  used_.insert(key);
+}
+
+void PlanBook::erase(const std::string& key) {
+  records_.erase(key);
+  used_.erase(key);
+}
+
+void PlanBook::merge(const PlanBook& other, bool override) {
+  for (const auto& [key, r] : other.records_)
+    if (override || !records_.contains(key)) records_[key] = r;
+}
+
+PlanBook PlanBook::used() const {
+  PlanBook out;
+  for (const std::string& key : used_) out.records_[key] = records_.at(key);
+  return out;
+}
+
+std::string PlanBook::serialize() const { return records_json(*this).dump(); }
+
+PlanBook PlanBook::parse(const std::string& bytes) {
+  PlanBook book;
+  try {
+    if (read_records(json::parse(bytes), book) != 0) throw std::runtime_error("a record is invalid");
+  } catch (const json::exception& e) {
+    throw std::runtime_error(std::string("plan records are not valid JSON: ") + e.what());
+  }
+  book.forget_use();
+  return book;
+}
+
+std::string plan_file_text(const PlanBook& book, const PlanFingerprint& fp) {
+  const json j{{"format", kFormat}, {"version", kVersion}, {"fingerprint", fingerprint_json(fp)},
+               {"plans", records_json(book)}};
+  return j.dump(1) + "\n";
+}
+
+PlanFileRead read_plan_file(const std::string& path, const PlanFingerprint& fp) {
+  PlanFileRead out;
+  out.book.source = path;
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) return out;
+  out.existed = true;
+  const auto ignored = [&](const std::string& why) {
+    out.book = PlanBook();
+    out.book.source = path;
+    out.warning = path + ": " + why + "; its plans are ignored and made afresh";
+    return out;
+  };
+  std::string text;
+  try {
+    text = read_whole_file(path, kMaxPlanFileBytes);
+  } catch (const std::exception& e) {
+    return ignored(std::string("cannot be read (") + e.what() + ")");
+  }
+  try {
+    const json j = json::parse(text);
+    if (!j.is_object() || j.value("format", std::string()) != kFormat) return ignored("is not a dptrain plan file");
+    if (!j.contains("version") || !j["version"].is_number_integer() || j["version"].get<int>() != kVersion)
+      return ignored("is a plan file of another version (stale: this dptrain reads version " +
+                     std::to_string(kVersion) + ")");
+    const PlanFingerprint made = fingerprint_from(j.at("fingerprint"));
+    if (!(made == fp))
+      return ignored("was made for " + made.describe() + ", not this run's " + fp.describe() + " (foreign or stale)");
+    const int dropped = read_records(j.at("plans"), out.book);
+    out.book.forget_use();  // read, not used: nothing is marked until the planner looks
+    if (dropped > 0)
+      out.warning = path + ": " + std::to_string(dropped) +
+                    " plan(s) name an unknown implementation or hold invalid numbers (stale); they are made afresh";
+  } catch (const json::parse_error& e) {
+    return ignored(std::string("is corrupt or truncated (") + e.what() + ")");
+  } catch (const std::exception& e) {
+    return ignored(std::string("is corrupt (") + e.what() + ")");
+  }
+  return out;
+}
+
+void merge_into_plan_file(const std::string& path, const PlanBook& book, const PlanFingerprint& fp) {
+  const std::filesystem::path parent = std::filesystem::path(path).parent_path();
+  if (!parent.empty()) std::filesystem::create_directories(parent);
+  const PlanFileLock lock(path);
+  PlanBook merged = read_plan_file(path, fp).book;  // a bad file is replaced (its reader warned)
+  merged.merge(book, /*override=*/true);
+  write_file_atomically(path, plan_file_text(merged, fp));
+}
+
+void write_plan_file(const std::string& path, const PlanBook& book, const PlanFingerprint& fp) {
+  write_file_atomically(path, plan_file_text(book, fp));
+}
+
+std::optional<std::string> plan_cache_setting_problem(const std::string& value) {
+  if (value.empty()) return "must be auto, off or the path of a plan file";
+  if (value.back() == '/') return "'" + value + "' names a folder; give a plan file's path (or auto, off)";
+  return std::nullopt;
+}
+
+PlanCacheLocation resolve_plan_cache(const std::string& value) {
+  if (const auto problem = plan_cache_setting_problem(value)) throw InputError("train.plan_cache", *problem);
+  if (value == "off") return {};
+  if (value != "auto") return {value, false};
+  if (const auto xdg = absolute_env("XDG_CACHE_HOME")) return {*xdg + "/dptrain/plans.json", true};
+  if (const auto home = absolute_env("HOME")) return {*home + "/.cache/dptrain/plans.json", true};
+  return {};
+}
+
+}  // namespace dptrain
