@@ -27,6 +27,12 @@ constexpr const char* kFailed = "failed\n";
 
 bool starts_with(const std::string& s, const char* prefix) { return s.rfind(prefix, 0) == 0; }
 
+/// Whether two paths name one file (the run's plans.json given as train.plan_cache).
+bool same_file(const std::string& a, const std::string& b) {
+  std::error_code ec;
+  return std::filesystem::equivalent(a, b, ec) && !ec;
+}
+
 #if DPTRAIN_HAVE_CUDA
 PlanFingerprint fingerprint(DeviceContext& ctx) {
   CudaContext& cu = ctx.cuda();
@@ -43,66 +49,6 @@ PlanFingerprint fingerprint(DeviceContext& ctx) {
   CUBLAS_CHECK(cublasGetVersion(cu.cublas(), &f.cublas));
   f.build = build_id();
   return f;
-}
-
-void warn(DeviceContext& ctx, const std::string& line) { ctx.cuda().warn(line); }
-
-/// Whether two paths name one file (the run's plans.json given as train.plan_cache).
-bool same_file(const std::string& a, const std::string& b) {
-  std::error_code ec;
-  return std::filesystem::equivalent(a, b, ec) && !ec;
-}
-
-/// Rank 0's part on CUDA: the book from the cache (and the run's own plan on resume), the planning,
-/// and the writes.
-void plan_on_root(DeviceContext& ctx, const PlanningOptions& options, const std::function<void(bool)>& plan,
-                  PlanBook& book) {
-  const PlanFingerprint fp = fingerprint(ctx);
-  const PlanCacheLocation cache = resolve_plan_cache(options.plan_cache);
-  if (!cache.path.empty()) {
-    if (!cache.writable && !std::filesystem::exists(cache.path))
-      throw InputError("train.plan_cache", cache.path + " does not exist (give the plans.json of an earlier run, or auto, or off)");
-    PlanFileRead read = read_plan_file(cache.path, fp);
-    if (read.warning) warn(ctx, *read.warning);
-    book = std::move(read.book);
-    book.fixed = !cache.writable;
-    book.source = cache.path;
-  }
-  // Resuming with the shared cache: the run's own plan comes first, so the continuation runs what
-  // the interrupted run ran even if the shared cache changed since (another run re-timed a shape).
-  const std::string run_plan = options.run_dir.empty() ? std::string() : run_plan_path(options.run_dir);
-  if (options.resume && cache.writable && !run_plan.empty()) {
-    PlanFileRead own = read_plan_file(run_plan, fp);
-    if (own.warning) warn(ctx, *own.warning);
-    book.merge(own.book, /*override=*/true);
-  }
-  const std::map<std::string, PlanRecord> before = book.records();
-  ctx.set_plan_book(&book);
-  try {
-    plan(true);
-  } catch (...) {
-    ctx.set_plan_book(nullptr);
-    throw;
-  }
-  ctx.set_plan_book(nullptr);
-
-  const PlanBook used = book.used();
-  if (!run_plan.empty() && !(!cache.writable && same_file(run_plan, cache.path))) {  // a PATH is never written
-    std::filesystem::create_directories(options.run_dir);
-    write_plan_file(run_plan, used, fp);
-  }
-  bool changed = false;
-  for (const auto& [key, record] : used.records()) {
-    const auto it = before.find(key);
-    changed = changed || it == before.end() || !(it->second == record);
-  }
-  if (cache.writable && changed) {
-    try {
-      merge_into_plan_file(cache.path, used, fp);
-    } catch (const std::exception& e) {  // the run has its plan; only the next run's start is slower
-      warn(ctx, std::string("plan cache not written: ") + e.what());
-    }
-  }
 }
 #endif
 
@@ -134,6 +80,50 @@ void share_plans(Communicator& comm, PlanBook& book, const std::function<void(Pl
   book.source = "rank 0's plan";
 }
 
+void plan_with_cache(const PlanningOptions& options, const PlanFingerprint& fp,
+                     const std::function<void(const std::string&)>& warn, const std::function<void(PlanBook&)>& plan,
+                     PlanBook& book) {
+  const PlanCacheLocation cache = resolve_plan_cache(options.plan_cache);
+  if (!cache.path.empty()) {
+    if (!cache.writable && !std::filesystem::exists(cache.path))
+      throw InputError("train.plan_cache",
+                       cache.path + " does not exist (give the plans.json of an earlier run, or auto, or off)");
+    PlanFileRead read = read_plan_file(cache.path, fp);
+    if (read.warning) warn(*read.warning);
+    book = std::move(read.book);
+    book.fixed = !cache.writable;
+    book.source = cache.path;
+  }
+  // Resuming with the shared cache: the run's own plan comes first, so the continuation runs what
+  // the interrupted run ran even if the shared cache changed since (another run re-timed a shape).
+  const std::string run_plan = options.run_dir.empty() ? std::string() : run_plan_path(options.run_dir);
+  if (options.resume && cache.writable && !run_plan.empty()) {
+    PlanFileRead own = read_plan_file(run_plan, fp);
+    if (own.warning) warn(*own.warning);
+    book.merge(own.book, /*override=*/true);
+  }
+  const std::map<std::string, PlanRecord> before = book.records();
+  plan(book);
+
+  const PlanBook used = book.used();
+  if (!run_plan.empty() && !(!cache.writable && same_file(run_plan, cache.path))) {  // a PATH is never written
+    std::filesystem::create_directories(options.run_dir);
+    write_plan_file(run_plan, used, fp);
+  }
+  bool changed = false;
+  for (const auto& [key, record] : used.records()) {
+    const auto it = before.find(key);
+    changed = changed || it == before.end() || !(it->second == record);
+  }
+  if (cache.writable && changed) {
+    try {
+      merge_into_plan_file(cache.path, used, fp);
+    } catch (const std::exception& e) {  // the run has its plan; only the next run's start is slower
+      warn(std::string("plan cache not written: ") + e.what());
+    }
+  }
+}
+
 std::string run_plan_path(const std::string& run_dir) {
   return (std::filesystem::path(run_dir) / "plans.json").string();
 }
@@ -143,7 +133,21 @@ void plan_on_every_rank(Communicator& comm, DeviceContext& ctx, const PlanningOp
 #if DPTRAIN_HAVE_CUDA
   if (ctx.on_cuda()) {
     PlanBook book;
-    share_plans(comm, book, [&](PlanBook& b) { plan_on_root(ctx, options, plan, b); });
+    share_plans(comm, book, [&](PlanBook& b) {
+      plan_with_cache(
+          options, fingerprint(ctx), [&](const std::string& line) { ctx.cuda().warn(line); },
+          [&](PlanBook& planning) {
+            ctx.set_plan_book(&planning);
+            try {
+              plan(true);
+            } catch (...) {
+              ctx.set_plan_book(nullptr);
+              throw;
+            }
+            ctx.set_plan_book(nullptr);
+          },
+          b);
+    });
     if (comm.rank() != 0) {
       ctx.set_plan_book(&book);
       try {

@@ -35,6 +35,16 @@ struct PlanningOptions {
   bool resume = false;     ///< with `auto`, the run folder's plans.json is read first (bit-for-bit resume)
 };
 
+/// Rank 0's planning with the plan files, host side (the unit tests drive it with a fake planner):
+/// `book` becomes train.plan_cache's records (a PATH's marked fixed; a missing PATH is an
+/// InputError; a bad file one `warn` line and no records), overlaid on resume with `auto` by the run
+/// folder's plans.json; `plan(book)` plans, reading and recording there; then the records it used
+/// are written to the run folder's plans.json (atomically; never onto the PATH itself) and, when
+/// any is new, merged into the shared cache (a failure there is a warning: the run has its plan).
+void plan_with_cache(const PlanningOptions& options, const PlanFingerprint& fp,
+                     const std::function<void(const std::string&)>& warn, const std::function<void(PlanBook&)>& plan,
+                     PlanBook& book);
+
 /// Plans the model on every rank from one plan. `plan(root)` plans every batch size this rank
 /// runs; on rank 0 (root true) also every size the other ranks run. On CUDA, rank 0 plans with the
 /// book of train.plan_cache (and on resume the run folder's plans.json), writes the plan it used

@@ -34,6 +34,7 @@
 #include <string>
 #include <vector>
 
+#include "core/cuda_context.h"
 #include "core/device_context.h"
 #include "layers/cuda/conv_executor.h"
 
