@@ -211,5 +211,18 @@ PY
     sanitize)
       compute-sanitizer --tool memcheck --error-exitcode 9 $B/dptrain train --device cuda --max-steps 30 --out /tmp/dr/san --no-progress ${SANITIZE_ARGS:-} > "$OUT/sanitize.log" 2>&1
       echo "memcheck rc=$?"; tail -4 "$OUT/sanitize.log" ;;
+    cachewarm)  # plan cache (issue 22): one-step wall time cold (empty cache) vs warm, 3 rounds; then a run
+                # repeated from the first's plans.json must reuse every choice (no timing) and leave it unchanged
+      for round in 1 2 3; do
+        c=$(mktemp -d /tmp/dr/xdg.XXXX)
+        for phase in cold warm; do
+          d=$(mktemp -d /tmp/dr/cw.XXXX); rmdir "$d"
+          XDG_CACHE_HOME=$c /usr/bin/time -f "%e" -o /tmp/dr/wall $B/dptrain train --device cuda --max-steps 1 --no-progress --out "$d" >"$d.log" 2>&1
+          echo "round $round $phase: rc=$? $(cat /tmp/dr/wall) s wall; $(grep -c '"' $c/dptrain/plans.json 2>/dev/null) cache lines; $(grep -c warning "$d.log") warnings"
+        done
+      done
+      sum0=$(sha256sum < "$(ls -d /tmp/dr/cw.* | head -1)/plans.json")
+      $B/dptrain bench --device cuda --steps 20 --set train.plan_cache="$(ls -d /tmp/dr/cw.* | head -1)/plans.json" >"$OUT/cachewarm_path.log" 2>&1
+      echo "PATH reuse rc=$?: $(grep -c 'recorded plan' "$OUT/cachewarm_path.log") recorded choices, $(grep -c ' us' "$OUT/cachewarm_path.log") timed lines, file unchanged: $([ "$sum0" = "$(sha256sum < "$(ls -d /tmp/dr/cw.* | head -1)/plans.json")" ] && echo yes || echo NO)" ;;
   esac
 done

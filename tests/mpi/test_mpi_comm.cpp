@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstring>
 #include <random>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -22,6 +23,8 @@
 #include "core/buffer.h"
 #include "core/device_context.h"
 #include "core/error.h"
+#include "io/plan_cache.h"
+#include "train/plan_sharing.h"
 #if DPTRAIN_HAVE_CUDA
 #include "comm/nccl_communicator.h"
 #include "core/cuda_check.h"
@@ -149,6 +152,71 @@ TEST(MpiComm, MakeCommunicatorForCpu) {
   EXPECT_EQ(auto_comm->all_reduce_scalar(1.0, ReduceOp::Sum), static_cast<double>(session().size()));
   EXPECT_EQ(make_communicator(CommKind::Mpi, Device::Cpu, session(), 0, 10.0)->name(), "mpi");
   EXPECT_THROW(make_communicator(CommKind::Nccl, Device::Cpu, session(), 0, 10.0), InputError);
+}
+
+TEST(MpiComm, BroadcastBytesFromEveryRoot) {
+  MpiCommunicator comm(session());
+  for (int root = 0; root < comm.size(); ++root)
+    for (size_t length : {size_t{0}, size_t{1}, size_t{100000}}) {
+      std::string bytes(comm.rank() == root ? length : 7 + comm.rank(), 'x');  // other ranks: wrong sizes
+      if (comm.rank() == root)
+        for (size_t i = 0; i < length; ++i) bytes[i] = static_cast<char>((i * 31 + root) % 256);
+      comm.broadcast_bytes(bytes, root);
+      size_t wrong = bytes.size() == length ? 0 : 1;
+      for (size_t i = 0; i < bytes.size() && i < length; ++i) wrong += bytes[i] != static_cast<char>((i * 31 + root) % 256);
+      EXPECT_EQ(wrong, 0u) << "root " << root << ", " << length << " bytes";
+    }
+  std::string one;
+  EXPECT_THROW(comm.broadcast_bytes(one, comm.size()), std::invalid_argument);
+}
+
+// The same plan on every rank (train/plan_sharing.h): only rank 0 runs the planner, and every rank
+// ends with exactly its choices, though the fake planner would answer differently on each rank and
+// every rank starts with a different book of its own.
+TEST(MpiPlanSharing, EveryRankEndsWithRankZerosChoices) {
+  MpiCommunicator comm(session());
+  const int rank = comm.rank();
+  PlanBook book;
+  book.put("left-over;rank=" + std::to_string(rank), {"direct", 0, 0});
+  int planner_runs = 0;
+  share_plans(comm, book, [&](PlanBook& b) {
+    ++planner_runs;
+    b.put("conv1;n=64;direction=forward", {"cudnn", 1 + rank, 0});  // "timed": differs by rank
+    b.put("conv2;n=64;direction=backward-filter", {rank == 0 ? "tiled" : "mma", 0, 0});
+    b.put("conv2;n=16;direction=backward-filter", {"cudnn", 0, 8 + rank});
+  });
+  EXPECT_EQ(planner_runs, rank == 0 ? 1 : 0);
+  EXPECT_EQ(comm.all_reduce_scalar(planner_runs, ReduceOp::Sum), 1.0) << "the planner ran on one rank only";
+  if (rank != 0) {
+    EXPECT_TRUE(book.fixed);
+    EXPECT_EQ(book.source, "rank 0's plan");
+  }
+  PlanBook expected;
+  expected.put("conv1;n=64;direction=forward", {"cudnn", 1, 0});
+  expected.put("conv2;n=64;direction=backward-filter", {"tiled", 0, 0});
+  expected.put("conv2;n=16;direction=backward-filter", {"cudnn", 0, 8});
+  if (rank == 0) expected.put("left-over;rank=0", {"direct", 0, 0});  // rank 0 keeps its own book
+  EXPECT_EQ(book, expected) << book.serialize();
+  // What the others received is what rank 0 used, byte for byte.
+  std::string mine = book.used().serialize(), root = mine;
+  comm.broadcast_bytes(root, 0);
+  EXPECT_TRUE(all_agree(root == mine || rank == 0));
+}
+
+TEST(MpiPlanSharing, RankZerosFailureReachesEveryRank) {
+  MpiCommunicator comm(session());
+  PlanBook book;
+  bool threw = false;
+  try {
+    share_plans(comm, book, [&](PlanBook&) { throw InputError("train.plan_cache", "planted failure"); });
+  } catch (const InputError& e) {
+    threw = comm.rank() == 0 && std::string(e.what()).find("planted failure") != std::string::npos;
+  } catch (const std::runtime_error& e) {
+    threw = comm.rank() != 0 && std::string(e.what()).find("rank 0 failed to plan: ") != std::string::npos &&
+            std::string(e.what()).find("planted failure") != std::string::npos;
+  }
+  EXPECT_TRUE(threw);
+  comm.barrier();  // nobody is left inside the broadcast
 }
 
 // Run without mpirun (CTest's mpi_comm_singleton): MPI starts as a world of one.
