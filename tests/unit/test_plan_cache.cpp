@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "core/build_id.h"
 #include "core/error.h"
 #include "io/atomic_file.h"
 #include "io/config.h"
@@ -381,6 +382,13 @@ TEST_F(PlanCache, ResumePrefersTheRunsOwnPlan) {
   EXPECT_EQ(book.used().records().at(kConv1), (PlanRecord{"cudnn", 1, 0}));
   EXPECT_EQ(book.used().records().at(kConv2), (PlanRecord{"cudnn", 6, 0}));
   EXPECT_EQ(read_plan_file(path("run/plans.json"), h200()).book, book.used());
+}
+
+// The build id that fingerprints plans: 16 hex digits of a hash of the sources (cmake/build_id.cmake).
+TEST(PlanCacheBuildId, IsASourceHash) {
+  const std::string id = build_id();
+  ASSERT_EQ(id.size(), 16u) << id;
+  EXPECT_EQ(id.find_first_not_of("0123456789abcdef"), std::string::npos) << id;
 }
 
 TEST(PlanCacheConfig, ValidatesTrainPlanCache) {

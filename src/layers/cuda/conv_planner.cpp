@@ -90,13 +90,37 @@ ConvAlgo reference(const ConvExecutor& exec, const ConvPlan& p, AlgoEnum algo, c
 double tolerance(bool tf32) { return tf32 ? 1e-2 : 1e-4; }
 
 /// DPTRAIN_PLAN_TIMING=quick times each candidate once (under compute-sanitizer, where the usual
-/// 90 runs of every candidate would take minutes); the choices are then noisier, not different in kind.
-GraphTiming plan_timing() {
-  static const bool quick = [] {
+/// 90 runs of every candidate would take minutes); the choices are then noisier, not different in
+/// kind. DPTRAIN_PLAN_TIMING=full is the search before issue 22, for A/B comparisons: cudnnFind
+/// proposes, every allowed algorithm is timed, each for all 7 replays (no pruning, no early stop).
+enum class PlanSearch { Pruned, Quick, Full };
+PlanSearch plan_search() {
+  static const PlanSearch search = [] {
     const char* v = std::getenv("DPTRAIN_PLAN_TIMING");
-    return v != nullptr && std::string(v) == "quick";
+    const std::string s = v == nullptr ? "" : v;
+    return s == "quick" ? PlanSearch::Quick : s == "full" ? PlanSearch::Full : PlanSearch::Pruned;
   }();
-  return quick ? GraphTiming{1, 0, 1, std::numeric_limits<double>::infinity(), 0.02} : GraphTiming{};
+  return search;
+}
+
+constexpr double kNoBound = std::numeric_limits<double>::infinity();
+
+GraphTiming plan_timing() {
+  switch (plan_search()) {
+    case PlanSearch::Quick: return GraphTiming{1, 0, 1, kNoBound, 0.02};
+    case PlanSearch::Full: return GraphTiming{10, 2, 7, kNoBound, 0.0};
+    case PlanSearch::Pruned: break;
+  }
+  return GraphTiming{};
+}
+
+const char* plan_search_name() {
+  switch (plan_search()) {
+    case PlanSearch::Quick: return "quick";
+    case PlanSearch::Full: return "full";
+    case PlanSearch::Pruned: break;
+  }
+  return "pruned";
 }
 
 /// cuDNN algorithms timed per direction under train.cudnn_benchmark, in its heuristic order: the
@@ -198,8 +222,9 @@ void ConvPlanner::choose(DeviceContext& ctx, ConvPlan& p, bool forward, bool bac
   // cuDNN's allowed algorithms for a direction, in its heuristic order (best first). Timed, only
   // the first few are kept: those that can win (cudnnFind, which would run every one eagerly, is
   // not called; the survivors are timed as the step runs them anyway).
+  const bool find = timed && plan_search() == PlanSearch::Full;
   const auto candidates = [&](std::vector<ConvAlgo> algos) {
-    if (timed && algos.size() > kTimedCudnnCandidates) algos.resize(kTimedCudnnCandidates);
+    if (timed && !find && algos.size() > kTimedCudnnCandidates) algos.resize(kTimedCudnnCandidates);
     return algos;
   };
   const auto fwd_heuristic = [&](cudnnTensorDescriptor_t x, cudnnTensorDescriptor_t y) {
@@ -222,6 +247,28 @@ void ConvPlanner::choose(DeviceContext& ctx, ConvPlan& p, bool forward, bool bac
         cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, x, y, exec_.conv_desc(), exec_.filter_desc(), kMax, &k, r));
     return allowed_algos(r, k, rules);
   };
+  // DPTRAIN_PLAN_TIMING=full: cudnnFind proposes, as before issue 22.
+  const auto fwd_find = [&] {
+    cudnnConvolutionFwdAlgoPerf_t r[kMax];
+    int k = 0;
+    CUDNN_CHECK(cudnnFindConvolutionForwardAlgorithm(h, p.batch.x, exec_.filter_desc(), exec_.conv_desc(), p.batch.y,
+                                                     kMax, &k, r));
+    return allowed_algos(r, k, rules);
+  };
+  const auto data_find = [&] {
+    cudnnConvolutionBwdDataAlgoPerf_t r[kMax];
+    int k = 0;
+    CUDNN_CHECK(cudnnFindConvolutionBackwardDataAlgorithm(h, exec_.filter_desc(), p.batch.y, exec_.conv_desc(),
+                                                          p.batch.x, kMax, &k, r));
+    return allowed_algos(r, k, rules);
+  };
+  const auto filter_find = [&] {
+    cudnnConvolutionBwdFilterAlgoPerf_t r[kMax];
+    int k = 0;
+    CUDNN_CHECK(cudnnFindConvolutionBackwardFilterAlgorithm(h, p.batch.x, p.batch.y, exec_.conv_desc(),
+                                                            exec_.filter_desc(), kMax, &k, r));
+    return allowed_algos(r, k, rules);
+  };
   const auto first_of = [](std::vector<ConvAlgo> algos) {
     return algos.empty() ? std::nullopt : std::optional<ConvAlgo>(algos.front());
   };
@@ -231,7 +278,7 @@ void ConvPlanner::choose(DeviceContext& ctx, ConvPlan& p, bool forward, bool bac
     const std::vector<ConvImpl> own = exec_.own_kernels(p.batch.n, o.exact_convolutions, ConvDirection::Forward);
     const std::string k = key(o, p.batch.n, "forward");
     const Choice c = choose_direction(
-        ctx, p, "forward", own, [&] { return candidates(fwd_heuristic(p.batch.x, p.batch.y)); },
+        ctx, p, "forward", own, [&] { return find ? fwd_find() : candidates(fwd_heuristic(p.batch.x, p.batch.y)); },
         recorded(ctx, p, k, "forward", own, fwd_heuristic),
         {reference(exec_, p, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, h),
          reference(exec_, p, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM, h)},
@@ -254,7 +301,7 @@ void ConvPlanner::choose(DeviceContext& ctx, ConvPlan& p, bool forward, bool bac
       const std::vector<ConvImpl> own = exec_.own_kernels(p.batch.n, o.exact_convolutions, ConvDirection::Data);
       const std::string k = key(o, p.batch.n, "backward-data");
       data = choose_direction(
-          ctx, p, "backward-data", own, [&] { return candidates(data_heuristic(p.batch.x, p.batch.y)); },
+          ctx, p, "backward-data", own, [&] { return find ? data_find() : candidates(data_heuristic(p.batch.x, p.batch.y)); },
           recorded(ctx, p, k, "backward-data", own, data_heuristic),
           {reference(exec_, p, CUDNN_CONVOLUTION_BWD_DATA_ALGO_1, h),
            reference(exec_, p, CUDNN_CONVOLUTION_BWD_DATA_ALGO_0, h)},
@@ -274,7 +321,7 @@ void ConvPlanner::choose(DeviceContext& ctx, ConvPlan& p, bool forward, bool bac
     const std::vector<ConvImpl> own = exec_.own_kernels(p.batch.n, o.exact_convolutions, ConvDirection::Filter);
     const std::string k = key(o, p.batch.n, "backward-filter");
     const Choice filter = choose_direction(
-        ctx, p, "backward-filter", own, [&] { return candidates(filter_heuristic(p.batch.x, p.batch.y)); },
+        ctx, p, "backward-filter", own, [&] { return find ? filter_find() : candidates(filter_heuristic(p.batch.x, p.batch.y)); },
         recorded(ctx, p, k, "backward-filter", own, filter_heuristic),
         {reference(exec_, p, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1, h),
          reference(exec_, p, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0, h)},
@@ -319,7 +366,7 @@ std::string ConvPlanner::key(const CudaOptions& o, int n, const char* direction)
                    {"deterministic", s(int(o.deterministic))},
                    {"exact", s(int(o.exact_convolutions))},
                    {"timed", s(int(o.cudnn_benchmark))},
-                   {"timing", plan_timing().replays == 1 ? "quick" : "full"},
+                   {"search", plan_search_name()},
                    {"direction", direction}});
 }
 
@@ -412,7 +459,7 @@ void ConvPlanner::choose_side_by_side(DeviceContext& ctx, ConvPlan& p, Scratch& 
     for (const ConvAlgo& fa : filter_options) {
       try {
         GraphTiming timing = plan_timing();
-        timing.stop_above_us = best * kClearlySlower;
+        if (plan_search() == PlanSearch::Pruned) timing.stop_above_us = best * kClearlySlower;
         const double us = graph_time_us(
             st, [&] { pair(da, fa); }, timing);
         if (us < best) best = us, p.data = da, p.filter = fa;
@@ -554,7 +601,7 @@ ConvPlanner::Choice ConvPlanner::choose_direction(DeviceContext& ctx, ConvPlan& 
   for (const ConvAlgo& a : usable) {
     try {
       GraphTiming timing = plan_timing();
-      timing.stop_above_us = fastest * kClearlySlower;
+      if (plan_search() == PlanSearch::Pruned) timing.stop_above_us = fastest * kClearlySlower;
       const double us = graph_time_us(
           st, [&] { op(a, ws.data()); }, timing);
       times.emplace_back(us, a);

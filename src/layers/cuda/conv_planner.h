@@ -16,6 +16,7 @@
 //   algorithms in cuDNN's heuristic order are checked and timed (cudnnFind, which runs every
 //   algorithm eagerly, is not called); a candidate whose first timed replay is clearly slower than
 //   the best so far stops there, and timing of the others ends once three replays agree.
+//   DPTRAIN_PLAN_TIMING=full restores the earlier search (cudnnFind, all allowed, 7 replays) for A/B.
 // - Recorded plans: with a plan book on the context (DeviceContext::plan_book, io/plan_cache.h)
 //   each direction's choice is looked up by a key of the layer's shape, the batch, the direction
 //   and every setting that filters candidates, and recorded after it is made. A recorded choice is
