@@ -223,6 +223,10 @@ PY
       done
       sum0=$(sha256sum < "$(ls -d /tmp/dr/cw.* | head -1)/plans.json")
       $B/dptrain bench --device cuda --steps 20 --set train.plan_cache="$(ls -d /tmp/dr/cw.* | head -1)/plans.json" >"$OUT/cachewarm_path.log" 2>&1
-      echo "PATH reuse rc=$?: $(grep -c 'recorded plan' "$OUT/cachewarm_path.log") recorded choices, $(grep -c ' us' "$OUT/cachewarm_path.log") timed lines, file unchanged: $([ "$sum0" = "$(sha256sum < "$(ls -d /tmp/dr/cw.* | head -1)/plans.json")" ] && echo yes || echo NO)" ;;
+      echo "PATH reuse rc=$?: $(grep -c 'recorded plan' "$OUT/cachewarm_path.log") recorded choices, $(grep -c ' us' "$OUT/cachewarm_path.log") timed lines, file unchanged: $([ "$sum0" = "$(sha256sum < "$(ls -d /tmp/dr/cw.* | head -1)/plans.json")" ] && echo yes || echo NO)"
+      # rank 0 plans and broadcasts (--comm mpi, two ranks on one GPU, cold cache): one plans.json, no warnings
+      c=$(mktemp -d /tmp/dr/xdg.XXXX)
+      XDG_CACHE_HOME=$c mpirun -np 2 --oversubscribe -x XDG_CACHE_HOME $B/dptrain train --device cuda --comm mpi --max-steps 5 --set train.batch_size=60 --no-progress --out /tmp/dr/cwmpi > "$OUT/cachewarm_mpi.log" 2>&1
+      echo "2 ranks --comm mpi rc=$?: $(grep -c warning "$OUT/cachewarm_mpi.log") warnings, run plans.json $(grep -c impl /tmp/dr/cwmpi/plans.json) records, cache $(grep -c impl $c/dptrain/plans.json) records" ;;
   esac
 done

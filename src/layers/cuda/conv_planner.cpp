@@ -206,10 +206,10 @@ const ConvPlan& ConvPlanner::plan(DeviceContext& ctx, int n, bool backward) {
 
 /// Chooses the directions asked for. Each candidate is run once on random inputs and its outputs
 /// compared with a reference implementation's (cuDNN's plainest algorithm); one that disagrees, or
-/// fails to run, is dropped with a warning. With train.cudnn_benchmark the survivors are timed in
-/// a CUDA graph, as the step runs them, and the fastest is kept (cudnnFind only proposes: its
-/// eager times include launch overhead that a replayed step never pays); without it, the first
-/// survivor of dptrain's kernels, then cuDNN's heuristic order.
+/// fails to run, is dropped with a warning. With train.cudnn_benchmark the survivors (dptrain's
+/// kernels and cuDNN's first kTimedCudnnCandidates by its heuristics) are timed in a CUDA graph, as
+/// the step runs them, and the fastest is kept; without it, the first survivor of dptrain's
+/// kernels, then cuDNN's heuristic order. A direction the plan book holds is checked, not timed.
 void ConvPlanner::choose(DeviceContext& ctx, ConvPlan& p, bool forward, bool backward) {
   Scratch m(exec_, p.batch.n, ctx.cuda().stream());
   cudnnHandle_t h = ctx.cuda().cudnn();
@@ -339,8 +339,9 @@ void ConvPlanner::choose(DeviceContext& ctx, ConvPlan& p, bool forward, bool bac
         });
     p.filter = filter.algo;
     records.emplace_back(k, &p.filter);
-    // A recorded pair was already timed side by side when it was made.
-    if (timed && data && !(data->recorded && filter.recorded)) choose_side_by_side(ctx, p, m, *data, filter);
+    // A recorded choice stays as recorded (its pair was timed side by side when it was made): only
+    // two fresh choices are timed in pairs.
+    if (timed && data && !data->recorded && !filter.recorded) choose_side_by_side(ctx, p, m, *data, filter);
     p.backward = true;
   }
   if (book != nullptr)
