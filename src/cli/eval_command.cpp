@@ -5,8 +5,10 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
+#include "comm/communicator.h"
 #include "data/dataset.h"
 #include "train/evaluator.h"
+#include "train/plan_sharing.h"
 #include "train/runtime.h"
 #include "train/weights.h"
 
@@ -30,6 +32,11 @@ int run_eval(const EvalArgs& a) {
   const Dataset test = load_mnist_test(dir);
   check_labels(test, loaded.config.model.num_classes);
   Evaluator evaluator(test, loaded.config.data, a.batch, ctx);
+  // The plan cache (train.plan_cache's default, auto) spares a warm start the timed planning.
+  SingleRankCommunicator single;
+  plan_on_every_rank(single, ctx, {TrainConfig{}.plan_cache, "", false}, [&](bool) {
+    for (int n : evaluator.batch_sizes()) loaded.model->plan(ctx, n, /*backward=*/false);
+  });
   const EvalResult r = evaluator.run(*loaded.model, ctx);
   if (a.json) {
     const nlohmann::json j = {{"checkpoint", a.checkpoint}, {"data", dir},       {"device", device_name(device)},
