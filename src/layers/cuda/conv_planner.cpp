@@ -131,6 +131,16 @@ constexpr size_t kTimedCudnnCandidates = 4;
 /// timing stops there (replay-to-replay noise in a graph is a few percent).
 constexpr double kClearlySlower = 1.3;
 
+/// A candidate this many times slower than the best at a nearby batch size of the same layer and
+/// direction is not timed again (batch sizes within a factor of 2 rank implementations alike; the
+/// short kernels that win small batches lose large ones by far more than 2x).
+constexpr double kFarSlower = 2.0;
+
+/// The same implementation (a chunked cuDNN algorithm is a different one).
+bool same_algo(const ConvAlgo& a, const ConvAlgo& b) {
+  return a.impl == b.impl && a.chunk == b.chunk && (a.impl != ConvImpl::Cudnn || a.cudnn == b.cudnn);
+}
+
 /// Implementation names in plan records (io/plan_cache.h's plan_implementations()).
 const char* impl_name(ConvImpl i) {
   switch (i) {
@@ -599,7 +609,15 @@ ConvPlanner::Choice ConvPlanner::choose_direction(DeviceContext& ctx, ConvPlan& 
   best.us = best.cudnn_us = kNever;
   std::vector<std::pair<double, ConvAlgo>> times;
   double fastest = kNever;
+  std::vector<ConvAlgo> losers;
+  if (plan_search() == PlanSearch::Pruned) losers = nearby_losers(direction, p.batch.n);
+  const auto lost_nearby = [&](const ConvAlgo& a) {
+    return std::any_of(losers.begin(), losers.end(), [&](const ConvAlgo& l) { return same_algo(a, l); });
+  };
+  // Never all of them: at least the first is timed.
+  const bool prune = !std::all_of(usable.begin(), usable.end(), lost_nearby);
   for (const ConvAlgo& a : usable) {
+    if (prune && lost_nearby(a)) continue;
     try {
       GraphTiming timing = plan_timing();
       if (plan_search() == PlanSearch::Pruned) timing.stop_above_us = fastest * kClearlySlower;
@@ -614,8 +632,26 @@ ConvPlanner::Choice ConvPlanner::choose_direction(DeviceContext& ctx, ConvPlan& 
   std::stable_sort(times.begin(), times.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
   if (!times.empty()) best.algo = times[0].second, best.us = times[0].first;
   if (times.size() > 1) best.second = times[1].second;
+  if (!times.empty() && times[0].first > 0) {
+    Measured record{direction, p.batch.n, {}};
+    for (const auto& [us, a] : times) record.relative.emplace_back(a, us / times[0].first);
+    measured_.push_back(std::move(record));
+  }
   note(ctx, what, best);
   return best;
+}
+
+std::vector<ConvAlgo> ConvPlanner::nearby_losers(const std::string& direction, int n) const {
+  const Measured* nearest = nullptr;
+  for (const Measured& m : measured_) {
+    if (m.direction != direction || m.n == n || m.n > 2 * n || 2 * m.n < n) continue;
+    if (nearest == nullptr || std::abs(m.n - n) < std::abs(nearest->n - n)) nearest = &m;
+  }
+  std::vector<ConvAlgo> losers;
+  if (nearest != nullptr)
+    for (const auto& [a, relative] : nearest->relative)
+      if (relative > kFarSlower) losers.push_back(a);
+  return losers;
 }
 
 void ConvPlanner::note(DeviceContext& ctx, const std::string& what, const Choice& c) {

@@ -16,6 +16,8 @@
 //   algorithms in cuDNN's heuristic order are checked and timed (cudnnFind, which runs every
 //   algorithm eagerly, is not called); a candidate whose first timed replay is clearly slower than
 //   the best so far stops there, and timing of the others ends once three replays agree.
+//   A candidate that lost by more than 2x at a nearby batch size of the same layer and direction
+//   (within a factor of 2) is checked but not timed.
 //   DPTRAIN_PLAN_TIMING=full restores the earlier search (cudnnFind, all allowed, 7 replays) for A/B.
 // - Recorded plans: with a plan book on the context (DeviceContext::plan_book, io/plan_cache.h)
 //   each direction's choice is looked up by a key of the layer's shape, the batch, the direction
@@ -96,6 +98,18 @@ class ConvPlanner {
   std::string name_;
   bool needs_input_grad_;
   std::deque<ConvPlan> plans_;  // a deque: references to earlier plans survive new ones
+  /// What the timed planning of this layer measured, per direction and batch size: each timed
+  /// candidate's time relative to the fastest. A nearby batch size times only the ones that came
+  /// close (see nearby_losers).
+  struct Measured {
+    std::string direction;
+    int n = 0;
+    std::vector<std::pair<ConvAlgo, double>> relative;
+  };
+  std::vector<Measured> measured_;
+  /// The candidates that lost by more than kFarSlower at the nearest earlier batch size of this
+  /// direction within a factor of 2 of n (the epoch's short last batch after the full one).
+  std::vector<ConvAlgo> nearby_losers(const std::string& direction, int n) const;
 };
 
 }  // namespace dptrain
