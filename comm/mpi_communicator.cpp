@@ -149,7 +149,8 @@ void MpiCommunicator::barrier() { MPI_CHECK(MPI_Barrier(comm_)); }
 
 void MpiCommunicator::broadcast_bytes(std::string& bytes, int root) {
   if (root < 0 || root >= size_)
-    throw std::invalid_argument("broadcast root " + std::to_string(root) + " outside [0, " + std::to_string(size_) + ")");
+    throw std::invalid_argument("broadcast root " + std::to_string(root) + " outside [0, " +
+                                std::to_string(size_) + ")");
   if (size_ == 1) return;
   // The length first, so that every rank sizes its buffer; then the bytes in MPI-sized pieces.
   uint64_t length = bytes.size();

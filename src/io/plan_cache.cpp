@@ -31,10 +31,14 @@ constexpr uint64_t kMaxPlanFileBytes = uint64_t{64} << 20;
 constexpr int kMaxAlgo = 64;
 
 json fingerprint_json(const PlanFingerprint& f) {
-  return json{{"gpu", f.gpu},         {"compute_capability", std::to_string(f.cc_major) + "." + std::to_string(f.cc_minor)},
-              {"sms", f.sms},         {"driver", f.driver},
-              {"cuda_runtime", f.runtime}, {"cudnn", f.cudnn},
-              {"cublas", f.cublas},   {"build", f.build}};
+  return json{{"gpu", f.gpu},
+              {"compute_capability", std::to_string(f.cc_major) + "." + std::to_string(f.cc_minor)},
+              {"sms", f.sms},
+              {"driver", f.driver},
+              {"cuda_runtime", f.runtime},
+              {"cudnn", f.cudnn},
+              {"cublas", f.cublas},
+              {"build", f.build}};
 }
 
 /// Throws nlohmann's exceptions on missing or mistyped fields (the caller reports the file corrupt).

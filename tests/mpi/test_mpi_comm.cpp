@@ -163,7 +163,8 @@ TEST(MpiComm, BroadcastBytesFromEveryRoot) {
         for (size_t i = 0; i < length; ++i) bytes[i] = static_cast<char>((i * 31 + root) % 256);
       comm.broadcast_bytes(bytes, root);
       size_t wrong = bytes.size() == length ? 0 : 1;
-      for (size_t i = 0; i < bytes.size() && i < length; ++i) wrong += bytes[i] != static_cast<char>((i * 31 + root) % 256);
+      for (size_t i = 0; i < bytes.size() && i < length; ++i)
+        wrong += bytes[i] != static_cast<char>((i * 31 + root) % 256);
       EXPECT_EQ(wrong, 0u) << "root " << root << ", " << length << " bytes";
     }
   std::string one;

@@ -311,7 +311,8 @@ void ConvPlanner::choose(DeviceContext& ctx, ConvPlan& p, bool forward, bool bac
       const std::vector<ConvImpl> own = exec_.own_kernels(p.batch.n, o.exact_convolutions, ConvDirection::Data);
       const std::string k = key(o, p.batch.n, "backward-data");
       data = choose_direction(
-          ctx, p, "backward-data", own, [&] { return find ? data_find() : candidates(data_heuristic(p.batch.x, p.batch.y)); },
+          ctx, p, "backward-data", own,
+          [&] { return find ? data_find() : candidates(data_heuristic(p.batch.x, p.batch.y)); },
           recorded(ctx, p, k, "backward-data", own, data_heuristic),
           {reference(exec_, p, CUDNN_CONVOLUTION_BWD_DATA_ALGO_1, h),
            reference(exec_, p, CUDNN_CONVOLUTION_BWD_DATA_ALGO_0, h)},
@@ -331,7 +332,8 @@ void ConvPlanner::choose(DeviceContext& ctx, ConvPlan& p, bool forward, bool bac
     const std::vector<ConvImpl> own = exec_.own_kernels(p.batch.n, o.exact_convolutions, ConvDirection::Filter);
     const std::string k = key(o, p.batch.n, "backward-filter");
     const Choice filter = choose_direction(
-        ctx, p, "backward-filter", own, [&] { return find ? filter_find() : candidates(filter_heuristic(p.batch.x, p.batch.y)); },
+        ctx, p, "backward-filter", own,
+        [&] { return find ? filter_find() : candidates(filter_heuristic(p.batch.x, p.batch.y)); },
         recorded(ctx, p, k, "backward-filter", own, filter_heuristic),
         {reference(exec_, p, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1, h),
          reference(exec_, p, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0, h)},
