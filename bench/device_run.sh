@@ -211,6 +211,23 @@ PY
     sanitize)
       compute-sanitizer --tool memcheck --error-exitcode 9 $B/dptrain train --device cuda --max-steps 30 --out /tmp/dr/san --no-progress ${SANITIZE_ARGS:-} > "$OUT/sanitize.log" 2>&1
       echo "memcheck rc=$?"; tail -4 "$OUT/sanitize.log" ;;
+    resumetimed)  # issue 22 acceptance: timed planning, SIGKILL mid-epoch, --resume auto ends bit for bit at the
+                  # uninterrupted run (both runs share one cache; it is emptied before the resume, so the
+                  # continuation's plan comes from the run folder's plans.json)
+      x=$(mktemp -d /tmp/dr/xdg.XXXX)
+      common=(--device cuda --max-steps 600 --no-progress --set checkpoint.every_steps=100)
+      XDG_CACHE_HOME=$x $B/dptrain train "${common[@]}" --out /tmp/dr/rt_a > "$OUT/resumetimed_a.log" 2>&1; echo "uninterrupted rc=$?"
+      XDG_CACHE_HOME=$x $B/dptrain train "${common[@]}" --out /tmp/dr/rt_b > "$OUT/resumetimed_b1.log" 2>&1 & pid=$!
+      while [ ! -e /tmp/dr/rt_b/ckpt-00000300.safetensors ] && kill -0 $pid 2>/dev/null; do sleep 0.05; done
+      kill -KILL $pid; wait $pid; echo "killed rc=$? at $(ls /tmp/dr/rt_b | grep -c ckpt) checkpoint(s)"
+      rm -rf "$x/dptrain"
+      XDG_CACHE_HOME=$x $B/dptrain train "${common[@]}" --out /tmp/dr/rt_b --resume auto > "$OUT/resumetimed_b2.log" 2>&1; echo "resume rc=$?"
+      python3 - <<'PY'
+from safetensors.torch import load_file
+a = load_file('/tmp/dr/rt_a/final.safetensors'); b = load_file('/tmp/dr/rt_b/final.safetensors')
+print('resumetimed: bit for bit', all(bool((a[k] == b[k]).all()) for k in a), 'tensors', len(a))
+PY
+      ;;
     cachewarm)  # plan cache (issue 22): one-step wall time cold (empty cache) vs warm, 3 rounds; then a run
                 # repeated from the first's plans.json must reuse every choice (no timing) and leave it unchanged
       for round in 1 2 3; do
