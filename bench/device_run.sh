@@ -230,17 +230,18 @@ PY
       ;;
     cachewarm)  # plan cache (issue 22): one-step wall time cold (empty cache) vs warm, 3 rounds; then a run
                 # repeated from the first's plans.json must reuse every choice (no timing) and leave it unchanged
+      first=""
       for round in 1 2 3; do
         c=$(mktemp -d /tmp/dr/xdg.XXXX)
         for phase in cold warm; do
-          d=$(mktemp -d /tmp/dr/cw.XXXX); rmdir "$d"
+          d=$(mktemp -d /tmp/dr/cw.XXXX); rmdir "$d"; [ -z "$first" ] && first=$d
           XDG_CACHE_HOME=$c /usr/bin/time -f "%e" -o /tmp/dr/wall $B/dptrain train --device cuda --max-steps 1 --no-progress --out "$d" >"$d.log" 2>&1
-          echo "round $round $phase: rc=$? $(cat /tmp/dr/wall) s wall; $(grep -c '"' $c/dptrain/plans.json 2>/dev/null) cache lines; $(grep -c warning "$d.log") warnings"
+          echo "round $round $phase: rc=$? $(cat /tmp/dr/wall) s wall; $(grep -o '"impl"' $c/dptrain/plans.json 2>/dev/null | wc -l) cached plans; $(grep -c warning "$d.log") warnings"
         done
       done
-      sum0=$(sha256sum < "$(ls -d /tmp/dr/cw.* | head -1)/plans.json")
-      $B/dptrain bench --device cuda --steps 20 --set train.plan_cache="$(ls -d /tmp/dr/cw.* | head -1)/plans.json" >"$OUT/cachewarm_path.log" 2>&1
-      echo "PATH reuse rc=$?: $(grep -c 'recorded plan' "$OUT/cachewarm_path.log") recorded choices, $(grep -c ' us' "$OUT/cachewarm_path.log") timed lines, file unchanged: $([ "$sum0" = "$(sha256sum < "$(ls -d /tmp/dr/cw.* | head -1)/plans.json")" ] && echo yes || echo NO)"
+      sum0=$(sha256sum < "$first/plans.json")
+      $B/dptrain bench --device cuda --steps 20 --set train.plan_cache="$first/plans.json" >"$OUT/cachewarm_path.log" 2>&1
+      echo "PATH reuse rc=$?: $(grep -o 'recorded plan' "$OUT/cachewarm_path.log" | wc -l) recorded choices, $(grep -o '[0-9] us' "$OUT/cachewarm_path.log" | wc -l) timed, file unchanged: $([ "$sum0" = "$(sha256sum < "$first/plans.json")" ] && echo yes || echo NO)"
       # rank 0 plans and broadcasts (--comm mpi, two ranks on one GPU, cold cache): one plans.json, no warnings
       c=$(mktemp -d /tmp/dr/xdg.XXXX)
       XDG_CACHE_HOME=$c mpirun -np 2 --oversubscribe -x XDG_CACHE_HOME $B/dptrain train --device cuda --comm mpi --max-steps 5 --set train.batch_size=60 --no-progress --out /tmp/dr/cwmpi > "$OUT/cachewarm_mpi.log" 2>&1
