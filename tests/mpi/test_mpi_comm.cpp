@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
 #include <random>
 #include <string>
 #include <thread>
@@ -29,6 +30,8 @@
 #include "comm/nccl_communicator.h"
 #include "core/cuda_check.h"
 #include "core/cuda_context.h"
+#include "layers/layer_factory.h"
+#include "train/runtime.h"
 #endif
 
 namespace dptrain {
@@ -390,6 +393,49 @@ TEST(MpiCommGpu, NcclAllReduceBroadcastAndReducerInAGraph) {
   }
   comm->barrier();
 }
+// The same plan on every rank with real convolution planners, ranks sharing GPUs through --comm mpi
+// (train/plan_sharing.h): rank 0 times its choices (for its batch sizes and another rank's) and
+// writes them to the run folder; every other rank runs exactly those, each checked, none timed.
+TEST(MpiCommGpu, EveryRankRunsRankZerosConvPlan) {
+  if (!all_agree(visible_gpus() > 0)) GTEST_SKIP() << "no GPU";
+  const int device = choose_gpu(session().local_rank(), visible_gpus());
+  CUDA_CHECK(cudaSetDevice(device));
+  auto comm = make_communicator(CommKind::Mpi, Device::Cuda, session(), device, 10.0);
+  DeviceContext ctx = make_device_context(Device::Cuda, TrainConfig{}, device);
+  LayerConfig c;
+  c.type = c.name = "conv2d";
+  c.out_channels = 64;
+  c.kernel = 3;
+  c.stride = 1;
+  auto conv = make_layer<float>(c, 1, Dims{32, 26, 26}, Device::Cuda);
+  size_t np = 0;
+  for (const ParamSpec& s : conv->param_specs()) np += static_cast<size_t>(element_count(s.shape));
+  Buffer<float> values(Device::Cuda, np), grads(Device::Cuda, np);
+  CUDA_CHECK(cudaMemset(values.data(), 0, np * sizeof(float)));
+  conv->bind({{values.span().subspan(0, np - 64), grads.span().subspan(0, np - 64)},
+              {values.span().subspan(np - 64), grads.span().subspan(np - 64)}});
+  conv->reserve(ctx, 64);
+  const std::string run_dir = "/tmp/dptrain-mpi-plan-" + std::to_string(session().size());
+  if (comm->rank() == 0) std::filesystem::remove_all(run_dir);
+  comm->barrier();
+  plan_on_every_rank(*comm, ctx, {"off", run_dir, false}, [&](bool root) {
+    conv->plan(ctx, 64, true);
+    if (root) conv->plan(ctx, 32, true);  // another rank's last shard, say
+  });
+  const std::vector<std::string>& lines = ctx.cuda().choices();
+  size_t recorded = 0;
+  for (const std::string& l : lines) recorded += l.find("(recorded plan, checked)") != std::string::npos;
+  if (comm->rank() == 0) {
+    EXPECT_EQ(recorded, 0u);  // timed here
+    EXPECT_TRUE(std::filesystem::exists(run_plan_path(run_dir)));  // rank 0 writes the run's plan
+  } else {
+    EXPECT_EQ(lines.size(), 3u);  // forward, backward-data, backward-filter at 64; no pair timing
+    EXPECT_EQ(recorded, lines.size());
+    EXPECT_TRUE(ctx.cuda().warnings().empty());
+  }
+  comm->barrier();
+}
+
 #endif  // DPTRAIN_HAVE_CUDA
 
 }  // namespace
