@@ -35,14 +35,13 @@ bool same_file(const std::string& a, const std::string& b) {
 
 #if DPTRAIN_HAVE_CUDA
 PlanFingerprint fingerprint(DeviceContext& ctx) {
+  // Attributes one by one: cudaGetDeviceProperties queries them all (milliseconds, at start-up).
   CudaContext& cu = ctx.cuda();
-  cudaDeviceProp prop{};
-  CUDA_CHECK(cudaGetDeviceProperties(&prop, cu.device()));
   PlanFingerprint f;
-  f.gpu = prop.name;
-  f.cc_major = prop.major;
-  f.cc_minor = prop.minor;
-  f.sms = prop.multiProcessorCount;
+  f.gpu = cu.device_name();
+  CUDA_CHECK(cudaDeviceGetAttribute(&f.cc_major, cudaDevAttrComputeCapabilityMajor, cu.device()));
+  CUDA_CHECK(cudaDeviceGetAttribute(&f.cc_minor, cudaDevAttrComputeCapabilityMinor, cu.device()));
+  CUDA_CHECK(cudaDeviceGetAttribute(&f.sms, cudaDevAttrMultiProcessorCount, cu.device()));
   CUDA_CHECK(cudaDriverGetVersion(&f.driver));
   CUDA_CHECK(cudaRuntimeGetVersion(&f.runtime));
   f.cudnn = static_cast<int>(cudnnGetVersion());
