@@ -27,6 +27,9 @@ constexpr const char* kFormat = "dptrain-plans";
 constexpr int kVersion = 1;
 /// A plan file larger than this is not one (a few hundred bytes per record).
 constexpr uint64_t kMaxPlanFileBytes = uint64_t{64} << 20;
+/// Machines (fingerprints) a shared cache keeps plans for, most recently written first: a second
+/// GPU model, or a second build of dptrain, used on one account does not throw the first's away.
+constexpr size_t kMaxMachines = 8;
 /// cuDNN numbers its algorithms from 0; none has reached 16.
 constexpr int kMaxAlgo = 64;
 
@@ -180,11 +183,67 @@ PlanBook PlanBook::parse(const std::string& bytes) {
   return book;
 }
 
-std::string plan_file_text(const PlanBook& book, const PlanFingerprint& fp) {
-  const json j{{"format", kFormat}, {"version", kVersion}, {"fingerprint", fingerprint_json(fp)},
-               {"plans", records_json(book)}};
+namespace {
+
+/// A plan file's contents: the running fingerprint's records and the other machines' sections
+/// (kept as they are by a merge, most recent first), or why the file as a whole is unusable.
+struct ParsedPlanFile {
+  PlanBook mine;
+  bool found = false;  ///< a section for this fingerprint exists
+  int dropped = 0;     ///< its records that were invalid
+  std::vector<json> others;
+  std::vector<PlanFingerprint> other_fingerprints;
+  std::optional<std::string> problem;
+};
+
+ParsedPlanFile parse_plan_file(const std::string& text, const PlanFingerprint& fp) {
+  ParsedPlanFile out;
+  try {
+    const json j = json::parse(text);
+    if (!j.is_object() || j.value("format", std::string()) != kFormat) {
+      out.problem = "is not a dptrain plan file";
+      return out;
+    }
+    if (!j.contains("version") || !j["version"].is_number_integer() || j["version"].get<int>() != kVersion) {
+      out.problem = "is a plan file of another version (stale: this dptrain reads version " + std::to_string(kVersion) + ")";
+      return out;
+    }
+    const json& machines = j.at("machines");
+    if (!machines.is_array()) throw std::runtime_error("\"machines\" is not a list");
+    for (const json& section : machines) {
+      const PlanFingerprint made = fingerprint_from(section.at("fingerprint"));
+      if (!section.at("plans").is_object()) throw std::runtime_error("\"plans\" is not an object");
+      if (made == fp && !out.found) {
+        out.found = true;
+        out.dropped = read_records(section["plans"], out.mine);
+        out.mine.forget_use();  // read, not used: nothing is marked until the planner looks
+      } else if (!(made == fp)) {
+        out.others.push_back(section);
+        out.other_fingerprints.push_back(made);
+      }
+    }
+  } catch (const json::parse_error& e) {
+    out = ParsedPlanFile();
+    out.problem = std::string("is corrupt or truncated (") + e.what() + ")";
+  } catch (const std::exception& e) {
+    out = ParsedPlanFile();
+    out.problem = std::string("is corrupt (") + e.what() + ")";
+  }
+  return out;
+}
+
+/// The file's text: this fingerprint's section first, then up to kMaxMachines - 1 others.
+std::string plan_file_text(const PlanBook& book, const PlanFingerprint& fp, const std::vector<json>& others) {
+  json machines = json::array();
+  machines.push_back(json{{"fingerprint", fingerprint_json(fp)}, {"plans", records_json(book)}});
+  for (size_t i = 0; i < others.size() && machines.size() < kMaxMachines; ++i) machines.push_back(others[i]);
+  const json j{{"format", kFormat}, {"version", kVersion}, {"machines", machines}};
   return j.dump(1) + "\n";
 }
+
+}  // namespace
+
+std::string plan_file_text(const PlanBook& book, const PlanFingerprint& fp) { return plan_file_text(book, fp, {}); }
 
 PlanFileRead read_plan_file(const std::string& path, const PlanFingerprint& fp) {
   PlanFileRead out;
@@ -193,8 +252,6 @@ PlanFileRead read_plan_file(const std::string& path, const PlanFingerprint& fp) 
   if (!std::filesystem::exists(path, ec)) return out;
   out.existed = true;
   const auto ignored = [&](const std::string& why) {
-    out.book = PlanBook();
-    out.book.source = path;
     out.warning = path + ": " + why + "; its plans are ignored and made afresh";
     return out;
   };
@@ -204,25 +261,21 @@ PlanFileRead read_plan_file(const std::string& path, const PlanFingerprint& fp) 
   } catch (const std::exception& e) {
     return ignored(std::string("cannot be read (") + e.what() + ")");
   }
-  try {
-    const json j = json::parse(text);
-    if (!j.is_object() || j.value("format", std::string()) != kFormat) return ignored("is not a dptrain plan file");
-    if (!j.contains("version") || !j["version"].is_number_integer() || j["version"].get<int>() != kVersion)
-      return ignored("is a plan file of another version (stale: this dptrain reads version " +
-                     std::to_string(kVersion) + ")");
-    const PlanFingerprint made = fingerprint_from(j.at("fingerprint"));
-    if (!(made == fp))
-      return ignored("was made for " + made.describe() + ", not this run's " + fp.describe() + " (foreign or stale)");
-    const int dropped = read_records(j.at("plans"), out.book);
-    out.book.forget_use();  // read, not used: nothing is marked until the planner looks
-    if (dropped > 0)
-      out.warning = path + ": " + std::to_string(dropped) +
-                    " plan(s) name an unknown implementation or hold invalid numbers (stale); they are made afresh";
-  } catch (const json::parse_error& e) {
-    return ignored(std::string("is corrupt or truncated (") + e.what() + ")");
-  } catch (const std::exception& e) {
-    return ignored(std::string("is corrupt (") + e.what() + ")");
+  ParsedPlanFile parsed = parse_plan_file(text, fp);
+  if (parsed.problem) return ignored(*parsed.problem);
+  if (!parsed.found) {
+    std::string held = parsed.other_fingerprints.empty() ? std::string("none") : parsed.other_fingerprints[0].describe();
+    if (parsed.other_fingerprints.size() > 1)
+      held += " and " + std::to_string(parsed.other_fingerprints.size() - 1) + " more";
+    out.warning = path + ": holds no plans for this run's " + fp.describe() + " (only for " + held +
+                  ": foreign or stale); plans are made afresh and added";
+    return out;
   }
+  out.book = std::move(parsed.mine);
+  out.book.source = path;
+  if (parsed.dropped > 0)
+    out.warning = path + ": " + std::to_string(parsed.dropped) +
+                  " plan(s) name an unknown implementation or hold invalid numbers (stale); they are made afresh";
   return out;
 }
 
@@ -230,9 +283,18 @@ void merge_into_plan_file(const std::string& path, const PlanBook& book, const P
   const std::filesystem::path parent = std::filesystem::path(path).parent_path();
   if (!parent.empty()) std::filesystem::create_directories(parent);
   const PlanFileLock lock(path);
-  PlanBook merged = read_plan_file(path, fp).book;  // a bad file is replaced (its reader warned)
-  merged.merge(book, /*override=*/true);
-  write_file_atomically(path, plan_file_text(merged, fp));
+  ParsedPlanFile current;  // a missing or unusable file is replaced (its reader warned)
+  std::error_code ec;
+  if (std::filesystem::exists(path, ec)) {
+    try {
+      current = parse_plan_file(read_whole_file(path, kMaxPlanFileBytes), fp);
+    } catch (const std::exception&) {
+      current = ParsedPlanFile();
+    }
+    if (current.problem) current = ParsedPlanFile();
+  }
+  current.mine.merge(book, /*override=*/true);
+  write_file_atomically(path, plan_file_text(current.mine, fp, current.others));
 }
 
 void write_plan_file(const std::string& path, const PlanBook& book, const PlanFingerprint& fp) {

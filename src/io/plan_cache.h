@@ -8,12 +8,14 @@
 //   an out-of-bounds write).
 // - A PlanBook holds records by key and remembers which were used (looked up or added) in this
 //   process: those are the run's plan (plans.json in the run folder, and what rank 0 broadcasts).
-// - A plan file is JSON: {"format": "dptrain-plans", "version": 1, "fingerprint": {...}, "plans":
-//   {key: record}}. The fingerprint (GPU name, compute capability, SM count, driver, CUDA runtime,
-//   cuDNN, cuBLAS, dptrain's build id) must equal the running one's; a file that is unreadable,
-//   truncated, of another format or version, or made elsewhere gives an empty book and one warning,
-//   never an exception, and is rewritten by the next merge. Records with an unknown implementation
-//   or out-of-range numbers are dropped (one warning for them all).
+// - A plan file is JSON: {"format": "dptrain-plans", "version": 1, "machines": [{"fingerprint":
+//   {...}, "plans": {key: record}}, ...]}. Plans are used only from the section whose fingerprint
+//   (GPU name, compute capability, SM count, driver, CUDA runtime, cuDNN, cuBLAS, dptrain's build
+//   id) equals the running one's. A file that is unreadable, truncated, of another format or
+//   version, or without a section for this fingerprint (foreign or stale) gives an empty book and
+//   one warning, never an exception; the next merge rewrites a bad file, and adds a section to a
+//   good one (the other machines' sections are kept, the 8 most recently written). Records with an
+//   unknown implementation or out-of-range numbers are dropped (one warning for them all).
 // - Writing merges under an exclusive flock on "<path>.lock" (read, add, write atomically), so two
 //   processes writing at once leave a valid file holding both's records.
 // Host code only: the CPU-only build compiles it and the unit tests drive it (tests/unit/test_plan_cache.cpp).
@@ -111,11 +113,13 @@ struct PlanFileRead {
 PlanFileRead read_plan_file(const std::string& path, const PlanFingerprint& fp);
 
 /// Adds `book`'s records to the file at `path` (creating its folder), under an exclusive flock on
-/// "<path>.lock": the file's current valid records (same fingerprint) are kept unless `book` holds
-/// the same key, then the whole file is replaced atomically. Throws std::runtime_error on I/O errors.
+/// "<path>.lock": the file's current records for `fp` are kept unless `book` holds the same key,
+/// other fingerprints' sections are kept as they are (up to 8 sections, this one first), then the
+/// whole file is replaced atomically. Throws std::runtime_error on I/O errors.
 void merge_into_plan_file(const std::string& path, const PlanBook& book, const PlanFingerprint& fp);
 
-/// Replaces the file at `path` with exactly `book`'s records, atomically (a run folder's plans.json).
+/// Replaces the file at `path` with exactly `book`'s records under `fp`, atomically (a run
+/// folder's plans.json: one section).
 void write_plan_file(const std::string& path, const PlanBook& book, const PlanFingerprint& fp);
 
 /// train.plan_cache, resolved: where to read plans, and whether to write them back there.

@@ -156,9 +156,38 @@ TEST_F(PlanCache, ForeignGpuDriverLibraryOrBuildWarns) {
   for (const PlanFingerprint& other : others) {
     const PlanFileRead r = read_plan_file(p, other);
     ASSERT_TRUE(r.warning) << other.describe();
-    EXPECT_NE(r.warning->find("was made for NVIDIA H200"), std::string::npos) << *r.warning;
+    EXPECT_NE(r.warning->find("holds no plans for this run's"), std::string::npos) << *r.warning;
+    EXPECT_NE(r.warning->find("only for NVIDIA H200"), std::string::npos) << *r.warning;
     EXPECT_TRUE(r.book.empty());
   }
+}
+
+// One cache file serves several machines or builds: a merge from another fingerprint adds a
+// section and keeps the others', so alternating between two GPUs or two builds re-plans nothing.
+TEST_F(PlanCache, SectionsOfOtherMachinesAreKept) {
+  const std::string p = cached_file();
+  PlanFingerprint a100 = h200();
+  a100.gpu = "NVIDIA A100";
+  PlanBook theirs;
+  theirs.put(kConv1, {"cudnn", 0, 0});
+  merge_into_plan_file(p, theirs, a100);
+  const PlanFileRead mine = read_plan_file(p, h200());
+  ASSERT_FALSE(mine.warning) << *mine.warning;
+  EXPECT_EQ(mine.book.records().size(), 2u);
+  EXPECT_EQ(mine.book.records().at(kConv1), (PlanRecord{"cudnn", 1, 0}));
+  const PlanFileRead other = read_plan_file(p, a100);
+  ASSERT_FALSE(other.warning) << *other.warning;
+  EXPECT_EQ(other.book.records().at(kConv1), (PlanRecord{"cudnn", 0, 0}));
+  // At most 8 sections: the oldest go.
+  for (int build = 0; build < 10; ++build) {
+    PlanFingerprint f = h200();
+    f.build = "build-" + std::to_string(build);
+    merge_into_plan_file(p, theirs, f);
+  }
+  EXPECT_TRUE(read_plan_file(p, h200()).warning);  // written 11 merges ago: dropped
+  PlanFingerprint last = h200();
+  last.build = "build-9";
+  EXPECT_FALSE(read_plan_file(p, last).warning);
 }
 
 TEST_F(PlanCache, UnknownImplementationIsDroppedNotACrash) {
@@ -315,6 +344,7 @@ TEST_F(PlanCache, AutoCacheIsWrittenThenHitWithoutMeasuring) {
   EXPECT_EQ(foreign.measured, 2);
   EXPECT_EQ(warnings.size(), 1u);
   EXPECT_FALSE(read_plan_file(path("dptrain/plans.json"), a100).warning);
+  EXPECT_EQ(read_plan_file(path("dptrain/plans.json"), h200()).book.records().size(), 2u);  // kept
 }
 
 TEST_F(PlanCache, OffReadsAndWritesNoCache) {
