@@ -29,6 +29,7 @@ int run_eval(const EvalArgs& a) {
   const std::string dir = a.data.empty() ? loaded.config.data.dir : a.data;
   const Dataset test = load_mnist_test(dir);
   check_labels(test, loaded.config.model.num_classes);
+  check_image_size(test, loaded.config.model.input);
   Evaluator evaluator(test, loaded.config.data, a.batch, ctx);
   const EvalResult r = evaluator.run(*loaded.model, ctx);
   if (a.json) {
