@@ -1,9 +1,11 @@
 // Augmentation as a user meets it (CPU, one process): a run with data.augment stopped mid-epoch
 // and resumed ends bit for bit where the uninterrupted run does (the images are keyed by seed,
 // epoch and global sample index, not by anything the process carries), and differs from the run
-// without augmentation; `predict` prints the config's data.classes names.
+// without augmentation; `predict` prints the config's data.classes names; 2 ranks (mpirun) train
+// the model 1 rank trains.
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <fstream>
 #include <string>
 
@@ -60,6 +62,33 @@ TEST(Augment, StopAndResumeWithAugmentationIsBitForBitTheUninterruptedRun) {
   EXPECT_NE(p.output.find("digit.pgm: class "), std::string::npos) << p.output;
   EXPECT_NE(p.output.find(" probabilities: zero:"), std::string::npos) << p.output;
   EXPECT_NE(p.output.find(" nine:"), std::string::npos) << p.output;
+}
+
+// The shards of two ranks see the images one rank sees: with augmentation on, mpirun with 1 and
+// 2 ranks train the same model (SGD, as tests/e2e/test_ranks.cpp explains: only the order of the
+// gradient sums differs, within 1e-4 at step 30), while the same run without augmentation ends
+// far from it.
+TEST(Augment, TwoRanksTrainTheOneRankModelWithAugmentation) {
+  if (!have_mnist()) GTEST_SKIP() << "MNIST not found in " << mnist_dir() << " (launch/get_mnist.sh)";
+  const fs::path d = fresh_dir("augment_ranks");
+  const auto args = [&](const fs::path& out, bool augment) {
+    return "train --device cpu --threads 1 --no-progress --config " + source_dir() + "/configs/mnist_cnn.yaml --data " +
+           mnist_dir() + " --out " + out.string() + " --max-steps 30 --set train.batch_size=60" +
+           " --set 'train.optimizer={type: sgd, lr: 0.01, momentum: 0.5}'" + (augment ? kAugment : "");
+  };
+  for (int n : {1, 2}) {
+    const Result r = run_mpi(n, args(d / std::to_string(n), true));
+    ASSERT_EQ(r.status, 0) << n << " ranks:\n" << r.output;
+  }
+  const Result plain = run_mpi(1, args(d / "plain", false));
+  ASSERT_EQ(plain.status, 0) << plain.output;
+  const LoadedCheckpoint one = latest_checkpoint(d / "1"), two = latest_checkpoint(d / "2");
+  EXPECT_EQ(two.state.world_size, 2);
+  EXPECT_EQ(two.state.global_step, 30);
+  const double ranks = relative_difference(two, one), augmentation = relative_difference(latest_checkpoint(d / "plain"), one);
+  std::printf("relative difference: 2 ranks vs 1 %.3g; without augmentation vs with %.3g\n", ranks, augmentation);
+  EXPECT_LT(ranks, 1e-4) << "2 ranks vs 1 with augmentation";
+  EXPECT_GT(augmentation, 100 * ranks) << "augmentation's effect (" << augmentation << ") stands far above the rank tolerance";
 }
 
 }  // namespace
