@@ -4,8 +4,9 @@
 // One header for both backends: the CPU gather (data/sampler.cpp) and the CUDA gather kernel
 // (kernels/data_kernels.cu) call these same functions, so the two produce the same images. Every
 // step is IEEE basic arithmetic (+ - * / sqrt, floor), with contraction off on both sides
-// (-ffp-contract=off, --fmad=false): sine, cosine and exp are computed here by fixed series rather
-// than by libm / CUDA's math library, whose last bits differ. So CPU and GPU agree bit for bit.
+// (-ffp-contract=off, --fmad=false): sine, cosine and exp are Taylor polynomials (coefficients
+// written as hexadecimal doubles) here rather than libm's or CUDA's functions, whose last bits differ. So CPU and GPU
+// agree bit for bit (the GPU tests allow 1e-6 and report any bit that differs).
 //
 // The draws are keyed by (seed, epoch, global sample index) through Philox (core/philox.h), like
 // dropout: the index is the sample's position in the epoch order (StepInfo::first_sample + i), so
