@@ -9,6 +9,7 @@
 #include <fstream>
 #include <string>
 
+#include "core/cuda_support.h"  // cuda_device_count: 0 in a CPU-only build
 #include "data/dataset.h"
 #include "data/pgm.h"
 #include "e2e_support.h"
@@ -62,6 +63,26 @@ TEST(Augment, StopAndResumeWithAugmentationIsBitForBitTheUninterruptedRun) {
   EXPECT_NE(p.output.find("digit.pgm: class "), std::string::npos) << p.output;
   EXPECT_NE(p.output.find(" probabilities: zero:"), std::string::npos) << p.output;
   EXPECT_NE(p.output.find(" nine:"), std::string::npos) << p.output;
+}
+
+// The same on one GPU: the augmenting gather runs inside the captured step graph (algorithms by
+// heuristics, as for every bitwise comparison of two GPU processes).
+TEST(Augment, StopAndResumeWithAugmentationIsBitForBitOnOneGpu) {
+  if (cuda_device_count() == 0) GTEST_SKIP() << "no GPU";
+  if (!have_mnist()) GTEST_SKIP() << "MNIST not found in " << mnist_dir() << " (launch/get_mnist.sh)";
+  const fs::path d = fresh_dir("augment_gpu_resume");
+  const auto args = [&](const fs::path& out, int steps) {
+    return "train --device cuda --no-progress --config " + source_dir() + "/configs/mnist_cnn.yaml --data " +
+           mnist_dir() + " --out " + out.string() + " --max-steps " + std::to_string(steps) +
+           " --set train.cudnn_benchmark=false" + kAugment;
+  };
+  ASSERT_EQ(run_dptrain(args(d / "whole", 1000)).status, 0);
+  ASSERT_EQ(run_dptrain(args(d / "split", 500)).status, 0);
+  const Result second = run_dptrain(args(d / "split", 1000) + " --resume auto");
+  ASSERT_EQ(second.status, 0) << second.output;
+  const LoadedCheckpoint a = latest_checkpoint(d / "whole"), b = latest_checkpoint(d / "split");
+  EXPECT_EQ(b.state.global_step, 1000);
+  EXPECT_TRUE(same_tensors(a, b)) << "relative " << relative_difference(b, a);
 }
 
 // The shards of two ranks see the images one rank sees: with augmentation on, mpirun with 1 and
