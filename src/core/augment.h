@@ -4,9 +4,9 @@
 // One header for both backends: the CPU gather (data/sampler.cpp) and the CUDA gather kernel
 // (kernels/data_kernels.cu) call these same functions, so the two produce the same images. Every
 // step is IEEE basic arithmetic (+ - * / sqrt, floor), with contraction off on both sides
-// (-ffp-contract=off, --fmad=false): sine, cosine and exp are Taylor polynomials (coefficients
-// written as hexadecimal doubles) here rather than libm's or CUDA's functions, whose last bits differ. So CPU and GPU
-// agree bit for bit (the GPU tests allow 1e-6 and report any bit that differs).
+// (-ffp-contract=off, --fmad=false): sine, cosine and exp are Taylor polynomials here (coefficients
+// written as hexadecimal doubles) rather than libm's or CUDA's functions, whose last bits differ.
+// So CPU and GPU agree bit for bit (the GPU tests allow 1e-6 and report any bit that differs).
 //
 // The draws are keyed by (seed, epoch, global sample index) through Philox (core/philox.h), like
 // dropout: the index is the sample's position in the epoch order (StepInfo::first_sample + i), so
@@ -76,8 +76,8 @@ constexpr double kPi = 3.14159265358979323846;
 constexpr uint32_t kAffineGroup = 0, kShearEraseGroup = 1, kFirstEraseAttemptGroup = 2;
 
 /// sin and cos of |x| <= pi by their Taylor polynomials to degree 29/28 (truncation below 3e-17),
-/// evaluated by Horner's rule with the coefficients as exact hexadecimal literals: the same basic
-/// operations in the same order on host and device, so the same bits.
+/// evaluated by Horner's rule with the coefficients as hexadecimal literals (read identically by
+/// every compiler): the same basic operations in the same order on host and device, so the same bits.
 DPTRAIN_HD void sin_cos(double x, double* s, double* c) {
   constexpr double kSin[15] = {0x1.0000000000000p+0,   -0x1.5555555555555p-3,  0x1.1111111111111p-7,
                                -0x1.a01a01a01a01ap-13, 0x1.71de3a556c734p-19,  -0x1.ae64567f544e4p-26,
@@ -100,7 +100,7 @@ DPTRAIN_HD void sin_cos(double x, double* s, double* c) {
 }
 
 /// exp(x) for |x| <= 1.25 (erasing's log aspect ratios) by its Taylor polynomial to degree 20
-/// (truncation below 1e-17), Horner's rule, exact coefficients.
+/// (truncation below 1e-17), Horner's rule, hexadecimal coefficients.
 DPTRAIN_HD double exp_series(double x) {
   constexpr double kExp[21] = {0x1.0000000000000p+0,  0x1.0000000000000p+0,  0x1.0000000000000p-1,
                                0x1.5555555555555p-3,  0x1.5555555555555p-5,  0x1.1111111111111p-7,
