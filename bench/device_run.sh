@@ -246,5 +246,19 @@ PY
       c=$(mktemp -d /tmp/dr/xdg.XXXX)
       XDG_CACHE_HOME=$c mpirun -np 2 --oversubscribe -x XDG_CACHE_HOME $B/dptrain train --device cuda --comm mpi --max-steps 5 --set train.batch_size=60 --no-progress --out /tmp/dr/cwmpi > "$OUT/cachewarm_mpi.log" 2>&1
       echo "2 ranks --comm mpi rc=$?: $(grep -c warning "$OUT/cachewarm_mpi.log") warnings, run plans.json $(grep -c impl /tmp/dr/cwmpi/plans.json) records, cache $(grep -c impl $c/dptrain/plans.json) records" ;;
+    augment)  # data.augment: its GPU tests (racecheck too), step time with and without it (interleaved), the gather's share under --profile
+      $B/tests/dptrain_gpu_tests --gtest_filter='AugmentGpu.*' > "$OUT/augment_tests.log" 2>&1
+      echo "augment tests rc=$?"; grep -E "^\[  |Failure|differ" "$OUT/augment_tests.log" | head -30
+      compute-sanitizer --tool racecheck --error-exitcode 9 $B/tests/dptrain_gpu_tests --gtest_filter='AugmentGpu.BatchesMatch*' > "$OUT/augment_racecheck.log" 2>&1
+      echo "racecheck rc=$?"; grep -E "RACECHECK SUMMARY|ERROR SUMMARY" "$OUT/augment_racecheck.log" | tail -2
+      aug="data.augment={rotation: 15, scale: 0.15, translation: 2.8, shear: 5, erasing: 0.5}"
+      for round in 1 2; do for b in 64 1024 8192; do
+        echo -n "batch $b plain: "; bench_rate augment.jsonl $B/dptrain bench --device cuda --steps 400 --batch-size $b
+        echo -n "batch $b augment: "; bench_rate augment.jsonl $B/dptrain bench --device cuda --steps 400 --batch-size $b --set "$aug"
+      done; done
+      $B/dptrain train --device cuda --max-steps 400 --profile --no-progress --out /tmp/dr/prof_plain > "$OUT/augment_profile_plain.log" 2>&1
+      echo "profile without augmentation rc=$?"; sed -n "/^profile:/,/^images/p" "$OUT/augment_profile_plain.log"
+      $B/dptrain train --device cuda --max-steps 400 --profile --no-progress --set "$aug" --out /tmp/dr/prof_aug > "$OUT/augment_profile.log" 2>&1
+      echo "profile with augmentation rc=$?"; sed -n "/^profile:/,/^images/p" "$OUT/augment_profile.log" ;;
   esac
 done

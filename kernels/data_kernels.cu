@@ -33,6 +33,40 @@ __global__ void gather_kernel(const uint8_t* images, const int32_t* labels, cons
   }
 }
 
+constexpr int kAugmentGatherThreads = 256;
+
+__global__ void __launch_bounds__(kAugmentGatherThreads)
+    gather_augment_kernel(const uint8_t* images, const int32_t* labels, const uint32_t* order, int rows, int cols,
+                          long first, uint64_t seed, uint32_t epoch, const StepState* step, int count, float mean,
+                          float std, augment::Settings settings, float* x, int32_t* y) {
+  // The sample's transform, drawn once by thread 0 (a few hundred double operations), is shared
+  // by the block's threads. Raw storage: a __shared__ object may not have a constructor.
+  __shared__ alignas(augment::Transform) unsigned char storage[sizeof(augment::Transform)];
+  augment::Transform& t = *reinterpret_cast<augment::Transform*>(storage);
+  const long start = step != nullptr ? static_cast<long>(step->info.first_sample) : first;
+  const uint64_t key = step != nullptr ? step->info.seed : seed;
+  const uint32_t ep = step != nullptr ? step->info.epoch : epoch;
+  const int pixels = rows * cols;
+  for (int sample = blockIdx.x; sample < count; sample += gridDim.x) {  // uniform per block: barriers are safe
+    const long position = start + sample;
+    const uint32_t index = order[position];
+    if (threadIdx.x == 0) {
+      t = augment::sample_transform(settings, key, ep, static_cast<uint32_t>(position), rows, cols);
+      y[sample] = labels[index];
+    }
+    __syncthreads();
+    const uint8_t* src = images + static_cast<long>(index) * pixels;
+    float* dst = x + static_cast<long>(sample) * pixels;
+    for (int p = threadIdx.x; p < pixels; p += blockDim.x) {
+      const int r = p / cols, c = p - r * cols;
+      // data/sampler.cpp's gather_augment_normalize, operation for operation (and --fmad=false).
+      const float scaled = __fmul_rn(augment::augmented_pixel(t, src, rows, cols, r, c), 1.0f / 255.0f);
+      dst[p] = __fdiv_rn(__fsub_rn(scaled, mean), std);
+    }
+    __syncthreads();  // every thread is done with t before thread 0 draws the next sample's
+  }
+}
+
 }  // namespace
 
 namespace {
@@ -73,6 +107,16 @@ void gather_normalize(const uint8_t* images, const int32_t* labels, const uint32
   const int blocks = static_cast<int>((total + 255) / 256 < 65535 * 4 ? (total + 255) / 256 : 65535 * 4);
   gather_kernel<<<blocks < 1 ? 1 : blocks, 256, 0, stream>>>(images, labels, order, pixels, first, step, count, mean,
                                                               std, x, y);
+  CUDA_CHECK_LAUNCH();
+}
+
+void gather_augment_normalize(const uint8_t* images, const int32_t* labels, const uint32_t* order, int rows, int cols,
+                              long first, uint64_t seed, uint32_t epoch, const StepState* step, int count, float mean,
+                              float std, const augment::Settings& settings, float* x, int32_t* y, cudaStream_t stream) {
+  if (count <= 0 || rows <= 0 || cols <= 0) return;
+  const int blocks = count < kAugmentGatherMaxBlocks ? count : kAugmentGatherMaxBlocks;
+  gather_augment_kernel<<<blocks, kAugmentGatherThreads, 0, stream>>>(images, labels, order, rows, cols, first, seed,
+                                                                      epoch, step, count, mean, std, settings, x, y);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -31,6 +31,7 @@ int run_eval(const EvalArgs& a) {
   const std::string dir = a.data.empty() ? loaded.config.data.dir : a.data;
   const Dataset test = load_mnist_test(dir);
   check_labels(test, loaded.config.model.num_classes);
+  check_image_size(test, loaded.config.model.input);
   Evaluator evaluator(test, loaded.config.data, a.batch, ctx);
   // The plan cache (train.plan_cache's default, auto) spares a warm start the timed planning.
   SingleRankCommunicator single;

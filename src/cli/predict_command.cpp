@@ -1,12 +1,15 @@
-// dptrain predict: class and class probabilities for 28x28 greyscale PGM images.
+// dptrain predict: class and class probabilities for greyscale PGM images of the model's input
+// size, with the class names of data.classes when the config has them.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "cli/commands.h"
 #include "core/device_ops.h"
+#include "core/error.h"
 #include "data/pgm.h"
 #include "train/runtime.h"
 #include "train/weights.h"
@@ -25,8 +28,15 @@ int run_predict(const PredictArgs& a) {
   LoadedModel loaded = load_model(a.checkpoint, ctx, 1);
   const DataConfig& norm = loaded.config.data;
   const Dims dims = loaded.model->input_dims();
+  if (dims.c != 1)
+    throw InputError(a.checkpoint, "the model takes " + to_string(dims) + " inputs; predict reads greyscale (1-channel) images");
+  const std::vector<std::string>& names = loaded.config.data.classes;
+  // "7 (seven)" with data.classes, "7" without.
+  const auto label = [&names](int c) {
+    return names.empty() ? std::to_string(c) : std::to_string(c) + " (" + names[static_cast<size_t>(c)] + ")";
+  };
   for (const std::string& path : a.images) {
-    const std::vector<uint8_t> pixels = read_pgm(path);
+    const std::vector<uint8_t> pixels = read_pgm(path, dims.h, dims.w);
     std::vector<float> x(pixels.size());
     const float mean = static_cast<float>(norm.mean), std = static_cast<float>(norm.std);
     for (size_t i = 0; i < pixels.size(); ++i) x[i] = (static_cast<float>(pixels[i]) * (1.0f / 255.0f) - mean) / std;
@@ -38,8 +48,10 @@ int run_predict(const PredictArgs& a) {
     double z = 0;
     for (int c = 0; c < k; ++c) z += p[static_cast<size_t>(c)] = std::exp(double(logits.data[c]) - top);
     const int best = static_cast<int>(std::max_element(logits.data, logits.data + k) - logits.data);
-    std::printf("%s: class %d (p=%.4f)  probabilities:", path.c_str(), best, p[static_cast<size_t>(best)] / z);
-    for (int c = 0; c < k; ++c) std::printf(" %d:%.4f", c, p[static_cast<size_t>(c)] / z);
+    std::printf("%s: class %s (p=%.4f)  probabilities:", path.c_str(), label(best).c_str(), p[static_cast<size_t>(best)] / z);
+    for (int c = 0; c < k; ++c)
+      std::printf(" %s:%.4f", names.empty() ? std::to_string(c).c_str() : names[static_cast<size_t>(c)].c_str(),
+                  p[static_cast<size_t>(c)] / z);
     std::printf("\n");
   }
   return 0;
@@ -49,9 +61,9 @@ int run_predict(const PredictArgs& a) {
 
 Command add_predict(CLI::App& app) {
   auto args = std::make_shared<PredictArgs>();
-  CLI::App* sub = app.add_subcommand("predict", "Classify 28x28 greyscale PGM images");
+  CLI::App* sub = app.add_subcommand("predict", "Classify greyscale PGM images (the model's input size)");
   sub->add_option("--checkpoint", args->checkpoint, "Weights file or checkpoint (.safetensors)")->required();
-  sub->add_option("images", args->images, "PGM images (P5 or P2, 28x28)")->required();
+  sub->add_option("images", args->images, "PGM images (P5 or P2, the model's input size, e.g. 28x28)")->required();
   return [args] { return run_predict(*args); };
 }
 

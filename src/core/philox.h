@@ -3,7 +3,7 @@
 //
 // Every draw in dptrain is a pure function of (key, counter): the shuffle is keyed by (seed, epoch),
 // dropout by (seed, epoch, global sample index, layer, element), initialisation by (seed, parameter,
-// element). No generator state is carried between steps, so the draws do not depend on how many
+// element), augmentation by (seed, epoch, global sample index) (core/augment.h). No generator state is carried between steps, so the draws do not depend on how many
 // ranks share the work or where a run was resumed.
 #pragma once
 
@@ -47,7 +47,7 @@ DPTRAIN_HD double to_unit_double(uint32_t hi, uint32_t lo) {
 }
 
 /// Streams keep different uses of one seed apart (counter word 3).
-enum Stream : uint32_t { kShuffle = 1, kDropout = 2, kInit = 3 };
+enum Stream : uint32_t { kShuffle = 1, kDropout = 2, kInit = 3, kAugment = 4 /* core/augment.h */ };
 
 /// The four dropout words of elements [4 * group, 4 * group + 4) of global sample `sample` in
 /// dropout layer `layer`: one generator call serves four consecutive elements.

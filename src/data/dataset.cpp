@@ -16,20 +16,16 @@ Dataset load_idx_pair(const std::string& images_path, const std::string& labels_
   d.count = images.dims[0];
   d.rows = static_cast<int>(images.dims[1]);
   d.cols = static_cast<int>(images.dims[2]);
-  if (d.rows != 28 || d.cols != 28)
+  // Any size: check_image_size compares it with the model's input once a config is known.
+  if (d.rows == 0 || d.cols == 0 || images.dims[1] > kMaxImageSide || images.dims[2] > kMaxImageSide)
     throw InputError(images_path, "images are " + std::to_string(images.dims[1]) + "x" + std::to_string(images.dims[2]) +
-                                      ", expected 28x28");
+                                      ", expected each side in 1.." + std::to_string(kMaxImageSide));
   if (d.count == 0) throw InputError(images_path, "holds no images");
   if (labels.dims[0] != images.dims[0])
     throw InputError(labels_path, "has " + std::to_string(labels.dims[0]) + " labels but " + images_path + " has " +
                                       std::to_string(images.dims[0]) + " images");
-  d.labels.resize(labels.data.size());
-  for (size_t i = 0; i < labels.data.size(); ++i) {
-    if (labels.data[i] > 9)
-      throw InputError(labels_path, "label " + std::to_string(labels.data[i]) + " at index " + std::to_string(i) +
-                                        " is outside 0..9");
-    d.labels[i] = labels.data[i];
-  }
+  // Labels are checked against model.num_classes by check_labels, once a config is known.
+  d.labels.assign(labels.data.begin(), labels.data.end());
   d.images = std::move(images.data);
   return d;
 }
@@ -39,6 +35,12 @@ void check_labels(const Dataset& d, int num_classes) {
     if (d.labels[i] < 0 || d.labels[i] >= num_classes)
       throw InputError(d.labels_source, "label " + std::to_string(d.labels[i]) + " at index " + std::to_string(i) +
                                             " is not below model.num_classes (" + std::to_string(num_classes) + ")");
+}
+
+void check_image_size(const Dataset& d, const Dims& input) {
+  if (input.c != 1 || input.h != d.rows || input.w != d.cols)
+    throw InputError(d.source, "images are 1x" + std::to_string(d.rows) + "x" + std::to_string(d.cols) +
+                                   " (channels x height x width) but model.input is " + to_string(input));
 }
 
 namespace {

@@ -61,4 +61,26 @@ template void gather_normalize<float>(const Dataset&, std::span<const uint32_t>,
 template void gather_normalize<double>(const Dataset&, std::span<const uint32_t>, int64_t, int, float, float, double*,
                                        int32_t*);
 
+void gather_augment_normalize(const Dataset& data, std::span<const uint32_t> order, int64_t first, int count,
+                              float mean, float std, const augment::Settings& settings, uint64_t seed, uint32_t epoch,
+                              float* out, int32_t* labels_out) {
+  const int rows = data.rows, cols = data.cols;
+  const size_t pixels = static_cast<size_t>(rows) * cols;
+  for (int i = 0; i < count; ++i) {
+    const int64_t position = first + i;
+    const uint32_t index = order[static_cast<size_t>(position)];
+    const uint8_t* src = data.images.data() + index * pixels;
+    float* dst = out + static_cast<size_t>(i) * pixels;
+    const augment::Transform t =
+        augment::sample_transform(settings, seed, epoch, static_cast<uint32_t>(position), rows, cols);
+    // The operations of kernels/data_kernels.cu's augmenting gather, in the same order.
+    for (int r = 0; r < rows; ++r)
+      for (int c = 0; c < cols; ++c) {
+        const float scaled = augment::augmented_pixel(t, src, rows, cols, r, c) * (1.0f / 255.0f);
+        dst[static_cast<size_t>(r) * cols + c] = (scaled - mean) / std;
+      }
+    labels_out[i] = data.labels[index];
+  }
+}
+
 }  // namespace dptrain

@@ -10,6 +10,7 @@
 #include <span>
 #include <vector>
 
+#include "core/augment.h"
 #include "data/dataset.h"
 
 namespace dptrain {
@@ -45,5 +46,12 @@ class BatchPlan {
 template <typename T>
 void gather_normalize(const Dataset& data, std::span<const uint32_t> order, int64_t first, int count, float mean,
                       float std, T* out, int32_t* labels_out);
+
+/// The same with data.augment's random transform applied to each sample before normalisation
+/// (core/augment.h): the sample at epoch position p is transformed as global sample p of (seed,
+/// epoch), whatever rank or batch gathers it.
+void gather_augment_normalize(const Dataset& data, std::span<const uint32_t> order, int64_t first, int count,
+                              float mean, float std, const augment::Settings& settings, uint64_t seed, uint32_t epoch,
+                              float* out, int32_t* labels_out);
 
 }  // namespace dptrain

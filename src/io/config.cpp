@@ -3,6 +3,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <charconv>
+#include <cmath>
 #include <filesystem>
 #include <functional>
 #include <set>
@@ -219,12 +220,49 @@ TrainConfig read_train(const YAML::Node& node, const std::string& source) {
   return t;
 }
 
+AugmentConfig read_augment(const YAML::Node& node, const std::string& source) {
+  MapReader r(node, "data.augment", source);
+  AugmentConfig a;
+  r.get("rotation", a.rotation);
+  r.get("scale", a.scale);
+  r.get("translation", a.translation);
+  r.get("shear", a.shear);
+  r.get("erasing", a.erasing);
+  r.get("fill", a.fill);
+  r.finish();
+  // !(x >= lo) also refuses NaN. The upper bounds keep the transform invertible (scale < 1, shear
+  // < 90) and the angles inside the range core/augment.h's series are exact for.
+  require(a.rotation >= 0 && a.rotation <= 180, r, "data.augment.rotation", "must be in [0, 180] degrees (0: off)");
+  require(a.scale >= 0 && a.scale < 1, r, "data.augment.scale", "must be in [0, 1): the zoom factor is 1 +- scale (0: off)");
+  require(a.translation >= 0 && std::isfinite(a.translation), r, "data.augment.translation", "must be >= 0 pixels (0: off)");
+  require(a.shear >= 0 && a.shear < 90, r, "data.augment.shear", "must be in [0, 90) degrees (0: off)");
+  require(a.erasing >= 0 && a.erasing <= 1, r, "data.augment.erasing", "must be a probability in [0, 1] (0: off)");
+  require(a.fill >= 0 && a.fill <= 255, r, "data.augment.fill", "must be a raw pixel value in [0, 255]");
+  return a;
+}
+
+std::vector<std::string> read_classes(const YAML::Node& node, const MapReader& r) {
+  std::vector<std::string> names;
+  if (!node || node.IsNull()) return names;
+  if (!node.IsSequence()) r.fail("data.classes", "expected a list of class names");
+  std::set<std::string> seen;
+  for (size_t i = 0; i < node.size(); ++i) {
+    const std::string key = "data.classes[" + std::to_string(i) + "]";
+    if (!node[i].IsScalar() || node[i].Scalar().empty()) r.fail(key, "expected a non-empty name");
+    if (!seen.insert(node[i].Scalar()).second) r.fail(key, "duplicate class name '" + node[i].Scalar() + "'");
+    names.push_back(node[i].Scalar());
+  }
+  return names;
+}
+
 DataConfig read_data(const YAML::Node& node, const std::string& source) {
   MapReader r(node, "data", source);
   DataConfig d;
   r.get("dir", d.dir);
   r.get("mean", d.mean);
   r.get("std", d.std);
+  d.augment = read_augment(r.child("augment"), source);
+  d.classes = read_classes(r.child("classes"), r);
   r.finish();
   require(d.std > 0, r, "data.std", "must be > 0");
   return d;
@@ -318,6 +356,9 @@ Config build(YAML::Node root, const std::string& source, const std::string& defa
   c.checkpoint = read_checkpoint(r.child("checkpoint"), source);
   r.finish();
   if (c.name.empty()) r.fail("name", "must not be empty");
+  if (!c.data.classes.empty() && static_cast<int>(c.data.classes.size()) != c.model.num_classes)
+    r.fail("data.classes", "has " + std::to_string(c.data.classes.size()) + " names but model.num_classes is " +
+                               std::to_string(c.model.num_classes));
   return c;
 }
 
@@ -380,8 +421,19 @@ std::string to_yaml(const Config& c) {
   }
   out << YAML::EndSeq << YAML::EndMap;
   out << YAML::Key << "data" << YAML::Value << YAML::BeginMap << YAML::Key << "dir" << YAML::Value << c.data.dir
-      << YAML::Key << "mean" << YAML::Value << num(c.data.mean) << YAML::Key << "std" << YAML::Value << num(c.data.std)
-      << YAML::EndMap;
+      << YAML::Key << "mean" << YAML::Value << num(c.data.mean) << YAML::Key << "std" << YAML::Value << num(c.data.std);
+  const AugmentConfig& a = c.data.augment;
+  out << YAML::Key << "augment" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "rotation" << YAML::Value
+      << num(a.rotation) << YAML::Key << "scale" << YAML::Value << num(a.scale) << YAML::Key << "translation"
+      << YAML::Value << num(a.translation) << YAML::Key << "shear" << YAML::Value << num(a.shear) << YAML::Key
+      << "erasing" << YAML::Value << num(a.erasing) << YAML::Key << "fill" << YAML::Value << num(a.fill) << YAML::EndMap;
+  if (!c.data.classes.empty()) {
+    // Quoted: a name such as "yes", "1" or "null" must read back as the same string.
+    out << YAML::Key << "classes" << YAML::Value << YAML::Flow << YAML::BeginSeq;
+    for (const std::string& name : c.data.classes) out << YAML::DoubleQuoted << name;
+    out << YAML::EndSeq;
+  }
+  out << YAML::EndMap;
   const TrainConfig& t = c.train;
   out << YAML::Key << "train" << YAML::Value << YAML::BeginMap;
   out << YAML::Key << "batch_size" << YAML::Value << t.batch_size << YAML::Key << "batch_per_rank" << YAML::Value

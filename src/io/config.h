@@ -33,10 +33,23 @@ struct ModelConfig {
   std::vector<LayerConfig> layers;
 };
 
+/// data.augment: random transforms of the training images (core/augment.h); every field 0 is off.
+struct AugmentConfig {
+  double rotation = 0;     ///< degrees, 0..180: angle uniform in [-rotation, rotation]
+  double scale = 0;        ///< fraction, 0..<1: zoom factor uniform in [1 - scale, 1 + scale]
+  double translation = 0;  ///< pixels, >= 0: shift uniform in [-translation, translation] per axis
+  double shear = 0;        ///< degrees, 0..<90: x-shear angle uniform in [-shear, shear]
+  double erasing = 0;      ///< probability 0..1 of erasing one rectangle (torchvision RandomErasing)
+  double fill = 0;         ///< raw pixel value 0..255 (before normalisation) outside the image and erased
+  bool enabled() const { return rotation > 0 || scale > 0 || translation > 0 || shear > 0 || erasing > 0; }
+};
+
 struct DataConfig {
   std::string dir = "data/mnist";
   double mean = 0.1307;
   double std = 0.3081;
+  AugmentConfig augment;             ///< training batches only, never evaluation
+  std::vector<std::string> classes;  ///< optional class names (model.num_classes of them), `predict` prints them
 };
 
 struct OptimizerConfig {

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 
+#include "core/augment.h"
 #include "core/device_context.h"
 #include "data/dataset.h"
 #include "io/config.h"
@@ -26,8 +27,13 @@ class BatchSource {
   virtual void gather_step(DeviceContext& ctx, int count, float* x, int32_t* y) = 0;
 };
 
-/// The source for ctx's device. The dataset must outlive the source.
+/// The source for ctx's device. The dataset must outlive the source. With `augment`, the batches
+/// get config.augment's random transforms (training only: evaluation sources pass false), keyed by
+/// (seed, epoch, epoch position): begin_epoch's for gather, the StepState's for gather_step.
 std::unique_ptr<BatchSource> make_batch_source(const Dataset& data, const DataConfig& config, bool shuffle,
-                                               DeviceContext& ctx);
+                                               DeviceContext& ctx, bool augment = false);
+
+/// data.augment in the form the gathers use (core/augment.h); all zero when `augment` is false.
+augment::Settings augment_settings(const DataConfig& config, bool augment);
 
 }  // namespace dptrain

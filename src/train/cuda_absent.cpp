@@ -12,7 +12,7 @@
 namespace dptrain {
 
 /// Declared where it is called (train/host_batch_source.cpp), as the CUDA build defines it.
-std::unique_ptr<BatchSource> make_cuda_batch_source(const Dataset&, const DataConfig&, bool, DeviceContext&) {
+std::unique_ptr<BatchSource> make_cuda_batch_source(const Dataset&, const DataConfig&, bool, DeviceContext&, bool) {
   throw_built_without_cuda();
 }
 

@@ -16,9 +16,10 @@ namespace {
 
 class CudaBatchSource final : public BatchSource {
  public:
-  CudaBatchSource(const Dataset& data, const DataConfig& config, bool shuffle, DeviceContext& ctx)
-      : n_(static_cast<uint32_t>(data.count)), pixels_(data.rows * data.cols),
+  CudaBatchSource(const Dataset& data, const DataConfig& config, bool shuffle, DeviceContext& ctx, bool augment)
+      : n_(static_cast<uint32_t>(data.count)), rows_(data.rows), cols_(data.cols), pixels_(data.rows * data.cols),
         mean_(static_cast<float>(config.mean)), std_(static_cast<float>(config.std)), shuffle_(shuffle),
+        augment_(augment_settings(config, augment)),
         stream_(ctx.cuda().stream()), images_(Device::Cuda, data.images.size()), labels_(Device::Cuda, data.labels.size()),
         order_(Device::Cuda, n_) {
     upload(ctx, images_.span(), std::span<const uint8_t>(data.images));
@@ -35,25 +36,39 @@ class CudaBatchSource final : public BatchSource {
   }
   int64_t size() const override { return n_; }
   void begin_epoch(uint64_t seed, uint32_t epoch) override {
+    seed_ = seed, epoch_ = epoch;  // augmentation's key for gather()
     if (!shuffle_) return;
     kernels::sort_epoch_order(seed, epoch, n_, keys_.data(), keys_sorted_.data(), indices_.data(), order_.data(),
                               scratch_.data(), scratch_.size(), stream_);
   }
   void gather(DeviceContext& ctx, int64_t first, int count, float* x, int32_t* y) override {
     (void)ctx;
-    kernels::gather_normalize(images_.data(), labels_.data(), order_.data(), pixels_, first, nullptr, count, mean_, std_,
-                              x, y, stream_);
+    if (augment::enabled(augment_))
+      kernels::gather_augment_normalize(images_.data(), labels_.data(), order_.data(), rows_, cols_, first, seed_,
+                                        epoch_, nullptr, count, mean_, std_, augment_, x, y, stream_);
+    else
+      kernels::gather_normalize(images_.data(), labels_.data(), order_.data(), pixels_, first, nullptr, count, mean_,
+                                std_, x, y, stream_);
   }
   void gather_step(DeviceContext& ctx, int count, float* x, int32_t* y) override {
-    kernels::gather_normalize(images_.data(), labels_.data(), order_.data(), pixels_, 0, ctx.step(), count, mean_, std_,
-                              x, y, stream_);
+    // Position, seed and epoch come from the StepState when the kernel runs: capturable, and one
+    // captured graph serves every step.
+    if (augment::enabled(augment_))
+      kernels::gather_augment_normalize(images_.data(), labels_.data(), order_.data(), rows_, cols_, 0, 0, 0,
+                                        ctx.step(), count, mean_, std_, augment_, x, y, stream_);
+    else
+      kernels::gather_normalize(images_.data(), labels_.data(), order_.data(), pixels_, 0, ctx.step(), count, mean_,
+                                std_, x, y, stream_);
   }
 
  private:
   uint32_t n_;
-  int pixels_;
+  int rows_, cols_, pixels_;
   float mean_, std_;
   bool shuffle_;
+  augment::Settings augment_;
+  uint64_t seed_ = 0;
+  uint32_t epoch_ = 0;
   cudaStream_t stream_;
   Buffer<uint8_t> images_;
   Buffer<int32_t> labels_;
@@ -66,8 +81,8 @@ class CudaBatchSource final : public BatchSource {
 }  // namespace
 
 std::unique_ptr<BatchSource> make_cuda_batch_source(const Dataset& data, const DataConfig& config, bool shuffle,
-                                                    DeviceContext& ctx) {
-  return std::make_unique<CudaBatchSource>(data, config, shuffle, ctx);
+                                                    DeviceContext& ctx, bool augment) {
+  return std::make_unique<CudaBatchSource>(data, config, shuffle, ctx, augment);
 }
 
 }  // namespace dptrain

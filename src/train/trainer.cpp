@@ -81,6 +81,8 @@ Trainer::Trainer(const Config& config, const TrainOptions& options, const MnistD
   global_batch_ = resolve_global_batch(config_.train, comm_.size());
   check_labels(data_.train, config_.model.num_classes);
   check_labels(data_.test, config_.model.num_classes);
+  check_image_size(data_.train, config_.model.input);
+  check_image_size(data_.test, config_.model.input);
   plan_ = std::make_unique<BatchPlan>(data_.train.count, global_batch_, comm_.size());
   steps_per_epoch_ = plan_->steps_per_epoch();
   const int local_batch = (global_batch_ + comm_.size() - 1) / comm_.size();
@@ -92,12 +94,9 @@ Trainer::Trainer(const Config& config, const TrainOptions& options, const MnistD
   // The schedule spans the planned epochs, not --max-steps: a run stopped early and resumed follows
   // the same rates as one that never stopped.
   schedule_ = std::make_unique<LrSchedule>(config_.train.schedule, config_.train.optimizer.lr, steps_per_epoch_, planned);
-  source_ = make_batch_source(data_.train, config_.data, /*shuffle=*/true, ctx_);
+  source_ = make_batch_source(data_.train, config_.data, /*shuffle=*/true, ctx_, /*augment=*/true);
   if (comm_.rank() == 0) evaluator_ = std::make_unique<Evaluator>(data_.test, config_.data, config_.train.eval_batch_size, ctx_);
   const Dims in = config_.model.input;
-  if (in.c != 1 || in.h != data_.train.rows || in.w != data_.train.cols)
-    throw InputError(config_.source, "model.input is " + to_string(in) + " but the data has 1x" +
-                                         std::to_string(data_.train.rows) + "x" + std::to_string(data_.train.cols) + " images");
   local_batch_ = local_batch;
   x_ = Buffer<float>(ctx_.device(), static_cast<size_t>(local_batch) * in.count());
   y_ = Buffer<int32_t>(ctx_.device(), static_cast<size_t>(local_batch));
