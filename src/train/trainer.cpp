@@ -84,8 +84,10 @@ Trainer::Trainer(const Config& config, const TrainOptions& options, const MnistD
   steps_per_epoch_ = plan_->steps_per_epoch();
   const int local_batch = (global_batch_ + comm_.size() - 1) / comm_.size();
   const int eval_batch = comm_.rank() == 0 ? config_.train.eval_batch_size : 0;
-  model_ = std::make_unique<Model<float>>(config_.model, ctx_, std::max(local_batch, eval_batch));
-  optimizer_ = make_optimizer(config_.train.optimizer, ctx_.device(), model_->params().size());
+  model_ = std::make_unique<Model<float>>(config_.model, ctx_, std::max(local_batch, eval_batch),
+                                         config_.train.label_smoothing);
+  optimizer_ = make_optimizer(scheduled_optimizer(config_.train.optimizer, config_.train.schedule), ctx_.device(),
+                              model_->params().size());
   const int64_t planned = steps_per_epoch_ * config_.train.epochs;
   total_steps_ = config_.train.max_steps > 0 ? std::min(planned, config_.train.max_steps) : planned;
   // The schedule spans the planned epochs, not --max-steps: a run stopped early and resumed follows
@@ -182,7 +184,7 @@ void Trainer::step(int epoch, int64_t step_in_epoch, int64_t global_step) {
   const BatchPlan::Shard shard = plan_->shard(step_in_epoch, comm_.rank());
   const int64_t batch = plan_->global_batch_size(step_in_epoch);
   const StepState state{{config_.train.seed, static_cast<uint32_t>(epoch), static_cast<uint32_t>(shard.first)},
-                        optimizer_->scalars(schedule_->lr(global_step), global_step + 1)};
+                        optimizer_->scalars(schedule_->lr(global_step), global_step + 1, schedule_->momentum(global_step))};
   if (profiler_) profiler_->begin_step(ctx_, global_step, shard.count);
   // Each rank scales by the global batch, so the summed gradients are the global batch mean.
   const float grad_scale = 1.0f / static_cast<float>(batch);
