@@ -1957,6 +1957,71 @@ TEST_F(ShapeSweep, MaxPool) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Average pooling (avgpool2d, global_avgpool)
+// ---------------------------------------------------------------------------------------------
+
+/// The CUDA kernels against the CPU layer in float: the same sums in the same order, then the
+/// same division, so equal bit for bit (kernels/pool_kernels.h); through AvgPoolCuda too.
+void run_avgpool_shape(Sweep& sw, const sweep::AvgPoolShape& a, int index, uint64_t seed) {
+  DeviceContext& ctx = sw.ctx();
+  const cudaStream_t st = sw.stream();
+  const sweep::PoolShape& s = a.pool;
+  const std::string where = "avgpool #" + std::to_string(index) + " " + a.str();
+  const uint64_t key = mix64(seed ^ (static_cast<uint64_t>(index) << 20));
+  const Dims in{s.c, s.h, s.w}, od{s.c, a.oh(), a.ow()};
+  const std::vector<float> x = randoms(static_cast<size_t>(s.input_elems()), key + 1);
+  const std::vector<float> dy = randoms(static_cast<size_t>(a.output_elems()), key + 2);
+  LayerConfig pc = layer_config(a.global ? "global_avgpool" : "avgpool2d");
+  if (!a.global) pc.kernel = s.k, pc.stride = s.stride, pc.padding = s.pad;
+  DeviceContext cpu;
+  auto lc = make_layer<float>(pc, 3, in, Device::Cpu);
+  std::vector<float> want_y(dy.size()), want_dx(x.size());
+  lc->forward(cpu, cview(x, s.n, in), mview(want_y, s.n, od), Phase::Train, StepInfo{});
+  lc->backward(cpu, cview(x, s.n, in), cview(want_y, s.n, od), cview(dy, s.n, od), mview(want_dx, s.n, in));
+  Buffer<float> gx = to_gpu(ctx, x), gdy = to_gpu(ctx, dy), ry = to_gpu(ctx, want_y), rdx = to_gpu(ctx, want_dx);
+  Buffer<float> y = floats(dy.size()), dx = floats(x.size());
+  const kernels::AvgPoolGeometry g{s.n * s.c, s.h, s.w, a.oh(), a.ow(), a.kh(), a.kw(), a.stride(), a.pad()};
+  if (run_own(sw, where, "avgpool_forward", {{y.data(), ry.data(), dy.size(), kExact}},
+              [&] { kernels::avgpool_forward(gx.data(), y.data(), g, st); }))
+    run_own(sw, where, "avgpool_backward", {{dx.data(), rdx.data(), x.size(), kExact}},
+            [&] { kernels::avgpool_backward(gdy.data(), dx.data(), g, st); });
+  // The layer (its geometry from the config) on the same buffers.
+  auto lg = make_layer<float>(pc, 3, in, Device::Cuda);
+  lg->reserve(ctx, s.n);
+  if (run_own(sw, where, "AvgPoolCuda forward", {{y.data(), ry.data(), dy.size(), kExact}},
+              [&] { lg->forward(ctx, TensorView<const float>{gx.data(), s.n, in}, TensorView<float>{y.data(), s.n, od},
+                                Phase::Train, StepInfo{}); }))
+    run_own(sw, where, "AvgPoolCuda backward", {{dx.data(), rdx.data(), x.size(), kExact}}, [&] {
+      lg->backward(ctx, TensorView<const float>{gx.data(), s.n, in}, TensorView<const float>{y.data(), s.n, od},
+                   TensorView<const float>{gdy.data(), s.n, od}, TensorView<float>{dx.data(), s.n, in});
+    });
+  sw.flush();  // before the references are freed
+}
+
+TEST_F(ShapeSweep, AvgPool) {
+  const uint64_t seed = sweep_seed(9);
+  sweep::PoolLimits lim;  // batch 1-8192, channels 1-256, planes 1-64 a side
+  lim.max_elems = int64_t{1} << 22;
+  const int count = sweep_count("DPTRAIN_SWEEP_AVGPOOL", 30, 400);
+  std::vector<sweep::AvgPoolShape> shapes = sweep::avgpool_shapes(seed, count, lim);
+  // Edges: one element; a global window over a 1024 x 1024 plane (a million-term sum per thread);
+  // 2^23 planes of 1 x 1; padding of half a 7-window.
+  for (const sweep::AvgPoolShape& e :
+       {sweep::AvgPoolShape{sweep::PoolShape{1, 1, 1, 1, 1, 1, 0}, false},
+        sweep::AvgPoolShape{sweep::PoolShape{1, 1, 1024, 1024, 1, 1, 0}, true},
+        sweep::AvgPoolShape{sweep::PoolShape{8192, 1024, 1, 1, 1, 1, 0}, true},
+        sweep::AvgPoolShape{sweep::PoolShape{3, 5, 8, 8, 7, 3, 3}, false}})
+    shapes.push_back(e);
+  Sweep sw("avgpool", seed);
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    const std::string where = "avgpool #" + std::to_string(i) + " " + shapes[i].str();
+    if (!guarded(sw, where, [&] { run_avgpool_shape(sw, shapes[i], static_cast<int>(i), seed); })) break;
+    sw.shape_done();
+  }
+  sw.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
 // Dropout, the data gather, the optimizers: boundary sizes, bit for bit
 // ---------------------------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "io/config.h"
+#include "model/model.h"
 #include "optim/lr_schedule.h"
 #include "optim/optimizer.h"
 
@@ -288,6 +289,19 @@ train:
   EXPECT_DOUBLE_EQ(lin_back.train.schedule.start_factor, 0.5);
   EXPECT_DOUBLE_EQ(lin_back.train.schedule.end_factor, 0.1);
   EXPECT_EQ(lin_back.train.schedule.total_iters, 40);
+}
+
+TEST(ScheduleConfig, ShippedOneCycleConfigLoadsAndBuilds) {
+  const Config c = load_config(std::string(DPTRAIN_SOURCE_DIR) + "/configs/mnist_onecycle.yaml");
+  EXPECT_EQ(c.train.schedule.type, "onecycle");
+  EXPECT_DOUBLE_EQ(c.train.schedule.max_lr, 0.01);
+  EXPECT_TRUE(c.train.schedule.cycle_momentum);
+  EXPECT_DOUBLE_EQ(c.train.label_smoothing, 0.1);
+  DeviceContext ctx;
+  Model<float> model(c.model, ctx, 2, c.train.label_smoothing);  // shapes check layer by layer
+  EXPECT_EQ(model.layers()[8]->type(), "global_avgpool");
+  EXPECT_EQ(model.layers()[8]->output_dims(), (Dims{128, 1, 1}));
+  EXPECT_EQ(model.layers()[5]->output_dims(), (Dims{64, 7, 7}));
 }
 
 TEST(NumClasses, TwoToOneThousand) {
