@@ -221,12 +221,14 @@ TEST_F(NewLayersGpu, OneCycleGraphReplayEqualsEagerBitForBit) {
   }
 }
 
+// With SGD (cycled momentum): Adam's near-sign updates would turn a rounding-sized gradient
+// difference around zero into a whole step of lr, which says nothing about the new pieces.
 TEST_F(NewLayersGpu, OneCycleTrainingStaysNearCpu) {
   if (!have_mnist()) GTEST_SKIP() << "MNIST not in " << kData;
   const MnistData data = load_mnist_dir(kData);
-  const std::vector<std::string> exact{"train.exact_convolutions=true"};
-  const double r = rel(train_params(*gpu_, data, 10, true, exact), train_params(cpu_, data, 10, false, exact));
-  EXPECT_LT(r, 1e-4) << "relative parameter difference after 10 steps";
+  const std::vector<std::string> sets{"train.exact_convolutions=true", "train.optimizer={type: sgd, lr: 0.01}"};
+  const double r = rel(train_params(*gpu_, data, 20, true, sets), train_params(cpu_, data, 20, false, sets));
+  EXPECT_LT(r, 1e-4) << "relative parameter difference after 20 steps";
 }
 
 }  // namespace

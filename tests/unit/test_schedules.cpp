@@ -6,15 +6,19 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 #include <numbers>
 #include <string>
 #include <vector>
 
+#include "comm/communicator.h"
 #include "core/error.h"
+#include "data/dataset.h"
 #include "io/config.h"
 #include "model/model.h"
 #include "optim/lr_schedule.h"
 #include "optim/optimizer.h"
+#include "train/trainer.h"
 
 namespace dptrain {
 namespace {
@@ -302,6 +306,40 @@ TEST(ScheduleConfig, ShippedOneCycleConfigLoadsAndBuilds) {
   EXPECT_EQ(model.layers()[8]->type(), "global_avgpool");
   EXPECT_EQ(model.layers()[8]->output_dims(), (Dims{128, 1, 1}));
   EXPECT_EQ(model.layers()[5]->output_dims(), (Dims{64, 7, 7}));
+}
+
+const std::string kData = DPTRAIN_TEST_DATA_DIR;
+bool have_mnist() {
+  return std::filesystem::exists(kData + "/train-labels-idx1-ubyte.gz") ||
+         std::filesystem::exists(kData + "/train-labels-idx1-ubyte");
+}
+
+std::vector<float> train_params(const MnistData& data, int steps, const std::vector<std::string>& sets) {
+  const Config config = load_config(std::string(DPTRAIN_SOURCE_DIR) + "/configs/mnist_onecycle.yaml", sets);
+  DeviceContext cpu;
+  SingleRankCommunicator comm;
+  TrainOptions options;
+  options.show_progress = false;
+  options.out_dir = (std::filesystem::temp_directory_path() / "dptrain_schedule_test").string();
+  Trainer trainer(config, options, data, cpu, comm);
+  for (int s = 0; s < steps; ++s) trainer.step(0, s, s);
+  const auto& p = trainer.model().params();
+  return {p.values().data(), p.values().data() + p.size()};
+}
+
+// The trainer hands the schedule's momentum to the optimizer step by step: cycling between equal
+// ends is exactly SGD with that fixed momentum, bit for bit, and cycling between different ends is
+// not.
+TEST(CycledMomentum, ReachesTheTrainersSteps) {
+  if (!have_mnist()) GTEST_SKIP() << "MNIST not in " << kData;
+  const MnistData data = load_mnist_dir(kData);
+  const std::string sgd = "train.optimizer={type: sgd, lr: 0.01, momentum: 0.9}";
+  const std::vector<float> fixed = train_params(data, 4, {sgd, "train.schedule.cycle_momentum=false"});
+  const std::vector<float> flat =
+      train_params(data, 4, {sgd, "train.schedule.base_momentum=0.9", "train.schedule.max_momentum=0.9"});
+  const std::vector<float> cycled = train_params(data, 4, {sgd});
+  EXPECT_EQ(flat, fixed);
+  EXPECT_NE(cycled, fixed);
 }
 
 TEST(NumClasses, TwoToOneThousand) {
