@@ -231,5 +231,34 @@ TEST_F(NewLayersGpu, OneCycleTrainingStaysNearCpu) {
   EXPECT_LT(r, 1e-4) << "relative parameter difference after 20 steps";
 }
 
+// A short run (captured steps, then the evaluation) at 32 classes (the fused classifier), 47 and
+// 1000 (the loss kernel), against the same run on the CPU: the same accuracy within a few images.
+TEST_F(NewLayersGpu, ShortRunsAt32_47And1000ClassesMatchCpu) {
+  if (!have_mnist()) GTEST_SKIP() << "MNIST not in " << kData;
+  const MnistData data = load_mnist_dir(kData);
+  for (const int classes : {32, 47, 1000}) {
+    const std::string c = std::to_string(classes);
+    const Config config = load_config(
+        std::string(DPTRAIN_SOURCE_DIR) + "/configs/mnist_onecycle.yaml",
+        {"model.num_classes=" + c, "model.layers=[{type: avgpool2d, kernel: 4}, {type: flatten}, {type: linear, out_features: " + c + "}]",
+         "train.max_steps=30", "train.optimizer={type: sgd, lr: 0.1}", "train.schedule.max_lr=0.5"});
+    const auto run = [&](DeviceContext& ctx, const std::string& tag) {
+      SingleRankCommunicator comm;
+      TrainOptions options;
+      options.show_progress = false;
+      options.out_dir = (std::filesystem::temp_directory_path() / ("dptrain_gpu_classes_" + c + tag)).string();
+      std::filesystem::remove_all(options.out_dir);
+      std::filesystem::create_directories(options.out_dir);
+      Trainer trainer(config, options, data, ctx, comm);
+      return trainer.run();
+    };
+    const TrainSummary g = run(*gpu_, "gpu"), h = run(cpu_, "cpu");
+    EXPECT_EQ(g.steps, 30);
+    EXPECT_NEAR(g.final_eval.loss, h.final_eval.loss, 1e-3 * h.final_eval.loss) << classes << " classes";
+    EXPECT_LE(std::abs(g.final_eval.correct - h.final_eval.correct), 5) << classes << " classes";
+    EXPECT_GT(g.final_eval.accuracy, 0.5) << classes << " classes";
+  }
+}
+
 }  // namespace
 }  // namespace dptrain

@@ -364,5 +364,35 @@ TEST(NumClasses, TwoToOneThousand) {
   }
 }
 
+// A whole short run (training steps, then the test-set evaluation) with 47 and 1000 classes on
+// MNIST's ten labels: the loss and evaluation paths take any class count in range.
+TEST(NumClasses, ShortRunsTrainAndEvaluateAt47And1000Classes) {
+  if (!have_mnist()) GTEST_SKIP() << "MNIST not in " << kData;
+  const MnistData data = load_mnist_dir(kData);
+  for (const int classes : {47, 1000}) {
+    const std::string c = std::to_string(classes);
+    const Config config = load_config(
+        std::string(DPTRAIN_SOURCE_DIR) + "/configs/mnist_onecycle.yaml",
+        {"model.num_classes=" + c, "model.layers=[{type: avgpool2d, kernel: 4}, {type: flatten}, {type: linear, out_features: " + c + "}]",
+         "train.max_steps=30", "train.optimizer={type: sgd, lr: 0.1}", "train.schedule.max_lr=0.5"});
+    DeviceContext cpu;
+    SingleRankCommunicator comm;
+    TrainOptions options;
+    options.show_progress = false;
+    options.out_dir = (std::filesystem::temp_directory_path() / ("dptrain_classes_" + c)).string();
+    std::filesystem::remove_all(options.out_dir);
+    std::filesystem::create_directories(options.out_dir);
+    Trainer trainer(config, options, data, cpu, comm);
+    const TrainSummary summary = trainer.run();
+    EXPECT_EQ(summary.steps, 30);
+    EXPECT_EQ(summary.final_eval.count, data.test.count);
+    EXPECT_TRUE(std::isfinite(summary.final_eval.loss));
+    // 30 steps of a linear classifier on pooled pixels learn the ten labels well past chance and
+    // put little mass on the classes no label uses.
+    EXPECT_GT(summary.final_eval.accuracy, 0.5) << classes << " classes";
+    EXPECT_LT(summary.final_eval.loss, std::log(static_cast<double>(classes))) << classes << " classes";
+  }
+}
+
 }  // namespace
 }  // namespace dptrain
