@@ -318,11 +318,13 @@ std::string Trainer::save_checkpoint(const Position& at, const EpochStats& stats
     state.samples_in_epoch = std::min<int64_t>(at.step_in_epoch * global_batch_, data_.train.count);
     state.seed = config_.train.seed;
     state.world_size = comm_.size();
-    state.scheduler_json = nlohmann::json{{"type", config_.train.schedule.type},
-                                          {"base_lr", config_.train.optimizer.lr},
-                                          {"next_lr", schedule_->lr(at.global_step)},
-                                          {"horizon_steps", steps_per_epoch_ * config_.train.epochs}}
-                               .dump();
+    nlohmann::json scheduler{{"type", config_.train.schedule.type},
+                             {"base_lr", config_.train.optimizer.lr},
+                             {"next_lr", schedule_->lr(at.global_step)},
+                             {"horizon_steps", steps_per_epoch_ * config_.train.epochs}};
+    // onecycle's cycled momentum / beta1, for inspection (resume recomputes it from the step).
+    if (const std::optional<double> m = schedule_->momentum(at.global_step)) scheduler["next_momentum"] = *m;
+    state.scheduler_json = scheduler.dump();
     state.best_test_accuracy = best_accuracy_;
     state.epoch_metrics_json = nlohmann::json{{"loss_sum", loss_sum}, {"correct", correct}, {"samples", samples}}.dump();
     path = checkpoints_->save(at.global_step, snapshot.model(), snapshot.optimizer(), state);

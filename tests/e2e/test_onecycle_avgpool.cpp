@@ -38,6 +38,7 @@ class OneCycleAvgPool : public ::testing::Test {
     EXPECT_TRUE(same_tensors(a, b)) << "parameters or optimizer state differ, relative " << relative_difference(a, b);
     EXPECT_EQ(a.state.scheduler_json, b.state.scheduler_json);
     EXPECT_NE(a.state.scheduler_json.find("onecycle"), std::string::npos) << a.state.scheduler_json;
+    EXPECT_NE(a.state.scheduler_json.find("next_momentum"), std::string::npos) << a.state.scheduler_json;
   }
 };
 
