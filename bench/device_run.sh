@@ -260,5 +260,15 @@ PY
       echo "profile without augmentation rc=$?"; sed -n "/^profile:/,/^images/p" "$OUT/augment_profile_plain.log"
       $B/dptrain train --device cuda --max-steps 400 --profile --no-progress --set "$aug" --out /tmp/dr/prof_aug > "$OUT/augment_profile.log" 2>&1
       echo "profile with augmentation rc=$?"; sed -n "/^profile:/,/^images/p" "$OUT/augment_profile.log" ;;
+    sched)  # issue 23 (sched branch): onecycle/label smoothing/avgpool GPU tests, their sweeps (long, and memcheck), e2e resume, one epoch of mnist_onecycle
+      $B/tests/dptrain_gpu_tests --gtest_filter='NewLayersGpu.*:ShapeSweep.AvgPool:ShapeSweep.Loss:CudaBackend.Loss*:CudaBackend.LinearBackwardWithLoss*:OptimGpu.*' > "$OUT/sched_gpu.log" 2>&1
+      echo "gpu tests rc=$?"; grep -E "^\[  (PASSED|FAILED|SKIPPED) |Failure|worst" "$OUT/sched_gpu.log" | head -30
+      DPTRAIN_SWEEP=long timeout 400 $B/tests/dptrain_gpu_tests --gtest_filter='ShapeSweep.AvgPool:ShapeSweep.Loss' > "$OUT/sched_longsweep.log" 2>&1
+      echo "long sweep rc=$?"; grep -E "^\[  (PASSED|FAILED) |worst" "$OUT/sched_longsweep.log" | head
+      timeout 400 compute-sanitizer --tool memcheck --error-exitcode 9 $B/tests/dptrain_gpu_tests --gtest_filter='ShapeSweep.AvgPool:NewLayersGpu.AvgPoolsMatchCpuBitForBit' > "$OUT/sched_memcheck.log" 2>&1
+      echo "memcheck rc=$?"; grep -E "ERROR SUMMARY" "$OUT/sched_memcheck.log" | tail -1
+      $B/tests/e2e/dptrain_e2e_tests --gtest_filter='OneCycleAvgPool.*' > "$OUT/sched_e2e.log" 2>&1; echo "e2e rc=$?"; grep -E "^\[  (PASSED|FAILED|SKIPPED) " "$OUT/sched_e2e.log"
+      $B/dptrain train --device cuda --config configs/mnist_onecycle.yaml --no-progress --out /tmp/dr/onecycle > "$OUT/sched_onecycle.log" 2>&1
+      echo "mnist_onecycle 1 epoch rc=$?"; grep -E "^epoch" "$OUT/sched_onecycle.log" ;;
   esac
 done

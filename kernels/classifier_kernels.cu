@@ -54,17 +54,18 @@ __global__ void __launch_bounds__(kThreads) linear_loss_backward_kernel(LinearLo
   for (int t = threadIdx.x; t < n * classes; t += kThreads) zs[t] = p.logits[t];
   for (int t = threadIdx.x; t < n; t += kThreads) labels[t] = p.labels[t];
   __syncthreads();
+  const Smoothing sm(p.label_smoothing, classes);
   double loss = 0.0, correct = 0.0;
   for (int i = threadIdx.x; i < n; i += kThreads) {  // a thread per sample (classes <= kSerialClasses)
     const float* z = zs + i * classes;
     const SoftmaxRow row = softmax_row_thread(z, classes);
     const int label = labels[i];
     for (int c = 0; c < classes; ++c) {
-      const float g = softmax_xent_grad(z, c, row, label, p.grad_scale);
+      const float g = softmax_xent_grad(z, c, row, label, sm, p.grad_scale);
       dl[i * classes + c] = g;
       if (first) p.dlogits[static_cast<long>(i) * classes + c] = g;
     }
-    loss += static_cast<double>(row.lse - z[label]);
+    loss += softmax_xent_loss(z[label], row, classes, sm);
     correct += row.best_index == label ? 1.0 : 0.0;
   }
   if (first) add_block_sums<kWarps>(loss, correct, p.sums);

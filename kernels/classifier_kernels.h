@@ -18,7 +18,8 @@ struct LinearLossBackward {
   const float* logits;     ///< its output [n][classes]
   const int32_t* labels;   ///< [n]
   int n, classes, inputs;
-  float grad_scale;        ///< dL/dlogits = (softmax - onehot) * grad_scale
+  float grad_scale;        ///< dL/dlogits = (softmax - target) * grad_scale
+  float label_smoothing;   ///< target = (1 - e) onehot + e / classes
   float* dlogits;          ///< [n][classes]
   double* sums;            ///< sums[0] += loss, sums[1] += correct (SoftmaxCrossEntropy's contract)
   float* dw;               ///< [classes][inputs]

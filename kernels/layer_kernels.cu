@@ -172,9 +172,11 @@ constexpr int kLossWarps = 32;
 
 __global__ void __launch_bounds__(32 * kLossWarps) softmax_xent_kernel(const float* logits, const int32_t* labels,
                                                                        int n, int classes, float grad_scale,
-                                                                       float* dlogits, double* sums) {
+                                                                       float label_smoothing, float* dlogits,
+                                                                       double* sums) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const bool serial = classes <= kSerialClasses;
+  const Smoothing sm(label_smoothing, classes);
   double loss = 0.0, correct = 0.0;
   for (int i = serial ? threadIdx.x : warp; i < n; i += serial ? blockDim.x : kLossWarps) {
     const float* x = logits + static_cast<long>(i) * classes;
@@ -182,10 +184,10 @@ __global__ void __launch_bounds__(32 * kLossWarps) softmax_xent_kernel(const flo
     const int y = labels[i];
     if (dlogits != nullptr) {
       float* g = dlogits + static_cast<long>(i) * classes;
-      for (int c = serial ? 0 : lane; c < classes; c += serial ? 1 : 32) g[c] = softmax_xent_grad(x, c, row, y, grad_scale);
+      for (int c = serial ? 0 : lane; c < classes; c += serial ? 1 : 32) g[c] = softmax_xent_grad(x, c, row, y, sm, grad_scale);
     }
     if (serial || lane == 0) {
-      loss += static_cast<double>(row.lse - x[y]);
+      loss += softmax_xent_loss(x[y], row, classes, sm);
       correct += row.best_index == y ? 1.0 : 0.0;
     }
   }
@@ -246,8 +248,9 @@ void relu_backward(const float* dy, const float* y, float* dx, long count, cudaS
 }
 
 void softmax_cross_entropy(const float* logits, const int32_t* labels, int n, int classes, float grad_scale,
-                           float* dlogits, double* sums, cudaStream_t stream) {
-  softmax_xent_kernel<<<1, 32 * kLossWarps, 0, stream>>>(logits, labels, n, classes, grad_scale, dlogits, sums);
+                           float label_smoothing, float* dlogits, double* sums, cudaStream_t stream) {
+  softmax_xent_kernel<<<1, 32 * kLossWarps, 0, stream>>>(logits, labels, n, classes, grad_scale, label_smoothing,
+                                                         dlogits, sums);
   CUDA_CHECK_LAUNCH();
 }
 

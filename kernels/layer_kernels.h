@@ -50,9 +50,11 @@ void bias_grad_finish(const float* partial, int groups, int channels, float* db,
 /// dx = y > 0 ? dy : 0 (the ReLU's backward, from its output).
 void relu_backward(const float* dy, const float* y, float* dx, long count, cudaStream_t stream);
 
-/// Per sample: loss, correct and (when dlogits is not null) (softmax - onehot) * grad_scale. The
-/// batch's loss and correct count are added to sums[0], sums[1] in a fixed order.
+/// Per sample: loss, correct and (when dlogits is not null) (softmax - target) * grad_scale, target
+/// = (1 - label_smoothing) onehot + label_smoothing / classes. The batch's loss and correct count are
+/// added to sums[0], sums[1] in a fixed order. One block; any classes >= 1 (a warp per sample above
+/// 32, lanes striding the row; no shared memory per class).
 void softmax_cross_entropy(const float* logits, const int32_t* labels, int n, int classes, float grad_scale,
-                           float* dlogits, double* sums, cudaStream_t stream);
+                           float label_smoothing, float* dlogits, double* sums, cudaStream_t stream);
 
 }  // namespace dptrain::kernels

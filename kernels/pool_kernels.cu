@@ -359,4 +359,60 @@ void conv_pool_backward(const float* dy, const float* y, const int32_t* argmax, 
   bias_grad_finish(scratch, sample_groups(g, channels), channels, db, stream);
 }
 
+namespace {
+
+/// ceil(a / b) for b > 0 and any a.
+__device__ __forceinline__ int ceil_div_signed(int a, int b) { return a >= 0 ? (a + b - 1) / b : -((-a) / b); }
+
+__global__ void avgpool_forward_kernel(const float* x, float* y, AvgPoolGeometry g) {
+  const long per_plane = static_cast<long>(g.oh) * g.ow, outputs = g.planes * per_plane;
+  const float divisor = static_cast<float>(g.kh * g.kw);
+  for (long o = blockIdx.x * static_cast<long>(blockDim.x) + threadIdx.x; o < outputs;
+       o += static_cast<long>(gridDim.x) * blockDim.x) {
+    const long plane = o / per_plane;
+    const int q = static_cast<int>(o - plane * per_plane), oy = q / g.ow, ox = q - oy * g.ow;
+    const float* src = x + plane * g.h * g.w;
+    const int y0 = oy * g.stride - g.pad, x0 = ox * g.stride - g.pad;
+    const int y1 = min(y0 + g.kh, g.h), x1 = min(x0 + g.kw, g.w);
+    float sum = 0.0f;
+    for (int iy = max(y0, 0); iy < y1; ++iy)
+      for (int ix = max(x0, 0); ix < x1; ++ix) sum += src[iy * g.w + ix];
+    y[o] = sum / divisor;
+  }
+}
+
+__global__ void avgpool_backward_kernel(const float* dy, float* dx, AvgPoolGeometry g) {
+  const long per_plane = static_cast<long>(g.h) * g.w, inputs = g.planes * per_plane;
+  const float divisor = static_cast<float>(g.kh * g.kw);
+  for (long i = blockIdx.x * static_cast<long>(blockDim.x) + threadIdx.x; i < inputs;
+       i += static_cast<long>(gridDim.x) * blockDim.x) {
+    const long plane = i / per_plane;
+    const int q = static_cast<int>(i - plane * per_plane), iy = q / g.w, ix = q - iy * g.w;
+    const float* grad = dy + plane * g.oh * g.ow;
+    // Windows oy with oy stride - pad <= iy < oy stride - pad + kh (likewise for x).
+    const int oy0 = max(0, ceil_div_signed(iy + g.pad - g.kh + 1, g.stride)), oy1 = min(g.oh - 1, (iy + g.pad) / g.stride);
+    const int ox0 = max(0, ceil_div_signed(ix + g.pad - g.kw + 1, g.stride)), ox1 = min(g.ow - 1, (ix + g.pad) / g.stride);
+    float sum = 0.0f;
+    for (int oy = oy0; oy <= oy1; ++oy)
+      for (int ox = ox0; ox <= ox1; ++ox) sum += grad[oy * g.ow + ox];
+    dx[i] = sum / divisor;
+  }
+}
+
+}  // namespace
+
+void avgpool_forward(const float* x, float* y, const AvgPoolGeometry& g, cudaStream_t stream) {
+  const long outputs = static_cast<long>(g.planes) * g.oh * g.ow;
+  if (outputs <= 0) return;
+  avgpool_forward_kernel<<<blocks_for(outputs), kPoolThreads, 0, stream>>>(x, y, g);
+  CUDA_CHECK_LAUNCH();
+}
+
+void avgpool_backward(const float* dy, float* dx, const AvgPoolGeometry& g, cudaStream_t stream) {
+  const long inputs = static_cast<long>(g.planes) * g.h * g.w;
+  if (inputs <= 0) return;
+  avgpool_backward_kernel<<<blocks_for(inputs), kPoolThreads, 0, stream>>>(dy, dx, g);
+  CUDA_CHECK_LAUNCH();
+}
+
 }  // namespace dptrain::kernels

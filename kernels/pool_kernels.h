@@ -53,4 +53,19 @@ void conv_pool_backward(const float* dy, const float* y, const int32_t* argmax, 
 /// g: the geometry of the largest batch.
 size_t conv_pool_backward_scratch(const PoolGeometry& g, int channels);
 
+// Average pooling (layers/avgpool2d.h: avgpool2d and global_avgpool), the CPU backend's arithmetic
+// in the CPU's order: a window summed row by row inside the plane (padding adds zeros), then divided
+// by kh kw; backward gathers per input the dy of the windows that hold it, in output order, then
+// divides. No atomics; any geometry the shape rule admits (a thread per output or input, grid-stride).
+
+/// Planes of h x w averaged over windows of kh x kw (stride and padding on both axes) into oh x ow.
+struct AvgPoolGeometry {
+  int planes, h, w, oh, ow, kh, kw, stride, pad;
+};
+
+/// y = the sum of each window's elements inside the plane / (kh kw).
+void avgpool_forward(const float* x, float* y, const AvgPoolGeometry& g, cudaStream_t stream);
+/// dx[i] = (the sum of dy over the windows that hold i) / (kh kw).
+void avgpool_backward(const float* dy, float* dx, const AvgPoolGeometry& g, cudaStream_t stream);
+
 }  // namespace dptrain::kernels

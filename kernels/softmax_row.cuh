@@ -8,8 +8,13 @@
 
 namespace dptrain::kernels {
 
+// The row is kept as (max, log z), z = sum exp(x - max), not as lse = max + log z: with logits of
+// 1e8 the sum max + log z rounds to max, and exp(x - lse) would lose log z entirely;
+// exp((x - max) - log z) keeps it (the CPU loss computes the same way).
 struct SoftmaxRow {
-  float lse;       ///< log sum exp of the logits
+  float max;       ///< the largest logit
+  float log_z;     ///< log sum exp(x - max)
+  float sum;       ///< sum of the logits (label smoothing's uniform part)
   int best_index;  ///< the first maximum, as torch.argmax
 };
 
@@ -25,10 +30,13 @@ __device__ __forceinline__ SoftmaxRow softmax_row(const float* x, int classes, i
     const int oi = __shfl_xor_sync(0xffffffffu, best_index, off);
     if (ob > best || (ob == best && oi < best_index)) best = ob, best_index = oi;
   }
-  float z = 0.0f;
-  for (int c = lane; c < classes; c += 32) z += expf(x[c] - best);
-  for (int off = 16; off > 0; off /= 2) z += __shfl_xor_sync(0xffffffffu, z, off);
-  return {best + logf(z), best_index};
+  float z = 0.0f, sum = 0.0f;
+  for (int c = lane; c < classes; c += 32) z += expf(x[c] - best), sum += x[c];
+  for (int off = 16; off > 0; off /= 2) {
+    z += __shfl_xor_sync(0xffffffffu, z, off);
+    sum += __shfl_xor_sync(0xffffffffu, sum, off);
+  }
+  return {best, logf(z), sum, best_index};
 }
 
 /// Up to this many classes a thread takes a sample alone (softmax_row_thread): a warp per sample
@@ -42,10 +50,10 @@ __device__ __forceinline__ SoftmaxRow softmax_row_thread(const float* x, int cla
 #pragma unroll 4
   for (int c = 0; c < classes; ++c)
     if (x[c] > best) best = x[c], best_index = c;
-  float z = 0.0f;
+  float z = 0.0f, sum = 0.0f;
 #pragma unroll 4
-  for (int c = 0; c < classes; ++c) z += expf(x[c] - best);
-  return {best + logf(z), best_index};
+  for (int c = 0; c < classes; ++c) z += expf(x[c] - best), sum += x[c];
+  return {best, logf(z), sum, best_index};
 }
 
 /// sums[0] += the block's loss, sums[1] += its correct count: each thread's values, added by a
@@ -66,10 +74,27 @@ __device__ __forceinline__ void add_block_sums(double loss, double correct, doub
   sums[1] += tc;
 }
 
-/// dL/dlogit c: (softmax - onehot(label)) * grad_scale.
+/// Label smoothing e over C classes as the loss uses it: the target is (1 - e) onehot + e / C
+/// (torch.nn.CrossEntropyLoss(label_smoothing=e)). e = 0: on = 1, off = 0, today's loss exactly.
+struct Smoothing {
+  float eps, on, off;
+  __host__ __device__ Smoothing(float e, int classes) : eps(e), on(1.0f - e), off(e / static_cast<float>(classes)) {}
+};
+
+/// dL/dlogit c: (softmax - target) * grad_scale.
 __device__ __forceinline__ float softmax_xent_grad(const float* x, int c, const SoftmaxRow& row, int label,
-                                                   float grad_scale) {
-  return (expf(x[c] - row.lse) - (c == label ? 1.0f : 0.0f)) * grad_scale;
+                                                   const Smoothing& sm, float grad_scale) {
+  return (expf((x[c] - row.max) - row.log_z) - (c == label ? sm.on : 0.0f) - sm.off) * grad_scale;
+}
+
+/// The sample's loss, -sum target * log_softmax: (1 - e) (lse - x[label]) + e (lse - mean x).
+__device__ __forceinline__ double softmax_xent_loss(float x_label, const SoftmaxRow& row, int classes,
+                                                    const Smoothing& sm) {
+  const double nll = static_cast<double>((row.max - x_label) + row.log_z);
+  if (sm.eps == 0.0f) return nll;
+  const double uniform = static_cast<double>(row.max) + static_cast<double>(row.log_z) -
+                         static_cast<double>(row.sum) / classes;
+  return (1.0 - sm.eps) * nll + static_cast<double>(sm.eps) * uniform;
 }
 
 }  // namespace dptrain::kernels

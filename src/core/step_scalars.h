@@ -12,6 +12,9 @@ struct StepScalars {
   float bias_correction1 = 1.0f;       ///< adam/adamw: 1 - beta1^t
   float bias_correction2_sqrt = 1.0f;  ///< adam/adamw: sqrt(1 - beta2^t)
   float first_step = 1.0f;             ///< sgd: 1 at t = 1 (momentum buffer starts as the gradient)
+  /// sgd: momentum; adam/adamw: beta1. The configured value, or this step's when a schedule cycles
+  /// it (onecycle), which is why it is a per-step scalar and not a hyper-parameter.
+  float momentum = 0.0f;
 };
 
 }  // namespace dptrain

@@ -13,33 +13,35 @@
 namespace dptrain::rules {
 
 struct SgdHyper {
-  float momentum, dampening, weight_decay;
+  bool momentum;  ///< a momentum buffer is kept (momentum != 0, or cycled); its value is s.momentum
+  float dampening, weight_decay;
   bool nesterov;
 };
 
 /// torch.optim.SGD: d_p = g + wd*p; buf = first ? d_p : m*buf + (1-dampening)*d_p;
-/// d_p = nesterov ? d_p + m*buf : buf; p -= lr*d_p.
+/// d_p = nesterov ? d_p + m*buf : buf; p -= lr*d_p. m = s.momentum (it may change every step).
 DPTRAIN_HD void sgd(float& p, float g, float& buf, const SgdHyper& h, const StepScalars& s) {
   if (h.weight_decay != 0.0f) g = g + h.weight_decay * p;
-  if (h.momentum != 0.0f) {
-    buf = s.first_step != 0.0f ? g : h.momentum * buf + (1.0f - h.dampening) * g;
-    g = h.nesterov ? g + h.momentum * buf : buf;
+  if (h.momentum) {
+    buf = s.first_step != 0.0f ? g : s.momentum * buf + (1.0f - h.dampening) * g;
+    g = h.nesterov ? g + s.momentum * buf : buf;
   }
   p = p - s.lr * g;
 }
 
 struct AdamHyper {
-  float beta1, beta2, eps, weight_decay;
+  float beta2, eps, weight_decay;  ///< beta1 is s.momentum (a schedule may cycle it)
   bool decoupled;  ///< AdamW
 };
 
 /// torch.optim.Adam / AdamW: m.lerp_(g, 1-b1); v = b2*v + (1-b2)*g*g;
 /// p -= (lr/bc1) * m / (sqrt(v)/sqrt(bc2) + eps); AdamW first p *= 1 - lr*wd, Adam adds wd*p to g.
+/// b1 = s.momentum and bc1 = 1 - b1^t with this step's b1, as torch.optim.Adam under OneCycleLR.
 DPTRAIN_HD void adam(float& p, float g, float& m, float& v, const AdamHyper& h, const StepScalars& s) {
   const bool decay = h.weight_decay != 0.0f;
   p = decay && h.decoupled ? p * (1.0f - s.lr * h.weight_decay) : p;
   g = decay && !h.decoupled ? g + h.weight_decay * p : g;
-  m = m + (1.0f - h.beta1) * (g - m);
+  m = m + (1.0f - s.momentum) * (g - m);
   v = v * h.beta2 + (1.0f - h.beta2) * (g * g);
   const float denom = sqrtf(v) / s.bias_correction2_sqrt + h.eps;
   p = p - (s.lr / s.bias_correction1) * (m / denom);

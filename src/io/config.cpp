@@ -133,7 +133,8 @@ ModelConfig read_model(const YAML::Node& node, const std::string& source) {
   }
   r.finish();
   require(m.input.c > 0 && m.input.h > 0 && m.input.w > 0, r, "model.input", "dimensions must be positive");
-  require(m.num_classes >= 2, r, "model.num_classes", "must be at least 2");
+  require(m.num_classes >= 2 && m.num_classes <= kMaxClasses, r, "model.num_classes",
+          "must be in 2.." + std::to_string(kMaxClasses));
   return m;
 }
 
@@ -169,6 +170,44 @@ OptimizerConfig read_optimizer(const YAML::Node& node, const std::string& source
   return o;
 }
 
+void read_onecycle(MapReader& r, ScheduleConfig& s) {
+  r.get("max_lr", s.max_lr);
+  r.get("pct_start", s.pct_start);
+  r.get("div_factor", s.div_factor);
+  r.get("final_div_factor", s.final_div_factor);
+  r.get("anneal", s.anneal);
+  r.get("cycle_momentum", s.cycle_momentum);
+  r.get("base_momentum", s.base_momentum);
+  r.get("max_momentum", s.max_momentum);
+}
+
+/// The ranges torch.optim.lr_scheduler checks (and a few it leaves to a division by zero).
+void check_schedule(const MapReader& r, const ScheduleConfig& s) {
+  const auto finite = [](double v) { return std::isfinite(v); };
+  if (s.type == "onecycle") {
+    require(r.has("max_lr"), r, "train.schedule.max_lr", "required for onecycle (the peak rate)");
+    require(finite(s.max_lr) && s.max_lr > 0, r, "train.schedule.max_lr", "must be > 0");
+    require(finite(s.pct_start) && s.pct_start >= 0 && s.pct_start <= 1, r, "train.schedule.pct_start",
+            "must be in [0, 1]");
+    require(finite(s.div_factor) && s.div_factor > 0, r, "train.schedule.div_factor", "must be > 0");
+    require(finite(s.final_div_factor) && s.final_div_factor > 0, r, "train.schedule.final_div_factor", "must be > 0");
+    require(s.anneal == "cos" || s.anneal == "linear", r, "train.schedule.anneal", "must be cos or linear");
+    require(finite(s.base_momentum) && s.base_momentum >= 0 && s.base_momentum < 1, r, "train.schedule.base_momentum",
+            "must be in [0, 1)");
+    require(finite(s.max_momentum) && s.max_momentum >= 0 && s.max_momentum < 1, r, "train.schedule.max_momentum",
+            "must be in [0, 1)");
+    require(s.warmup_steps == 0, r, "train.schedule.warmup_steps",
+            "must be 0 with onecycle (it warms up itself: pct_start)");
+  }
+  if (s.type == "linear") {
+    require(finite(s.start_factor) && s.start_factor > 0 && s.start_factor <= 1, r, "train.schedule.start_factor",
+            "must be in (0, 1] (as torch.optim.lr_scheduler.LinearLR)");
+    require(finite(s.end_factor) && s.end_factor >= 0 && s.end_factor <= 1, r, "train.schedule.end_factor",
+            "must be in [0, 1]");
+    require(s.total_iters >= 0, r, "train.schedule.total_iters", "must be >= 0 (0: the whole planned run)");
+  }
+}
+
 ScheduleConfig read_schedule(const YAML::Node& node, const std::string& source) {
   MapReader r(node, "train.schedule", source);
   ScheduleConfig s;
@@ -179,14 +218,35 @@ ScheduleConfig read_schedule(const YAML::Node& node, const std::string& source) 
     r.get("gamma", s.gamma);
   } else if (s.type == "cosine") {
     r.get("min_lr", s.min_lr);
+  } else if (s.type == "onecycle") {
+    read_onecycle(r, s);
+  } else if (s.type == "linear") {
+    r.get("start_factor", s.start_factor);
+    r.get("end_factor", s.end_factor);
+    r.get("total_iters", s.total_iters);
   } else if (s.type != "constant") {
-    r.fail("train.schedule.type", "unknown schedule '" + s.type + "' (constant, step, cosine)");
+    r.fail("train.schedule.type", "unknown schedule '" + s.type + "' (constant, step, cosine, onecycle, linear)");
   }
   r.finish();
+  check_schedule(r, s);
   require(s.warmup_steps >= 0, r, "train.schedule.warmup_steps", "must be >= 0");
   require(s.step_size > 0, r, "train.schedule.step_size", "must be > 0");
   require(s.gamma > 0, r, "train.schedule.gamma", "must be > 0");
   return s;
+}
+
+/// onecycle's momentum cycling needs a momentum to cycle (PyTorch's OneCycleLR refuses the same).
+void check_cycled_momentum(const MapReader& r, const TrainConfig& t) {
+  const ScheduleConfig& s = t.schedule;
+  if (s.type != "onecycle" || !s.cycle_momentum) return;
+  require(t.optimizer.type != "adadelta", r, "train.schedule.cycle_momentum",
+          "adadelta has no momentum or beta1 to cycle (set cycle_momentum: false)");
+  // torch.optim.SGD skips its momentum buffer at a step whose momentum is 0; cycling through 0
+  // would need that buffer to appear and vanish.
+  if (t.optimizer.type == "sgd") {
+    require(s.base_momentum > 0, r, "train.schedule.base_momentum", "must be > 0 when cycling SGD's momentum");
+    require(s.max_momentum > 0, r, "train.schedule.max_momentum", "must be > 0 when cycling SGD's momentum");
+  }
 }
 
 TrainConfig read_train(const YAML::Node& node, const std::string& source) {
@@ -206,9 +266,13 @@ TrainConfig read_train(const YAML::Node& node, const std::string& source) {
   r.get("check_numerics", t.check_numerics);
   r.get("log_every", t.log_every);
   r.get("plan_cache", t.plan_cache);
+  r.get("label_smoothing", t.label_smoothing);
   t.optimizer = read_optimizer(r.child("optimizer"), source);
   t.schedule = read_schedule(r.child("schedule"), source);
   r.finish();
+  require(std::isfinite(t.label_smoothing) && t.label_smoothing >= 0 && t.label_smoothing < 1, r,
+          "train.label_smoothing", "must be in [0, 1)");
+  check_cycled_momentum(r, t);
   require(t.batch_size > 0, r, "train.batch_size", "must be > 0");
   require(t.batch_per_rank >= 0, r, "train.batch_per_rank", "must be >= 0 (0: use batch_size)");
   require(t.epochs > 0, r, "train.epochs", "must be > 0");
@@ -444,7 +508,8 @@ std::string to_yaml(const Config& c) {
       << t.cudnn_benchmark << YAML::Key << "deterministic" << YAML::Value << t.deterministic << YAML::Key
       << "exact_convolutions" << YAML::Value << t.exact_convolutions << YAML::Key
       << "check_numerics" << YAML::Value << t.check_numerics << YAML::Key
-      << "log_every" << YAML::Value << t.log_every;
+      << "log_every" << YAML::Value << t.log_every << YAML::Key << "label_smoothing" << YAML::Value
+      << num(t.label_smoothing);
   out << YAML::Key << "plan_cache" << YAML::Value << t.plan_cache;
   const OptimizerConfig& o = t.optimizer;
   out << YAML::Key << "optimizer" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "type"
@@ -465,6 +530,16 @@ std::string to_yaml(const Config& c) {
   if (s.type == "step")
     out << YAML::Key << "step_size" << YAML::Value << s.step_size << YAML::Key << "gamma" << YAML::Value << num(s.gamma);
   if (s.type == "cosine") out << YAML::Key << "min_lr" << YAML::Value << num(s.min_lr);
+  if (s.type == "onecycle")
+    out << YAML::Key << "max_lr" << YAML::Value << num(s.max_lr) << YAML::Key << "pct_start" << YAML::Value
+        << num(s.pct_start) << YAML::Key << "div_factor" << YAML::Value << num(s.div_factor) << YAML::Key
+        << "final_div_factor" << YAML::Value << num(s.final_div_factor) << YAML::Key << "anneal" << YAML::Value
+        << s.anneal << YAML::Key << "cycle_momentum" << YAML::Value << s.cycle_momentum << YAML::Key
+        << "base_momentum" << YAML::Value << num(s.base_momentum) << YAML::Key << "max_momentum" << YAML::Value
+        << num(s.max_momentum);
+  if (s.type == "linear")
+    out << YAML::Key << "start_factor" << YAML::Value << num(s.start_factor) << YAML::Key << "end_factor"
+        << YAML::Value << num(s.end_factor) << YAML::Key << "total_iters" << YAML::Value << s.total_iters;
   out << YAML::EndMap << YAML::EndMap;
   out << YAML::Key << "comm" << YAML::Value << YAML::BeginMap << YAML::Key << "backend" << YAML::Value
       << c.comm.backend << YAML::Key << "bucket_mb" << YAML::Value << num(c.comm.bucket_mb) << YAML::Key << "overlap"

@@ -27,6 +27,9 @@ struct LayerConfig {
   double p = 0.0;        ///< dropout probability of zeroing
 };
 
+/// model.num_classes is in 2..kMaxClasses (ImageNet's 1000; the loss kernels are tested up to it).
+inline constexpr int kMaxClasses = 1000;
+
 struct ModelConfig {
   Dims input{1, 28, 28};
   int num_classes = 10;
@@ -65,11 +68,22 @@ struct OptimizerConfig {
 };
 
 struct ScheduleConfig {
-  std::string type = "constant";  ///< constant | step | cosine
+  std::string type = "constant";  ///< constant | step | cosine | onecycle | linear
   int step_size = 1;              ///< step: epochs between decays
   double gamma = 0.1;             ///< step: decay factor
   double min_lr = 0.0;            ///< cosine: floor
-  int64_t warmup_steps = 0;       ///< linear warm-up from 0 over this many steps (any type)
+  int64_t warmup_steps = 0;       ///< linear warm-up from 0 over this many steps (any type but onecycle)
+  // onecycle (torch.optim.lr_scheduler.OneCycleLR, three_phase=False; its defaults)
+  double max_lr = 0.0;            ///< required (> 0); train.optimizer.lr is not used
+  double pct_start = 0.3;
+  double div_factor = 25.0;       ///< initial lr = max_lr / div_factor
+  double final_div_factor = 1e4;  ///< final lr = initial lr / final_div_factor
+  std::string anneal = "cos";     ///< cos | linear
+  bool cycle_momentum = true;     ///< cycle SGD's momentum or Adam's beta1 inversely to the lr
+  double base_momentum = 0.85, max_momentum = 0.95;
+  // linear (torch.optim.lr_scheduler.LinearLR, stepped every step; defaults make it a decay to 0)
+  double start_factor = 1.0, end_factor = 0.0;
+  int64_t total_iters = 0;        ///< 0: the planned run (epochs x steps per epoch)
 };
 
 struct TrainConfig {
@@ -87,6 +101,7 @@ struct TrainConfig {
   bool check_numerics = false;  ///< debug: stop at the first NaN/Inf in any layer (train/numerics_checker.h)
   int log_every = 50;        ///< plain-text progress line period (steps) when not on a terminal
   std::string plan_cache = "auto";  ///< auto | off | PATH (a recorded plan, read only): io/plan_cache.h
+  double label_smoothing = 0.0;  ///< softmax cross-entropy target (1-e)*onehot + e/C (PyTorch's)
   OptimizerConfig optimizer;
   ScheduleConfig schedule;
 };

@@ -45,6 +45,22 @@ LayerShape linear_shape(const LayerConfig& c, Dims) {
   return {Dims{c.out_features, 1, 1}, {}};
 }
 
+// nn.AvgPool2d(kernel, stride, padding) with its defaults count_include_pad=True, ceil_mode=False:
+// floor output sizes, so every window ends inside the padded plane and its divisor is kernel^2.
+LayerShape avgpool2d_shape(const LayerConfig& c, Dims in) {
+  if (c.kernel <= 0) return {{}, "kernel must be > 0"};
+  if (c.stride <= 0) return {{}, "stride must be > 0"};
+  if (c.padding < 0 || 2 * c.padding > c.kernel) return {{}, "padding must be between 0 and half the kernel"};
+  if (in.h + 2 * c.padding < c.kernel || in.w + 2 * c.padding < c.kernel)
+    return {{}, "kernel " + std::to_string(c.kernel) + " does not fit the input " + to_string(in) + " with padding " +
+                    std::to_string(c.padding)};
+  const auto pooled = [&](int side) { return (side + 2 * c.padding - c.kernel) / c.stride + 1; };
+  return {Dims{in.c, pooled(in.h), pooled(in.w)}, {}};
+}
+
+// nn.AdaptiveAvgPool2d(1): the mean of each channel's plane.
+LayerShape global_avgpool_shape(const LayerConfig&, Dims in) { return {Dims{in.c, 1, 1}, {}}; }
+
 constexpr LayerField kConv2dFields[] = {
     {.key = "out_channels", .int_member = &LayerConfig::out_channels},
     {.key = "kernel", .int_member = &LayerConfig::kernel},
@@ -52,6 +68,11 @@ constexpr LayerField kConv2dFields[] = {
     {.key = "padding", .int_member = &LayerConfig::padding},
 };
 constexpr LayerField kMaxPool2dFields[] = {
+    {.key = "kernel", .int_member = &LayerConfig::kernel},
+    {.key = "stride", .int_member = &LayerConfig::stride, .zero_means_field = "kernel"},
+    {.key = "padding", .int_member = &LayerConfig::padding},
+};
+constexpr LayerField kAvgPool2dFields[] = {
     {.key = "kernel", .int_member = &LayerConfig::kernel},
     {.key = "stride", .int_member = &LayerConfig::stride, .zero_means_field = "kernel"},
     {.key = "padding", .int_member = &LayerConfig::padding},
@@ -70,6 +91,9 @@ constexpr LayerType kLayerTypes[] = {
     {"dropout", kDropoutFields, dropout_shape, "inverted dropout with probability p, identity in evaluation"},
     {"flatten", {}, flatten_shape, "C x H x W reshaped to (C*H*W) x 1 x 1"},
     {"linear", kLinearFields, linear_shape, "y = x W^T + b over the flattened input (nn.Linear)"},
+    {"avgpool2d", kAvgPool2dFields, avgpool2d_shape,
+     "square-window average pooling, padding counted as zeros (nn.AvgPool2d)"},
+    {"global_avgpool", {}, global_avgpool_shape, "the mean of each channel's plane, C x 1 x 1 (nn.AdaptiveAvgPool2d(1))"},
 };
 
 }  // namespace

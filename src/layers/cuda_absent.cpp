@@ -14,6 +14,6 @@ namespace dptrain {
 
 std::unique_ptr<Layer<float>> make_cuda_layer(const LayerConfig&, int, Dims) { throw_built_without_cuda(); }
 
-std::unique_ptr<SoftmaxCrossEntropy<float>> make_softmax_cross_entropy_cuda() { throw_built_without_cuda(); }
+std::unique_ptr<SoftmaxCrossEntropy<float>> make_softmax_cross_entropy_cuda(float) { throw_built_without_cuda(); }
 
 }  // namespace dptrain

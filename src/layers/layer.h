@@ -147,13 +147,14 @@ class Layer {
 
   /// The model's last layer may compute the loss of its output together with its own backward (on
   /// CUDA: a linear layer of up to 32 outputs without a ReLU or dropout of its own, in one launch).
-  /// Arguments as SoftmaxCrossEntropy::forward_backward and backward(); `dout` receives
-  /// dL/dlogits. Returns false, having queued nothing, where the layer does not serve the case: the
-  /// model then runs the loss and backward() apart.
+  /// Arguments as SoftmaxCrossEntropy::forward_backward and backward() (label_smoothing: the loss's
+  /// e); `dout` receives dL/dlogits. Returns false, having queued nothing, where the layer does not
+  /// serve the case: the model then runs the loss and backward() apart.
   virtual bool backward_with_loss(DeviceContext& ctx, TensorView<const T> in, TensorView<const T> out,
-                                  const int32_t* labels, T grad_scale, double* sums, TensorView<T> dout,
-                                  TensorView<T> din) {
-    (void)ctx, (void)in, (void)out, (void)labels, (void)grad_scale, (void)sums, (void)dout, (void)din;
+                                  const int32_t* labels, T grad_scale, T label_smoothing, double* sums,
+                                  TensorView<T> dout, TensorView<T> din) {
+    (void)ctx, (void)in, (void)out, (void)labels, (void)grad_scale, (void)label_smoothing, (void)sums, (void)dout,
+        (void)din;
     return false;
   }
 

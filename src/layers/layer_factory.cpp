@@ -29,6 +29,8 @@ constexpr CpuMaker<T> kCpuMakers[] = {
     {"dropout", make_dropout_cpu<T>},
     {"flatten", make_flatten_cpu<T>},
     {"linear", make_linear_cpu<T>},
+    {"avgpool2d", make_avgpool2d_cpu<T>},
+    {"global_avgpool", make_global_avgpool_cpu<T>},
 };
 
 }  // namespace
@@ -51,17 +53,19 @@ std::vector<std::string_view> cpu_layer_types() {
 }
 
 template <typename T>
-std::unique_ptr<SoftmaxCrossEntropy<T>> make_softmax_cross_entropy(Device device) {
+std::unique_ptr<SoftmaxCrossEntropy<T>> make_softmax_cross_entropy(Device device, double label_smoothing) {
+  if (!(label_smoothing >= 0.0 && label_smoothing < 1.0))
+    throw InputError("train.label_smoothing", "must be in [0, 1)");
   if (device == Device::Cuda) {
-    if constexpr (std::is_same_v<T, float>) return make_softmax_cross_entropy_cuda();
+    if constexpr (std::is_same_v<T, float>) return make_softmax_cross_entropy_cuda(static_cast<float>(label_smoothing));
     else throw InputError("model", "the CUDA backend computes in float32 only");
   }
-  return make_softmax_cross_entropy_cpu<T>();
+  return make_softmax_cross_entropy_cpu<T>(label_smoothing);
 }
 
 template std::unique_ptr<Layer<float>> make_layer<float>(const LayerConfig&, int, Dims, Device);
 template std::unique_ptr<Layer<double>> make_layer<double>(const LayerConfig&, int, Dims, Device);
-template std::unique_ptr<SoftmaxCrossEntropy<float>> make_softmax_cross_entropy<float>(Device);
-template std::unique_ptr<SoftmaxCrossEntropy<double>> make_softmax_cross_entropy<double>(Device);
+template std::unique_ptr<SoftmaxCrossEntropy<float>> make_softmax_cross_entropy<float>(Device, double);
+template std::unique_ptr<SoftmaxCrossEntropy<double>> make_softmax_cross_entropy<double>(Device, double);
 
 }  // namespace dptrain

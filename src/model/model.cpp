@@ -33,8 +33,9 @@ std::vector<ParamEntry> collect_params(const std::vector<std::unique_ptr<Layer<T
 }  // namespace
 
 template <typename T>
-Model<T>::Model(const ModelConfig& config, DeviceContext& ctx, int max_batch)
-    : input_(config.input), num_classes_(config.num_classes), max_batch_(max_batch) {
+Model<T>::Model(const ModelConfig& config, DeviceContext& ctx, int max_batch, double label_smoothing)
+    : input_(config.input), num_classes_(config.num_classes), max_batch_(max_batch),
+      label_smoothing_(static_cast<T>(label_smoothing)) {
   if (config.layers.empty()) throw InputError("model.layers", "the model has no layers");
   Dims dims = input_;
   for (size_t i = 0; i < config.layers.size(); ++i) {
@@ -45,7 +46,7 @@ Model<T>::Model(const ModelConfig& config, DeviceContext& ctx, int max_batch)
     throw InputError("model.layers", "the last layer ('" + layers_.back()->name() + "') produces " +
                                          to_string(dims) + " values per sample, but the loss needs " +
                                          std::to_string(num_classes_) + " class scores (Cx1x1)");
-  loss_ = make_softmax_cross_entropy<T>(ctx.device());
+  loss_ = make_softmax_cross_entropy<T>(ctx.device(), label_smoothing);
   for (size_t i = 0; i + 1 < layers_.size(); ++i)
     if (auto* relu = dynamic_cast<ReluLayer<T>*>(layers_[i + 1].get()))
       if (layers_[i]->absorb_following_relu(ctx)) relu->mark_absorbed();
@@ -132,7 +133,7 @@ void Model<T>::loss(DeviceContext& ctx, const int32_t* labels, T grad_scale, dou
   const int n = last_n_;
   // The last layer may take the loss into its own backward (one launch); else the loss, then it.
   const bool fused = backward && layers_[last]->backward_with_loss(ctx, layer_input(last), activation(last, n), labels,
-                                                                   grad_scale, sums, activation_grad(last, n),
+                                                                   grad_scale, label_smoothing_, sums, activation_grad(last, n),
                                                                    input_grad(last));
   if (!fused) {
     TensorView<T> dlogits = backward ? activation_grad(last, n) : TensorView<T>{nullptr, n, layers_[last]->output_dims()};

@@ -25,7 +25,8 @@ class Model {
  public:
   /// Builds and shape-checks the layers (InputError naming the layer on a mismatch; the last layer
   /// must produce num_classes values), lays out the parameters and allocates activations.
-  Model(const ModelConfig& config, DeviceContext& ctx, int max_batch);
+  /// label_smoothing: the loss's (train.label_smoothing; SoftmaxCrossEntropy).
+  Model(const ModelConfig& config, DeviceContext& ctx, int max_batch, double label_smoothing = 0.0);
 
   const std::vector<std::unique_ptr<Layer<T>>>& layers() const { return layers_; }
   ParamStore<T>& params() { return params_; }
@@ -70,6 +71,7 @@ class Model {
   Dims input_;
   int num_classes_;
   int max_batch_;
+  T label_smoothing_;
   std::vector<std::unique_ptr<Layer<T>>> layers_;
   std::unique_ptr<SoftmaxCrossEntropy<T>> loss_;
   ParamStore<T> params_;

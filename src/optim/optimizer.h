@@ -4,6 +4,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -28,8 +29,10 @@ class Optimizer {
   /// The flat state buffer of slot i (same length and layout as the parameter buffer).
   virtual Buffer<float>& slot(size_t i) = 0;
 
-  /// Computes this step's scalars for 1-based step count t at learning rate lr.
-  virtual StepScalars scalars(double lr, int64_t t) const = 0;
+  /// Computes this step's scalars for 1-based step count t at learning rate lr; `momentum`, when
+  /// given, replaces the configured momentum (SGD) or beta1 (Adam/AdamW) for this step (a schedule
+  /// cycling it: LrSchedule::momentum). Adadelta has neither and ignores it.
+  virtual StepScalars scalars(double lr, int64_t t, std::optional<double> momentum = std::nullopt) const = 0;
 
   /// One update. Allocates nothing, never synchronises.
   void step(DeviceContext& ctx, std::span<float> params, std::span<const float> grads, const StepScalars* scalars) {

@@ -44,20 +44,21 @@ float* part(float* buffer, size_t begin) { return buffer != nullptr ? buffer + b
 class Sgd final : public Optimizer {
  public:
   Sgd(const OptimizerConfig& c, Device d, size_t n)
-      : h_{static_cast<float>(c.momentum), static_cast<float>(c.dampening), static_cast<float>(c.weight_decay), c.nesterov},
-        slots_(d, n, c.momentum != 0.0 ? std::vector<std::string>{"momentum_buffer"} : std::vector<std::string>{}) {}
+      : h_{c.momentum != 0.0, static_cast<float>(c.dampening), static_cast<float>(c.weight_decay), c.nesterov},
+        momentum_(c.momentum), slots_(d, n, c.momentum != 0.0 ? std::vector<std::string>{"momentum_buffer"} : std::vector<std::string>{}) {}
   std::string_view type() const override { return "sgd"; }
   std::vector<std::string> slot_names() const override { return slots_.names(); }
   Buffer<float>& slot(size_t i) override { return slots_[i]; }
-  StepScalars scalars(double lr, int64_t t) const override {
+  StepScalars scalars(double lr, int64_t t, std::optional<double> momentum) const override {
     StepScalars s;
     s.lr = static_cast<float>(lr);
     s.first_step = t == 1 ? 1.0f : 0.0f;
+    s.momentum = static_cast<float>(momentum.value_or(momentum_));
     return s;
   }
   void update([[maybe_unused]] DeviceContext& ctx, std::span<float> p, std::span<const float> g, const StepScalars* s,
               size_t begin, size_t end, [[maybe_unused]] cudaStream_t stream) override {
-    float* buf = h_.momentum != 0.0f ? slots_[0].data() : nullptr;
+    float* buf = h_.momentum ? slots_[0].data() : nullptr;
 #if DPTRAIN_HAVE_CUDA
     if (ctx.on_cuda())
       return kernels::sgd_step(p.data() + begin, g.data() + begin, part(buf, begin), end - begin, h_, s,
@@ -71,22 +72,26 @@ class Sgd final : public Optimizer {
 
  private:
   rules::SgdHyper h_;
+  double momentum_;
   Slots slots_;
 };
 
 class Adam final : public Optimizer {
  public:
   Adam(const OptimizerConfig& c, Device d, size_t n, bool decoupled)
-      : h_{static_cast<float>(c.beta1), static_cast<float>(c.beta2), static_cast<float>(c.eps),
-           static_cast<float>(c.weight_decay), decoupled},
+      : h_{static_cast<float>(c.beta2), static_cast<float>(c.eps), static_cast<float>(c.weight_decay), decoupled},
         beta1_(c.beta1), beta2_(c.beta2), slots_(d, n, {"exp_avg", "exp_avg_sq"}) {}
   std::string_view type() const override { return h_.decoupled ? "adamw" : "adam"; }
   std::vector<std::string> slot_names() const override { return slots_.names(); }
   Buffer<float>& slot(size_t i) override { return slots_[i]; }
-  StepScalars scalars(double lr, int64_t t) const override {
+  StepScalars scalars(double lr, int64_t t, std::optional<double> momentum) const override {
+    // torch.optim.Adam: bias_correction1 = 1 - beta1 ** step with the group's current beta1 (in
+    // double), the moment's lerp with beta1 as a float.
+    const double beta1 = momentum.value_or(beta1_);
     StepScalars s;
     s.lr = static_cast<float>(lr);
-    s.bias_correction1 = static_cast<float>(1.0 - std::pow(beta1_, static_cast<double>(t)));
+    s.momentum = static_cast<float>(beta1);
+    s.bias_correction1 = static_cast<float>(1.0 - std::pow(beta1, static_cast<double>(t)));
     s.bias_correction2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(beta2_, static_cast<double>(t))));
     return s;
   }
@@ -121,7 +126,7 @@ class Adadelta final : public Optimizer {
   std::string_view type() const override { return "adadelta"; }
   std::vector<std::string> slot_names() const override { return slots_.names(); }
   Buffer<float>& slot(size_t i) override { return slots_[i]; }
-  StepScalars scalars(double lr, int64_t) const override {
+  StepScalars scalars(double lr, int64_t, std::optional<double>) const override {
     StepScalars s;
     s.lr = static_cast<float>(lr);
     return s;

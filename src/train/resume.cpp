@@ -25,6 +25,19 @@ bool is_run_only(const std::string& key) {
   return false;
 }
 
+/// Whether the schedule's rates depend on the planned run length (epochs x steps per epoch): then
+/// train.epochs is not run-only.
+bool schedule_spans_the_run(const ScheduleConfig& s) {
+  return s.type == "cosine" || s.type == "onecycle" || (s.type == "linear" && s.total_iters == 0);
+}
+
+/// Whether SGD keeps a momentum buffer (an optimizer state tensor): momentum != 0, or onecycle
+/// cycling it (optim/lr_schedule.h, scheduled_optimizer).
+bool sgd_keeps_momentum_buffer(const TrainConfig& t) {
+  return t.optimizer.type == "sgd" &&
+         (t.optimizer.momentum != 0.0 || (t.schedule.type == "onecycle" && t.schedule.cycle_momentum));
+}
+
 }  // namespace
 
 std::optional<std::string> find_resume_checkpoint(const std::string& run_dir, int keep, std::vector<std::string>& warnings) {
@@ -44,12 +57,16 @@ std::vector<std::string> check_resume_config(const Config& saved, const Config& 
   for (const ConfigChange& c : diff_configs(saved, now)) {
     if (is_structural(c.key)) {
       structural += "\n  " + describe(c);
-    } else if (is_run_only(c.key)) {
+    } else if (is_run_only(c.key) && !(c.key == "train.epochs" && schedule_spans_the_run(now.train.schedule))) {
       notes.push_back(describe(c));
     } else {
       notes.push_back(describe(c) + " (changes the training: the continuation differs from the uninterrupted run)");
     }
   }
+  if (sgd_keeps_momentum_buffer(saved.train) != sgd_keeps_momentum_buffer(now.train))
+    structural += std::string("\n  SGD's momentum buffer: ") +
+                  (sgd_keeps_momentum_buffer(saved.train) ? "kept -> none" : "none -> kept") +
+                  " (train.optimizer.momentum 0 or not, or onecycle's cycle_momentum)";
   if (!structural.empty())
     throw InputError(path, "was written for another model or optimizer; these settings differ:" + structural);
   return notes;

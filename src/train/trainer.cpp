@@ -87,8 +87,10 @@ Trainer::Trainer(const Config& config, const TrainOptions& options, const MnistD
   steps_per_epoch_ = plan_->steps_per_epoch();
   const int local_batch = (global_batch_ + comm_.size() - 1) / comm_.size();
   const int eval_batch = comm_.rank() == 0 ? config_.train.eval_batch_size : 0;
-  model_ = std::make_unique<Model<float>>(config_.model, ctx_, std::max(local_batch, eval_batch));
-  optimizer_ = make_optimizer(config_.train.optimizer, ctx_.device(), model_->params().size());
+  model_ = std::make_unique<Model<float>>(config_.model, ctx_, std::max(local_batch, eval_batch),
+                                         config_.train.label_smoothing);
+  optimizer_ = make_optimizer(scheduled_optimizer(config_.train.optimizer, config_.train.schedule), ctx_.device(),
+                              model_->params().size());
   const int64_t planned = steps_per_epoch_ * config_.train.epochs;
   total_steps_ = config_.train.max_steps > 0 ? std::min(planned, config_.train.max_steps) : planned;
   // The schedule spans the planned epochs, not --max-steps: a run stopped early and resumed follows
@@ -194,7 +196,7 @@ void Trainer::step(int epoch, int64_t step_in_epoch, int64_t global_step) {
   const BatchPlan::Shard shard = plan_->shard(step_in_epoch, comm_.rank());
   const int64_t batch = plan_->global_batch_size(step_in_epoch);
   const StepState state{{config_.train.seed, static_cast<uint32_t>(epoch), static_cast<uint32_t>(shard.first)},
-                        optimizer_->scalars(schedule_->lr(global_step), global_step + 1)};
+                        optimizer_->scalars(schedule_->lr(global_step), global_step + 1, schedule_->momentum(global_step))};
   if (profiler_) profiler_->begin_step(ctx_, global_step, shard.count);
   // Each rank scales by the global batch, so the summed gradients are the global batch mean.
   const float grad_scale = 1.0f / static_cast<float>(batch);
@@ -328,11 +330,13 @@ std::string Trainer::save_checkpoint(const Position& at, const EpochStats& stats
     state.samples_in_epoch = std::min<int64_t>(at.step_in_epoch * global_batch_, data_.train.count);
     state.seed = config_.train.seed;
     state.world_size = comm_.size();
-    state.scheduler_json = nlohmann::json{{"type", config_.train.schedule.type},
-                                          {"base_lr", config_.train.optimizer.lr},
-                                          {"next_lr", schedule_->lr(at.global_step)},
-                                          {"horizon_steps", steps_per_epoch_ * config_.train.epochs}}
-                               .dump();
+    nlohmann::json scheduler{{"type", config_.train.schedule.type},
+                             {"base_lr", config_.train.optimizer.lr},
+                             {"next_lr", schedule_->lr(at.global_step)},
+                             {"horizon_steps", steps_per_epoch_ * config_.train.epochs}};
+    // onecycle's cycled momentum / beta1, for inspection (resume recomputes it from the step).
+    if (const std::optional<double> m = schedule_->momentum(at.global_step)) scheduler["next_momentum"] = *m;
+    state.scheduler_json = scheduler.dump();
     state.best_test_accuracy = best_accuracy_;
     state.epoch_metrics_json = nlohmann::json{{"loss_sum", loss_sum}, {"correct", correct}, {"samples", samples}}.dump();
     path = checkpoints_->save(at.global_step, snapshot.model(), snapshot.optimizer(), state);

@@ -12,7 +12,8 @@ LoadedModel load_model(const std::string& path, DeviceContext& ctx, int max_batc
   const LoadedWeights weights = load_weights(path);  // validated: structure, checksums, format
   LoadedModel out;
   out.config = parse_config(weights.config_yaml, path + " (embedded config)");
-  out.model = std::make_unique<Model<float>>(out.config.model, ctx, max_batch);
+  out.model = std::make_unique<Model<float>>(out.config.model, ctx, max_batch,
+                                               out.config.train.label_smoothing);
   ParamStore<float>& params = out.model->params();
   std::vector<float> host(params.size(), 0.0f);
   for (const ParamEntry& e : params.entries())

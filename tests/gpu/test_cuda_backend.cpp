@@ -520,7 +520,7 @@ TEST_F(CudaBackend, LinearBackwardWithLossMatchesCpuLinearThenLoss) {
       l->forward(ctx, xin, y, Phase::Train, step);
       const float scale = 1.0f / static_cast<float>(n);
       if (fused) {
-        EXPECT_TRUE(l->backward_with_loss(ctx, xin, y, bl.data(), scale, sums.data(), dy, dx));
+        EXPECT_TRUE(l->backward_with_loss(ctx, xin, y, bl.data(), scale, 0.0f, sums.data(), dy, dx));
       } else {
         loss->forward_backward(ctx, y, bl.data(), scale, dy, sums.data());
         l->backward(ctx, xin, y, dy, dx);

@@ -26,6 +26,7 @@ constexpr int kSteps = 20;
 struct Case {
   std::string name;
   OptimizerConfig config;
+  bool cycled = false;  ///< momentum / beta1 given every step (onecycle's cycle_momentum)
 };
 
 std::vector<Case> cases() {
@@ -45,6 +46,10 @@ std::vector<Case> cases() {
   add("adamw", [](OptimizerConfig& c) { c.type = "adamw"; c.lr = 1e-3; c.eps = 1e-8; c.weight_decay = 0.01; });
   add("adadelta", [](OptimizerConfig& c) { c.type = "adadelta"; c.lr = 1.0; });
   add("adadelta_wd", [](OptimizerConfig& c) { c.type = "adadelta"; c.lr = 0.5; c.rho = 0.95; c.weight_decay = 0.01; });
+  add("sgd_cycled_momentum", [](OptimizerConfig& c) { c.type = "sgd"; c.lr = 0.05; c.momentum = 0.95; c.weight_decay = 1e-3; });
+  out.back().cycled = true;
+  add("adam_cycled_beta1", [](OptimizerConfig& c) { c.type = "adam"; c.lr = 1e-3; c.eps = 1e-8; c.beta1 = 0.95; });
+  out.back().cycled = true;
   return out;
 }
 
@@ -121,7 +126,9 @@ class OptimGpu : public ::testing::Test {
     for (int t = 1; t <= kSteps; ++t) {
       for (size_t i = offset + std::min<size_t>(n, 37); i < total; ++i) grads[i] = normal(rng);
       // A rate that changes every step: a stale value read by the kernel would show.
-      const StepScalars s = cpu->scalars(k.config.lr * (1.0 - 0.03 * t), t);
+      // and, when cycled, a momentum / beta1 that changes every step too (read from the scalars).
+      const double lr = k.config.lr * (1.0 - 0.03 * t);
+      const StepScalars s = k.cycled ? cpu->scalars(lr, t, 0.95 - 0.005 * t) : cpu->scalars(lr, t);
       cpu->step(cpu_ctx, std::span<float>(cpu_params).subspan(offset, n),
                 std::span<const float>(grads).subspan(offset, n), &s);
 

@@ -1572,9 +1572,10 @@ struct LossRun {
   std::vector<float> dlogits;
   double loss = 0, correct = 0;
 };
-LossRun cpu_loss(const std::vector<float>& logits, const std::vector<int32_t>& labels, int n, int classes) {
+LossRun cpu_loss(const std::vector<float>& logits, const std::vector<int32_t>& labels, int n, int classes,
+                 float smoothing) {
   DeviceContext cpu;
-  auto loss = make_softmax_cross_entropy<float>(Device::Cpu);
+  auto loss = make_softmax_cross_entropy<float>(Device::Cpu, smoothing);
   LossRun r;
   r.dlogits.resize(logits.size());
   double sums[2] = {0, 0};
@@ -1652,16 +1653,20 @@ LinearFloors linear_backward_floors(const std::vector<float>& x, const std::vect
 void run_loss_shape(Sweep& sw, const sweep::LossShape& s, int index, uint64_t seed) {
   DeviceContext& ctx = sw.ctx();
   const cudaStream_t st = sw.stream();
-  const std::string where = "loss #" + std::to_string(index) + " " + s.str();
   const uint64_t key = mix64(seed ^ (static_cast<uint64_t>(index) << 20));
   const int n = s.rows, classes = s.classes;
   const size_t nl = static_cast<size_t>(n) * classes;
+  // Every third shape with label smoothing (train.label_smoothing), the others without: both kinds
+  // of target on every path, at every class count the sweep draws (2..1000).
+  const float smoothing = index % 3 == 1 ? 0.1f : 0.0f;
+  const std::string where = "loss #" + std::to_string(index) + " " + s.str() +
+                            (smoothing != 0.0f ? ", label_smoothing 0.1" : "");
 
   // 1. The loss kernel on the CPU's logits.
   {
     const std::vector<float> logits = randoms(nl, key + 1, 6.0f);
     const std::vector<int32_t> labels = random_labels(n, classes, key + 2);
-    const LossRun want = cpu_loss(logits, labels, n, classes);
+    const LossRun want = cpu_loss(logits, labels, n, classes, smoothing);
     Buffer<float> dl = to_gpu(ctx, logits), rdl = to_gpu(ctx, want.dlogits), g = floats(nl);
     Buffer<int32_t> dlab = to_gpu(ctx, labels);
     Buffer<double> sums(Device::Cuda, 2);
@@ -1671,7 +1676,7 @@ void run_loss_shape(Sweep& sw, const sweep::LossShape& s, int index, uint64_t se
                                (with_gradient ? "" : " without dL/dlogits");
       sw.poison(g.data(), nl);
       CUDA_CHECK(cudaMemsetAsync(sums.data(), 0, 2 * sizeof(double), st));
-      kernels::softmax_cross_entropy(dl.data(), dlab.data(), n, classes, 1.0f / static_cast<float>(n),
+      kernels::softmax_cross_entropy(dl.data(), dlab.data(), n, classes, 1.0f / static_cast<float>(n), smoothing,
                                      with_gradient ? g.data() : nullptr, sums.data(), st);
       sw.ran();
       if (with_gradient) sw.expect_close(g.data(), rdl.data(), nl, where, impl + ": dL/dlogits", kLossGradTol);
@@ -1708,7 +1713,7 @@ void run_loss_shape(Sweep& sw, const sweep::LossShape& s, int index, uint64_t se
       lf->reserve(cpu, nf);
       std::vector<float> logits(static_cast<size_t>(nf) * classes);
       lf->forward(cpu, cview(x, nf, id), mview(logits, nf, od), Phase::Train, StepInfo{});
-      const LossRun want = cpu_loss(logits, labels, nf, classes);
+      const LossRun want = cpu_loss(logits, labels, nf, classes, smoothing);
       auto ld = make_layer<double>(lc, 9, id, Device::Cpu);
       std::vector<double> wd = widen(wv), bd = widen(bv), gwd(wd.size()), gbd(bd.size());
       ld->bind({{wd, gwd}, {bd, gbd}});
@@ -1733,10 +1738,10 @@ void run_loss_shape(Sweep& sw, const sweep::LossShape& s, int index, uint64_t se
       bool ran = true;
       try {
         kernels::linear_loss_backward({gx.data(), gw.data(), glog.data(), glab.data(), nf, classes, inputs,
-                                       1.0f / static_cast<float>(nf), dl.data(), sums.data(), dw.data(), db.data(),
+                                       1.0f / static_cast<float>(nf), smoothing, dl.data(), sums.data(), dw.data(), db.data(),
                                        dx.data()},
                                       st);
-        kernels::softmax_cross_entropy(glog.data(), glab.data(), nf, classes, 1.0f / static_cast<float>(nf),
+        kernels::softmax_cross_entropy(glog.data(), glab.data(), nf, classes, 1.0f / static_cast<float>(nf), smoothing,
                                        dl_apart.data(), sums_apart.data(), st);
       } catch (const CudaError& e) {
         sw.fail(at, impl + ": its guard admits the shape, but the call threw: " + e.what());
@@ -1778,11 +1783,11 @@ void run_loss_shape(Sweep& sw, const sweep::LossShape& s, int index, uint64_t se
     lcpu->reserve(cpu, n);
     std::vector<float> logits(nl), dxc(x.size());
     lcpu->forward(cpu, cview(x, n, id), mview(logits, n, od), Phase::Train, StepInfo{});
-    const LossRun want = cpu_loss(logits, labels, n, classes);
+    const LossRun want = cpu_loss(logits, labels, n, classes, smoothing);
     lcpu->backward(cpu, cview(x, n, id), cview(logits, n, od), cview(want.dlogits, n, od), mview(dxc, n, id));
     // GPU
     auto lg = make_layer<float>(lc, 9, id, Device::Cuda);
-    auto loss = make_softmax_cross_entropy<float>(Device::Cuda);
+    auto loss = make_softmax_cross_entropy<float>(Device::Cuda, smoothing);
     Buffer<float> pv = to_gpu(ctx, params), pgrad = floats(params.size()), bx = to_gpu(ctx, x), by = floats(nl),
                   bdy = floats(nl), bdx = floats(x.size());
     Buffer<int32_t> bl = to_gpu(ctx, labels);
@@ -1799,7 +1804,7 @@ void run_loss_shape(Sweep& sw, const sweep::LossShape& s, int index, uint64_t se
     const TensorView<float> yv{by.data(), n, od}, dyv{bdy.data(), n, od}, dxv{bdx.data(), n, id};
     lg->forward(ctx, xin, yv, Phase::Train, kDropStep);
     const float scale = 1.0f / static_cast<float>(n);
-    const bool fused = lg->backward_with_loss(ctx, xin, yv, bl.data(), scale, sums.data(), dyv, dxv);
+    const bool fused = lg->backward_with_loss(ctx, xin, yv, bl.data(), scale, smoothing, sums.data(), dyv, dxv);
     const bool fits = kernels::linear_loss_backward_fits(n, classes, li);
     if (fused != fits)
       sw.fail(at, std::string("LinearCuda::backward_with_loss returned ") + (fused ? "true" : "false") +
@@ -1946,6 +1951,71 @@ TEST_F(ShapeSweep, MaxPool) {
   for (size_t i = 0; i < shapes.size(); ++i) {
     const std::string where = "pool #" + std::to_string(i) + " " + shapes[i].str();
     if (!guarded(sw, where, [&] { run_pool_shape(sw, shapes[i], static_cast<int>(i), seed); })) break;
+    sw.shape_done();
+  }
+  sw.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Average pooling (avgpool2d, global_avgpool)
+// ---------------------------------------------------------------------------------------------
+
+/// The CUDA kernels against the CPU layer in float: the same sums in the same order, then the
+/// same division, so equal bit for bit (kernels/pool_kernels.h); through AvgPoolCuda too.
+void run_avgpool_shape(Sweep& sw, const sweep::AvgPoolShape& a, int index, uint64_t seed) {
+  DeviceContext& ctx = sw.ctx();
+  const cudaStream_t st = sw.stream();
+  const sweep::PoolShape& s = a.pool;
+  const std::string where = "avgpool #" + std::to_string(index) + " " + a.str();
+  const uint64_t key = mix64(seed ^ (static_cast<uint64_t>(index) << 20));
+  const Dims in{s.c, s.h, s.w}, od{s.c, a.oh(), a.ow()};
+  const std::vector<float> x = randoms(static_cast<size_t>(s.input_elems()), key + 1);
+  const std::vector<float> dy = randoms(static_cast<size_t>(a.output_elems()), key + 2);
+  LayerConfig pc = layer_config(a.global ? "global_avgpool" : "avgpool2d");
+  if (!a.global) pc.kernel = s.k, pc.stride = s.stride, pc.padding = s.pad;
+  DeviceContext cpu;
+  auto lc = make_layer<float>(pc, 3, in, Device::Cpu);
+  std::vector<float> want_y(dy.size()), want_dx(x.size());
+  lc->forward(cpu, cview(x, s.n, in), mview(want_y, s.n, od), Phase::Train, StepInfo{});
+  lc->backward(cpu, cview(x, s.n, in), cview(want_y, s.n, od), cview(dy, s.n, od), mview(want_dx, s.n, in));
+  Buffer<float> gx = to_gpu(ctx, x), gdy = to_gpu(ctx, dy), ry = to_gpu(ctx, want_y), rdx = to_gpu(ctx, want_dx);
+  Buffer<float> y = floats(dy.size()), dx = floats(x.size());
+  const kernels::AvgPoolGeometry g{s.n * s.c, s.h, s.w, a.oh(), a.ow(), a.kh(), a.kw(), a.stride(), a.pad()};
+  if (run_own(sw, where, "avgpool_forward", {{y.data(), ry.data(), dy.size(), kExact}},
+              [&] { kernels::avgpool_forward(gx.data(), y.data(), g, st); }))
+    run_own(sw, where, "avgpool_backward", {{dx.data(), rdx.data(), x.size(), kExact}},
+            [&] { kernels::avgpool_backward(gdy.data(), dx.data(), g, st); });
+  // The layer (its geometry from the config) on the same buffers.
+  auto lg = make_layer<float>(pc, 3, in, Device::Cuda);
+  lg->reserve(ctx, s.n);
+  if (run_own(sw, where, "AvgPoolCuda forward", {{y.data(), ry.data(), dy.size(), kExact}},
+              [&] { lg->forward(ctx, TensorView<const float>{gx.data(), s.n, in}, TensorView<float>{y.data(), s.n, od},
+                                Phase::Train, StepInfo{}); }))
+    run_own(sw, where, "AvgPoolCuda backward", {{dx.data(), rdx.data(), x.size(), kExact}}, [&] {
+      lg->backward(ctx, TensorView<const float>{gx.data(), s.n, in}, TensorView<const float>{y.data(), s.n, od},
+                   TensorView<const float>{gdy.data(), s.n, od}, TensorView<float>{dx.data(), s.n, in});
+    });
+  sw.flush();  // before the references are freed
+}
+
+TEST_F(ShapeSweep, AvgPool) {
+  const uint64_t seed = sweep_seed(9);
+  sweep::PoolLimits lim;  // batch 1-8192, channels 1-256, planes 1-64 a side
+  lim.max_elems = int64_t{1} << 22;
+  const int count = sweep_count("DPTRAIN_SWEEP_AVGPOOL", 30, 400);
+  std::vector<sweep::AvgPoolShape> shapes = sweep::avgpool_shapes(seed, count, lim);
+  // Edges: one element; a global window over a 1024 x 1024 plane (a million-term sum per thread);
+  // 2^23 planes of 1 x 1; padding of half a 7-window.
+  for (const sweep::AvgPoolShape& e :
+       {sweep::AvgPoolShape{sweep::PoolShape{1, 1, 1, 1, 1, 1, 0}, false},
+        sweep::AvgPoolShape{sweep::PoolShape{1, 1, 1024, 1024, 1, 1, 0}, true},
+        sweep::AvgPoolShape{sweep::PoolShape{8192, 1024, 1, 1, 1, 1, 0}, true},
+        sweep::AvgPoolShape{sweep::PoolShape{3, 5, 8, 8, 7, 3, 3}, false}})
+    shapes.push_back(e);
+  Sweep sw("avgpool", seed);
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    const std::string where = "avgpool #" + std::to_string(i) + " " + shapes[i].str();
+    if (!guarded(sw, where, [&] { run_avgpool_shape(sw, shapes[i], static_cast<int>(i), seed); })) break;
     sw.shape_done();
   }
   sw.finish();

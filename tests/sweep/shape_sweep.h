@@ -697,6 +697,37 @@ inline std::vector<PoolShape> pool_shapes(uint64_t seed, int count, const PoolLi
 }
 
 // ---------------------------------------------------------------------------------------------
+// Average pooling (avgpool2d, global_avgpool)
+// ---------------------------------------------------------------------------------------------
+
+/// An average pooling: a max pooling's shape (the same legality: nn.AvgPool2d also wants padding
+/// at most half the window), or, when global, the whole h x w plane (global_avgpool).
+struct AvgPoolShape {
+  PoolShape pool;
+  bool global = false;
+  int oh() const { return global ? 1 : pool.oh(); }
+  int ow() const { return global ? 1 : pool.ow(); }
+  int kh() const { return global ? pool.h : pool.k; }
+  int kw() const { return global ? pool.w : pool.k; }
+  int stride() const { return global ? 1 : pool.stride; }
+  int pad() const { return global ? 0 : pool.pad; }
+  int64_t output_elems() const { return int64_t{pool.n} * pool.c * oh() * ow(); }
+  std::string str() const {
+    if (!global) return "avg" + pool.str();
+    return "global_avgpool n=" + std::to_string(pool.n) + " c=" + std::to_string(pool.c) + "x" +
+           std::to_string(pool.h) + "x" + std::to_string(pool.w) + " -> 1x1";
+  }
+};
+
+/// pool_shapes' list (its three families) with every fourth shape global.
+inline std::vector<AvgPoolShape> avgpool_shapes(uint64_t seed, int count, const PoolLimits& lim) {
+  std::vector<AvgPoolShape> out;
+  const std::vector<PoolShape> pools = pool_shapes(seed, count, lim);
+  for (size_t i = 0; i < pools.size(); ++i) out.push_back({pools[i], i % 4 == 3});
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Element-wise layers (ReLU, dropout)
 // ---------------------------------------------------------------------------------------------
 

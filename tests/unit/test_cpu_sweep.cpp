@@ -342,6 +342,60 @@ TEST(CpuSweep, MaxPool2dAgainstReference) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Average pooling alone (avgpool2d, global_avgpool)
+// ---------------------------------------------------------------------------------------------
+
+TEST(CpuSweep, AvgPoolAgainstDoubleReference) {
+  const std::vector<sweep::AvgPoolShape> shapes = sweep::avgpool_shapes(kSeed + 3, 90, sweep::PoolLimits::small());
+  Worst wy, wdx;
+  int globals = 0;
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    const sweep::AvgPoolShape& a = shapes[i];
+    const sweep::PoolShape& s = a.pool;
+    SCOPED_TRACE("shape " + std::to_string(i) + ": " + a.str());
+    globals += a.global;
+    DeviceContext ctx;
+    LayerConfig pc = layer_config(a.global ? "global_avgpool" : "avgpool2d");
+    if (!a.global) pc.kernel = s.k, pc.stride = s.stride, pc.padding = s.pad;
+    const Dims in{s.c, s.h, s.w}, od{s.c, a.oh(), a.ow()};
+    BoundLayer pool = build(pc, 0, in, s.n, kSeed + i, ctx);
+    ASSERT_EQ(pool.layer->output_dims(), od);
+    const std::vector<float> x = randoms(static_cast<size_t>(s.input_elems()), kSeed + 13 * i);
+    std::vector<float> y(static_cast<size_t>(a.output_elems()), kNaN), dx(x.size(), kNaN);
+    const std::vector<float> dy = randoms(y.size(), kSeed + 13 * i + 1);
+    pool.layer->forward(ctx, view(x, s.n, in), view(y, s.n, od), Phase::Train, {});
+    pool.layer->backward(ctx, view(x, s.n, in), view(y, s.n, od), view(dy, s.n, od), view(dx, s.n, in));
+    // nn.AvgPool2d (count_include_pad) in double: each window's padded sum / (kh kw); backward
+    // scatters dy / (kh kw) over each window's pixels inside the plane.
+    const int planes = s.n * s.c, oh = a.oh(), ow = a.ow(), kh = a.kh(), kw = a.kw();
+    std::vector<double> ry(y.size(), 0.0), rdx(x.size(), 0.0);
+    for (int p = 0; p < planes; ++p)
+      for (int oy = 0; oy < oh; ++oy)
+        for (int ox = 0; ox < ow; ++ox) {
+          const size_t o = (static_cast<size_t>(p) * oh + oy) * ow + ox;
+          for (int ky = 0; ky < kh; ++ky)
+            for (int kx = 0; kx < kw; ++kx) {
+              const int iy = oy * a.stride() - a.pad() + ky, ix = ox * a.stride() - a.pad() + kx;
+              if (iy < 0 || iy >= s.h || ix < 0 || ix >= s.w) continue;
+              const size_t at = (static_cast<size_t>(p) * s.h + iy) * s.w + ix;
+              ry[o] += x[at];
+              rdx[at] += static_cast<double>(dy[o]) / (kh * kw);
+            }
+          ry[o] /= kh * kw;
+        }
+    const double ey = rel(y, ry), edx = rel(dx, rdx);
+    wy.add(ey);
+    wdx.add(edx);
+    // Sums of at most a plane of floats (64 x 64 here), then one division.
+    EXPECT_LE(ey, 1e-5) << "forward";
+    EXPECT_LE(edx, 1e-5) << "input gradient";
+  }
+  EXPECT_GE(globals, 20);
+  std::printf("cpu sweep: %zu average poolings (%d global); worst relative error forward %.2g, input gradient %.2g\n",
+              shapes.size(), globals, wy.value, wdx.value);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Linear layers
 // ---------------------------------------------------------------------------------------------
 

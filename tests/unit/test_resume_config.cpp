@@ -53,5 +53,28 @@ TEST(ResumeConfig, ModelOrOptimizerTypeChangesAreRefusedWithEveryDifference) {
   }
 }
 
+// The planned run length sets the rates of cosine, onecycle and a linear decay over the run: there
+// train.epochs changes the training; under a step schedule it does not.
+TEST(ResumeConfig, EpochsChangeTheTrainingOfSchedulesThatSpanTheRun) {
+  const std::string onecycle = "train.schedule={type: onecycle, max_lr: 0.1, cycle_momentum: false}";
+  const Config saved = load_config(kConfig, {onecycle});
+  const auto notes = check_resume_config(saved, load_config(kConfig, {onecycle, "train.epochs=20"}), "ck");
+  ASSERT_EQ(notes.size(), 1u);
+  EXPECT_NE(notes[0].find("train.epochs: 14 -> 20 (changes the training"), std::string::npos) << notes[0];
+}
+
+// Whether SGD keeps a momentum buffer decides the checkpoint's optimizer tensors.
+TEST(ResumeConfig, SgdMomentumBufferAppearingIsRefused) {
+  const std::string sgd = "train.optimizer={type: sgd, lr: 0.01}";
+  const Config saved = load_config(kConfig, {sgd});
+  try {
+    check_resume_config(saved, load_config(kConfig, {sgd, "train.schedule={type: onecycle, max_lr: 0.1}"}), "ck");
+    FAIL() << "accepted";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("SGD's momentum buffer: none -> kept"), std::string::npos) << e.what();
+  }
+  EXPECT_NO_THROW(check_resume_config(saved, load_config(kConfig, {sgd, "train.optimizer.lr=0.02"}), "ck"));
+}
+
 }  // namespace
 }  // namespace dptrain

@@ -11,10 +11,12 @@ namespace dptrain {
 
 template <typename T> std::unique_ptr<Layer<T>> make_conv2d_cpu(const LayerConfig& c, int index, Dims in);
 template <typename T> std::unique_ptr<Layer<T>> make_linear_cpu(const LayerConfig& c, int index, Dims in);
+template <typename T> std::unique_ptr<Layer<T>> make_avgpool2d_cpu(const LayerConfig& c, int index, Dims in);
+template <typename T> std::unique_ptr<Layer<T>> make_global_avgpool_cpu(const LayerConfig& c, int index, Dims in);
 template <typename T> std::unique_ptr<Layer<T>> make_maxpool2d_cpu(const LayerConfig& c, int index, Dims in);
 template <typename T> std::unique_ptr<Layer<T>> make_relu_cpu(const LayerConfig& c, int index, Dims in);
 template <typename T> std::unique_ptr<Layer<T>> make_dropout_cpu(const LayerConfig& c, int index, Dims in);
 template <typename T> std::unique_ptr<Layer<T>> make_flatten_cpu(const LayerConfig& c, int index, Dims in);
-template <typename T> std::unique_ptr<SoftmaxCrossEntropy<T>> make_softmax_cross_entropy_cpu();
+template <typename T> std::unique_ptr<SoftmaxCrossEntropy<T>> make_softmax_cross_entropy_cpu(double label_smoothing);
 
 }  // namespace dptrain

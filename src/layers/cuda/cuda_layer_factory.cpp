@@ -23,6 +23,8 @@ constexpr CudaMaker kCudaMakers[] = {
     {"dropout", make_dropout_cuda},
     {"flatten", make_flatten_cuda},
     {"linear", make_linear_cuda},
+    {"avgpool2d", make_avgpool2d_cuda},
+    {"global_avgpool", make_global_avgpool_cuda},
 };
 
 }  // namespace

@@ -19,7 +19,7 @@ namespace dptrain {
 
 /// Builds a layer by its type's line in the CUDA maker table (cuda/cuda_layer_factory.cpp).
 std::unique_ptr<Layer<float>> make_cuda_layer(const LayerConfig& config, int index, Dims input);
-std::unique_ptr<SoftmaxCrossEntropy<float>> make_softmax_cross_entropy_cuda();
+std::unique_ptr<SoftmaxCrossEntropy<float>> make_softmax_cross_entropy_cuda(float label_smoothing);
 
 #if DPTRAIN_HAVE_CUDA
 /// The types the CUDA maker table serves, in its order (for the check that it matches layer_types()).
@@ -28,6 +28,8 @@ std::vector<std::string_view> cuda_layer_types();
 // One maker per layer type, each beside its layer's class.
 std::unique_ptr<Layer<float>> make_conv2d_cuda(const LayerConfig& c, int index, Dims in);  // conv2d_cuda.cpp
 std::unique_ptr<Layer<float>> make_linear_cuda(const LayerConfig& c, int index, Dims in);  // linear_cuda.cpp
+std::unique_ptr<Layer<float>> make_avgpool2d_cuda(const LayerConfig& c, int index, Dims in);       // avgpool2d_cuda.cpp
+std::unique_ptr<Layer<float>> make_global_avgpool_cuda(const LayerConfig& c, int index, Dims in);  // avgpool2d_cuda.cpp
 // elementwise_cuda.cpp:
 std::unique_ptr<Layer<float>> make_relu_cuda(const LayerConfig& c, int index, Dims in);
 std::unique_ptr<Layer<float>> make_maxpool2d_cuda(const LayerConfig& c, int index, Dims in);

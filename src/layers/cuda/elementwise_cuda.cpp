@@ -133,11 +133,15 @@ class FlattenCuda final : public FlattenLayer<float> {
 
 class SoftmaxCrossEntropyCuda final : public SoftmaxCrossEntropy<float> {
  public:
+  explicit SoftmaxCrossEntropyCuda(float label_smoothing) : label_smoothing_(label_smoothing) {}
   void forward_backward(DeviceContext& ctx, TensorView<const float> logits, const int32_t* labels, float grad_scale,
                         TensorView<float> dlogits, double* sums) override {
     kernels::softmax_cross_entropy(logits.data, labels, logits.n, static_cast<int>(logits.sample_size()), grad_scale,
-                                   dlogits.data, sums, ctx.cuda().stream());
+                                   label_smoothing_, dlogits.data, sums, ctx.cuda().stream());
   }
+
+ private:
+  float label_smoothing_;
 };
 
 }  // namespace
@@ -155,8 +159,8 @@ std::unique_ptr<Layer<float>> make_flatten_cuda(const LayerConfig& c, int index,
   return std::make_unique<FlattenCuda>(c, index, in);
 }
 
-std::unique_ptr<SoftmaxCrossEntropy<float>> make_softmax_cross_entropy_cuda() {
-  return std::make_unique<SoftmaxCrossEntropyCuda>();
+std::unique_ptr<SoftmaxCrossEntropy<float>> make_softmax_cross_entropy_cuda(float label_smoothing) {
+  return std::make_unique<SoftmaxCrossEntropyCuda>(label_smoothing);
 }
 
 }  // namespace dptrain

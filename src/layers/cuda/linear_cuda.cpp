@@ -99,12 +99,12 @@ class LinearCuda final : public LinearLayer<float> {
 
   // The last layer of a classifier, without a ReLU or dropout of its own: one launch.
   bool backward_with_loss(DeviceContext& ctx, TensorView<const float> in, TensorView<const float> out,
-                          const int32_t* labels, float grad_scale, double* sums, TensorView<float> dout,
-                          TensorView<float> din) override {
+                          const int32_t* labels, float grad_scale, float label_smoothing, double* sums,
+                          TensorView<float> dout, TensorView<float> din) override {
     const int n = in.n, fi = in_features(), fo = out_features();
     if (relu_ || dropout_ || !kernels::linear_loss_backward_fits(n, fo, fi)) return false;
     kernels::linear_loss_backward({in.data, params()[0].value.data(), out.data, labels, n, fo, fi, grad_scale,
-                                   dout.data, sums, params()[0].grad.data(), params()[1].grad.data(), din.data},
+                                   label_smoothing, dout.data, sums, params()[0].grad.data(), params()[1].grad.data(), din.data},
                                   ctx.cuda().stream());
     return true;
   }
