@@ -29,6 +29,8 @@ constexpr CpuMaker<T> kCpuMakers[] = {
     {"dropout", make_dropout_cpu<T>},
     {"flatten", make_flatten_cpu<T>},
     {"linear", make_linear_cpu<T>},
+    {"batchnorm2d", make_batchnorm2d_cpu<T>},
+    {"batchnorm1d", make_batchnorm1d_cpu<T>},
 };
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <numeric>
 #include <optional>
 #include <string>
 
@@ -63,6 +64,37 @@ cudaStream_t compute_stream(DeviceContext&) { return nullptr; }
 uint64_t workspace_generation(DeviceContext&) { throw_built_without_cuda(); }
 #endif
 
+/// Batchnorm's exchanges over the trainer's communicator (layers/cross_rank_sum.h), queued on the
+/// compute stream: NCCL's in-stream all-reduce (capturable), MPI's reduce-then-broadcast.
+class CommCrossRankSum final : public CrossRankSum {
+ public:
+  explicit CommCrossRankSum(Communicator& comm) : comm_(comm) {}
+  int ranks() const override { return comm_.size(); }
+  void sum(DeviceContext& ctx, std::span<float> data) override { comm_.all_reduce_sum(data, compute_stream(ctx)); }
+
+ private:
+  Communicator& comm_;
+};
+
+/// The unit a short tail batch splits in (BatchPlan's align): the least common multiple of the
+/// ghost batchnorm layers' group sizes (1 without). InputError naming the layer when the per-rank
+/// batch is not a multiple of its group, since a rank's groups must be the groups one rank forms.
+int ghost_batch_alignment(const ModelConfig& model, int per_rank_batch) {
+  int align = 1;
+  for (size_t i = 0; i < model.layers.size(); ++i) {
+    const LayerConfig& l = model.layers[i];
+    if ((l.type != "batchnorm2d" && l.type != "batchnorm1d") || l.sync != 0 || l.group_size <= 0) continue;
+    if (per_rank_batch % l.group_size != 0)
+      throw InputError("model.layers[" + std::to_string(i) + "] (" + l.name + ")",
+                       "the per-rank batch " + std::to_string(per_rank_batch) + " is not a multiple of group_size " +
+                           std::to_string(l.group_size) + ": set group_size to a divisor of " +
+                           std::to_string(per_rank_batch) + ", train.batch_size to a multiple of group_size x ranks, "
+                           "or sync: 1");
+    align = std::lcm(align, l.group_size);
+  }
+  return align;
+}
+
 int resolve_global_batch(const TrainConfig& t, int ranks) {
   if (t.batch_per_rank > 0) return t.batch_per_rank * ranks;
   if (t.batch_size % ranks != 0)
@@ -80,7 +112,8 @@ Trainer::Trainer(const Config& config, const TrainOptions& options, const MnistD
   global_batch_ = resolve_global_batch(config_.train, comm_.size());
   check_labels(data_.train, config_.model.num_classes);
   check_labels(data_.test, config_.model.num_classes);
-  plan_ = std::make_unique<BatchPlan>(data_.train.count, global_batch_, comm_.size());
+  plan_ = std::make_unique<BatchPlan>(data_.train.count, global_batch_, comm_.size(),
+                                      ghost_batch_alignment(config_.model, global_batch_ / comm_.size()));
   steps_per_epoch_ = plan_->steps_per_epoch();
   const int local_batch = (global_batch_ + comm_.size() - 1) / comm_.size();
   const int eval_batch = comm_.rank() == 0 ? config_.train.eval_batch_size : 0;
@@ -108,7 +141,7 @@ Trainer::Trainer(const Config& config, const TrainOptions& options, const MnistD
   if (options_.resume != nullptr) {
     divergence_->set_last_checkpoint(options_.resume->state.global_step, options_.resume->path);
     // Every rank reads the same validated file: an identical start without a broadcast.
-    restore_train_state(*options_.resume, ctx_, model_->params(), *optimizer_);
+    restore_train_state(*options_.resume, ctx_, model_->params(), model_->state(), *optimizer_);
     best_accuracy_ = options_.resume->state.best_test_accuracy;
   } else {
     // Identical start on every rank: rank 0's initial parameters (from the seed) are broadcast.
@@ -117,6 +150,10 @@ Trainer::Trainer(const Config& config, const TrainOptions& options, const MnistD
   }
   attach_observer();
   compose_gradient_hook();
+  if (comm_.size() > 1) {
+    cross_rank_sum_ = std::make_unique<CommCrossRankSum>(comm_);
+    model_->set_cross_rank_sum(cross_rank_sum_.get());
+  }
 }
 
 Trainer::~Trainer() = default;
@@ -223,17 +260,16 @@ void Trainer::run_step(const StepInfo& info, int count, float grad_scale) {
   // The hook's end of backward queued the wait for the exchange: the optimizer reads summed gradients.
   if (!updates_during_backward_)
     optimizer_->step(ctx_, params.values().span(), params.grads().span(), &ctx_.step()->scalars);
+  // Batchnorm's running statistics (all ranks' groups together): state, not a parameter update.
+  model_->end_train_step(ctx_);
   if (profiler_) profiler_->optimizer_done(ctx_);
   if (numerics_) numerics_->parameters_updated(ctx_, params);
 }
 
 void Trainer::report_idle_gradients() {
   // Only on several ranks (one rank's shard is the whole batch), so the hook is never the update.
-  ParamStore<float>& params = model_->params();
-  zero_async(ctx_, params.grads().span());
-  if (gradient_hook_ == nullptr) return;
-  gradient_hook_->on_gradients_ready(ctx_, 0, params.size());
-  gradient_hook_->on_backward_done(ctx_);
+  // Zero gradients, reported layer by layer as backward would, with batchnorm's exchanges between.
+  model_->idle_step(ctx_, gradient_hook_);
 }
 
 void Trainer::wait_for_device() {
@@ -306,7 +342,7 @@ std::string Trainer::save_checkpoint(const Position& at, const EpochStats& stats
   if (comm_.rank() == 0) {
     // Never a checkpoint of a diverged run: its loss (read here anyway), then its values.
     if (samples > 0) check_training_loss(loss_sum / samples, at.global_step, at.epoch + 1);
-    const TrainStateSnapshot snapshot(ctx_, model_->params(), *optimizer_);
+    const TrainStateSnapshot snapshot(ctx_, model_->params(), model_->state(), *optimizer_);
     divergence_->require_finite(snapshot.model(), at.global_step, "checkpoint");
     divergence_->require_finite(snapshot.optimizer(), at.global_step, "checkpoint");
     CheckpointState state;
@@ -421,6 +457,10 @@ void Trainer::write_weights(int64_t global_step) {
   std::vector<NamedTensor> tensors;
   for (const ParamEntry& e : params.entries())
     tensors.push_back({e.name, e.shape, std::span<const float>(host).subspan(e.offset, e.count)});
+  const StateStore<float>& state = model_->state();
+  std::vector<float> state_host(state.size());
+  download(ctx_, std::span<const float>(state.values().span()), std::span<float>(state_host));
+  for (NamedTensor& t : state_tensors(state, state_host)) tensors.push_back(std::move(t));
   divergence_->require_finite(tensors, global_step, "final weights file");
   save_weights((std::filesystem::path(options_.out_dir) / "final.safetensors").string(), tensors, to_yaml(config_));
 }

@@ -23,6 +23,8 @@ constexpr CudaMaker kCudaMakers[] = {
     {"dropout", make_dropout_cuda},
     {"flatten", make_flatten_cuda},
     {"linear", make_linear_cuda},
+    {"batchnorm2d", make_batchnorm2d_cuda},
+    {"batchnorm1d", make_batchnorm1d_cuda},
 };
 
 }  // namespace
