@@ -12,6 +12,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include "core/host_device.h"
+
 namespace dptrain::kernels {
 
 /// Shapes of one batchnorm call.
@@ -20,7 +22,7 @@ struct BatchNormShape {
   int channels = 0;
   int spatial = 1;  ///< positions per channel and sample
   int group = 0;    ///< samples per group; 0: sync (one group of all n)
-  int groups() const { return group == 0 ? 1 : (n + group - 1) / group; }
+  DPTRAIN_HD int groups() const { return group == 0 ? 1 : (n + group - 1) / group; }
 };
 
 /// sums[g * C + c] = sum of x over group g, channel c. Sync: also sums[C] = n * spatial (the
