@@ -113,6 +113,52 @@ TEST(BatchNormRanks, OneTwoAndFourRanksGiveTheSameParametersAndRunningStatistics
   }
 }
 
+// Resume with BatchNorm: the running statistics and num_batches_tracked travel in the checkpoint, so
+// a run stopped at step 20 (mid-epoch and after idle-rank tail steps) and resumed ends bit for bit
+// where an uninterrupted run does; resumed on 2 ranks, within rounding of it.
+TEST(BatchNormRanks, ResumeIsBitForBitAndAcrossRankCounts) {
+  const fs::path d = fresh_dir("bn_resume");
+  write_split(d, "train", 264, 1);
+  write_split(d, "t10k", 100, 2);
+  std::ofstream(d / "net.yaml") << net("0", "1");
+  const auto args = [&](const std::string& run, int steps) {
+    return "train --device cpu --threads 1 --no-progress --config " + (d / "net.yaml").string() + " --data " + d.string() +
+           " --out " + (d / run).string() + " --max-steps " + std::to_string(steps) +
+           " --set checkpoint.every_steps=4 --set checkpoint.every_epoch=false";
+  };
+  ASSERT_EQ(run_mpi(1, args("whole", 30)).status, 0);
+  ASSERT_EQ(run_mpi(1, args("cut", 22)).status, 0);
+  Result r = run_mpi(1, args("cut", 30) + " --resume auto");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const LoadedCheckpoint whole = latest_checkpoint(d / "whole");
+  EXPECT_TRUE(same_tensors(latest_checkpoint(d / "cut"), whole));
+  ASSERT_EQ(run_mpi(1, args("cut2", 22)).status, 0);
+  r = run_mpi(2, args("cut2", 30) + " --resume auto");
+  ASSERT_EQ(r.status, 0) << r.output;
+  std::string which;
+  EXPECT_LT(worst_tensor_difference(latest_checkpoint(d / "cut2"), whole, which), 1e-5) << which;
+  EXPECT_EQ(latest_checkpoint(d / "cut2").tensor("bn1.num_batches_tracked", {})[0], 30.0f);
+}
+
+// --profile and --check-numerics see the BatchNorm layers like any other (CPU backend).
+TEST(BatchNormRanks, ProfileAndCheckNumericsCoverBatchNorm) {
+  const fs::path d = fresh_dir("bn_profile");
+  write_split(d, "train", 264, 1);
+  write_split(d, "t10k", 100, 2);
+  std::ofstream(d / "net.yaml") << net("0", "0");
+  const std::string common = "train --device cpu --threads 1 --no-progress --config " + (d / "net.yaml").string() +
+                             " --data " + d.string() + " --max-steps 8";
+  Result r = run_dptrain(common + " --out " + (d / "p").string() + " --profile");
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("\nbn1 "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("\nbn2 "), std::string::npos) << r.output;
+  r = run_dptrain(common + " --out " + (d / "n").string() + " --check-numerics");
+  EXPECT_EQ(r.status, 0) << r.output;
+  r = run_dptrain(common + " --out " + (d / "x").string() + " --check-numerics --set train.optimizer.lr=1e30");
+  EXPECT_NE(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("non-finite value"), std::string::npos) << r.output;
+}
+
 // A per-rank batch that is not a multiple of the group is refused before training, naming the layer.
 TEST(BatchNormRanks, APerRankBatchOffTheGroupIsNamed) {
   const fs::path d = fresh_dir("bn_group_error");
