@@ -190,9 +190,17 @@ void Trainer::compose_gradient_hook() {
   ParamStore<float>& params = model_->params();
   // Several ranks sum their gradients (the reducer needs the model's gradient buffer: built here,
   // after the model).
+  // Sync batchnorm sums over the ranks in backward, on the compute stream: with buckets all-reduced
+  // during backward on the exchange's stream, two collectives of one NCCL communicator could be in
+  // flight on two streams at once, which NCCL does not promise to order. Then the exchange waits
+  // for the end of backward (one all-reduce), and every collective is serialised on the GPU.
+  bool sync_batchnorm = false;
+  for (const LayerConfig& l : config_.model.layers)
+    sync_batchnorm |= (l.type == "batchnorm2d" || l.type == "batchnorm1d") && l.sync == 1;
+  const bool overlap = config_.comm.overlap && !(sync_batchnorm && ctx_.on_cuda());
   if (comm_.size() > 1)
     reducer_ = std::make_unique<GradientReducer>(comm_, ctx_, params.grads().span(),
-                                                 GradientReducerOptions{config_.comm.bucket_mb, config_.comm.overlap});
+                                                 GradientReducerOptions{config_.comm.bucket_mb, overlap});
   gradient_hook_ = reducer_.get();
   // The profiler wraps the exchange (or nothing): its marks around the exchange's end time the
   // communication the optimizer waits for.
