@@ -102,26 +102,28 @@ __global__ void finish_stats_kernel(BatchNormShape s, const float* __restrict__ 
 // Grid-stride over all elements.
 __global__ void normalize_kernel(const float* __restrict__ x, BatchNormShape s, const float* __restrict__ mean,
                                  const float* __restrict__ invstd, const float* __restrict__ w,
-                                 const float* __restrict__ b, float* __restrict__ y) {
+                                 const float* __restrict__ b, bool relu, float* __restrict__ y) {
   const long total = static_cast<long>(s.n) * s.channels * s.spatial;
   for (long k = blockIdx.x * long{blockDim.x} + threadIdx.x; k < total; k += long{gridDim.x} * blockDim.x) {
     const long i = k / (static_cast<long>(s.channels) * s.spatial);
     const int c = static_cast<int>((k / s.spatial) % s.channels);
     const int g = s.group == 0 ? 0 : static_cast<int>(i / s.group);
     const int gc = g * s.channels + c;
-    y[k] = (x[k] - mean[gc]) * invstd[gc] * w[c] + b[c];
+    const float v = (x[k] - mean[gc]) * invstd[gc] * w[c] + b[c];
+    y[k] = relu ? fmaxf(v, 0.0f) : v;
   }
 }
 
 __global__ void eval_kernel(const float* __restrict__ x, BatchNormShape s, const float* __restrict__ rm,
                             const float* __restrict__ rv, float eps, const float* __restrict__ w,
-                            const float* __restrict__ b, float* __restrict__ y) {
+                            const float* __restrict__ b, bool relu, float* __restrict__ y) {
   const long total = static_cast<long>(s.n) * s.channels * s.spatial;
   for (long k = blockIdx.x * long{blockDim.x} + threadIdx.x; k < total; k += long{gridDim.x} * blockDim.x) {
     const int c = static_cast<int>((k / s.spatial) % s.channels);
     const double inv = 1.0 / sqrt(static_cast<double>(rv[c]) + eps);
     const double scale = inv * w[c];
-    y[k] = static_cast<float>(static_cast<double>(x[k]) * scale + (b[c] - rm[c] * scale));
+    const float v = static_cast<float>(static_cast<double>(x[k]) * scale + (b[c] - rm[c] * scale));
+    y[k] = relu ? fmaxf(v, 0.0f) : v;
   }
 }
 
@@ -136,7 +138,13 @@ __global__ void running_update_kernel(const float* __restrict__ partial, int cha
   rv[c] = static_cast<float>((1.0 - mom) * rv[c] + mom * partial[channels + c] / groups);
 }
 
-__global__ void backward_sums_kernel(const float* __restrict__ x, const float* __restrict__ dy, BatchNormShape s,
+/// dy, masked by an absorbed ReLU's output (null: none).
+__device__ float masked_dy(const float* __restrict__ dy, const float* __restrict__ relu_out, long k) {
+  return relu_out == nullptr || relu_out[k] > 0.0f ? dy[k] : 0.0f;
+}
+
+__global__ void backward_sums_kernel(const float* __restrict__ x, const float* __restrict__ dy,
+                                     const float* __restrict__ relu_out, BatchNormShape s,
                                      const float* __restrict__ mean, const float* __restrict__ invstd,
                                      float* __restrict__ bsums) {
   __shared__ double shared[kThreads];
@@ -148,7 +156,7 @@ __global__ void backward_sums_kernel(const float* __restrict__ x, const float* _
   double a = 0, bsum = 0;
   for (long e = threadIdx.x; e < values; e += blockDim.x) {
     const long k = element(s, r, c, e);
-    const double d = dy[k];
+    const double d = masked_dy(dy, relu_out, k);
     a += d;
     bsum += d * ((static_cast<double>(x[k]) - mu) * inv);
   }
@@ -174,7 +182,8 @@ __global__ void param_grads_kernel(const float* __restrict__ bsums, BatchNormSha
   db[c] = static_cast<float>(a);
 }
 
-__global__ void input_grad_kernel(const float* __restrict__ x, const float* __restrict__ dy, BatchNormShape s,
+__global__ void input_grad_kernel(const float* __restrict__ x, const float* __restrict__ dy,
+                                  const float* __restrict__ relu_out, BatchNormShape s,
                                   const float* __restrict__ mean, const float* __restrict__ invstd,
                                   const float* __restrict__ bsums, const float* __restrict__ sums,
                                   const float* __restrict__ w, float* __restrict__ dx) {
@@ -188,7 +197,8 @@ __global__ void input_grad_kernel(const float* __restrict__ x, const float* __re
     const double inv = invstd[gc];
     const double xhat = (static_cast<double>(x[k]) - mean[gc]) * inv;
     const double a = bsums[g * 2 * s.channels + c] / m, bb = bsums[g * 2 * s.channels + s.channels + c] / m;
-    dx[k] = static_cast<float>(static_cast<double>(w[c]) * inv * (static_cast<double>(dy[k]) - a - xhat * bb));
+    dx[k] = static_cast<float>(static_cast<double>(w[c]) * inv *
+                               (static_cast<double>(masked_dy(dy, relu_out, k)) - a - xhat * bb));
   }
 }
 
@@ -220,16 +230,16 @@ void batchnorm_finish_stats(const BatchNormShape& s, const float* sums, const fl
 }
 
 void batchnorm_normalize(const float* x, const BatchNormShape& s, const float* mean, const float* invstd,
-                         const float* w, const float* b, float* y, cudaStream_t stream) {
+                         const float* w, const float* b, bool relu, float* y, cudaStream_t stream) {
   if (s.n == 0) return;
-  normalize_kernel<<<elementwise_grid(s), kThreads, 0, stream>>>(x, s, mean, invstd, w, b, y);
+  normalize_kernel<<<elementwise_grid(s), kThreads, 0, stream>>>(x, s, mean, invstd, w, b, relu, y);
   CUDA_CHECK_LAUNCH();
 }
 
 void batchnorm_eval(const float* x, const BatchNormShape& s, const float* running_mean, const float* running_var,
-                    float eps, const float* w, const float* b, float* y, cudaStream_t stream) {
+                    float eps, const float* w, const float* b, bool relu, float* y, cudaStream_t stream) {
   if (s.n == 0) return;
-  eval_kernel<<<elementwise_grid(s), kThreads, 0, stream>>>(x, s, running_mean, running_var, eps, w, b, y);
+  eval_kernel<<<elementwise_grid(s), kThreads, 0, stream>>>(x, s, running_mean, running_var, eps, w, b, relu, y);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -240,9 +250,9 @@ void batchnorm_running_update(const float* partial, int channels, float momentum
   CUDA_CHECK_LAUNCH();
 }
 
-void batchnorm_backward_sums(const float* x, const float* dy, const BatchNormShape& s, const float* mean,
-                             const float* invstd, float* bsums, cudaStream_t stream) {
-  backward_sums_kernel<<<dim3(s.channels, s.groups()), kThreads, 0, stream>>>(x, dy, s, mean, invstd, bsums);
+void batchnorm_backward_sums(const float* x, const float* dy, const float* relu_out, const BatchNormShape& s,
+                             const float* mean, const float* invstd, float* bsums, cudaStream_t stream) {
+  backward_sums_kernel<<<dim3(s.channels, s.groups()), kThreads, 0, stream>>>(x, dy, relu_out, s, mean, invstd, bsums);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -251,11 +261,11 @@ void batchnorm_param_grads(const float* bsums, const BatchNormShape& s, float* d
   CUDA_CHECK_LAUNCH();
 }
 
-void batchnorm_input_grad(const float* x, const float* dy, const BatchNormShape& s, const float* mean,
-                          const float* invstd, const float* bsums, const float* sums, const float* w, float* dx,
-                          cudaStream_t stream) {
+void batchnorm_input_grad(const float* x, const float* dy, const float* relu_out, const BatchNormShape& s,
+                          const float* mean, const float* invstd, const float* bsums, const float* sums, const float* w,
+                          float* dx, cudaStream_t stream) {
   if (s.n == 0) return;
-  input_grad_kernel<<<elementwise_grid(s), kThreads, 0, stream>>>(x, dy, s, mean, invstd, bsums, sums, w, dx);
+  input_grad_kernel<<<elementwise_grid(s), kThreads, 0, stream>>>(x, dy, relu_out, s, mean, invstd, bsums, sums, w, dx);
   CUDA_CHECK_LAUNCH();
 }
 

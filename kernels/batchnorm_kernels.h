@@ -37,25 +37,29 @@ void batchnorm_centered(const float* x, const BatchNormShape& s, const float* su
 /// outside sync).
 void batchnorm_finish_stats(const BatchNormShape& s, const float* sums, const float* sq, const float* mean,
                             float eps, float* invstd, float* partial, cudaStream_t stream);
-/// y = (x - mean) * invstd * w + b with the group's statistics.
+// relu: the layer absorbed the ReLU after it (Layer::absorb_following_relu): forward writes
+// max(y, 0), and backward's dy is masked by relu_out > 0 (relu_out: the layer's output after the
+// ReLU; null: no ReLU), the CPU ReLU's rule.
+
+/// y = (x - mean) * invstd * w + b with the group's statistics, then max(., 0) when relu.
 void batchnorm_normalize(const float* x, const BatchNormShape& s, const float* mean, const float* invstd,
-                         const float* w, const float* b, float* y, cudaStream_t stream);
-/// Evaluation: y = (x - running_mean) / sqrt(running_var + eps) * w + b.
+                         const float* w, const float* b, bool relu, float* y, cudaStream_t stream);
+/// Evaluation: y = (x - running_mean) / sqrt(running_var + eps) * w + b, then max(., 0) when relu.
 void batchnorm_eval(const float* x, const BatchNormShape& s, const float* running_mean, const float* running_var,
-                    float eps, const float* w, const float* b, float* y, cudaStream_t stream);
+                    float eps, const float* w, const float* b, bool relu, float* y, cudaStream_t stream);
 /// running = (1 - momentum) running + momentum * partial / groups (mean and var; nothing when no
 /// group), tracked += 1.
 void batchnorm_running_update(const float* partial, int channels, float momentum, float* running_mean,
                               float* running_var, float* tracked, cudaStream_t stream);
 /// bsums[g * 2C + c] = sum of dy, bsums[g * 2C + C + c] = sum of dy * xhat over group g.
-void batchnorm_backward_sums(const float* x, const float* dy, const BatchNormShape& s, const float* mean,
-                             const float* invstd, float* bsums, cudaStream_t stream);
+void batchnorm_backward_sums(const float* x, const float* dy, const float* relu_out, const BatchNormShape& s,
+                             const float* mean, const float* invstd, float* bsums, cudaStream_t stream);
 /// dw[c] = sum over groups of bsums' dy * xhat sums, db[c] of its dy sums, in group order.
 void batchnorm_param_grads(const float* bsums, const BatchNormShape& s, float* dw, float* db, cudaStream_t stream);
 /// dx = w * invstd * (dy - sum_dy / m - xhat * sum_dyxhat / m) with the group's sums (sync: the
 /// exchanged ones and m = sums[C]).
-void batchnorm_input_grad(const float* x, const float* dy, const BatchNormShape& s, const float* mean,
-                          const float* invstd, const float* bsums, const float* sums, const float* w, float* dx,
-                          cudaStream_t stream);
+void batchnorm_input_grad(const float* x, const float* dy, const float* relu_out, const BatchNormShape& s,
+                          const float* mean, const float* invstd, const float* bsums, const float* sums, const float* w,
+                          float* dx, cudaStream_t stream);
 
 }  // namespace dptrain::kernels

@@ -7,6 +7,7 @@
 // the GPU through --comm mpi. Skipped without a GPU (the binary-driven ones also without MNIST).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <random>
@@ -70,12 +71,21 @@ struct BnRun {
 };
 
 /// One train forward, backward and end of step, then an eval forward, of `c` on `ctx`'s device.
-BnRun run_bn(DeviceContext& ctx, const LayerConfig& c, Dims in, int n, uint32_t seed) {
+/// relu: followed by a ReLU, which the CUDA layer absorbs and the CPU's is applied here (its
+/// forward to the outputs, its backward mask to dy).
+BnRun run_bn(DeviceContext& ctx, const LayerConfig& c, Dims in, int n, uint32_t seed, bool relu = false) {
   const Device dev = ctx.device();
   auto layer = make_layer<float>(c, 1, in, dev);
+  const bool host_relu = relu && dev == Device::Cpu;
+  if (relu && dev == Device::Cuda) EXPECT_TRUE(layer->absorb_following_relu(ctx));
+  const auto apply_relu = [&](std::vector<float>& v) {
+    if (host_relu)
+      for (float& e : v) e = std::max(e, 0.0f);
+  };
   const size_t ch = static_cast<size_t>(in.c), count = static_cast<size_t>(n) * in.count();
   const std::vector<float> w = randoms(ch, seed, 0.5f, 1.5f), b = randoms(ch, seed + 1, -0.5f, 0.5f);
-  const std::vector<float> x = randoms(count, seed + 2, -2.0f, 3.0f), dy = randoms(count, seed + 3, -1.0f, 1.0f);
+  const std::vector<float> x = randoms(count, seed + 2, -2.0f, 3.0f);
+  std::vector<float> dy = randoms(count, seed + 3, -1.0f, 1.0f);
   std::vector<float> rv(ch, 1.0f);
   Buffer<float> bw(dev, ch), bb(dev, ch), dw(dev, ch), db(dev, ch), rm(dev, ch), bv(dev, ch), tr(dev, 1);
   upload(ctx, bw.span(), std::span<const float>(w));
@@ -87,11 +97,14 @@ BnRun run_bn(DeviceContext& ctx, const LayerConfig& c, Dims in, int n, uint32_t 
   layer->reserve(ctx, n);
   Buffer<float> bx(dev, count), by(dev, count), bdy(dev, count), bdx(dev, count);
   upload(ctx, bx.span(), std::span<const float>(x));
-  upload(ctx, bdy.span(), std::span<const float>(dy));
   ctx.set_step(StepState{{1, 0, 0}, {}});
   layer->forward(ctx, TensorView<const float>{bx.data(), n, in}, TensorView<float>{by.data(), n, in}, Phase::Train, {});
   BnRun r;
   r.out = to_host(ctx, by.data(), count);
+  apply_relu(r.out);
+  if (host_relu)
+    for (size_t i = 0; i < count; ++i) dy[i] = r.out[i] > 0.0f ? dy[i] : 0.0f;
+  upload(ctx, bdy.span(), std::span<const float>(dy));
   layer->backward(ctx, TensorView<const float>{bx.data(), n, in}, TensorView<const float>{by.data(), n, in},
                   TensorView<const float>{bdy.data(), n, in}, TensorView<float>{bdx.data(), n, in});
   layer->end_train_step(ctx);
@@ -103,6 +116,7 @@ BnRun run_bn(DeviceContext& ctx, const LayerConfig& c, Dims in, int n, uint32_t 
   r.tracked = to_host(ctx, tr.data(), 1)[0];
   layer->forward(ctx, TensorView<const float>{bx.data(), n, in}, TensorView<float>{by.data(), n, in}, Phase::Eval, {});
   r.eval_out = to_host(ctx, by.data(), count);
+  apply_relu(r.eval_out);
   return r;
 }
 
@@ -115,10 +129,11 @@ LayerConfig bn(const std::string& type, int group, int sync) {
   return c;
 }
 
-void compare(DeviceContext& cpu, DeviceContext& gpu, const LayerConfig& c, Dims in, int n, uint32_t seed) {
-  const BnRun a = run_bn(cpu, c, in, n, seed), g = run_bn(gpu, c, in, n, seed);
+void compare(DeviceContext& cpu, DeviceContext& gpu, const LayerConfig& c, Dims in, int n, uint32_t seed,
+             bool relu = false) {
+  const BnRun a = run_bn(cpu, c, in, n, seed, relu), g = run_bn(gpu, c, in, n, seed, relu);
   const std::string what = c.type + " " + to_string(in) + " n=" + std::to_string(n) +
-                           (c.sync ? " sync" : " group " + std::to_string(c.group_size));
+                           (c.sync ? " sync" : " group " + std::to_string(c.group_size)) + (relu ? " + relu" : "");
   EXPECT_LE(rel(g.out, a.out), 1e-5) << what << ": forward";
   EXPECT_LE(rel(g.din, a.din), 1e-4) << what << ": input gradient";
   EXPECT_LE(rel(g.dw, a.dw), 1e-5) << what << ": weight gradient";
@@ -138,6 +153,14 @@ TEST_F(CudaBatchNorm, LayersMatchCpuInTrainAndEvalGhostAndSync) {
   compare(cpu_, *gpu_, bn("batchnorm1d", 8, 0), Dims{10, 1, 1}, 1030, 6);  // batch 1024+, a short group
   compare(cpu_, *gpu_, bn("batchnorm2d", 32, 1), Dims{32, 26, 26}, 1024, 7);
   compare(cpu_, *gpu_, bn("batchnorm2d", 32, 0), Dims{64, 12, 12}, 2048, 8);
+}
+
+// The ReLU after a batchnorm runs inside it on CUDA (absorbed): the same as the CPU's batchnorm
+// then ReLU, forward, backward (dy masked by the output) and eval.
+TEST_F(CudaBatchNorm, AbsorbedReluMatchesCpuBatchNormThenRelu) {
+  compare(cpu_, *gpu_, bn("batchnorm2d", 8, 0), Dims{37, 5, 5}, 64, 11, true);
+  compare(cpu_, *gpu_, bn("batchnorm2d", 32, 1), Dims{32, 26, 26}, 64, 12, true);
+  compare(cpu_, *gpu_, bn("batchnorm1d", 32, 0), Dims{128, 1, 1}, 64, 13, true);
 }
 
 // Random shapes inside the family the kernels serve (any channels, positions, batch, group) and at

@@ -2,7 +2,9 @@
 // (kernels/batchnorm_kernels.h), separate launches rather than fused into the convolution's
 // epilogue. Train forward: per-group sums, centred sums (sync: each exchanged between ranks),
 // statistics, normalisation. Backward: per-group sums of dy and dy * xhat, the parameter
-// gradients from this rank's sums, (sync: the sums exchanged), the input gradient. The running
+// gradients from this rank's sums, (sync: the sums exchanged), the input gradient. A ReLU that
+// follows is absorbed (fuse_elementwise): the normalisation writes max(y, 0) and backward masks dy
+// by the output, saving the ReLU's pass each way. The running
 // statistics move in end_train_step. All scratch is sized in reserve(): nothing allocates or
 // syncs the host in a step, which is captured as a CUDA graph.
 #include <algorithm>
@@ -21,6 +23,11 @@ namespace {
 class BatchNormCuda final : public BatchNormLayer<float> {
  public:
   using BatchNormLayer<float>::BatchNormLayer;
+
+  bool absorb_following_relu(DeviceContext& ctx) override {
+    relu_ = ctx.cuda().options().fuse_elementwise;
+    return relu_;
+  }
 
   void reserve(DeviceContext&, int max_batch) override {
     const size_t c = static_cast<size_t>(channels());
@@ -43,24 +50,26 @@ class BatchNormCuda final : public BatchNormLayer<float> {
     const float* b = params()[1].value.data();
     if (phase == Phase::Eval) {
       kernels::batchnorm_eval(in.data, s, state()[0].data(), state()[1].data(), static_cast<float>(eps()), w, b,
-                              out.data, stream);
+                              relu_, out.data, stream);
       return;
     }
     statistics(ctx, in.data, s);
-    kernels::batchnorm_normalize(in.data, s, mean_.data(), invstd_.data(), w, b, out.data, stream);
+    kernels::batchnorm_normalize(in.data, s, mean_.data(), invstd_.data(), w, b, relu_, out.data, stream);
   }
 
-  void backward(DeviceContext& ctx, TensorView<const float> in, TensorView<const float>, TensorView<const float> dout,
-                TensorView<float> din) override {
+  void backward(DeviceContext& ctx, TensorView<const float> in, TensorView<const float> out,
+                TensorView<const float> dout, TensorView<float> din) override {
     cudaStream_t stream = ctx.cuda().stream();
     const kernels::BatchNormShape s = shape(in.n);
-    kernels::batchnorm_backward_sums(in.data, dout.data, s, mean_.data(), invstd_.data(), bsums_.data(), stream);
+    const float* relu_out = relu_ ? out.data : nullptr;  // the absorbed ReLU's mask
+    kernels::batchnorm_backward_sums(in.data, dout.data, relu_out, s, mean_.data(), invstd_.data(), bsums_.data(),
+                                     stream);
     // This rank's parameter gradients (the gradient exchange sums them), before sync's exchange.
     kernels::batchnorm_param_grads(bsums_.data(), s, params()[0].grad.data(), params()[1].grad.data(), stream);
     if (sync() && exchanges()) cross_->sum(ctx, bsums_.span().subspan(0, 2 * static_cast<size_t>(channels())));
     if (din.data != nullptr)
-      kernels::batchnorm_input_grad(in.data, dout.data, s, mean_.data(), invstd_.data(), bsums_.data(), sums_.data(),
-                                    params()[0].value.data(), din.data, stream);
+      kernels::batchnorm_input_grad(in.data, dout.data, relu_out, s, mean_.data(), invstd_.data(), bsums_.data(),
+                                    sums_.data(), params()[0].value.data(), din.data, stream);
   }
 
   void idle_pass(DeviceContext& ctx, bool forward) override {
@@ -110,6 +119,7 @@ class BatchNormCuda final : public BatchNormLayer<float> {
   }
 
   Buffer<float> mean_, invstd_, sums_, sq_, bsums_, partial_;
+  bool relu_ = false;  ///< absorbed the ReLU after it
 };
 
 }  // namespace
