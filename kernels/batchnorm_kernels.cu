@@ -1,6 +1,8 @@
 // See kernels/batchnorm_kernels.h.
 #include <cuda_runtime.h>
 
+#include <stdexcept>
+
 #include "core/cuda_check.h"
 #include "kernels/batchnorm_kernels.h"
 
@@ -33,9 +35,11 @@ __device__ double block_sum(double v, double* shared) {
   return total;
 }
 
-/// The element index of the e-th value of channel c in group range r.
-__device__ long element(const BatchNormShape& s, GroupRange r, int c, long e) {
-  const long i = r.first + e / s.spatial, q = e % s.spatial;
+/// The element index of the e-th value of channel c in group range r. 32-bit arithmetic: the
+/// launchers refuse tensors of 2^31 elements or more (check_size), and a 64-bit division per
+/// element would cost more than the sum it feeds.
+__device__ int element(const BatchNormShape& s, GroupRange r, int c, int e) {
+  const int i = r.first + e / s.spatial, q = e % s.spatial;
   return (i * s.channels + c) * s.spatial + q;
 }
 
@@ -49,9 +53,9 @@ __global__ void sums_kernel(const float* __restrict__ x, BatchNormShape s, float
   __shared__ double shared[kThreads];
   const int c = blockIdx.x, g = blockIdx.y;
   const GroupRange r = group_range(s, g);
-  const long values = static_cast<long>(r.count) * s.spatial;
+  const int values = r.count * s.spatial;
   double acc = 0;
-  for (long e = threadIdx.x; e < values; e += blockDim.x) acc += x[element(s, r, c, e)];
+  for (int e = threadIdx.x; e < values; e += blockDim.x) acc += x[element(s, r, c, e)];
   const double total = block_sum(acc, shared);
   if (threadIdx.x == 0) {
     sums[g * s.channels + c] = static_cast<float>(total);
@@ -64,11 +68,11 @@ __global__ void centered_kernel(const float* __restrict__ x, BatchNormShape s, c
   __shared__ double shared[kThreads];
   const int c = blockIdx.x, g = blockIdx.y;
   const GroupRange r = group_range(s, g);
-  const long values = static_cast<long>(r.count) * s.spatial;
+  const int values = r.count * s.spatial;
   const double m = group_values(s, sums, g);
   const float mu = m > 0 ? static_cast<float>(static_cast<double>(sums[g * s.channels + c]) / m) : 0.0f;
   double acc = 0;
-  for (long e = threadIdx.x; e < values; e += blockDim.x) {
+  for (int e = threadIdx.x; e < values; e += blockDim.x) {
     const double d = static_cast<double>(x[element(s, r, c, e)]) - mu;
     acc += d * d;
   }
@@ -103,11 +107,11 @@ __global__ void finish_stats_kernel(BatchNormShape s, const float* __restrict__ 
 __global__ void normalize_kernel(const float* __restrict__ x, BatchNormShape s, const float* __restrict__ mean,
                                  const float* __restrict__ invstd, const float* __restrict__ w,
                                  const float* __restrict__ b, bool relu, float* __restrict__ y) {
-  const long total = static_cast<long>(s.n) * s.channels * s.spatial;
-  for (long k = blockIdx.x * long{blockDim.x} + threadIdx.x; k < total; k += long{gridDim.x} * blockDim.x) {
-    const long i = k / (static_cast<long>(s.channels) * s.spatial);
+  const int total = s.n * s.channels * s.spatial;
+  for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < total; k += gridDim.x * blockDim.x) {
+    const int i = k / (s.channels * s.spatial);
     const int c = static_cast<int>((k / s.spatial) % s.channels);
-    const int g = s.group == 0 ? 0 : static_cast<int>(i / s.group);
+    const int g = s.group == 0 ? 0 : i / s.group;
     const int gc = g * s.channels + c;
     const float v = (x[k] - mean[gc]) * invstd[gc] * w[c] + b[c];
     y[k] = relu ? fmaxf(v, 0.0f) : v;
@@ -117,8 +121,8 @@ __global__ void normalize_kernel(const float* __restrict__ x, BatchNormShape s, 
 __global__ void eval_kernel(const float* __restrict__ x, BatchNormShape s, const float* __restrict__ rm,
                             const float* __restrict__ rv, float eps, const float* __restrict__ w,
                             const float* __restrict__ b, bool relu, float* __restrict__ y) {
-  const long total = static_cast<long>(s.n) * s.channels * s.spatial;
-  for (long k = blockIdx.x * long{blockDim.x} + threadIdx.x; k < total; k += long{gridDim.x} * blockDim.x) {
+  const int total = s.n * s.channels * s.spatial;
+  for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < total; k += gridDim.x * blockDim.x) {
     const int c = static_cast<int>((k / s.spatial) % s.channels);
     const double inv = 1.0 / sqrt(static_cast<double>(rv[c]) + eps);
     const double scale = inv * w[c];
@@ -139,7 +143,7 @@ __global__ void running_update_kernel(const float* __restrict__ partial, int cha
 }
 
 /// dy, masked by an absorbed ReLU's output (null: none).
-__device__ float masked_dy(const float* __restrict__ dy, const float* __restrict__ relu_out, long k) {
+__device__ float masked_dy(const float* __restrict__ dy, const float* __restrict__ relu_out, int k) {
   return relu_out == nullptr || relu_out[k] > 0.0f ? dy[k] : 0.0f;
 }
 
@@ -150,12 +154,12 @@ __global__ void backward_sums_kernel(const float* __restrict__ x, const float* _
   __shared__ double shared[kThreads];
   const int c = blockIdx.x, g = blockIdx.y;
   const GroupRange r = group_range(s, g);
-  const long values = static_cast<long>(r.count) * s.spatial;
+  const int values = r.count * s.spatial;
   const int gc = g * s.channels + c;
   const float mu = mean[gc], inv = invstd[gc];
   double a = 0, bsum = 0;
-  for (long e = threadIdx.x; e < values; e += blockDim.x) {
-    const long k = element(s, r, c, e);
+  for (int e = threadIdx.x; e < values; e += blockDim.x) {
+    const int k = element(s, r, c, e);
     const double d = masked_dy(dy, relu_out, k);
     a += d;
     bsum += d * ((static_cast<double>(x[k]) - mu) * inv);
@@ -187,11 +191,11 @@ __global__ void input_grad_kernel(const float* __restrict__ x, const float* __re
                                   const float* __restrict__ mean, const float* __restrict__ invstd,
                                   const float* __restrict__ bsums, const float* __restrict__ sums,
                                   const float* __restrict__ w, float* __restrict__ dx) {
-  const long total = static_cast<long>(s.n) * s.channels * s.spatial;
-  for (long k = blockIdx.x * long{blockDim.x} + threadIdx.x; k < total; k += long{gridDim.x} * blockDim.x) {
-    const long i = k / (static_cast<long>(s.channels) * s.spatial);
+  const int total = s.n * s.channels * s.spatial;
+  for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < total; k += gridDim.x * blockDim.x) {
+    const int i = k / (s.channels * s.spatial);
     const int c = static_cast<int>((k / s.spatial) % s.channels);
-    const int g = s.group == 0 ? 0 : static_cast<int>(i / s.group);
+    const int g = s.group == 0 ? 0 : i / s.group;
     const int gc = g * s.channels + c;
     const double m = group_values(s, sums, g);
     const double inv = invstd[gc];
@@ -200,6 +204,12 @@ __global__ void input_grad_kernel(const float* __restrict__ x, const float* __re
     dx[k] = static_cast<float>(static_cast<double>(w[c]) * inv *
                                (static_cast<double>(masked_dy(dy, relu_out, k)) - a - xhat * bb));
   }
+}
+
+/// The kernels index in 32 bits (BatchNormLayer's CUDA reserve() refuses larger batches first).
+void check_size(const BatchNormShape& s) {
+  if (static_cast<long long>(s.n) * s.channels * s.spatial >= (1LL << 31))
+    throw std::invalid_argument("batchnorm kernels: a tensor of 2^31 elements or more");
 }
 
 int elementwise_grid(const BatchNormShape& s) {
@@ -213,12 +223,14 @@ int channel_grid(int channels) { return (channels + kThreads - 1) / kThreads; }
 }  // namespace
 
 void batchnorm_sums(const float* x, const BatchNormShape& s, float* sums, cudaStream_t stream) {
+  check_size(s);
   sums_kernel<<<dim3(s.channels, s.groups()), kThreads, 0, stream>>>(x, s, sums);
   CUDA_CHECK_LAUNCH();
 }
 
 void batchnorm_centered(const float* x, const BatchNormShape& s, const float* sums, float* mean, float* sq,
                         cudaStream_t stream) {
+  check_size(s);
   centered_kernel<<<dim3(s.channels, s.groups()), kThreads, 0, stream>>>(x, s, sums, mean, sq);
   CUDA_CHECK_LAUNCH();
 }
@@ -231,6 +243,7 @@ void batchnorm_finish_stats(const BatchNormShape& s, const float* sums, const fl
 
 void batchnorm_normalize(const float* x, const BatchNormShape& s, const float* mean, const float* invstd,
                          const float* w, const float* b, bool relu, float* y, cudaStream_t stream) {
+  check_size(s);
   if (s.n == 0) return;
   normalize_kernel<<<elementwise_grid(s), kThreads, 0, stream>>>(x, s, mean, invstd, w, b, relu, y);
   CUDA_CHECK_LAUNCH();
@@ -238,6 +251,7 @@ void batchnorm_normalize(const float* x, const BatchNormShape& s, const float* m
 
 void batchnorm_eval(const float* x, const BatchNormShape& s, const float* running_mean, const float* running_var,
                     float eps, const float* w, const float* b, bool relu, float* y, cudaStream_t stream) {
+  check_size(s);
   if (s.n == 0) return;
   eval_kernel<<<elementwise_grid(s), kThreads, 0, stream>>>(x, s, running_mean, running_var, eps, w, b, relu, y);
   CUDA_CHECK_LAUNCH();
@@ -252,6 +266,7 @@ void batchnorm_running_update(const float* partial, int channels, float momentum
 
 void batchnorm_backward_sums(const float* x, const float* dy, const float* relu_out, const BatchNormShape& s,
                              const float* mean, const float* invstd, float* bsums, cudaStream_t stream) {
+  check_size(s);
   backward_sums_kernel<<<dim3(s.channels, s.groups()), kThreads, 0, stream>>>(x, dy, relu_out, s, mean, invstd, bsums);
   CUDA_CHECK_LAUNCH();
 }
@@ -264,6 +279,7 @@ void batchnorm_param_grads(const float* bsums, const BatchNormShape& s, float* d
 void batchnorm_input_grad(const float* x, const float* dy, const float* relu_out, const BatchNormShape& s,
                           const float* mean, const float* invstd, const float* bsums, const float* sums, const float* w,
                           float* dx, cudaStream_t stream) {
+  check_size(s);
   if (s.n == 0) return;
   input_grad_kernel<<<elementwise_grid(s), kThreads, 0, stream>>>(x, dy, relu_out, s, mean, invstd, bsums, sums, w, dx);
   CUDA_CHECK_LAUNCH();

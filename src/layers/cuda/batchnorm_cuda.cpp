@@ -8,6 +8,7 @@
 // statistics move in end_train_step. All scratch is sized in reserve(): nothing allocates or
 // syncs the host in a step, which is captured as a CUDA graph.
 #include <algorithm>
+#include <string>
 
 #include "core/buffer.h"
 #include "core/cuda_check.h"
@@ -30,6 +31,9 @@ class BatchNormCuda final : public BatchNormLayer<float> {
   }
 
   void reserve(DeviceContext&, int max_batch) override {
+    if (static_cast<long long>(max_batch) * input_dims().count() >= (1LL << 31))
+      throw layer_error(index(), name(), "a batch of " + std::to_string(max_batch) + " makes a tensor of 2^31 elements "
+                                         "or more, beyond the CUDA batchnorm kernels' 32-bit indexing");
     const size_t c = static_cast<size_t>(channels());
     const size_t groups = static_cast<size_t>(this->groups(std::max(max_batch, 1)));
     if (mean_.size() >= groups * c) return;
