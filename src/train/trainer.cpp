@@ -272,6 +272,7 @@ void Trainer::run_step(const StepInfo& info, int count, float grad_scale) {
   model_->end_train_step(ctx_);
   if (profiler_) profiler_->optimizer_done(ctx_);
   if (numerics_) numerics_->parameters_updated(ctx_, params);
+  if (numerics_) numerics_->state_updated(ctx_, model_->state());
 }
 
 void Trainer::report_idle_gradients() {

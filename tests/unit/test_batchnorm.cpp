@@ -17,6 +17,7 @@
 #include "io/config.h"
 #include "layers/layer_factory.h"
 #include "model/model.h"
+#include "train/numerics_checker.h"
 #include "train/train_state.h"
 
 namespace dptrain {
@@ -300,6 +301,37 @@ TEST(BatchNormModel, StateTensorsGoIntoFilesAndTheirAbsenceIsNamed) {
     EXPECT_NE(std::string(e.what()).find("tensor 'bn1.num_batches_tracked' is missing"), std::string::npos) << e.what();
   }
   std::filesystem::remove_all(dir);
+}
+
+// --check-numerics covers the running statistics: a NaN there after the step is named.
+TEST(BatchNormModel, CheckNumericsNamesANonFiniteRunningStatistic) {
+  const Config config = parse_config(kBnNet, "t.yaml");
+  DeviceContext ctx;
+  Model<float> model(config.model, ctx, 4);
+  model.params().initialize(1);
+  NumericsChecker checker(ctx, model);
+  model.set_observer(&checker);
+  std::vector<float> x(4 * 36);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i % 11) * 0.2f;
+  const std::vector<int32_t> y{0, 1, 2, 0};
+  double sums[2] = {0, 0};
+  model.forward(ctx, TensorView<const float>{x.data(), 4, {1, 6, 6}}, Phase::Train, {});
+  model.backward(ctx, y.data(), 0.25f, sums, nullptr);
+  model.end_train_step(ctx);
+  checker.parameters_updated(ctx, model.params());
+  checker.state_updated(ctx, model.state());
+  EXPECT_NO_THROW(checker.end_step(ctx, 0, 0));
+  model.state().values().data()[model.state().entries()[1].offset + 1] = std::nanf("");
+  checker.state_updated(ctx, model.state());
+  try {
+    checker.end_step(ctx, 4, 0);
+    FAIL() << "no error";
+  } catch (const NumericsError& e) {
+    EXPECT_EQ(e.check(), NumericsCheck::StateAfterStep);
+    EXPECT_EQ(e.layer(), "bn1");
+    EXPECT_NE(std::string(e.what()).find("at step 5 (epoch 1): state after the step of bn1.running_var"), std::string::npos)
+        << e.what();
+  }
 }
 
 TEST(BatchNormPlan, ATailSplitsAtGroupBoundaries) {
