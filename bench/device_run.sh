@@ -270,5 +270,45 @@ PY
       $B/tests/e2e/dptrain_e2e_tests --gtest_filter='OneCycleAvgPool.*' > "$OUT/sched_e2e.log" 2>&1; echo "e2e rc=$?"; grep -E "^\[  (PASSED|FAILED|SKIPPED) " "$OUT/sched_e2e.log"
       $B/dptrain train --device cuda --config configs/mnist_onecycle.yaml --no-progress --out /tmp/dr/onecycle > "$OUT/sched_onecycle.log" 2>&1
       echo "mnist_onecycle 1 epoch rc=$?"; grep -E "^epoch" "$OUT/sched_onecycle.log" ;;
+    bncheck)  # issue 23: a BatchNorm network trained on the GPU, its final.safetensors in PyTorch vs `dptrain eval`
+      $B/dptrain train --device cuda --config configs/mnist_bn.yaml --epochs ${BN_EPOCHS:-2} --out /tmp/dr/bn --no-progress > "$OUT/bncheck_train.log" 2>&1
+      echo "train rc=$?"; grep -E "^epoch|^done" "$OUT/bncheck_train.log"
+      python3 bench/pytorch_bn_check.py --run /tmp/dr/bn --dptrain $B/dptrain --data data/mnist | tee -a "$OUT/bncheck.jsonl"
+      echo "bncheck rc=${PIPESTATUS[0]}"
+      $B/dptrain inspect /tmp/dr/bn/final.safetensors | grep -E "bn1|tensors" | head -8
+      # Bitwise resume with BatchNorm on: 200 steps at once against 120 + 80 resumed (checkpoint every 40).
+      for r in whole cut; do rm -rf /tmp/dr/bn_$r; done
+      common=(--device cuda --config configs/mnist_bn.yaml --no-progress --set train.cudnn_benchmark=false --set checkpoint.every_steps=40)
+      $B/dptrain train "${common[@]}" --max-steps 200 --out /tmp/dr/bn_whole > "$OUT/bn_resume.log" 2>&1
+      $B/dptrain train "${common[@]}" --max-steps 120 --out /tmp/dr/bn_cut >> "$OUT/bn_resume.log" 2>&1
+      $B/dptrain train "${common[@]}" --max-steps 200 --out /tmp/dr/bn_cut --resume auto >> "$OUT/bn_resume.log" 2>&1
+      echo "resume runs rc=$?"
+      python3 - <<'PY'
+from safetensors.torch import load_file
+a, b = load_file('/tmp/dr/bn_whole/final.safetensors'), load_file('/tmp/dr/bn_cut/final.safetensors')
+same = sorted(a) == sorted(b) and all(bool((a[k] == b[k]).all()) for k in a)
+print('bn resume bitwise identical:', same, '; running stats:', [k for k in a if 'running' in k][:2])
+PY
+      # Ghost and sync statistics on 2 ranks sharing one GPU (--comm mpi), against the plain one-rank run (SGD, 50 steps).
+      for mode in "0" "1"; do
+        c2=(--device cuda --config configs/mnist_bn.yaml --no-progress --max-steps 50 --set "train.optimizer={type: sgd, lr: 0.01, momentum: 0.5}" --set "train.schedule={type: constant}" --set model.layers.1.sync=$mode --set model.layers.4.sync=$mode --set model.layers.10.sync=$mode)
+        $B/dptrain train "${c2[@]}" --out /tmp/dr/bn_sync$mode > "$OUT/bn_sync$mode.log" 2>&1; echo "sync=$mode 1 rank rc=$?"
+        mpirun -np 2 --oversubscribe $B/dptrain train "${c2[@]}" --comm mpi --out /tmp/dr/bn_sync${mode}_mpi >> "$OUT/bn_sync$mode.log" 2>&1; echo "sync=$mode 2 ranks --comm mpi rc=$?"
+      done
+      python3 - <<'PY'
+from safetensors.torch import load_file
+for mode in ('0', '1'):
+    a, b = load_file('/tmp/dr/bn_sync%s/final.safetensors' % mode), load_file('/tmp/dr/bn_sync%s_mpi/final.safetensors' % mode)
+    rel = max(float((a[k].double() - b[k].double()).abs().max() / (a[k].double().abs().max() + 1e-12)) for k in a)
+    print('sync=%s 2 ranks --comm mpi vs 1 rank: max relative difference %.3g' % (mode, rel))
+PY
+      ;;
+    bnbench)  # issue 23: the BatchNorm network's step time beside PyTorch's (eager and CUDA graph), same call
+      for t in float32 tf32; do
+        echo -n "dptrain mnist_bn $t: "; bench_rate bnbench.jsonl $B/dptrain bench --config configs/mnist_bn.yaml --device cuda --steps 400 --set train.precision=$t
+        echo -n "dptrain mnist_cnn $t: "; bench_rate bnbench.jsonl $B/dptrain bench --config configs/mnist_cnn.yaml --device cuda --steps 400 --set train.precision=$t
+      done
+      timeout 500 python3 bench/pytorch_reference.py --net mnist_bn --mode resident --mode graph --precision float32 tf32 --steps 200 --warmup 20 |
+        tee -a "$OUT/bnbench.jsonl" | python3 -c "import json,sys; [print('pytorch', r['config'], r['mode'], r['precision'], r['ms_per_step'], r['images_per_second']) for r in map(json.loads, sys.stdin)]" ;;
   esac
 done

@@ -12,8 +12,11 @@ Modes:
               user writes, and the fair peer of dptrain's graph-replayed step
   cpu       - the same step on the CPU with --threads threads
 
---net mnist_cnn (default: examples/mnist, Adadelta) or lenet5 (configs/lenet5.yaml: SGD with
-Nesterov momentum and weight decay); --precision tf32 allows TF32 in cuDNN and cuBLAS.
+--net mnist_cnn (default: examples/mnist, Adadelta), lenet5 (configs/lenet5.yaml: SGD with
+Nesterov momentum and weight decay) or mnist_bn (configs/mnist_bn.yaml: examples/mnist with
+BatchNorm after each convolution and fc1, Adadelta; PyTorch's BatchNorm normalises the whole batch,
+dptrain's config ghost groups of 32: the same work per element); --precision tf32 allows TF32 in
+cuDNN and cuBLAS.
 
   python3 bench/pytorch_reference.py --data data/mnist --mode resident --mode graph --batch 1024
 """
@@ -76,7 +79,39 @@ class LeNet5(nn.Module):
         return F.log_softmax(self.fc3(x), dim=1)
 
 
+class MnistBN(nn.Module):
+    """configs/mnist_bn.yaml: examples/mnist's Net with BatchNorm2d after conv1 and conv2 and
+    BatchNorm1d after fc1; attribute names are dptrain's layer names, so its final.safetensors
+    loads with load_state_dict unchanged (bench/pytorch_bn_check.py)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 3, 1)
+        self.bn1 = nn.BatchNorm2d(32)
+        self.conv2 = nn.Conv2d(32, 64, 3, 1)
+        self.bn2 = nn.BatchNorm2d(64)
+        self.dropout1 = nn.Dropout(0.25)
+        self.dropout2 = nn.Dropout(0.5)
+        self.fc1 = nn.Linear(9216, 128)
+        self.bn3 = nn.BatchNorm1d(128)
+        self.fc2 = nn.Linear(128, 10)
+
+    def forward(self, x):
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        x = F.max_pool2d(x, 2)
+        x = self.dropout1(x)
+        x = torch.flatten(x, 1)
+        x = F.relu(self.bn3(self.fc1(x)))
+        x = self.dropout2(x)
+        x = self.fc2(x)
+        return F.log_softmax(x, dim=1)
+
+
 def make_model(args, device, capturable=False):
+    if args.net == "mnist_bn":
+        model = MnistBN().to(device)
+        return model, torch.optim.Adadelta(model.parameters(), lr=1.0, capturable=capturable)
     if args.net == "lenet5":
         model = LeNet5().to(device)
         return model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
@@ -224,7 +259,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default="data/mnist")
     p.add_argument("--mode", choices=["examples", "resident", "graph", "cpu"], action="append")
-    p.add_argument("--net", choices=["mnist_cnn", "lenet5"], default="mnist_cnn")
+    p.add_argument("--net", choices=["mnist_cnn", "lenet5", "mnist_bn"], default="mnist_cnn")
     p.add_argument("--precision", choices=["float32", "tf32"], nargs="+", default=["float32"])
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--warmup", type=int, default=30)

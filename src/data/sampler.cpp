@@ -18,7 +18,9 @@ std::vector<uint32_t> epoch_permutation(uint64_t seed, uint32_t epoch, uint32_t 
   return order;
 }
 
-BatchPlan::BatchPlan(int64_t n, int global_batch, int ranks) : n_(n), batch_(global_batch), ranks_(ranks) {
+BatchPlan::BatchPlan(int64_t n, int global_batch, int ranks, int align)
+    : n_(n), batch_(global_batch), ranks_(ranks), align_(align) {
+  if (align <= 0) throw std::logic_error("BatchPlan: align must be > 0");
   if (global_batch <= 0) throw InputError("train.batch_size", "must be > 0");
   if (ranks <= 0) throw std::logic_error("BatchPlan: ranks must be > 0");
   if (global_batch % ranks != 0)
@@ -33,6 +35,15 @@ int64_t BatchPlan::global_batch_size(int64_t step) const {
 
 BatchPlan::Shard BatchPlan::shard(int64_t step, int rank) const {
   const int64_t size = global_batch_size(step);
+  if (align_ > 1 && size < batch_) {
+    // The tail in units of align_ samples (the last one short), split as evenly as possible.
+    const int64_t units = (size + align_ - 1) / align_;
+    const int64_t base = units / ranks_, extra = units % ranks_;
+    const int64_t first = rank * base + std::min<int64_t>(rank, extra);
+    const int64_t last = first + base + (rank < extra ? 1 : 0);
+    const int64_t begin = std::min(first * align_, size), end = std::min(last * align_, size);
+    return {step * batch_ + begin, static_cast<int>(end - begin)};
+  }
   const int64_t base = size / ranks_, extra = size % ranks_;
   const int64_t offset = rank * base + std::min<int64_t>(rank, extra);
   return {step * batch_ + offset, static_cast<int>(base + (rank < extra ? 1 : 0))};

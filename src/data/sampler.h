@@ -20,15 +20,18 @@ std::vector<uint32_t> epoch_permutation(uint64_t seed, uint32_t epoch, uint32_t 
 class BatchPlan {
  public:
   /// An epoch of n samples in global batches of global_batch, split over `ranks`. InputError if
-  /// the batch is not positive or does not divide over the ranks.
-  BatchPlan(int64_t n, int global_batch, int ranks);
+  /// the batch is not positive or does not divide over the ranks. `align` > 1 (batchnorm's ghost
+  /// groups): a short tail batch splits at multiples of `align` (so each rank's part starts on a
+  /// group boundary; the caller makes sure full batches' shards are multiples of it).
+  BatchPlan(int64_t n, int global_batch, int ranks, int align = 1);
 
   /// ceil(n / global_batch): the last batch may be short, as PyTorch's DataLoader (drop_last=False).
   int64_t steps_per_epoch() const { return (n_ + batch_ - 1) / batch_; }
   int64_t global_batch_size(int64_t step) const;
 
   /// Epoch positions [first, first + count) of global batch `step` that `rank` processes. Full
-  /// batches split evenly; a short tail splits as evenly as possible, lower ranks taking the extra.
+  /// batches split evenly; a short tail splits as evenly as possible, lower ranks taking the extra
+  /// (in units of `align` samples, the last unit possibly short; a rank may then get none).
   struct Shard {
     int64_t first = 0;
     int count = 0;
@@ -39,6 +42,7 @@ class BatchPlan {
   int64_t n_;
   int batch_;
   int ranks_;
+  int align_ = 1;
 };
 
 /// Samples at epoch positions [first, first + count) of `order`, normalised as

@@ -3,6 +3,8 @@
 #include "io/checkpoint_format.h"
 
 #include <charconv>
+#include <cmath>
+#include <deque>
 #include <map>
 #include <stdexcept>
 #include <utility>
@@ -21,10 +23,22 @@ constexpr std::string_view kOptimizerPrefix = "optimizer.";
 // ---------------------------------------------------------------------------------------------
 // Writing
 
-/// Byte views of the tensors; safetensors_layout checks each size against its shape.
-std::vector<TensorRef> to_refs(const std::vector<NamedTensor>& tensors) {
+/// Byte views of the tensors; safetensors_layout checks each size against its shape. An integer
+/// tensor's values are converted to I64 in `integers` (which must outlive the views).
+std::vector<TensorRef> to_refs(const std::vector<NamedTensor>& tensors, std::deque<std::vector<int64_t>>& integers) {
   std::vector<TensorRef> refs;
   for (const NamedTensor& t : tensors) {
+    if (t.integer) {
+      std::vector<int64_t>& v = integers.emplace_back();
+      for (float x : t.values) {
+        if (!(x >= 0.0f && x < 9.2e18f && x == std::floor(x)))
+          throw std::invalid_argument("integer tensor '" + t.name + "' holds " + std::to_string(x));
+        v.push_back(static_cast<int64_t>(x));
+      }
+      refs.push_back({t.name, "I64", t.shape,
+                      std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(v.data()), v.size() * sizeof(int64_t))});
+      continue;
+    }
     refs.push_back({t.name, "F32", t.shape,
                     std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(t.values.data()), t.values.size_bytes())});
   }
@@ -96,8 +110,9 @@ std::vector<uint8_t> serialize_checkpoint(const std::vector<NamedTensor>& model,
       throw std::invalid_argument("optimizer tensor '" + t.name + "' does not start with 'optimizer.'");
     }
   }
-  std::vector<TensorRef> refs = to_refs(model);
-  const std::vector<TensorRef> optimizer_refs = to_refs(optimizer_state);
+  std::deque<std::vector<int64_t>> integers;
+  std::vector<TensorRef> refs = to_refs(model, integers);
+  const std::vector<TensorRef> optimizer_refs = to_refs(optimizer_state, integers);
   refs.insert(refs.end(), optimizer_refs.begin(), optimizer_refs.end());
   std::map<std::string, std::string> metadata = checkpoint_metadata(state);
   add_checksums(refs, metadata);
@@ -110,7 +125,8 @@ void save_checkpoint(const std::string& path, const std::vector<NamedTensor>& mo
 }
 
 void save_weights(const std::string& path, const std::vector<NamedTensor>& model, const std::string& config_yaml) {
-  const std::vector<TensorRef> refs = to_refs(model);
+  std::deque<std::vector<int64_t>> integers;
+  const std::vector<TensorRef> refs = to_refs(model, integers);
   std::map<std::string, std::string> metadata = {{"format", std::string(kWeightsFormat)},
                                                  {"format_version", std::string(kFormatVersion)},
                                                  {"dptrain_version", std::string(kDptrainVersion)},

@@ -3,7 +3,8 @@
 //
 // A checkpoint is a safetensors file (io/safetensors.h): model tensors under their state_dict
 // names ("conv1.weight"), optimizer state under "optimizer.<param>.<slot>"
-// ("optimizer.conv1.weight.square_avg"), all F32, and string metadata:
+// ("optimizer.conv1.weight.square_avg"), all F32 except state counters (batchnorm's
+// "<name>.num_batches_tracked", I64 as in PyTorch's state_dict), and string metadata:
 //   format="dptrain-checkpoint", format_version="1", dptrain_version, config (resolved YAML),
 //   epoch, global_step, samples_in_epoch, seed, world_size, scheduler (JSON object text),
 //   best_test_accuracy (%.17g), epoch_metrics (JSON object text), and three checksums (lower-case hex SHA-256):
@@ -56,11 +57,20 @@ struct CheckpointState {
   friend bool operator==(const CheckpointState&, const CheckpointState&) = default;
 };
 
+/// Elements of a tensor of `shape` (1 for a scalar's []).
+inline int64_t element_count_of(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
 /// Host copy of one tensor to save: `values` holds element_count(shape) floats, row-major.
 struct NamedTensor {
   std::string name;
   std::vector<int64_t> shape;
   std::span<const float> values;
+  /// Whole numbers written as I64 (batchnorm's num_batches_tracked, as PyTorch stores it).
+  bool integer = false;
 };
 
 /// "optimizer.<param>.<slot>"
@@ -83,13 +93,20 @@ struct LoadedCheckpoint {
   std::string dptrain_version;  ///< of the writer
   SafeTensorsFile file;         ///< validated; model and optimizer tensors
 
-  /// F32 values of `name`; InputError(path, "tensor 'name' is missing / has shape ...").
+  /// F32 values of `name` (an I64 state counter converted); InputError(path, "tensor 'name' is
+  /// missing / has shape ...").
   std::vector<float> tensor(std::string_view name, const std::vector<int64_t>& expected_shape) const {
-    return file.f32(name, expected_shape);
+    std::vector<float> values(static_cast<size_t>(element_count_of(expected_shape)));
+    file.copy_f32_or_i64(name, expected_shape, values);
+    return values;
   }
   /// As tensor(), into `out` (element_count(expected_shape) floats).
   void copy_tensor(std::string_view name, const std::vector<int64_t>& expected_shape, std::span<float> out) const {
     file.copy_f32(name, expected_shape, out);
+  }
+  /// As copy_tensor(), also accepting an I64 tensor (a state counter), converted.
+  void copy_state_tensor(std::string_view name, const std::vector<int64_t>& expected_shape, std::span<float> out) const {
+    file.copy_f32_or_i64(name, expected_shape, out);
   }
   /// InputError(path, ...) naming the first tensor the file lacks or has beyond `expected` (e.g.
   /// a checkpoint of another model or optimizer).
@@ -112,10 +129,15 @@ struct LoadedWeights {
   SafeTensorsFile file;  ///< model tensors only
 
   std::vector<float> tensor(std::string_view name, const std::vector<int64_t>& expected_shape) const {
-    return file.f32(name, expected_shape);
+    std::vector<float> values(static_cast<size_t>(element_count_of(expected_shape)));
+    file.copy_f32_or_i64(name, expected_shape, values);
+    return values;
   }
   void copy_tensor(std::string_view name, const std::vector<int64_t>& expected_shape, std::span<float> out) const {
     file.copy_f32(name, expected_shape, out);
+  }
+  void copy_state_tensor(std::string_view name, const std::vector<int64_t>& expected_shape, std::span<float> out) const {
+    file.copy_f32_or_i64(name, expected_shape, out);
   }
   void check_tensor_names(const std::vector<std::string>& expected) const;
 };

@@ -136,7 +136,10 @@ void check_format(const SafeTensorsFile& file, std::string_view format) {
   required(file.metadata, "dptrain_version", file.source);
   required(file.metadata, "config", file.source);
   for (const SafeTensor& t : file.tensors) {
-    if (t.dtype != "F32") throw InputError(file.source, "tensor '" + escape_control_chars(t.name) + "' has dtype " + t.dtype + ", expected F32");
+    // I64 only for state counters (batchnorm's num_batches_tracked, as PyTorch saves it).
+    const bool counter = t.dtype == "I64" && t.name.ends_with(".num_batches_tracked");
+    if (t.dtype != "F32" && !counter)
+      throw InputError(file.source, "tensor '" + escape_control_chars(t.name) + "' has dtype " + t.dtype + ", expected F32");
   }
 }
 

@@ -25,6 +25,13 @@ struct LayerConfig {
   int padding = 0;       ///< conv2d, maxpool2d
   int out_features = 0;  ///< linear
   double p = 0.0;        ///< dropout probability of zeroing
+  // batchnorm2d, batchnorm1d. Unlike the fields above, an absent key takes the initialiser here
+  // (PyTorch's defaults), so an explicit 0 keeps its meaning: momentum 0 freezes the running
+  // statistics; eps, group_size <= 0 are errors of the shape rule.
+  double momentum = 0.1;  ///< running = (1 - momentum) * running + momentum * batch statistic
+  double eps = 1e-5;      ///< added to the variance before its square root
+  int group_size = 32;    ///< ghost-batch size: samples per group of statistics (sync: 0)
+  int sync = 0;           ///< 1: statistics over the whole global batch, all-reduced in forward
 };
 
 /// model.num_classes is in 2..kMaxClasses (ImageNet's 1000; the loss kernels are tested up to it).

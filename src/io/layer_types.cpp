@@ -60,6 +60,20 @@ LayerShape avgpool2d_shape(const LayerConfig& c, Dims in) {
 
 // nn.AdaptiveAvgPool2d(1): the mean of each channel's plane.
 LayerShape global_avgpool_shape(const LayerConfig&, Dims in) { return {Dims{in.c, 1, 1}, {}}; }
+LayerShape batchnorm_shape(const LayerConfig& c, Dims in, bool one_d) {
+  if (one_d && (in.h != 1 || in.w != 1))
+    return {{}, "batchnorm1d normalises features (Cx1x1, after a linear layer), but its input is " + to_string(in) +
+                    " (use batchnorm2d after a convolution)"};
+  if (!(c.momentum >= 0.0 && c.momentum <= 1.0)) return {{}, "momentum must be in [0, 1]"};
+  if (!(c.eps > 0.0)) return {{}, "eps must be > 0"};
+  if (c.sync != 0 && c.sync != 1) return {{}, "sync must be 0 (ghost batches of group_size) or 1 (whole global batch)"};
+  if (c.sync == 0 && c.group_size <= 0) return {{}, "group_size must be > 0 (or set sync: 1)"};
+  if (c.sync == 0 && one_d && c.group_size < 2)
+    return {{}, "group_size must be >= 2: a group of one sample has one value per feature and no variance"};
+  return {in, {}};
+}
+LayerShape batchnorm2d_shape(const LayerConfig& c, Dims in) { return batchnorm_shape(c, in, false); }
+LayerShape batchnorm1d_shape(const LayerConfig& c, Dims in) { return batchnorm_shape(c, in, true); }
 
 constexpr LayerField kConv2dFields[] = {
     {.key = "out_channels", .int_member = &LayerConfig::out_channels},
@@ -84,6 +98,14 @@ constexpr LayerField kLinearFields[] = {
     {.key = "out_features", .int_member = &LayerConfig::out_features},
 };
 
+// Float fields' absent value is the LayerConfig initialiser (0.1, 1e-5): see io/config.h.
+constexpr LayerField kBatchNormFields[] = {
+    {.key = "momentum", .float_member = &LayerConfig::momentum},
+    {.key = "eps", .float_member = &LayerConfig::eps},
+    {.key = "group_size", .int_member = &LayerConfig::group_size},
+    {.key = "sync", .int_member = &LayerConfig::sync},
+};
+
 constexpr LayerType kLayerTypes[] = {
     {"conv2d", kConv2dFields, conv2d_shape, "square-kernel 2-D convolution with bias (nn.Conv2d)"},
     {"relu", {}, relu_shape, "max(x, 0), element by element"},
@@ -94,6 +116,10 @@ constexpr LayerType kLayerTypes[] = {
     {"avgpool2d", kAvgPool2dFields, avgpool2d_shape,
      "square-window average pooling, padding counted as zeros (nn.AvgPool2d)"},
     {"global_avgpool", {}, global_avgpool_shape, "the mean of each channel's plane, C x 1 x 1 (nn.AdaptiveAvgPool2d(1))"},
+    {"batchnorm2d", kBatchNormFields, batchnorm2d_shape,
+     "per-channel batch normalisation over ghost groups or the global batch (nn.BatchNorm2d)"},
+    {"batchnorm1d", kBatchNormFields, batchnorm1d_shape,
+     "per-feature batch normalisation of Cx1x1 inputs (nn.BatchNorm1d)"},
 };
 
 }  // namespace

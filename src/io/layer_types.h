@@ -35,11 +35,13 @@ struct LayerField {
   std::string_view key;
   int LayerConfig::*int_member = nullptr;       ///< an integer (written as one)
   double LayerConfig::*float_member = nullptr;  ///< a number (written as its shortest form)
-  /// The default: what the value 0 (also the value of an absent key) stands for. 0 stays 0 (the
+  /// Integer fields' default: what the value 0 (also the value of an absent key) stands for. 0 stays 0 (the
   /// shape rule then decides whether 0 is allowed) unless zero_means is set, or zero_means_field
   /// names another field of the same type whose value it takes (maxpool2d's stride = kernel).
   int zero_means = 0;
   std::string_view zero_means_field = {};
+  // A field whose 0 is a legitimate value (batchnorm's momentum, sync) or whose default is not an
+  // integer (eps) leaves zero_means at 0: its absent key keeps the LayerConfig member's initialiser.
 };
 
 /// A layer's output shape for one input shape, or the problem that makes the config or the input

@@ -229,11 +229,12 @@ namespace {
 
 /// The tensor `name` if it is F32 and shaped `expected_shape`; InputError(source, ...) otherwise.
 const SafeTensor& checked_f32(const SafeTensorsFile& file, std::string_view name,
-                              const std::vector<int64_t>& expected_shape) {
+                              const std::vector<int64_t>& expected_shape, bool allow_i64 = false) {
   const SafeTensor* t = file.find(name);
   const std::string label = "tensor '" + std::string(name) + "'";
   if (t == nullptr) throw InputError(file.source, label + " is missing");
-  if (t->dtype != "F32") throw InputError(file.source, label + " has dtype " + t->dtype + ", expected F32");
+  if (t->dtype != "F32" && !(allow_i64 && t->dtype == "I64"))
+    throw InputError(file.source, label + " has dtype " + t->dtype + (allow_i64 ? ", expected I64 or F32" : ", expected F32"));
   if (t->shape != expected_shape) {
     throw InputError(file.source, label + " has shape " + shape_to_string(t->shape) + ", expected " +
                                       shape_to_string(expected_shape));
@@ -251,6 +252,20 @@ void SafeTensorsFile::copy_f32(std::string_view name, const std::vector<int64_t>
                                 t.name + "' of " + std::to_string(t.data.size() / sizeof(float)));
   }
   if (!out.empty()) std::memcpy(out.data(), t.data.data(), t.data.size());
+}
+
+void SafeTensorsFile::copy_f32_or_i64(std::string_view name, const std::vector<int64_t>& expected_shape,
+                                      std::span<float> out) const {
+  const SafeTensor& t = checked_f32(*this, name, expected_shape, true);
+  if (t.dtype == "F32") return copy_f32(name, expected_shape, out);
+  if (out.size() * sizeof(int64_t) != t.data.size())
+    throw std::invalid_argument("copy_f32_or_i64: output of " + std::to_string(out.size()) + " values for tensor '" +
+                                t.name + "' of " + std::to_string(t.data.size() / sizeof(int64_t)));
+  for (size_t i = 0; i < out.size(); ++i) {
+    int64_t v = 0;
+    std::memcpy(&v, t.data.data() + i * sizeof(int64_t), sizeof v);
+    out[i] = static_cast<float>(v);
+  }
 }
 
 std::vector<float> SafeTensorsFile::f32(std::string_view name, const std::vector<int64_t>& expected_shape) const {

@@ -73,6 +73,8 @@ struct SafeTensorsFile {
   std::vector<float> f32(std::string_view name, const std::vector<int64_t>& expected_shape) const;
   /// As f32(), into `out` (whose size must be the element count) without allocating.
   void copy_f32(std::string_view name, const std::vector<int64_t>& expected_shape, std::span<float> out) const;
+  /// As copy_f32(), also accepting an I64 tensor, whose values are converted to float.
+  void copy_f32_or_i64(std::string_view name, const std::vector<int64_t>& expected_shape, std::span<float> out) const;
 };
 
 /// The canonical header JSON (unpadded) for a table and metadata: "__metadata__" first (omitted

@@ -21,6 +21,7 @@
 #include "core/device_context.h"
 #include "core/step_state.h"
 #include "core/tensor.h"
+#include "layers/cross_rank_sum.h"
 
 namespace dptrain {
 
@@ -30,6 +31,21 @@ enum class Phase { Train, Eval };
 enum class ParamInit {
   KaimingUniform,  ///< weights: kaiming_uniform_(a=sqrt(5)), i.e. U(+-1/sqrt(fan_in))
   FanInUniform,    ///< biases: U(+-1/sqrt(fan_in))
+  Ones,            ///< batchnorm weight, running_var
+  Zeros,           ///< batchnorm bias, running_mean, num_batches_tracked
+};
+
+/// A state tensor the layer keeps beside its parameters (PyTorch's buffers: batchnorm's running
+/// statistics): saved in checkpoints and final.safetensors under "<layer name>.<suffix>", carried
+/// by resume and inspect, but never a parameter: no gradient, no optimizer update, no weight decay.
+/// The model lays them out in one flat state buffer (model/state_store.h) and hands each layer its
+/// views through bind_state().
+struct StateSpec {
+  std::string suffix;  ///< e.g. "running_mean"
+  ParamShape shape;    ///< {} for a scalar (num_batches_tracked)
+  ParamInit init = ParamInit::Zeros;
+  /// Stored in files as I64 (PyTorch's num_batches_tracked); held as T here (exact below 2^24).
+  bool integer = false;
 };
 
 /// A parameter the layer needs; the model allocates it in the flat buffer in this order.
@@ -81,6 +97,29 @@ class Layer {
   virtual std::vector<ParamSpec> param_specs() const { return {}; }
   /// Receives the views of its parameters, one per param_specs() entry, same order.
   void bind(std::vector<ParamView<T>> params) { params_ = std::move(params); }
+
+  /// State tensors this layer keeps (StateSpec), in state_dict order after its parameters.
+  virtual std::vector<StateSpec> state_specs() const { return {}; }
+  /// Receives the views of its state, one per state_specs() entry, same order.
+  void bind_state(std::vector<std::span<T>> state) { state_ = std::move(state); }
+
+  /// Gives a layer that needs other ranks (batchnorm: global statistics) the way to sum over them.
+  /// Null, or one rank: this rank is the whole batch. Not owned. The model passes it on to every
+  /// layer (Model::set_cross_rank_sum).
+  virtual void set_cross_rank_sum(CrossRankSum* sum) { (void)sum; }
+
+  /// After a training step's backward and gradient exchange: fold the step's statistics into the
+  /// state (batchnorm: running mean and variance, all ranks together). Called on every rank, also
+  /// on one left without samples by a short tail batch (after idle_pass()).
+  virtual void end_train_step(DeviceContext& ctx) { (void)ctx; }
+
+  /// A rank without samples in this step joins what forward (forward = true) or backward would
+  /// have exchanged with the other ranks, contributing nothing. Layers that exchange nothing do
+  /// nothing.
+  virtual void idle_pass(DeviceContext& ctx, bool forward) {
+    (void)ctx;
+    (void)forward;
+  }
 
   /// Offers this layer the ReLU that follows it. A layer that takes it (on CUDA: convolutions and
   /// linear layers, as a fused epilogue) from then on outputs max(y, 0), and its backward receives
@@ -161,6 +200,7 @@ class Layer {
  protected:
   void set_output_dims(Dims d) { output_ = d; }
   std::vector<ParamView<T>>& params() { return params_; }
+  std::vector<std::span<T>>& state() { return state_; }
 
  private:
   std::string name_;
@@ -168,6 +208,7 @@ class Layer {
   Dims input_;
   Dims output_{};
   std::vector<ParamView<T>> params_;
+  std::vector<std::span<T>> state_;
 };
 
 }  // namespace dptrain

@@ -31,6 +31,8 @@ constexpr CpuMaker<T> kCpuMakers[] = {
     {"linear", make_linear_cpu<T>},
     {"avgpool2d", make_avgpool2d_cpu<T>},
     {"global_avgpool", make_global_avgpool_cpu<T>},
+    {"batchnorm2d", make_batchnorm2d_cpu<T>},
+    {"batchnorm1d", make_batchnorm1d_cpu<T>},
 };
 
 }  // namespace

@@ -4,6 +4,7 @@
 #include <string>
 #include <utility>
 
+#include "core/device_ops.h"
 #include "core/error.h"
 #include "layers/elementwise.h"
 #include "layers/layer_factory.h"
@@ -27,6 +28,15 @@ std::vector<ParamEntry> collect_params(const std::vector<std::unique_ptr<Layer<T
       entries.push_back(std::move(e));
     }
   }
+  return entries;
+}
+
+template <typename T>
+std::vector<StateEntry> collect_state(const std::vector<std::unique_ptr<Layer<T>>>& layers) {
+  std::vector<StateEntry> entries;
+  for (const auto& layer : layers)
+    for (const StateSpec& spec : layer->state_specs())
+      entries.push_back({layer->name() + "." + spec.suffix, spec.shape, 0, 0, spec.init, spec.integer, layer->index()});
   return entries;
 }
 
@@ -58,12 +68,16 @@ Model<T>::Model(const ModelConfig& config, DeviceContext& ctx, int max_batch, do
       if (layers_[applier(i)]->absorb_following_dropout(ctx, dropout->spec())) dropout->mark_absorbed();
 
   params_ = ParamStore<T>(ctx.device(), collect_params(layers_));
-  size_t entry = 0;
+  state_ = StateStore<T>(ctx.device(), collect_state(layers_));
+  size_t entry = 0, state_entry = 0;
   for (size_t i = 0; i < layers_.size(); ++i) {
     Layer<T>& layer = *layers_[i];
     std::vector<ParamView<T>> views;
     for (size_t k = 0; k < layer.param_specs().size(); ++k) views.push_back(params_.view(entry++));
     layer.bind(std::move(views));
+    std::vector<std::span<T>> state;
+    for (size_t k = 0; k < layer.state_specs().size(); ++k) state.push_back(state_.view(state_entry++));
+    layer.bind_state(std::move(state));
     layer.reserve(ctx, max_batch);
     // A view shares the buffers of the layer before it (the first layer's input is not ours).
     const bool view = i > 0 && layer.is_view();
@@ -154,6 +168,18 @@ void Model<T>::loss(DeviceContext& ctx, const int32_t* labels, T grad_scale, dou
     if (hook != nullptr && end > begin) hook->on_gradients_ready(ctx, begin, end);
   }
   ctx.join_side_work();
+  if (hook != nullptr) hook->on_backward_done(ctx);
+}
+
+template <typename T>
+void Model<T>::idle_step(DeviceContext& ctx, GradientHook* hook) {
+  zero_async(ctx, params_.grads().span());
+  for (auto& layer : layers_) layer->idle_pass(ctx, true);
+  for (size_t i = layers_.size(); i-- > 0;) {
+    layers_[i]->idle_pass(ctx, false);
+    const auto [begin, end] = grad_ranges_[i];
+    if (hook != nullptr && end > begin) hook->on_gradients_ready(ctx, begin, end);
+  }
   if (hook != nullptr) hook->on_backward_done(ctx);
 }
 

@@ -17,6 +17,7 @@
 #include "model/gradient_hook.h"
 #include "model/layer_observer.h"
 #include "model/param_store.h"
+#include "model/state_store.h"
 
 namespace dptrain {
 
@@ -31,6 +32,25 @@ class Model {
   const std::vector<std::unique_ptr<Layer<T>>>& layers() const { return layers_; }
   ParamStore<T>& params() { return params_; }
   const ParamStore<T>& params() const { return params_; }
+  /// State tensors beside the parameters (batchnorm's running statistics): saved, never optimised.
+  StateStore<T>& state() { return state_; }
+  const StateStore<T>& state() const { return state_; }
+
+  /// Gives every layer that exchanges values in forward or backward (batchnorm) the way to sum
+  /// over the ranks (null: one rank). Not owned.
+  void set_cross_rank_sum(CrossRankSum* sum) {
+    for (auto& layer : layers_) layer->set_cross_rank_sum(sum);
+  }
+  /// After a training step's backward and gradient exchange: each layer folds the step into its
+  /// state (Layer::end_train_step). Every rank calls it, in every training step.
+  void end_train_step(DeviceContext& ctx) {
+    for (auto& layer : layers_) layer->end_train_step(ctx);
+  }
+  /// A rank without samples in this step (a short tail batch): zero gradients, and the exchanges
+  /// a pass would make in the order it makes them: each layer's forward ones (Layer::idle_pass),
+  /// then per layer from the last, its backward ones and its gradients reported to `hook`, then
+  /// the hook's end of backward. So the ranks' collectives always pair up.
+  void idle_step(DeviceContext& ctx, GradientHook* hook);
   Dims input_dims() const { return input_; }
   int num_classes() const { return num_classes_; }
   int max_batch() const { return max_batch_; }
@@ -75,6 +95,7 @@ class Model {
   std::vector<std::unique_ptr<Layer<T>>> layers_;
   std::unique_ptr<SoftmaxCrossEntropy<T>> loss_;
   ParamStore<T> params_;
+  StateStore<T> state_;
   std::vector<size_t> owner_;         // owner_[i]: the layer whose buffers hold layer i's output (i, or before a view)
   std::vector<Buffer<T>> acts_;       // acts_[i]: output of layer i (empty for a view)
   std::vector<Buffer<T>> act_grads_;  // act_grads_[i]: dL/d(output of layer i)

@@ -48,6 +48,10 @@ void ParamStore<T>::initialize(uint64_t seed) {
   std::vector<T> host(values_.size(), T(0));
   for (size_t k = 0; k < entries_.size(); ++k) {
     const ParamEntry& e = entries_[k];
+    if (e.init == ParamInit::Ones || e.init == ParamInit::Zeros) {  // batchnorm's affine weight and bias
+      for (size_t i = 0; i < e.count; ++i) host[e.offset + i] = e.init == ParamInit::Ones ? T(1) : T(0);
+      continue;
+    }
     const std::vector<double> v = default_init_values(seed, static_cast<uint32_t>(k), e.count, e.fan_in);
     for (size_t i = 0; i < e.count; ++i) host[e.offset + i] = static_cast<T>(v[i]);
   }

@@ -18,6 +18,7 @@ const char* to_string(NumericsCheck check) {
     case NumericsCheck::InputGradient: return "gradient of input";
     case NumericsCheck::WeightGradient: return "weight gradient";
     case NumericsCheck::ParametersAfterUpdate: return "parameters after update";
+    case NumericsCheck::StateAfterStep: return "state after the step";
   }
   return "value";
 }
@@ -33,7 +34,8 @@ std::string describe(const Layer<float>& layer) {
 
 NumericsChecker::NumericsChecker(DeviceContext& ctx, const Model<float>& model) : model_(model) {
   // Per layer: forward output, input gradient, weight gradient; per tensor: after update; the loss.
-  const size_t capacity = 3 * model.layers().size() + model.params().entries().size() + 1;
+  const size_t capacity =
+      3 * model.layers().size() + model.params().entries().size() + model.state().entries().size() + 1;
   flags_ = Buffer<int32_t>(ctx.device(), capacity);
   flags_.zero();
   host_flags_.assign(capacity, 0);
@@ -83,6 +85,15 @@ void NumericsChecker::parameters_updated(DeviceContext& ctx, const ParamStore<fl
     const Layer<float>& layer = *model_.layers()[static_cast<size_t>(entries[k].layer)];
     const size_t s = slot(NumericsCheck::ParametersAfterUpdate, k, layer.name(), entries[k].name + " in " + describe(layer));
     check(ctx, s, params.values().span().subspan(entries[k].offset, entries[k].count));
+  }
+}
+
+void NumericsChecker::state_updated(DeviceContext& ctx, const StateStore<float>& state) {
+  const auto& entries = state.entries();
+  for (size_t k = 0; k < entries.size(); ++k) {
+    const Layer<float>& layer = *model_.layers()[static_cast<size_t>(entries[k].layer)];
+    const size_t s = slot(NumericsCheck::StateAfterStep, k, layer.name(), entries[k].name + " in " + describe(layer));
+    check(ctx, s, state.values().span().subspan(entries[k].offset, entries[k].count));
   }
 }
 

@@ -1,6 +1,6 @@
 // NumericsChecker: the --check-numerics debug mode (train.check_numerics). It checks, in execution
 // order, every layer's forward output, the loss, every layer's input gradient and gradient slice,
-// and every parameter tensor after the optimizer, and at the step's end reports the FIRST
+// and every parameter tensor after the optimizer (then every state tensor), and at the step's end reports the FIRST
 // non-finite (NaN or Inf) one as a NumericsError naming the step, the layer and the quantity.
 //
 // Each check point owns one slot of a small int array in the context's memory, assigned the first
@@ -25,9 +25,10 @@
 namespace dptrain {
 
 /// What was non-finite, in the order a step computes them.
-enum class NumericsCheck { ForwardOutput, Loss, InputGradient, WeightGradient, ParametersAfterUpdate };
+enum class NumericsCheck { ForwardOutput, Loss, InputGradient, WeightGradient, ParametersAfterUpdate, StateAfterStep };
 
-/// "forward output", "loss", "gradient of input", "weight gradient", "parameters after update".
+/// "forward output", "loss", "gradient of input", "weight gradient", "parameters after update",
+/// "state after the step".
 const char* to_string(NumericsCheck check);
 
 /// A numerical blow-up during training: a failure of the run (exit status 1), not bad input.
@@ -58,6 +59,8 @@ class NumericsChecker final : public LayerObserver<float> {
                      std::span<const float> grads) override;
   /// Checks each parameter tensor after the optimizer's update (queued after it).
   void parameters_updated(DeviceContext& ctx, const ParamStore<float>& params);
+  /// Checks each state tensor (batchnorm's running statistics) after the step moved it.
+  void state_updated(DeviceContext& ctx, const StateStore<float>& state);
 
   /// Throws NumericsError for the first flagged check of the step that just ran (`global_step`
   /// and `epoch` counted from 0, as the trainer does). Waits for the device. A step without a

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <numeric>
 #include <optional>
 #include <string>
 
@@ -64,6 +65,37 @@ cudaStream_t compute_stream(DeviceContext&) { return nullptr; }
 uint64_t workspace_generation(DeviceContext&) { throw_built_without_cuda(); }
 #endif
 
+/// Batchnorm's exchanges over the trainer's communicator (layers/cross_rank_sum.h), queued on the
+/// compute stream: NCCL's in-stream all-reduce (capturable), MPI's reduce-then-broadcast.
+class CommCrossRankSum final : public CrossRankSum {
+ public:
+  explicit CommCrossRankSum(Communicator& comm) : comm_(comm) {}
+  int ranks() const override { return comm_.size(); }
+  void sum(DeviceContext& ctx, std::span<float> data) override { comm_.all_reduce_sum(data, compute_stream(ctx)); }
+
+ private:
+  Communicator& comm_;
+};
+
+/// The unit a short tail batch splits in (BatchPlan's align): the least common multiple of the
+/// ghost batchnorm layers' group sizes (1 without). InputError naming the layer when the per-rank
+/// batch is not a multiple of its group, since a rank's groups must be the groups one rank forms.
+int ghost_batch_alignment(const ModelConfig& model, int per_rank_batch) {
+  int align = 1;
+  for (size_t i = 0; i < model.layers.size(); ++i) {
+    const LayerConfig& l = model.layers[i];
+    if ((l.type != "batchnorm2d" && l.type != "batchnorm1d") || l.sync != 0 || l.group_size <= 0) continue;
+    if (per_rank_batch % l.group_size != 0)
+      throw InputError("model.layers[" + std::to_string(i) + "] (" + l.name + ")",
+                       "the per-rank batch " + std::to_string(per_rank_batch) + " is not a multiple of group_size " +
+                           std::to_string(l.group_size) + ": set group_size to a divisor of " +
+                           std::to_string(per_rank_batch) + ", train.batch_size to a multiple of group_size x ranks, "
+                           "or sync: 1");
+    align = std::lcm(align, l.group_size);
+  }
+  return align;
+}
+
 int resolve_global_batch(const TrainConfig& t, int ranks) {
   if (t.batch_per_rank > 0) return t.batch_per_rank * ranks;
   if (t.batch_size % ranks != 0)
@@ -83,7 +115,8 @@ Trainer::Trainer(const Config& config, const TrainOptions& options, const MnistD
   check_labels(data_.test, config_.model.num_classes);
   check_image_size(data_.train, config_.model.input);
   check_image_size(data_.test, config_.model.input);
-  plan_ = std::make_unique<BatchPlan>(data_.train.count, global_batch_, comm_.size());
+  plan_ = std::make_unique<BatchPlan>(data_.train.count, global_batch_, comm_.size(),
+                                      ghost_batch_alignment(config_.model, global_batch_ / comm_.size()));
   steps_per_epoch_ = plan_->steps_per_epoch();
   const int local_batch = (global_batch_ + comm_.size() - 1) / comm_.size();
   const int eval_batch = comm_.rank() == 0 ? config_.train.eval_batch_size : 0;
@@ -110,7 +143,7 @@ Trainer::Trainer(const Config& config, const TrainOptions& options, const MnistD
   if (options_.resume != nullptr) {
     divergence_->set_last_checkpoint(options_.resume->state.global_step, options_.resume->path);
     // Every rank reads the same validated file: an identical start without a broadcast.
-    restore_train_state(*options_.resume, ctx_, model_->params(), *optimizer_);
+    restore_train_state(*options_.resume, ctx_, model_->params(), model_->state(), *optimizer_);
     best_accuracy_ = options_.resume->state.best_test_accuracy;
   } else {
     // Identical start on every rank: rank 0's initial parameters (from the seed) are broadcast.
@@ -119,6 +152,10 @@ Trainer::Trainer(const Config& config, const TrainOptions& options, const MnistD
   }
   attach_observer();
   compose_gradient_hook();
+  if (comm_.size() > 1) {
+    cross_rank_sum_ = std::make_unique<CommCrossRankSum>(comm_);
+    model_->set_cross_rank_sum(cross_rank_sum_.get());
+  }
 }
 
 Trainer::~Trainer() = default;
@@ -167,9 +204,17 @@ void Trainer::compose_gradient_hook() {
   ParamStore<float>& params = model_->params();
   // Several ranks sum their gradients (the reducer needs the model's gradient buffer: built here,
   // after the model).
+  // Sync batchnorm sums over the ranks in backward, on the compute stream: with buckets all-reduced
+  // during backward on the exchange's stream, two collectives of one NCCL communicator could be in
+  // flight on two streams at once, which NCCL does not promise to order. Then the exchange waits
+  // for the end of backward (one all-reduce), and every collective is serialised on the GPU.
+  bool sync_batchnorm = false;
+  for (const LayerConfig& l : config_.model.layers)
+    sync_batchnorm |= (l.type == "batchnorm2d" || l.type == "batchnorm1d") && l.sync == 1;
+  const bool overlap = config_.comm.overlap && !(sync_batchnorm && ctx_.on_cuda());
   if (comm_.size() > 1)
     reducer_ = std::make_unique<GradientReducer>(comm_, ctx_, params.grads().span(),
-                                                 GradientReducerOptions{config_.comm.bucket_mb, config_.comm.overlap});
+                                                 GradientReducerOptions{config_.comm.bucket_mb, overlap});
   gradient_hook_ = reducer_.get();
   // The profiler wraps the exchange (or nothing): its marks around the exchange's end time the
   // communication the optimizer waits for.
@@ -237,17 +282,17 @@ void Trainer::run_step(const StepInfo& info, int count, float grad_scale) {
   // The hook's end of backward queued the wait for the exchange: the optimizer reads summed gradients.
   if (!updates_during_backward_)
     optimizer_->step(ctx_, params.values().span(), params.grads().span(), &ctx_.step()->scalars);
+  // Batchnorm's running statistics (all ranks' groups together): state, not a parameter update.
+  model_->end_train_step(ctx_);
   if (profiler_) profiler_->optimizer_done(ctx_);
   if (numerics_) numerics_->parameters_updated(ctx_, params);
+  if (numerics_) numerics_->state_updated(ctx_, model_->state());
 }
 
 void Trainer::report_idle_gradients() {
   // Only on several ranks (one rank's shard is the whole batch), so the hook is never the update.
-  ParamStore<float>& params = model_->params();
-  zero_async(ctx_, params.grads().span());
-  if (gradient_hook_ == nullptr) return;
-  gradient_hook_->on_gradients_ready(ctx_, 0, params.size());
-  gradient_hook_->on_backward_done(ctx_);
+  // Zero gradients, reported layer by layer as backward would, with batchnorm's exchanges between.
+  model_->idle_step(ctx_, gradient_hook_);
 }
 
 void Trainer::wait_for_device() {
@@ -320,7 +365,7 @@ std::string Trainer::save_checkpoint(const Position& at, const EpochStats& stats
   if (comm_.rank() == 0) {
     // Never a checkpoint of a diverged run: its loss (read here anyway), then its values.
     if (samples > 0) check_training_loss(loss_sum / samples, at.global_step, at.epoch + 1);
-    const TrainStateSnapshot snapshot(ctx_, model_->params(), *optimizer_);
+    const TrainStateSnapshot snapshot(ctx_, model_->params(), model_->state(), *optimizer_);
     divergence_->require_finite(snapshot.model(), at.global_step, "checkpoint");
     divergence_->require_finite(snapshot.optimizer(), at.global_step, "checkpoint");
     CheckpointState state;
@@ -437,6 +482,10 @@ void Trainer::write_weights(int64_t global_step) {
   std::vector<NamedTensor> tensors;
   for (const ParamEntry& e : params.entries())
     tensors.push_back({e.name, e.shape, std::span<const float>(host).subspan(e.offset, e.count)});
+  const StateStore<float>& state = model_->state();
+  std::vector<float> state_host(state.size());
+  download(ctx_, std::span<const float>(state.values().span()), std::span<float>(state_host));
+  for (NamedTensor& t : state_tensors(state, state_host)) tensors.push_back(std::move(t));
   divergence_->require_finite(tensors, global_step, "final weights file");
   save_weights((std::filesystem::path(options_.out_dir) / "final.safetensors").string(), tensors, to_yaml(config_));
 }

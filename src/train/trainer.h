@@ -174,6 +174,7 @@ class Trainer {
   std::unique_ptr<class UpdateInBackward> updater_;  ///< when updates_during_backward_, else null
   GradientHook* gradient_hook_ = nullptr;  ///< the one hook backward reports to (compose_gradient_hook)
   bool updates_during_backward_ = false;   ///< the hook updates the parameters: no optimizer step after
+  std::unique_ptr<CrossRankSum> cross_rank_sum_;  ///< batchnorm's exchanges on several ranks, else null
   std::unique_ptr<class DivergenceMonitor> divergence_;  ///< checks every loss read back
   std::unique_ptr<Progress> progress_;                   ///< rank 0's progress display (run())
 };

@@ -5,6 +5,7 @@
 #include "core/device_ops.h"
 #include "core/error.h"
 #include "io/checkpoint.h"
+#include "train/train_state.h"
 
 namespace dptrain {
 
@@ -19,6 +20,7 @@ LoadedModel load_model(const std::string& path, DeviceContext& ctx, int max_batc
   for (const ParamEntry& e : params.entries())
     weights.copy_tensor(e.name, e.shape, std::span<float>(host).subspan(e.offset, e.count));
   upload(ctx, params.values().span(), std::span<const float>(host));
+  restore_state_tensors(weights, ctx, out.model->state());  // batchnorm's running statistics
   return out;
 }
 

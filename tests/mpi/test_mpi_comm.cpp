@@ -14,6 +14,7 @@
 #include <cstring>
 #include <filesystem>
 #include <random>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -26,6 +27,8 @@
 #include "core/error.h"
 #include "io/plan_cache.h"
 #include "train/plan_sharing.h"
+#include "layers/cross_rank_sum.h"
+#include "layers/layer_factory.h"
 #if DPTRAIN_HAVE_CUDA
 #include "comm/nccl_communicator.h"
 #include "core/cuda_check.h"
@@ -272,6 +275,105 @@ TEST(MpiComm, GradientReducerSumsEveryBucket) {
       EXPECT_TRUE(identical_across_ranks(grads));
     }
   }
+}
+
+// ---- BatchNorm across ranks (issue 23): every rank's running statistics are the same bits, and
+// within 1e-6 of one process normalising the whole global batch; outputs, input gradients and the
+// summed parameter gradients likewise. Ghost groups and sync; with and without an idle last rank.
+
+/// The layers' cross-rank sum (layers/cross_rank_sum.h) over the MPI communicator, as the trainer's.
+class MpiRankSum final : public CrossRankSum {
+ public:
+  explicit MpiRankSum(Communicator& comm) : comm_(comm) {}
+  int ranks() const override { return comm_.size(); }
+  void sum(DeviceContext&, std::span<float> data) override { comm_.all_reduce_sum(data, nullptr); }
+
+ private:
+  Communicator& comm_;
+};
+
+struct BnResult {
+  std::vector<float> out, din, dw, db, mean, var;
+  float tracked = 0;
+};
+
+/// Samples [first, first + n) of the global batch through a batchnorm2d (3 channels, 2x2), one
+/// train step; n = 0: an idle rank. `sum` null: one process.
+BnResult batchnorm_step(int sync, int first, int n, CrossRankSum* sum) {
+  LayerConfig c;
+  c.type = "batchnorm2d";
+  c.name = "bn";
+  c.group_size = 4;
+  c.sync = sync;
+  const Dims in{3, 2, 2};
+  auto layer = make_layer<float>(c, 0, in, Device::Cpu);
+  BnResult r;
+  std::vector<float> w{1.5f, 0.5f, -1.0f}, b{0.1f, 0.2f, 0.3f};
+  r.dw.assign(3, 0), r.db.assign(3, 0), r.mean.assign(3, 0), r.var.assign(3, 1);
+  std::vector<float> tracked{0};
+  layer->bind({{w, r.dw}, {b, r.db}});
+  layer->bind_state({r.mean, r.var, tracked});
+  layer->set_cross_rank_sum(sum);
+  DeviceContext ctx;
+  layer->reserve(ctx, 64);
+  const size_t per = 12;
+  std::vector<float> x(static_cast<size_t>(n) * per), dy(x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    const size_t g = static_cast<size_t>(first) * per + i;  // the global element
+    x[i] = std::sin(0.37f * static_cast<float>(g)) * 2.0f + static_cast<float>(g % 5) * 0.3f;
+    dy[i] = std::cos(0.11f * static_cast<float>(g)) * 0.01f;
+  }
+  r.out.resize(x.size()), r.din.resize(x.size());
+  if (n > 0) {
+    layer->forward(ctx, TensorView<const float>{x.data(), n, in}, TensorView<float>{r.out.data(), n, in}, Phase::Train, {});
+    layer->backward(ctx, TensorView<const float>{x.data(), n, in}, TensorView<const float>{r.out.data(), n, in},
+                    TensorView<const float>{dy.data(), n, in}, TensorView<float>{r.din.data(), n, in});
+  } else {
+    layer->idle_pass(ctx, true);
+    layer->idle_pass(ctx, false);
+  }
+  layer->end_train_step(ctx);
+  r.tracked = tracked[0];
+  return r;
+}
+
+double max_rel(const std::vector<float>& a, const std::vector<float>& b) {
+  double worst = 0, scale = 1e-6;
+  for (float v : b) scale = std::max(scale, static_cast<double>(std::fabs(v)));
+  for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::fabs(double(a[i]) - b[i]) / scale);
+  return worst;
+}
+
+TEST(MpiComm, BatchNormStatisticsDoNotDependOnTheRankCount) {
+  MpiCommunicator comm(session());
+  MpiRankSum sum(comm);
+  const int p = comm.size(), r = comm.rank();
+  for (int sync : {0, 1})
+    for (bool idle_last : {false, true}) {
+      const int active = idle_last ? p - 1 : p;
+      const int per_rank = 8;  // two ghost groups of 4
+      const bool idle = r >= active;
+      const BnResult mine = batchnorm_step(sync, r * per_rank, idle ? 0 : per_rank, &sum);
+      const BnResult one = batchnorm_step(sync, 0, active * per_rank, nullptr);
+      const std::string what = std::string(sync ? "sync" : "ghost") + (idle_last ? ", last rank idle" : "");
+      EXPECT_TRUE(identical_across_ranks(mine.mean)) << what;
+      EXPECT_TRUE(identical_across_ranks(mine.var)) << what;
+      EXPECT_LT(max_rel(mine.mean, one.mean), 1e-6) << what;
+      EXPECT_LT(max_rel(mine.var, one.var), 1e-6) << what;
+      EXPECT_EQ(mine.tracked, 1.0f);
+      if (!idle) {
+        const size_t at = static_cast<size_t>(r) * per_rank * 12, count = static_cast<size_t>(per_rank) * 12;
+        const std::vector<float> out(one.out.begin() + at, one.out.begin() + at + count);
+        const std::vector<float> din(one.din.begin() + at, one.din.begin() + at + count);
+        EXPECT_LT(max_rel(mine.out, out), 1e-6) << what;
+        EXPECT_LT(max_rel(mine.din, din), 1e-5) << what;
+      }
+      std::vector<float> dw = mine.dw, db = mine.db;  // this rank's: the gradient exchange sums them
+      comm.all_reduce_sum(dw, nullptr);
+      comm.all_reduce_sum(db, nullptr);
+      EXPECT_LT(max_rel(dw, one.dw), 1e-5) << what;
+      EXPECT_LT(max_rel(db, one.db), 1e-5) << what;
+    }
 }
 
 // ---- GPU ranks (skipped, by all ranks alike, where the host has no usable GPU; not built in a

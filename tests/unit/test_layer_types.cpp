@@ -88,6 +88,7 @@ TEST(LayerTypes, MessagesListTheTable) {
   const std::string names = layer_type_names();
   EXPECT_TRUE(names.starts_with("conv2d, relu, maxpool2d, dropout, flatten, linear")) << names;
   EXPECT_NE(names.find(", avgpool2d, global_avgpool"), std::string::npos) << names;
+  EXPECT_NE(names.find("batchnorm2d, batchnorm1d"), std::string::npos) << names;
   EXPECT_EQ(error_of("model: {layers: [{type: convolution}]}"),
             "t.yaml: 'model.layers[0].type': unknown layer type 'convolution' (" + names + ")");
   EXPECT_EQ(error_of("model: {layers: [{name: x}]}"), "t.yaml: 'model.layers[0].type': missing (" + names + ")");

@@ -18,5 +18,7 @@ template <typename T> std::unique_ptr<Layer<T>> make_relu_cpu(const LayerConfig&
 template <typename T> std::unique_ptr<Layer<T>> make_dropout_cpu(const LayerConfig& c, int index, Dims in);
 template <typename T> std::unique_ptr<Layer<T>> make_flatten_cpu(const LayerConfig& c, int index, Dims in);
 template <typename T> std::unique_ptr<SoftmaxCrossEntropy<T>> make_softmax_cross_entropy_cpu(double label_smoothing);
+template <typename T> std::unique_ptr<Layer<T>> make_batchnorm2d_cpu(const LayerConfig& c, int index, Dims in);
+template <typename T> std::unique_ptr<Layer<T>> make_batchnorm1d_cpu(const LayerConfig& c, int index, Dims in);
 
 }  // namespace dptrain

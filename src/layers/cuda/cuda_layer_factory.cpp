@@ -25,6 +25,8 @@ constexpr CudaMaker kCudaMakers[] = {
     {"linear", make_linear_cuda},
     {"avgpool2d", make_avgpool2d_cuda},
     {"global_avgpool", make_global_avgpool_cuda},
+    {"batchnorm2d", make_batchnorm2d_cuda},
+    {"batchnorm1d", make_batchnorm1d_cuda},
 };
 
 }  // namespace

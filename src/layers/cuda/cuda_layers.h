@@ -35,6 +35,8 @@ std::unique_ptr<Layer<float>> make_relu_cuda(const LayerConfig& c, int index, Di
 std::unique_ptr<Layer<float>> make_maxpool2d_cuda(const LayerConfig& c, int index, Dims in);
 std::unique_ptr<Layer<float>> make_dropout_cuda(const LayerConfig& c, int index, Dims in);
 std::unique_ptr<Layer<float>> make_flatten_cuda(const LayerConfig& c, int index, Dims in);
+std::unique_ptr<Layer<float>> make_batchnorm2d_cuda(const LayerConfig& c, int index, Dims in);  // batchnorm_cuda.cpp
+std::unique_ptr<Layer<float>> make_batchnorm1d_cuda(const LayerConfig& c, int index, Dims in);
 #endif
 
 }  // namespace dptrain
