@@ -9,6 +9,7 @@
 #include "core/device_ops.h"
 #include "data/pgm.h"
 #include "train/runtime.h"
+#include "train/startup_timer.h"
 #include "train/weights.h"
 
 namespace dptrain::cli {
@@ -18,11 +19,17 @@ namespace {
 struct PredictArgs {
   std::string checkpoint;
   std::vector<std::string> images;
+  bool profile = false;
 };
 
 int run_predict(const PredictArgs& a) {
-  DeviceContext ctx;  // a handful of images: the CPU is the quickest path
-  LoadedModel loaded = load_model(a.checkpoint, ctx, 1);
+  StartupTimer startup;
+  startup.mark("command_line");
+  DeviceContext ctx;  // a handful of images: the CPU is the quickest path (no device to start)
+  const WeightsFile file = read_weights_file(a.checkpoint);
+  startup.mark("weights_read");
+  LoadedModel loaded = build_model(file, ctx, 1, /*forward_only=*/true);  // no backward buffers
+  startup.mark("model_build");
   const DataConfig& norm = loaded.config.data;
   const Dims dims = loaded.model->input_dims();
   for (const std::string& path : a.images) {
@@ -41,7 +48,9 @@ int run_predict(const PredictArgs& a) {
     std::printf("%s: class %d (p=%.4f)  probabilities:", path.c_str(), best, p[static_cast<size_t>(best)] / z);
     for (int c = 0; c < k; ++c) std::printf(" %d:%.4f", c, p[static_cast<size_t>(c)] / z);
     std::printf("\n");
+    if (!startup.finished()) startup.mark("first_prediction"), startup.finish();
   }
+  if (a.profile) std::fputs(startup.table("start-up until the first prediction").c_str(), stdout);
   return 0;
 }
 
@@ -52,6 +61,7 @@ Command add_predict(CLI::App& app) {
   CLI::App* sub = app.add_subcommand("predict", "Classify 28x28 greyscale PGM images");
   sub->add_option("--checkpoint", args->checkpoint, "Weights file or checkpoint (.safetensors)")->required();
   sub->add_option("images", args->images, "PGM images (P5 or P2, 28x28)")->required();
+  sub->add_flag("--profile", args->profile, "Print where the time went from process start to the first prediction");
   return [args] { return run_predict(*args); };
 }
 

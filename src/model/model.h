@@ -25,7 +25,9 @@ class Model {
  public:
   /// Builds and shape-checks the layers (InputError naming the layer on a mismatch; the last layer
   /// must produce num_classes values), lays out the parameters and allocates activations.
-  Model(const ModelConfig& config, DeviceContext& ctx, int max_batch);
+  /// with_backward = false (eval, predict): no activation-gradient buffers, and loss() refuses
+  /// backward; the forward pass is the same.
+  Model(const ModelConfig& config, DeviceContext& ctx, int max_batch, bool with_backward = true);
 
   const std::vector<std::unique_ptr<Layer<T>>>& layers() const { return layers_; }
   ParamStore<T>& params() { return params_; }
@@ -70,6 +72,7 @@ class Model {
   Dims input_;
   int num_classes_;
   int max_batch_;
+  bool with_backward_ = true;
   std::vector<std::unique_ptr<Layer<T>>> layers_;
   std::unique_ptr<SoftmaxCrossEntropy<T>> loss_;
   ParamStore<T> params_;

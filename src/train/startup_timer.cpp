@@ -128,23 +128,23 @@ std::string StartupTimer::table(const std::string& title) const {
   std::snprintf(line, sizeof line, "%s: %.3f s from %s; ms, share of the total\n", title.c_str(), total_s,
                 from_exec() ? "process start" : "main (process start unknown)");
   out += line;
-  std::snprintf(line, sizeof line, "%-22s %10s %7s\n", "phase", "ms", "share");
+  std::snprintf(line, sizeof line, "%-28s %10s %7s\n", "phase", "ms", "share");
   out += line;
   for (const Phase& p : phases_) {
-    std::snprintf(line, sizeof line, "%-22s %10.1f %6.1f%%\n", p.name.c_str(), 1000.0 * p.seconds,
+    std::snprintf(line, sizeof line, "%-28s %10.1f %6.1f%%\n", p.name.c_str(), 1000.0 * p.seconds,
                   total_s > 0 ? 100.0 * p.seconds / total_s : 0.0);
     out += line;
   }
   for (const Phase& p : overlapped_) {
-    std::snprintf(line, sizeof line, "%-22s %10.1f   (on another thread, beside the phases above)\n",
+    std::snprintf(line, sizeof line, "%-28s %10.1f   (on another thread, beside the phases above)\n",
                   p.name.c_str(), 1000.0 * p.seconds);
     out += line;
   }
   if (!plans_.empty()) {
-    std::snprintf(line, sizeof line, "%-22s %6s %-10s %10s\n", "planning: layer", "batch", "direction", "ms");
+    std::snprintf(line, sizeof line, "%-28s %6s %-10s %10s\n", "planning: layer", "batch", "direction", "ms");
     out += line;
     for (const Plan& p : plans_) {
-      std::snprintf(line, sizeof line, "%-22s %6d %-10s %10.1f\n", p.layer.c_str(), p.batch, p.direction.c_str(),
+      std::snprintf(line, sizeof line, "%-28s %6d %-10s %10.1f\n", p.layer.c_str(), p.batch, p.direction.c_str(),
                     1000.0 * p.seconds);
       out += line;
     }
