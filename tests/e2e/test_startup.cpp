@@ -122,7 +122,8 @@ TEST_F(Startup, AMalformedDataFileReadOnTheLoadingThreadIsOneLineAndExit2) {
     if (fs::exists(data / name)) images = data / name;
   ASSERT_FALSE(images.empty());
   fs::resize_file(images, 600);
-  const Result r = run_dptrain("train --device cpu --no-progress --data " + data.string() + " --out " +
+  const Result r = run_dptrain("train --device cpu --no-progress --config " + source_dir() +
+                               "/configs/mnist_cnn.yaml --data " + data.string() + " --out " +
                                (d / "run").string() + " --max-steps 1");
   EXPECT_EQ(r.status, 2) << r.output;
   EXPECT_EQ(count_of(r.output, "dptrain: error:"), 1) << r.output;
