@@ -9,6 +9,9 @@
 // all ranks at a step boundary). A run built from a checkpoint continues exactly where it was
 // taken: the position in the data (epoch, samples consumed) is all the data order, the dropout
 // masks and the schedule depend on.
+// Rank 0 only takes the checkpoint's snapshot on the training thread; its files are written by a
+// background writer in order (train/checkpoint_writer.h), and the run waits for the last write
+// before it ends; a failed write stops the run at the next checkpoint or at the end.
 //
 // Divergence (train/divergence.h): every loss the loop already reads back (progress lines,
 // mid-epoch checkpoints, epoch ends, the evaluation) is checked; a NaN/Inf or blown-up loss ends
