@@ -140,7 +140,7 @@ TEST_F(Startup, AMalformedDataFileReadOnTheLoadingThreadIsOneLineAndExit2) {
   EXPECT_NE(e.output.find("t10k-labels"), std::string::npos) << e.output;
 }
 
-TEST_F(Startup, EvalPrintsItsBreakdownWithProfileAndInJson) {
+TEST_F(Startup, EvalPredictAndBenchReportTheirBreakdowns) {
   const fs::path d = fresh_dir("startup_eval");
   const Result w = run_dptrain(train_args(d / "run", 2));
   ASSERT_EQ(w.status, 0) << w.output;
@@ -155,6 +155,27 @@ TEST_F(Startup, EvalPrintsItsBreakdownWithProfileAndInJson) {
   for (const char* key : {"weights_and_data_read_wait", "model_build", "evaluation"})
     EXPECT_TRUE(out["startup"]["phases"].contains(key)) << key << ": " << out.dump();
   EXPECT_TRUE(out["startup"]["overlapped"].contains("weights_and_data_read")) << out.dump();
+
+  // predict --profile: the breakdown up to the first prediction.
+  const fs::path pgm = d / "digit.pgm";
+  {
+    std::ofstream f(pgm, std::ios::binary);
+    f << "P5\n28 28\n255\n" << std::string(28 * 28, '\x40');
+  }
+  const Result pr = run_dptrain("predict --profile --checkpoint " + (d / "run" / "final.safetensors").string() + " " +
+                                pgm.string());
+  ASSERT_EQ(pr.status, 0) << pr.output;
+  EXPECT_NE(pr.output.find("class "), std::string::npos) << pr.output;
+  EXPECT_NE(pr.output.find("start-up until the first prediction"), std::string::npos) << pr.output;
+  EXPECT_NE(pr.output.find("first_prediction"), std::string::npos) << pr.output;
+
+  // bench: the JSON carries the breakdown up to the warm-up's end.
+  const Result b = run_dptrain("bench --device cpu --threads 2 --steps 1 --warmup 1 --config " + source_dir() +
+                               "/configs/mnist_cnn.yaml --data " + mnist_dir());
+  ASSERT_EQ(b.status, 0) << b.output;
+  const nlohmann::json bj = nlohmann::json::parse(b.output.substr(b.output.find('{')));
+  for (const char* key : {"config", "data_read_wait", "model_build", "first_step"})
+    EXPECT_TRUE(bj["startup"]["phases"].contains(key)) << key << ": " << bj.dump();
 }
 
 }  // namespace
