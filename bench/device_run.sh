@@ -43,6 +43,29 @@ for step in "$@"; do
         /usr/bin/time -f "%e" -o /tmp/dr/wall $b/dptrain train --device cuda --max-steps 20 --no-progress --out "$d" >"$d.log" 2>&1
         echo "$b round $round: rc=$? $(cat /tmp/dr/wall) s wall; $(grep -c "" "$d.log") log lines"
       done; done ;;
+    breakdown)  # issue 22's start-up figures: exec to first step (the breakdown), the default 14-epoch run and
+      # `dptrain eval`, each whole process under /usr/bin/time; breakdowns to $OUT/breakdown_*.json
+      for round in 1 2; do  # round 1 starts cold (no plan cache yet, if there is one), round 2 warm
+        /usr/bin/time -f "%e" -o /tmp/dr/wall $B/dptrain train --device cuda --max-steps 1 --no-progress --profile \
+          --out /tmp/dr/bd1_$round > "$OUT/breakdown_step_$round.log" 2>&1
+        echo "max-steps 1, round $round: rc=$? $(cat /tmp/dr/wall) s wall"
+        head -1 /tmp/dr/bd1_$round/metrics.jsonl | python3 -c "import json,sys; s=json.loads(sys.stdin.read())['startup']; \
+          print('  exec to first step %.3f s:' % s['total_s'], ', '.join('%s %.0f ms' % (k, 1000 * s['phases'][k]) for k in s['order']))" \
+          | tee -a "$OUT/breakdown.txt"
+        head -1 /tmp/dr/bd1_$round/metrics.jsonl > "$OUT/breakdown_step_$round.json"
+        sed -n "/^start-up/,\$p" "$OUT/breakdown_step_$round.log"
+        /usr/bin/time -f "%e" -o /tmp/dr/wall $B/dptrain train --device cuda --no-progress --out /tmp/dr/bd14_$round \
+          > "$OUT/breakdown_14_$round.log" 2>&1
+        echo "default 14 epochs, round $round: rc=$? $(cat /tmp/dr/wall) s wall; $(grep -E '^done' "$OUT/breakdown_14_$round.log")"
+        head -1 /tmp/dr/bd14_$round/metrics.jsonl > "$OUT/breakdown_14_$round.json"
+        /usr/bin/time -f "%e" -o /tmp/dr/wall $B/dptrain eval --device cuda --checkpoint /tmp/dr/bd14_$round/final.safetensors \
+          --json > "$OUT/breakdown_eval_$round.json" 2>"$OUT/breakdown_eval_$round.err"
+        echo "eval, round $round: rc=$? $(cat /tmp/dr/wall) s wall"
+        $B/dptrain eval --device cuda --checkpoint /tmp/dr/bd14_$round/final.safetensors --profile | sed -n "/^start-up/,\$p"
+      done
+      # The epoch ends of the 14-epoch run under --profile: evaluation, metrics line, checkpoint snapshot and write.
+      $B/dptrain train --device cuda --no-progress --profile --out /tmp/dr/bdprof > "$OUT/breakdown_profile.log" 2>&1
+      echo "profile rc=$?"; sed -n "/^epoch ends/,\$p" "$OUT/breakdown_profile.log" ;;
     test)
       $B/tests/dptrain_gpu_tests 2>&1 | tee "$OUT/gpu_tests.log" | grep -E "^\[  |GPU vs CPU|Failure|Expected|Which|rel" | head -60 ;;
     ctest)

@@ -15,8 +15,10 @@
 #include "cli/run_messages.h"
 #include "core/error.h"
 #include "cpu/threads.h"
+#include "train/startup_timer.h"
 
 int main(int argc, char** argv) {
+  dptrain::note_main_entered();  // the start-up breakdown's clock starts here (train/startup_timer.h)
   // OpenBLAS picks its kernels when it loads; if it fell back to the generic ones on a capable CPU,
   // start again with the right ones named (once: the variable is then set).
   if (std::getenv("OPENBLAS_CORETYPE") == nullptr) {

@@ -12,6 +12,7 @@
 #include "core/error.h"
 #include "data/pgm.h"
 #include "train/runtime.h"
+#include "train/startup_timer.h"
 #include "train/weights.h"
 
 namespace dptrain::cli {
@@ -21,11 +22,17 @@ namespace {
 struct PredictArgs {
   std::string checkpoint;
   std::vector<std::string> images;
+  bool profile = false;
 };
 
 int run_predict(const PredictArgs& a) {
-  DeviceContext ctx;  // a handful of images: the CPU is the quickest path
-  LoadedModel loaded = load_model(a.checkpoint, ctx, 1);
+  StartupTimer startup;
+  startup.mark("command_line");
+  DeviceContext ctx;  // a handful of images: the CPU is the quickest path (no device to start)
+  const WeightsFile file = read_weights_file(a.checkpoint);
+  startup.mark("weights_read");
+  LoadedModel loaded = build_model(file, ctx, 1, /*forward_only=*/true);  // no backward buffers
+  startup.mark("model_build");
   const DataConfig& norm = loaded.config.data;
   const Dims dims = loaded.model->input_dims();
   if (dims.c != 1)
@@ -53,7 +60,9 @@ int run_predict(const PredictArgs& a) {
       std::printf(" %s:%.4f", names.empty() ? std::to_string(c).c_str() : names[static_cast<size_t>(c)].c_str(),
                   p[static_cast<size_t>(c)] / z);
     std::printf("\n");
+    if (!startup.finished()) startup.mark("first_prediction"), startup.finish();
   }
+  if (a.profile) std::fputs(startup.table("start-up until the first prediction").c_str(), stdout);
   return 0;
 }
 
@@ -64,6 +73,7 @@ Command add_predict(CLI::App& app) {
   CLI::App* sub = app.add_subcommand("predict", "Classify greyscale PGM images (the model's input size)");
   sub->add_option("--checkpoint", args->checkpoint, "Weights file or checkpoint (.safetensors)")->required();
   sub->add_option("images", args->images, "PGM images (P5 or P2, the model's input size, e.g. 28x28)")->required();
+  sub->add_flag("--profile", args->profile, "Print where the time went from process start to the first prediction");
   return [args] { return run_predict(*args); };
 }
 

@@ -27,9 +27,11 @@
 #include "io/checkpoint.h"
 #include "io/curves.h"
 #include "layers/layer_factory.h"
+#include "train/background_load.h"
 #include "train/preemption.h"
 #include "train/resume.h"
 #include "train/runtime.h"
+#include "train/startup_timer.h"
 #include "train/trainer.h"
 
 namespace dptrain::cli {
@@ -54,6 +56,8 @@ struct TrainArgs {
   bool check_numerics = false;
   bool profile = false;
   bool verbose = false;       // print the resolved config at start
+  bool sync_checkpoints = false;  // write checkpoints on the training thread (tests, comparison)
+  int64_t inject_write_failure = -1;  // the checkpoint of this step fails to write (tests)
 };
 
 /// The flags that are shorthands for config keys become overrides, applied after --set.
@@ -198,17 +202,22 @@ int64_t failure_step_for(const std::string& spec, int rank) {
   }
 }
 
-int train_on_rank(const TrainArgs& args, const MpiSession& mpi) {
+int train_on_rank(const TrainArgs& args, const MpiSession& mpi, StartupTimer& startup) {
   RunSetup run = resolve_run(args);
   const Config& config = run.config;
   const std::string& out = run.out;
+  startup.mark(run.checkpoint ? "config_and_checkpoint" : "config");
   const Device device = resolve_device(args.device);
   configure_cpu_threads(args.threads);
+  // The data is read and decompressed on a thread of its own while the device starts.
+  BackgroundLoad<MnistData> loading([dir = config.data.dir] { return load_mnist_dir(dir); });
   const int gpu = device == Device::Cuda ? choose_gpu(mpi.local_rank(), cuda_device_count()) : 0;
   DeviceContext ctx = make_device_context(device, config.train, gpu);
+  mark_device_startup(ctx, startup);
   std::unique_ptr<Communicator> comm =
       make_communicator(parse_comm_kind(config.comm.backend), device, mpi, gpu, config.comm.timeout_s);
-  const MnistData data = load_mnist_dir(config.data.dir);
+  if (comm->size() > 1) startup.mark("communicator");  // one rank has none to set up
+  const MnistData data = loading.get(&startup, "data_read");
   const int64_t resumed_step = run.checkpoint ? run.checkpoint->state.global_step : -1;
   if (comm->rank() == 0) {
     prepare_run_folder(out, config, resumed_step);
@@ -218,7 +227,11 @@ int train_on_rank(const TrainArgs& args, const MpiSession& mpi) {
     std::fflush(stdout);
   }
   comm->barrier();  // the run folder exists before any rank goes on
+  startup.mark("run_folder");
   TrainOptions options;
+  options.startup = &startup;
+  options.async_checkpoints = !args.sync_checkpoints;
+  options.fail_checkpoint_write_at_step = args.inject_write_failure;
   options.out_dir = out;
   options.show_progress = !args.no_progress;
   options.resume = run.checkpoint ? &*run.checkpoint : nullptr;
@@ -252,11 +265,14 @@ int train_on_rank(const TrainArgs& args, const MpiSession& mpi) {
 
 /// Runs this rank; a failure on any rank prints one line naming the rank and ends the whole job.
 int run_train(const TrainArgs& args) {
+  StartupTimer startup;  // from main (train/startup_timer.h)
+  startup.mark("command_line");
   MpiSession mpi;
+  startup.mark("mpi_init");
   const std::string who = mpi.size() > 1 ? "rank " + std::to_string(mpi.rank()) + ": " : "";
   int code = 0;
   try {
-    return train_on_rank(args, mpi);
+    return train_on_rank(args, mpi, startup);
   } catch (const InputError& e) {
     std::fprintf(stderr, "dptrain: error: %s%s\n", who.c_str(), e.what());
     code = 2;
@@ -299,7 +315,13 @@ Command add_train(CLI::App& app) {
                 "(overrides train.check_numerics; no CUDA graph, one device sync per step)");
   sub->add_flag("--profile", args->profile,
                 "Time each layer and stage per step (after 5 warm-up steps), print a table at the end and write "
-                "profile.json to the run folder; NVTX ranges for Nsight Systems (no CUDA graph)");
+                "profile.json to the run folder; NVTX ranges for Nsight Systems (no CUDA graph); also the epoch "
+                "ends' and the start-up's times");
+  sub->add_flag("--sync-checkpoints", args->sync_checkpoints,
+                "Write checkpoint files on the training thread instead of a background writer (for comparison)")
+      ->group("");  // hidden: the asynchronous writer is the normal path
+  sub->add_option("--inject-write-failure", args->inject_write_failure, "STEP: writing that step's checkpoint fails (tests)")
+      ->group("");  // hidden: for testing how a failed checkpoint write ends the run
   return [args] { return run_train(*args); };
 }
 

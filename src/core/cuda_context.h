@@ -18,6 +18,7 @@
 #include <cuda_runtime.h>
 #include <cudnn.h>
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -90,6 +91,12 @@ class CudaContext {
   void warn(const std::string& line);
   const std::vector<std::string>& warnings() const { return warnings_; }
 
+  /// What creating this context took, for the start-up breakdown (train/startup_timer.h): the CUDA
+  /// context itself (cudaSetDevice and a first runtime call, which create it), then the rest: the
+  /// streams, the cuDNN and cuBLAS handles and their workspaces, the device's properties.
+  double context_seconds() const { return std::chrono::duration<double>(device_ready_ - began_).count(); }
+  double handles_seconds() const { return std::chrono::duration<double>(built_ - device_ready_).count(); }
+
  private:
   /// A stream with its cuDNN and cuBLAS handles and their workspaces.
   struct Lane {
@@ -102,6 +109,10 @@ class CudaContext {
   };
   void* grow(Lane& lane, size_t bytes);
 
+  // Before options_: member initialisers run in declaration order, and these time them.
+  std::chrono::steady_clock::time_point began_ = std::chrono::steady_clock::now();
+  std::chrono::steady_clock::time_point device_ready_;
+  std::chrono::steady_clock::time_point built_;
   CudaOptions options_;
   std::string device_name_;
   Lane main_;

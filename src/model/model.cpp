@@ -43,9 +43,10 @@ std::vector<StateEntry> collect_state(const std::vector<std::unique_ptr<Layer<T>
 }  // namespace
 
 template <typename T>
-Model<T>::Model(const ModelConfig& config, DeviceContext& ctx, int max_batch, double label_smoothing)
+Model<T>::Model(const ModelConfig& config, DeviceContext& ctx, int max_batch, double label_smoothing,
+                bool with_backward)
     : input_(config.input), num_classes_(config.num_classes), max_batch_(max_batch),
-      label_smoothing_(static_cast<T>(label_smoothing)) {
+      label_smoothing_(static_cast<T>(label_smoothing)), with_backward_(with_backward) {
   if (config.layers.empty()) throw InputError("model.layers", "the model has no layers");
   Dims dims = input_;
   for (size_t i = 0; i < config.layers.size(); ++i) {
@@ -84,7 +85,7 @@ Model<T>::Model(const ModelConfig& config, DeviceContext& ctx, int max_batch, do
     owner_.push_back(view ? owner_[i - 1] : i);
     const size_t count = view ? 0 : static_cast<size_t>(max_batch) * layer.output_dims().count();
     acts_.emplace_back(ctx.device(), count);
-    act_grads_.emplace_back(ctx.device(), count);
+    act_grads_.emplace_back(ctx.device(), with_backward ? count : 0);  // forward-only: never written
   }
   // Each layer's slice of the gradient buffer, padding included, so the slices tile the buffer.
   grad_ranges_.assign(layers_.size(), {0, 0});
@@ -143,6 +144,7 @@ TensorView<const T> Model<T>::forward(DeviceContext& ctx, TensorView<const T> in
 template <typename T>
 void Model<T>::loss(DeviceContext& ctx, const int32_t* labels, T grad_scale, double* sums, bool backward,
                     GradientHook* hook) {
+  if (backward && !with_backward_) throw std::logic_error("Model::loss: backward on a model built forward-only");
   const size_t last = layers_.size() - 1;
   const int n = last_n_;
   // The last layer may take the loss into its own backward (one launch); else the loss, then it.

@@ -27,7 +27,10 @@ class Model {
   /// Builds and shape-checks the layers (InputError naming the layer on a mismatch; the last layer
   /// must produce num_classes values), lays out the parameters and allocates activations.
   /// label_smoothing: the loss's (train.label_smoothing; SoftmaxCrossEntropy).
-  Model(const ModelConfig& config, DeviceContext& ctx, int max_batch, double label_smoothing = 0.0);
+  /// with_backward = false (eval, predict): no activation-gradient buffers, and loss() refuses
+  /// backward; the forward pass is the same.
+  Model(const ModelConfig& config, DeviceContext& ctx, int max_batch, double label_smoothing = 0.0,
+        bool with_backward = true);
 
   const std::vector<std::unique_ptr<Layer<T>>>& layers() const { return layers_; }
   ParamStore<T>& params() { return params_; }
@@ -92,6 +95,7 @@ class Model {
   int num_classes_;
   int max_batch_;
   T label_smoothing_;
+  bool with_backward_ = true;
   std::vector<std::unique_ptr<Layer<T>>> layers_;
   std::unique_ptr<SoftmaxCrossEntropy<T>> loss_;
   ParamStore<T> params_;

@@ -204,7 +204,8 @@ void Profiler::collect_pending() {
   }
 }
 
-void Profiler::report(DeviceContext& ctx, Communicator& comm, const std::string& json_path) {
+void Profiler::report(DeviceContext& ctx, Communicator& comm, const std::string& json_path,
+                      const nlohmann::json& extra) {
   collect_pending();
   std::vector<Spread> spreads;
   for (const Row& row : rows_) spreads.push_back(over_ranks(comm, row.steps > 0 ? row.sum_ms / row.steps : 0.0));
@@ -242,6 +243,8 @@ void Profiler::report(DeviceContext& ctx, Communicator& comm, const std::string&
     j["layers"].push_back({{"name", rows_[2 * i].name}, {"forward", to_json(spreads[2 * i])},
                            {"backward", to_json(spreads[2 * i + 1])}});
   for (size_t r = 2 * layers; r < rows_.size(); ++r) j["stages"][rows_[r].name] = to_json(spreads[r]);
+  if (extra.is_object())
+    for (const auto& [key, value] : extra.items()) j[key] = value;
   std::ofstream out(json_path);
   out << j.dump(2) << "\n";
   if (!out) throw std::runtime_error(json_path + ": cannot write");

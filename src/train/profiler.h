@@ -25,6 +25,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "comm/communicator.h"
 #include "core/device_context.h"
 #if DPTRAIN_HAVE_CUDA
@@ -88,8 +90,10 @@ class Profiler final : public LayerObserver<float>, public GradientHook {
   void on_backward_done(DeviceContext& ctx) override;
 
   /// Every rank: reads the last steps, reduces each row over ranks (collectives: call on all ranks
-  /// together). Rank 0 prints the table and writes it to `json_path` (if not empty).
-  void report(DeviceContext& ctx, Communicator& comm, const std::string& json_path);
+  /// together). Rank 0 prints the table and writes it to `json_path` (if not empty), with the keys
+  /// of `extra` (the trainer's start-up and epoch-end times) added at the top level.
+  void report(DeviceContext& ctx, Communicator& comm, const std::string& json_path,
+              const nlohmann::json& extra = nlohmann::json());
 
  private:
   struct Row {

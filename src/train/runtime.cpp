@@ -5,6 +5,7 @@
 #include "core/cuda_support.h"
 #include "core/error.h"
 #include "cpu/threads.h"
+#include "train/startup_timer.h"
 #if DPTRAIN_HAVE_CUDA
 #include "core/cuda_context.h"
 #endif
@@ -39,6 +40,15 @@ DeviceContext make_device_context(Device device, const TrainConfig& train, int c
 #else
   (void)train, (void)cuda_device;
   throw_built_without_cuda();
+#endif
+}
+
+void mark_device_startup(const DeviceContext& ctx, StartupTimer& timer) {
+  if (!ctx.on_cuda()) return;
+#if DPTRAIN_HAVE_CUDA
+  timer.mark_parts({{"cuda_context", ctx.cuda().context_seconds()}}, "cuda_handles");
+#else
+  (void)timer;
 #endif
 }
 

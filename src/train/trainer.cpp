@@ -22,13 +22,17 @@
 #endif
 #include "data/sampler.h"
 #include "io/checkpoint.h"
+#include "train/checkpoint_writer.h"
 #include "train/divergence.h"
+#include "train/epoch_end_times.h"
 #include "train/numerics_checker.h"
 #include "train/plan_sharing.h"
 #include "train/preemption.h"
 #include "train/profiler.h"
 #include "train/progress.h"
+#include "train/startup_timer.h"
 #include "train/step_graph.h"
+#include "train/timed_planning.h"
 #include "train/train_state.h"
 #include "train/update_in_backward.h"
 
@@ -124,6 +128,7 @@ Trainer::Trainer(const Config& config, const TrainOptions& options, const MnistD
                                          config_.train.label_smoothing);
   optimizer_ = make_optimizer(scheduled_optimizer(config_.train.optimizer, config_.train.schedule), ctx_.device(),
                               model_->params().size());
+  if (options_.startup) options_.startup->mark("model_build");
   const int64_t planned = steps_per_epoch_ * config_.train.epochs;
   total_steps_ = config_.train.max_steps > 0 ? std::min(planned, config_.train.max_steps) : planned;
   // The schedule spans the planned epochs, not --max-steps: a run stopped early and resumed follows
@@ -136,7 +141,9 @@ Trainer::Trainer(const Config& config, const TrainOptions& options, const MnistD
   x_ = Buffer<float>(ctx_.device(), static_cast<size_t>(local_batch) * in.count());
   y_ = Buffer<int32_t>(ctx_.device(), static_cast<size_t>(local_batch));
   sums_ = Buffer<double>(ctx_.device(), 2);
+  if (options_.startup) options_.startup->mark("data_upload");
   plan_batch_sizes();
+  if (options_.startup && ctx_.on_cuda()) options_.startup->mark("planning");  // the CPU plans nothing
 
   checkpoints_ = std::make_unique<CheckpointDir>(options_.out_dir, config_.checkpoint.keep);
   divergence_ = std::make_unique<DivergenceMonitor>(config_.model.num_classes);
@@ -156,6 +163,11 @@ Trainer::Trainer(const Config& config, const TrainOptions& options, const MnistD
     cross_rank_sum_ = std::make_unique<CommCrossRankSum>(comm_);
     model_->set_cross_rank_sum(cross_rank_sum_.get());
   }
+  if (comm_.rank() == 0) {
+    writer_ = std::make_unique<CheckpointWriter>(options_.async_checkpoints);
+    epoch_end_ = std::make_unique<EpochEndTimes>();
+  }
+  if (options_.startup) options_.startup->mark(options_.resume != nullptr ? "restore_state" : "initialise_params");
 }
 
 Trainer::~Trainer() = default;
@@ -179,10 +191,10 @@ void Trainer::plan_batch_sizes() {
   }
   const PlanningOptions planning{config_.train.plan_cache, options_.out_dir, options_.resume != nullptr};
   plan_on_every_rank(comm_, ctx_, planning, [&](bool root) {
-    for (int n : root ? every : own) model_->plan(ctx_, n, /*backward=*/true);
+    for (int n : root ? every : own) plan_model(*model_, ctx_, n, /*backward=*/true, options_.startup);
     // Forward only; a size equal to a training size is already planned (ConvPlanner::plan).
     if (evaluator_)
-      for (int n : evaluator_->batch_sizes()) model_->plan(ctx_, n, /*backward=*/false);
+      for (int n : evaluator_->batch_sizes()) plan_model(*model_, ctx_, n, /*backward=*/false, options_.startup);
   });
 }
 
@@ -247,6 +259,7 @@ void Trainer::step(int epoch, int64_t step_in_epoch, int64_t global_step) {
   const float grad_scale = 1.0f / static_cast<float>(batch);
   if (graph_ && graph_->matches(shard.count, grad_scale, workspace_generation(ctx_))) {
     graph_->launch(state);  // its first node writes this step's state
+    if (options_.startup && !options_.startup->finished()) time_startup_step(false);
     return;
   }
   // A host communicator (MPI) stages gradients through the host with a stream sync: not capturable.
@@ -266,6 +279,24 @@ void Trainer::step(int epoch, int64_t step_in_epoch, int64_t global_step) {
   }
   if (shard.count == local_batch_) warmed_up_ = true;  // algorithms chosen, workspaces sized: capturable
   if (numerics_) numerics_->end_step(ctx_, global_step, epoch);
+  if (options_.startup && !options_.startup->finished()) time_startup_step(capture);
+}
+
+void Trainer::time_startup_step(bool captured) {
+  // Start-up only: waiting for these one or two steps costs the pipeline a few microseconds once,
+  // and makes the phases the device's time, not the host's queuing.
+  wait_for_device();
+  ++startup_steps_;
+  if (startup_steps_ == 1) {
+    options_.startup->mark("first_step");
+    // The step after the first eager one is captured (Trainer::step's conditions), unless nothing will be.
+    const bool capture_ahead = ctx_.on_cuda() && config_.train.cuda_graph && !numerics_ && !profiler_ &&
+                               (reducer_ == nullptr || comm_.name() != "mpi");
+    if (!capture_ahead) options_.startup->finish();
+    return;
+  }
+  if (captured) options_.startup->mark("graph_capture");
+  options_.startup->finish();
 }
 
 void Trainer::run_step(const StepInfo& info, int count, float grad_scale) {
@@ -313,7 +344,11 @@ void Trainer::finish_epoch(int epoch, int64_t global_step, const EpochStats& sta
   if (comm_.rank() == 0) {
     // The sums are global: rank 0 checks for all (one line; the others wait at the barrier).
     if (samples > 0) check_training_loss(loss_sum / samples, global_step, epoch + 1);
+    const auto eval_start = std::chrono::steady_clock::now();
     const EvalResult ev = evaluator_->run(*model_, ctx_);
+    const double eval_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - eval_start).count();
+    epoch_end_->eval_s += eval_seconds, ++epoch_end_->evals;
+    const auto line_start = std::chrono::steady_clock::now();
     divergence_->check_test_loss(ev.loss, global_step, epoch + 1);
     last_eval_ = ev;
     if (ev.accuracy > best_accuracy_) best_accuracy_ = ev.accuracy, new_best_ = true;
@@ -333,7 +368,13 @@ void Trainer::finish_epoch(int epoch, int64_t global_step, const EpochStats& sta
                            {"samples", static_cast<int64_t>(samples)},
                            {"epoch_size", data_.train.count},
                            {"timed_samples", static_cast<int64_t>(timed)},
-                           {"partial_timing", timed < samples}};
+                           {"partial_timing", timed < samples},
+                           {"eval_seconds", eval_seconds}};
+    if (options_.startup && !startup_reported_) {  // the first line this process writes
+      options_.startup->finish();
+      line["startup"] = options_.startup->to_json();
+      startup_reported_ = true;
+    }
     std::ofstream out(std::filesystem::path(options_.out_dir) / "metrics.jsonl", std::ios::app);
     out << line.dump() << "\n";
     if (!out) throw std::runtime_error(options_.out_dir + "/metrics.jsonl: cannot write");
@@ -348,12 +389,15 @@ void Trainer::finish_epoch(int epoch, int64_t global_step, const EpochStats& sta
                 epoch + 1, static_cast<long long>(global_step), line["train_loss"].get<double>(), ev.loss,
                 100.0 * ev.accuracy, line["images_per_second"].get<double>(), slowest, note.c_str());
     std::fflush(stdout);
+    epoch_end_->metrics_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - line_start).count();
+    ++epoch_end_->metrics_lines;
     if (options_.after_epoch) options_.after_epoch(slowest);
   }
   comm_.barrier();  // the others wait here, outside NCCL, while rank 0 evaluates and writes
 }
 
 std::string Trainer::save_checkpoint(const Position& at, const EpochStats& stats) {
+  const auto started = std::chrono::steady_clock::now();
   wait_for_device();
   std::array<double, 2> sums{};
   download(ctx_, std::span<const double>(sums_.span()), std::span<double>(sums));
@@ -365,9 +409,11 @@ std::string Trainer::save_checkpoint(const Position& at, const EpochStats& stats
   if (comm_.rank() == 0) {
     // Never a checkpoint of a diverged run: its loss (read here anyway), then its values.
     if (samples > 0) check_training_loss(loss_sum / samples, at.global_step, at.epoch + 1);
-    const TrainStateSnapshot snapshot(ctx_, model_->params(), model_->state(), *optimizer_);
-    divergence_->require_finite(snapshot.model(), at.global_step, "checkpoint");
-    divergence_->require_finite(snapshot.optimizer(), at.global_step, "checkpoint");
+    // The snapshot is the training thread's part (the device is idle for it: a host copy); the
+    // file work goes to the writer thread, which owns the snapshot from here.
+    auto snapshot = std::make_shared<const TrainStateSnapshot>(ctx_, model_->params(), model_->state(), *optimizer_);
+    divergence_->require_finite(snapshot->model(), at.global_step, "checkpoint");
+    divergence_->require_finite(snapshot->optimizer(), at.global_step, "checkpoint");
     CheckpointState state;
     state.config_yaml = to_yaml(config_);
     state.epoch = at.epoch;
@@ -384,9 +430,17 @@ std::string Trainer::save_checkpoint(const Position& at, const EpochStats& stats
     state.scheduler_json = scheduler.dump();
     state.best_test_accuracy = best_accuracy_;
     state.epoch_metrics_json = nlohmann::json{{"loss_sum", loss_sum}, {"correct", correct}, {"samples", samples}}.dump();
-    path = checkpoints_->save(at.global_step, snapshot.model(), snapshot.optimizer(), state);
-    if (new_best_) checkpoints_->save_best(snapshot.model(), snapshot.optimizer(), state);
+    path = checkpoints_->step_path(at.global_step);
+    const bool best = new_best_;
+    const bool fail = at.global_step == options_.fail_checkpoint_write_at_step;
+    writer_->submit([dir = checkpoints_.get(), snapshot, state = std::move(state), best, fail, step = at.global_step] {
+      if (fail) throw std::runtime_error(dir->step_path(step) + ": cannot write: injected failure (--inject-write-failure)");
+      dir->save(step, snapshot->model(), snapshot->optimizer(), state);
+      if (best) dir->save_best(snapshot->model(), snapshot->optimizer(), state);
+    });
     new_best_ = false;
+    epoch_end_->snapshot_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+    ++epoch_end_->checkpoints;
   }
   divergence_->set_last_checkpoint(at.global_step, path);
   comm_.barrier();  // nobody runs ahead into NCCL while rank 0 writes
@@ -541,7 +595,21 @@ TrainSummary Trainer::finish_run(TrainSummary summary, const Position& end, bool
   summary.images_per_second =
       trained.seconds > 0 ? static_cast<double>(trained.samples * comm_.size()) / trained.seconds : 0;
   summary.final_eval = last_eval_;
-  if (profiler_) profiler_->report(ctx_, comm_, (std::filesystem::path(options_.out_dir) / "profile.json").string());
+  if (writer_) writer_->wait();  // the last checkpoint is on disk (or its failure ends the run) before the end
+  if (profiler_) {
+    nlohmann::json extra;
+    if (comm_.rank() == 0) {
+      extra["epoch_ends"] = epoch_end_->to_json(*writer_);
+      if (options_.startup) extra["startup"] = options_.startup->to_json();
+    }
+    profiler_->report(ctx_, comm_, (std::filesystem::path(options_.out_dir) / "profile.json").string(), extra);
+    if (comm_.rank() == 0) {
+      std::string tables = epoch_end_->table(*writer_);
+      if (options_.startup) tables += options_.startup->table("start-up (rank 0)");
+      std::fputs(tables.c_str(), stdout);
+      std::fflush(stdout);
+    }
+  }
   if (!preempted) write_weights(end.global_step);
   comm_.barrier();
   return summary;

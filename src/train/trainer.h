@@ -9,6 +9,9 @@
 // all ranks at a step boundary). A run built from a checkpoint continues exactly where it was
 // taken: the position in the data (epoch, samples consumed) is all the data order, the dropout
 // masks and the schedule depend on.
+// Rank 0 only takes the checkpoint's snapshot on the training thread; its files are written by a
+// background writer in order (train/checkpoint_writer.h), and the run waits for the last write
+// before it ends; a failed write stops the run at the next checkpoint or at the end.
 //
 // Divergence (train/divergence.h): every loss the loop already reads back (progress lines,
 // mid-epoch checkpoints, epoch ends, the evaluation) is checked; a NaN/Inf or blown-up loss ends
@@ -60,6 +63,15 @@ struct TrainOptions {
   /// Rank 0, after each epoch's metrics line, with the epoch's training seconds (the CLI redraws
   /// curves.png here). Null: nothing.
   std::function<void(double epoch_seconds)> after_epoch;
+  /// The start-up breakdown the command began (train/startup_timer.h): the trainer adds its phases
+  /// (model build, data upload, planning, parameters, the first step, graph capture), puts it
+  /// into the first metrics line it writes and, under --profile, prints it. Null: not timed.
+  class StartupTimer* startup = nullptr;
+  /// Checkpoint files are written on a background thread (train/checkpoint_writer.h); false: on
+  /// the training thread, as before (--sync-checkpoints, for comparison).
+  bool async_checkpoints = true;
+  /// For tests of failure handling: writing the checkpoint of this step fails (-1: never).
+  int64_t fail_checkpoint_write_at_step = -1;
 };
 
 struct TrainSummary {
@@ -141,6 +153,9 @@ class Trainer {
   /// DivergenceError, or prints its one warning to stderr.
   void check_training_loss(double loss, int64_t global_step, int epoch);
   void wait_for_device();
+  /// After each step while the start-up breakdown is open: the first step, and the step that
+  /// captures the CUDA graph (if one will), are waited for and timed; then the breakdown closes.
+  void time_startup_step(bool captured);
 
   Config config_;
   TrainOptions options_;
@@ -165,6 +180,10 @@ class Trainer {
   double best_accuracy_ = 0;     ///< rank 0's best test accuracy so far (kept in checkpoints)
   bool new_best_ = false;        ///< the latest evaluation set a new best
   std::unique_ptr<CheckpointDir> checkpoints_;
+  std::unique_ptr<class CheckpointWriter> writer_;      ///< rank 0: writes into checkpoints_ (after it: destroyed first)
+  std::unique_ptr<struct EpochEndTimes> epoch_end_;     ///< rank 0: what epoch ends cost the training thread
+  bool startup_reported_ = false;                       ///< the startup breakdown is in a metrics line
+  int64_t startup_steps_ = 0;                           ///< steps taken while the breakdown is open
   int local_batch_ = 0;          ///< samples per rank in a full global batch
   bool warmed_up_ = false;       ///< a full step ran eagerly: the next one may be captured
   std::unique_ptr<class StepGraph> graph_;  ///< the captured full-batch step (CUDA, train.cuda_graph)

@@ -9,12 +9,22 @@
 
 namespace dptrain {
 
-LoadedModel load_model(const std::string& path, DeviceContext& ctx, int max_batch) {
-  const LoadedWeights weights = load_weights(path);  // validated: structure, checksums, format
+WeightsFile read_weights_file(const std::string& path) {
+  WeightsFile file{load_weights(path), Config{}};  // validated: structure, checksums, format
+  file.config = parse_config(file.weights.config_yaml, path + " (embedded config)");
+  return file;
+}
+
+LoadedModel load_model(const std::string& path, DeviceContext& ctx, int max_batch, bool forward_only) {
+  return build_model(read_weights_file(path), ctx, max_batch, forward_only);
+}
+
+LoadedModel build_model(const WeightsFile& file, DeviceContext& ctx, int max_batch, bool forward_only) {
+  const LoadedWeights& weights = file.weights;
   LoadedModel out;
-  out.config = parse_config(weights.config_yaml, path + " (embedded config)");
-  out.model = std::make_unique<Model<float>>(out.config.model, ctx, max_batch,
-                                               out.config.train.label_smoothing);
+  out.config = file.config;
+  out.model = std::make_unique<Model<float>>(out.config.model, ctx, max_batch, out.config.train.label_smoothing,
+                                             /*with_backward=*/!forward_only);
   ParamStore<float>& params = out.model->params();
   std::vector<float> host(params.size(), 0.0f);
   for (const ParamEntry& e : params.entries())
