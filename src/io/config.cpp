@@ -267,11 +267,13 @@ TrainConfig read_train(const YAML::Node& node, const std::string& source) {
   r.get("log_every", t.log_every);
   r.get("plan_cache", t.plan_cache);
   r.get("label_smoothing", t.label_smoothing);
+  r.get("eval_every", t.eval_every);
   t.optimizer = read_optimizer(r.child("optimizer"), source);
   t.schedule = read_schedule(r.child("schedule"), source);
   r.finish();
   require(std::isfinite(t.label_smoothing) && t.label_smoothing >= 0 && t.label_smoothing < 1, r,
           "train.label_smoothing", "must be in [0, 1)");
+  require(t.eval_every >= 0, r, "train.eval_every", "must be >= 0 (0: only the final test pass)");
   check_cycled_momentum(r, t);
   require(t.batch_size > 0, r, "train.batch_size", "must be > 0");
   require(t.batch_per_rank >= 0, r, "train.batch_per_rank", "must be >= 0 (0: use batch_size)");
@@ -509,7 +511,7 @@ std::string to_yaml(const Config& c) {
       << "exact_convolutions" << YAML::Value << t.exact_convolutions << YAML::Key
       << "check_numerics" << YAML::Value << t.check_numerics << YAML::Key
       << "log_every" << YAML::Value << t.log_every << YAML::Key << "label_smoothing" << YAML::Value
-      << num(t.label_smoothing);
+      << num(t.label_smoothing) << YAML::Key << "eval_every" << YAML::Value << t.eval_every;
   out << YAML::Key << "plan_cache" << YAML::Value << t.plan_cache;
   const OptimizerConfig& o = t.optimizer;
   out << YAML::Key << "optimizer" << YAML::Value << YAML::Flow << YAML::BeginMap << YAML::Key << "type"

@@ -109,6 +109,7 @@ struct TrainConfig {
   int log_every = 50;        ///< plain-text progress line period (steps) when not on a terminal
   std::string plan_cache = "auto";  ///< auto | off | PATH (a recorded plan, read only): io/plan_cache.h
   double label_smoothing = 0.0;  ///< softmax cross-entropy target (1-e)*onehot + e/C (PyTorch's)
+  int eval_every = 1;  ///< test pass every this many epochs; 0: only at the end of the run (which always has one)
   OptimizerConfig optimizer;
   ScheduleConfig schedule;
 };

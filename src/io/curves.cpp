@@ -63,8 +63,12 @@ RunCurves read_run_curves(const std::string& path) {
     if (epoch < 1 || epoch != std::floor(epoch) || epoch > 1e9) throw InputError(where, "'epoch' is not a whole number >= 1");
     p.epoch = static_cast<int>(epoch);
     p.train_loss = number_field(j, "train_loss", where);
-    p.test_loss = number_field(j, "test_loss", where);
-    p.test_accuracy = number_field(j, "test_accuracy", where);
+    // An epoch without a test pass (train.eval_every) has neither test field.
+    p.tested = j.contains("test_loss") || j.contains("test_accuracy");
+    if (p.tested) {
+      p.test_loss = number_field(j, "test_loss", where);
+      p.test_accuracy = number_field(j, "test_accuracy", where);
+    }
     p.images_per_second = number_field(j, "images_per_second", where);
     p.x = p.epoch;
     // A partial epoch sits where it stopped (metrics.jsonl since `samples` and `epoch_size`).
@@ -195,11 +199,12 @@ void draw_curves(const std::vector<RunCurves>& all_runs, const std::string& png_
   for (const RunCurves* r : runs)
     for (const EpochPoint& p : r->points) {
       xs.push_back(p.x);
-      losses.push_back(p.train_loss), losses.push_back(p.test_loss);
-      accuracies.push_back(100.0 * p.test_accuracy);
+      losses.push_back(p.train_loss);
+      if (p.tested) losses.push_back(p.test_loss), accuracies.push_back(100.0 * p.test_accuracy);
       rates.push_back(p.images_per_second);
-      log_loss = log_loss && p.train_loss > 0 && p.test_loss > 0;
+      log_loss = log_loss && p.train_loss > 0 && (!p.tested || p.test_loss > 0);
     }
+  if (accuracies.empty()) accuracies = {0.0, 100.0};  // no test pass yet: an empty panel
   const double last_x = *std::max_element(xs.begin(), xs.end());
   const Range x{0, std::max(1.0, std::ceil(last_x - 1e-9)) + 0.25};
   const double x_tick = std::max(1.0, std::ceil((x.hi - 0.25) / 12.0));
@@ -235,16 +240,20 @@ void draw_curves(const std::vector<RunCurves>& all_runs, const std::string& png_
           "train loss (solid) and test loss (dashed)");
     for (size_t r = 0; r < runs.size(); ++r) {
       std::vector<double> px, train, test;
-      for (const EpochPoint& p : runs[r]->points)
-        px.push_back(p.x), train.push_back(loss_value(p.train_loss)), test.push_back(loss_value(p.test_loss));
+      std::vector<double> tx;
+      for (const EpochPoint& p : runs[r]->points) {
+        px.push_back(p.x), train.push_back(loss_value(p.train_loss));
+        if (p.tested) tx.push_back(p.x), test.push_back(loss_value(p.test_loss));
+      }
       series(px, train, run_colour(r), 1);
-      series(px, test, run_colour(r), 2);
+      series(tx, test, run_colour(r), 2);
     }
 
     panel({0.58, 0.97, 0.60, 0.94}, x, accuracy_range, false, x_tick, "test accuracy (%)", "test accuracy");
     for (size_t r = 0; r < runs.size(); ++r) {
       std::vector<double> px, acc;
-      for (const EpochPoint& p : runs[r]->points) px.push_back(p.x), acc.push_back(100.0 * p.test_accuracy);
+      for (const EpochPoint& p : runs[r]->points)
+        if (p.tested) px.push_back(p.x), acc.push_back(100.0 * p.test_accuracy);
       series(px, acc, run_colour(r), 1);
     }
 
@@ -263,10 +272,14 @@ void draw_curves(const std::vector<RunCurves>& all_runs, const std::string& png_
     std::vector<PLINT> options, text_colours, line_colours, line_styles;
     std::vector<PLFLT> line_widths;
     for (size_t r = 0; r < runs.size(); ++r) {
-      const EpochPoint& last = runs[r]->points.back();
+      const auto& points = runs[r]->points;
+      const auto tested = std::find_if(points.rbegin(), points.rend(), [](const EpochPoint& p) { return p.tested; });
+      const EpochPoint& last = tested != points.rend() ? *tested : points.back();
       std::string label = runs[r]->label.size() > 40 ? runs[r]->label.substr(0, 37) + "..." : runs[r]->label;
       char tail[64];
-      if (last.x < last.epoch)  // stopped partway through it
+      if (!last.tested)
+        std::snprintf(tail, sizeof tail, ": no test pass yet");
+      else if (last.x < last.epoch)  // stopped partway through it
         std::snprintf(tail, sizeof tail, ": %.2f%% at epoch %.2f", 100.0 * last.test_accuracy, last.x);
       else
         std::snprintf(tail, sizeof tail, ": %.2f%% at epoch %d", 100.0 * last.test_accuracy, last.epoch);

@@ -25,6 +25,7 @@ struct EpochPoint {
   double train_loss = 0;
   double test_loss = 0;
   double test_accuracy = 0;    ///< fraction, 0..1
+  bool tested = true;          ///< false: no test pass that epoch (train.eval_every), test_* unset
   double images_per_second = 0;
 };
 

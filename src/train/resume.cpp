@@ -19,7 +19,7 @@ bool is_structural(const std::string& key) { return starts_with(key, "model.") |
 bool is_run_only(const std::string& key) {
   for (const char* prefix : {"name", "data.dir", "train.epochs", "train.max_steps", "train.eval_batch_size",
                              "train.log_every", "train.cuda_graph", "train.cudnn_benchmark", "train.check_numerics",
-                             "checkpoint.", "comm.", "train.plan_cache"}) {
+                             "checkpoint.", "comm.", "train.plan_cache", "train.eval_every"}) {
     if (starts_with(key, prefix)) return true;
   }
   return false;

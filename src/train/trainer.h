@@ -29,6 +29,7 @@
 // step: by the hook during backward (updates_during_backward_), or by the optimizer after it.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -121,7 +122,11 @@ class Trainer {
   /// hook as backward would, so the rank still joins the exchange.
   void report_idle_gradients();
   /// Rank 0 evaluates and appends the epoch's metrics line; the others wait outside NCCL.
-  void finish_epoch(int epoch, int64_t global_step, const EpochStats& stats);
+  /// Epoch end: the global sums, the test pass (every train.eval_every epochs, and always when
+  /// `last`, the run's final epoch), the metrics line.
+  void finish_epoch(int epoch, int64_t global_step, const EpochStats& stats, bool last);
+  /// summary.json in the run folder (rank 0): the final result and what the run's time went to.
+  void write_summary(const TrainSummary& summary, const TrainTime& trained) const;
   /// Rank 0 writes final.safetensors (after `global_step` steps), if its values are finite.
   void write_weights(int64_t global_step);
   /// Resume decoding: where this run starts, from the checkpoint it resumes (the beginning for a
@@ -178,6 +183,12 @@ class Trainer {
   Buffer<double> sums_;          ///< this epoch's [loss sum, correct] on the device
   EvalResult last_eval_;         ///< rank 0's latest test-set result
   double best_accuracy_ = 0;     ///< rank 0's best test accuracy so far (kept in checkpoints)
+  /// For summary.json's train_eval_seconds (the time-to-accuracy convention: model build, training
+  /// and test passes, not the data's upload): when the model build began, how long the upload took,
+  /// and when the last test pass ended.
+  std::chrono::steady_clock::time_point model_build_start_{}, last_eval_end_{};
+  double upload_seconds_ = 0;
+  double eval_seconds_ = 0;      ///< rank 0's test passes in this process, summed
   bool new_best_ = false;        ///< the latest evaluation set a new best
   std::unique_ptr<CheckpointDir> checkpoints_;
   std::unique_ptr<class CheckpointWriter> writer_;      ///< rank 0: writes into checkpoints_ (after it: destroyed first)
