@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "gpu_test_support.h"
 #include "comm/communicator.h"
 #include "core/buffer.h"
 #include "core/device_ops.h"
@@ -29,15 +30,12 @@
 namespace dptrain {
 namespace {
 
-class AugmentGpu : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
-    gpu_ = std::make_unique<DeviceContext>(make_device_context(Device::Cuda, TrainConfig{}));
-  }
-  std::unique_ptr<DeviceContext> gpu_;
-  DeviceContext cpu_;
-};
+using gpu_test::have_mnist;
+using gpu_test::kData;
+using gpu_test::randoms;
+using gpu_test::rel;
+
+class AugmentGpu : public gpu_test::GpuTest {};
 
 Dataset synthetic(int count, int rows, int cols) {
   Dataset d;
@@ -141,12 +139,6 @@ TEST_F(AugmentGpu, BatchesMatchCpuAcrossSettingsImageSizesAndTheGrid) {
   }
 }
 
-const std::string kData = DPTRAIN_TEST_DATA_DIR;
-bool have_mnist() {
-  return std::filesystem::exists(kData + "/train-labels-idx1-ubyte.gz") ||
-         std::filesystem::exists(kData + "/train-labels-idx1-ubyte");
-}
-
 TEST_F(AugmentGpu, MnistBatchesMatchCpu) {
   if (!have_mnist()) GTEST_SKIP() << "MNIST not in " << kData;
   const MnistData data = load_mnist_dir(kData);
@@ -170,15 +162,6 @@ std::vector<float> train_params(DeviceContext& ctx, const MnistData& data, int s
   std::vector<float> h(p.size());
   download(ctx, std::span<const float>(p.values().data(), p.size()), std::span<float>(h));
   return h;
-}
-
-double rel(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return std::sqrt(num / den);
 }
 
 // The augmenting gather runs inside the captured step graph, reading the step's position, seed

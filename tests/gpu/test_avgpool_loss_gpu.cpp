@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "gpu_test_support.h"
 #include "comm/communicator.h"
 #include "core/cuda_context.h"
 #include "core/device_ops.h"
@@ -27,32 +28,12 @@
 namespace dptrain {
 namespace {
 
-class NewLayersGpu : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
-    gpu_ = std::make_unique<DeviceContext>(make_device_context(Device::Cuda, TrainConfig{}));
-  }
-  std::unique_ptr<DeviceContext> gpu_;
-  DeviceContext cpu_;
-};
+using gpu_test::have_mnist;
+using gpu_test::kData;
+using gpu_test::randoms;
+using gpu_test::rel;
 
-std::vector<float> randoms(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
-  std::mt19937 gen(seed);
-  std::uniform_real_distribution<float> d(lo, hi);
-  std::vector<float> v(n);
-  for (float& x : v) x = d(gen);
-  return v;
-}
-
-double rel(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
-}
+class NewLayersGpu : public gpu_test::GpuTest {};
 
 template <typename T>
 std::vector<T> host(DeviceContext& ctx, const Buffer<T>& b, size_t n) {
@@ -183,12 +164,6 @@ TEST_F(NewLayersGpu, ModelWithPoolsAndSmoothingMatchesCpuAtManyClassCounts) {
     EXPECT_LT(rel(gg, gc), 1e-4) << k << " classes";
     EXPECT_NEAR(sg[0], sc[0], 1e-5 * std::abs(sc[0])) << k << " classes";
   }
-}
-
-const std::string kData = DPTRAIN_TEST_DATA_DIR;
-bool have_mnist() {
-  return std::filesystem::exists(kData + "/train-labels-idx1-ubyte.gz") ||
-         std::filesystem::exists(kData + "/train-labels-idx1-ubyte");
 }
 
 std::vector<float> train_params(DeviceContext& ctx, const MnistData& data, int steps, bool graph,

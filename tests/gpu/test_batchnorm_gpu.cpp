@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "gpu_test_support.h"
 #include "../unit/command_runner.h"
 #include "comm/communicator.h"
 #include "core/cuda_context.h"
@@ -28,36 +29,14 @@
 namespace dptrain {
 namespace {
 
+using gpu_test::have_mnist;
+using gpu_test::kData;
+using gpu_test::randoms;
+using gpu_test::rel;
+
 namespace fs = std::filesystem;
-const std::string kData = DPTRAIN_TEST_DATA_DIR;
-bool have_mnist() {
-  return fs::exists(kData + "/train-labels-idx1-ubyte.gz") || fs::exists(kData + "/train-labels-idx1-ubyte");
-}
 
-class CudaBatchNorm : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
-    gpu_ = std::make_unique<DeviceContext>(make_device_context(Device::Cuda, TrainConfig{}));
-  }
-  std::unique_ptr<DeviceContext> gpu_;
-  DeviceContext cpu_;
-};
-
-std::vector<float> randoms(size_t n, uint32_t seed, float lo, float hi) {
-  std::mt19937 gen(seed);
-  std::uniform_real_distribution<float> d(lo, hi);
-  std::vector<float> v(n);
-  for (float& x : v) x = d(gen);
-  return v;
-}
-
-/// ||a - b|| / ||b||
-double rel(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) num += std::pow(double(a[i]) - b[i], 2), den += double(b[i]) * b[i];
-  return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
-}
+class CudaBatchNorm : public gpu_test::GpuTest {};
 
 std::vector<float> to_host(DeviceContext& ctx, const float* p, size_t n) {
   std::vector<float> h(n);
@@ -77,7 +56,9 @@ BnRun run_bn(DeviceContext& ctx, const LayerConfig& c, Dims in, int n, uint32_t 
   const Device dev = ctx.device();
   auto layer = make_layer<float>(c, 1, in, dev);
   const bool host_relu = relu && dev == Device::Cpu;
-  if (relu && dev == Device::Cuda) EXPECT_TRUE(layer->absorb_following_relu(ctx));
+  if (relu && dev == Device::Cuda) {
+    EXPECT_TRUE(layer->absorb_following_relu(ctx));
+  }
   const auto apply_relu = [&](std::vector<float>& v) {
     if (host_relu)
       for (float& e : v) e = std::max(e, 0.0f);

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "gpu_test_support.h"
 #include "comm/communicator.h"
 #include "core/device_ops.h"
 #include "core/cuda_check.h"
@@ -25,33 +26,12 @@
 namespace dptrain {
 namespace {
 
-class CudaBackend : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
-    gpu_ = std::make_unique<DeviceContext>(make_device_context(Device::Cuda, TrainConfig{}));
-  }
-  std::unique_ptr<DeviceContext> gpu_;
-  DeviceContext cpu_;
-};
+using gpu_test::have_mnist;
+using gpu_test::kData;
+using gpu_test::randoms;
+using gpu_test::rel;
 
-std::vector<float> randoms(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
-  std::mt19937 gen(seed);
-  std::uniform_real_distribution<float> d(lo, hi);
-  std::vector<float> v(n);
-  for (float& x : v) x = d(gen);
-  return v;
-}
-
-/// ||a - b|| / ||b||
-double rel(const std::vector<float>& a, const std::vector<float>& b) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    num += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    den += double(b[i]) * b[i];
-  }
-  return den == 0 ? std::sqrt(num) : std::sqrt(num / den);
-}
+class CudaBackend : public gpu_test::GpuTest {};
 
 std::vector<float> to_host(DeviceContext& ctx, const Buffer<float>& b, size_t n) {
   std::vector<float> h(n);
@@ -541,9 +521,6 @@ TEST_F(CudaBackend, LinearBackwardWithLossMatchesCpuLinearThenLoss) {
     EXPECT_EQ(got.dlogits, apart.dlogits) << "fused and separate GPU losses differ, " << at;
   }
 }
-
-const std::string kData = DPTRAIN_TEST_DATA_DIR;
-bool have_mnist() { return std::filesystem::exists(kData + "/train-labels-idx1-ubyte.gz") || std::filesystem::exists(kData + "/train-labels-idx1-ubyte"); }
 
 TEST_F(CudaBackend, EpochOrderAndGatherMatchCpuBitForBit) {
   if (!have_mnist()) GTEST_SKIP() << "MNIST not in " << kData;
