@@ -231,7 +231,7 @@ PY
           --gtest_filter='TiledConv.MnistConv2Batch1:TiledConv.OddSizesPad1:TiledConv.SmallestImagePad2' > "$OUT/kernelcheck_$tool.log" 2>&1
         echo "$tool rc=$?"; grep -E "ERROR SUMMARY|RACECHECK SUMMARY|PASSED|FAILED" "$OUT/kernelcheck_$tool.log" | tail -3
       done ;;
-    sanitize)
+    sanitizetrain)  # memcheck over a 30-step training run of the default config (SANITIZE_ARGS adds flags)
       compute-sanitizer --tool memcheck --error-exitcode 9 $B/dptrain train --device cuda --max-steps 30 --out /tmp/dr/san --no-progress ${SANITIZE_ARGS:-} > "$OUT/sanitize.log" 2>&1
       echo "memcheck rc=$?"; tail -4 "$OUT/sanitize.log" ;;
     resumetimed)  # issue 22 acceptance: timed planning, SIGKILL mid-epoch, --resume auto ends bit for bit at the
@@ -333,5 +333,14 @@ PY
       done
       timeout 500 python3 bench/pytorch_reference.py --net mnist_bn --mode resident --mode graph --precision float32 tf32 --steps 200 --warmup 20 |
         tee -a "$OUT/bnbench.jsonl" | python3 -c "import json,sys; [print('pytorch', r['config'], r['mode'], r['precision'], r['ms_per_step'], r['images_per_second']) for r in map(json.loads, sys.stdin)]" ;;
+    tta)  # issue 24: mnist_fast over 10 seeds beside PyTorch (eager, CUDA graph), after one run that warms the plan cache; then its wall time alone
+      $B/dptrain train --config configs/mnist_fast.yaml --device cuda --out /tmp/dr/tta_warm --no-progress > "$OUT/tta_warm.log" 2>&1; echo "warm-up rc=$?"
+      python3 bench/time_to_accuracy.py --config configs/mnist_fast.yaml --seeds 10 --dptrain $B/dptrain --out /tmp/dr/tta_fast > "$OUT/tta_fast.log" 2>&1
+      echo "mnist_fast rc=$?"; tail -6 "$OUT/tta_fast.log"
+      for i in 1 2 3; do /usr/bin/time -f "mnist_fast wall %e s" $B/dptrain train --config configs/mnist_fast.yaml --device cuda --out /tmp/dr/tta_time --no-progress 2>&1 | tail -1; done
+      $B/dptrain train --config configs/mnist_fast.yaml --device cuda --out /tmp/dr/tta_prof --no-progress --profile > "$OUT/tta_profile.log" 2>&1; echo "profile rc=$?" ;;
+    ttabest)  # issue 24: mnist_best over BEST_SEEDS (default 2) seeds beside PyTorch with the step in a CUDA graph
+      python3 bench/time_to_accuracy.py --config configs/mnist_best.yaml --seeds ${BEST_SEEDS:-2} --pytorch graph --dptrain $B/dptrain --out /tmp/dr/tta_best > "$OUT/tta_best.log" 2>&1
+      echo "mnist_best rc=$?"; tail -5 "$OUT/tta_best.log" ;;
   esac
 done

@@ -10,6 +10,8 @@
 #include <stdexcept>
 #include <string>
 
+#include <unistd.h>
+
 #include "comm/mpi_check.h"
 #include "comm/mpi_communicator.h"
 #include "core/error.h"
@@ -38,7 +40,25 @@ std::string_view comm_kind_name(CommKind kind) {
   return "?";
 }
 
-MpiSession::MpiSession(int* argc, char*** argv) {
+bool launched_by_mpi() {
+  // Open MPI's mpirun, PMIx (Open MPI 5, srun --mpi=pmix), PMI-1/2 (MPICH's hydra, srun --mpi=pmi2)
+  // and MVAPICH each set one of these in every process they start.
+  for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE", "MV2_COMM_WORLD_SIZE"})
+    if (std::getenv(name) != nullptr) return true;
+  return false;
+}
+
+MpiSession::MpiSession(int* argc, char*** argv, Start when) {
+  if (when == Start::Always || launched_by_mpi()) {
+    start(argc, argv);
+    return;
+  }
+  char name[256] = {};
+  if (gethostname(name, sizeof name - 1) == 0) hostname_ = name;
+}
+
+void MpiSession::start(int* argc, char*** argv) {
+  if (started_) return;
   int initialized = 0;
   int finalized = 0;
   MPI_Initialized(&initialized);
@@ -64,6 +84,7 @@ MpiSession::MpiSession(int* argc, char*** argv) {
   int len = 0;
   MPI_CHECK(MPI_Get_processor_name(name, &len));
   hostname_.assign(name, static_cast<size_t>(len));
+  started_ = true;
 }
 
 MpiSession::~MpiSession() {
@@ -168,8 +189,15 @@ std::vector<RankPlacement> gather_placements(const MpiSession& session, int cuda
 }  // namespace
 #endif
 
+bool communicator_needs_mpi(CommKind kind, Device device, int ranks) {
+  return ranks > 1 || kind == CommKind::Mpi || (kind == CommKind::Nccl && device == Device::Cuda);
+}
+
 std::unique_ptr<Communicator> make_communicator(CommKind kind, Device device, const MpiSession& session,
                                                 int cuda_device, double timeout_s) {
+  if (communicator_needs_mpi(kind, device, session.size()) && !session.started() &&
+      !(device == Device::Cpu && kind == CommKind::Nccl))  // that one is an InputError below
+    throw std::logic_error("make_communicator: the communicator needs MPI, and the session has not started it");
   if (device == Device::Cpu) {
     if (kind == CommKind::Nccl)
       throw InputError("comm.backend", "nccl needs device cuda; use auto or mpi with the CPU backend");

@@ -26,13 +26,26 @@ enum class CommKind { Auto, Nccl, Mpi };
 CommKind parse_comm_kind(std::string_view text, std::string_view source = "comm.backend");
 std::string_view comm_kind_name(CommKind kind);
 
+/// Whether an MPI launcher (mpirun, or srun with PMI/PMIx) started this process: its environment
+/// variables are there. Without one the job is a single process.
+bool launched_by_mpi();
+
 /// MPI for the life of the process: MPI_Init_thread (FUNNELED: only the main thread calls MPI) on
 /// construction, MPI_Finalize on destruction. Works without mpirun (a singleton world of one rank).
 /// If MPI is already initialised (by a test harness, say), it neither initialises nor finalises.
 class MpiSession {
  public:
+  /// When to start MPI. A singleton MPI_Init costs about 0.35 s (Open MPI 4.1), the largest part of
+  /// a one-process run's start-up, and a process that no launcher started is a world of one rank
+  /// that needs MPI only for an explicit `comm.backend: mpi` or `nccl`: WhenLaunched leaves MPI
+  /// unstarted there until start() is called.
+  enum class Start { Always, WhenLaunched };
+
   /// argc/argv may be null. Throws std::runtime_error if MPI cannot start or was already finalised.
-  MpiSession(int* argc = nullptr, char*** argv = nullptr);
+  MpiSession(int* argc = nullptr, char*** argv = nullptr, Start when = Start::Always);
+  /// Starts MPI now if it is not running yet (a WhenLaunched session that turns out to need it).
+  void start(int* argc = nullptr, char*** argv = nullptr);
+  bool started() const { return started_; }
   ~MpiSession();
   MpiSession(const MpiSession&) = delete;
   MpiSession& operator=(const MpiSession&) = delete;
@@ -50,6 +63,7 @@ class MpiSession {
 
  private:
   bool owns_mpi_ = false;
+  bool started_ = false;
   int rank_ = 0;
   int size_ = 1;
   int local_rank_ = 0;
@@ -76,7 +90,12 @@ struct RankPlacement {
 /// "N ranks on host H but only G GPUs visible; ..."; nullopt when every rank has its own GPU.
 std::optional<std::string> find_shared_gpu(const std::vector<RankPlacement>& placements);
 
+/// Whether make_communicator(kind, device, session of `ranks` ranks) needs MPI running: every
+/// communicator but the single-rank one does (NCCL's bootstrap goes through MPI).
+bool communicator_needs_mpi(CommKind kind, Device device, int ranks);
+
 /// Builds the communicator of this run. Collective: every rank must call it with equal arguments.
+/// Throws std::logic_error if it needs MPI (communicator_needs_mpi) and the session has not started it.
 ///  - CPU: Auto -> MpiCommunicator if size > 1, else SingleRankCommunicator; Mpi -> MpiCommunicator
 ///    (even for one rank); Nccl -> InputError (NCCL needs device cuda).
 ///  - CUDA, one rank: Auto -> Single; Nccl -> NcclCommunicator of one rank; Mpi -> MpiCommunicator

@@ -202,7 +202,7 @@ int64_t failure_step_for(const std::string& spec, int rank) {
   }
 }
 
-int train_on_rank(const TrainArgs& args, const MpiSession& mpi, StartupTimer& startup) {
+int train_on_rank(const TrainArgs& args, MpiSession& mpi, StartupTimer& startup) {
   RunSetup run = resolve_run(args);
   const Config& config = run.config;
   const std::string& out = run.out;
@@ -214,8 +214,12 @@ int train_on_rank(const TrainArgs& args, const MpiSession& mpi, StartupTimer& st
   const int gpu = device == Device::Cuda ? choose_gpu(mpi.local_rank(), cuda_device_count()) : 0;
   DeviceContext ctx = make_device_context(device, config.train, gpu);
   mark_device_startup(ctx, startup);
-  std::unique_ptr<Communicator> comm =
-      make_communicator(parse_comm_kind(config.comm.backend), device, mpi, gpu, config.comm.timeout_s);
+  const CommKind comm_kind = parse_comm_kind(config.comm.backend);
+  if (!mpi.started() && communicator_needs_mpi(comm_kind, device, mpi.size())) {  // one process, comm.backend mpi or nccl
+    mpi.start();
+    startup.mark("mpi_init");
+  }
+  std::unique_ptr<Communicator> comm = make_communicator(comm_kind, device, mpi, gpu, config.comm.timeout_s);
   if (comm->size() > 1) startup.mark("communicator");  // one rank has none to set up
   const MnistData data = loading.get(&startup, "data_read");
   const int64_t resumed_step = run.checkpoint ? run.checkpoint->state.global_step : -1;
@@ -267,8 +271,9 @@ int train_on_rank(const TrainArgs& args, const MpiSession& mpi, StartupTimer& st
 int run_train(const TrainArgs& args) {
   StartupTimer startup;  // from main (train/startup_timer.h)
   startup.mark("command_line");
-  MpiSession mpi;
-  startup.mark("mpi_init");
+  // A process no launcher started needs no MPI unless its config asks for it (MpiSession::Start).
+  MpiSession mpi(nullptr, nullptr, MpiSession::Start::WhenLaunched);
+  if (mpi.started()) startup.mark("mpi_init");
   const std::string who = mpi.size() > 1 ? "rank " + std::to_string(mpi.rank()) + ": " : "";
   int code = 0;
   try {

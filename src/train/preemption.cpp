@@ -7,6 +7,8 @@
 #include <cstdlib>
 #include <iterator>
 
+#include "comm/bootstrap.h"  // launched_by_mpi
+
 namespace dptrain {
 
 namespace {
@@ -28,12 +30,6 @@ extern "C" void on_stop_signal(int sig) {
     return;
   }
   if (g_signal == 0) g_signal = sig;
-}
-
-/// Started by mpirun/orted (Open MPI), a PMIx launcher (srun, prterun) or a PMI one (MPICH's hydra).
-bool launched_by_mpi() {
-  return std::getenv("OMPI_COMM_WORLD_SIZE") != nullptr || std::getenv("PMIX_RANK") != nullptr ||
-         std::getenv("PMI_RANK") != nullptr;
 }
 
 }  // namespace
