@@ -153,6 +153,8 @@ TEST_F(CudaBatchNorm, LayersMatchCpuInTrainAndEvalGhostAndSync) {
   compare(cpu_, *gpu_, bn("batchnorm1d", 8, 0), Dims{10, 1, 1}, 1030, 6);  // batch 1024+, a short group
   compare(cpu_, *gpu_, bn("batchnorm2d", 32, 1), Dims{32, 26, 26}, 1024, 7);
   compare(cpu_, *gpu_, bn("batchnorm2d", 32, 0), Dims{64, 12, 12}, 2048, 8);
+  // More groups (70000 of 1 sample) than grid.y's 65535: the group kernels stride over the rest.
+  compare(cpu_, *gpu_, bn("batchnorm2d", 1, 0), Dims{3, 2, 2}, 70000, 9);
 }
 
 // The ReLU after a batchnorm runs inside it on CUDA (absorbed): the same as the CPU's batchnorm
