@@ -48,38 +48,43 @@ __device__ double group_values(const BatchNormShape& s, const float* sums, int g
   return s.group == 0 ? static_cast<double>(sums[s.channels]) : static_cast<double>(group_range(s, g).count) * s.spatial;
 }
 
-// Grid (channels, groups): one block per channel and group.
+// Grid (channels, min(groups, 65535)): a block per channel and group; grid.y strides over the
+// groups (a batch of more than 65535 groups, e.g. group_size 1, exceeds grid.y's limit).
 __global__ void sums_kernel(const float* __restrict__ x, BatchNormShape s, float* __restrict__ sums) {
   __shared__ double shared[kThreads];
-  const int c = blockIdx.x, g = blockIdx.y;
-  const GroupRange r = group_range(s, g);
-  const int values = r.count * s.spatial;
-  double acc = 0;
-  for (int e = threadIdx.x; e < values; e += blockDim.x) acc += x[element(s, r, c, e)];
-  const double total = block_sum(acc, shared);
-  if (threadIdx.x == 0) {
-    sums[g * s.channels + c] = static_cast<float>(total);
-    if (s.group == 0 && c == 0) sums[s.channels] = static_cast<float>(values);
+  const int c = blockIdx.x;
+  for (int g = blockIdx.y; g < s.groups(); g += gridDim.y) {
+    const GroupRange r = group_range(s, g);
+    const int values = r.count * s.spatial;
+    double acc = 0;
+    for (int e = threadIdx.x; e < values; e += blockDim.x) acc += x[element(s, r, c, e)];
+    const double total = block_sum(acc, shared);
+    if (threadIdx.x == 0) {
+      sums[g * s.channels + c] = static_cast<float>(total);
+      if (s.group == 0 && c == 0) sums[s.channels] = static_cast<float>(values);
+    }
   }
 }
 
 __global__ void centered_kernel(const float* __restrict__ x, BatchNormShape s, const float* __restrict__ sums,
                                 float* __restrict__ mean, float* __restrict__ sq) {
   __shared__ double shared[kThreads];
-  const int c = blockIdx.x, g = blockIdx.y;
-  const GroupRange r = group_range(s, g);
-  const int values = r.count * s.spatial;
-  const double m = group_values(s, sums, g);
-  const float mu = m > 0 ? static_cast<float>(static_cast<double>(sums[g * s.channels + c]) / m) : 0.0f;
-  double acc = 0;
-  for (int e = threadIdx.x; e < values; e += blockDim.x) {
-    const double d = static_cast<double>(x[element(s, r, c, e)]) - mu;
-    acc += d * d;
-  }
-  const double total = block_sum(acc, shared);
-  if (threadIdx.x == 0) {
-    mean[g * s.channels + c] = mu;
-    sq[g * s.channels + c] = static_cast<float>(total);
+  const int c = blockIdx.x;
+  for (int g = blockIdx.y; g < s.groups(); g += gridDim.y) {  // as sums_kernel
+    const GroupRange r = group_range(s, g);
+    const int values = r.count * s.spatial;
+    const double m = group_values(s, sums, g);
+    const float mu = m > 0 ? static_cast<float>(static_cast<double>(sums[g * s.channels + c]) / m) : 0.0f;
+    double acc = 0;
+    for (int e = threadIdx.x; e < values; e += blockDim.x) {
+      const double d = static_cast<double>(x[element(s, r, c, e)]) - mu;
+      acc += d * d;
+    }
+    const double total = block_sum(acc, shared);
+    if (threadIdx.x == 0) {
+      mean[g * s.channels + c] = mu;
+      sq[g * s.channels + c] = static_cast<float>(total);
+    }
   }
 }
 
@@ -108,7 +113,10 @@ __global__ void normalize_kernel(const float* __restrict__ x, BatchNormShape s, 
                                  const float* __restrict__ invstd, const float* __restrict__ w,
                                  const float* __restrict__ b, bool relu, float* __restrict__ y) {
   const int total = s.n * s.channels * s.spatial;
-  for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < total; k += gridDim.x * blockDim.x) {
+  // The index steps in 64 bits (k + the grid's stride passes 2^31 - 1 for tensors near the limit);
+  // the arithmetic on it stays 32-bit.
+  for (long kk = blockIdx.x * long{blockDim.x} + threadIdx.x; kk < total; kk += long{gridDim.x} * blockDim.x) {
+    const int k = static_cast<int>(kk);
     const int i = k / (s.channels * s.spatial);
     const int c = static_cast<int>((k / s.spatial) % s.channels);
     const int g = s.group == 0 ? 0 : i / s.group;
@@ -122,7 +130,10 @@ __global__ void eval_kernel(const float* __restrict__ x, BatchNormShape s, const
                             const float* __restrict__ rv, float eps, const float* __restrict__ w,
                             const float* __restrict__ b, bool relu, float* __restrict__ y) {
   const int total = s.n * s.channels * s.spatial;
-  for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < total; k += gridDim.x * blockDim.x) {
+  // The index steps in 64 bits (k + the grid's stride passes 2^31 - 1 for tensors near the limit);
+  // the arithmetic on it stays 32-bit.
+  for (long kk = blockIdx.x * long{blockDim.x} + threadIdx.x; kk < total; kk += long{gridDim.x} * blockDim.x) {
+    const int k = static_cast<int>(kk);
     const int c = static_cast<int>((k / s.spatial) % s.channels);
     const double inv = 1.0 / sqrt(static_cast<double>(rv[c]) + eps);
     const double scale = inv * w[c];
@@ -152,23 +163,25 @@ __global__ void backward_sums_kernel(const float* __restrict__ x, const float* _
                                      const float* __restrict__ mean, const float* __restrict__ invstd,
                                      float* __restrict__ bsums) {
   __shared__ double shared[kThreads];
-  const int c = blockIdx.x, g = blockIdx.y;
-  const GroupRange r = group_range(s, g);
-  const int values = r.count * s.spatial;
-  const int gc = g * s.channels + c;
-  const float mu = mean[gc], inv = invstd[gc];
-  double a = 0, bsum = 0;
-  for (int e = threadIdx.x; e < values; e += blockDim.x) {
-    const int k = element(s, r, c, e);
-    const double d = masked_dy(dy, relu_out, k);
-    a += d;
-    bsum += d * ((static_cast<double>(x[k]) - mu) * inv);
-  }
-  const double ta = block_sum(a, shared);
-  const double tb = block_sum(bsum, shared);
-  if (threadIdx.x == 0) {
-    bsums[g * 2 * s.channels + c] = static_cast<float>(ta);
-    bsums[g * 2 * s.channels + s.channels + c] = static_cast<float>(tb);
+  const int c = blockIdx.x;
+  for (int g = blockIdx.y; g < s.groups(); g += gridDim.y) {  // as sums_kernel
+    const GroupRange r = group_range(s, g);
+    const int values = r.count * s.spatial;
+    const int gc = g * s.channels + c;
+    const float mu = mean[gc], inv = invstd[gc];
+    double a = 0, bsum = 0;
+    for (int e = threadIdx.x; e < values; e += blockDim.x) {
+      const int k = element(s, r, c, e);
+      const double d = masked_dy(dy, relu_out, k);
+      a += d;
+      bsum += d * ((static_cast<double>(x[k]) - mu) * inv);
+    }
+    const double ta = block_sum(a, shared);
+    const double tb = block_sum(bsum, shared);
+    if (threadIdx.x == 0) {
+      bsums[g * 2 * s.channels + c] = static_cast<float>(ta);
+      bsums[g * 2 * s.channels + s.channels + c] = static_cast<float>(tb);
+    }
   }
 }
 
@@ -192,7 +205,10 @@ __global__ void input_grad_kernel(const float* __restrict__ x, const float* __re
                                   const float* __restrict__ bsums, const float* __restrict__ sums,
                                   const float* __restrict__ w, float* __restrict__ dx) {
   const int total = s.n * s.channels * s.spatial;
-  for (int k = blockIdx.x * blockDim.x + threadIdx.x; k < total; k += gridDim.x * blockDim.x) {
+  // The index steps in 64 bits (k + the grid's stride passes 2^31 - 1 for tensors near the limit);
+  // the arithmetic on it stays 32-bit.
+  for (long kk = blockIdx.x * long{blockDim.x} + threadIdx.x; kk < total; kk += long{gridDim.x} * blockDim.x) {
+    const int k = static_cast<int>(kk);
     const int i = k / (s.channels * s.spatial);
     const int c = static_cast<int>((k / s.spatial) % s.channels);
     const int g = s.group == 0 ? 0 : i / s.group;
@@ -220,18 +236,23 @@ int elementwise_grid(const BatchNormShape& s) {
 
 int channel_grid(int channels) { return (channels + kThreads - 1) / kThreads; }
 
+/// (channels, groups) blocks, groups capped at grid.y's 65535 (the kernels stride over the rest).
+dim3 group_grid(const BatchNormShape& s) {
+  return dim3(static_cast<unsigned>(s.channels), static_cast<unsigned>(s.groups() < 65535 ? s.groups() : 65535));
+}
+
 }  // namespace
 
 void batchnorm_sums(const float* x, const BatchNormShape& s, float* sums, cudaStream_t stream) {
   check_size(s);
-  sums_kernel<<<dim3(s.channels, s.groups()), kThreads, 0, stream>>>(x, s, sums);
+  sums_kernel<<<group_grid(s), kThreads, 0, stream>>>(x, s, sums);
   CUDA_CHECK_LAUNCH();
 }
 
 void batchnorm_centered(const float* x, const BatchNormShape& s, const float* sums, float* mean, float* sq,
                         cudaStream_t stream) {
   check_size(s);
-  centered_kernel<<<dim3(s.channels, s.groups()), kThreads, 0, stream>>>(x, s, sums, mean, sq);
+  centered_kernel<<<group_grid(s), kThreads, 0, stream>>>(x, s, sums, mean, sq);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -267,7 +288,7 @@ void batchnorm_running_update(const float* partial, int channels, float momentum
 void batchnorm_backward_sums(const float* x, const float* dy, const float* relu_out, const BatchNormShape& s,
                              const float* mean, const float* invstd, float* bsums, cudaStream_t stream) {
   check_size(s);
-  backward_sums_kernel<<<dim3(s.channels, s.groups()), kThreads, 0, stream>>>(x, dy, relu_out, s, mean, invstd, bsums);
+  backward_sums_kernel<<<group_grid(s), kThreads, 0, stream>>>(x, dy, relu_out, s, mean, invstd, bsums);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -89,7 +89,10 @@ __global__ void __launch_bounds__(kThreads) linear_loss_backward_kernel(LinearLo
 }  // namespace
 
 bool linear_loss_backward_fits(int n, int classes, int inputs) {
-  return n > 0 && classes > 0 && classes <= kSerialClasses && inputs > 0 && shared_bytes(n, classes) <= 48 * 1024 &&
+  // 48 KiB is the launch's limit for static and dynamic shared memory together (no opt-in):
+  // add_block_sums' two static arrays of kWarps doubles count against it.
+  return n > 0 && classes > 0 && classes <= kSerialClasses && inputs > 0 &&
+         shared_bytes(n, classes) + 2 * kWarps * sizeof(double) <= 48 * 1024 &&
          static_cast<long>(n) * inputs <= (1L << 31) - 1 && static_cast<long>(classes) * inputs <= (1L << 31) - 1;
 }
 

@@ -134,6 +134,8 @@ TEST_F(CudaBatchNorm, LayersMatchCpuInTrainAndEvalGhostAndSync) {
   compare(cpu_, *gpu_, bn("batchnorm1d", 8, 0), Dims{10, 1, 1}, 1030, 6);  // batch 1024+, a short group
   compare(cpu_, *gpu_, bn("batchnorm2d", 32, 1), Dims{32, 26, 26}, 1024, 7);
   compare(cpu_, *gpu_, bn("batchnorm2d", 32, 0), Dims{64, 12, 12}, 2048, 8);
+  // More groups (70000 of 1 sample) than grid.y's 65535: the group kernels stride over the rest.
+  compare(cpu_, *gpu_, bn("batchnorm2d", 1, 0), Dims{3, 2, 2}, 70000, 9);
 }
 
 // The ReLU after a batchnorm runs inside it on CUDA (absorbed): the same as the CPU's batchnorm
@@ -241,10 +243,16 @@ TEST_F(CudaBatchNorm, ProfileAndCheckNumericsCoverBatchNorm) {
 }
 
 // Sync statistics over 2 ranks sharing the GPU (--comm mpi: the host all-reduce) against one rank.
+// The two runs differ by rounding only (per-rank batch 32 against 64: other convolution algorithms
+// and summation orders, sums exchanged in float), which 50 steps amplify: GPU against CPU, SGD,
+// 50 steps drifts up to 2.4e-5 (CudaBackend.GpuCpuDriftStaysRoundingSized). So exact convolutions
+// (no FFT/Winograd rounding) and the 1e-4 the other multi-step comparisons use; a wrong exchange
+// (a missing or doubled sum) differs by far more.
 TEST_F(CudaBatchNorm, SyncOverTwoRanksWithCommMpiMatchesOneRank) {
   if (!have_mnist()) GTEST_SKIP() << "MNIST not in " << kData;
   const std::string sets =
       "--max-steps 50 --set 'train.optimizer={type: sgd, lr: 0.01, momentum: 0.5}' --set 'train.schedule={type: constant}'"
+      " --set train.exact_convolutions=true"
       " --set model.layers.1.sync=1 --set model.layers.4.sync=1 --set model.layers.10.sync=1";
   clear("one"), clear("two");
   ASSERT_EQ(test_support::run_dptrain(train_args("one", sets)).status, 0);
@@ -255,7 +263,7 @@ TEST_F(CudaBatchNorm, SyncOverTwoRanksWithCommMpiMatchesOneRank) {
   const LoadedWeights b = load_weights((fs::temp_directory_path() / "dptrain_gpu_bn_two/final.safetensors").string());
   for (const SafeTensor& t : a.file.tensors) {
     const double d = rel(b.tensor(t.name, t.shape), a.tensor(t.name, t.shape));
-    EXPECT_LT(d, 1e-5) << t.name;
+    EXPECT_LT(d, 1e-4) << t.name;
   }
 }
 
