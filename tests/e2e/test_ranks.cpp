@@ -67,7 +67,8 @@ TEST_F(Ranks, OneTwoAndThreeRanksTrainTheSameModel) {
   for (const auto& entry : fs::directory_iterator(d / "3")) {
     const std::string name = entry.path().filename().string();
     EXPECT_TRUE(name == "config.yaml" || name == "metrics.jsonl" || name == "latest" || name == "final.safetensors" ||
-                name == "best.safetensors" || name == "curves.png" || name.rfind("ckpt-", 0) == 0)
+                name == "best.safetensors" || name == "curves.png" || name == "summary.json" ||
+                name.rfind("ckpt-", 0) == 0)
         << name;
   }
 }
