@@ -230,13 +230,9 @@ void ConvPlanner::choose(DeviceContext& ctx, ConvPlan& p, bool forward, bool bac
   PlanBook* book = ctx.plan_book();
   constexpr int kMax = 16;
   // cuDNN's allowed algorithms for a direction, in its heuristic order (best first). Timed, only
-  // the first few are kept: those that can win (cudnnFind, which would run every one eagerly, is
-  // not called; the survivors are timed as the step runs them anyway).
+  // the first few are checked and timed (choose_direction): those that can win (cudnnFind, which
+  // would run every one eagerly, is not called; the survivors are timed as the step runs them anyway).
   const bool find = timed && plan_search() == PlanSearch::Full;
-  const auto candidates = [&](std::vector<ConvAlgo> algos) {
-    if (timed && !find && algos.size() > kTimedCudnnCandidates) algos.resize(kTimedCudnnCandidates);
-    return algos;
-  };
   const auto fwd_heuristic = [&](cudnnTensorDescriptor_t x, cudnnTensorDescriptor_t y) {
     cudnnConvolutionFwdAlgoPerf_t r[kMax];
     int k = 0;
@@ -288,7 +284,7 @@ void ConvPlanner::choose(DeviceContext& ctx, ConvPlan& p, bool forward, bool bac
     const std::vector<ConvImpl> own = exec_.own_kernels(p.batch.n, o.exact_convolutions, ConvDirection::Forward);
     const std::string k = key(o, p.batch.n, "forward");
     const Choice c = choose_direction(
-        ctx, p, "forward", own, [&] { return find ? fwd_find() : candidates(fwd_heuristic(p.batch.x, p.batch.y)); },
+        ctx, p, "forward", own, [&] { return find ? fwd_find() : fwd_heuristic(p.batch.x, p.batch.y); },
         recorded(ctx, p, k, "forward", own, fwd_heuristic),
         {reference(exec_, p, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, h),
          reference(exec_, p, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM, h)},
@@ -312,7 +308,7 @@ void ConvPlanner::choose(DeviceContext& ctx, ConvPlan& p, bool forward, bool bac
       const std::string k = key(o, p.batch.n, "backward-data");
       data = choose_direction(
           ctx, p, "backward-data", own,
-          [&] { return find ? data_find() : candidates(data_heuristic(p.batch.x, p.batch.y)); },
+          [&] { return find ? data_find() : data_heuristic(p.batch.x, p.batch.y); },
           recorded(ctx, p, k, "backward-data", own, data_heuristic),
           {reference(exec_, p, CUDNN_CONVOLUTION_BWD_DATA_ALGO_1, h),
            reference(exec_, p, CUDNN_CONVOLUTION_BWD_DATA_ALGO_0, h)},
@@ -333,7 +329,7 @@ void ConvPlanner::choose(DeviceContext& ctx, ConvPlan& p, bool forward, bool bac
     const std::string k = key(o, p.batch.n, "backward-filter");
     const Choice filter = choose_direction(
         ctx, p, "backward-filter", own,
-        [&] { return find ? filter_find() : candidates(filter_heuristic(p.batch.x, p.batch.y)); },
+        [&] { return find ? filter_find() : filter_heuristic(p.batch.x, p.batch.y); },
         recorded(ctx, p, k, "backward-filter", own, filter_heuristic),
         {reference(exec_, p, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1, h),
          reference(exec_, p, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0, h)},
@@ -573,14 +569,27 @@ ConvPlanner::Choice ConvPlanner::choose_direction(DeviceContext& ctx, ConvPlan& 
     cu.warn(what + ": the recorded " + label(*recorded) + " failed its check; planned afresh");
   }
 
-  std::vector<ConvAlgo> candidates;
+  std::vector<ConvAlgo> candidates, spare;
   for (ConvImpl impl : own) candidates.push_back(ConvAlgo{impl});
   for (const ConvAlgo& a : cudnn()) candidates.push_back(a);
+  // Timed (unless DPTRAIN_PLAN_TIMING=full): only cuDNN's first kTimedCudnnCandidates are checked
+  // and timed. The rest are spares, checked in order only if none before them passes, so that the
+  // cut never sends a batch that an allowed algorithm serves whole to sub-batches (or to an error).
+  if (timed && plan_search() != PlanSearch::Full && candidates.size() > own.size() + kTimedCudnnCandidates) {
+    spare.assign(candidates.begin() + static_cast<std::ptrdiff_t>(own.size() + kTimedCudnnCandidates),
+                 candidates.end());
+    candidates.resize(own.size() + kTimedCudnnCandidates);
+  }
   for (const ConvAlgo& a : candidates) memory = std::max(memory, exec_.bytes(a, p.batch.n));
   if (memory > ws.size()) ws = Buffer<uint8_t>(Device::Cuda, memory);
   std::vector<ConvAlgo> usable;
   for (const ConvAlgo& a : candidates) {
     if (!timed && !usable.empty()) break;  // heuristics: the first that passes
+    if (try_candidate(a, ws.data())) usable.push_back(a);
+  }
+  for (const ConvAlgo& a : spare) {
+    if (!usable.empty()) break;
+    if (exec_.bytes(a, p.batch.n) > ws.size()) ws = Buffer<uint8_t>(Device::Cuda, exec_.bytes(a, p.batch.n));
     if (try_candidate(a, ws.data())) usable.push_back(a);
   }
   if (usable.empty()) {
@@ -616,10 +625,9 @@ ConvPlanner::Choice ConvPlanner::choose_direction(DeviceContext& ctx, ConvPlan& 
   const auto lost_nearby = [&](const ConvAlgo& a) {
     return std::any_of(losers.begin(), losers.end(), [&](const ConvAlgo& l) { return same_algo(a, l); });
   };
-  // Never all of them: at least the first is timed.
+  // Never all of them: if every one lost nearby, all are timed.
   const bool prune = !std::all_of(usable.begin(), usable.end(), lost_nearby);
-  for (const ConvAlgo& a : usable) {
-    if (prune && lost_nearby(a)) continue;
+  const auto time_candidate = [&](const ConvAlgo& a) {
     try {
       GraphTiming timing = plan_timing();
       if (plan_search() == PlanSearch::Pruned) timing.stop_above_us = fastest * kClearlySlower;
@@ -630,7 +638,14 @@ ConvPlanner::Choice ConvPlanner::choose_direction(DeviceContext& ctx, ConvPlan& 
       if (a.impl == ConvImpl::Cudnn) best.cudnn_us = std::min(best.cudnn_us, us);
     } catch (const CudaError&) {  // not capturable: never chosen, since the step is a graph
     }
-  }
+  };
+  for (const ConvAlgo& a : usable)
+    if (!(prune && lost_nearby(a))) time_candidate(a);
+  // None of those could be captured: the ones passed over for losing nearby are the only ones left
+  // that may run inside the step's graph, so they are timed too rather than left untried.
+  if (times.empty() && prune)
+    for (const ConvAlgo& a : usable)
+      if (lost_nearby(a)) time_candidate(a);
   std::stable_sort(times.begin(), times.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
   if (!times.empty()) best.algo = times[0].second, best.us = times[0].first;
   if (times.size() > 1) best.second = times[1].second;

@@ -14,10 +14,11 @@
 //   Without it: dptrain's kernels first, then cuDNN's heuristic order, the first that passes.
 // - Pruning (timed): only dptrain's eligible kernels and the first kTimedCudnnCandidates allowed
 //   algorithms in cuDNN's heuristic order are checked and timed (cudnnFind, which runs every
-//   algorithm eagerly, is not called); a candidate whose first timed replay is clearly slower than
+//   algorithm eagerly, is not called; the others are checked, in order, only if none of those
+//   passes, and the first that does is used); a candidate whose first timed replay is clearly slower than
 //   the best so far stops there, and timing of the others ends once three replays agree.
 //   A candidate that lost by more than 2x at a nearby batch size of the same layer and direction
-//   (within a factor of 2) is checked but not timed.
+//   (within a factor of 2) is checked but not timed, unless none of the others could be timed.
 //   DPTRAIN_PLAN_TIMING=full restores the earlier search (cudnnFind, all allowed, 7 replays) for A/B.
 // - Recorded plans: with a plan book on the context (DeviceContext::plan_book, io/plan_cache.h)
 //   each direction's choice is looked up by a key of the layer's shape, the batch, the direction
