@@ -4,17 +4,13 @@
 #include <stdexcept>
 
 #include "core/philox.h"
+#include "model/aligned_layout.h"
 
 namespace dptrain {
 
 template <typename T>
 ParamStore<T>::ParamStore(Device device, std::vector<ParamEntry> entries) : entries_(std::move(entries)) {
-  size_t offset = 0;
-  for (ParamEntry& e : entries_) {
-    e.count = static_cast<size_t>(element_count(e.shape));
-    e.offset = offset;
-    offset += (e.count + kAlign - 1) / kAlign * kAlign;
-  }
+  const size_t offset = lay_out_aligned(entries_, kAlign);
   values_ = Buffer<T>(device, offset);
   grads_ = Buffer<T>(device, offset);
   values_.zero();

@@ -1,15 +1,12 @@
 #include "model/state_store.h"
 
+#include "model/aligned_layout.h"
+
 namespace dptrain {
 
 template <typename T>
 StateStore<T>::StateStore(Device device, std::vector<StateEntry> entries) : entries_(std::move(entries)) {
-  size_t offset = 0;
-  for (StateEntry& e : entries_) {
-    e.count = static_cast<size_t>(element_count(e.shape));
-    e.offset = offset;
-    offset += (e.count + kAlign - 1) / kAlign * kAlign;
-  }
+  const size_t offset = lay_out_aligned(entries_, kAlign);
   values_ = Buffer<T>(device, offset);
   initialize();
 }
