@@ -14,6 +14,7 @@
 
 #include "comm/bootstrap.h"
 #include "command_runner.h"
+#include "tiny_dataset.h"
 
 namespace dptrain {
 namespace {
@@ -59,23 +60,39 @@ TEST(LazyMpi, LauncherVariablesAreRecognised) {
   EXPECT_FALSE(launched_by_mpi());
 }
 
-/// The start-up phases of a one-process run of the binary (the first metrics line's "startup").
+/// The start-up phases of a one-process run of the binary on a small synthetic dataset (the first
+/// metrics line's "startup").
 nlohmann::json startup_phases(const std::string& extra, const std::string& name) {
-  const std::string out = ::testing::TempDir() + name;
-  std::filesystem::remove_all(out);
-  const auto r = test_support::run_dptrain("train --device cpu --threads 1 --no-progress --max-steps 1 --data "
-                                           DPTRAIN_TEST_DATA_DIR " --out " + out + " " + extra);
+  const std::filesystem::path dir = ::testing::TempDir() + name;
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir / "data");
+  test_support::write_pair(dir / "data", "train", 32, 16, 10);
+  test_support::write_pair(dir / "data", "t10k", 8, 16, 10);
+  std::ofstream(dir / "tiny.yaml") << R"(name: tiny
+model:
+  input: [1, 16, 16]
+  num_classes: 10
+  layers:
+    - {type: flatten}
+    - {type: linear, out_features: 10}
+train:
+  batch_size: 16
+  epochs: 1
+  optimizer: {type: sgd, lr: 0.1}
+  schedule: {type: constant}
+)";
+  const auto r = test_support::run_dptrain("train --device cpu --threads 1 --no-progress --config " +
+                                           (dir / "tiny.yaml").string() + " --data " + (dir / "data").string() +
+                                           " --out " + (dir / "run").string() + " " + extra);
   EXPECT_EQ(r.status, 0) << r.output;
-  std::ifstream in(out + "/metrics.jsonl");
+  std::ifstream in(dir / "run" / "metrics.jsonl");
   std::string line;
   std::getline(in, line);
+  std::filesystem::remove_all(dir);
   return line.empty() ? nlohmann::json{} : nlohmann::json::parse(line)["startup"]["phases"];
 }
 
 TEST(LazyMpi, OneProcessStartsMpiOnlyWhenItsConfigAsksForIt) {
-  if (!std::filesystem::exists(DPTRAIN_TEST_DATA_DIR "/train-labels-idx1-ubyte.gz") &&
-      !std::filesystem::exists(DPTRAIN_TEST_DATA_DIR "/train-labels-idx1-ubyte"))
-    GTEST_SKIP() << "no MNIST in " DPTRAIN_TEST_DATA_DIR;
   const nlohmann::json plain = startup_phases("", "dptrain_lazy_mpi_plain");
   ASSERT_TRUE(plain.is_object()) << plain.dump();
   EXPECT_FALSE(plain.contains("mpi_init")) << plain.dump();
