@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the libFuzzer targets (tests/fuzz: checkpoint loader, IDX reader, config loader) with
+# Builds the libFuzzer targets (tests/fuzz: checkpoint loader, IDX reader, config loader, plan cache) with
 # clang and runs each for SECONDS (default 20) over its seed corpus in tests/fuzz/corpus. Fails on
 # the first crash, sanitizer report or uncaught exception; the input that caused it is left in
 # build-fuzz/ (crash-*). Installs clang and its fuzzer runtime with apt-get when missing.
@@ -26,7 +26,7 @@ fi
 
 cmake -S tests/fuzz -B "$build" -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build "$build" -j "$(nproc)"
-for target in checkpoint idx config; do
+for target in checkpoint idx config plan_cache; do
   echo "fuzz: fuzz_$target for ${seconds}s"
   work="$(mktemp -d)"  # new inputs go here; the committed seed corpus stays unchanged
   status=0
