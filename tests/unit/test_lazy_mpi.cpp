@@ -65,22 +65,7 @@ TEST(LazyMpi, LauncherVariablesAreRecognised) {
 nlohmann::json startup_phases(const std::string& extra, const std::string& name) {
   const std::filesystem::path dir = ::testing::TempDir() + name;
   std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir / "data");
-  test_support::write_pair(dir / "data", "train", 32, 16, 10);
-  test_support::write_pair(dir / "data", "t10k", 8, 16, 10);
-  std::ofstream(dir / "tiny.yaml") << R"(name: tiny
-model:
-  input: [1, 16, 16]
-  num_classes: 10
-  layers:
-    - {type: flatten}
-    - {type: linear, out_features: 10}
-train:
-  batch_size: 16
-  epochs: 1
-  optimizer: {type: sgd, lr: 0.1}
-  schedule: {type: constant}
-)";
+  test_support::write_tiny_run(dir, /*train=*/32, /*test=*/8, /*epochs=*/1);
   const auto r = test_support::run_dptrain("train --device cpu --threads 1 --no-progress --config " +
                                            (dir / "tiny.yaml").string() + " --data " + (dir / "data").string() +
                                            " --out " + (dir / "run").string() + " " + extra);

@@ -26,22 +26,7 @@ class RunSummary : public ::testing::Test {
     dir_ = fs::temp_directory_path() / ("dptrain_summary_" + std::to_string(getpid()) + "_" +
                                         ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::remove_all(dir_);
-    fs::create_directories(dir_ / "data");
-    test_support::write_pair(dir_ / "data", "train", 64, 16, 10);
-    test_support::write_pair(dir_ / "data", "t10k", 20, 16, 10);
-    std::ofstream(dir_ / "tiny.yaml") << R"(name: tiny
-model:
-  input: [1, 16, 16]
-  num_classes: 10
-  layers:
-    - {type: flatten}
-    - {type: linear, out_features: 10}
-train:
-  batch_size: 16
-  epochs: 5
-  optimizer: {type: sgd, lr: 0.1}
-  schedule: {type: constant}
-)";
+    test_support::write_tiny_run(dir_, /*train=*/64, /*test=*/20, /*epochs=*/5);
   }
   void TearDown() override { fs::remove_all(dir_); }
 

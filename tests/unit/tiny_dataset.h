@@ -32,4 +32,25 @@ inline void write_pair(const std::filesystem::path& dir, const std::string& pref
   write_idx(dir / (prefix + "-labels-idx1-ubyte"), {static_cast<uint32_t>(count)}, labels);
 }
 
+/// A run a test can train in a second: `train`/`test` images of 16x16 pixels (10 classes) in
+/// dir/data, and dir/tiny.yaml, a linear classifier trained by SGD at batch 16 for `epochs`.
+inline void write_tiny_run(const std::filesystem::path& dir, int train, int test, int epochs) {
+  std::filesystem::create_directories(dir / "data");
+  write_pair(dir / "data", "train", train, 16, 10);
+  write_pair(dir / "data", "t10k", test, 16, 10);
+  std::ofstream(dir / "tiny.yaml") << R"(name: tiny
+model:
+  input: [1, 16, 16]
+  num_classes: 10
+  layers:
+    - {type: flatten}
+    - {type: linear, out_features: 10}
+train:
+  batch_size: 16
+  epochs: )" << epochs << R"(
+  optimizer: {type: sgd, lr: 0.1}
+  schedule: {type: constant}
+)";
+}
+
 }  // namespace dptrain::test_support
