@@ -195,8 +195,7 @@ bool communicator_needs_mpi(CommKind kind, Device device, int ranks) {
 
 std::unique_ptr<Communicator> make_communicator(CommKind kind, Device device, const MpiSession& session,
                                                 int cuda_device, double timeout_s) {
-  if (communicator_needs_mpi(kind, device, session.size()) && !session.started() &&
-      !(device == Device::Cpu && kind == CommKind::Nccl))  // that one is an InputError below
+  if (communicator_needs_mpi(kind, device, session.size()) && !session.started())
     throw std::logic_error("make_communicator: the communicator needs MPI, and the session has not started it");
   if (device == Device::Cpu) {
     if (kind == CommKind::Nccl)
