@@ -188,7 +188,6 @@ class Trainer {
   /// and when the last test pass ended.
   std::chrono::steady_clock::time_point model_build_start_{}, last_eval_end_{};
   double upload_seconds_ = 0;
-  double eval_seconds_ = 0;      ///< rank 0's test passes in this process, summed
   bool new_best_ = false;        ///< the latest evaluation set a new best
   std::unique_ptr<CheckpointDir> checkpoints_;
   std::unique_ptr<class CheckpointWriter> writer_;      ///< rank 0: writes into checkpoints_ (after it: destroyed first)
