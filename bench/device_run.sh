@@ -66,8 +66,17 @@ for step in "$@"; do
       # The epoch ends of the 14-epoch run under --profile: evaluation, metrics line, checkpoint snapshot and write.
       $B/dptrain train --device cuda --no-progress --profile --out /tmp/dr/bdprof > "$OUT/breakdown_profile.log" 2>&1
       echo "profile rc=$?"; sed -n "/^epoch ends/,\$p" "$OUT/breakdown_profile.log" ;;
-    test)
-      $B/tests/dptrain_gpu_tests 2>&1 | tee "$OUT/gpu_tests.log" | grep -E "^\[  |GPU vs CPU|Failure|Expected|Which|rel" | head -60 ;;
+    test)  # every GPU test: the failures in full, then the counts
+      timeout 400 $B/tests/dptrain_gpu_tests > "$OUT/gpu_tests.log" 2>&1; echo "gpu tests rc=$?"
+      grep -E -A12 "Failure$" "$OUT/gpu_tests.log" | head -120
+      grep -E "^\[  (FAILED|PASSED|SKIPPED) |tests ran|Segmentation|error:" "$OUT/gpu_tests.log" | head -40 ;;
+    gpue2e)  # the end-to-end and MPI tests that need a GPU (one GPU: two ranks share it through --comm mpi)
+      timeout 300 $B/tests/e2e/dptrain_e2e_tests --gtest_filter='*Gpu*' > "$OUT/gpu_e2e.log" 2>&1; echo "e2e gpu rc=$?"
+      grep -E -A12 "Failure$" "$OUT/gpu_e2e.log" | head -60; grep -E "^\[  (FAILED|PASSED|SKIPPED) |tests ran" "$OUT/gpu_e2e.log"
+      for np in 1 2; do
+        timeout 200 mpirun -np $np --oversubscribe $B/tests/mpi/dptrain_mpi_tests --gtest_filter='MpiCommGpu.*' > "$OUT/gpu_mpi_np$np.log" 2>&1
+        echo "mpi gpu np$np rc=$?"; grep -E -A8 "Failure$" "$OUT/gpu_mpi_np$np.log" | head -30; grep -E "^\[  (FAILED|PASSED) |SKIPPED \]" "$OUT/gpu_mpi_np$np.log" | sort | uniq -c
+      done ;;
     ctest)
       OMP_NUM_THREADS=2 ctest --test-dir $B -j 8 --output-on-failure ${CTEST_ARGS:-} >"$OUT/ctest.log" 2>&1; tail -15 "$OUT/ctest.log"
       grep -E "^ *[0-9]+/[0-9]+ Test +#[0-9]+: (CudaBackend|OptimGpu|Numerics|Resume|Ranks|mpi_)" "$OUT/ctest.log" | sed 's/ \.\.\.*/ /' ;;
