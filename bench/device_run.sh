@@ -67,7 +67,7 @@ for step in "$@"; do
       $B/dptrain train --device cuda --no-progress --profile --out /tmp/dr/bdprof > "$OUT/breakdown_profile.log" 2>&1
       echo "profile rc=$?"; sed -n "/^epoch ends/,\$p" "$OUT/breakdown_profile.log" ;;
     test)  # every GPU test: the failures in full, then the counts
-      timeout 400 $B/tests/dptrain_gpu_tests > "$OUT/gpu_tests.log" 2>&1; echo "gpu tests rc=$?"
+      timeout 400 $B/tests/dptrain_gpu_tests --gtest_filter="${GPU_FILTER:-*}" > "$OUT/gpu_tests.log" 2>&1; echo "gpu tests rc=$?"
       grep -E -A12 "Failure$" "$OUT/gpu_tests.log" | head -120
       grep -E "^\[  (FAILED|PASSED|SKIPPED) |tests ran|Segmentation|error:" "$OUT/gpu_tests.log" | head -40 ;;
     gpue2e)  # the end-to-end and MPI tests that need a GPU (one GPU: two ranks share it through --comm mpi)
@@ -120,7 +120,7 @@ PY
       done; done; done
       for c in mnist_cnn lenet5; do
         timeout 500 python3 bench/pytorch_reference.py --net $c --mode graph --precision float32 tf32 --steps 50 --warmup 5 \
-          --batch ${BATCHES:-1 3 64 257 1000 1024 2048 4096 8192} | tee -a "$OUT/batches.jsonl" |
+          --batch ${PT_BATCHES:-${BATCHES:-1 3 64 257 1000 1024 2048 4096 8192}} | tee -a "$OUT/batches.jsonl" |
           python3 -c "import json,sys; [print('pytorch', r['config'], r['precision'], r['batch'], r['ms_per_step'], r['images_per_second']) for r in map(json.loads, sys.stdin)]"
       done ;;
     sanitize)  # memcheck over planning (every candidate, DPTRAIN_PLAN_TIMING=quick) and a few graph steps; racecheck on the kernel sweep
@@ -333,6 +333,32 @@ for mode in ('0', '1'):
     a, b = load_file('/tmp/dr/bn_sync%s/final.safetensors' % mode), load_file('/tmp/dr/bn_sync%s_mpi/final.safetensors' % mode)
     rel = max(float((a[k].double() - b[k].double()).abs().max() / (a[k].double().abs().max() + 1e-12)) for k in a)
     print('sync=%s 2 ranks --comm mpi vs 1 rank: max relative difference %.3g' % (mode, rel))
+PY
+      ;;
+    bndrift)  # BatchNorm (mnist_bn, SGD) after 5 and 50 steps: 2 ranks (--comm mpi, one GPU) and the CPU against one GPU rank,
+              # ghost and sync statistics; the worst tensors by relative difference
+      for mode in 0 1; do for steps in 5 50; do
+        c2=(--config configs/mnist_bn.yaml --no-progress --max-steps $steps --set "train.optimizer={type: sgd, lr: 0.01, momentum: 0.5}" --set "train.schedule={type: constant}" --set train.exact_convolutions=true --set model.layers.1.sync=$mode --set model.layers.4.sync=$mode --set model.layers.10.sync=$mode)
+        $B/dptrain train --device cuda "${c2[@]}" --out /tmp/dr/drift_${mode}_${steps}_g1 > /tmp/dr/drift.log 2>&1 || tail -3 /tmp/dr/drift.log
+        mpirun -np 2 --oversubscribe $B/dptrain train --device cuda --comm mpi "${c2[@]}" --out /tmp/dr/drift_${mode}_${steps}_g2 > /tmp/dr/drift.log 2>&1 || tail -3 /tmp/dr/drift.log
+        $B/dptrain train --device cpu "${c2[@]}" --out /tmp/dr/drift_${mode}_${steps}_c1 > /tmp/dr/drift.log 2>&1 || tail -3 /tmp/dr/drift.log
+        $B/dptrain train --device cuda "${c2[@]}" --set train.cudnn_benchmark=false --out /tmp/dr/drift_${mode}_${steps}_h1 > /tmp/dr/drift.log 2>&1 || tail -3 /tmp/dr/drift.log
+        mpirun -np 2 --oversubscribe $B/dptrain train --device cuda --comm mpi "${c2[@]}" --set train.cudnn_benchmark=false --out /tmp/dr/drift_${mode}_${steps}_h2 > /tmp/dr/drift.log 2>&1 || tail -3 /tmp/dr/drift.log
+      done; done
+      python3 - <<'PY'
+from safetensors.torch import load_file
+def worst(a, b):
+    r = sorted(((float((a[k].double() - b[k].double()).norm() / max(float(a[k].double().norm()), 1e-6)), k) for k in a), reverse=True)
+    return ' '.join('%s %.2g' % (k, d) for d, k in r[:3])
+for mode in '01':
+    for steps in (5, 50):
+        base = '/tmp/dr/drift_%s_%d_' % (mode, steps)
+        try:
+            g1 = load_file(base + 'g1/final.safetensors')
+            for other, what in (('g2', '2 ranks'), ('c1', 'cpu'), ('h1', 'heuristic 1 rank')):
+                print('sync=%s steps %d %s vs 1 GPU rank: %s' % (mode, steps, what, worst(g1, load_file(base + other + '/final.safetensors'))))
+            print('sync=%s steps %d heuristic 2 ranks vs heuristic 1: %s' % (mode, steps, worst(load_file(base + 'h1/final.safetensors'), load_file(base + 'h2/final.safetensors'))))
+        except Exception as e: print(mode, steps, 'failed', e)
 PY
       ;;
     bnbench)  # issue 23: the BatchNorm network's step time beside PyTorch's (eager and CUDA graph), same call

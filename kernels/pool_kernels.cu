@@ -72,7 +72,7 @@ __device__ __forceinline__ void maxpool_input_grad(const float* dy, const int32_
     for (int oy = first_window(iy, g.k, g.stride, g.pad); oy < oy_end; ++oy)
       for (int ox = ox_begin; ox < ox_end; ++ox) {
         const long o = base + oy * g.ow + ox;
-        if (argmax[o] == offset) acc += dy[o] * dropout_factor(drop, o);
+        if (argmax[o] == offset) acc += __fmul_rn(dy[o], dropout_factor(drop, o));  // rounded before the sum, as the CPU does (no FMA)
       }
   }
   dx[static_cast<long>(blockIdx.x) * per_plane + offset] = acc;

@@ -849,17 +849,18 @@ ConvRef make_conv_ref(sweep::ConvShape s, int index, uint64_t seed) {
 struct CudnnAlgo {
   int id;
   const char* name;
-  bool transform;  ///< FFT or Winograd: rounds differently from a sum of products
+  bool transform;        ///< FFT or Winograd: rounds differently from a sum of products
+  bool planned = true;   ///< the planner may choose it (not the non-fused Winograd: conv_planner.cpp, inexact)
 };
 constexpr CudnnAlgo kFwdAlgos[] = {{0, "IMPLICIT_GEMM", false}, {1, "IMPLICIT_PRECOMP_GEMM", false},
                                    {2, "GEMM", false},          {3, "DIRECT", false},
                                    {4, "FFT", true},            {5, "FFT_TILING", true},
-                                   {6, "WINOGRAD", true},       {7, "WINOGRAD_NONFUSED", true}};
+                                   {6, "WINOGRAD", true},       {7, "WINOGRAD_NONFUSED", true, false}};
 constexpr CudnnAlgo kDataAlgos[] = {{0, "ALGO_0", false},    {1, "ALGO_1", false},   {2, "FFT", true},
-                                    {3, "FFT_TILING", true}, {4, "WINOGRAD", true}, {5, "WINOGRAD_NONFUSED", true}};
+                                    {3, "FFT_TILING", true}, {4, "WINOGRAD", true}, {5, "WINOGRAD_NONFUSED", true, false}};
 constexpr CudnnAlgo kFilterAlgos[] = {{0, "ALGO_0", false},   {1, "ALGO_1", false},
                                       {2, "FFT", true},       {3, "ALGO_3", false},
-                                      {4, "WINOGRAD", true},  {5, "WINOGRAD_NONFUSED", true},
+                                      {4, "WINOGRAD", true},  {5, "WINOGRAD_NONFUSED", true, false},
                                       {6, "FFT_TILING", true}};
 // A cuDNN that adds an algorithm fails here: the sweep must learn to run it.
 static_assert(std::size(kFwdAlgos) == static_cast<size_t>(CUDNN_CONVOLUTION_FWD_ALGO_COUNT));
@@ -999,6 +1000,10 @@ void run_conv_on_gpu(Sweep& sw, const ConvRef& r, Buffer<uint8_t>& workspace) {
     for (const CudnnAlgo& a : kFwdAlgos) {
       const auto algo = static_cast<cudnnConvolutionFwdAlgo_t>(a.id);
       const std::string name = cudnn_name("forward", a, m);
+      if (!a.planned) {
+        sw.not_eligible(name + ": never planned (inexact)");
+        continue;
+      }
       size_t bytes = 0;
       const cudnnStatus_t q = cudnnGetConvolutionForwardWorkspaceSize(h, xd, fd, convs[mi], yd, algo, &bytes);
       if (q != CUDNN_STATUS_SUCCESS) {
@@ -1067,6 +1072,10 @@ void run_conv_on_gpu(Sweep& sw, const ConvRef& r, Buffer<uint8_t>& workspace) {
     for (const CudnnAlgo& a : kDataAlgos) {
       const auto algo = static_cast<cudnnConvolutionBwdDataAlgo_t>(a.id);
       const std::string name = cudnn_name("input gradient", a, m);
+      if (!a.planned) {
+        sw.not_eligible(name + ": never planned (inexact)");
+        continue;
+      }
       size_t bytes = 0;
       const cudnnStatus_t q = cudnnGetConvolutionBackwardDataWorkspaceSize(h, fd, yd, convs[mi], xd, algo, &bytes);
       if (q != CUDNN_STATUS_SUCCESS) {
@@ -1150,6 +1159,10 @@ void run_conv_on_gpu(Sweep& sw, const ConvRef& r, Buffer<uint8_t>& workspace) {
     for (const CudnnAlgo& a : kFilterAlgos) {
       const auto algo = static_cast<cudnnConvolutionBwdFilterAlgo_t>(a.id);
       const std::string name = cudnn_name("filter gradient", a, m);
+      if (!a.planned) {
+        sw.not_eligible(name + ": never planned (inexact)");
+        continue;
+      }
       size_t bytes = 0;
       const cudnnStatus_t q = cudnnGetConvolutionBackwardFilterWorkspaceSize(h, xd, yd, convs[mi], fd, algo, &bytes);
       if (q != CUDNN_STATUS_SUCCESS) {
@@ -1175,6 +1188,10 @@ void run_conv_on_gpu(Sweep& sw, const ConvRef& r, Buffer<uint8_t>& workspace) {
     for (const CudnnAlgo& a : kFilterAlgos) {
       const auto algo = static_cast<cudnnConvolutionBwdFilterAlgo_t>(a.id);
       const std::string name = cudnn_name("filter gradient", a, kMaths[0], " in chunks (beta 1)");
+      if (!a.planned) {
+        sw.not_eligible(name + ": never planned (inexact)");
+        continue;
+      }
       size_t bytes = 0;
       const cudnnStatus_t q = cudnnGetConvolutionBackwardFilterWorkspaceSize(h, xcd, ycd, convs[0], fd, algo, &bytes);
       if (q != CUDNN_STATUS_SUCCESS || bytes > kMaxWorkspace) {

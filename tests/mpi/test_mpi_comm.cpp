@@ -436,7 +436,9 @@ TEST(MpiCommGpu, NcclAllReduceBroadcastAndReducerInAGraph) {
   if (!all_agree(visible > 0 && session().local_size() <= visible)) GTEST_SKIP() << "needs one GPU per rank";
   const int device = choose_gpu(session().local_rank(), visible);
   DeviceContext ctx(std::make_unique<CudaContext>(CudaOptions{device}));
-  auto comm = make_communicator(CommKind::Auto, Device::Cuda, session(), device, 60.0);
+  // NCCL by name: auto gives one rank the single-process communicator, and a one-GPU machine runs
+  // this test with one rank only.
+  auto comm = make_communicator(CommKind::Nccl, Device::Cuda, session(), device, 60.0);
   ASSERT_EQ(comm->name(), "nccl");  // make_communicator is collective: every rank got here alike
   const int p = comm->size();
   cudaStream_t stream = ctx.cuda().stream();

@@ -44,10 +44,24 @@ bool transforms(cudnnConvolutionBwdFilterAlgo_t a) {
          a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED;
 }
 
+/// cuDNN's non-fused Winograd: on 5x5 kernels its outputs err by 3e-4 to 1.6e-3 relative in both
+/// maths (the shape sweep on an H200, cuDNN 9.14), past float32's tolerance (1e-4) and close to
+/// TF32's (2e-3). The check at planning time drops it anyway, with a warning in every such run; it
+/// is never a candidate instead.
+bool inexact(cudnnConvolutionFwdAlgo_t a) { return a == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED; }
+bool inexact(cudnnConvolutionBwdDataAlgo_t a) { return a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED; }
+bool inexact(cudnnConvolutionBwdFilterAlgo_t a) { return a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED; }
+
+/// Allowed by the run's rules whatever its workspace.
+template <typename Perf>
+bool eligible(const Perf& r, AlgoRules rules) {
+  return r.status == CUDNN_STATUS_SUCCESS && !inexact(r.algo) &&
+         (!rules.deterministic || r.determinism == CUDNN_DETERMINISTIC) && (!rules.exact || !transforms(r.algo));
+}
+
 template <typename Perf>
 bool allowed(const Perf& r, AlgoRules rules) {
-  return r.status == CUDNN_STATUS_SUCCESS && r.memory <= kMaxConvWorkspace &&
-         (!rules.deterministic || r.determinism == CUDNN_DETERMINISTIC) && (!rules.exact || !transforms(r.algo));
+  return eligible(r, rules) && r.memory <= kMaxConvWorkspace;
 }
 
 template <typename Perf>
@@ -126,6 +140,8 @@ const char* plan_search_name() {
 /// cuDNN algorithms timed per direction under train.cudnn_benchmark, in its heuristic order: the
 /// allowed ones past these rarely win (an H200's mnist_cnn shapes had 3 to 5 allowed per direction).
 constexpr size_t kTimedCudnnCandidates = 4;
+/// Timed: an algorithm over kMaxConvWorkspace is tried over at most this many equal sub-batches.
+constexpr int kMaxChunkParts = 16;
 
 /// A candidate whose first timed replay takes this many times the best so far cannot win: its
 /// timing stops there (replay-to-replay noise in a graph is a few percent).
@@ -233,25 +249,73 @@ void ConvPlanner::choose(DeviceContext& ctx, ConvPlan& p, bool forward, bool bac
   // the first few are checked and timed (choose_direction): those that can win (cudnnFind, which
   // would run every one eagerly, is not called; the survivors are timed as the step runs them anyway).
   const bool find = timed && plan_search() == PlanSearch::Full;
-  const auto fwd_heuristic = [&](cudnnTensorDescriptor_t x, cudnnTensorDescriptor_t y) {
-    cudnnConvolutionFwdAlgoPerf_t r[kMax];
+  // cuDNN's heuristic answers (every algorithm, with its status and workspace at that batch).
+  const auto fwd_perf = [&](cudnnTensorDescriptor_t x, cudnnTensorDescriptor_t y) {
+    std::vector<cudnnConvolutionFwdAlgoPerf_t> r(kMax);
     int k = 0;
-    CUDNN_CHECK(cudnnGetConvolutionForwardAlgorithm_v7(h, x, exec_.filter_desc(), exec_.conv_desc(), y, kMax, &k, r));
-    return allowed_algos(r, k, rules);
+    CUDNN_CHECK(
+        cudnnGetConvolutionForwardAlgorithm_v7(h, x, exec_.filter_desc(), exec_.conv_desc(), y, kMax, &k, r.data()));
+    r.resize(static_cast<size_t>(k));
+    return r;
+  };
+  const auto data_perf = [&](cudnnTensorDescriptor_t x, cudnnTensorDescriptor_t y) {
+    std::vector<cudnnConvolutionBwdDataAlgoPerf_t> r(kMax);
+    int k = 0;
+    CUDNN_CHECK(cudnnGetConvolutionBackwardDataAlgorithm_v7(h, exec_.filter_desc(), y, exec_.conv_desc(), x, kMax, &k,
+                                                            r.data()));
+    r.resize(static_cast<size_t>(k));
+    return r;
+  };
+  const auto filter_perf = [&](cudnnTensorDescriptor_t x, cudnnTensorDescriptor_t y) {
+    std::vector<cudnnConvolutionBwdFilterAlgoPerf_t> r(kMax);
+    int k = 0;
+    CUDNN_CHECK(cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, x, y, exec_.conv_desc(), exec_.filter_desc(), kMax,
+                                                              &k, r.data()));
+    r.resize(static_cast<size_t>(k));
+    return r;
+  };
+  const auto allowed_of = [&](const auto& perf) {
+    return allowed_algos(perf.data(), static_cast<int>(perf.size()), rules);
+  };
+  const auto fwd_heuristic = [&](cudnnTensorDescriptor_t x, cudnnTensorDescriptor_t y) {
+    return allowed_of(fwd_perf(x, y));
   };
   const auto data_heuristic = [&](cudnnTensorDescriptor_t x, cudnnTensorDescriptor_t y) {
-    cudnnConvolutionBwdDataAlgoPerf_t r[kMax];
-    int k = 0;
-    CUDNN_CHECK(
-        cudnnGetConvolutionBackwardDataAlgorithm_v7(h, exec_.filter_desc(), y, exec_.conv_desc(), x, kMax, &k, r));
-    return allowed_algos(r, k, rules);
+    return allowed_of(data_perf(x, y));
   };
   const auto filter_heuristic = [&](cudnnTensorDescriptor_t x, cudnnTensorDescriptor_t y) {
-    cudnnConvolutionBwdFilterAlgoPerf_t r[kMax];
-    int k = 0;
-    CUDNN_CHECK(
-        cudnnGetConvolutionBackwardFilterAlgorithm_v7(h, x, y, exec_.conv_desc(), exec_.filter_desc(), kMax, &k, r));
-    return allowed_algos(r, k, rules);
+    return allowed_of(filter_perf(x, y));
+  };
+  // Timed: cuDNN's heuristic order, where an algorithm that the rules allow but for its workspace
+  // at the whole batch (FFT's grows with the batch) stands, in its place, over the largest equal
+  // sub-batches on which it fits. Else a large batch is left to the slow algorithms that fit whole:
+  // lenet5's conv2 at batch 8192 in float32 had cuDNN 1 alone, 22 ms a step against 0.9 at 2048.
+  const auto timed_candidates = [&](const auto& perf) {
+    std::vector<ConvAlgo> algos;
+    const int n = p.batch.n;
+    for (const auto& r : perf(p.batch.x.get(), p.batch.y.get())) {
+      if (allowed(r, rules)) {
+        algos.push_back(cudnn_algo(r));
+        continue;
+      }
+      if (!eligible(r, rules)) continue;
+      const size_t least = (r.memory + kMaxConvWorkspace - 1) / kMaxConvWorkspace;  // sub-batches, at least
+      for (int parts = std::max(2, static_cast<int>(std::min<size_t>(least, kMaxChunkParts + 1)));
+           parts <= std::min(n, kMaxChunkParts); ++parts) {
+        if (n % parts != 0) continue;
+        const int chunk = n / parts;
+        const ConvBatch probe = exec_.batch(chunk);
+        const auto sub = perf(probe.x.get(), probe.y.get());
+        const auto same = std::find_if(sub.begin(), sub.end(), [&](const auto& q) { return q.algo == r.algo; });
+        if (same == sub.end() || !allowed(*same, rules)) continue;
+        ConvAlgo a = cudnn_algo(*same);
+        a.chunk = chunk;
+        exec_.add_chunk(p.batch, chunk);
+        algos.push_back(a);
+        break;
+      }
+    }
+    return algos;
   };
   // DPTRAIN_PLAN_TIMING=full: cudnnFind proposes, as before issue 22.
   const auto fwd_find = [&] {
@@ -284,7 +348,8 @@ void ConvPlanner::choose(DeviceContext& ctx, ConvPlan& p, bool forward, bool bac
     const std::vector<ConvImpl> own = exec_.own_kernels(p.batch.n, o.exact_convolutions, ConvDirection::Forward);
     const std::string k = key(o, p.batch.n, "forward");
     const Choice c = choose_direction(
-        ctx, p, "forward", own, [&] { return find ? fwd_find() : fwd_heuristic(p.batch.x, p.batch.y); },
+        ctx, p, "forward", own,
+        [&] { return find ? fwd_find() : timed ? timed_candidates(fwd_perf) : fwd_heuristic(p.batch.x, p.batch.y); },
         recorded(ctx, p, k, "forward", own, fwd_heuristic),
         {reference(exec_, p, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, h),
          reference(exec_, p, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM, h)},
@@ -308,7 +373,9 @@ void ConvPlanner::choose(DeviceContext& ctx, ConvPlan& p, bool forward, bool bac
       const std::string k = key(o, p.batch.n, "backward-data");
       data = choose_direction(
           ctx, p, "backward-data", own,
-          [&] { return find ? data_find() : data_heuristic(p.batch.x, p.batch.y); },
+          [&] {
+            return find ? data_find() : timed ? timed_candidates(data_perf) : data_heuristic(p.batch.x, p.batch.y);
+          },
           recorded(ctx, p, k, "backward-data", own, data_heuristic),
           {reference(exec_, p, CUDNN_CONVOLUTION_BWD_DATA_ALGO_1, h),
            reference(exec_, p, CUDNN_CONVOLUTION_BWD_DATA_ALGO_0, h)},
@@ -329,7 +396,9 @@ void ConvPlanner::choose(DeviceContext& ctx, ConvPlan& p, bool forward, bool bac
     const std::string k = key(o, p.batch.n, "backward-filter");
     const Choice filter = choose_direction(
         ctx, p, "backward-filter", own,
-        [&] { return find ? filter_find() : filter_heuristic(p.batch.x, p.batch.y); },
+        [&] {
+          return find ? filter_find() : timed ? timed_candidates(filter_perf) : filter_heuristic(p.batch.x, p.batch.y);
+        },
         recorded(ctx, p, k, "backward-filter", own, filter_heuristic),
         {reference(exec_, p, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1, h),
          reference(exec_, p, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0, h)},

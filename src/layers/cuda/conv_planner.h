@@ -1,8 +1,10 @@
 // ConvPlanner: chooses, once per batch size, which implementation computes each direction of one
 // convolution layer (ConvExecutor runs them), and keeps the choices.
 // - Eligibility: cuDNN's algorithms that the run's rules allow (only deterministic ones unless
-//   train.deterministic is off; no FFT or Winograd under train.exact_convolutions; at most
-//   kMaxConvWorkspace), and dptrain's kernel families whose guards admit the shape.
+//   train.deterministic is off; no FFT or Winograd under train.exact_convolutions; never the
+//   non-fused Winograd, whose 5x5 outputs err by up to 1.6e-3; at most kMaxConvWorkspace), and
+//   dptrain's kernel families whose guards admit the shape. Timed, an algorithm over the workspace
+//   cap at the whole batch is a candidate over the largest equal sub-batches on which it fits.
 // - Safety: every candidate is run once on random inputs, its outputs poisoned first, and compared
 //   on the device with cuDNN's plainest algorithm; one that disagrees (1e-4 in relative norm, 1e-2
 //   under tf32), leaves an output unwritten or fails to run is dropped with one warning and never
