@@ -242,16 +242,20 @@ TEST_F(CudaBatchNorm, ProfileAndCheckNumericsCoverBatchNorm) {
   EXPECT_EQ(r.status, 0) << r.output;
 }
 
-// Sync statistics over 2 ranks sharing the GPU (--comm mpi: the host all-reduce) against one rank.
-// The two runs differ by rounding only (per-rank batch 32 against 64: other convolution algorithms
-// and summation orders, sums exchanged in float), which 50 steps amplify: GPU against CPU, SGD,
-// 50 steps drifts up to 2.4e-5 (CudaBackend.GpuCpuDriftStaysRoundingSized). So exact convolutions
-// (no FFT/Winograd rounding) and the 1e-4 the other multi-step comparisons use; a wrong exchange
-// (a missing or doubled sum) differs by far more.
+// Sync statistics over 2 ranks sharing the GPU (--comm mpi: the host all-reduce) against one rank,
+// on mnist_bn and MNIST, after 5 steps. The runs differ by rounding only (per-rank batch 32
+// against 64: other convolution algorithms and summation orders, sums exchanged in float). On
+// this network rounding does not stay small for long: a ReLU or max-pool decision near a tie
+// flips, and the biases' gradients (sums that cancel to a small fraction of their terms) take the
+// flip whole. The CPU backend, 1 rank against 2, ghost statistics (no exchange in forward at all):
+// 2.6e-7 after 5 steps, 4.3e-5 after 10, 9e-4 after 20, 2e-2 after 50 (bn1.bias; 2026-12-05). So
+// 5 steps and 1e-5 here; a wrong exchange (a missing or doubled sum) differs by far more at once.
+// The 50-step comparison at 1e-5 runs on a network and data where no decision sits near a tie:
+// BatchNormRanks.OneTwoAndFourRanksOnOneGpuWithCommMpiGiveTheOneRankResult (tests/e2e).
 TEST_F(CudaBatchNorm, SyncOverTwoRanksWithCommMpiMatchesOneRank) {
   if (!have_mnist()) GTEST_SKIP() << "MNIST not in " << kData;
   const std::string sets =
-      "--max-steps 50 --set 'train.optimizer={type: sgd, lr: 0.01, momentum: 0.5}' --set 'train.schedule={type: constant}'"
+      "--max-steps 5 --set 'train.optimizer={type: sgd, lr: 0.01, momentum: 0.5}' --set 'train.schedule={type: constant}'"
       " --set train.exact_convolutions=true"
       " --set model.layers.1.sync=1 --set model.layers.4.sync=1 --set model.layers.10.sync=1";
   clear("one"), clear("two");
@@ -263,7 +267,7 @@ TEST_F(CudaBatchNorm, SyncOverTwoRanksWithCommMpiMatchesOneRank) {
   const LoadedWeights b = load_weights((fs::temp_directory_path() / "dptrain_gpu_bn_two/final.safetensors").string());
   for (const SafeTensor& t : a.file.tensors) {
     const double d = rel(b.tensor(t.name, t.shape), a.tensor(t.name, t.shape));
-    EXPECT_LT(d, 1e-4) << t.name;
+    EXPECT_LT(d, 1e-5) << t.name;
   }
 }
 
