@@ -363,7 +363,11 @@ def worker(args):
         cos, sin = torch.cos(rot), torch.sin(rot)
         a = torch.stack([torch.stack([cos, -sin + cos * torch.tan(shear)], 1),
                          torch.stack([sin, cos + sin * torch.tan(shear)], 1)], 1) * scale[:, None, None]
-        inv = torch.linalg.inv(a)
+        # The 2x2 inverse written out: torch.linalg.inv checks for singular matrices with a host
+        # sync, which a captured step cannot do.
+        det = a[:, 0, 0] * a[:, 1, 1] - a[:, 0, 1] * a[:, 1, 0]
+        inv = torch.stack([torch.stack([a[:, 1, 1], -a[:, 0, 1]], 1),
+                           torch.stack([-a[:, 1, 0], a[:, 0, 0]], 1)], 1) / det[:, None, None]
         offset = -(inv @ torch.stack([tx, ty], 1)[:, :, None])
         grid = F.affine_grid(torch.cat([inv, offset], 2), list(x.shape), align_corners=False)
         x = F.grid_sample(x - fill_n, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + fill_n
