@@ -132,7 +132,7 @@ PY
       timeout 400 compute-sanitizer --tool racecheck --print-limit 5 $B/tests/dptrain_gpu_tests --gtest_filter='ShapeSweep.*:TiledConv.*:SkinnyGemm.*' > "$OUT/racecheck.log" 2>&1
       echo "racecheck rc=$?: $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck.log")"; tail -3 "$OUT/racecheck.log" ;;
     longsweep)
-      DPTRAIN_SWEEP=long timeout 500 $B/tests/dptrain_gpu_tests --gtest_filter='ShapeSweep.*' > "$OUT/longsweep.log" 2>&1
+      DPTRAIN_SWEEP=long timeout ${LONGSWEEP_TIMEOUT:-500} $B/tests/dptrain_gpu_tests --gtest_filter='ShapeSweep.*' > "$OUT/longsweep.log" 2>&1
       echo "long sweep rc=$?"; grep -E "^sweep:|FAILED|Failure" "$OUT/longsweep.log" | head -20 ;;
     quickbench)  # dptrain alone, graph step in float32 and tf32
       for t in float32 tf32; do $B/dptrain bench --device cuda --steps 400 --set train.precision=$t | tee -a "$OUT/bench.jsonl"; done ;;
