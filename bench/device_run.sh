@@ -374,6 +374,13 @@ PY
       echo "mnist_fast rc=$?"; tail -6 "$OUT/tta_fast.log"
       for i in 1 2 3; do /usr/bin/time -f "mnist_fast wall %e s" $B/dptrain train --config configs/mnist_fast.yaml --device cuda --out /tmp/dr/tta_time --no-progress 2>&1 | tail -1; done
       $B/dptrain train --config configs/mnist_fast.yaml --device cuda --out /tmp/dr/tta_prof --no-progress --profile > "$OUT/tta_profile.log" 2>&1; echo "profile rc=$?" ;;
+    ttaquick)  # issue 24 in a short call: mnist_fast over 10 seeds (dptrain alone), then 3 seeds beside PyTorch eager and graph
+      $B/dptrain train --config configs/mnist_fast.yaml --device cuda --out /tmp/dr/tta_warm --no-progress > "$OUT/tta_warm.log" 2>&1; echo "warm-up rc=$?"
+      python3 bench/time_to_accuracy.py --config configs/mnist_fast.yaml --seeds 10 --pytorch none --dptrain $B/dptrain --out /tmp/dr/tta_fast > "$OUT/tta_fast10.log" 2>&1
+      echo "mnist_fast 10 seeds rc=$?"; tail -4 "$OUT/tta_fast10.log"
+      for i in 1 2 3; do /usr/bin/time -f "mnist_fast wall %e s" $B/dptrain train --config configs/mnist_fast.yaml --device cuda --out /tmp/dr/tta_time --no-progress 2>&1 | tail -1; done
+      timeout 120 python3 bench/time_to_accuracy.py --config configs/mnist_fast.yaml --seeds 3 --dptrain $B/dptrain --out /tmp/dr/tta_fast3 > "$OUT/tta_fast3.log" 2>&1
+      echo "mnist_fast 3 seeds with PyTorch rc=$?"; tail -6 "$OUT/tta_fast3.log"; grep -h error "$OUT/tta_fast3.log" | head -3 ;;
     ttabest)  # issue 24: mnist_best over BEST_SEEDS (default 2) seeds beside PyTorch with the step in a CUDA graph
       python3 bench/time_to_accuracy.py --config configs/mnist_best.yaml --seeds ${BEST_SEEDS:-2} --pytorch graph --dptrain $B/dptrain --out /tmp/dr/tta_best > "$OUT/tta_best.log" 2>&1
       echo "mnist_best rc=$?"; tail -5 "$OUT/tta_best.log" ;;
