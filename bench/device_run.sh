@@ -19,6 +19,7 @@ for step in "$@"; do
   case $step in
     build)
       nvidia-smi -L; ls -d /usr/lib/x86_64-linux-gnu/openblas* 2>&1
+      bash launch/get_mnist.sh data/mnist > /dev/null  # the raw files beside the carried .gz ones, as setup makes them
       cmake -S . -B $B -DCMAKE_CUDA_ARCHITECTURES=90 -DDPTRAIN_TEST_DATA_DIR="$PWD/data/mnist" -DDPTRAIN_BUILD_BENCHMARKS=ON >"$OUT/cmake.log" 2>&1 || { tail -30 "$OUT/cmake.log"; exit 1; }
       cmake --build $B -j 16 ${BUILD_TARGETS:+--target $BUILD_TARGETS} >"$OUT/build.log" 2>&1 || { grep -E "error" "$OUT/build.log" | head -30; exit 1; }
       grep -E "warning" "$OUT/build.log" | head -5; echo "build ok" ;;

