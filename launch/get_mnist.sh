@@ -46,10 +46,10 @@ all_verified() {
 unpack_raw() {
   local n
   for n in "${FILES[@]}"; do
-    [ -f "$DIR/$n" ] && [ "$(sha256sum "$DIR/$n" | cut -d' ' -f1)" = "${SHA256[$n]}" ] && continue
+    [ -f "$DIR/$n" ] && [ "$(digest "$DIR/$n")" = "${SHA256[$n]}" ] && continue
     [ -f "$DIR/$n.gz" ] || continue
     gzip -dc "$DIR/$n.gz" > "$DIR/.$n.tmp"
-    if [ "$(sha256sum "$DIR/.$n.tmp" | cut -d' ' -f1)" = "${SHA256[$n]}" ]; then
+    if [ "$(digest "$DIR/.$n.tmp")" = "${SHA256[$n]}" ]; then
       mv "$DIR/.$n.tmp" "$DIR/$n"
     else
       rm -f "$DIR/.$n.tmp" "$DIR/$n"  # the .gz is not the verified one: leave only what checks out
