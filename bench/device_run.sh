@@ -373,17 +373,29 @@ PY
       $B/dptrain train --config configs/mnist_fast.yaml --device cuda --out /tmp/dr/tta_warm --no-progress > "$OUT/tta_warm.log" 2>&1; echo "warm-up rc=$?"
       python3 bench/time_to_accuracy.py --config configs/mnist_fast.yaml --seeds 10 --dptrain $B/dptrain --out /tmp/dr/tta_fast > "$OUT/tta_fast.log" 2>&1
       echo "mnist_fast rc=$?"; tail -6 "$OUT/tta_fast.log"
-      for i in 1 2 3; do /usr/bin/time -f "mnist_fast wall %e s" $B/dptrain train --config configs/mnist_fast.yaml --device cuda --out /tmp/dr/tta_time --no-progress 2>&1 | tail -1; done
+      for i in 1 2 3; do  # a fresh run folder each time: a finished run's folder would end the run at once
+        /usr/bin/time -f "%e" -o /tmp/dr/wall $B/dptrain train --config configs/mnist_fast.yaml --device cuda --out /tmp/dr/tta_time_$i --no-progress > /tmp/dr/tta_time_$i.log 2>&1
+        echo "mnist_fast wall: rc=$? $(cat /tmp/dr/wall) s; $(grep -E '^done' /tmp/dr/tta_time_$i.log | cut -c1-60)"
+      done
       $B/dptrain train --config configs/mnist_fast.yaml --device cuda --out /tmp/dr/tta_prof --no-progress --profile > "$OUT/tta_profile.log" 2>&1; echo "profile rc=$?" ;;
     ttaquick)  # issue 24 in a short call: mnist_fast over 10 seeds (dptrain alone), then 3 seeds beside PyTorch eager and graph
       $B/dptrain train --config configs/mnist_fast.yaml --device cuda --out /tmp/dr/tta_warm --no-progress > "$OUT/tta_warm.log" 2>&1; echo "warm-up rc=$?"
       python3 bench/time_to_accuracy.py --config configs/mnist_fast.yaml --seeds 10 --pytorch none --dptrain $B/dptrain --out /tmp/dr/tta_fast > "$OUT/tta_fast10.log" 2>&1
       echo "mnist_fast 10 seeds rc=$?"; tail -4 "$OUT/tta_fast10.log"
-      for i in 1 2 3; do /usr/bin/time -f "mnist_fast wall %e s" $B/dptrain train --config configs/mnist_fast.yaml --device cuda --out /tmp/dr/tta_time --no-progress 2>&1 | tail -1; done
+      for i in 1 2 3; do  # a fresh run folder each time: a finished run's folder would end the run at once
+        /usr/bin/time -f "%e" -o /tmp/dr/wall $B/dptrain train --config configs/mnist_fast.yaml --device cuda --out /tmp/dr/tta_time_$i --no-progress > /tmp/dr/tta_time_$i.log 2>&1
+        echo "mnist_fast wall: rc=$? $(cat /tmp/dr/wall) s; $(grep -E '^done' /tmp/dr/tta_time_$i.log | cut -c1-60)"
+      done
       timeout 120 python3 bench/time_to_accuracy.py --config configs/mnist_fast.yaml --seeds 3 --dptrain $B/dptrain --out /tmp/dr/tta_fast3 > "$OUT/tta_fast3.log" 2>&1
       echo "mnist_fast 3 seeds with PyTorch rc=$?"; tail -6 "$OUT/tta_fast3.log"; grep -h error "$OUT/tta_fast3.log" | head -3 ;;
+    ttadiag)  # issue 24's time on the GPU: mnist_fast's start-up and epoch-end tables, train_eval's parts; one PyTorch graph run's stderr
+      $B/dptrain train --config configs/mnist_fast.yaml --device cuda --out /tmp/dr/tta_prof --no-progress --profile > "$OUT/tta_profile.log" 2>&1
+      echo "profile rc=$?"; sed -n "/^profile:/,\$p" "$OUT/tta_profile.log" | head -70
+      python3 -c "import json; s=json.load(open('/tmp/dr/tta_prof/summary.json')); print({k: s[k] for k in ('train_eval_seconds','training_seconds','eval_seconds','upload_seconds','test_accuracy')})"
+      timeout 120 python3 bench/time_to_accuracy.py --config configs/mnist_fast.yaml --seeds 1 --pytorch graph --dptrain $B/dptrain --out /tmp/dr/tta_diag > "$OUT/tta_diag.log" 2>&1
+      echo "pytorch graph rc=$?"; tail -3 "$OUT/tta_diag.log"; tail -25 /tmp/dr/tta_diag/pytorch-graph-seed1.err 2>/dev/null ;;
     ttabest)  # issue 24: mnist_best over BEST_SEEDS (default 2) seeds beside PyTorch with the step in a CUDA graph
-      python3 bench/time_to_accuracy.py --config configs/mnist_best.yaml --seeds ${BEST_SEEDS:-2} --pytorch graph --dptrain $B/dptrain --out /tmp/dr/tta_best > "$OUT/tta_best.log" 2>&1
+      python3 bench/time_to_accuracy.py --config configs/mnist_best.yaml --seeds ${BEST_SEEDS:-2} --pytorch ${BEST_PYTORCH:-graph} --dptrain $B/dptrain --out /tmp/dr/tta_best > "$OUT/tta_best.log" 2>&1
       echo "mnist_best rc=$?"; tail -5 "$OUT/tta_best.log" ;;
   esac
 done

@@ -34,6 +34,7 @@ import argparse
 import json
 import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -147,6 +148,17 @@ def load_config(path):
 # --------------------------------------------------------------------------------------------------
 # dptrain's side: the CLI, one process per seed.
 
+def error_line(stderr, returncode):
+    """The line of a failed run's stderr that says what went wrong: a Python exception's own line
+    (PyTorch follows a CUDA error with hints, so the last line is rarely the error), dptrain's
+    `error:` line, or the last line."""
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    for line in reversed(lines):
+        if re.match(r"^[\w.]*(Error|Exception)\b", line) or "error:" in line:
+            return line
+    return lines[-1] if lines else "exit %d" % returncode
+
+
 def run_dptrain(args, seed):
     out = os.path.join(args.out, f"dptrain-seed{seed}")
     cmd = [args.dptrain, "train", "--config", args.config, "--out", out, "--device", args.device,
@@ -160,7 +172,7 @@ def run_dptrain(args, seed):
     wall = time.perf_counter() - t0
     result = {"side": "dptrain", "mode": args.device, "seed": seed, "wall_s": wall, "out": out}
     if proc.returncode != 0:
-        result["error"] = (proc.stderr.strip().splitlines() or ["exit %d" % proc.returncode])[-1]
+        result["error"] = error_line(proc.stderr, proc.returncode)
         return result
     summary_path = os.path.join(out, "summary.json")
     if os.path.exists(summary_path):
@@ -188,7 +200,11 @@ def run_pytorch(args, seed, mode, resolved_config):
     result = {"side": "pytorch", "mode": mode, "seed": seed, "wall_s": wall}
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
-        result["error"] = (proc.stderr.strip().splitlines() or ["exit %d" % proc.returncode])[-1]
+        result["error"] = error_line(proc.stderr, proc.returncode)
+        log = os.path.join(args.out, f"pytorch-{mode}-seed{seed}.err")
+        with open(log, "w") as f:
+            f.write(proc.stderr)
+        result["stderr"] = log
         return result
     result.update(json.loads(lines[-1]))
     return result
