@@ -393,7 +393,7 @@ PY
       echo "profile rc=$?"; sed -n "/^profile:/,\$p" "$OUT/tta_profile.log" | head -70
       python3 -c "import json; s=json.load(open('/tmp/dr/tta_prof/summary.json')); print({k: s[k] for k in ('train_eval_seconds','training_seconds','eval_seconds','upload_seconds','test_accuracy')})"
       timeout 120 python3 bench/time_to_accuracy.py --config configs/mnist_fast.yaml --seeds 1 --pytorch graph --dptrain $B/dptrain --out /tmp/dr/tta_diag > "$OUT/tta_diag.log" 2>&1
-      echo "pytorch graph rc=$?"; tail -3 "$OUT/tta_diag.log"; tail -25 /tmp/dr/tta_diag/pytorch-graph-seed1.err 2>/dev/null ;;
+      echo "pytorch graph rc=$?"; tail -3 "$OUT/tta_diag.log"; grep -m3 -E "Error|error" /tmp/dr/tta_diag/pytorch-graph-seed1.err 2>/dev/null ;;
     ttabest)  # issue 24: mnist_best over BEST_SEEDS (default 2) seeds beside PyTorch with the step in a CUDA graph
       python3 bench/time_to_accuracy.py --config configs/mnist_best.yaml --seeds ${BEST_SEEDS:-2} --pytorch ${BEST_PYTORCH:-graph} --dptrain $B/dptrain --out /tmp/dr/tta_best > "$OUT/tta_best.log" 2>&1
       echo "mnist_best rc=$?"; tail -5 "$OUT/tta_best.log" ;;

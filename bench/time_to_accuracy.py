@@ -149,11 +149,11 @@ def load_config(path):
 # dptrain's side: the CLI, one process per seed.
 
 def error_line(stderr, returncode):
-    """The line of a failed run's stderr that says what went wrong: a Python exception's own line
-    (PyTorch follows a CUDA error with hints, so the last line is rarely the error), dptrain's
-    `error:` line, or the last line."""
+    """The line of a failed run's stderr that says what went wrong: the first Python exception's
+    own line (the cause, where one exception led to another; PyTorch follows a CUDA error with
+    hints, so the last line is rarely the error), dptrain's `error:` line, or the last line."""
     lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
-    for line in reversed(lines):
+    for line in lines:
         if re.match(r"^[\w.]*(Error|Exception)\b", line) or "error:" in line:
             return line
     return lines[-1] if lines else "exit %d" % returncode
@@ -291,16 +291,23 @@ def worker(args):
     sched_cfg = train_cfg.get("schedule") or {"type": "constant"}
     kind = opt_cfg["type"]
     base_lr = float(opt_cfg["lr"])
+    # Graph mode: what the schedule changes lives in device tensors the captured step reads. The lr
+    # always; beta1 only where a one-cycle schedule cycles it. Float betas are the capturable Adam
+    # PyTorch's own graph tests use; with tensor betas the capture failed on the H200 (2026-12-05,
+    # PyTorch 2.11: "operation failed due to a previous error during capture").
+    cycles_momentum = sched_cfg.get("type") == "onecycle" and bool(sched_cfg.get("cycle_momentum", True))
     lr_t = torch.tensor(base_lr, device=device) if graph else base_lr
-    beta1 = float(opt_cfg.get("beta1", 0.9))
-    betas = (torch.tensor(beta1, device=device), torch.tensor(float(opt_cfg.get("beta2", 0.999)), device=device)) \
-        if graph else (beta1, float(opt_cfg.get("beta2", 0.999)))
+    beta1, beta2 = float(opt_cfg.get("beta1", 0.9)), float(opt_cfg.get("beta2", 0.999))
+    betas = (torch.tensor(beta1, device=device), beta2) if graph and cycles_momentum else (beta1, beta2)
     params = model.parameters()
     wd = float(opt_cfg.get("weight_decay", 0.0))
     if kind == "sgd":
+        if graph and cycles_momentum:
+            raise SystemExit(f"{args.resolved}: graph mode cannot cycle SGD's momentum (a captured step bakes it in)")
+        # fused: the foreach SGD multiplies by the lr on the host, the fused one reads the tensor.
         opt = torch.optim.SGD(params, lr=lr_t, momentum=float(opt_cfg.get("momentum", 0.0)),
                               dampening=float(opt_cfg.get("dampening", 0.0)), nesterov=bool(opt_cfg.get("nesterov")),
-                              weight_decay=wd)
+                              weight_decay=wd, fused=True if graph else None)
     elif kind in ("adam", "adamw"):
         cls = torch.optim.Adam if kind == "adam" else torch.optim.AdamW
         opt = cls(params, lr=lr_t, betas=betas, eps=float(opt_cfg.get("eps", 1e-8)), weight_decay=wd,
@@ -352,7 +359,7 @@ def worker(args):
         for g in opt.param_groups:
             if graph:
                 g["lr"].fill_(lr)
-                if kind in ("adam", "adamw"):
+                if torch.is_tensor(g.get("betas", (None,))[0]):
                     g["betas"][0].fill_(b1)
             else:
                 g["lr"] = lr
