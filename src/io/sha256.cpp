@@ -4,6 +4,13 @@
 #include <algorithm>
 #include <bit>
 #include <cstring>
+#include <stdexcept>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#include <immintrin.h>
+#define DPTRAIN_SHA_EXTENSIONS 1
+#endif
 
 namespace dptrain {
 namespace {
@@ -21,11 +28,7 @@ constexpr std::array<uint32_t, 64> kRoundConstants = {
 constexpr std::array<uint32_t, 8> kInitialState = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
                                                    0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
 
-}  // namespace
-
-Sha256::Sha256() : state_(kInitialState) {}
-
-void Sha256::compress(const uint8_t* block) {
+void compress_portable(std::array<uint32_t, 8>& state, const uint8_t* block) {
   uint32_t w[64];
   for (int t = 0; t < 16; ++t) {
     w[t] = (uint32_t{block[4 * t]} << 24) | (uint32_t{block[4 * t + 1]} << 16) |
@@ -36,8 +39,8 @@ void Sha256::compress(const uint8_t* block) {
     const uint32_t s1 = std::rotr(w[t - 2], 17) ^ std::rotr(w[t - 2], 19) ^ (w[t - 2] >> 10);
     w[t] = w[t - 16] + s0 + w[t - 7] + s1;
   }
-  uint32_t a = state_[0], b = state_[1], c = state_[2], d = state_[3];
-  uint32_t e = state_[4], f = state_[5], g = state_[6], h = state_[7];
+  uint32_t a = state[0], b = state[1], c = state[2], d = state[3];
+  uint32_t e = state[4], f = state[5], g = state[6], h = state[7];
   for (int t = 0; t < 64; ++t) {
     const uint32_t big_s1 = std::rotr(e, 6) ^ std::rotr(e, 11) ^ std::rotr(e, 25);
     const uint32_t choose = (e & f) ^ (~e & g);
@@ -54,14 +57,87 @@ void Sha256::compress(const uint8_t* block) {
     b = a;
     a = t1 + t2;
   }
-  state_[0] += a;
-  state_[1] += b;
-  state_[2] += c;
-  state_[3] += d;
-  state_[4] += e;
-  state_[5] += f;
-  state_[6] += g;
-  state_[7] += h;
+  state[0] += a;
+  state[1] += b;
+  state[2] += c;
+  state[3] += d;
+  state[4] += e;
+  state[5] += f;
+  state[6] += g;
+  state[7] += h;
+}
+
+#ifdef DPTRAIN_SHA_EXTENSIONS
+bool cpu_has_sha_extensions() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
+  const bool ssse3 = (c >> 9) & 1, sse41 = (c >> 19) & 1;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  const bool sha = (b >> 29) & 1;
+  return ssse3 && sse41 && sha;
+}
+
+// The blocks through SHA256RNDS2/MSG1/MSG2 (Intel's "Intel SHA Extensions" paper, 2013). The
+// instructions keep the state as two registers, ABEF and CDGH, and take the message four words at
+// a time: W[i & 3] holds words 4i..4i+3; each SHA256RNDS2 does two rounds.
+__attribute__((target("sha,sse4.1,ssse3"))) void compress_sha_extensions(std::array<uint32_t, 8>& state,
+                                                                          const uint8_t* blocks, size_t count) {
+  const __m128i byte_swap = _mm_set_epi64x(0x0c0d0e0f08090a0bLL, 0x0405060700010203LL);
+  const __m128i dcba = _mm_loadu_si128(reinterpret_cast<const __m128i*>(&state[0]));
+  const __m128i hgfe = _mm_loadu_si128(reinterpret_cast<const __m128i*>(&state[4]));
+  const __m128i cdab = _mm_shuffle_epi32(dcba, 0xB1);
+  const __m128i efgh = _mm_shuffle_epi32(hgfe, 0x1B);
+  __m128i abef = _mm_alignr_epi8(cdab, efgh, 8);
+  __m128i cdgh = _mm_blend_epi16(efgh, cdab, 0xF0);
+  for (; count > 0; --count, blocks += 64) {
+    const __m128i abef_in = abef, cdgh_in = cdgh;
+    __m128i w[4];
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; ++i) {
+      if (i < 4) {
+        w[i] = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blocks + 16 * i)), byte_swap);
+      } else {  // words 4i..4i+3 from W[i-4], W[i-3] (sigma0), W[i-2], W[i-1] (sigma1)
+        const __m128i partial = _mm_add_epi32(_mm_sha256msg1_epu32(w[i & 3], w[(i + 1) & 3]),
+                                              _mm_alignr_epi8(w[(i + 3) & 3], w[(i + 2) & 3], 4));
+        w[i & 3] = _mm_sha256msg2_epu32(partial, w[(i + 3) & 3]);
+      }
+      __m128i message = _mm_add_epi32(w[i & 3], _mm_loadu_si128(reinterpret_cast<const __m128i*>(&kRoundConstants[4 * i])));
+      cdgh = _mm_sha256rnds2_epu32(cdgh, abef, message);
+      message = _mm_shuffle_epi32(message, 0x0E);
+      abef = _mm_sha256rnds2_epu32(abef, cdgh, message);
+    }
+    abef = _mm_add_epi32(abef, abef_in);
+    cdgh = _mm_add_epi32(cdgh, cdgh_in);
+  }
+  const __m128i feba = _mm_shuffle_epi32(abef, 0x1B);
+  const __m128i dchg = _mm_shuffle_epi32(cdgh, 0xB1);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(&state[0]), _mm_blend_epi16(feba, dchg, 0xF0));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(&state[4]), _mm_alignr_epi8(dchg, feba, 8));
+}
+#endif
+
+}  // namespace
+
+bool Sha256::available(Impl impl) {
+#ifdef DPTRAIN_SHA_EXTENSIONS
+  static const bool sha_extensions = cpu_has_sha_extensions();
+#else
+  constexpr bool sha_extensions = false;
+#endif
+  return impl == Impl::Portable || sha_extensions;
+}
+
+Sha256::Impl Sha256::best() { return available(Impl::ShaExtensions) ? Impl::ShaExtensions : Impl::Portable; }
+
+Sha256::Sha256(Impl impl) : impl_(impl), state_(kInitialState) {
+  if (!available(impl)) throw std::invalid_argument("Sha256: this CPU has no SHA extensions");
+}
+
+void Sha256::compress(const uint8_t* blocks, size_t count) {
+#ifdef DPTRAIN_SHA_EXTENSIONS
+  if (impl_ == Impl::ShaExtensions) return compress_sha_extensions(state_, blocks, count);
+#endif
+  for (; count > 0; --count, blocks += 64) compress_portable(state_, blocks);
 }
 
 void Sha256::update(std::span<const uint8_t> bytes) {
@@ -75,10 +151,13 @@ void Sha256::update(std::span<const uint8_t> bytes) {
     p += take;
     n -= take;
     if (buffered_ < buffer_.size()) return;
-    compress(buffer_.data());
+    compress(buffer_.data(), 1);
     buffered_ = 0;
   }
-  for (; n >= 64; p += 64, n -= 64) compress(p);
+  const size_t blocks = n / 64;
+  compress(p, blocks);
+  p += 64 * blocks;
+  n -= 64 * blocks;
   if (n > 0) std::memcpy(buffer_.data(), p, n);
   buffered_ = n;
 }
@@ -93,12 +172,12 @@ Sha256::Digest Sha256::finish() {
   buffer_[buffered_++] = 0x80;
   if (buffered_ > 56) {
     std::memset(buffer_.data() + buffered_, 0, 64 - buffered_);
-    compress(buffer_.data());
+    compress(buffer_.data(), 1);
     buffered_ = 0;
   }
   std::memset(buffer_.data() + buffered_, 0, 56 - buffered_);
   for (int i = 0; i < 8; ++i) buffer_[56 + i] = static_cast<uint8_t>(bit_length >> (56 - 8 * i));
-  compress(buffer_.data());
+  compress(buffer_.data(), 1);
   buffered_ = 0;
 
   Digest digest;

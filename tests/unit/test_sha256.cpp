@@ -1,8 +1,12 @@
 // SHA-256 against the FIPS 180-2 example vectors (appendix B) and lengths around the 55/56/64-byte
-// padding boundaries (expected values from Python's hashlib), plus streaming == one-shot.
+// padding boundaries (expected values from Python's hashlib), plus streaming == one-shot, and the
+// SHA-extensions path against the portable one.
 #include <gtest/gtest.h>
 
+#include <cstdint>
+#include <stdexcept>
 #include <string>
+#include <string_view>
 
 #include "io/sha256.h"
 
@@ -38,6 +42,44 @@ TEST(Sha256, StreamingMatchesOneShot) {
       for (size_t at = 0; at < length; at += chunk) h.update(message.substr(at, chunk));
       EXPECT_EQ(to_hex(h.finish()), sha256_hex(message)) << "length " << length << " chunk " << chunk;
     }
+  }
+}
+
+std::string digest_with(Sha256::Impl impl, std::string_view message, size_t chunk) {
+  Sha256 h(impl);
+  for (size_t at = 0; at < message.size(); at += chunk) h.update(message.substr(at, chunk));
+  return to_hex(h.finish());
+}
+
+// The SHA-extensions path (where the CPU has it) against the portable one and the vectors: every
+// length from 0 to 300 bytes (every padding case, one to five blocks), and multi-megabyte messages
+// fed whole and in odd chunks (long runs of blocks through one call, the way checkpoints are hashed).
+TEST(Sha256, ShaExtensionsMatchThePortableCode) {
+  EXPECT_TRUE(Sha256::available(Sha256::Impl::Portable));
+  if (!Sha256::available(Sha256::Impl::ShaExtensions)) {
+    EXPECT_EQ(Sha256::best(), Sha256::Impl::Portable);
+    EXPECT_THROW(Sha256{Sha256::Impl::ShaExtensions}, std::invalid_argument);
+    GTEST_SKIP() << "this CPU has no SHA extensions";
+  }
+  EXPECT_EQ(Sha256::best(), Sha256::Impl::ShaExtensions);
+  EXPECT_EQ(digest_with(Sha256::Impl::ShaExtensions, "abc", 64),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  EXPECT_EQ(digest_with(Sha256::Impl::ShaExtensions, std::string(1000000, 'a'), 1000000),
+            "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+  std::string text(3 << 20, '\0');
+  uint32_t x = 2463534242u;  // xorshift32: bytes with every bit pattern
+  for (char& c : text) {
+    x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+    c = static_cast<char>(x >> 24);
+  }
+  for (size_t length = 0; length <= 300; ++length) {
+    const std::string_view message(text.data(), length);
+    ASSERT_EQ(digest_with(Sha256::Impl::ShaExtensions, message, 64), digest_with(Sha256::Impl::Portable, message, 64))
+        << "length " << length;
+  }
+  for (size_t chunk : {size_t{1} << 22, size_t{4097}, size_t{100003}}) {
+    EXPECT_EQ(digest_with(Sha256::Impl::ShaExtensions, text, chunk), digest_with(Sha256::Impl::Portable, text, 1 << 22))
+        << "chunk " << chunk;
   }
 }
 
