@@ -42,15 +42,13 @@ std::runtime_error system_error(const std::string& path, std::string_view what, 
   return std::runtime_error(path + ": " + std::string(what) + ": " + std::strerror(error));
 }
 
-void split_path(const std::string& path, std::string& folder, std::string& name) {
+struct FolderAndName {
+  std::string folder, name;
+};
+FolderAndName split_path(const std::string& path) {
   const size_t slash = path.find_last_of('/');
-  if (slash == std::string::npos) {
-    folder = ".";
-    name = path;
-  } else {
-    folder = slash == 0 ? "/" : path.substr(0, slash);
-    name = path.substr(slash + 1);
-  }
+  if (slash == std::string::npos) return {std::string(1, '.'), path};
+  return {slash == 0 ? std::string(1, '/') : path.substr(0, slash), path.substr(slash + 1)};
 }
 
 /// Writes all of `bytes`, retrying on EINTR and short writes. Returns 0 or errno.
@@ -73,11 +71,20 @@ std::string temp_name(const std::string& name) {
   return "." + name + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
 }
 
+/// A rename is only durable once the folder's entry is on disk.
+void sync_folder(const std::string& path, const std::string& folder) {
+  FileDescriptor dir(::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (dir.get() < 0) throw system_error(path, "cannot open folder " + folder + " to fsync", errno);
+  if (::fsync(dir.get()) != 0 && errno != EINVAL && errno != ENOTSUP) {
+    // EINVAL/ENOTSUP: the file system cannot sync folders; nothing more can be done there.
+    throw system_error(path, "fsync of folder " + folder + " failed", errno);
+  }
+}
+
 }  // namespace
 
 void write_file_atomically(const std::string& path, std::span<const uint8_t> bytes) {
-  std::string folder, name;
-  split_path(path, folder, name);
+  const auto [folder, name] = split_path(path);
   if (name.empty() || name == "." || name == "..") {
     throw std::runtime_error(path + ": not a file name");
   }
@@ -95,14 +102,26 @@ void write_file_atomically(const std::string& path, std::span<const uint8_t> byt
   if (::fsync(fd.get()) != 0) throw fail("fsync failed", errno);
   if (int e = fd.close()) throw fail("close failed", e);
   if (::rename(temp_path.c_str(), path.c_str()) != 0) throw fail("rename failed", errno);
+  sync_folder(path, folder);
+}
 
-  // The rename is only durable once the folder's entry is on disk.
-  FileDescriptor dir(::open(folder.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  if (dir.get() < 0) throw system_error(path, "cannot open folder " + folder + " to fsync", errno);
-  if (::fsync(dir.get()) != 0 && errno != EINVAL && errno != ENOTSUP) {
-    // EINVAL/ENOTSUP: the file system cannot sync folders; nothing more can be done there.
-    throw system_error(path, "fsync of folder " + folder + " failed", errno);
+bool link_file_atomically(const std::string& existing, const std::string& path) {
+  const auto [folder, name] = split_path(path);
+  if (name.empty() || name == "." || name == "..") throw std::runtime_error(path + ": not a file name");
+  const std::string temp_path = (folder == "/" ? "" : folder) + "/" + temp_name(name);
+  if (::link(existing.c_str(), temp_path.c_str()) != 0) {
+    const int error = errno;
+    // No hard links here (FAT, some FUSE and network file systems), or not across these folders.
+    if (error == EPERM || error == ENOTSUP || error == EOPNOTSUPP || error == EXDEV || error == EMLINK) return false;
+    throw system_error(path, "cannot link " + existing + " as " + temp_path, error);
   }
+  if (::rename(temp_path.c_str(), path.c_str()) != 0) {
+    const int error = errno;
+    ::unlink(temp_path.c_str());
+    throw system_error(path, "rename failed", error);
+  }
+  sync_folder(path, folder);
+  return true;
 }
 
 void write_file_atomically(const std::string& path, std::string_view text) {

@@ -19,6 +19,12 @@ namespace dptrain {
 void write_file_atomically(const std::string& path, std::span<const uint8_t> bytes);
 void write_file_atomically(const std::string& path, std::string_view text);
 
+/// Makes `path` a second name of the complete, durable file `existing` (a hard link), atomically
+/// and durably as above: the old `path` stays whole until the rename. Returns false, touching
+/// nothing, where the file system has no hard links (the caller writes the bytes instead); throws
+/// std::runtime_error naming the path for any other failure.
+bool link_file_atomically(const std::string& existing, const std::string& path);
+
 /// Reads a whole regular file of at most max_bytes. Throws InputError(path, reason) if it cannot be
 /// opened or read, is not a regular file or is larger: every file read this way (checkpoints,
 /// `latest`, configs, IDX data) is user input. The one reader of the project, as text or bytes.

@@ -101,6 +101,14 @@ std::string CheckpointDir::save_best(const std::vector<NamedTensor>& model,
   return best_path();
 }
 
+std::string CheckpointDir::save_best(const std::string& saved_step_file, const std::vector<NamedTensor>& model,
+                                     const std::vector<NamedTensor>& optimizer_state, const CheckpointState& state) {
+  // The same bytes under a second name: no second serialisation, hash, write and fsync. Rotation
+  // later removes the step's name; the file lives on as best.safetensors.
+  if (link_file_atomically(saved_step_file, best_path())) return best_path();
+  return save_best(model, optimizer_state, state);
+}
+
 CheckpointDir::Resolved CheckpointDir::resolve_auto() const {
   Resolved resolved;
   const auto steps = list_steps();

@@ -37,6 +37,10 @@ class CheckpointDir {
   /// Writes best.safetensors (a full checkpoint). Returns its path.
   std::string save_best(const std::vector<NamedTensor>& model, const std::vector<NamedTensor>& optimizer_state,
                         const CheckpointState& state);
+  /// The same, where save() has just written these tensors and state to `saved_step_file`:
+  /// best.safetensors becomes a hard link to it (written in full where links are not possible).
+  std::string save_best(const std::string& saved_step_file, const std::vector<NamedTensor>& model,
+                        const std::vector<NamedTensor>& optimizer_state, const CheckpointState& state);
 
   struct Resolved {
     std::optional<std::string> path;    ///< newest valid checkpoint, if any

@@ -454,8 +454,8 @@ std::string Trainer::save_checkpoint(const Position& at, const EpochStats& stats
     const bool fail = at.global_step == options_.fail_checkpoint_write_at_step;
     writer_->submit([dir = checkpoints_.get(), snapshot, state = std::move(state), best, fail, step = at.global_step] {
       if (fail) throw std::runtime_error(dir->step_path(step) + ": cannot write: injected failure (--inject-write-failure)");
-      dir->save(step, snapshot->model(), snapshot->optimizer(), state);
-      if (best) dir->save_best(snapshot->model(), snapshot->optimizer(), state);
+      const std::string saved = dir->save(step, snapshot->model(), snapshot->optimizer(), state);
+      if (best) dir->save_best(saved, snapshot->model(), snapshot->optimizer(), state);
     });
     new_best_ = false;
     epoch_end_->snapshot_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <unistd.h>
+#include <sys/stat.h>
 
 #include <cstring>
 #include <filesystem>
@@ -343,6 +344,33 @@ TEST_F(CheckpointTest, WeightsFiles) {
   bytes[bytes.size() - 3] ^= 1;
   write_bytes(path("bad.safetensors"), bytes);
   EXPECT_THROW(load_weights(path("bad.safetensors")), InputError);
+}
+
+// best.safetensors of the step just saved is that step's file under a second name (a hard link):
+// one write instead of two. It stays whole when rotation removes the step's name, and a later best
+// replaces it atomically without touching the older step file it was linked to.
+TEST_F(CheckpointTest, BestOfTheStepJustSavedIsThatFileAndOutlivesRotation) {
+  const Fixture f;
+  CheckpointDir run((dir_ / "run").string(), 1);
+  const std::string saved = run.save(100, f.model, f.optimizer, f.state);
+  EXPECT_EQ(run.save_best(saved, f.model, f.optimizer, f.state), run.best_path());
+  struct stat step_stat{}, best_stat{};
+  ASSERT_EQ(::stat(saved.c_str(), &step_stat), 0);
+  ASSERT_EQ(::stat(run.best_path().c_str(), &best_stat), 0);
+  EXPECT_EQ(step_stat.st_ino, best_stat.st_ino);  // one file, two names
+  EXPECT_EQ(read_bytes(saved), read_bytes(run.best_path()));
+
+  CheckpointState later = f.state;
+  later.global_step = 200;
+  later.best_test_accuracy = 0.5;
+  const std::string saved200 = run.save(200, f.model, f.optimizer, later);  // keep 1: step 100's name goes
+  EXPECT_FALSE(fs::exists(saved));
+  EXPECT_EQ(load_checkpoint(run.best_path()).state.global_step, f.state.global_step);  // whole, still step 100's
+  run.save_best(saved200, f.model, f.optimizer, later);
+  EXPECT_EQ(load_checkpoint(run.best_path()).state.global_step, 200);
+  EXPECT_EQ(load_checkpoint(saved200).state.global_step, 200);
+  for (const auto& entry : fs::directory_iterator(dir_ / "run"))  // no temp names left behind
+    EXPECT_EQ(entry.path().filename().string().find(".tmp."), std::string::npos) << entry.path();
 }
 
 TEST_F(CheckpointTest, RunFolderRotationKeepsNewestAndBest) {
