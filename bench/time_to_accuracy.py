@@ -291,19 +291,21 @@ def worker(args):
     sched_cfg = train_cfg.get("schedule") or {"type": "constant"}
     kind = opt_cfg["type"]
     base_lr = float(opt_cfg["lr"])
-    # Graph mode: what the schedule changes lives in device tensors the captured step reads. The lr
-    # always; beta1 only where a one-cycle schedule cycles it. Float betas are the capturable Adam
-    # PyTorch's own graph tests use; with tensor betas the capture failed on the H200 (2026-12-05,
-    # PyTorch 2.11: "operation failed due to a previous error during capture").
+    # Graph mode: the lr lives in a device tensor the captured step reads. Momentum and beta1 stay
+    # floats: PyTorch's optimizers read a tensor beta on the host (`_foreach_pow(beta1, steps)` in
+    # the capturable Adam), which a capture refuses ("operation failed due to a previous error
+    # during capture", H200, PyTorch 2.11, 2026-12-05), so a schedule that cycles them cannot be
+    # captured.
     cycles_momentum = sched_cfg.get("type") == "onecycle" and bool(sched_cfg.get("cycle_momentum", True))
+    if graph and cycles_momentum:
+        raise SystemExit(f"{args.resolved}: graph mode cannot cycle the optimizer's momentum (schedule.cycle_momentum): "
+                         "PyTorch reads it on the host, which a captured step cannot")
     lr_t = torch.tensor(base_lr, device=device) if graph else base_lr
     beta1, beta2 = float(opt_cfg.get("beta1", 0.9)), float(opt_cfg.get("beta2", 0.999))
-    betas = (torch.tensor(beta1, device=device), beta2) if graph and cycles_momentum else (beta1, beta2)
+    betas = (beta1, beta2)
     params = model.parameters()
     wd = float(opt_cfg.get("weight_decay", 0.0))
     if kind == "sgd":
-        if graph and cycles_momentum:
-            raise SystemExit(f"{args.resolved}: graph mode cannot cycle SGD's momentum (a captured step bakes it in)")
         # fused: the foreach SGD multiplies by the lr on the host, the fused one reads the tensor.
         opt = torch.optim.SGD(params, lr=lr_t, momentum=float(opt_cfg.get("momentum", 0.0)),
                               dampening=float(opt_cfg.get("dampening", 0.0)), nesterov=bool(opt_cfg.get("nesterov")),
@@ -359,8 +361,6 @@ def worker(args):
         for g in opt.param_groups:
             if graph:
                 g["lr"].fill_(lr)
-                if torch.is_tensor(g.get("betas", (None,))[0]):
-                    g["betas"][0].fill_(b1)
             else:
                 g["lr"] = lr
                 if kind in ("adam", "adamw"):
