@@ -28,7 +28,7 @@ std::string shell_word(const std::string& arg) {
 
 std::string with_thousands(int64_t n) {
   std::string digits = std::to_string(n < 0 ? -n : n);
-  for (int i = static_cast<int>(digits.size()) - 3; i > 0; i -= 3) digits.insert(static_cast<size_t>(i), ",");
+  for (int i = static_cast<int>(digits.size()) - 3; i > 0; i -= 3) digits.insert(static_cast<size_t>(i), 1, ',');
   return n < 0 ? "-" + digits : digits;
 }
 
@@ -75,7 +75,10 @@ std::string resume_command(const std::vector<std::string>& argv, const std::stri
     words.push_back(run_dir);
   }
   std::string line = launcher.empty() ? mpirun : launcher;  // shell text already
-  for (const std::string& w : words) line += (line.empty() ? "" : " ") + shell_word(w);
+  for (const std::string& w : words) {
+    if (!line.empty()) line += ' ';
+    line += shell_word(w);
+  }
   return line;
 }
 
