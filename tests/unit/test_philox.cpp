@@ -2,6 +2,8 @@
 // draws are pure functions of (key, counter) and uniform in [0, 1).
 #include <gtest/gtest.h>
 
+#include <omp.h>
+
 #include <cmath>
 #include <set>
 
@@ -68,6 +70,23 @@ TEST(ParamStore, DefaultInitMatchesPyTorchBounds) {
   EXPECT_LT(lo, -0.99 * bound);
   EXPECT_GT(hi, 0.99 * bound);
   EXPECT_NEAR(mean, 0.0, 0.01 * bound);
+}
+
+// The initial values are split over OpenMP's threads for large tensors: every element is the same
+// function of (seed, tensor, index) whatever the thread count, and equals a one-element draw.
+TEST(ParamStore, DefaultInitIsTheSameOnAnyThreadCount) {
+  const int64_t fan_in = 800;
+  const size_t count = 204800;  // above the size that is split over threads
+  const int threads_before = omp_get_max_threads();
+  omp_set_num_threads(1);
+  const std::vector<double> one = default_init_values(3, 2, count, fan_in);
+  omp_set_num_threads(4);
+  const std::vector<double> four = default_init_values(3, 2, count, fan_in);
+  omp_set_num_threads(threads_before);
+  ASSERT_EQ(one.size(), count);
+  EXPECT_EQ(one, four);
+  for (size_t i : {size_t{0}, size_t{1}, count / 4 + 1, count / 2, count - 1})
+    EXPECT_EQ(one[i], (2.0 * philox::init_uniform(3, 2, i) - 1.0) * (1.0 / std::sqrt(800.0))) << i;
 }
 
 TEST(ParamStore, LaysOutAlignedZeroPaddedTensors) {
