@@ -147,11 +147,7 @@ LoadedCheckpoint checkpoint_from_file(SafeTensorsFile file) {
 
 LoadedCheckpoint load_checkpoint(const std::string& path) { return checkpoint_from_file(read_safetensors(path)); }
 
-void LoadedCheckpoint::check_tensor_names(const std::vector<std::string>& expected) const {
-  require_tensor_names(file, expected);
-}
-
-void LoadedWeights::check_tensor_names(const std::vector<std::string>& expected) const {
+void LoadedTensors::check_tensor_names(const std::vector<std::string>& expected) const {
   require_tensor_names(file, expected);
 }
 

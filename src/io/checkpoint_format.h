@@ -87,11 +87,11 @@ std::vector<uint8_t> serialize_checkpoint(const std::vector<NamedTensor>& model,
                                           const std::vector<NamedTensor>& optimizer_state,
                                           const CheckpointState& state);
 
-struct LoadedCheckpoint {
+/// A validated dptrain file's tensors, read by name and shape: what checkpoints and weights files
+/// share.
+struct LoadedTensors {
   std::string path;
-  CheckpointState state;
-  std::string dptrain_version;  ///< of the writer
-  SafeTensorsFile file;         ///< validated; model and optimizer tensors
+  SafeTensorsFile file;  ///< validated
 
   /// F32 values of `name` (an I64 state counter converted); InputError(path, "tensor 'name' is
   /// missing / has shape ...").
@@ -113,6 +113,12 @@ struct LoadedCheckpoint {
   void check_tensor_names(const std::vector<std::string>& expected) const;
 };
 
+/// A checkpoint: model and optimizer tensors, and the state to resume from.
+struct LoadedCheckpoint : LoadedTensors {
+  CheckpointState state;
+  std::string dptrain_version;  ///< of the writer
+};
+
 /// Reads and fully validates a checkpoint: structure, format and version, checksums, required
 /// metadata and its values. Throws InputError(path, problem).
 LoadedCheckpoint load_checkpoint(const std::string& path);
@@ -123,23 +129,9 @@ LoadedCheckpoint checkpoint_from_file(SafeTensorsFile file);
 /// Weights only (final.safetensors); atomic.
 void save_weights(const std::string& path, const std::vector<NamedTensor>& model, const std::string& config_yaml);
 
-struct LoadedWeights {
-  std::string path;
+/// A weights file (or a checkpoint's model tensors): what `eval`, `predict` and PyTorch read.
+struct LoadedWeights : LoadedTensors {
   std::string config_yaml;
-  SafeTensorsFile file;  ///< model tensors only
-
-  std::vector<float> tensor(std::string_view name, const std::vector<int64_t>& expected_shape) const {
-    std::vector<float> values(static_cast<size_t>(element_count_of(expected_shape)));
-    file.copy_f32_or_i64(name, expected_shape, values);
-    return values;
-  }
-  void copy_tensor(std::string_view name, const std::vector<int64_t>& expected_shape, std::span<float> out) const {
-    file.copy_f32(name, expected_shape, out);
-  }
-  void copy_state_tensor(std::string_view name, const std::vector<int64_t>& expected_shape, std::span<float> out) const {
-    file.copy_f32_or_i64(name, expected_shape, out);
-  }
-  void check_tensor_names(const std::vector<std::string>& expected) const;
 };
 
 /// Reads a weights file or a checkpoint (whose optimizer tensors are dropped), fully validated.
