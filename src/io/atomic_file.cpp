@@ -120,6 +120,9 @@ bool link_file_atomically(const std::string& existing, const std::string& path) 
     ::unlink(temp_path.c_str());
     throw system_error(path, "rename failed", error);
   }
+  // Where `path` already was a name of `existing`, rename() succeeds and does nothing (POSIX):
+  // the temp name is still there. Otherwise it is gone and this finds nothing.
+  ::unlink(temp_path.c_str());
   sync_folder(path, folder);
   return true;
 }
