@@ -21,11 +21,11 @@ for step in "$@"; do
       # each carry/*.tar.gz base, mnist_fast (10 seeds; 3 beside PyTorch), the default 14-epoch run, mnist_fast's profile
       # (about 7 minutes with a fresh machine's build; the base builds run beside the GPU tests)
       BUILD_TARGETS="dptrain dptrain_gpu_tests dptrain_e2e_tests dptrain_mpi_tests" bash "$0" build
-      ( bash "$0" basebuild > "$OUT/basebuild.out" 2>&1 & )
+      rm -f /tmp/basebuild.done; ( bash "$0" basebuild > "$OUT/basebuild.out" 2>&1; touch /tmp/basebuild.done ) &
       bash "$0" test gpue2e
       DPTRAIN_SWEEP=long timeout 60 $B/tests/dptrain_gpu_tests --gtest_filter='ShapeSweep.Loss' > "$OUT/longloss.log" 2>&1
       echo "long loss sweep rc=$?"; grep -E "^sweep loss: [0-9]|Failure" "$OUT/longloss.log"
-      while pgrep -f "cmake --build /tmp/bases" > /dev/null; do sleep 2; done; cat "$OUT/basebuild.out"
+      while [ ! -f /tmp/basebuild.done ]; do sleep 2; done; cat "$OUT/basebuild.out"
       bash "$0" ab
       timeout 150 bash "$0" ttaquick
       /usr/bin/time -f "%e" -o /tmp/dr/wall14 $B/dptrain train --device cuda --no-progress --out /tmp/dr/run14 > "$OUT/run14.log" 2>&1
