@@ -29,9 +29,9 @@ digest() {
   if gzip -t "$1" 2>/dev/null; then gzip -dc "$1" | sha256sum | cut -d' ' -f1; else sha256sum "$1" | cut -d' ' -f1; fi
 }
 
-verified() {  # name: 0 if DIR holds it (raw or .gz) with the right digest
+verified() {  # name: 0 if DIR holds it (raw or .gz) with the right digest; the raw file first (no inflating)
   local f
-  for f in "$DIR/$1.gz" "$DIR/$1"; do
+  for f in "$DIR/$1" "$DIR/$1.gz"; do
     [ -f "$f" ] && [ "$(digest "$f")" = "${SHA256[$1]}" ] && return 0
   done
   return 1
