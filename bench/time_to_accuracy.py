@@ -365,7 +365,7 @@ def worker(args):
                 g["lr"] = lr
                 if kind in ("adam", "adamw"):
                     g["betas"] = (b1, g["betas"][1])
-                elif kind == "sgd" and stype == "onecycle" and sched_cfg.get("cycle_momentum", True):
+                elif kind == "sgd" and cycles_momentum:
                     g["momentum"] = b1
 
     smoothing = float(train_cfg.get("label_smoothing", 0.0) or 0.0)

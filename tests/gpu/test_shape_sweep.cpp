@@ -41,8 +41,9 @@
 // the loss's dL/dlogits 1e-6 (1e-5 fused); selections (pooling, dropout, masks, the gather, the
 // optimizers) exactly. Where a tensor's sums cancel by chance below the size of their terms (a
 // bias gradient of one channel; the loss gradient p - 1 where the label's p is near 1), the error
-// is measured against the terms' size instead (the floors, as tests/unit/test_cpu_sweep.cpp does). Outputs are poisoned with NaN before every run,
-// so an element an implementation never writes fails. Comparisons run on the device
+// is measured against the terms' size instead (the floors, as tests/unit/test_cpu_sweep.cpp does).
+// Outputs are poisoned with NaN before every run, so an element an implementation never writes
+// fails. Comparisons run on the device
 // (kernels::compare_outputs): tensors of 10^8 floats never cross PCIe for a check.
 //
 // Each failure is one EXPECT naming the test, the seed, the shape (ConvShape::str() and friends,
