@@ -15,6 +15,14 @@ bench_rate() {
   "$@" | tee -a "$OUT/$log" |
     python3 -c "import json,sys; r=json.loads(sys.stdin.read()); print(r['ms_per_step'], r['images_per_second'])"
 }
+# fast_walls: mnist_fast's whole-process wall time, 3 runs, each in a fresh run folder (a finished
+# run's folder would end the run at once).
+fast_walls() {
+  for i in 1 2 3; do
+    /usr/bin/time -f "%e" -o /tmp/dr/wall $B/dptrain train --config configs/mnist_fast.yaml --device cuda --out /tmp/dr/tta_time_$i --no-progress > /tmp/dr/tta_time_$i.log 2>&1
+    echo "mnist_fast wall: rc=$? $(cat /tmp/dr/wall) s; $(grep -E '^done' /tmp/dr/tta_time_$i.log | cut -c1-60)"
+  done
+}
 for step in "$@"; do
   case $step in
     verify)  # one call at a commit: build, every GPU test, the e2e/MPI GPU tests, the long loss sweep, A/B against
@@ -391,19 +399,13 @@ PY
       $B/dptrain train --config configs/mnist_fast.yaml --device cuda --out /tmp/dr/tta_warm --no-progress > "$OUT/tta_warm.log" 2>&1; echo "warm-up rc=$?"
       python3 bench/time_to_accuracy.py --config configs/mnist_fast.yaml --seeds 10 --dptrain $B/dptrain --out /tmp/dr/tta_fast > "$OUT/tta_fast.log" 2>&1
       echo "mnist_fast rc=$?"; tail -6 "$OUT/tta_fast.log"
-      for i in 1 2 3; do  # a fresh run folder each time: a finished run's folder would end the run at once
-        /usr/bin/time -f "%e" -o /tmp/dr/wall $B/dptrain train --config configs/mnist_fast.yaml --device cuda --out /tmp/dr/tta_time_$i --no-progress > /tmp/dr/tta_time_$i.log 2>&1
-        echo "mnist_fast wall: rc=$? $(cat /tmp/dr/wall) s; $(grep -E '^done' /tmp/dr/tta_time_$i.log | cut -c1-60)"
-      done
+      fast_walls
       $B/dptrain train --config configs/mnist_fast.yaml --device cuda --out /tmp/dr/tta_prof --no-progress --profile > "$OUT/tta_profile.log" 2>&1; echo "profile rc=$?" ;;
     ttaquick)  # issue 24 in a short call: mnist_fast over 10 seeds (dptrain alone), then 3 seeds beside PyTorch eager and graph
       $B/dptrain train --config configs/mnist_fast.yaml --device cuda --out /tmp/dr/tta_warm --no-progress > "$OUT/tta_warm.log" 2>&1; echo "warm-up rc=$?"
       python3 bench/time_to_accuracy.py --config configs/mnist_fast.yaml --seeds 10 --pytorch none --dptrain $B/dptrain --out /tmp/dr/tta_fast > "$OUT/tta_fast10.log" 2>&1
       echo "mnist_fast 10 seeds rc=$?"; tail -4 "$OUT/tta_fast10.log"
-      for i in 1 2 3; do  # a fresh run folder each time: a finished run's folder would end the run at once
-        /usr/bin/time -f "%e" -o /tmp/dr/wall $B/dptrain train --config configs/mnist_fast.yaml --device cuda --out /tmp/dr/tta_time_$i --no-progress > /tmp/dr/tta_time_$i.log 2>&1
-        echo "mnist_fast wall: rc=$? $(cat /tmp/dr/wall) s; $(grep -E '^done' /tmp/dr/tta_time_$i.log | cut -c1-60)"
-      done
+      fast_walls
       timeout 120 python3 bench/time_to_accuracy.py --config configs/mnist_fast.yaml --seeds 3 --dptrain $B/dptrain --out /tmp/dr/tta_fast3 > "$OUT/tta_fast3.log" 2>&1
       echo "mnist_fast 3 seeds with PyTorch rc=$?"; tail -6 "$OUT/tta_fast3.log"; grep -h error "$OUT/tta_fast3.log" | head -3 ;;
     ttadiag)  # issue 24's time on the GPU: mnist_fast's start-up and epoch-end tables, train_eval's parts; one PyTorch graph run's stderr
