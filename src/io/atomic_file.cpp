@@ -42,14 +42,6 @@ std::runtime_error system_error(const std::string& path, std::string_view what, 
   return std::runtime_error(path + ": " + std::string(what) + ": " + std::strerror(error));
 }
 
-struct FolderAndName {
-  std::string folder, name;
-};
-FolderAndName split_path(const std::string& path) {
-  const size_t slash = path.find_last_of('/');
-  if (slash == std::string::npos) return {std::string(1, '.'), path};
-  return {slash == 0 ? std::string(1, '/') : path.substr(0, slash), path.substr(slash + 1)};
-}
 
 /// Writes all of `bytes`, retrying on EINTR and short writes. Returns 0 or errno.
 int write_all(int fd, const uint8_t* p, size_t n) {
@@ -65,10 +57,21 @@ int write_all(int fd, const uint8_t* p, size_t n) {
   return 0;
 }
 
-/// Unique among processes (pid) and among threads/calls of this process (counter).
-std::string temp_name(const std::string& name) {
+/// Where a file replacing `path` is made first: a temp name in its folder (rename is only atomic
+/// within one file system), unique among processes (pid) and among threads and calls of this one
+/// (counter). Throws if `path` names no file.
+struct TempBeside {
+  std::string folder, temp_path;
+};
+TempBeside temp_beside(const std::string& path) {
   static std::atomic<uint64_t> counter{0};
-  return "." + name + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter++);
+  const size_t slash = path.find_last_of('/');
+  const std::string folder =
+      slash == std::string::npos ? std::string(1, '.') : slash == 0 ? std::string(1, '/') : path.substr(0, slash);
+  const std::string name = slash == std::string::npos ? path : path.substr(slash + 1);
+  if (name.empty() || name == "." || name == "..") throw std::runtime_error(path + ": not a file name");
+  return {folder, (folder == "/" ? "" : folder) + "/." + name + ".tmp." + std::to_string(::getpid()) + "." +
+                      std::to_string(counter++)};
 }
 
 /// A rename is only durable once the folder's entry is on disk.
@@ -84,12 +87,7 @@ void sync_folder(const std::string& path, const std::string& folder) {
 }  // namespace
 
 void write_file_atomically(const std::string& path, std::span<const uint8_t> bytes) {
-  const auto [folder, name] = split_path(path);
-  if (name.empty() || name == "." || name == "..") {
-    throw std::runtime_error(path + ": not a file name");
-  }
-  const std::string temp_path = (folder == "/" ? "" : folder) + "/" + temp_name(name);
-
+  const auto [folder, temp_path] = temp_beside(path);
   FileDescriptor fd(::open(temp_path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
   if (fd.get() < 0) throw system_error(path, "cannot create temp file " + temp_path, errno);
 
@@ -106,9 +104,7 @@ void write_file_atomically(const std::string& path, std::span<const uint8_t> byt
 }
 
 bool link_file_atomically(const std::string& existing, const std::string& path) {
-  const auto [folder, name] = split_path(path);
-  if (name.empty() || name == "." || name == "..") throw std::runtime_error(path + ": not a file name");
-  const std::string temp_path = (folder == "/" ? "" : folder) + "/" + temp_name(name);
+  const auto [folder, temp_path] = temp_beside(path);
   if (::link(existing.c_str(), temp_path.c_str()) != 0) {
     const int error = errno;
     // No hard links here (FAT, some FUSE and network file systems), or not across these folders.
