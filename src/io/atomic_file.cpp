@@ -87,7 +87,11 @@ void sync_folder(const std::string& path, const std::string& folder) {
 }  // namespace
 
 void write_file_atomically(const std::string& path, std::span<const uint8_t> bytes) {
-  const auto [folder, temp_path] = temp_beside(path);
+  // Named members, not a structured binding: the lambda below captures temp_path, which clang
+  // before 16 (the fuzzers' compiler) refuses for a binding.
+  const TempBeside target = temp_beside(path);
+  const std::string& folder = target.folder;
+  const std::string& temp_path = target.temp_path;
   FileDescriptor fd(::open(temp_path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
   if (fd.get() < 0) throw system_error(path, "cannot create temp file " + temp_path, errno);
 
