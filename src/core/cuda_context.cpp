@@ -3,6 +3,7 @@
 #include <cstdio>
 
 #include "core/cuda_check.h"
+#include "core/cudnn_preload.h"
 #include "core/step_state_kernels.h"
 
 namespace dptrain {
@@ -41,6 +42,10 @@ int highest_priority() {
 }  // namespace
 
 CudaContext::Lane::Lane(bool tf32, int priority) : stream(make_stream(priority)) {
+  // cuDNN loads its parts itself on first need: never while the preload is still loading them (a
+  // part's initialiser and cuDNN's own loader could each wait for the other's lock). Usually long
+  // done: it ran beside the context's creation. Without resolve_device (a test), this starts it.
+  (void)cudnn_preload_result();
   cudnnHandle_t dnn = nullptr;
   CUDNN_CHECK(cudnnCreate(&dnn));
   cudnn = CudnnHandle(dnn);

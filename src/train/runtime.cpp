@@ -7,7 +7,9 @@
 #include "cpu/threads.h"
 #include "train/startup_timer.h"
 #if DPTRAIN_HAVE_CUDA
+#include "core/cublas_loader.h"
 #include "core/cuda_context.h"
+#include "core/cudnn_preload.h"
 #endif
 
 namespace dptrain {
@@ -17,13 +19,19 @@ Device resolve_device(const std::string& flag) {
 #if !DPTRAIN_HAVE_CUDA
   if (flag == "cuda") throw_built_without_cuda();  // and "auto" is the CPU: cuda_device_count() is 0
 #endif
+  if (flag != "cuda" && flag != "auto") throw InputError("--device " + flag, "expected cpu, cuda or auto");
   const bool have_gpu = cuda_device_count() > 0;
-  if (flag == "cuda") {
-    if (!have_gpu) throw InputError("--device cuda", "no CUDA device is visible (use --device cpu or auto)");
-    return Device::Cuda;
-  }
-  if (flag == "auto") return have_gpu ? Device::Cuda : Device::Cpu;
-  throw InputError("--device " + flag, "expected cpu, cuda or auto");
+  if (flag == "cuda" && !have_gpu)
+    throw InputError("--device cuda", "no CUDA device is visible (use --device cpu or auto)");
+  if (!have_gpu) return Device::Cpu;
+#if DPTRAIN_HAVE_CUDA
+  // Beside the CUDA context's creation, which comes next (core/cublas_loader.h,
+  // core/cudnn_preload.h). Not earlier: the device count loads CUDA's driver library, and two
+  // library loads at once take turns.
+  start_loading_cublas();
+  start_preloading_cudnn();
+#endif
+  return Device::Cuda;
 }
 
 DeviceContext make_device_context(Device device, const TrainConfig& train, int cuda_device) {
@@ -47,6 +55,8 @@ void mark_device_startup(const DeviceContext& ctx, StartupTimer& timer) {
   if (!ctx.on_cuda()) return;
 #if DPTRAIN_HAVE_CUDA
   timer.mark_parts({{"cuda_context", ctx.cuda().context_seconds()}}, "cuda_handles");
+  timer.add_overlapped("cublas_load", cublas_load_seconds());
+  timer.add_overlapped("cudnn_preload", cudnn_preload_result().seconds);
 #else
   (void)timer;
 #endif

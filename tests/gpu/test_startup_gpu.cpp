@@ -51,6 +51,9 @@ TEST_F(StartupGpu, TheFirstMetricsLineHasTheCudaPhases) {
   const nlohmann::json s = nlohmann::json::parse(line)["startup"];
   for (const char* key : {"cuda_context", "cuda_handles", "planning", "first_step", "graph_capture", "data_read_wait"})
     EXPECT_TRUE(s["phases"].contains(key)) << key << ": " << s.dump();
+  // cuBLAS and cuDNN's parts were loaded beside the context (core/cublas_loader.h, cudnn_preload.h).
+  for (const char* key : {"data_read", "cublas_load", "cudnn_preload"})
+    EXPECT_GT(s["overlapped"].value(key, 0.0), 0.0) << key << ": " << s.dump();
   double sum = 0;
   for (const auto& [name, v] : s["phases"].items()) {
     EXPECT_GE(v.get<double>(), 0.0) << name;
