@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <limits>
 #include <memory>
 #include <vector>
 
@@ -114,10 +115,12 @@ Command add_bench(CLI::App& app) {
   sub->add_option("--config", args->config, "Config file")->default_val("configs/mnist_cnn.yaml");
   sub->add_option("--data", args->data, "MNIST folder (overrides data.dir)");
   sub->add_option("--device", args->device, "cpu, cuda or auto")->check(CLI::IsMember({"cpu", "cuda", "auto"}));
-  sub->add_option("--steps", args->steps, "Timed steps")->check(CLI::PositiveNumber);
-  sub->add_option("--warmup", args->warmup, "Untimed warm-up steps")->check(CLI::NonNegativeNumber);
-  sub->add_option("--batch-size", args->batch, "Global batch (overrides train.batch_size)")->check(CLI::PositiveNumber);
-  sub->add_option("--threads", args->threads, "CPU backend threads")->check(CLI::NonNegativeNumber);
+  sub->add_option("--steps", args->steps, "Timed steps")->check(CLI::Range(1, std::numeric_limits<int>::max()));
+  sub->add_option("--warmup", args->warmup, "Untimed warm-up steps")
+      ->check(CLI::Range(0, std::numeric_limits<int>::max()));
+  sub->add_option("--batch-size", args->batch, "Global batch (overrides train.batch_size)")
+      ->check(CLI::Range(1, std::numeric_limits<int>::max()));
+  sub->add_option("--threads", args->threads, "CPU backend threads")->check(CLI::Range(0, kMaxCpuThreads));
   sub->add_option("--set", args->sets, "Override a config key (repeatable)");
   return [args] { return run_bench(*args); };
 }

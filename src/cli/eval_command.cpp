@@ -10,6 +10,7 @@
 // on), so a persistent plan cache keyed by those settings, filled by training's evaluation at the
 // same batch size, serves these plans without timing them again.
 #include <cstdio>
+#include <limits>
 #include <memory>
 
 #include <nlohmann/json.hpp>
@@ -63,9 +64,10 @@ int run_eval(const EvalArgs& a) {
   const Config& config = in.weights.config;
   check_labels(in.test, config.model.num_classes);
   check_image_size(in.test, config.model.input);
-  const LoadedModel loaded = build_model(in.weights, ctx, a.batch, /*forward_only=*/true);
+  const int batch = Evaluator::batch_for(a.batch, in.test);
+  const LoadedModel loaded = build_model(in.weights, ctx, batch, /*forward_only=*/true);
   startup.mark("model_build");
-  Evaluator evaluator(in.test, config.data, a.batch, ctx);
+  Evaluator evaluator(in.test, config.data, batch, ctx);
   startup.mark("data_upload");
   // The plan cache (train.plan_cache's default, auto) spares a warm start the timed planning.
   SingleRankCommunicator single;
@@ -99,7 +101,8 @@ Command add_eval(CLI::App& app) {
   sub->add_option("--checkpoint", args->checkpoint, "Weights file or checkpoint (.safetensors)")->required();
   sub->add_option("--data", args->data, "Folder with t10k-images/labels (default: the config's data.dir)");
   sub->add_option("--device", args->device, "cpu, cuda or auto")->check(CLI::IsMember({"cpu", "cuda", "auto"}));
-  sub->add_option("--batch-size", args->batch, "Evaluation batch")->check(CLI::PositiveNumber);
+  sub->add_option("--batch-size", args->batch, "Evaluation batch")
+      ->check(CLI::Range(1, std::numeric_limits<int>::max()));
   sub->add_flag("--json", args->json, "Print one JSON object");
   sub->add_flag("--profile", args->profile, "Print where the time went from process start to the result");
   return [args] { return run_eval(*args); };

@@ -17,7 +17,10 @@ Command add_inspect(CLI::App& app) {
     const InspectReport report = inspect_report(*path);
     std::fputs(report.text.c_str(), stdout);
     if (!report.text.empty() && report.text.back() != '\n') std::fputc('\n', stdout);
-    return report.valid ? 0 : 2;
+    if (report.valid) return 0;
+    // The report (stdout) lists what could be read; the verdict is also the one error line on stderr.
+    std::fprintf(stderr, "dptrain: error: %s\n", report.problem.c_str());
+    return 2;
   };
 }
 

@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <exception>
 #include <map>
+#include <new>
 #include <string>
 
 #include "cli/commands.h"
@@ -48,6 +49,10 @@ int main(int argc, char** argv) {
   } catch (const dptrain::InputError& e) {
     std::fprintf(stderr, "dptrain: error: %s\n", e.what());
     return 2;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "dptrain: error: out of host memory: the batch sizes (train.batch_size, "
+                         "train.eval_batch_size, --batch-size) or the model's layers need more than this machine has\n");
+    return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "dptrain: error: %s\n", e.what());
     return 1;

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <memory>
 #include <optional>
 
@@ -23,10 +24,13 @@
 #include "core/cuda_context.h"  // the GPU's name, for the banner
 #endif
 #include "data/dataset.h"
+#include "io/atomic_file.h"
 #include "io/config.h"
 #include "io/checkpoint.h"
 #include "io/curves.h"
 #include "layers/layer_factory.h"
+#include "optim/lr_schedule.h"
+#include "optim/optimizer.h"
 #include "train/background_load.h"
 #include "train/preemption.h"
 #include "train/resume.h"
@@ -79,7 +83,10 @@ void prepare_run_folder(const std::string& out, const Config& config, int64_t re
   std::error_code ec;
   fs::create_directories(out, ec);
   if (ec) throw InputError(out, "cannot create the run folder: " + ec.message());
-  std::ofstream(fs::path(out) / "config.yaml") << to_yaml(config);
+  const std::vector<std::string> stale = remove_stale_temp_files(out);
+  if (!stale.empty())
+    std::fprintf(stderr, "dptrain: warning: %s: removed %zu temp file(s) of an interrupted write (%s%s)\n", out.c_str(),
+                 stale.size(), stale.front().c_str(), stale.size() > 1 ? ", ..." : "");
   const fs::path metrics_path = fs::path(out) / "metrics.jsonl";
   std::string kept;
   if (resumed_step >= 0) {
@@ -89,9 +96,13 @@ void prepare_run_folder(const std::string& out, const Config& config, int64_t re
       if (j.is_object() && j.value("step", int64_t{0}) <= resumed_step) kept += line + "\n";
     }
   }
-  std::ofstream metrics(metrics_path, std::ios::trunc);
-  metrics << kept;
-  if (!metrics) throw InputError(out, "cannot write metrics.jsonl in the run folder");
+  // Replaced whole, never truncated in place: a failure here leaves the earlier lines.
+  try {
+    write_file_atomically((fs::path(out) / "config.yaml").string(), to_yaml(config));
+    write_file_atomically(metrics_path.string(), kept);
+  } catch (const std::runtime_error& e) {
+    throw InputError(std::string(e.what()) + " (the run folder --out names)");
+  }
 }
 
 /// The run's config and, when resuming, its checkpoint (validated) and what changed since.
@@ -113,6 +124,12 @@ RunSetup resolve_run(const TrainArgs& args) {
     const std::optional<std::string> found = find_resume_checkpoint(run.out, run.config.checkpoint.keep, warnings);
     for (const std::string& w : warnings) run.notes.push_back("resume: skipped " + w);
     if (!found) {
+      // Starting afresh would overwrite them: damaged checkpoints are still someone's run.
+      if (holds_a_run(run.out))
+        throw InputError(run.out, "--resume auto found no checkpoint that loads" +
+                                      (warnings.empty() ? std::string() : " (" + warnings.front() + ")") +
+                                      ", and a fresh start would overwrite the run's files there: move them away or "
+                                      "train into another folder (--out)");
       run.notes.push_back("resume: no checkpoint in " + run.out + ", starting from the beginning");
       return run;
     }
@@ -123,9 +140,9 @@ RunSetup resolve_run(const TrainArgs& args) {
   }
   if (path.empty()) {
     run.out = args.out.empty() ? "runs/" + run.config.name : args.out;
-    if (holds_checkpoints(run.out))
-      throw InputError(run.out, "already holds the checkpoints of a run: continue it with --resume auto, or train "
-                                "into another folder (--out) or remove this one");
+    if (holds_a_run(run.out))
+      throw InputError(run.out, "already holds a run (checkpoints or weights): continue it with --resume auto, or "
+                                "train into another folder (--out) or remove this one");
     return run;
   }
   run.checkpoint = load_checkpoint(path);
@@ -202,8 +219,20 @@ int64_t failure_step_for(const std::string& spec, int rank) {
   }
 }
 
+/// The optimizer's and schedule's own rules (optim/), checked before anything starts, with the
+/// config's name: not after the banner, from the trainer, naming only the key.
+void check_recipe(const Config& config) {
+  try {
+    (void)make_optimizer(scheduled_optimizer(config.train.optimizer, config.train.schedule), Device::Cpu, 0);
+    (void)LrSchedule(config.train.schedule, config.train.optimizer.lr, /*steps_per_epoch=*/1, config.train.epochs);
+  } catch (const InputError& e) {
+    throw InputError(config.source, e.what());
+  }
+}
+
 int train_on_rank(const TrainArgs& args, MpiSession& mpi, StartupTimer& startup) {
   RunSetup run = resolve_run(args);
+  check_recipe(run.config);
   const Config& config = run.config;
   const std::string& out = run.out;
   startup.mark(run.checkpoint ? "config_and_checkpoint" : "config");
@@ -301,14 +330,21 @@ Command add_train(CLI::App& app) {
   sub->add_option("--data", args->data, "Folder with the MNIST-layout IDX files (overrides data.dir)");
   sub->add_option("--out", args->out, "Run folder (default runs/<config name>)");
   sub->add_option("--device", args->device, "cpu, cuda or auto")->check(CLI::IsMember({"cpu", "cuda", "auto"}));
-  sub->add_option("--seed", args->seed, "Random seed (overrides train.seed)");
-  sub->add_option("--epochs", args->epochs, "Epochs (overrides train.epochs)")->check(CLI::PositiveNumber);
+  sub->add_option("--seed", args->seed, "Random seed (overrides train.seed)")
+      ->check(CLI::Validator(
+          [](std::string& value) {  // CLI11 reads "-1" into an unsigned as 2^64 - 1
+            return value.starts_with('-') ? "Value " + value + " is negative" : std::string();
+          },
+          "", "not negative"));
+  sub->add_option("--epochs", args->epochs, "Epochs (overrides train.epochs)")
+      ->check(CLI::Range(1, std::numeric_limits<int>::max()));
   sub->add_option("--max-steps", args->max_steps, "Stop after this many steps (overrides train.max_steps)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(int64_t{0}, std::numeric_limits<int64_t>::max()));
   sub->add_option("--set", args->sets, "Override a config key: --set train.batch_size=128 (repeatable)");
   sub->add_option("--comm", args->comm, "Gradient exchange across ranks: auto, nccl or mpi (overrides comm.backend)")
       ->check(CLI::IsMember({"auto", "nccl", "mpi"}));
-  sub->add_option("--threads", args->threads, "CPU backend threads (default: all cores)")->check(CLI::NonNegativeNumber);
+  sub->add_option("--threads", args->threads, "CPU backend threads (default: all cores)")
+      ->check(CLI::Range(0, kMaxCpuThreads));
   sub->add_flag("--no-progress", args->no_progress, "No progress bar or progress lines");
   sub->add_flag("--verbose", args->verbose, "Also print the resolved config (always written to config.yaml)");
   sub->add_option("--resume", args->resume,

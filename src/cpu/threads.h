@@ -6,6 +6,9 @@
 #include <string>
 
 namespace dptrain {
+/// The most CPU threads --threads accepts: beyond any machine dptrain runs on, and below where
+/// OpenMP fails to create them (50,000 gave an error without a name, 100,000 a crash).
+constexpr int kMaxCpuThreads = 1024;
 
 void set_cpu_threads(int threads);
 int cpu_threads();

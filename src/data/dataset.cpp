@@ -47,8 +47,10 @@ namespace {
 
 std::string find_file(const std::string& dir, const std::string& name) {
   const std::filesystem::path base = std::filesystem::path(dir) / name;
-  for (const std::string& candidate : {base.string(), base.string() + ".gz"})
-    if (std::filesystem::is_regular_file(candidate)) return candidate;
+  for (const std::string& candidate : {base.string(), base.string() + ".gz"}) {
+    std::error_code error;  // a symlink loop or an unreadable folder: not found here, said below
+    if (std::filesystem::is_regular_file(candidate, error)) return candidate;
+  }
   throw InputError(base.string(), "not found (nor " + name + ".gz); fetch MNIST with launch/get_mnist.sh " + dir);
 }
 

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <optional>
 
 #include "core/error.h"
 #include "io/atomic_file.h"
@@ -17,6 +18,20 @@ constexpr size_t kMaxFileBytes = size_t{1} << 32;  // 4 GiB: far beyond any MNIS
 
 uint32_t be32(const uint8_t* p) {
   return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | uint32_t{p[3]};
+}
+
+/// The whole size an IDX file's header announces (header and data), once `bytes` holds the header;
+/// nullopt before that or for a header that is not IDX-shaped (parse_idx_u8 says what is wrong).
+std::optional<size_t> idx_size_announced(const uint8_t* bytes, size_t size) {
+  if (size < 4 || bytes[0] != 0 || bytes[1] != 0 || bytes[3] == 0 || bytes[3] > 4) return std::nullopt;
+  const size_t header = 4 + 4 * size_t{bytes[3]};
+  if (size < header) return std::nullopt;
+  size_t total = 1;
+  for (size_t i = 0; i < bytes[3]; ++i) {
+    total *= be32(bytes + 4 + 4 * i);
+    if (total > kMaxFileBytes) return std::nullopt;
+  }
+  return header + total;
 }
 
 std::vector<uint8_t> gunzip(const std::vector<uint8_t>& packed, const std::string& path, size_t limit) {
@@ -39,6 +54,12 @@ std::vector<uint8_t> gunzip(const std::vector<uint8_t>& packed, const std::strin
     const size_t before = zs.avail_out;
     const int rc = inflate(&zs, Z_NO_FLUSH);
     produced += before - zs.avail_out;
+    // A stream that decompresses past what its IDX header announces is refused as soon as it does:
+    // a small gzip bomb would otherwise grow to the 4 GiB limit (and twice that in copies) first.
+    if (const std::optional<size_t> announced = idx_size_announced(out.data(), produced);
+        announced && produced > *announced)
+      throw InputError(path, "decompresses to more than the " + std::to_string(*announced) +
+                                 " bytes its IDX header announces");
     if (rc == Z_STREAM_END) break;
     if (rc == Z_BUF_ERROR && zs.avail_in == 0) throw InputError(path, "gzip data is truncated");
     if (rc != Z_OK && rc != Z_BUF_ERROR)

@@ -3,13 +3,20 @@
 #include "io/atomic_file.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
+#include <cstdint>
+#include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <random>
+#include <regex>
 #include <stdexcept>
+#include <utility>
 
 #include "core/error.h"
 
@@ -42,7 +49,6 @@ std::runtime_error system_error(const std::string& path, std::string_view what, 
   return std::runtime_error(path + ": " + std::string(what) + ": " + std::strerror(error));
 }
 
-
 /// Writes all of `bytes`, retrying on EINTR and short writes. Returns 0 or errno.
 int write_all(int fd, const uint8_t* p, size_t n) {
   while (n > 0) {
@@ -57,21 +63,54 @@ int write_all(int fd, const uint8_t* p, size_t n) {
   return 0;
 }
 
+/// This process's token in its temp names.
+const std::string& process_token() {
+  static const std::string token = [] {
+    std::random_device entropy;
+    char hex[17];
+    std::snprintf(hex, sizeof hex, "%08x%08x", entropy(), entropy());
+    return std::string(hex);
+  }();
+  return token;
+}
+
 /// Where a file replacing `path` is made first: a temp name in its folder (rename is only atomic
-/// within one file system), unique among processes (pid) and among threads and calls of this one
-/// (counter). Throws if `path` names no file.
+/// within one file system), unique among processes (pid and a random token drawn once per process:
+/// a container restarts its trainer under the same pid, and a temp file that a killed process left
+/// behind must not collide) and among threads and calls of this one (counter). Throws if `path`
+/// names no file.
 struct TempBeside {
   std::string folder, temp_path;
 };
 TempBeside temp_beside(const std::string& path) {
   static std::atomic<uint64_t> counter{0};
+  const std::string& token = process_token();
   const size_t slash = path.find_last_of('/');
   const std::string folder =
       slash == std::string::npos ? std::string(1, '.') : slash == 0 ? std::string(1, '/') : path.substr(0, slash);
   const std::string name = slash == std::string::npos ? path : path.substr(slash + 1);
   if (name.empty() || name == "." || name == "..") throw std::runtime_error(path + ": not a file name");
-  return {folder, (folder == "/" ? "" : folder) + "/." + name + ".tmp." + std::to_string(::getpid()) + "." +
-                      std::to_string(counter++)};
+  return {folder, (folder == "/" ? "" : folder) + "/." + name + ".tmp." + std::to_string(::getpid()) + "." + token +
+                      "." + std::to_string(counter++)};
+}
+
+/// Makes a fresh temp name for `path` with `make(temp_path)` (an open with O_EXCL, a link), trying
+/// the next name where one is taken all the same (EEXIST: a file left by someone else). `make`
+/// returns a negative value and sets errno on failure.
+struct MadeTemp {
+  TempBeside where;
+  int result;  ///< make's
+  int error;   ///< errno where result < 0
+};
+template <typename Make>
+MadeTemp make_temp(const std::string& path, Make make) {
+  constexpr int kAttempts = 16;
+  for (int attempt = 1;; ++attempt) {
+    TempBeside where = temp_beside(path);
+    const int result = make(where.temp_path);
+    const int error = result < 0 ? errno : 0;
+    if (result >= 0 || error != EEXIST || attempt == kAttempts) return {std::move(where), result, error};
+  }
 }
 
 /// A rename is only durable once the folder's entry is on disk.
@@ -87,13 +126,12 @@ void sync_folder(const std::string& path, const std::string& folder) {
 }  // namespace
 
 void write_file_atomically(const std::string& path, std::span<const uint8_t> bytes) {
-  // Named members, not a structured binding: the lambda below captures temp_path, which clang
-  // before 16 (the fuzzers' compiler) refuses for a binding.
-  const TempBeside target = temp_beside(path);
-  const std::string& folder = target.folder;
-  const std::string& temp_path = target.temp_path;
-  FileDescriptor fd(::open(temp_path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
-  if (fd.get() < 0) throw system_error(path, "cannot create temp file " + temp_path, errno);
+  const MadeTemp made = make_temp(
+      path, [](const std::string& temp) { return ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644); });
+  const std::string& folder = made.where.folder;
+  const std::string& temp_path = made.where.temp_path;
+  FileDescriptor fd(made.result);
+  if (fd.get() < 0) throw system_error(path, "cannot create temp file " + temp_path, made.error);
 
   auto fail = [&](std::string_view what, int error) {
     if (fd.get() >= 0) fd.close();
@@ -107,10 +145,34 @@ void write_file_atomically(const std::string& path, std::span<const uint8_t> byt
   sync_folder(path, folder);
 }
 
+std::vector<std::string> remove_stale_temp_files(const std::string& folder) {
+  // ".<name>.tmp.<pid>.<token>.<counter>", or without the token (dptrain before 2958c73).
+  static const std::regex temp_name(R"(^\..+\.tmp\.([0-9]{1,10})(?:\.([0-9a-f]{16}))?\.[0-9]+$)");
+  std::vector<std::string> removed;
+  std::error_code ec;
+  for (std::filesystem::directory_iterator it(folder, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    std::smatch m;
+    if (!std::regex_match(name, m, temp_name) || !it->is_regular_file(ec)) continue;
+    const long pid = std::stol(m[1].str());
+    const bool ours = pid == ::getpid();
+    if (ours && m[2].matched && m[2].str() == process_token()) continue;  // a write of this process
+    // kill(pid, 0): ESRCH when no such process; EPERM means it exists (another user's).
+    const bool alive = !ours && pid > 0 && pid <= INT32_MAX && (::kill(static_cast<pid_t>(pid), 0) == 0 || errno == EPERM);
+    if (alive) continue;
+    std::error_code gone;
+    if (std::filesystem::remove(it->path(), gone)) removed.push_back(name);
+  }
+  return removed;
+}
+
 bool link_file_atomically(const std::string& existing, const std::string& path) {
-  const auto [folder, temp_path] = temp_beside(path);
-  if (::link(existing.c_str(), temp_path.c_str()) != 0) {
-    const int error = errno;
+  const MadeTemp made =
+      make_temp(path, [&](const std::string& temp) { return ::link(existing.c_str(), temp.c_str()); });
+  const std::string& folder = made.where.folder;
+  const std::string& temp_path = made.where.temp_path;
+  if (made.result != 0) {
+    const int error = made.error;
     // No hard links here (FAT, some FUSE and network file systems), or not across these folders.
     if (error == EPERM || error == ENOTSUP || error == EOPNOTSUPP || error == EXDEV || error == EMLINK) return false;
     throw system_error(path, "cannot link " + existing + " as " + temp_path, error);
@@ -142,7 +204,9 @@ std::string size_text(uint64_t bytes) {
 
 template <typename Out>
 Out read_file_into(const std::string& path, uint64_t max_bytes) {
-  FileDescriptor fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer; the check below then
+  // refuses it. On a regular file it changes nothing.
+  FileDescriptor fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
   if (fd.get() < 0) throw InputError(path, std::string("cannot open: ") + std::strerror(errno));
   struct stat st {};
   if (::fstat(fd.get(), &st) != 0) throw InputError(path, std::string("cannot stat: ") + std::strerror(errno));
@@ -150,7 +214,11 @@ Out read_file_into(const std::string& path, uint64_t max_bytes) {
   const std::string too_large = "file is larger than " + size_text(max_bytes);
   if (static_cast<uint64_t>(st.st_size) > max_bytes) throw InputError(path, too_large);
   Out out;
-  out.reserve(static_cast<size_t>(st.st_size));
+  try {
+    out.reserve(static_cast<size_t>(st.st_size));
+  } catch (const std::exception&) {  // bad_alloc, length_error: a (sparse) file larger than memory
+    throw InputError(path, "file of " + std::to_string(st.st_size) + " bytes does not fit in memory");
+  }
   char chunk[1 << 16];
   for (;;) {
     const ssize_t got = ::read(fd.get(), chunk, sizeof chunk);

@@ -25,6 +25,13 @@ void write_file_atomically(const std::string& path, std::string_view text);
 /// std::runtime_error naming the path for any other failure.
 bool link_file_atomically(const std::string& existing, const std::string& path);
 
+/// Removes the temp files in `folder` that an interrupted write left (the process was killed between
+/// creating its temp file and the rename): those of a process that is gone, and those of an earlier
+/// process with this one's pid (a container restarts under the same pid; this process's own carry
+/// its token). A temp file of another live process (a concurrent writer) stays. Returns the names
+/// removed. Never throws: what cannot be listed or removed stays.
+std::vector<std::string> remove_stale_temp_files(const std::string& folder);
+
 /// Reads a whole regular file of at most max_bytes. Throws InputError(path, reason) if it cannot be
 /// opened or read, is not a regular file or is larger: every file read this way (checkpoints,
 /// `latest`, configs, IDX data) is user input. The one reader of the project, as text or bytes.

@@ -94,6 +94,20 @@ std::string CheckpointDir::save(int64_t step, const std::vector<NamedTensor>& mo
   return path;
 }
 
+std::vector<std::string> CheckpointDir::set_aside_after(int64_t step) {
+  std::vector<std::string> moved;
+  const fs::path aside = fs::path(folder_) / ("set-aside-" + std::to_string(step));
+  for (const auto& [later, path] : list_steps()) {
+    if (later <= step) continue;
+    std::error_code ec;
+    fs::create_directories(aside, ec);
+    if (!ec) fs::rename(path, aside / fs::path(path).filename(), ec);
+    if (ec) throw std::runtime_error(path + ": cannot move into " + aside.string() + ": " + ec.message());
+    moved.push_back(fs::path(path).filename().string());
+  }
+  return moved;
+}
+
 std::string CheckpointDir::save_best(const std::vector<NamedTensor>& model,
                                      const std::vector<NamedTensor>& optimizer_state, const CheckpointState& state) {
   fs::create_directories(folder_);

@@ -51,6 +51,12 @@ class CheckpointDir {
   /// files (they become warnings).
   Resolved resolve_auto() const;
 
+  /// A run resumed at `step` into this folder continues from there: ckpt-* files of later steps
+  /// (from the run it abandoned, or a save that was interrupted) would count against `keep` and
+  /// make rotation delete this run's own files, and `--resume auto` could later pick one. They
+  /// move into the subfolder `set-aside-<step>` (nothing is deleted). Returns the names moved.
+  std::vector<std::string> set_aside_after(int64_t step);
+
   /// (step, path) of the ckpt-* files present, by ascending step.
   std::vector<std::pair<int64_t, std::string>> list_steps() const;
 

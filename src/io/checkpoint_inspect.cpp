@@ -33,6 +33,14 @@ std::string epoch_as_counted(const std::string& value, const std::map<std::strin
   return std::to_string(epoch + 1) + " (" + where + "counted from 1 as training messages count; stored as " + value + ")";
 }
 
+/// A metadata value as listed: escaped, and cut where it is long (a foreign file's 90 MB string was
+/// printed whole). The config, listed apart, is never cut.
+std::string shown(const std::string& value) {
+  constexpr size_t kMaxShown = 200;
+  if (value.size() <= kMaxShown) return escape_control_chars(value);
+  return escape_control_chars(value.substr(0, kMaxShown)) + "... (" + std::to_string(value.size()) + " bytes)";
+}
+
 void append_metadata(std::string& out, const std::map<std::string, std::string>& metadata) {
   out += "metadata:\n";
   const auto format = metadata.find("format");
@@ -52,7 +60,7 @@ void append_metadata(std::string& out, const std::map<std::string, std::string>&
         start = end + 1;
       }
     } else {
-      out += "  " + escape_control_chars(key) + ": " + escape_control_chars(value) + "\n";
+      out += "  " + escape_control_chars(key) + ": " + shown(value) + "\n";
     }
   }
 }
@@ -69,6 +77,7 @@ InspectReport inspect_bytes(std::span<const uint8_t> bytes, const std::string& s
   } catch (const InputError& e) {
     out += describe_unvalidated_header(bytes);
     out += std::string("INVALID: ") + e.what() + "\n";
+    report.problem = e.what();
     return report;
   }
   const auto format_it = file.metadata.find("format");
@@ -111,6 +120,7 @@ InspectReport inspect_bytes(std::span<const uint8_t> bytes, const std::string& s
     }
   } catch (const InputError& e) {
     out += std::string("INVALID: ") + e.what() + "\n";
+    report.problem = e.what();
     return report;
   }
   report.valid = true;
@@ -123,7 +133,7 @@ InspectReport inspect_report(const std::string& path) {
   try {
     bytes = read_whole_file(path);
   } catch (const InputError& e) {
-    return {"file: " + path + "\nINVALID: " + e.what() + "\n", false};
+    return {"file: " + path + "\nINVALID: " + e.what() + "\n", false, e.what()};
   }
   return inspect_bytes(std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()), path);
 }

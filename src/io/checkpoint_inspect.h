@@ -16,6 +16,7 @@ namespace dptrain {
 struct InspectReport {
   std::string text;  ///< ends with "valid" or "INVALID: reason"
   bool valid = false;
+  std::string problem;  ///< the reason, naming the file, where not valid
 };
 /// Never throws for bad input: an unreadable or damaged file gives valid=false and as much as could
 /// be read (header entries, per-tensor checksum status).

@@ -6,6 +6,7 @@
 #include <charconv>
 #include <cmath>
 #include <iterator>
+#include <limits>
 #include <set>
 #include <system_error>
 #include <utility>
@@ -32,15 +33,41 @@ const std::string& required(const std::map<std::string, std::string>& metadata, 
 
 template <typename T>
 T parse_integer(const std::map<std::string, std::string>& metadata, const std::string& key, T min_value,
-                const std::string& source) {
+                const std::string& source, T max_value = std::numeric_limits<T>::max()) {
   const std::string& text = required(metadata, key, source);
   T value{};
   const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
-  if (text.empty() || error != std::errc() || end != text.data() + text.size() || value < min_value) {
-    throw InputError(source, "metadata '" + key + "' is '" + escape_control_chars(text) + "', expected an integer >= " +
-                                 std::to_string(min_value));
+  if (text.empty() || error != std::errc() || end != text.data() + text.size() || value < min_value ||
+      value > max_value) {
+    throw InputError(source, "metadata '" + key + "' is '" + escape_control_chars(text) + "', expected an integer from " +
+                                 std::to_string(min_value) + " to " + std::to_string(max_value));
   }
   return value;
+}
+
+/// Counts a run can reach and arithmetic on them cannot overflow: epochs are ints in the trainer,
+/// and steps and samples stay far below 2^53 (exact in the doubles of the metrics).
+constexpr int64_t kMaxEpoch = std::numeric_limits<int>::max() - 1;
+constexpr int64_t kMaxCount = int64_t{1} << 50;
+
+/// The epoch's running sums the checkpoint carries (trainer.cpp writes them; an absent one is 0, as
+/// the trainer reads it): each a finite number, with 0 <= correct <= samples <= samples_in_epoch and
+/// a loss sum >= 0.
+void check_epoch_metrics(const nlohmann::json& metrics, int64_t samples_in_epoch, const std::string& source) {
+  const auto number = [&](const char* key) {
+    const auto it = metrics.find(key);
+    if (it == metrics.end()) return 0.0;
+    if (!it->is_number() || !std::isfinite(it->get<double>()))
+      throw InputError(source, std::string("metadata 'epoch_metrics' has '") + key + "' = " +
+                                   escape_control_chars(it->dump()) + ", expected a finite number");
+    return it->get<double>();
+  };
+  const double loss_sum = number("loss_sum"), correct = number("correct"), samples = number("samples");
+  if (!(samples >= 0 && samples <= static_cast<double>(samples_in_epoch) && correct >= 0 && correct <= samples &&
+        loss_sum >= 0)) {
+    throw InputError(source, "metadata 'epoch_metrics' is inconsistent (needs 0 <= correct <= samples <= "
+                             "samples_in_epoch and loss_sum >= 0): " + escape_control_chars(metrics.dump()));
+  }
 }
 
 bool is_hex_digest(const std::string& s) {
@@ -146,9 +173,9 @@ void check_format(const SafeTensorsFile& file, std::string_view format) {
 CheckpointState parse_checkpoint_state(const std::map<std::string, std::string>& metadata, const std::string& source) {
   CheckpointState s;
   s.config_yaml = required(metadata, "config", source);
-  s.epoch = parse_integer<int64_t>(metadata, "epoch", 0, source);
-  s.global_step = parse_integer<int64_t>(metadata, "global_step", 0, source);
-  s.samples_in_epoch = parse_integer<int64_t>(metadata, "samples_in_epoch", 0, source);
+  s.epoch = parse_integer<int64_t>(metadata, "epoch", 0, source, kMaxEpoch);
+  s.global_step = parse_integer<int64_t>(metadata, "global_step", 0, source, kMaxCount);
+  s.samples_in_epoch = parse_integer<int64_t>(metadata, "samples_in_epoch", 0, source, kMaxCount);
   s.seed = parse_integer<uint64_t>(metadata, "seed", 0, source);
   s.world_size = parse_integer<int>(metadata, "world_size", 1, source);
   s.scheduler_json = required(metadata, "scheduler", source);
@@ -157,6 +184,7 @@ CheckpointState parse_checkpoint_state(const std::map<std::string, std::string>&
   s.epoch_metrics_json = required(metadata, "epoch_metrics", source);
   const nlohmann::json metrics = nlohmann::json::parse(s.epoch_metrics_json, nullptr, /*allow_exceptions=*/false);
   if (!metrics.is_object()) throw InputError(source, "metadata 'epoch_metrics' is not a JSON object");
+  check_epoch_metrics(metrics, s.samples_in_epoch, source);
   const std::string accuracy = required(metadata, "best_test_accuracy", source);
   const auto [end, error] = std::from_chars(accuracy.data(), accuracy.data() + accuracy.size(), s.best_test_accuracy);
   if (accuracy.empty() || error != std::errc() || end != accuracy.data() + accuracy.size() ||

@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "io/atomic_file.h"
+#include "io/escape.h"
 #include "io/layer_types.h"
 #include "io/plan_cache.h"
 
@@ -26,6 +27,13 @@ class MapReader {
   MapReader(const YAML::Node& node, std::string path, const std::string& source)
       : node_(node), path_(std::move(path)), source_(source) {
     if (node_ && !node_.IsNull() && !node_.IsMap()) fail(path_, "expected a mapping");
+    // yaml-cpp keeps both of a repeated key and answers lookups with the first: the second would
+    // be silently ignored, like a typo.
+    if (!node_ || node_.IsNull()) return;
+    std::set<std::string> seen;
+    for (const auto& kv : node_)
+      if (kv.first.IsScalar() && !seen.insert(kv.first.Scalar()).second)
+        fail(join(kv.first.Scalar()), "appears twice in the same mapping");
   }
 
   template <typename T>
@@ -72,11 +80,16 @@ class MapReader {
                            : std::is_floating_point_v<T>    ? "a number"
                                                             : "a string";
     if (!v.IsScalar()) fail(key, std::string("expected ") + expected);
+    T value{};
     try {
-      return v.as<T>();
+      value = v.as<T>();
     } catch (const YAML::Exception&) {
       fail(key, std::string("expected ") + expected + ", got '" + v.Scalar() + "'");
     }
+    if constexpr (std::is_floating_point_v<T>) {
+      if (!std::isfinite(value)) fail(key, "expected a finite number, got '" + v.Scalar() + "'");
+    }
+    return value;
   }
 
   YAML::Node node_;
@@ -133,6 +146,7 @@ ModelConfig read_model(const YAML::Node& node, const std::string& source) {
   }
   r.finish();
   require(m.input.c > 0 && m.input.h > 0 && m.input.w > 0, r, "model.input", "dimensions must be positive");
+  if (const std::string too_large = shape_size_problem(m.input); !too_large.empty()) r.fail("model.input", too_large);
   require(m.num_classes >= 2 && m.num_classes <= kMaxClasses, r, "model.num_classes",
           "must be in 2.." + std::to_string(kMaxClasses));
   return m;
@@ -165,6 +179,15 @@ OptimizerConfig read_optimizer(const YAML::Node& node, const std::string& source
     r.get("beta1", o.beta1);
     r.get("beta2", o.beta2);
     r.get("eps", o.eps);
+  }
+  // A setting of another optimizer type: most often left behind by changing `type` alone (with
+  // --set, or resuming from a checkpoint whose config names another optimizer).
+  for (const auto& [key, owners] : {std::pair<const char*, const char*>{"momentum", "sgd"}, {"dampening", "sgd"},
+                                    {"nesterov", "sgd"}, {"rho", "adadelta"}, {"beta1", "adam and adamw"},
+                                    {"beta2", "adam and adamw"}, {"eps", "adam, adamw and adadelta"}}) {
+    if (r.has(key) && std::string(owners).find(o.type) == std::string::npos)
+      r.fail(r.join(key), "a setting of " + std::string(owners) + ", not of " + o.type +
+                              " (the optimizer type changed? set or remove it with the type)");
   }
   r.finish();
   return o;
@@ -232,6 +255,7 @@ ScheduleConfig read_schedule(const YAML::Node& node, const std::string& source) 
   require(s.warmup_steps >= 0, r, "train.schedule.warmup_steps", "must be >= 0");
   require(s.step_size > 0, r, "train.schedule.step_size", "must be > 0");
   require(s.gamma > 0, r, "train.schedule.gamma", "must be > 0");
+  require(s.min_lr >= 0, r, "train.schedule.min_lr", "must be >= 0");
   return s;
 }
 
@@ -370,11 +394,12 @@ void apply_override(YAML::Node& root, const std::string& assignment, const std::
   try {
     value = YAML::Load(assignment.substr(eq + 1));
   } catch (const YAML::Exception& e) {
-    throw InputError("--set " + assignment, std::string("value is not valid YAML: ") + e.msg);
+    throw InputError("--set " + assignment, "value is not valid YAML: " + escape_control_chars(e.msg));
   }
   std::vector<std::string> parts;
   std::stringstream ss(key);
   for (std::string part; std::getline(ss, part, '.');) parts.push_back(part);
+  if (key.ends_with('.')) parts.emplace_back();  // getline drops a trailing empty part: "train.=5" is refused below
   // yaml-cpp nodes are handles: walking with operator[] on copies edits the document in place.
   std::function<void(YAML::Node, size_t)> set_at = [&](YAML::Node node, size_t i) {
     const std::string& part = parts[i];
@@ -435,9 +460,12 @@ Config parse_config(const std::string& yaml_text, const std::string& source, con
   try {
     root = YAML::Load(yaml_text);
   } catch (const YAML::Exception& e) {
-    throw InputError(source, "not valid YAML: " + e.msg + " (line " + std::to_string(e.mark.line + 1) + ")");
+    // escaped: yaml-cpp quotes the offending byte, a NUL in a binary file, which would end the line
+    throw InputError(source, "not valid YAML: " + escape_control_chars(e.msg) + " (line " + std::to_string(e.mark.line + 1) + ")");
   }
   if (!root || root.IsNull()) throw InputError(source, "the config is empty");
+  // Before the overrides, which would otherwise report a list at the top as their own mistake.
+  if (!root.IsMap()) throw InputError(source, "expected a YAML mapping at the top level");
   for (const std::string& o : overrides) apply_override(root, o, source);
   const std::string stem = std::filesystem::path(source).stem().string();
   try {

@@ -307,7 +307,8 @@ void draw_curves(const std::vector<RunCurves>& all_runs, const std::string& png_
   std::error_code ec;
   fs::rename(temp, target, ec);
   if (ec) {
-    fs::remove(temp, ec);
+    std::error_code ignored;  // the rename's error is the one to report
+    fs::remove(temp, ignored);
     throw std::runtime_error(png_path + ": cannot write the image: " + ec.message());
   }
 }

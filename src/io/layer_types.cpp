@@ -5,19 +5,45 @@
 
 namespace dptrain {
 
+std::string shape_size_problem(Dims d) {
+  if (d.c > kMaxSide || d.h > kMaxSide || d.w > kMaxSide)
+    return "shape " + to_string(d) + " has a side over " + std::to_string(kMaxSide);
+  if (d.count() > kMaxValuesPerSample)
+    return "shape " + to_string(d) + " holds " + std::to_string(d.count()) + " values per sample, more than " +
+           std::to_string(kMaxValuesPerSample);
+  return {};
+}
+
 namespace {
+
+/// A window's output side, computed in 64 bits (the padded side of a large padding overflows an
+/// int); at most 0 where the window does not fit.
+int64_t window_output(int side, int kernel, int stride, int padding) {
+  const int64_t padded = int64_t{side} + 2 * int64_t{padding};
+  if (padded < kernel) return 0;
+  return (padded - kernel) / stride + 1;
+}
+
+std::string too_many_parameters(int64_t count) {
+  return "has " + std::to_string(count) + " parameters, more than " + std::to_string(kMaxLayerParameters);
+}
 
 LayerShape conv2d_shape(const LayerConfig& c, Dims in) {
   if (c.out_channels <= 0) return {{}, "out_channels must be > 0"};
   if (c.kernel <= 0) return {{}, "kernel must be > 0"};
   if (c.stride <= 0) return {{}, "stride must be > 0"};
   if (c.padding < 0) return {{}, "padding must be >= 0"};
-  const int oh = (in.h + 2 * c.padding - c.kernel) / c.stride + 1;
-  const int ow = (in.w + 2 * c.padding - c.kernel) / c.stride + 1;
-  if (in.h + 2 * c.padding < c.kernel || in.w + 2 * c.padding < c.kernel || oh <= 0 || ow <= 0)
+  const int64_t oh = window_output(in.h, c.kernel, c.stride, c.padding);
+  const int64_t ow = window_output(in.w, c.kernel, c.stride, c.padding);
+  if (oh <= 0 || ow <= 0)
     return {{}, "kernel " + std::to_string(c.kernel) + " does not fit the input " + to_string(in) + " with padding " +
                     std::to_string(c.padding)};
-  return {Dims{c.out_channels, oh, ow}, {}};
+  if (oh > kMaxSide || ow > kMaxSide || c.out_channels > kMaxSide)
+    return {{}, "output " + std::to_string(c.out_channels) + "x" + std::to_string(oh) + "x" + std::to_string(ow) +
+                    " has a side over " + std::to_string(kMaxSide)};
+  const int64_t parameters = int64_t{c.out_channels} * in.c * c.kernel * c.kernel + c.out_channels;
+  if (c.kernel > kMaxSide || parameters > kMaxLayerParameters) return {{}, too_many_parameters(parameters)};
+  return {Dims{c.out_channels, static_cast<int>(oh), static_cast<int>(ow)}, {}};
 }
 
 LayerShape relu_shape(const LayerConfig&, Dims in) { return {in, {}}; }
@@ -26,11 +52,11 @@ LayerShape maxpool2d_shape(const LayerConfig& c, Dims in) {
   if (c.kernel <= 0) return {{}, "kernel must be > 0"};
   if (c.stride <= 0) return {{}, "stride must be > 0"};
   if (c.padding < 0 || 2 * c.padding > c.kernel) return {{}, "padding must be between 0 and half the kernel"};
-  if (in.h + 2 * c.padding < c.kernel || in.w + 2 * c.padding < c.kernel)
-    return {{}, "kernel " + std::to_string(c.kernel) + " does not fit the input " + to_string(in)};
   // PoolSpec::pooled (layers/layer.h), which the fused kernels use, is the same floor division.
-  const auto pooled = [&](int side) { return (side + 2 * c.padding - c.kernel) / c.stride + 1; };
-  return {Dims{in.c, pooled(in.h), pooled(in.w)}, {}};
+  const int64_t oh = window_output(in.h, c.kernel, c.stride, c.padding);
+  const int64_t ow = window_output(in.w, c.kernel, c.stride, c.padding);
+  if (oh <= 0 || ow <= 0) return {{}, "kernel " + std::to_string(c.kernel) + " does not fit the input " + to_string(in)};
+  return {Dims{in.c, static_cast<int>(oh), static_cast<int>(ow)}, {}};
 }
 
 LayerShape dropout_shape(const LayerConfig& c, Dims in) {
@@ -40,8 +66,12 @@ LayerShape dropout_shape(const LayerConfig& c, Dims in) {
 
 LayerShape flatten_shape(const LayerConfig&, Dims in) { return {Dims{static_cast<int>(in.count()), 1, 1}, {}}; }
 
-LayerShape linear_shape(const LayerConfig& c, Dims) {
+LayerShape linear_shape(const LayerConfig& c, Dims in) {
   if (c.out_features <= 0) return {{}, "out_features must be > 0"};
+  if (c.out_features > kMaxValuesPerSample)
+    return {{}, "out_features " + std::to_string(c.out_features) + " is more than " + std::to_string(kMaxValuesPerSample)};
+  const int64_t parameters = in.count() * c.out_features + c.out_features;
+  if (parameters > kMaxLayerParameters) return {{}, too_many_parameters(parameters)};
   return {Dims{c.out_features, 1, 1}, {}};
 }
 
@@ -51,11 +81,12 @@ LayerShape avgpool2d_shape(const LayerConfig& c, Dims in) {
   if (c.kernel <= 0) return {{}, "kernel must be > 0"};
   if (c.stride <= 0) return {{}, "stride must be > 0"};
   if (c.padding < 0 || 2 * c.padding > c.kernel) return {{}, "padding must be between 0 and half the kernel"};
-  if (in.h + 2 * c.padding < c.kernel || in.w + 2 * c.padding < c.kernel)
+  const int64_t oh = window_output(in.h, c.kernel, c.stride, c.padding);
+  const int64_t ow = window_output(in.w, c.kernel, c.stride, c.padding);
+  if (oh <= 0 || ow <= 0)
     return {{}, "kernel " + std::to_string(c.kernel) + " does not fit the input " + to_string(in) + " with padding " +
                     std::to_string(c.padding)};
-  const auto pooled = [&](int side) { return (side + 2 * c.padding - c.kernel) / c.stride + 1; };
-  return {Dims{in.c, pooled(in.h), pooled(in.w)}, {}};
+  return {Dims{in.c, static_cast<int>(oh), static_cast<int>(ow)}, {}};
 }
 
 // nn.AdaptiveAvgPool2d(1): the mean of each channel's plane.

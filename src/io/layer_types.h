@@ -46,6 +46,16 @@ struct LayerField {
 
 /// A layer's output shape for one input shape, or the problem that makes the config or the input
 /// shape impossible (the layer reports it naming itself: layers/layer_error.h).
+/// Bounds every layer's shape rule enforces, far beyond MNIST-class networks and below where sizes
+/// overflow the ints of shapes and kernels or the memory of any machine: a side of a plane, the
+/// values of one sample's activation (512 MiB in float32), a layer's parameters (4 GiB).
+constexpr int64_t kMaxSide = int64_t{1} << 16;
+constexpr int64_t kMaxValuesPerSample = int64_t{1} << 27;
+constexpr int64_t kMaxLayerParameters = int64_t{1} << 30;
+
+/// The problem with a shape as a layer's input or output, if any (a side or a count over the bounds).
+std::string shape_size_problem(Dims d);
+
 struct LayerShape {
   Dims output{};
   std::string problem;  ///< empty when the shape works

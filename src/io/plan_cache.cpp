@@ -9,6 +9,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <limits>
+#include <optional>
 #include <stdexcept>
 
 #include <nlohmann/json.hpp>
@@ -32,6 +34,10 @@ constexpr uint64_t kMaxPlanFileBytes = uint64_t{64} << 20;
 constexpr size_t kMaxMachines = 8;
 /// cuDNN numbers its algorithms from 0; none has reached 16.
 constexpr int kMaxAlgo = 64;
+/// A plan file nests 5 levels; anything much deeper is not one. nlohmann parses deep nesting
+/// without recursion but copies it recursively (a section of another machine is copied whole), so
+/// a 200,000-deep array there overflowed the stack.
+constexpr int kMaxJsonDepth = 32;
 
 json fingerprint_json(const PlanFingerprint& f) {
   return json{{"gpu", f.gpu},
@@ -44,7 +50,28 @@ json fingerprint_json(const PlanFingerprint& f) {
               {"build", f.build}};
 }
 
-/// Throws nlohmann's exceptions on missing or mistyped fields (the caller reports the file corrupt).
+/// `j` as an int, if it is an integer that fits one (a float or a wider integer would convert with
+/// undefined behaviour or wrap: 2^32 + 3 would read as 3).
+std::optional<int> int_of(const json& j) {
+  if (j.is_number_unsigned()) {
+    const auto v = j.get<uint64_t>();
+    if (v > static_cast<uint64_t>(std::numeric_limits<int>::max())) return std::nullopt;
+    return static_cast<int>(v);
+  }
+  if (!j.is_number_integer()) return std::nullopt;
+  const auto v = j.get<int64_t>();
+  if (v < std::numeric_limits<int>::min() || v > std::numeric_limits<int>::max()) return std::nullopt;
+  return static_cast<int>(v);
+}
+
+int int_field(const json& j, const char* key) {
+  const std::optional<int> v = int_of(j.at(key));
+  if (!v) throw std::runtime_error(std::string("\"") + key + "\" is not an integer that fits an int");
+  return *v;
+}
+
+/// Throws on missing or mistyped fields (nlohmann's exceptions, or std::runtime_error; the caller
+/// reports the file corrupt).
 PlanFingerprint fingerprint_from(const json& j) {
   PlanFingerprint f;
   f.gpu = j.at("gpu").get<std::string>();
@@ -53,11 +80,11 @@ PlanFingerprint fingerprint_from(const json& j) {
   if (dot == std::string::npos) throw std::runtime_error("compute_capability is not major.minor");
   f.cc_major = std::atoi(cc.substr(0, dot).c_str());
   f.cc_minor = std::atoi(cc.substr(dot + 1).c_str());
-  f.sms = j.at("sms").get<int>();
-  f.driver = j.at("driver").get<int>();
-  f.runtime = j.at("cuda_runtime").get<int>();
-  f.cudnn = j.at("cudnn").get<int>();
-  f.cublas = j.at("cublas").get<int>();
+  f.sms = int_field(j, "sms");
+  f.driver = int_field(j, "driver");
+  f.runtime = int_field(j, "cuda_runtime");
+  f.cudnn = int_field(j, "cudnn");
+  f.cublas = int_field(j, "cublas");
   f.build = j.at("build").get<std::string>();
   return f;
 }
@@ -71,10 +98,11 @@ json records_json(const PlanBook& book) {
 /// A record as stored, or nothing when it names an unknown implementation or holds numbers out of
 /// range (a file from another dptrain, or edited by hand).
 std::optional<PlanRecord> record_from(const json& j) {
-  if (!j.is_object() || !j.contains("impl") || !j["impl"].is_string() || !j.contains("algo") ||
-      !j["algo"].is_number_integer() || !j.contains("chunk") || !j["chunk"].is_number_integer())
+  if (!j.is_object() || !j.contains("impl") || !j["impl"].is_string() || !j.contains("algo") || !j.contains("chunk"))
     return std::nullopt;
-  PlanRecord r{j["impl"].get<std::string>(), j["algo"].get<int>(), j["chunk"].get<int>()};
+  const std::optional<int> algo = int_of(j["algo"]), chunk = int_of(j["chunk"]);
+  if (!algo || !chunk) return std::nullopt;
+  PlanRecord r{j["impl"].get<std::string>(), *algo, *chunk};
   const auto& names = plan_implementations();
   if (std::find(names.begin(), names.end(), r.impl) == names.end()) return std::nullopt;
   if (r.algo < 0 || r.algo >= kMaxAlgo || r.chunk < 0) return std::nullopt;
@@ -123,6 +151,14 @@ std::optional<std::string> absolute_env(const char* name) {
   const char* v = std::getenv(name);
   if (v == nullptr || v[0] != '/') return std::nullopt;
   return std::string(v);
+}
+
+/// json::parse, refusing nesting deeper than kMaxJsonDepth (std::runtime_error).
+json parse_bounded(const std::string& text) {
+  return json::parse(text, [](int depth, json::parse_event_t, json&) {
+    if (depth > kMaxJsonDepth) throw std::runtime_error("nested deeper than " + std::to_string(kMaxJsonDepth) + " levels");
+    return true;
+  });
 }
 
 }  // namespace
@@ -175,7 +211,7 @@ std::string PlanBook::serialize() const { return records_json(*this).dump(); }
 PlanBook PlanBook::parse(const std::string& bytes) {
   PlanBook book;
   try {
-    if (read_records(json::parse(bytes), book) != 0) throw std::runtime_error("a record is invalid");
+    if (read_records(parse_bounded(bytes), book) != 0) throw std::runtime_error("a record is invalid");
   } catch (const json::exception& e) {
     throw std::runtime_error(std::string("plan records are not valid JSON: ") + e.what());
   }
@@ -199,12 +235,12 @@ struct ParsedPlanFile {
 ParsedPlanFile parse_plan_file(const std::string& text, const PlanFingerprint& fp) {
   ParsedPlanFile out;
   try {
-    const json j = json::parse(text);
+    const json j = parse_bounded(text);
     if (!j.is_object() || j.value("format", std::string()) != kFormat) {
       out.problem = "is not a dptrain plan file";
       return out;
     }
-    if (!j.contains("version") || !j["version"].is_number_integer() || j["version"].get<int>() != kVersion) {
+    if (!j.contains("version") || int_of(j["version"]) != kVersion) {
       out.problem = "is a plan file of another version (stale: this dptrain reads version " + std::to_string(kVersion) + ")";
       return out;
     }

@@ -24,6 +24,8 @@
 #include <string_view>
 #include <vector>
 
+#include "io/escape.h"  // escape_control_chars, which the readers of these files use
+
 namespace dptrain {
 
 /// Largest header accepted; the reference implementation's limit.
@@ -106,10 +108,6 @@ SafeTensorsFile read_safetensors(const std::string& path);
 /// and whatever entries of the header JSON could be read, each marked unvalidated. Never throws
 /// for bad input.
 std::string describe_unvalidated_header(std::span<const uint8_t> bytes);
-
-/// `text` with control characters (except tab) written as \xNN, so names and metadata read from an
-/// untrusted file cannot drive the terminal when printed.
-std::string escape_control_chars(std::string_view text);
 
 /// "[32, 1, 3, 3]"
 std::string shape_to_string(const std::vector<int64_t>& shape);

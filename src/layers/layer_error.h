@@ -31,6 +31,8 @@ inline CheckedLayer check_layer(std::string_view type, const LayerConfig& c, int
   CheckedLayer checked{with_defaults(*entry, c), {}};
   const LayerShape shape = entry->shape(checked.config, in);
   if (!shape.problem.empty()) throw layer_error(index, c.name, shape.problem);
+  if (const std::string too_large = shape_size_problem(shape.output); !too_large.empty())
+    throw layer_error(index, c.name, "output " + too_large);
   checked.output = shape.output;
   return checked;
 }

@@ -1,6 +1,8 @@
 #include "train/checkpoint_writer.h"
 
 #include <chrono>
+#include <cstdio>
+#include <exception>
 #include <utility>
 
 namespace dptrain {
@@ -22,6 +24,21 @@ CheckpointWriter::~CheckpointWriter() {
   }
   changed_.notify_all();
   if (thread_.joinable()) thread_.join();
+  if (failure_ && !failure_reported_) {
+    std::fprintf(stderr, "dptrain: warning: %s (a checkpoint write that failed while the run stopped)\n",
+                 message(failure_).c_str());
+    std::fflush(stderr);
+  }
+}
+
+std::string CheckpointWriter::message(const std::exception_ptr& failure) {
+  try {
+    std::rethrow_exception(failure);
+  } catch (const std::exception& e) {
+    return e.what();
+  } catch (...) {
+    return "unknown error";
+  }
 }
 
 void CheckpointWriter::rethrow_failure() {
@@ -66,12 +83,24 @@ void CheckpointWriter::submit(std::function<void()> write) {
   changed_.notify_all();
 }
 
-void CheckpointWriter::wait() {
+std::unique_lock<std::mutex> CheckpointWriter::drain() {
   std::unique_lock<std::mutex> lock(mutex_);
   const Clock::time_point t0 = Clock::now();
   changed_.wait(lock, [this] { return queue_.empty() && !writing_; });
   wait_seconds_ += seconds_from(t0);
+  return lock;
+}
+
+void CheckpointWriter::wait() {
+  const std::unique_lock<std::mutex> lock = drain();
   rethrow_failure();
+}
+
+std::optional<std::string> CheckpointWriter::settle() {
+  const std::unique_lock<std::mutex> lock = drain();
+  if (!failure_ || failure_reported_) return std::nullopt;
+  failure_reported_ = true;
+  return message(failure_);
 }
 
 void CheckpointWriter::loop() {

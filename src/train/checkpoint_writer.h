@@ -14,8 +14,8 @@
 //    queued after a failed one are dropped, so no checkpoint newer than the failure appears; the
 //    previous good checkpoint stays.
 //  - The destructor finishes the queued writes (a run stopped by an exception still leaves its
-//    snapshots on disk) and joins the thread; a failure there is dropped (an error is already on
-//    its way, or wait() reported it).
+//    snapshots on disk) and joins the thread. A failure that nothing reported yet (the run stopped
+//    for another reason first) is printed as one "dptrain: warning:" line: never silently lost.
 //  - Synchronous mode (asynchronous = false) runs each write inside submit(), on the caller's
 //    thread: the path dptrain took before, kept for comparison (--sync-checkpoints).
 #pragma once
@@ -26,6 +26,8 @@
 #include <exception>
 #include <functional>
 #include <mutex>
+#include <optional>
+#include <string>
 #include <thread>
 
 namespace dptrain {
@@ -42,6 +44,9 @@ class CheckpointWriter {
   void submit(std::function<void()> write);
   /// Returns when every queued write has finished; rethrows the first failure, if any.
   void wait();
+  /// Like wait(), for a run that is stopping with an error of its own: returns the first failure's
+  /// message instead of throwing it (and counts it as reported), or nothing.
+  std::optional<std::string> settle();
 
   bool asynchronous() const { return asynchronous_; }
   /// Seconds the writes took (on the writer thread, or inside submit when synchronous).
@@ -54,7 +59,9 @@ class CheckpointWriter {
  private:
   void loop();
   void run_one(std::function<void()>& write);  // with mutex_ not held
+  std::unique_lock<std::mutex> drain();         // waits until nothing is queued or writing; returns the lock
   void rethrow_failure();                       // with mutex_ held
+  static std::string message(const std::exception_ptr& failure);
 
   const bool asynchronous_;
   const size_t max_queued_;

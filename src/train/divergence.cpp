@@ -30,18 +30,26 @@ std::string DivergenceMonitor::limit_text() const {
 }
 
 void DivergenceMonitor::set_last_checkpoint(int64_t step, const std::string& path) {
-  if (step < 0) {
-    last_checkpoint_ = "no checkpoint written";
-    return;
+  std::string text = "no checkpoint written";
+  if (step >= 0) {
+    text = "last checkpoint: step " + std::to_string(step);
+    if (!path.empty()) text += " (" + path + ")";
   }
-  last_checkpoint_ = "last checkpoint: step " + std::to_string(step);
-  if (!path.empty()) last_checkpoint_ += " (" + path + ")";
+  std::lock_guard<std::mutex> lock(mutex_);
+  last_checkpoint_ = std::move(text);
 }
 
 void DivergenceMonitor::diverged(int64_t step, int epoch, const std::string& problem) const {
   std::string where = "at step " + std::to_string(step);
   if (epoch > 0) where += " (epoch " + std::to_string(epoch) + ")";
-  throw DivergenceError(step, "training diverged " + where + ": " + problem + "; " + last_checkpoint_);
+  const std::optional<std::string> write_failure = settle_ ? settle_() : std::nullopt;
+  std::string message = "training diverged " + where + ": " + problem + "; ";
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    message += last_checkpoint_;
+  }
+  if (write_failure) message += "; a later checkpoint write failed: " + *write_failure;
+  throw DivergenceError(step, message);
 }
 
 std::optional<std::string> DivergenceMonitor::check_training_loss(double loss, int64_t step, int epoch) {

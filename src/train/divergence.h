@@ -19,9 +19,12 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "io/checkpoint.h"
@@ -51,8 +54,14 @@ class DivergenceMonitor {
   double limit() const { return limit_; }
 
   /// What a divergence message ends with: where the last good checkpoint is. `path` may be empty
-  /// (ranks other than 0 do not know it); step < 0: none written yet.
+  /// (ranks other than 0 do not know it); step < 0: none written yet. Rank 0 calls it from the
+  /// checkpoint writer's thread once a checkpoint is on disk, so it is safe from any thread.
   void set_last_checkpoint(int64_t step, const std::string& path);
+
+  /// Called before a divergence is reported, on the thread that found it: finishes the checkpoint
+  /// writes still queued (so the last-checkpoint record is true) and returns the message of one
+  /// that failed, if any, which the report then names too.
+  void set_settle(std::function<std::optional<std::string>()> settle) { settle_ = std::move(settle); }
 
   /// Checks the mean training loss read after `step` global steps (in `epoch`, counted from 1).
   /// Throws DivergenceError if it diverged; returns the warning line the first time the loss grew
@@ -77,7 +86,9 @@ class DivergenceMonitor {
   double lowest_ = 0;
   int64_t lowest_step_ = -1;  ///< -1: no training loss read yet
   bool warned_ = false;
+  mutable std::mutex mutex_;  // guards last_checkpoint_ (written by the checkpoint writer's thread)
   std::string last_checkpoint_ = "no checkpoint written";
+  std::function<std::optional<std::string>()> settle_;
 };
 
 }  // namespace dptrain

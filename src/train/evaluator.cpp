@@ -10,7 +10,7 @@ namespace dptrain {
 
 Evaluator::Evaluator(const Dataset& data, const DataConfig& config, int batch_size, DeviceContext& ctx)
     : source_(make_batch_source(data, config, /*shuffle=*/false, ctx)),
-      batch_(static_cast<int>(std::min<int64_t>(batch_size, data.count))),
+      batch_(batch_for(batch_size, data)),
       dims_{1, data.rows, data.cols},
       x_(ctx.device(), static_cast<size_t>(batch_) * data.rows * data.cols),
       y_(ctx.device(), static_cast<size_t>(batch_)),

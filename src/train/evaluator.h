@@ -2,6 +2,7 @@
 // with the model in Eval phase (dropout off). Reads the device once, at the end.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -23,6 +24,12 @@ struct EvalResult {
 
 class Evaluator {
  public:
+  /// The batch an evaluator asked for `requested` runs on `data`: never more than the whole set.
+  /// The model is sized for it before the evaluator is made.
+  static int batch_for(int requested, const Dataset& data) {
+    return static_cast<int>(std::min<int64_t>(requested, data.count));
+  }
+
   Evaluator(const Dataset& data, const DataConfig& config, int batch_size, DeviceContext& ctx);
   /// The model must have been built with max_batch >= batch_size().
   EvalResult run(Model<float>& model, DeviceContext& ctx);

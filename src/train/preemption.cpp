@@ -3,6 +3,7 @@
 #include <sys/prctl.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <csignal>
 #include <cstdlib>
 #include <iterator>
@@ -14,7 +15,10 @@ namespace dptrain {
 namespace {
 
 constexpr int kSignals[] = {SIGTERM, SIGINT, SIGUSR1, kLauncherGoneSignal};
-volatile std::sig_atomic_t g_signal = 0;
+// Lock-free atomic, not volatile sig_atomic_t: the handler may run on any thread (the checkpoint
+// writer's too) while the training thread reads it, and only an atomic makes that well defined.
+std::atomic<int> g_signal{0};
+static_assert(std::atomic<int>::is_always_lock_free, "a signal handler may only touch lock-free atomics");
 pid_t g_launcher = 0;  // the parent process when an MPI launcher started us; 0: not watched
 struct sigaction g_previous[sizeof(kSignals) / sizeof(kSignals[0])];
 
@@ -29,7 +33,8 @@ extern "C" void on_stop_signal(int sig) {
     std::raise(sig);
     return;
   }
-  if (g_signal == 0) g_signal = sig;
+  int none = 0;
+  g_signal.compare_exchange_strong(none, sig);  // the first request is the one reported
 }
 
 }  // namespace

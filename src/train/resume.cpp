@@ -46,9 +46,12 @@ std::optional<std::string> find_resume_checkpoint(const std::string& run_dir, in
   return r.path;
 }
 
-bool holds_checkpoints(const std::string& run_dir) {
+bool holds_a_run(const std::string& run_dir) {
   const CheckpointDir dir(run_dir, 1);
-  return std::filesystem::exists(dir.latest_path()) || !dir.list_steps().empty();
+  std::error_code ec;  // an unreadable entry counts as present: never overwrite what cannot be seen
+  const auto present = [&](const std::string& path) { return std::filesystem::exists(path, ec) || ec; };
+  return present(dir.latest_path()) || !dir.list_steps().empty() || present(dir.best_path()) ||
+         present((std::filesystem::path(run_dir) / "final.safetensors").string());
 }
 
 std::vector<std::string> check_resume_config(const Config& saved, const Config& now, const std::string& path) {

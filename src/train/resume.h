@@ -16,8 +16,9 @@ namespace dptrain {
 /// adds a line to `warnings`. nullopt when the folder holds none.
 std::optional<std::string> find_resume_checkpoint(const std::string& run_dir, int keep, std::vector<std::string>& warnings);
 
-/// Whether `run_dir` already holds checkpoints (a fresh run there would overwrite them).
-bool holds_checkpoints(const std::string& run_dir);
+/// Whether `run_dir` already holds a run's files that a fresh run there would overwrite: `latest`,
+/// ckpt-* files (loadable or not), final.safetensors or best.safetensors.
+bool holds_a_run(const std::string& run_dir);
 
 /// Compares the config a checkpoint was written with (`saved`) to the one the run resumes with.
 /// A different model or optimizer type is InputError(path, ...) listing every difference; any

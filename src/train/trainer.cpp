@@ -124,7 +124,7 @@ Trainer::Trainer(const Config& config, const TrainOptions& options, const MnistD
                                       ghost_batch_alignment(config_.model, global_batch_ / comm_.size()));
   steps_per_epoch_ = plan_->steps_per_epoch();
   const int local_batch = (global_batch_ + comm_.size() - 1) / comm_.size();
-  const int eval_batch = comm_.rank() == 0 ? config_.train.eval_batch_size : 0;
+  const int eval_batch = comm_.rank() == 0 ? Evaluator::batch_for(config_.train.eval_batch_size, data_.test) : 0;
   model_build_start_ = std::chrono::steady_clock::now();
   model_ = std::make_unique<Model<float>>(config_.model, ctx_, std::max(local_batch, eval_batch),
                                          config_.train.label_smoothing);
@@ -153,6 +153,7 @@ Trainer::Trainer(const Config& config, const TrainOptions& options, const MnistD
   checkpoints_ = std::make_unique<CheckpointDir>(options_.out_dir, config_.checkpoint.keep);
   divergence_ = std::make_unique<DivergenceMonitor>(config_.model.num_classes);
   if (options_.resume != nullptr) {
+    if (comm_.rank() == 0) set_aside_later_checkpoints(options_.resume->state.global_step);
     divergence_->set_last_checkpoint(options_.resume->state.global_step, options_.resume->path);
     // Every rank reads the same validated file: an identical start without a broadcast.
     restore_train_state(*options_.resume, ctx_, model_->params(), model_->state(), *optimizer_);
@@ -170,6 +171,7 @@ Trainer::Trainer(const Config& config, const TrainOptions& options, const MnistD
   }
   if (comm_.rank() == 0) {
     writer_ = std::make_unique<CheckpointWriter>(options_.async_checkpoints);
+    divergence_->set_settle([writer = writer_.get()] { return writer->settle(); });
     epoch_end_ = std::make_unique<EpochEndTimes>();
   }
   if (options_.startup) options_.startup->mark(options_.resume != nullptr ? "restore_state" : "initialise_params");
@@ -394,6 +396,7 @@ void Trainer::finish_epoch(int epoch, int64_t global_step, const EpochStats& sta
     }
     std::ofstream out(std::filesystem::path(options_.out_dir) / "metrics.jsonl", std::ios::app);
     out << line.dump() << "\n";
+    out.flush();  // a full disk shows at the flush, which the stream's destructor would hide
     if (!out) throw std::runtime_error(options_.out_dir + "/metrics.jsonl: cannot write");
     std::string note;
     if (samples < static_cast<double>(data_.train.count))
@@ -452,16 +455,20 @@ std::string Trainer::save_checkpoint(const Position& at, const EpochStats& stats
     path = checkpoints_->step_path(at.global_step);
     const bool best = new_best_;
     const bool fail = at.global_step == options_.fail_checkpoint_write_at_step;
-    writer_->submit([dir = checkpoints_.get(), snapshot, state = std::move(state), best, fail, step = at.global_step] {
+    writer_->submit([dir = checkpoints_.get(), divergence = divergence_.get(), snapshot, state = std::move(state), best,
+                     fail, step = at.global_step] {
       if (fail) throw std::runtime_error(dir->step_path(step) + ": cannot write: injected failure (--inject-write-failure)");
       const std::string saved = dir->save(step, snapshot->model(), snapshot->optimizer(), state);
       if (best) dir->save_best(saved, snapshot->model(), snapshot->optimizer(), state);
+      divergence->set_last_checkpoint(step, saved);  // on disk now: a divergence report may name it
     });
     new_best_ = false;
     epoch_end_->snapshot_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     ++epoch_end_->checkpoints;
   }
-  divergence_->set_last_checkpoint(at.global_step, path);
+  // Rank 0's writer records the checkpoint once it is on disk (above); the other ranks only know
+  // that one was taken.
+  if (comm_.rank() != 0) divergence_->set_last_checkpoint(at.global_step, path);
   comm_.barrier();  // nobody runs ahead into NCCL while rank 0 writes
   return path;
 }
@@ -472,6 +479,11 @@ Trainer::Position Trainer::resume_position() {
   Position p;
   p.epoch = static_cast<int>(state.epoch);
   p.global_step = state.global_step;
+  if (state.samples_in_epoch > data_.train.count)  // a checkpoint counts at most the whole set
+    throw InputError(options_.resume->path,
+                     "stopped after " + std::to_string(state.samples_in_epoch) + " samples of epoch " +
+                         std::to_string(state.epoch + 1) + ", but the training set has " +
+                         std::to_string(data_.train.count) + " (another dataset?)");
   if (state.samples_in_epoch >= data_.train.count) {
     p.step_in_epoch = steps_per_epoch_;  // stopped after the last batch, before the evaluation
   } else if (state.samples_in_epoch % global_batch_ == 0) {
@@ -531,6 +543,19 @@ void Trainer::log_progress(int64_t global_step, int epoch, const EpochStats& sta
   const double loss = seen > 0 ? sums[0] / static_cast<double>(seen) : 0.0;
   if (seen > 0) check_training_loss(loss, global_step, epoch + 1);
   progress_->update(global_step, epoch + 1, loss, ips);
+}
+
+void Trainer::set_aside_later_checkpoints(int64_t resumed_step) {
+  const std::vector<std::string> moved = checkpoints_->set_aside_after(resumed_step);
+  if (moved.empty()) return;
+  std::string names = moved.front();
+  if (moved.size() > 1) names += " to " + moved.back();
+  std::fprintf(stderr,
+               "dptrain: warning: resumed at step %lld: moved %zu checkpoint(s) of later steps (%s) into %s/set-aside-%lld/, "
+               "so that rotation and --resume auto follow this run\n",
+               static_cast<long long>(resumed_step), moved.size(), names.c_str(), options_.out_dir.c_str(),
+               static_cast<long long>(resumed_step));
+  std::fflush(stderr);
 }
 
 void Trainer::check_training_loss(double loss, int64_t global_step, int epoch) {

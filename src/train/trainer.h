@@ -156,6 +156,9 @@ class Trainer {
   void log_progress(int64_t global_step, int epoch, const EpochStats& stats);
   /// Feeds a mean training loss read after `global_step` steps to the divergence monitor: throws
   /// DivergenceError, or prints its one warning to stderr.
+  /// Rank 0, resuming: ckpt-* files of steps after `resumed_step` in the run folder move aside
+  /// (io/checkpoint_dir.h, set_aside_after), with one warning line.
+  void set_aside_later_checkpoints(int64_t resumed_step);
   void check_training_loss(double loss, int64_t global_step, int epoch);
   void wait_for_device();
   /// After each step while the start-up breakdown is open: the first step, and the step that
@@ -189,6 +192,9 @@ class Trainer {
   std::chrono::steady_clock::time_point model_build_start_{}, last_eval_end_{};
   double upload_seconds_ = 0;
   bool new_best_ = false;        ///< the latest evaluation set a new best
+  /// Checks every loss read back. Before writer_: the writer's jobs record the checkpoints they
+  /// finish in it, up to the writer's destructor.
+  std::unique_ptr<class DivergenceMonitor> divergence_;
   std::unique_ptr<CheckpointDir> checkpoints_;
   std::unique_ptr<class CheckpointWriter> writer_;      ///< rank 0: writes into checkpoints_ (after it: destroyed first)
   std::unique_ptr<struct EpochEndTimes> epoch_end_;     ///< rank 0: what epoch ends cost the training thread
@@ -204,7 +210,6 @@ class Trainer {
   GradientHook* gradient_hook_ = nullptr;  ///< the one hook backward reports to (compose_gradient_hook)
   bool updates_during_backward_ = false;   ///< the hook updates the parameters: no optimizer step after
   std::unique_ptr<CrossRankSum> cross_rank_sum_;  ///< batchnorm's exchanges on several ranks, else null
-  std::unique_ptr<class DivergenceMonitor> divergence_;  ///< checks every loss read back
   std::unique_ptr<Progress> progress_;                   ///< rank 0's progress display (run())
 };
 

@@ -1,5 +1,8 @@
 #include "train/weights.h"
 
+#include <algorithm>
+#include <cmath>
+#include <span>
 #include <vector>
 
 #include "core/device_ops.h"
@@ -27,8 +30,15 @@ LoadedModel build_model(const WeightsFile& file, DeviceContext& ctx, int max_bat
                                              /*with_backward=*/!forward_only);
   ParamStore<float>& params = out.model->params();
   std::vector<float> host(params.size(), 0.0f);
-  for (const ParamEntry& e : params.entries())
-    weights.copy_tensor(e.name, e.shape, std::span<float>(host).subspan(e.offset, e.count));
+  for (const ParamEntry& e : params.entries()) {
+    const std::span<float> values = std::span<float>(host).subspan(e.offset, e.count);
+    weights.copy_tensor(e.name, e.shape, values);
+    // dptrain never writes such weights; evaluated, they would give chance accuracy without a word.
+    const auto bad = std::count_if(values.begin(), values.end(), [](float v) { return !std::isfinite(v); });
+    if (bad > 0)
+      throw InputError(weights.path, "tensor '" + e.name + "' holds " + std::to_string(bad) +
+                                         " values that are NaN or Inf (weights of a diverged model?)");
+  }
   upload(ctx, params.values().span(), std::span<const float>(host));
   restore_state_tensors(weights, ctx, out.model->state());  // batchnorm's running statistics
   return out;

@@ -171,6 +171,27 @@ TEST_F(Resume, DamagedCheckpointsAreRefusedAndAutoFallsBackToTheOneBefore) {
   EXPECT_NE(resumed.output.find("at step 5 "), std::string::npos) << resumed.output;
 }
 
+// Resumed from an older checkpoint of its own folder, a run continues from there: the later files
+// of the run it abandoned move aside (kept), instead of counting against checkpoint.keep (rotation
+// would delete this run's own files and keep them) and being what --resume auto picks next.
+TEST_F(Resume, ResumingFromAnOlderCheckpointSetsTheLaterOnesAside) {
+  const fs::path d = fresh_dir("aside");
+  const fs::path run = d / "run";
+  const std::string every = " --set checkpoint.every_steps=1 --set checkpoint.keep=2";
+  ASSERT_EQ(run_dptrain(train_args(run, 4) + every).status, 0);  // keeps ckpt-3 and ckpt-4
+  const Result r = run_dptrain(train_args(run, 5) + every + " --resume " + (run / "ckpt-00000003.safetensors").string());
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("dptrain: warning: resumed at step 3: moved 1 checkpoint(s) of later steps "
+                          "(ckpt-00000004.safetensors) into " + run.string() + "/set-aside-3/"),
+            std::string::npos)
+      << r.output;
+  EXPECT_TRUE(fs::exists(run / "set-aside-3" / "ckpt-00000004.safetensors"));
+  EXPECT_TRUE(fs::exists(run / "ckpt-00000004.safetensors")) << "this run's own step 4";
+  EXPECT_TRUE(fs::exists(run / "ckpt-00000005.safetensors"));
+  EXPECT_FALSE(fs::exists(run / "ckpt-00000003.safetensors")) << "rotated: keep 2";
+  EXPECT_EQ(latest_checkpoint(run).state.global_step, 5);
+}
+
 TEST_F(Resume, AnotherModelIsRefusedWithTheDifferencesListed) {
   const fs::path d = fresh_dir("model");
   ASSERT_EQ(run_dptrain(train_args(d / "run", 3)).status, 0);
@@ -187,6 +208,34 @@ TEST_F(Resume, AFreshRunNeverOverwritesAnotherRunsCheckpoints) {
   EXPECT_EQ(r.status, 2) << r.output;
   EXPECT_NE(r.output.find("--resume auto"), std::string::npos) << r.output;
   EXPECT_EQ(latest_checkpoint(d / "run").state.global_step, 2);
+}
+
+// Neither a fresh run nor --resume auto overwrites a run's files that no checkpoint of the folder
+// can continue: final weights alone, or checkpoints that are all damaged.
+TEST_F(Resume, NoRunOverwritesWeightsOrDamagedCheckpointsItCannotContinue) {
+  const fs::path d = fresh_dir("overwrite");
+  ASSERT_EQ(run_dptrain(train_args(d / "run", 2)).status, 0);
+  const fs::path weights_only = d / "weights_only";
+  fs::create_directories(weights_only);
+  fs::copy_file(d / "run" / "final.safetensors", weights_only / "final.safetensors");
+  const Result fresh = run_dptrain(train_args(weights_only, 1));
+  EXPECT_EQ(fresh.status, 2) << fresh.output;
+  EXPECT_NE(fresh.output.find(weights_only.string() + ": already holds a run (checkpoints or weights)"), std::string::npos)
+      << fresh.output;
+
+  const fs::path damaged = d / "damaged";
+  fs::create_directories(damaged);
+  std::ifstream in(d / "run" / "ckpt-00000002.safetensors", std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  bytes[bytes.size() / 2] ^= 0x01;
+  std::ofstream(damaged / "ckpt-00000002.safetensors", std::ios::binary) << bytes;
+  const Result resumed = run_dptrain(train_args(damaged, 2) + " --resume auto");
+  EXPECT_EQ(resumed.status, 2) << resumed.output;
+  EXPECT_NE(resumed.output.find(damaged.string() + ": --resume auto found no checkpoint that loads ("), std::string::npos)
+      << resumed.output;
+  std::ifstream after(damaged / "ckpt-00000002.safetensors", std::ios::binary);
+  EXPECT_EQ(std::string((std::istreambuf_iterator<char>(after)), std::istreambuf_iterator<char>()), bytes)
+      << "the damaged checkpoint is left as it was";
 }
 
 }  // namespace

@@ -27,5 +27,9 @@ TEST_F(CudaDivergence, RunStopsAtCheckpoint) { expect_divergence_stops_at_checkp
 
 TEST_F(CudaDivergence, RunStopsAtEpochEnd) { expect_divergence_stops_at_epoch_end("cuda"); }
 
+TEST_F(CudaDivergence, RunNamesACheckpointWriteThatFailedBeforeIt) {
+  expect_divergence_names_a_failed_checkpoint_write("cuda");
+}
+
 }  // namespace
 }  // namespace dptrain

@@ -884,6 +884,27 @@ std::string cudnn_name(const char* direction, const CudnnAlgo& a, const CudnnMat
   return std::string(direction) + ": cuDNN " + std::to_string(a.id) + " " + a.name + " " + m.name + extra;
 }
 
+/// The workspace cuDNN asks for to run `a` (`query(&bytes)`: the direction's workspace-size call), or
+/// nothing, with the reason recorded as not eligible: an algorithm the planner never offers, a query
+/// cuDNN refuses (the algorithm does not support the shape), or more than the planner's cap.
+template <typename Query>
+std::optional<size_t> cudnn_workspace(Sweep& sw, const std::string& name, const CudnnAlgo& a, Query query) {
+  if (!a.planned) {
+    sw.not_eligible(name + ": never planned (inexact)");
+    return std::nullopt;
+  }
+  size_t bytes = 0;
+  if (const cudnnStatus_t q = query(&bytes); q != CUDNN_STATUS_SUCCESS) {
+    sw.not_eligible(name + ": workspace query: " + cudnnGetErrorString(q));
+    return std::nullopt;
+  }
+  if (bytes > kMaxWorkspace) {
+    sw.not_eligible(name + ": workspace over 256 MiB");
+    return std::nullopt;
+  }
+  return bytes;
+}
+
 CudnnFilterDesc make_filter_desc(int oc, int c, int k) {
   cudnnFilterDescriptor_t f = nullptr;
   CUDNN_CHECK(cudnnCreateFilterDescriptor(&f));
@@ -1001,20 +1022,11 @@ void run_conv_on_gpu(Sweep& sw, const ConvRef& r, Buffer<uint8_t>& workspace) {
     for (const CudnnAlgo& a : kFwdAlgos) {
       const auto algo = static_cast<cudnnConvolutionFwdAlgo_t>(a.id);
       const std::string name = cudnn_name("forward", a, m);
-      if (!a.planned) {
-        sw.not_eligible(name + ": never planned (inexact)");
-        continue;
-      }
-      size_t bytes = 0;
-      const cudnnStatus_t q = cudnnGetConvolutionForwardWorkspaceSize(h, xd, fd, convs[mi], yd, algo, &bytes);
-      if (q != CUDNN_STATUS_SUCCESS) {
-        sw.not_eligible(name + ": workspace query: " + cudnnGetErrorString(q));
-        continue;
-      }
-      if (bytes > kMaxWorkspace) {
-        sw.not_eligible(name + ": workspace over 256 MiB");
-        continue;
-      }
+      const std::optional<size_t> workspace = cudnn_workspace(sw, name, a, [&](size_t* b) {
+        return cudnnGetConvolutionForwardWorkspaceSize(h, xd, fd, convs[mi], yd, algo, b);
+      });
+      if (!workspace) continue;
+      const size_t bytes = *workspace;
       const bool ok = run_library(
           sw, where, name, {{y.data(), ry.data(), ys, cudnn_tol(a, m), r.floor_y}},
           [&] {
@@ -1073,20 +1085,11 @@ void run_conv_on_gpu(Sweep& sw, const ConvRef& r, Buffer<uint8_t>& workspace) {
     for (const CudnnAlgo& a : kDataAlgos) {
       const auto algo = static_cast<cudnnConvolutionBwdDataAlgo_t>(a.id);
       const std::string name = cudnn_name("input gradient", a, m);
-      if (!a.planned) {
-        sw.not_eligible(name + ": never planned (inexact)");
-        continue;
-      }
-      size_t bytes = 0;
-      const cudnnStatus_t q = cudnnGetConvolutionBackwardDataWorkspaceSize(h, fd, yd, convs[mi], xd, algo, &bytes);
-      if (q != CUDNN_STATUS_SUCCESS) {
-        sw.not_eligible(name + ": workspace query: " + cudnnGetErrorString(q));
-        continue;
-      }
-      if (bytes > kMaxWorkspace) {
-        sw.not_eligible(name + ": workspace over 256 MiB");
-        continue;
-      }
+      const std::optional<size_t> workspace = cudnn_workspace(sw, name, a, [&](size_t* b) {
+        return cudnnGetConvolutionBackwardDataWorkspaceSize(h, fd, yd, convs[mi], xd, algo, b);
+      });
+      if (!workspace) continue;
+      const size_t bytes = *workspace;
       serve(1,
             run_library(
                 sw, where, name, {{dx.data(), rdx.data(), xs, cudnn_tol(a, m), r.floor_dx}},
@@ -1160,20 +1163,11 @@ void run_conv_on_gpu(Sweep& sw, const ConvRef& r, Buffer<uint8_t>& workspace) {
     for (const CudnnAlgo& a : kFilterAlgos) {
       const auto algo = static_cast<cudnnConvolutionBwdFilterAlgo_t>(a.id);
       const std::string name = cudnn_name("filter gradient", a, m);
-      if (!a.planned) {
-        sw.not_eligible(name + ": never planned (inexact)");
-        continue;
-      }
-      size_t bytes = 0;
-      const cudnnStatus_t q = cudnnGetConvolutionBackwardFilterWorkspaceSize(h, xd, yd, convs[mi], fd, algo, &bytes);
-      if (q != CUDNN_STATUS_SUCCESS) {
-        sw.not_eligible(name + ": workspace query: " + cudnnGetErrorString(q));
-        continue;
-      }
-      if (bytes > kMaxWorkspace) {
-        sw.not_eligible(name + ": workspace over 256 MiB");
-        continue;
-      }
+      const std::optional<size_t> workspace = cudnn_workspace(sw, name, a, [&](size_t* b) {
+        return cudnnGetConvolutionBackwardFilterWorkspaceSize(h, xd, yd, convs[mi], fd, algo, b);
+      });
+      if (!workspace) continue;
+      const size_t bytes = *workspace;
       serve(2,
             run_library(
                 sw, where, name, {{dw.data(), rdw.data(), wn, cudnn_tol(a, m), r.floor_dw}},
@@ -1189,16 +1183,11 @@ void run_conv_on_gpu(Sweep& sw, const ConvRef& r, Buffer<uint8_t>& workspace) {
     for (const CudnnAlgo& a : kFilterAlgos) {
       const auto algo = static_cast<cudnnConvolutionBwdFilterAlgo_t>(a.id);
       const std::string name = cudnn_name("filter gradient", a, kMaths[0], " in chunks (beta 1)");
-      if (!a.planned) {
-        sw.not_eligible(name + ": never planned (inexact)");
-        continue;
-      }
-      size_t bytes = 0;
-      const cudnnStatus_t q = cudnnGetConvolutionBackwardFilterWorkspaceSize(h, xcd, ycd, convs[0], fd, algo, &bytes);
-      if (q != CUDNN_STATUS_SUCCESS || bytes > kMaxWorkspace) {
-        sw.not_eligible(name + ": workspace query");
-        continue;
-      }
+      const std::optional<size_t> workspace = cudnn_workspace(sw, name, a, [&](size_t* b) {
+        return cudnnGetConvolutionBackwardFilterWorkspaceSize(h, xcd, ycd, convs[0], fd, algo, b);
+      });
+      if (!workspace) continue;
+      const size_t bytes = *workspace;
       run_library(
           sw, where, name, {{dw.data(), rdw.data(), wn, cudnn_tol(a, kMaths[0]), r.floor_dw}},
           [&] {

@@ -114,6 +114,23 @@ inline void expect_divergence_stops_at_progress_line(const std::string& device) 
   if (!::testing::Test::HasFailure()) divergence_fs::remove_all(r.out);
 }
 
+/// The checkpoint of step 1 fails to write (injected) on the writer's thread, and the run diverges
+/// at step 2 before anything else reports that failure: the one error line says no checkpoint was
+/// written (never the failed one's name) and names the failed write too; no second line.
+inline void expect_divergence_names_a_failed_checkpoint_write(const std::string& device) {
+  const TrainRun r = train_run(device, "failedwrite", "1e4",
+                               "--max-steps 20 --set train.log_every=1 --set checkpoint.every_steps=1 "
+                               "--inject-write-failure 1");
+  expect_one_divergence_line(r, kDivergedAtStep2,
+                             "; no checkpoint written; a later checkpoint write failed: " +
+                                 (r.out / "ckpt-00000001.safetensors").string() +
+                                 ": cannot write: injected failure (--inject-write-failure)");
+  EXPECT_TRUE(lines_starting(r.output, "dptrain: warning:").empty()) << r.output;
+  EXPECT_FALSE(divergence_fs::exists(r.out / "latest"));
+  EXPECT_TRUE(CheckpointDir(r.out.string(), 3).list_steps().empty());
+  if (!::testing::Test::HasFailure()) divergence_fs::remove_all(r.out);
+}
+
 /// Without progress lines, caught where the next checkpoint reads the loss: not written.
 inline void expect_divergence_stops_at_checkpoint(const std::string& device) {
   const TrainRun r = train_run(device, "checkpoint", "1e4", "--max-steps 20 --no-progress --set checkpoint.every_steps=1");

@@ -246,17 +246,31 @@ TEST(Checkpoint, MetadataIsValidated) {
   expect_load_error(with("config", std::nullopt), "metadata 'config' is missing");
   expect_load_error(with("dptrain_version", std::nullopt), "metadata 'dptrain_version' is missing");
   for (const char* bad : {"-1", "1.5", "", " 1", "1 ", "+1", "0x10", "99999999999999999999"}) {
-    expect_load_error(with("epoch", bad), "metadata 'epoch' is '" + std::string(bad) + "', expected an integer >= 0");
+    expect_load_error(with("epoch", bad), "metadata 'epoch' is '" + std::string(bad) + "', expected an integer from 0 to ");
   }
+  // Beyond what the trainer's int epoch and its counts hold: refused, not truncated.
+  expect_load_error(with("epoch", "4294967295"), "metadata 'epoch' is '4294967295', expected an integer from 0 to 2147483646");
+  expect_load_error(with("global_step", "9223372036854775807"), "metadata 'global_step'");
+  expect_load_error(with("samples_in_epoch", "9223372036854775807"), "metadata 'samples_in_epoch'");
   expect_load_error(with("global_step", "-5"), "metadata 'global_step'");
   expect_load_error(with("samples_in_epoch", std::nullopt), "metadata 'samples_in_epoch' is missing");
   expect_load_error(with("seed", "-1"), "metadata 'seed'");
-  expect_load_error(with("world_size", "0"), "metadata 'world_size' is '0', expected an integer >= 1");
+  expect_load_error(with("world_size", "0"), "metadata 'world_size' is '0', expected an integer from 1 to ");
   expect_load_error(with("world_size", "4294967297"), "metadata 'world_size'");
   expect_load_error(with("scheduler", "[1]"), "metadata 'scheduler' is not a JSON object");
   expect_load_error(with("scheduler", "{"), "metadata 'scheduler' is not a JSON object");
   expect_load_error(with("epoch_metrics", "3"), "metadata 'epoch_metrics' is not a JSON object");
   expect_load_error(with("epoch_metrics", std::nullopt), "metadata 'epoch_metrics' is missing");
+  // The epoch's running sums: numbers, finite, consistent with samples_in_epoch (640 here).
+  expect_load_error(with("epoch_metrics", R"({"loss_sum":"x","correct":1,"samples":2})"),
+                    "metadata 'epoch_metrics' has 'loss_sum' = \"x\", expected a finite number");
+  expect_load_error(with("epoch_metrics", R"({"loss_sum":1,"correct":1,"samples":1e300})"),
+                    "metadata 'epoch_metrics' is inconsistent");
+  expect_load_error(with("epoch_metrics", R"({"loss_sum":1,"correct":5,"samples":4})"),
+                    "metadata 'epoch_metrics' is inconsistent");
+  expect_load_error(with("epoch_metrics", R"({"loss_sum":-1,"correct":0,"samples":0})"),
+                    "metadata 'epoch_metrics' is inconsistent");
+  EXPECT_NO_THROW(load_bytes(with("epoch_metrics", "{}")));  // absent sums are 0, as the trainer reads them
   for (const char* bad : {"nan", "inf", "-inf", "0.5x", "", "1e999"}) {
     expect_load_error(with("best_test_accuracy", bad), "metadata 'best_test_accuracy'");
   }
@@ -462,6 +476,19 @@ TEST_F(CheckpointTest, ResumeAutoFollowsLatestAndNotesNewerFiles) {
   EXPECT_NE(resolved.warnings[0].find("is newer than the checkpoint `latest` names"), std::string::npos);
 }
 
+// A foreign safetensors file's long metadata value is listed cut, with its length (one of 90 MB was
+// printed whole); the file itself is valid.
+TEST_F(CheckpointTest, InspectCutsLongMetadataValues) {
+  const std::vector<float> v = {1.0f};
+  const std::vector<TensorRef> refs = {{"w", "F32", {1}, {reinterpret_cast<const uint8_t*>(v.data()), 4}}};
+  const std::vector<uint8_t> bytes = serialize_safetensors(refs, {{"note", std::string(1000, 'x')}});
+  write_bytes(path("plain.safetensors"), bytes);
+  const InspectReport report = inspect_report(path("plain.safetensors"));
+  EXPECT_TRUE(report.valid) << report.text;
+  EXPECT_NE(report.text.find("  note: " + std::string(200, 'x') + "... (1000 bytes)\n"), std::string::npos) << report.text;
+  EXPECT_EQ(report.text.find(std::string(201, 'x')), std::string::npos);
+}
+
 TEST_F(CheckpointTest, InspectReport) {
   const Fixture f;
   save_checkpoint(path("c.safetensors"), f.model, f.optimizer, f.state);
@@ -494,6 +521,8 @@ TEST_F(CheckpointTest, InspectReport) {
                              ": tensor 'optimizer.fc1.bias.acc_delta' checksum mismatch"),
             std::string::npos)
       << report.text;
+  EXPECT_EQ(report.problem,
+            path("bad.safetensors") + ": tensor 'optimizer.fc1.bias.acc_delta' checksum mismatch: its data is corrupted");
 
   // Broken structure: what the header still says, then why it is invalid.
   bytes = read_bytes(path("c.safetensors"));

@@ -7,12 +7,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "core/error.h"
 #include "io/atomic_file.h"
@@ -108,6 +110,69 @@ TEST_F(AtomicFileTest, ReaderRefusesFoldersAndFilesOverItsLimit) {
     ADD_FAILURE();
   } catch (const InputError& e) {
     EXPECT_NE(std::string(e.what()).find("not a regular file"), std::string::npos) << e.what();
+  }
+}
+
+// A process killed mid-write leaves its temp file; a container restarts the trainer under the same
+// pid. Temp names left by an earlier process of this pid (the names it drew: pid, then a counter
+// from 0) must not stop a write or a link.
+TEST_F(AtomicFileTest, TempFilesLeftByAnEarlierProcessOfTheSamePidDoNotCollide) {
+  const std::string pid = std::to_string(::getpid());
+  for (int k = 0; k < 200; ++k)
+    for (const char* name : {".f.tmp.", ".g.tmp."}) std::ofstream(dir_ / (name + pid + "." + std::to_string(k))) << "left";
+  const std::string path = (dir_ / "f").string();
+  write_file_atomically(path, std::string_view("new"));
+  EXPECT_EQ(read_whole_file(path), "new");
+  ASSERT_TRUE(link_file_atomically(path, (dir_ / "g").string()));
+  EXPECT_EQ(read_whole_file((dir_ / "g").string()), "new");
+  EXPECT_EQ(entries(), 402u);  // the 400 left files, f and g: no temp of this process's left behind
+}
+
+// Temp files of interrupted writes are removed at a run's start: an earlier process's with this
+// pid (old names without a token, or another token), and a dead process's. A live process's stays,
+// and so does this process's own and anything that is not a temp name.
+TEST_F(AtomicFileTest, StaleTempFilesOfInterruptedWritesAreRemoved) {
+  const pid_t dead = ::fork();
+  if (dead == 0) ::_exit(0);
+  ASSERT_GT(dead, 0);
+  ASSERT_EQ(::waitpid(dead, nullptr, 0), dead);
+  const std::string me = std::to_string(::getpid());
+  const std::vector<std::string> stale = {".ckpt-00000040.safetensors.tmp." + me + ".3",
+                                          ".latest.tmp." + me + ".0123456789abcdef.7",
+                                          ".metrics.jsonl.tmp." + std::to_string(dead) + ".fedcba9876543210.0"};
+  const std::vector<std::string> kept = {".f.tmp.1.0123456789abcdef.0",  // pid 1 lives
+                                         "ckpt-00000040.safetensors", ".hidden", "x.tmp.1.2"};
+  for (const auto& names : {stale, kept})
+    for (const std::string& name : names) std::ofstream(dir_ / name) << "partial";
+  std::vector<std::string> removed = remove_stale_temp_files(dir_.string());
+  std::sort(removed.begin(), removed.end());
+  std::vector<std::string> expected = stale;
+  std::sort(expected.begin(), expected.end());
+  EXPECT_EQ(removed, expected);
+  for (const std::string& name : kept) EXPECT_TRUE(fs::exists(dir_ / name)) << name;
+  EXPECT_TRUE(remove_stale_temp_files((dir_ / "missing").string()).empty());
+}
+
+// A file too large to hold in memory (sparse: no disk used) is bad input naming the file, not a
+// bad_alloc that would stop `--resume auto` from trying an older checkpoint.
+TEST_F(AtomicFileTest, ReaderRefusesAFileThatCannotFitInMemory) {
+  // Where the kernel grants any allocation (overcommit mode 1) the reserve succeeds and the read
+  // would walk 8 TiB of zeros: that machine cannot show this.
+  int overcommit = 0;
+  std::ifstream("/proc/sys/vm/overcommit_memory") >> overcommit;
+  if (overcommit == 1) GTEST_SKIP() << "vm.overcommit_memory is 1: every allocation is granted";
+  const std::string path = (dir_ / "huge").string();
+  { std::ofstream(path) << "x"; }
+  std::error_code error;
+  fs::resize_file(path, uint64_t{1} << 43, error);  // 8 TiB (ext4 allows up to 16)
+  if (error) GTEST_SKIP() << "this file system refuses an 8 TiB sparse file: " << error.message();
+  try {
+    read_file_bytes(path);
+    ADD_FAILURE();
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find(path + ": file of 8796093022208 bytes does not fit in memory"),
+              std::string::npos)
+        << e.what();
   }
 }
 

@@ -62,6 +62,16 @@ TEST(Cli, BadUsageExitsTwo) {
   EXPECT_EQ(r.status, 2) << r.output;
 }
 
+TEST(Cli, InspectOfABadFileEndsWithOneErrorLine) {
+  const fs::path d = temp_dir("inspect");
+  const Result r = run("inspect " + (d / "missing.safetensors").string());
+  EXPECT_EQ(r.status, 2) << r.output;
+  EXPECT_NE(r.output.find("INVALID: " + (d / "missing.safetensors").string() + ": cannot open"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("dptrain: error: " + (d / "missing.safetensors").string() + ": cannot open"), std::string::npos)
+      << r.output;
+}
+
 TEST(Cli, BadConfigNamesFileAndKey) {
   const fs::path d = temp_dir("badcfg");
   std::ofstream(d / "bad.yaml") << "model: {layers: [{type: linear, out_features: 10}]}\ntrain: {batch_sise: 3}\n";
@@ -75,6 +85,24 @@ TEST(Cli, BadConfigNamesFileAndKey) {
   const Result t = run("train --device cpu --config " + (d / "missing.yaml").string());
   EXPECT_EQ(t.status, 2) << t.output;
   EXPECT_NE(t.output.find("missing.yaml: cannot open"), std::string::npos) << t.output;
+  // The optimizer's and schedule's rules too: one line naming the config, before a run folder exists.
+  for (const char* set : {"train.optimizer.lr=-1", "train.optimizer.rho=2"}) {
+    const Result o = run("train --device cpu --config " + kConfig + " --set " + set + " --out " + (d / "never").string());
+    EXPECT_EQ(o.status, 2) << o.output;
+    EXPECT_EQ(o.output.rfind("dptrain: error: " + kConfig + ": train.optimizer.", 0), 0u) << o.output;
+    EXPECT_EQ(std::count(o.output.begin(), o.output.end(), '\n'), 1) << o.output;
+  }
+  EXPECT_FALSE(fs::exists(d / "never"));
+  // Out-of-range flags name the range, not a 309-digit double; a negative seed is refused (it wrapped).
+  const Result e = run("train --device cpu --epochs 0");
+  EXPECT_EQ(e.status, 2) << e.output;
+  EXPECT_NE(e.output.find("--epochs: Value 0 not in range 1 to 2147483647"), std::string::npos) << e.output;
+  const Result seed = run("train --device cpu --seed -1");
+  EXPECT_EQ(seed.status, 2) << seed.output;
+  EXPECT_NE(seed.output.find("--seed: Value -1 is negative"), std::string::npos) << seed.output;
+  const Result threads = run("train --device cpu --threads 100000");
+  EXPECT_EQ(threads.status, 2) << threads.output;
+  EXPECT_NE(threads.output.find("--threads: Value 100000 not in range 0 to 1024"), std::string::npos) << threads.output;
 }
 
 TEST(Cli, MissingOrMalformedDataIsNamed) {

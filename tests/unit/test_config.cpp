@@ -114,7 +114,13 @@ TEST(Config, ErrorsNameFileAndKey) {
             std::string::npos);
   EXPECT_NE(error_of(std::string(kMinimal) + "train: {optimizer: {type: rmsprop}}").find("unknown optimizer 'rmsprop'"),
             std::string::npos);
-  EXPECT_NE(error_of(std::string(kMinimal) + "train: {optimizer: {type: sgd, rho: 0.9}}").find("'train.optimizer.rho': unknown key"),
+  EXPECT_NE(error_of(std::string(kMinimal) + "train: {optimizer: {type: sgd, rho: 0.9}}")
+                .find("'train.optimizer.rho': a setting of adadelta, not of sgd (the optimizer type changed?"),
+            std::string::npos);
+  EXPECT_NE(error_of(std::string(kMinimal) + "train: {optimizer: {type: adam, beta1: 0.9}}", {"train.optimizer.type=sgd"})
+                .find("'train.optimizer.beta1': a setting of adam and adamw, not of sgd"),
+            std::string::npos);
+  EXPECT_NE(error_of(std::string(kMinimal) + "train: {optimizer: {type: sgd, betta: 0.9}}").find("'train.optimizer.betta': unknown key"),
             std::string::npos);
   EXPECT_NE(error_of("model: {layers: [{type: conv2d, p: 0.5}]}").find("'model.layers[0].p': unknown key"),
             std::string::npos);
@@ -135,11 +141,36 @@ TEST(Config, ErrorsNameFileAndKey) {
             std::string::npos);
 }
 
+// Every number is finite (a NaN mean or an infinite momentum trained to garbage or diverged with a
+// message about a step instead of the key), no key appears twice in a mapping (yaml-cpp answers
+// with the first and the second was silently ignored), and the input is within the shape bounds.
+TEST(Config, NonFiniteNumbersRepeatedKeysAndHugeInputsAreRefused) {
+  for (const char* bad : {".nan", ".inf", "-.inf"}) {
+    EXPECT_NE(error_of(std::string(kMinimal) + "data: {mean: " + bad + "}").find("'data.mean': expected a finite number, got '" + std::string(bad) + "'"),
+              std::string::npos) << bad;
+    EXPECT_NE(error_of(std::string(kMinimal) + "train: {optimizer: {type: sgd, momentum: " + bad + "}}").find("'train.optimizer.momentum': expected a finite number"),
+              std::string::npos) << bad;
+    EXPECT_NE(error_of(std::string(kMinimal) + "comm: {timeout_s: " + bad + "}").find("'comm.timeout_s'"), std::string::npos) << bad;
+  }
+  EXPECT_NE(error_of(std::string(kMinimal) + "train: {schedule: {type: cosine, min_lr: -5}}").find("'train.schedule.min_lr': must be >= 0"),
+            std::string::npos);
+  EXPECT_NE(error_of(std::string(kMinimal) + "train: {batch_size: 64}\ntrain: {batch_size: 32}\n").find("test.yaml: 'train': appears twice in the same mapping"),
+            std::string::npos);
+  EXPECT_NE(error_of(std::string(kMinimal) + "train: {batch_size: 64, batch_size: 32}").find("'train.batch_size': appears twice"),
+            std::string::npos);
+  EXPECT_NE(error_of("model: {input: [1, 100000, 100000], layers: [{type: relu}]}").find("'model.input': shape 1x100000x100000 has a side over 65536"),
+            std::string::npos);
+}
+
 TEST(Config, BadOverridesAreReported) {
   EXPECT_NE(error_of(kMinimal, {"train.batch_size"}).find("expected key=value"), std::string::npos);
   EXPECT_NE(error_of(kMinimal, {"train.bogus=1"}).find("'train.bogus': unknown key"), std::string::npos);
   EXPECT_NE(error_of(kMinimal, {"model.layers.7.p=1"}).find("index 7 out of range"), std::string::npos);
   EXPECT_NE(error_of(kMinimal, {"train.batch_size=[1"}).find("not valid YAML"), std::string::npos);
+  EXPECT_NE(error_of(kMinimal, {"train.=5"}).find("--set train.=5: empty component in key 'train.'"), std::string::npos);
+  // A list at the top is the file's mistake, not the override's.
+  EXPECT_NE(error_of("- 1\n- 2\n", {"data.dir=x"}).find("test.yaml: expected a YAML mapping at the top level"),
+            std::string::npos);
 }
 
 TEST(Config, MissingFileIsNamed) {

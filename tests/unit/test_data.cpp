@@ -177,6 +177,13 @@ TEST_F(DataFiles, EveryMalformedCaseIsNamed) {
   EXPECT_NE(error(write("junk.gz", {0x1f, 0x8b, 1, 2, 3, 4, 5, 6, 7, 8, 9}), good_labels).find("gzip data is corrupt"),
             std::string::npos);
   EXPECT_NE(error((dir_ / "missing").string(), good_labels).find("cannot open"), std::string::npos);
+  // A gzip bomb: a header of 3 images and 64 MiB of zeros behind it (64 KiB packed). Refused once
+  // the stream passes the 2,368 bytes the header announces, not after inflating all of it.
+  const std::string bomb = write("bomb.gz", idx(8, {3, 28, 28}, size_t{64} << 20, 0), true);
+  EXPECT_LT(fs::file_size(bomb), size_t{1} << 20);
+  EXPECT_NE(error(bomb, good_labels).find(bomb + ": decompresses to more than the 2368 bytes its IDX header announces"),
+            std::string::npos)
+      << error(bomb, good_labels);
 }
 
 TEST_F(DataFiles, MnistFolderNamesWhatIsMissing) {

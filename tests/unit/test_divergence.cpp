@@ -100,6 +100,11 @@ TEST(Divergence, CpuRunStopsAtCheckpoint) {
   expect_divergence_stops_at_checkpoint("cpu");
 }
 
+TEST(Divergence, CpuRunNamesACheckpointWriteThatFailedBeforeIt) {
+  if (!have_mnist_data()) GTEST_SKIP() << "MNIST not found in " << DPTRAIN_TEST_DATA_DIR;
+  expect_divergence_names_a_failed_checkpoint_write("cpu");
+}
+
 TEST(Divergence, CpuRunStopsAtEpochEnd) {
   if (!have_mnist_data()) GTEST_SKIP() << "MNIST not found in " << DPTRAIN_TEST_DATA_DIR;
   expect_divergence_stops_at_epoch_end("cpu");

@@ -163,6 +163,17 @@ TEST(LayerTypes, ZeroMeansTheDefault) {
   EXPECT_EQ(layer->output_dims(), (Dims{3, 4, 4}));
 }
 
+TEST(LayerTypes, SizesBeyondTheBoundsAreRefusedWithTheBound) {
+  LayerConfig conv = parse_config("model: {layers: [{type: conv2d, out_channels: 4, kernel: 3, padding: 100000}]}",
+                                  "t.yaml").model.layers[0];
+  EXPECT_EQ(find_layer_type("conv2d")->shape(conv, {1, 28, 28}).problem, "output 4x200026x200026 has a side over 65536");
+  LayerConfig fc = parse_config("model: {layers: [{type: linear, out_features: 1000000}]}", "t.yaml").model.layers[0];
+  EXPECT_EQ(find_layer_type("linear")->shape(fc, {64, 12, 12}).problem,
+            "has 9217000000 parameters, more than 1073741824");
+  EXPECT_EQ(shape_size_problem({64, 2048, 2048}), "shape 64x2048x2048 holds 268435456 values per sample, more than 134217728");
+  EXPECT_EQ(shape_size_problem({1, 28, 28}), "");
+}
+
 TEST(LayerTypes, LayersReportTheirShapeRule) {
   struct Case {
     const char* yaml;
@@ -180,11 +191,19 @@ TEST(LayerTypes, LayersReportTheirShapeRule) {
       {"{type: flatten}", {2, 3, 3}},
       {"{type: linear, out_features: 5}", {2, 3, 3}},
       {"{type: linear}", {2, 3, 3}},
+      // Sizes that overflowed an int or the memory: refused, naming the bound.
+      {"{type: conv2d, out_channels: 4, kernel: 3, padding: 100000}", {1, 28, 28}},
+      {"{type: conv2d, out_channels: 100000, kernel: 3}", {1, 28, 28}},
+      {"{type: conv2d, out_channels: 4, kernel: 3, padding: 1073741824}", {1, 28, 28}},
+      {"{type: maxpool2d, kernel: 2, stride: 1, padding: 1}", {1, 65536, 2}},
+      {"{type: linear, out_features: 1000000}", {64, 12, 12}},
   };
   for (const Case& k : cases) {
     SCOPED_TRACE(k.yaml);
     const LayerConfig c = parse_config(std::string("model: {layers: [") + k.yaml + "]}", "t.yaml").model.layers[0];
-    const LayerShape rule = find_layer_type(c.type)->shape(c, k.in);
+    LayerShape rule = find_layer_type(c.type)->shape(c, k.in);
+    if (rule.problem.empty() && !shape_size_problem(rule.output).empty())  // what check_layer adds
+      rule.problem = "output " + shape_size_problem(rule.output);
     // The CPU layers; the CUDA ones share their base classes (layers/*.h), which apply the rule.
     try {
       const auto layer = make_layer<float>(c, 1, k.in, Device::Cpu);

@@ -190,6 +190,52 @@ TEST_F(PlanCache, SectionsOfOtherMachinesAreKept) {
   EXPECT_FALSE(read_plan_file(p, last).warning);
 }
 
+// nlohmann copies deep nesting recursively: a 200,000-deep array inside another machine's section
+// (which is copied whole to be kept) overflowed the stack. It is a corrupt file: one warning.
+TEST_F(PlanCache, DeeplyNestedJsonIsACorruptFileNotACrash) {
+  const std::string p = cached_file();
+  PlanFingerprint a100 = h200();
+  a100.gpu = "NVIDIA A100";
+  merge_into_plan_file(p, PlanBook(), a100);
+  std::string text = read_whole_file(p);
+  const size_t gpu = text.find("\"NVIDIA A100\"");
+  ASSERT_NE(gpu, std::string::npos);
+  const size_t at = text.rfind("\"gpu\"", gpu);  // the key, inside the A100 section's fingerprint
+  ASSERT_NE(at, std::string::npos);
+  text.insert(at, "\"deep\": " + std::string(200000, '[') + std::string(200000, ']') + ", ");
+  write(p, text);
+  const PlanFileRead r = read_plan_file(p, h200());
+  ASSERT_TRUE(r.warning);
+  EXPECT_NE(r.warning->find("nested deeper than 32 levels"), std::string::npos) << *r.warning;
+  EXPECT_TRUE(r.book.empty());
+}
+
+// Numbers that do not fit an int: a float where an integer belongs (found by fuzz_plan_cache: the
+// conversion was undefined behaviour) and an integer that wrapped (2^32 + 3 read as algorithm 3).
+TEST_F(PlanCache, NumbersThatDoNotFitAnIntAreCorruptOrDropped) {
+  const std::string p = cached_file();
+  std::string text = read_whole_file(p);
+  const size_t at = text.find("\"tiled\"");
+  ASSERT_NE(at, std::string::npos);
+  const size_t algo = text.rfind("\"algo\": 0", at);  // keys are sorted: algo, chunk, impl
+  ASSERT_NE(algo, std::string::npos) << text;
+  text.replace(algo, std::string("\"algo\": 0").size(), "\"algo\": 4294967299");
+  write(p, text);
+  PlanFileRead r = read_plan_file(p, h200());
+  ASSERT_TRUE(r.warning);
+  EXPECT_EQ(r.book.records().size(), 1u);  // the wrapped record is dropped, the other stays
+  EXPECT_TRUE(r.book.records().contains(kConv1));
+  text = read_whole_file(p);
+  const size_t runtime = text.find("\"cuda_runtime\": ");
+  ASSERT_NE(runtime, std::string::npos) << text;
+  text.insert(runtime + 16, "1300000000000074407370");  // a float for nlohmann, before the real digits
+  write(p, text);
+  r = read_plan_file(p, h200());
+  ASSERT_TRUE(r.warning);
+  EXPECT_NE(r.warning->find("\"cuda_runtime\" is not an integer that fits an int"), std::string::npos) << *r.warning;
+  EXPECT_TRUE(r.book.empty());
+}
+
 TEST_F(PlanCache, UnknownImplementationIsDroppedNotACrash) {
   const std::string p = cached_file();
   std::string text = read_whole_file(p);

@@ -12,6 +12,7 @@
 #include <future>
 #include <mutex>
 #include <stdexcept>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -216,6 +217,30 @@ TEST(CheckpointWriter, TheDestructorFinishesQueuedWrites) {
     gate.set_value();
   }
   EXPECT_EQ(written, 1);
+}
+
+// A failure nothing reported (the run stopped for another reason first) is never silently lost:
+// settle() hands it over once; otherwise the destructor prints it as one warning line.
+TEST(CheckpointWriter, AFailureNothingReportedIsSettledOrPrintedAtTheEnd) {
+  {
+    CheckpointWriter writer(true, 2);
+    writer.submit([] { throw std::runtime_error("runs/x/ckpt-00000003.safetensors: cannot write: disk full"); });
+    EXPECT_EQ(writer.settle(), std::optional<std::string>("runs/x/ckpt-00000003.safetensors: cannot write: disk full"));
+    EXPECT_EQ(writer.settle(), std::nullopt);  // handed over once
+    testing::internal::CaptureStderr();
+  }
+  EXPECT_EQ(testing::internal::GetCapturedStderr(), "") << "settled: nothing more to say";
+  testing::internal::CaptureStderr();
+  {
+    CheckpointWriter writer(true, 2);
+    writer.submit([] { throw std::runtime_error("runs/x/ckpt-00000004.safetensors: cannot write: disk full"); });
+  }
+  EXPECT_EQ(testing::internal::GetCapturedStderr(),
+            "dptrain: warning: runs/x/ckpt-00000004.safetensors: cannot write: disk full (a checkpoint write that "
+            "failed while the run stopped)\n");
+  CheckpointWriter healthy(true, 2);
+  healthy.submit([] {});
+  EXPECT_EQ(healthy.settle(), std::nullopt);
 }
 
 /// A small checkpoint's tensors and state.
