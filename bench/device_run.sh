@@ -25,12 +25,12 @@ fast_walls() {
 }
 for step in "$@"; do
   case $step in
-    verify)  # one call at a commit: build, every GPU test, the e2e/MPI GPU tests, the long loss sweep, A/B against
+    verify)  # one call at a commit: build, every GPU test, the e2e/MPI GPU tests, cuBLAS's load A/B, the long loss sweep, A/B against
       # each carry/*.tar.gz base, mnist_fast (10 seeds; 3 beside PyTorch), the default 14-epoch run, mnist_fast's profile
       # (about 7 minutes with a fresh machine's build; the base builds run beside the GPU tests)
       BUILD_TARGETS="dptrain dptrain_gpu_tests dptrain_e2e_tests dptrain_mpi_tests" bash "$0" build
       rm -f /tmp/basebuild.done; ( bash "$0" basebuild > "$OUT/basebuild.out" 2>&1; touch /tmp/basebuild.done ) &
-      bash "$0" test gpue2e
+      bash "$0" test gpue2e loadab
       DPTRAIN_SWEEP=long timeout 60 $B/tests/dptrain_gpu_tests --gtest_filter='ShapeSweep.Loss' > "$OUT/longloss.log" 2>&1
       echo "long loss sweep rc=$?"; grep -E "^sweep loss: [0-9]|Failure" "$OUT/longloss.log"
       while [ ! -f /tmp/basebuild.done ]; do sleep 2; done; cat "$OUT/basebuild.out"
@@ -38,7 +38,7 @@ for step in "$@"; do
       timeout 150 bash "$0" ttaquick
       /usr/bin/time -f "%e" -o /tmp/dr/wall14 $B/dptrain train --device cuda --no-progress --out /tmp/dr/run14 > "$OUT/run14.log" 2>&1
       echo "default 14 epochs rc=$? wall $(cat /tmp/dr/wall14) s: $(grep ^done "$OUT/run14.log" | cut -c1-70)"
-      timeout 60 bash "$0" ttadiag ;;
+      timeout 100 bash "$0" ttadiag ;;
     build)
       nvidia-smi -L; ls -d /usr/lib/x86_64-linux-gnu/openblas* 2>&1
       bash launch/get_mnist.sh data/mnist > /dev/null  # the raw files beside the carried .gz ones, as setup makes them
@@ -60,6 +60,18 @@ for step in "$@"; do
       for round in 1 2; do for t in float32 tf32; do for e in $ENVAB; do
         echo -n "$e $t: "; bench_rate envab.jsonl env "$e" $B/dptrain bench --device cuda --steps 400 --set train.precision=$t
       done; done; done ;;
+    loadab)  # exec to the first step (warm plan cache) with cuBLAS loaded beside the CUDA context (as built) and with it
+      # mapped before main (LD_PRELOAD: what linking it did before 9225c65), interleaved, 4 rounds each
+      blas=$(ls /usr/local/cuda/lib64/libcublas.so.1[0-9] /usr/local/cuda/lib/libcublas.so.1[0-9] 2>/dev/null | head -1)
+      $B/dptrain train --device cuda --max-steps 1 --no-progress --out /tmp/dr/loadab_warm > /dev/null 2>&1
+      for round in 1 2 3 4; do for mode in loaded preloaded; do
+        pre=""; [ $mode = preloaded ] && pre="$blas"
+        LD_PRELOAD=$pre $B/dptrain train --device cuda --max-steps 1 --no-progress --out /tmp/dr/loadab_${mode}_$round > /dev/null 2>&1
+        echo -n "cuBLAS $mode, round $round: rc=$? "
+        head -1 /tmp/dr/loadab_${mode}_$round/metrics.jsonl | python3 -c "import json,sys; s=json.loads(sys.stdin.read())['startup']; \
+          print('exec to first step %.3f s:' % s['total_s'], ', '.join('%s %.0f' % (k, 1000 * s['phases'][k]) for k in s['order']), \
+          '| overlapped', ', '.join('%s %.0f' % kv for kv in ((k, 1000 * v) for k, v in s.get('overlapped', {}).items())))" | tee -a "$OUT/loadab.txt"
+      done; done ;;
     startup)  # wall time of a 20-step training run (planning, data, evaluation at the end): this tree and each base, interleaved
       for round in 1 2; do for b in $B /tmp/bases/*/b; do
         d=$(mktemp -d /tmp/dr/startup.XXXX); rmdir "$d"
@@ -73,7 +85,8 @@ for step in "$@"; do
           --out /tmp/dr/bd1_$round > "$OUT/breakdown_step_$round.log" 2>&1
         echo "max-steps 1, round $round: rc=$? $(cat /tmp/dr/wall) s wall"
         head -1 /tmp/dr/bd1_$round/metrics.jsonl | python3 -c "import json,sys; s=json.loads(sys.stdin.read())['startup']; \
-          print('  exec to first step %.3f s:' % s['total_s'], ', '.join('%s %.0f ms' % (k, 1000 * s['phases'][k]) for k in s['order']))" \
+          print('  exec to first step %.3f s:' % s['total_s'], ', '.join('%s %.0f ms' % (k, 1000 * s['phases'][k]) for k in s['order']), \
+          '| overlapped', ', '.join('%s %.0f ms' % (k, 1000 * v) for k, v in s.get('overlapped', {}).items()))" \
           | tee -a "$OUT/breakdown.txt"
         head -1 /tmp/dr/bd1_$round/metrics.jsonl > "$OUT/breakdown_step_$round.json"
         sed -n "/^start-up/,\$p" "$OUT/breakdown_step_$round.log"
@@ -413,7 +426,16 @@ PY
       echo "profile rc=$?"; sed -n "/^profile:/,\$p" "$OUT/tta_profile.log" | head -70
       python3 -c "import json; s=json.load(open('/tmp/dr/tta_prof/summary.json')); print({k: s[k] for k in ('train_eval_seconds','training_seconds','eval_seconds','upload_seconds','test_accuracy')})"
       timeout 120 python3 bench/time_to_accuracy.py --config configs/mnist_fast.yaml --seeds 1 --pytorch graph --dptrain $B/dptrain --out /tmp/dr/tta_diag > "$OUT/tta_diag.log" 2>&1
-      echo "pytorch graph rc=$?"; tail -3 "$OUT/tta_diag.log"; grep -m3 -E "Error|error" /tmp/dr/tta_diag/pytorch-graph-seed1.err 2>/dev/null ;;
+      echo "pytorch graph rc=$?"; tail -3 "$OUT/tta_diag.log"; grep -m3 -E "Error|error" /tmp/dr/tta_diag/pytorch-graph-seed1.err 2>/dev/null
+      # What warm planning's time is: with every module loaded at context creation (EAGER), planning
+      # is only the checks; the difference to LAZY (CUDA's default) is the kernels' first launches.
+      for mode in LAZY EAGER; do
+        CUDA_MODULE_LOADING=$mode $B/dptrain train --config configs/mnist_fast.yaml --device cuda --max-steps 1 --no-progress \
+          --out /tmp/dr/tta_load_$mode > /dev/null 2>&1
+        echo -n "module loading $mode: rc=$? "
+        head -1 /tmp/dr/tta_load_$mode/metrics.jsonl | python3 -c "import json,sys; s=json.loads(sys.stdin.read())['startup']; \
+          print(', '.join('%s %.0f' % (k, 1000 * s['phases'][k]) for k in s['order']))"
+      done ;;
     ttabest)  # issue 24: mnist_best over BEST_SEEDS (default 2) seeds beside PyTorch with the step in a CUDA graph
       python3 bench/time_to_accuracy.py --config configs/mnist_best.yaml --seeds ${BEST_SEEDS:-2} --pytorch ${BEST_PYTORCH:-graph} --dptrain $B/dptrain --out /tmp/dr/tta_best > "$OUT/tta_best.log" 2>&1
       echo "mnist_best rc=$?"; tail -5 "$OUT/tta_best.log" ;;

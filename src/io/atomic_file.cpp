@@ -146,7 +146,7 @@ void write_file_atomically(const std::string& path, std::span<const uint8_t> byt
 }
 
 std::vector<std::string> remove_stale_temp_files(const std::string& folder) {
-  // ".<name>.tmp.<pid>.<token>.<counter>", or without the token (dptrain before 2958c73).
+  // ".<name>.tmp.<pid>.<token>.<counter>", or without the token (dptrain before e299086).
   static const std::regex temp_name(R"(^\..+\.tmp\.([0-9]{1,10})(?:\.([0-9a-f]{16}))?\.[0-9]+$)");
   std::vector<std::string> removed;
   std::error_code ec;
