@@ -3,6 +3,7 @@
 // included) exits 1; bad input exits 2. Rank 0 prints a short banner (cli/run_messages.h; the
 // resolved config only with --verbose), keeps curves.png in the run folder (io/curves.h) and, after
 // a stop, names the command that continues the run.
+#include <charconv>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -339,7 +340,14 @@ Command add_train(CLI::App& app) {
   sub->add_option("--epochs", args->epochs, "Epochs (overrides train.epochs)")
       ->check(CLI::Range(1, std::numeric_limits<int>::max()));
   sub->add_option("--max-steps", args->max_steps, "Stop after this many steps (overrides train.max_steps)")
-      ->check(CLI::Range(int64_t{0}, std::numeric_limits<int64_t>::max()));
+      ->check(CLI::Validator(
+          [](std::string& value) {  // CLI11 would read a number past 2^63 - 1 as 2^63 - 1
+            int64_t steps = 0;
+            const auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), steps);
+            if (ec == std::errc::result_out_of_range) return "Value " + value + " is too large";
+            return ec == std::errc() && steps < 0 ? "Value " + value + " is negative" : std::string();
+          },
+          "", "not negative"));
   sub->add_option("--set", args->sets, "Override a config key: --set train.batch_size=128 (repeatable)");
   sub->add_option("--comm", args->comm, "Gradient exchange across ranks: auto, nccl or mpi (overrides comm.backend)")
       ->check(CLI::IsMember({"auto", "nccl", "mpi"}));

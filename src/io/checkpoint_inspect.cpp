@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <map>
 #include <vector>
 
@@ -65,6 +66,20 @@ void append_metadata(std::string& out, const std::map<std::string, std::string>&
   }
 }
 
+/// ", but ..." naming the first float32 tensor that holds NaN or Inf values (dptrain never writes
+/// them: eval and predict refuse such weights), or empty.
+std::string non_finite_note(const SafeTensorsFile& file) {
+  for (const SafeTensor& t : file.tensors) {
+    if (t.dtype != "F32") continue;
+    const std::vector<float> values = file.f32(t.name, t.shape);
+    const auto bad = std::count_if(values.begin(), values.end(), [](float v) { return !std::isfinite(v); });
+    if (bad > 0)
+      return ", but tensor '" + escape_control_chars(t.name) + "' holds " + std::to_string(bad) +
+             " values that are NaN or Inf (weights of a diverged model?)";
+  }
+  return "";
+}
+
 }  // namespace
 
 InspectReport inspect_bytes(std::span<const uint8_t> bytes, const std::string& source) {
@@ -106,7 +121,7 @@ InspectReport inspect_bytes(std::span<const uint8_t> bytes, const std::string& s
 
   if (!dptrain_file) {
     report.valid = true;
-    out += "valid (structure only: a plain safetensors file has no dptrain checksums)\n";
+    out += "valid (structure only: a plain safetensors file has no dptrain checksums)" + non_finite_note(file) + "\n";
     return report;
   }
   try {
@@ -124,7 +139,7 @@ InspectReport inspect_bytes(std::span<const uint8_t> bytes, const std::string& s
     return report;
   }
   report.valid = true;
-  out += "valid\n";
+  out += "valid" + non_finite_note(file) + "\n";
   return report;
 }
 

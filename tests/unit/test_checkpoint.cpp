@@ -9,6 +9,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -487,6 +488,20 @@ TEST_F(CheckpointTest, InspectCutsLongMetadataValues) {
   EXPECT_TRUE(report.valid) << report.text;
   EXPECT_NE(report.text.find("  note: " + std::string(200, 'x') + "... (1000 bytes)\n"), std::string::npos) << report.text;
   EXPECT_EQ(report.text.find(std::string(201, 'x')), std::string::npos);
+}
+
+// A checkpoint is valid whatever its values, but weights with NaN or Inf (which eval and predict
+// refuse) are named on the verdict line.
+TEST_F(CheckpointTest, InspectNamesNonFiniteWeights) {
+  Fixture f;
+  f.values[1][3] = std::numeric_limits<float>::quiet_NaN();  // conv1.bias
+  f.values[1][4] = -std::numeric_limits<float>::infinity();
+  save_checkpoint(path("nan.safetensors"), f.model, f.optimizer, f.state);
+  const InspectReport report = inspect_report(path("nan.safetensors"));
+  EXPECT_TRUE(report.valid) << report.text;
+  const std::string verdict = "valid, but tensor 'conv1.bias' holds 2 values that are NaN or Inf (weights of a diverged model?)\n";
+  ASSERT_GE(report.text.size(), verdict.size());
+  EXPECT_EQ(report.text.substr(report.text.size() - verdict.size()), verdict) << report.text;
 }
 
 TEST_F(CheckpointTest, InspectReport) {

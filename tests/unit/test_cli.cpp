@@ -100,6 +100,11 @@ TEST(Cli, BadConfigNamesFileAndKey) {
   const Result seed = run("train --device cpu --seed -1");
   EXPECT_EQ(seed.status, 2) << seed.output;
   EXPECT_NE(seed.output.find("--seed: Value -1 is negative"), std::string::npos) << seed.output;
+  for (const char* steps : {"-3", "99999999999999999999"}) {  // the second was read as 2^63 - 1
+    const Result r = run(std::string("train --device cpu --max-steps ") + steps);
+    EXPECT_EQ(r.status, 2) << r.output;
+    EXPECT_NE(r.output.find(std::string("--max-steps: Value ") + steps + " is "), std::string::npos) << r.output;
+  }
   const Result threads = run("train --device cpu --threads 100000");
   EXPECT_EQ(threads.status, 2) << threads.output;
   EXPECT_NE(threads.output.find("--threads: Value 100000 not in range 0 to 1024"), std::string::npos) << threads.output;
