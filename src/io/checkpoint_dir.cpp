@@ -23,6 +23,7 @@ constexpr std::string_view kStepPrefix = "ckpt-";
 constexpr std::string_view kSuffix = ".safetensors";
 constexpr const char* kBestName = "best.safetensors";
 constexpr const char* kLatestName = "latest";
+constexpr const char* kFinalName = "final.safetensors";
 
 /// "ckpt-00000100.safetensors" -> 100; nullopt for any other name.
 std::optional<int64_t> step_of(std::string_view name) {
@@ -59,6 +60,7 @@ std::string CheckpointDir::step_path(int64_t step) const {
 
 std::string CheckpointDir::best_path() const { return (fs::path(folder_) / kBestName).string(); }
 std::string CheckpointDir::latest_path() const { return (fs::path(folder_) / kLatestName).string(); }
+std::string CheckpointDir::final_path() const { return (fs::path(folder_) / kFinalName).string(); }
 
 std::vector<std::pair<int64_t, std::string>> CheckpointDir::list_steps() const {
   std::vector<std::pair<int64_t, std::string>> steps;

@@ -27,6 +27,8 @@ class CheckpointDir {
   std::string step_path(int64_t step) const;
   std::string best_path() const;
   std::string latest_path() const;
+  /// The run's end-of-training weights (final.safetensors: weights and state, no optimizer).
+  std::string final_path() const;
 
   /// Writes ckpt-<step>, then points `latest` at it, then deletes the oldest ckpt-* files beyond
   /// `keep` (never the one `latest` names, never best.safetensors). Creates the folder if needed.

@@ -2,6 +2,8 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
+#include <array>
 #include <charconv>
 #include <cmath>
 #include <filesystem>
@@ -182,12 +184,22 @@ OptimizerConfig read_optimizer(const YAML::Node& node, const std::string& source
   }
   // A setting of another optimizer type: most often left behind by changing `type` alone (with
   // --set, or resuming from a checkpoint whose config names another optimizer).
-  for (const auto& [key, owners] : {std::pair<const char*, const char*>{"momentum", "sgd"}, {"dampening", "sgd"},
-                                    {"nesterov", "sgd"}, {"rho", "adadelta"}, {"beta1", "adam and adamw"},
-                                    {"beta2", "adam and adamw"}, {"eps", "adam, adamw and adadelta"}}) {
-    if (r.has(key) && std::string(owners).find(o.type) == std::string::npos)
-      r.fail(r.join(key), "a setting of " + std::string(owners) + ", not of " + o.type +
-                              " (the optimizer type changed? set or remove it with the type)");
+  struct OwnedSetting {
+    const char* key;
+    std::array<std::string_view, 3> types;  // the optimizer types that read it
+    const char* owners;                     // the same, as the message says them
+  };
+  static constexpr OwnedSetting kOwned[] = {{"momentum", {"sgd"}, "sgd"},
+                                            {"dampening", {"sgd"}, "sgd"},
+                                            {"nesterov", {"sgd"}, "sgd"},
+                                            {"rho", {"adadelta"}, "adadelta"},
+                                            {"beta1", {"adam", "adamw"}, "adam and adamw"},
+                                            {"beta2", {"adam", "adamw"}, "adam and adamw"},
+                                            {"eps", {"adam", "adamw", "adadelta"}, "adam, adamw and adadelta"}};
+  for (const OwnedSetting& s : kOwned) {
+    if (r.has(s.key) && std::find(s.types.begin(), s.types.end(), o.type) == s.types.end())
+      r.fail(r.join(s.key), "a setting of " + std::string(s.owners) + ", not of " + o.type +
+                                " (the optimizer type changed? set or remove it with the type)");
   }
   r.finish();
   return o;

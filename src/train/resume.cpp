@@ -51,7 +51,7 @@ bool holds_a_run(const std::string& run_dir) {
   std::error_code ec;  // an unreadable entry counts as present: never overwrite what cannot be seen
   const auto present = [&](const std::string& path) { return std::filesystem::exists(path, ec) || ec; };
   return present(dir.latest_path()) || !dir.list_steps().empty() || present(dir.best_path()) ||
-         present((std::filesystem::path(run_dir) / "final.safetensors").string());
+         present(dir.final_path());
 }
 
 std::vector<std::string> check_resume_config(const Config& saved, const Config& now, const std::string& path) {

@@ -585,7 +585,7 @@ void Trainer::write_weights(int64_t global_step) {
   download(ctx_, std::span<const float>(state.values().span()), std::span<float>(state_host));
   for (NamedTensor& t : state_tensors(state, state_host)) tensors.push_back(std::move(t));
   divergence_->require_finite(tensors, global_step, "final weights file");
-  save_weights((std::filesystem::path(options_.out_dir) / "final.safetensors").string(), tensors, to_yaml(config_));
+  save_weights(checkpoints_->final_path(), tensors, to_yaml(config_));
 }
 
 TrainSummary Trainer::run() {
