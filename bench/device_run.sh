@@ -26,7 +26,7 @@ fast_walls() {
 for step in "$@"; do
   case $step in
     verify)  # one call at a commit: build, every GPU test, the e2e/MPI GPU tests, cuBLAS's load A/B, the long loss sweep, A/B against
-      # each carry/*.tar.gz base, mnist_fast (10 seeds; 3 beside PyTorch), the default 14-epoch run, mnist_fast's profile
+      # each carry/*.tar.gz base, mnist_fast (10 seeds; 3 beside PyTorch), the default 14-epoch run, mnist_fast's profile and module loading
       # (about 7 minutes with a fresh machine's build; the base builds run beside the GPU tests)
       BUILD_TARGETS="dptrain dptrain_gpu_tests dptrain_e2e_tests dptrain_mpi_tests" bash "$0" build
       rm -f /tmp/basebuild.done; ( bash "$0" basebuild > "$OUT/basebuild.out" 2>&1; touch /tmp/basebuild.done ) &
@@ -38,7 +38,7 @@ for step in "$@"; do
       timeout 150 bash "$0" ttaquick
       /usr/bin/time -f "%e" -o /tmp/dr/wall14 $B/dptrain train --device cuda --no-progress --out /tmp/dr/run14 > "$OUT/run14.log" 2>&1
       echo "default 14 epochs rc=$? wall $(cat /tmp/dr/wall14) s: $(grep ^done "$OUT/run14.log" | cut -c1-70)"
-      timeout 100 bash "$0" ttadiag ;;
+      timeout 60 bash "$0" ttaprofile ;;
     build)
       nvidia-smi -L; ls -d /usr/lib/x86_64-linux-gnu/openblas* 2>&1
       bash launch/get_mnist.sh data/mnist > /dev/null  # the raw files beside the carried .gz ones, as setup makes them
@@ -421,12 +421,14 @@ PY
       fast_walls
       timeout 120 python3 bench/time_to_accuracy.py --config configs/mnist_fast.yaml --seeds 3 --dptrain $B/dptrain --out /tmp/dr/tta_fast3 > "$OUT/tta_fast3.log" 2>&1
       echo "mnist_fast 3 seeds with PyTorch rc=$?"; tail -6 "$OUT/tta_fast3.log"; grep -h error "$OUT/tta_fast3.log" | head -3 ;;
-    ttadiag)  # issue 24's time on the GPU: mnist_fast's start-up and epoch-end tables, train_eval's parts; one PyTorch graph run's stderr
+    ttadiag)  # ttaprofile, then one PyTorch graph run's stderr
+      bash "$0" ttaprofile
+      timeout 120 python3 bench/time_to_accuracy.py --config configs/mnist_fast.yaml --seeds 1 --pytorch graph --dptrain $B/dptrain --out /tmp/dr/tta_diag > "$OUT/tta_diag.log" 2>&1
+      echo "pytorch graph rc=$?"; tail -3 "$OUT/tta_diag.log"; grep -m3 -E "Error|error" /tmp/dr/tta_diag/pytorch-graph-seed1.err 2>/dev/null ;;
+    ttaprofile)  # issue 24's time on the GPU: mnist_fast's start-up and epoch-end tables, train_eval's parts, module loading
       $B/dptrain train --config configs/mnist_fast.yaml --device cuda --out /tmp/dr/tta_prof --no-progress --profile > "$OUT/tta_profile.log" 2>&1
       echo "profile rc=$?"; sed -n "/^profile:/,\$p" "$OUT/tta_profile.log" | head -70
       python3 -c "import json; s=json.load(open('/tmp/dr/tta_prof/summary.json')); print({k: s[k] for k in ('train_eval_seconds','training_seconds','eval_seconds','upload_seconds','test_accuracy')})"
-      timeout 120 python3 bench/time_to_accuracy.py --config configs/mnist_fast.yaml --seeds 1 --pytorch graph --dptrain $B/dptrain --out /tmp/dr/tta_diag > "$OUT/tta_diag.log" 2>&1
-      echo "pytorch graph rc=$?"; tail -3 "$OUT/tta_diag.log"; grep -m3 -E "Error|error" /tmp/dr/tta_diag/pytorch-graph-seed1.err 2>/dev/null
       # What warm planning's time is: with every module loaded at context creation (EAGER), planning
       # is only the checks; the difference to LAZY (CUDA's default) is the kernels' first launches.
       for mode in LAZY EAGER; do
