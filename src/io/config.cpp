@@ -6,8 +6,11 @@
 #include <array>
 #include <charconv>
 #include <cmath>
+#include <cstdint>
+#include <cstdio>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <string_view>
@@ -21,6 +24,34 @@
 namespace dptrain {
 
 namespace {
+
+/// Why a config string (a name, a path, a type) cannot stand in the file, or nothing: a control
+/// character, or bytes that are not UTF-8. YAML is Unicode text; to_yaml could not write such a
+/// value back so that it reads the same (a trailing carriage return is a line end when read again).
+std::optional<std::string> string_value_problem(std::string_view text) {
+  for (size_t i = 0; i < text.size();) {
+    const auto c = static_cast<unsigned char>(text[i]);
+    if (c < 0x20 || c == 0x7f) {
+      char hex[8];
+      std::snprintf(hex, sizeof hex, "\\x%02x", c);
+      return std::string("contains a control character (") + hex + ")";
+    }
+    // UTF-8: the sequence's length from its first byte, then continuation bytes; no overlong
+    // forms, no surrogates, nothing past U+10FFFF.
+    const int length = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
+    if (length == 0 || i + length > text.size()) return "is not valid UTF-8";
+    uint32_t code = length == 1 ? c : c & (0x7f >> length);
+    for (int k = 1; k < length; ++k) {
+      const auto next = static_cast<unsigned char>(text[i + k]);
+      if ((next & 0xc0) != 0x80) return "is not valid UTF-8";
+      code = (code << 6) | (next & 0x3f);
+    }
+    const uint32_t smallest[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (code < smallest[length] || (code >= 0xd800 && code <= 0xdfff) || code > 0x10ffff) return "is not valid UTF-8";
+    i += length;
+  }
+  return std::nullopt;
+}
 
 /// Reads one YAML mapping, remembering which keys were used, so that any key left over is
 /// reported as unknown (a typo in a config must never be silently ignored).
@@ -90,6 +121,9 @@ class MapReader {
     }
     if constexpr (std::is_floating_point_v<T>) {
       if (!std::isfinite(value)) fail(key, "expected a finite number, got '" + v.Scalar() + "'");
+    }
+    if constexpr (std::is_same_v<T, std::string>) {
+      if (const auto problem = string_value_problem(value)) fail(key, "the value " + *problem);
     }
     return value;
   }

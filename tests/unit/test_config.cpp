@@ -162,6 +162,26 @@ TEST(Config, NonFiniteNumbersRepeatedKeysAndHugeInputsAreRefused) {
             std::string::npos);
 }
 
+// A string value must be text that to_yaml writes back as read: the fuzzer found a data.dir of
+// bytes that are not UTF-8 before a carriage return, which the written config read back without
+// the carriage return.
+TEST(Config, StringValuesAreTextWithoutControlCharacters) {
+  const std::string fuzz_found = std::string(kMinimal) + "data: {dir: data/mn\xff\xff\xff\r}\n";
+  EXPECT_EQ(error_of(fuzz_found), "test.yaml: 'data.dir': the value is not valid UTF-8");
+  EXPECT_EQ(error_of(std::string(kMinimal) + "data: {dir: \"data/x\\r\"}"),
+            "test.yaml: 'data.dir': the value contains a control character (\\x0d)");
+  EXPECT_EQ(error_of(std::string(kMinimal) + "data: {dir: \"a\\tb\"}"),
+            "test.yaml: 'data.dir': the value contains a control character (\\x09)");
+  for (const char* bad : {"\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80", "\xe2\x82"})  // overlong, surrogate, past U+10FFFF, cut
+    EXPECT_EQ(error_of(std::string(kMinimal) + "name: x" + bad + "y\n"), "test.yaml: 'name': the value is not valid UTF-8")
+        << bad;
+  // Text in any script is fine, and survives the round trip.
+  const Config c = parse_config(std::string(kMinimal) + "name: données_数字_\xf0\x9f\x94\xa2\ndata: {dir: \"/tmp/my data\"}\n", "t.yaml");
+  EXPECT_EQ(c.name, "données_数字_\xf0\x9f\x94\xa2");
+  EXPECT_EQ(to_yaml(parse_config(to_yaml(c), "again.yaml")), to_yaml(c));
+  EXPECT_EQ(parse_config(to_yaml(c), "again.yaml").data.dir, "/tmp/my data");
+}
+
 TEST(Config, BadOverridesAreReported) {
   EXPECT_NE(error_of(kMinimal, {"train.batch_size"}).find("expected key=value"), std::string::npos);
   EXPECT_NE(error_of(kMinimal, {"train.bogus=1"}).find("'train.bogus': unknown key"), std::string::npos);
