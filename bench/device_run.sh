@@ -36,9 +36,17 @@ for step in "$@"; do
       while [ ! -f /tmp/basebuild.done ]; do sleep 2; done; cat "$OUT/basebuild.out"
       bash "$0" ab
       timeout 150 bash "$0" ttaquick
-      /usr/bin/time -f "%e" -o /tmp/dr/wall14 $B/dptrain train --device cuda --no-progress --out /tmp/dr/run14 > "$OUT/run14.log" 2>&1
-      echo "default 14 epochs rc=$? wall $(cat /tmp/dr/wall14) s: $(grep ^done "$OUT/run14.log" | cut -c1-70)"
+      bash "$0" run14
       timeout 60 bash "$0" ttaprofile ;;
+    verifycore)  # the GPU-correctness part of verify, for a call with little device time: build, every GPU test, the
+      # e2e/MPI GPU tests, cuBLAS's load A/B, the default 14-epoch run, mnist_fast's profile, module loading and warm wall times (about 5 minutes)
+      BUILD_TARGETS="dptrain dptrain_gpu_tests dptrain_e2e_tests dptrain_mpi_tests" bash "$0" build
+      bash "$0" test gpue2e loadab run14
+      timeout 60 bash "$0" ttaprofile
+      fast_walls ;;
+    run14)  # the default 14-epoch run, whole process
+      /usr/bin/time -f "%e" -o /tmp/dr/wall14 $B/dptrain train --device cuda --no-progress --out /tmp/dr/run14 > "$OUT/run14.log" 2>&1
+      echo "default 14 epochs rc=$? wall $(cat /tmp/dr/wall14) s: $(grep ^done "$OUT/run14.log" | cut -c1-70)" ;;
     build)
       nvidia-smi -L; ls -d /usr/lib/x86_64-linux-gnu/openblas* 2>&1
       bash launch/get_mnist.sh data/mnist > /dev/null  # the raw files beside the carried .gz ones, as setup makes them
