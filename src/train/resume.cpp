@@ -1,5 +1,6 @@
 #include "train/resume.h"
 
+#include <algorithm>
 #include <filesystem>
 
 #include "core/error.h"
@@ -55,11 +56,10 @@ bool holds_a_run(const std::string& run_dir) {
 }
 
 std::vector<std::string> check_resume_config(const Config& saved, const Config& now, const std::string& path) {
-  std::string structural;
-  std::vector<std::string> notes;
+  std::vector<std::string> structural, notes;
   for (const ConfigChange& c : diff_configs(saved, now)) {
     if (is_structural(c.key)) {
-      structural += "\n  " + describe(c);
+      structural.push_back(describe(c));
     } else if (is_run_only(c.key) && !(c.key == "train.epochs" && schedule_spans_the_run(now.train.schedule))) {
       notes.push_back(describe(c));
     } else {
@@ -67,11 +67,18 @@ std::vector<std::string> check_resume_config(const Config& saved, const Config& 
     }
   }
   if (sgd_keeps_momentum_buffer(saved.train) != sgd_keeps_momentum_buffer(now.train))
-    structural += std::string("\n  SGD's momentum buffer: ") +
-                  (sgd_keeps_momentum_buffer(saved.train) ? "kept -> none" : "none -> kept") +
-                  " (train.optimizer.momentum 0 or not, or onecycle's cycle_momentum)";
-  if (!structural.empty())
-    throw InputError(path, "was written for another model or optimizer; these settings differ:" + structural);
+    structural.push_back(std::string("SGD's momentum buffer: ") +
+                         (sgd_keeps_momentum_buffer(saved.train) ? "kept -> none" : "none -> kept") +
+                         " (train.optimizer.momentum 0 or not, or onecycle's cycle_momentum)");
+  if (!structural.empty()) {
+    // One line, as every input error: the first few differences (another network differs in
+    // every layer after the first change).
+    constexpr size_t kShown = 6;
+    std::string listed;
+    for (size_t i = 0; i < std::min(structural.size(), kShown); ++i) listed += (i == 0 ? "" : "; ") + structural[i];
+    if (structural.size() > kShown) listed += "; and " + std::to_string(structural.size() - kShown) + " more";
+    throw InputError(path, "was written for another model or optimizer; these settings differ: " + listed);
+  }
   return notes;
 }
 

@@ -2,6 +2,7 @@
 // refused, training-only settings pass, settings that change the training pass with a warning.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <string>
 
 #include "core/error.h"
@@ -50,6 +51,17 @@ TEST(ResumeConfig, ModelOrOptimizerTypeChangesAreRefusedWithEveryDifference) {
     EXPECT_NE(m.find("runs/x/ckpt-00000010.safetensors: was written for another model"), std::string::npos) << m;
     EXPECT_NE(m.find("model.layers.7.out_features: 128 -> 64"), std::string::npos) << m;
     EXPECT_NE(m.find("train.optimizer.type: adadelta -> sgd"), std::string::npos) << m;
+    EXPECT_EQ(m.find('\n'), std::string::npos) << "one line: " << m;
+  }
+  // Another network entirely: the first six differences and a count of the rest, on one line.
+  try {
+    check_resume_config(saved, load_config(std::string(DPTRAIN_SOURCE_DIR) + "/configs/lenet5.yaml"), "ck");
+    FAIL() << "accepted";
+  } catch (const InputError& e) {
+    const std::string m = e.what();
+    EXPECT_EQ(m.find('\n'), std::string::npos) << m;
+    EXPECT_NE(m.find(" more"), std::string::npos) << m;
+    EXPECT_EQ(std::count(m.begin(), m.end(), ';'), 7) << m;  // "optimizer;" then six listed, the last before "and N more"
   }
 }
 
