@@ -1,5 +1,6 @@
 #include "io/config.h"
 
+#include <nlohmann/json.hpp>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -28,27 +29,23 @@ namespace {
 /// Why a config string (a name, a path, a type) cannot stand in the file, or nothing: a control
 /// character, or bytes that are not UTF-8. YAML is Unicode text; to_yaml could not write such a
 /// value back so that it reads the same (a trailing carriage return is a line end when read again).
-std::optional<std::string> string_value_problem(std::string_view text) {
-  for (size_t i = 0; i < text.size();) {
-    const auto c = static_cast<unsigned char>(text[i]);
-    if (c < 0x20 || c == 0x7f) {
-      char hex[8];
-      std::snprintf(hex, sizeof hex, "\\x%02x", c);
-      return std::string("contains a control character (") + hex + ")";
-    }
-    // UTF-8: the sequence's length from its first byte, then continuation bytes; no overlong
-    // forms, no surrogates, nothing past U+10FFFF.
-    const int length = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xe ? 3 : (c >> 3) == 0x1e ? 4 : 0;
-    if (length == 0 || i + length > text.size()) return "is not valid UTF-8";
-    uint32_t code = length == 1 ? c : c & (0x7f >> length);
-    for (int k = 1; k < length; ++k) {
-      const auto next = static_cast<unsigned char>(text[i + k]);
-      if ((next & 0xc0) != 0x80) return "is not valid UTF-8";
-      code = (code << 6) | (next & 0x3f);
-    }
-    const uint32_t smallest[] = {0, 0, 0x80, 0x800, 0x10000};
-    if (code < smallest[length] || (code >= 0xd800 && code <= 0xdfff) || code > 0x10ffff) return "is not valid UTF-8";
-    i += length;
+std::optional<std::string> string_value_problem(const std::string& text) {
+  const auto control = std::find_if(text.begin(), text.end(), [](char c) {
+    const auto u = static_cast<unsigned char>(c);
+    return u < 0x20 || u == 0x7f;
+  });
+  // nlohmann's UTF-8 check (the one the safetensors headers pass): no overlong forms, no
+  // surrogates, nothing past U+10FFFF, no cut sequence. Over the text before the first control
+  // character: the first problem in the text is the one named.
+  try {
+    (void)nlohmann::json(std::string(text.begin(), control)).dump();
+  } catch (const nlohmann::json::type_error&) {
+    return "is not valid UTF-8";
+  }
+  if (control != text.end()) {
+    char hex[8];
+    std::snprintf(hex, sizeof hex, "\\x%02x", static_cast<unsigned char>(*control));
+    return std::string("contains a control character (") + hex + ")";
   }
   return std::nullopt;
 }
