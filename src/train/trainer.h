@@ -154,11 +154,11 @@ class Trainer {
   std::string save_checkpoint(const Position& at, const EpochStats& stats);
   /// Rank 0, when a progress line is due: reads this rank's running loss, shows it and checks it.
   void log_progress(int64_t global_step, int epoch, const EpochStats& stats);
-  /// Feeds a mean training loss read after `global_step` steps to the divergence monitor: throws
-  /// DivergenceError, or prints its one warning to stderr.
   /// Rank 0, resuming: ckpt-* files of steps after `resumed_step` in the run folder move aside
   /// (io/checkpoint_dir.h, set_aside_after), with one warning line.
   void set_aside_later_checkpoints(int64_t resumed_step);
+  /// Feeds a mean training loss read after `global_step` steps to the divergence monitor: throws
+  /// DivergenceError, or prints its one warning to stderr.
   void check_training_loss(double loss, int64_t global_step, int epoch);
   void wait_for_device();
   /// After each step while the start-up breakdown is open: the first step, and the step that
