@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <array>
-#include <cmath>
 #include <map>
 #include <vector>
 
@@ -71,11 +70,7 @@ void append_metadata(std::string& out, const std::map<std::string, std::string>&
 std::string non_finite_note(const SafeTensorsFile& file) {
   for (const SafeTensor& t : file.tensors) {
     if (t.dtype != "F32") continue;
-    const std::vector<float> values = file.f32(t.name, t.shape);
-    const auto bad = std::count_if(values.begin(), values.end(), [](float v) { return !std::isfinite(v); });
-    if (bad > 0)
-      return ", but tensor '" + escape_control_chars(t.name) + "' holds " + std::to_string(bad) +
-             " values that are NaN or Inf (weights of a diverged model?)";
+    if (const auto problem = non_finite_weights_problem(t.name, file.f32(t.name, t.shape))) return ", but " + *problem;
   }
   return "";
 }

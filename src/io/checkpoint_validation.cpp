@@ -207,4 +207,11 @@ void require_tensor_names(const SafeTensorsFile& file, const std::vector<std::st
   }
 }
 
+std::optional<std::string> non_finite_weights_problem(std::string_view name, std::span<const float> values) {
+  const auto bad = std::count_if(values.begin(), values.end(), [](float v) { return !std::isfinite(v); });
+  if (bad == 0) return std::nullopt;
+  return "tensor '" + escape_control_chars(name) + "' holds " + std::to_string(bad) +
+         " values that are NaN or Inf (weights of a diverged model?)";
+}
+
 }  // namespace dptrain

@@ -9,6 +9,8 @@
 #pragma once
 
 #include <map>
+#include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -43,5 +45,9 @@ void check_format(const SafeTensorsFile& file, std::string_view format);
 /// InputError(file.source, ...) naming the first tensor of `expected` the file lacks, or else the
 /// first tensor the file has beyond `expected`.
 void require_tensor_names(const SafeTensorsFile& file, const std::vector<std::string>& expected);
+
+/// "tensor '<name>' holds N values that are NaN or Inf (...)" where `values` holds any, else
+/// nothing: weights dptrain never writes (eval and predict refuse them; inspect names them).
+std::optional<std::string> non_finite_weights_problem(std::string_view name, std::span<const float> values);
 
 }  // namespace dptrain

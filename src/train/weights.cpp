@@ -1,13 +1,12 @@
 #include "train/weights.h"
 
-#include <algorithm>
-#include <cmath>
 #include <span>
 #include <vector>
 
 #include "core/device_ops.h"
 #include "core/error.h"
 #include "io/checkpoint.h"
+#include "io/checkpoint_validation.h"
 #include "train/train_state.h"
 
 namespace dptrain {
@@ -33,11 +32,8 @@ LoadedModel build_model(const WeightsFile& file, DeviceContext& ctx, int max_bat
   for (const ParamEntry& e : params.entries()) {
     const std::span<float> values = std::span<float>(host).subspan(e.offset, e.count);
     weights.copy_tensor(e.name, e.shape, values);
-    // dptrain never writes such weights; evaluated, they would give chance accuracy without a word.
-    const auto bad = std::count_if(values.begin(), values.end(), [](float v) { return !std::isfinite(v); });
-    if (bad > 0)
-      throw InputError(weights.path, "tensor '" + e.name + "' holds " + std::to_string(bad) +
-                                         " values that are NaN or Inf (weights of a diverged model?)");
+    // Evaluated, such weights would give chance accuracy without a word.
+    if (const auto problem = non_finite_weights_problem(e.name, values)) throw InputError(weights.path, *problem);
   }
   upload(ctx, params.values().span(), std::span<const float>(host));
   restore_state_tensors(weights, ctx, out.model->state());  // batchnorm's running statistics
