@@ -8,21 +8,13 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
-#include <fstream>
 #include <string>
 
 #include "core/cublas_loader.h"
+#include "mapped_libraries.h"
 
 namespace dptrain {
 namespace {
-
-bool cublas_is_mapped() {
-  std::ifstream maps("/proc/self/maps");
-  std::string line;
-  while (std::getline(maps, line))
-    if (line.find("libcublas") != std::string::npos) return true;
-  return false;
-}
 
 // In a process of its own (a death test re-executes the binary for this test alone), so that no
 // other test has loaded cuBLAS yet. Exit codes name what failed.
@@ -30,9 +22,9 @@ TEST(CublasLoader, TheLibraryIsMappedOnFirstUseNotAtStart) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_EXIT(
       {
-        if (cublas_is_mapped()) std::exit(3);  // linked, or loaded by a static initialiser
+        if (is_mapped("libcublas")) std::exit(3);  // linked, or loaded by a static initialiser
         const std::string text = cublasGetStatusString(CUBLAS_STATUS_NOT_INITIALIZED);
-        if (!cublas_is_mapped()) std::exit(4);
+        if (!is_mapped("libcublas")) std::exit(4);
         if (text.find("not initialized") == std::string::npos) std::exit(5);  // cuBLAS's own words
         std::exit(0);
       },
@@ -46,7 +38,7 @@ TEST(CublasLoader, StartingTheLoadTwiceLoadsOnceAndReportsItsTime) {
   EXPECT_GT(seconds, 0.0);
   EXPECT_LT(seconds, 60.0);
   EXPECT_EQ(cublas_load_seconds(), seconds);  // the one load's record, not a new load
-  EXPECT_TRUE(cublas_is_mapped());
+  EXPECT_TRUE(is_mapped("libcublas"));
   EXPECT_STREQ(cublasGetStatusString(CUBLAS_STATUS_SUCCESS), cublasGetStatusString(CUBLAS_STATUS_SUCCESS));
 }
 

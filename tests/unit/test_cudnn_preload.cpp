@@ -9,21 +9,13 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
-#include <fstream>
 #include <string>
 
 #include "core/cudnn_preload.h"
+#include "mapped_libraries.h"
 
 namespace dptrain {
 namespace {
-
-bool is_mapped(const std::string& name) {
-  std::ifstream maps("/proc/self/maps");
-  std::string line;
-  while (std::getline(maps, line))
-    if (line.find(name) != std::string::npos) return true;
-  return false;
-}
 
 // In a process of its own (a death test re-executes the binary for this test alone), so that no
 // other test has loaded cuDNN's parts yet. Exit codes name what failed.
