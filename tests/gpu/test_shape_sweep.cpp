@@ -107,6 +107,7 @@
 #include "kernels/classifier_kernels.h"
 #include "kernels/compare_kernels.h"
 #include "kernels/conv_kernels.h"
+#include "kernels/conv_reference.h"
 #include "kernels/conv_mma.h"
 #include "kernels/conv_tiled.h"
 #include "kernels/layer_kernels.h"
@@ -949,6 +950,8 @@ void run_conv_on_gpu(Sweep& sw, const ConvRef& r, Buffer<uint8_t>& workspace) {
 
   const bool direct = kernels::direct_conv_fits(s.c, s.k);  // as the planner asks (own_kernels)
   const bool tiled = kernels::tiled_conv_fits(g), mma = kernels::mma_conv_fits(g);
+  // The planner's yardstick where its cost allows: checked like the rest, never counted as serving.
+  const bool reference = kernels::reference_conv_fits(g);
   size_t scratch_bytes = 16;
   if (direct) scratch_bytes = std::max(scratch_bytes, kernels::conv_direct_filter_grad_scratch(g));
   if (tiled) scratch_bytes = std::max(scratch_bytes, kernels::tiled_conv_scratch(g));
@@ -1017,6 +1020,16 @@ void run_conv_on_gpu(Sweep& sw, const ConvRef& r, Buffer<uint8_t>& workspace) {
                 {{y.data(), rnobias->data(), ys, mma_tol(m), r.floor_y}},
                 [&] { kernels::mma_conv_forward(x.data(), w.data(), nullptr, y.data(), false, sp, m, g, st); });
     }
+  if (reference) {
+    run_own(sw, where, "forward: reference", {{y.data(), ry.data(), ys, kFloat32Tol, r.floor_y}},
+            [&] { kernels::reference_conv_forward(x.data(), w.data(), b.data(), y.data(), false, g, st); });
+    run_own(sw, where, "forward: reference +relu", {{y.data(), ry_relu.data(), ys, kFloat32Tol, r.floor_y}},
+            [&] { kernels::reference_conv_forward(x.data(), w.data(), b.data(), y.data(), true, g, st); });
+    if (rnobias)
+      run_own(sw, where, "forward: reference without bias (absorbed pooling)",
+              {{y.data(), rnobias->data(), ys, kFloat32Tol, r.floor_y}},
+              [&] { kernels::reference_conv_forward(x.data(), w.data(), nullptr, y.data(), false, g, st); });
+  }
   for (int mi = 0; mi < 2; ++mi) {
     const CudnnMath& m = kMaths[mi];
     for (const CudnnAlgo& a : kFwdAlgos) {
@@ -1080,6 +1093,9 @@ void run_conv_on_gpu(Sweep& sw, const ConvRef& r, Buffer<uint8_t>& workspace) {
                        {{dx.data(), rdx.data(), xs, mma_tol(m), r.floor_dx}},
                        [&] { kernels::mma_conv_backward_data(dy.data(), w.data(), dx.data(), sp, m, g, st); }),
             m == kernels::MmaMath::SplitTf32, m == kernels::MmaMath::Tf32);
+  if (reference)
+    run_own(sw, where, "input gradient: reference", {{dx.data(), rdx.data(), xs, kFloat32Tol, r.floor_dx}},
+            [&] { kernels::reference_conv_backward_data(dy.data(), w.data(), dx.data(), g, st); });
   for (int mi = 0; mi < 2; ++mi) {
     const CudnnMath& m = kMaths[mi];
     for (const CudnnAlgo& a : kDataAlgos) {
@@ -1158,6 +1174,10 @@ void run_conv_on_gpu(Sweep& sw, const ConvRef& r, Buffer<uint8_t>& workspace) {
                     {{dw.data(), rdw.data(), wn, mma_tol(m), r.floor_dw}, {db.data(), rdb.data(), bn, mma_tol(m), r.floor_db}},
                     [&] { kernels::mma_conv_filter_grad(x.data(), dy.data(), dw.data(), db.data(), sp, m, g, st); }),
             m == kernels::MmaMath::SplitTf32, m == kernels::MmaMath::Tf32);
+  if (reference)
+    run_own(sw, where, "filter gradient: reference",
+            {{dw.data(), rdw.data(), wn, kFloat32Tol, r.floor_dw}, {db.data(), rdb.data(), bn, kFloat32Tol, r.floor_db}},
+            [&] { kernels::reference_conv_filter_grad(x.data(), dy.data(), dw.data(), db.data(), g, st); });
   for (int mi = 0; mi < 2; ++mi) {
     const CudnnMath& m = kMaths[mi];
     for (const CudnnAlgo& a : kFilterAlgos) {
@@ -2253,6 +2273,25 @@ TEST_F(ShapeSweep, Optimizers) {
   for (const Case& k : configs)
     if (ok && (long_mode() || k.name == "sgd momentum")) ok = run(k, kGridCap + 1);
   sw.finish();
+}
+
+// The reference kernels' guard (host code: runs without a GPU). The planner checks against them only
+// where it admits the shape; ShapeSweep.Conv runs them wherever it does.
+TEST(ConvReference, GuardAdmitsConsistentShapesWithinItsCost) {
+  using G = kernels::ConvGeometry;
+  EXPECT_TRUE(kernels::reference_conv_fits(G{256, 1, 28, 28, 24, 24, 24, 5, 1, 0}));   // mnist_fast's conv1
+  EXPECT_TRUE(kernels::reference_conv_fits(G{1000, 32, 26, 26, 64, 24, 24, 3, 1, 0}));  // mnist_cnn's conv2, eval
+  EXPECT_TRUE(kernels::reference_conv_fits(G{3, 5, 9, 7, 2, 3, 3, 3, 3, 1}));           // stride 3, pad 1
+  EXPECT_FALSE(kernels::reference_conv_fits(G{256, 1, 28, 28, 24, 25, 24, 5, 1, 0}));  // oh inconsistent
+  EXPECT_FALSE(kernels::reference_conv_fits(G{256, 1, 28, 28, 24, 24, 23, 5, 1, 0}));  // ow inconsistent
+  EXPECT_FALSE(kernels::reference_conv_fits(G{1, 1, 2, 2, 1, 0, 0, 5, 1, 1}));         // kernel past the padded image
+  EXPECT_FALSE(kernels::reference_conv_fits(G{0, 1, 28, 28, 24, 24, 24, 5, 1, 0}));    // empty batch
+  EXPECT_FALSE(kernels::reference_conv_fits(G{8, 1, 28, 28, 24, 24, 24, 5, 0, 0}));    // stride 0
+  EXPECT_FALSE(kernels::reference_conv_fits(G{8, 1, 28, 28, 24, 26, 26, 5, 1, -1}));   // negative padding
+  // Past its cost (mnist_cnn's conv2 at batch 2048: 2.2e10 multiply-adds): cuDNN's implicit GEMM checks.
+  const G big{2048, 32, 26, 26, 64, 24, 24, 3, 1, 0};
+  EXPECT_GT(kernels::conv_multiply_adds(big), kernels::kReferenceConvMaxMultiplyAdds);
+  EXPECT_FALSE(kernels::reference_conv_fits(big));
 }
 
 }  // namespace

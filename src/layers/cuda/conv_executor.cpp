@@ -2,6 +2,7 @@
 
 #include "core/cuda_check.h"
 #include "layers/cuda/cudnn_descriptors.h"
+#include "kernels/conv_reference.h"
 #include "kernels/conv_tiled.h"
 #include "kernels/layer_kernels.h"
 
@@ -19,6 +20,8 @@ std::string label(const ConvAlgo& a) {
       return "tiled";
     case ConvImpl::Mma:
       return "mma";
+    case ConvImpl::Reference:
+      return "the reference kernels";
     case ConvImpl::Cudnn:
       break;
   }
@@ -78,6 +81,7 @@ size_t ConvExecutor::bytes(const ConvAlgo& a, int n) const {
   if (a.impl == ConvImpl::Direct) return kernels::conv_direct_filter_grad_scratch(geometry(n));
   if (a.impl == ConvImpl::Tiled) return kernels::tiled_conv_scratch(geometry(n));
   if (a.impl == ConvImpl::Mma) return kernels::mma_conv_scratch(geometry(n));
+  if (a.impl == ConvImpl::Reference) return 0;
   return a.memory;
 }
 
@@ -111,6 +115,7 @@ void ConvExecutor::forward(cudnnHandle_t h, cudaStream_t stream, void* ws, const
   if (a.impl == ConvImpl::Direct) return kernels::conv_direct_forward(x, w, bias, y, relu, g, stream);
   if (a.impl == ConvImpl::Tiled) return kernels::tiled_conv_forward(x, w, bias, y, relu, g, stream);
   if (a.impl == ConvImpl::Mma) return kernels::mma_conv_forward(x, w, bias, y, relu, ws, math_, g, stream);
+  if (a.impl == ConvImpl::Reference) return kernels::reference_conv_forward(x, w, bias, y, relu, g, stream);
   const size_t xs = in_.count(), ys = out_.count();
   for_each_chunk(b, a, [&](cudnnTensorDescriptor_t xd, cudnnTensorDescriptor_t yd, int first) {
     CUDNN_CHECK(cudnnConvolutionForward(h, &kOne, xd, x + first * xs, filter_, w, conv_,
@@ -125,6 +130,7 @@ void ConvExecutor::backward_data(cudnnHandle_t h, cudaStream_t stream, void* ws,
   const kernels::ConvGeometry g = geometry(b.n);
   if (a.impl == ConvImpl::Tiled) return kernels::tiled_conv_backward_data(dy, w, dx, ws, g, stream);
   if (a.impl == ConvImpl::Mma) return kernels::mma_conv_backward_data(dy, w, dx, ws, math_, g, stream);
+  if (a.impl == ConvImpl::Reference) return kernels::reference_conv_backward_data(dy, w, dx, g, stream);
   if (a.impl == ConvImpl::Direct) throw CudaError("the direct convolution kernels compute no input gradient");
   const size_t xs = in_.count(), ys = out_.count();
   for_each_chunk(b, a, [&](cudnnTensorDescriptor_t xd, cudnnTensorDescriptor_t yd, int first) {
@@ -152,6 +158,7 @@ void ConvExecutor::filter_grad(cudnnHandle_t h, cudaStream_t stream, void* ws, c
   if (a.impl == ConvImpl::Direct) return kernels::conv_direct_filter_grad(x, dy, nullptr, dw, db, ws, g, stream);
   if (a.impl == ConvImpl::Tiled) return kernels::tiled_conv_filter_grad(x, dy, dw, db, ws, g, stream);
   if (a.impl == ConvImpl::Mma) return kernels::mma_conv_filter_grad(x, dy, dw, db, ws, math_, g, stream);
+  if (a.impl == ConvImpl::Reference) return kernels::reference_conv_filter_grad(x, dy, dw, db, g, stream);
   const size_t xs = in_.count(), ys = out_.count();
   for_each_chunk(b, a, [&](cudnnTensorDescriptor_t xd, cudnnTensorDescriptor_t yd, int first) {
     CUDNN_CHECK(cudnnConvolutionBackwardFilter(h, &kOne, xd, x + first * xs, yd, dy + first * ys, conv_,

@@ -3,7 +3,7 @@
 // where nothing serves the whole), dptrain's direct kernels (short reductions: forward and filter
 // gradient), and its 3x3 kernels (register-tiled FMA and tensor-core ones, all three directions).
 // The layer's step and the planner's checks and timings run the same calls (ConvPlanner), so what
-// is timed and checked is what runs. It holds the layer's cuDNN filter and convolution
+// is timed and checked is what runs; the reference kernels (checks only) run through it too. It holds the layer's cuDNN filter and convolution
 // descriptors. Nothing here allocates or synchronizes.
 #pragma once
 
@@ -24,8 +24,9 @@ namespace dptrain {
 /// Workspace beyond which a cuDNN algorithm, or the direct filter gradient, is not eligible.
 constexpr size_t kMaxConvWorkspace = size_t{256} << 20;
 
-/// Who computes one direction of a convolution.
-enum class ConvImpl { Cudnn, Direct, Tiled, Mma };
+/// Who computes one direction of a convolution. Reference (kernels/conv_reference.h) is the
+/// planner's yardstick for the others, never a candidate.
+enum class ConvImpl { Cudnn, Direct, Tiled, Mma, Reference };
 enum class ConvDirection { Forward, Data, Filter };
 
 /// One direction's algorithm: a cuDNN algorithm (its number and the workspace it asked for), or one
@@ -38,7 +39,7 @@ struct ConvAlgo {
   int chunk = 0;
 };
 
-/// "cuDNN 1", "cuDNN 0 in chunks of 128", "direct", "tiled", "mma".
+/// "cuDNN 1", "cuDNN 0 in chunks of 128", "direct", "tiled", "mma", "the reference kernels".
 std::string label(const ConvAlgo& a);
 
 /// cuDNN's tensor descriptors of one batch size, and of the sub-batches its chunked algorithms run.

@@ -14,6 +14,7 @@
 #include "layers/cuda/graph_timer.h"
 #include "io/plan_cache.h"
 #include "kernels/compare_kernels.h"
+#include "kernels/conv_reference.h"
 #include "kernels/layer_kernels.h"
 
 namespace dptrain {
@@ -78,8 +79,9 @@ std::vector<ConvAlgo> allowed_algos(const Perf* r, int count, AlgoRules rules) {
   return algos;
 }
 
-/// A reference of a direction: cuDNN's plainest algorithms (implicit GEMM; for the gradients
-/// algorithm 1, then 0), whatever the run's rules, since they only check the others.
+/// A cuDNN reference of a direction, for shapes past the reference kernels' cost: cuDNN's plainest
+/// algorithms (implicit GEMM; for the gradients algorithm 1, then 0), whatever the run's rules,
+/// since they only check the others.
 template <typename AlgoEnum>
 ConvAlgo reference(const ConvExecutor& exec, const ConvPlan& p, AlgoEnum algo, cudnnHandle_t h) {
   size_t bytes = 0;
@@ -164,6 +166,7 @@ const char* impl_name(ConvImpl i) {
     case ConvImpl::Direct: return "direct";
     case ConvImpl::Tiled: return "tiled";
     case ConvImpl::Mma: return "mma";
+    case ConvImpl::Reference: return "reference";  // never chosen, so never recorded
   }
   return "?";
 }
@@ -231,7 +234,8 @@ const ConvPlan& ConvPlanner::plan(DeviceContext& ctx, int n, bool backward) {
 }
 
 /// Chooses the directions asked for. Each candidate is run once on random inputs and its outputs
-/// compared with a reference implementation's (cuDNN's plainest algorithm); one that disagrees, or
+/// compared with a reference implementation's (the reference kernels, or past their cost cuDNN's
+/// plainest algorithm); one that disagrees, or
 /// fails to run, is dropped with a warning. With train.cudnn_benchmark the survivors (dptrain's
 /// kernels and cuDNN's first kTimedCudnnCandidates by its heuristics) are timed in a CUDA graph, as
 /// the step runs them, and the fastest is kept; without it, the first survivor of dptrain's
@@ -339,6 +343,14 @@ void ConvPlanner::choose(DeviceContext& ctx, ConvPlan& p, bool forward, bool bac
                                                             exec_.filter_desc(), kMax, &k, r));
     return allowed_algos(r, k, rules);
   };
+  // The yardstick of each direction's check: the reference kernels where their cost allows (no
+  // cuDNN engine to load, so a warm plan book of dptrain's own kernels never touches cuDNN), else
+  // cuDNN's plainest algorithms, the first that runs.
+  const bool reference_kernels = kernels::reference_conv_fits(exec_.geometry(p.batch.n));
+  const auto references = [&](auto... cudnn_algos) -> std::vector<ConvAlgo> {
+    if (reference_kernels) return {ConvAlgo{ConvImpl::Reference}};
+    return {reference(exec_, p, cudnn_algos, h)...};
+  };
   const auto first_of = [](std::vector<ConvAlgo> algos) {
     return algos.empty() ? std::nullopt : std::optional<ConvAlgo>(algos.front());
   };
@@ -351,8 +363,7 @@ void ConvPlanner::choose(DeviceContext& ctx, ConvPlan& p, bool forward, bool bac
         ctx, p, "forward", own,
         [&] { return find ? fwd_find() : timed ? timed_candidates(fwd_perf) : fwd_heuristic(p.batch.x, p.batch.y); },
         recorded(ctx, p, k, "forward", own, fwd_heuristic),
-        {reference(exec_, p, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, h),
-         reference(exec_, p, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM, h)},
+        references(CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM),
         {{m.y.data(), m.y.size()}},
         [&](int chunk) {
           return chunked(p, chunk, [&](cudnnTensorDescriptor_t x, cudnnTensorDescriptor_t y) {
@@ -377,8 +388,7 @@ void ConvPlanner::choose(DeviceContext& ctx, ConvPlan& p, bool forward, bool bac
             return find ? data_find() : timed ? timed_candidates(data_perf) : data_heuristic(p.batch.x, p.batch.y);
           },
           recorded(ctx, p, k, "backward-data", own, data_heuristic),
-          {reference(exec_, p, CUDNN_CONVOLUTION_BWD_DATA_ALGO_1, h),
-           reference(exec_, p, CUDNN_CONVOLUTION_BWD_DATA_ALGO_0, h)},
+          references(CUDNN_CONVOLUTION_BWD_DATA_ALGO_1, CUDNN_CONVOLUTION_BWD_DATA_ALGO_0),
           {{m.dx.data(), m.dx.size()}},
           [&](int chunk) {
             return chunked(p, chunk, [&](cudnnTensorDescriptor_t x, cudnnTensorDescriptor_t y) {
@@ -400,8 +410,7 @@ void ConvPlanner::choose(DeviceContext& ctx, ConvPlan& p, bool forward, bool bac
           return find ? filter_find() : timed ? timed_candidates(filter_perf) : filter_heuristic(p.batch.x, p.batch.y);
         },
         recorded(ctx, p, k, "backward-filter", own, filter_heuristic),
-        {reference(exec_, p, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1, h),
-         reference(exec_, p, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0, h)},
+        references(CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0),
         {{m.dw.data(), m.dw.size()}, {m.db.data(), m.db.size()}},
         [&](int chunk) {
           return chunked(p, chunk, [&](cudnnTensorDescriptor_t x, cudnnTensorDescriptor_t y) {
