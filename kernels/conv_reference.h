@@ -8,11 +8,78 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cstddef>
 #include <cstdint>
 
+#include "core/host_device.h"
 #include "kernels/conv_kernels.h"
 
 namespace dptrain::kernels {
+
+// The element math, for the host and the device alike (the kernels below run it; a host test checks
+// it against the CPU backend without a GPU). Flat indices are NCHW; every offset is 64-bit.
+
+/// The forward output at flat index i of [n, oc, oh, ow]: the sum over c, r, q of x * w, plus b[k]
+/// when b is not null, in double.
+DPTRAIN_HD double reference_conv_output(const float* x, const float* w, const float* b, const ConvGeometry& g,
+                                        size_t i) {
+  const int ox = static_cast<int>(i % g.ow), oy = static_cast<int>(i / g.ow % g.oh),
+            k = static_cast<int>(i / (size_t(g.ow) * g.oh) % g.oc);
+  const size_t s = i / (size_t(g.ow) * g.oh * g.oc);
+  double acc = b != nullptr ? double(b[k]) : 0.0;
+  for (int c = 0; c < g.c; ++c)
+    for (int r = 0; r < g.k; ++r) {
+      const int iy = oy * g.stride - g.pad + r;
+      if (iy < 0 || iy >= g.h) continue;
+      for (int q = 0; q < g.k; ++q) {
+        const int ix = ox * g.stride - g.pad + q;
+        if (ix < 0 || ix >= g.w) continue;
+        acc += double(x[((s * g.c + c) * g.h + iy) * g.w + ix]) * double(w[((size_t(k) * g.c + c) * g.k + r) * g.k + q]);
+      }
+    }
+  return acc;
+}
+
+/// The input gradient at flat index i of [n, c, h, w]: the sum over the outputs whose window covers
+/// it of dy * w, in double.
+DPTRAIN_HD double reference_conv_input_grad(const float* dy, const float* w, const ConvGeometry& g, size_t i) {
+  const int ix = static_cast<int>(i % g.w), iy = static_cast<int>(i / g.w % g.h),
+            c = static_cast<int>(i / (size_t(g.w) * g.h) % g.c);
+  const size_t s = i / (size_t(g.w) * g.h * g.c);
+  double acc = 0;
+  for (int k = 0; k < g.oc; ++k)
+    for (int r = 0; r < g.k; ++r) {
+      const int ty = iy + g.pad - r;  // oy * stride, if some output row covers iy with kernel row r
+      if (ty < 0 || ty % g.stride != 0 || ty / g.stride >= g.oh) continue;
+      const int oy = ty / g.stride;
+      for (int q = 0; q < g.k; ++q) {
+        const int tx = ix + g.pad - q;
+        if (tx < 0 || tx % g.stride != 0 || tx / g.stride >= g.ow) continue;
+        const int ox = tx / g.stride;
+        acc += double(dy[((s * g.oc + k) * g.oh + oy) * g.ow + ox]) * double(w[((size_t(k) * g.c + c) * g.k + r) * g.k + q]);
+      }
+    }
+  return acc;
+}
+
+/// One term of the gradient of weight wi (flat index of [oc, c, k, k]): dy * x at output position j
+/// of [n, oh, ow], 0 where the window's tap falls in the padding.
+DPTRAIN_HD double reference_conv_weight_grad_term(const float* x, const float* dy, const ConvGeometry& g, size_t wi,
+                                                  size_t j) {
+  const int q = static_cast<int>(wi % g.k), r = static_cast<int>(wi / g.k % g.k),
+            c = static_cast<int>(wi / (size_t(g.k) * g.k) % g.c), k = static_cast<int>(wi / (size_t(g.k) * g.k * g.c));
+  const int ox = static_cast<int>(j % g.ow), oy = static_cast<int>(j / g.ow % g.oh);
+  const size_t s = j / (size_t(g.ow) * g.oh);
+  const int iy = oy * g.stride - g.pad + r, ix = ox * g.stride - g.pad + q;
+  if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) return 0.0;
+  return double(dy[((s * g.oc + k) * g.oh + oy) * g.ow + ox]) * double(x[((s * g.c + c) * g.h + iy) * g.w + ix]);
+}
+
+/// One term of channel k's bias gradient: dy at output position j of [n, oh, ow].
+DPTRAIN_HD double reference_conv_bias_grad_term(const float* dy, const ConvGeometry& g, int k, size_t j) {
+  const size_t plane = size_t(g.oh) * g.ow;
+  return double(dy[((j / plane) * g.oc + k) * plane + j % plane]);
+}
 
 /// Multiply-adds of one direction of a convolution (each direction does the same count).
 inline std::uint64_t conv_multiply_adds(const ConvGeometry& g) {
