@@ -5,6 +5,7 @@
 
 #include "core/cuda_check.h"
 #include "kernels/batchnorm_kernels.h"
+#include "kernels/block_sum.cuh"
 
 namespace dptrain::kernels {
 
@@ -20,19 +21,6 @@ __device__ GroupRange group_range(const BatchNormShape& s, int g) {
   if (s.group == 0) return {0, s.n};
   const int first = g * s.group;
   return {first, min(s.group, s.n - first)};
-}
-
-/// The block's sum of `v` (one value per thread), in a fixed tree order; valid in thread 0.
-__device__ double block_sum(double v, double* shared) {
-  shared[threadIdx.x] = v;
-  __syncthreads();
-  for (int stride = blockDim.x / 2; stride > 0; stride >>= 1) {
-    if (threadIdx.x < stride) shared[threadIdx.x] += shared[threadIdx.x + stride];
-    __syncthreads();
-  }
-  const double total = shared[0];
-  __syncthreads();  // shared may be reused by the caller's next block_sum
-  return total;
 }
 
 /// The element index of the e-th value of channel c in group range r. 32-bit arithmetic: the

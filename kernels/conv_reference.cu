@@ -5,6 +5,7 @@
 #include <string>
 
 #include "core/cuda_check.h"
+#include "kernels/block_sum.cuh"
 
 namespace dptrain::kernels {
 
@@ -32,35 +33,26 @@ __global__ void backward_data_kernel(const float* __restrict__ dy, const float* 
     dx[i] = static_cast<float>(reference_conv_input_grad(dy, w, g, i));
 }
 
-/// The block's sum of each thread's `v`, in a fixed order; valid in thread 0.
-__device__ double block_sum(double v) {
-  __shared__ double part[kThreads];
-  part[threadIdx.x] = v;
-  __syncthreads();
-  for (int half = kThreads / 2; half > 0; half /= 2) {
-    if (threadIdx.x < half) part[threadIdx.x] += part[threadIdx.x + half];
-    __syncthreads();
-  }
-  return part[0];
-}
-
 /// One block per weight: the sum over samples and output positions of dy * x.
 __global__ void filter_grad_kernel(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ dw,
                                    ConvGeometry g) {
+  __shared__ double shared[kThreads];
   const size_t positions = size_t(g.n) * g.oh * g.ow;
   double acc = 0;
-  for (size_t j = threadIdx.x; j < positions; j += kThreads) acc += reference_conv_weight_grad_term(x, dy, g, blockIdx.x, j);
-  const double sum = block_sum(acc);
+  for (size_t j = threadIdx.x; j < positions; j += kThreads)
+    acc += reference_conv_weight_grad_term(x, dy, g, blockIdx.x, j);
+  const double sum = block_sum(acc, shared);
   if (threadIdx.x == 0) dw[blockIdx.x] = static_cast<float>(sum);
 }
 
 /// One block per output channel: the sum of dy over samples and positions.
 __global__ void bias_grad_kernel(const float* __restrict__ dy, float* __restrict__ db, ConvGeometry g) {
+  __shared__ double shared[kThreads];
   const size_t positions = size_t(g.n) * g.oh * g.ow;
   double acc = 0;
   for (size_t j = threadIdx.x; j < positions; j += kThreads)
     acc += reference_conv_bias_grad_term(dy, g, static_cast<int>(blockIdx.x), j);
-  const double sum = block_sum(acc);
+  const double sum = block_sum(acc, shared);
   if (threadIdx.x == 0) db[blockIdx.x] = static_cast<float>(sum);
 }
 
