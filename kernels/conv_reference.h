@@ -34,7 +34,8 @@ DPTRAIN_HD double reference_conv_output(const float* x, const float* w, const fl
       for (int q = 0; q < g.k; ++q) {
         const int ix = ox * g.stride - g.pad + q;
         if (ix < 0 || ix >= g.w) continue;
-        acc += double(x[((s * g.c + c) * g.h + iy) * g.w + ix]) * double(w[((size_t(k) * g.c + c) * g.k + r) * g.k + q]);
+        acc += double(x[((s * g.c + c) * g.h + iy) * g.w + ix]) *
+               double(w[((size_t(k) * g.c + c) * g.k + r) * g.k + q]);
       }
     }
   return acc;
@@ -56,7 +57,8 @@ DPTRAIN_HD double reference_conv_input_grad(const float* dy, const float* w, con
         const int tx = ix + g.pad - q;
         if (tx < 0 || tx % g.stride != 0 || tx / g.stride >= g.ow) continue;
         const int ox = tx / g.stride;
-        acc += double(dy[((s * g.oc + k) * g.oh + oy) * g.ow + ox]) * double(w[((size_t(k) * g.c + c) * g.k + r) * g.k + q]);
+        acc += double(dy[((s * g.oc + k) * g.oh + oy) * g.ow + ox]) *
+               double(w[((size_t(k) * g.c + c) * g.k + r) * g.k + q]);
       }
     }
   return acc;

@@ -3,8 +3,8 @@
 // where nothing serves the whole), dptrain's direct kernels (short reductions: forward and filter
 // gradient), and its 3x3 kernels (register-tiled FMA and tensor-core ones, all three directions).
 // The layer's step and the planner's checks and timings run the same calls (ConvPlanner), so what
-// is timed and checked is what runs; the reference kernels (checks only) run through it too. It holds the layer's cuDNN filter and convolution
-// descriptors. Nothing here allocates or synchronizes.
+// is timed and checked is what runs; the reference kernels (checks only) run through it too. It
+// holds the layer's cuDNN filter and convolution descriptors. Nothing here allocates or synchronizes.
 #pragma once
 
 #include <cuda_runtime_api.h>

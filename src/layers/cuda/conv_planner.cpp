@@ -235,11 +235,11 @@ const ConvPlan& ConvPlanner::plan(DeviceContext& ctx, int n, bool backward) {
 
 /// Chooses the directions asked for. Each candidate is run once on random inputs and its outputs
 /// compared with a reference implementation's (the reference kernels, or past their cost cuDNN's
-/// plainest algorithm); one that disagrees, or
-/// fails to run, is dropped with a warning. With train.cudnn_benchmark the survivors (dptrain's
-/// kernels and cuDNN's first kTimedCudnnCandidates by its heuristics) are timed in a CUDA graph, as
-/// the step runs them, and the fastest is kept; without it, the first survivor of dptrain's
-/// kernels, then cuDNN's heuristic order. A direction the plan book holds is checked, not timed.
+/// plainest algorithm); one that disagrees, or fails to run, is dropped with a warning. With
+/// train.cudnn_benchmark the survivors (dptrain's kernels and cuDNN's first kTimedCudnnCandidates
+/// by its heuristics) are timed in a CUDA graph, as the step runs them, and the fastest is kept;
+/// without it, the first survivor of dptrain's kernels, then cuDNN's heuristic order. A direction
+/// the plan book holds is checked, not timed.
 void ConvPlanner::choose(DeviceContext& ctx, ConvPlan& p, bool forward, bool backward) {
   Scratch m(exec_, p.batch.n, ctx.cuda().stream());
   cudnnHandle_t h = ctx.cuda().cudnn();

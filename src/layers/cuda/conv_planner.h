@@ -7,9 +7,10 @@
 //   cap at the whole batch is a candidate over the largest equal sub-batches on which it fits.
 // - Safety: every candidate is run once on random inputs, its outputs poisoned first, and compared
 //   on the device with the reference kernels (kernels/conv_reference.h: the definition, summed in
-//   double) or, past their cost, cuDNN's plainest algorithm; one that disagrees (1e-4 in relative norm, 1e-2
-//   under tf32), leaves an output unwritten or fails to run is dropped with one warning and never
-//   used. Where nothing serves the whole batch, cuDNN runs over equal sub-batches (warned once).
+//   double) or, past their cost, cuDNN's plainest algorithm; one that disagrees (1e-4 in relative
+//   norm, 1e-2 under tf32), leaves an output unwritten or fails to run is dropped with one warning
+//   and never used. Where nothing serves the whole batch, cuDNN runs over equal sub-batches
+//   (warned once).
 // - Choice: with train.cudnn_benchmark the survivors are timed inside a CUDA graph, as the step
 //   runs them (cudnnFind only proposes: its eager times include launch overhead that a replayed
 //   step never pays), and the fastest is kept; where an input gradient follows, the two best of
