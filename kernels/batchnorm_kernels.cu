@@ -6,6 +6,7 @@
 #include "core/cuda_check.h"
 #include "kernels/batchnorm_kernels.h"
 #include "kernels/block_sum.cuh"
+#include "kernels/grid_stride.cuh"
 
 namespace dptrain::kernels {
 
@@ -216,10 +217,8 @@ void check_size(const BatchNormShape& s) {
     throw std::invalid_argument("batchnorm kernels: a tensor of 2^31 elements or more");
 }
 
-int elementwise_grid(const BatchNormShape& s) {
-  const long total = static_cast<long>(s.n) * s.channels * s.spatial;
-  const long blocks = (total + kThreads - 1) / kThreads;
-  return static_cast<int>(blocks < 1 ? 1 : (blocks > 65535L * 16 ? 65535L * 16 : blocks));
+unsigned elementwise_grid(const BatchNormShape& s) {
+  return grid_stride_blocks(static_cast<size_t>(s.n) * s.channels * s.spatial, kThreads, 65535 * 16);
 }
 
 int channel_grid(int channels) { return (channels + kThreads - 1) / kThreads; }

@@ -1,11 +1,11 @@
 #include "kernels/compare_kernels.h"
 
-#include <algorithm>
 #include <cmath>
 #include <limits>
 
 #include "core/cuda_check.h"
 #include "core/philox.h"
+#include "kernels/grid_stride.cuh"
 
 namespace dptrain::kernels {
 
@@ -64,15 +64,13 @@ double Difference::relative() const {
 
 void compare_outputs(const float* a, const float* b, size_t n, Difference* out, cudaStream_t stream) {
   if (n == 0) return;
-  const size_t blocks = std::min<size_t>((n + kThreads - 1) / kThreads, 4096);
-  compare_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(a, b, n, out);
+  compare_kernel<<<grid_stride_blocks(n, kThreads, 4096), kThreads, 0, stream>>>(a, b, n, out);
   CUDA_CHECK_LAUNCH();
 }
 
 void fill_uniform(float* x, size_t n, unsigned seed, cudaStream_t stream) {
   if (n == 0) return;
-  const size_t blocks = std::min<size_t>((n + kThreads - 1) / kThreads, 8192);
-  fill_uniform_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(x, n, seed);
+  fill_uniform_kernel<<<grid_stride_blocks(n, kThreads, 8192), kThreads, 0, stream>>>(x, n, seed);
   CUDA_CHECK_LAUNCH();
 }
 

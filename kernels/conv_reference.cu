@@ -1,11 +1,11 @@
 #include "kernels/conv_reference.h"
 
-#include <algorithm>
 #include <climits>
 #include <string>
 
 #include "core/cuda_check.h"
 #include "kernels/block_sum.cuh"
+#include "kernels/grid_stride.cuh"
 
 namespace dptrain::kernels {
 
@@ -15,7 +15,7 @@ constexpr int kThreads = 256;
 /// Elementwise kernels stride over the rest: enough blocks to fill any GPU.
 constexpr size_t kMaxBlocks = size_t{1} << 16;
 
-unsigned blocks_for(size_t n) { return static_cast<unsigned>(std::min((n + kThreads - 1) / kThreads, kMaxBlocks)); }
+unsigned blocks_for(size_t n) { return grid_stride_blocks(n, kThreads, kMaxBlocks); }
 
 __global__ void forward_kernel(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b,
                                float* __restrict__ y, bool relu, ConvGeometry g) {

@@ -7,6 +7,7 @@
 #include "core/philox.h"
 #include "core/cuda_check.h"
 #include "kernels/data_kernels.h"
+#include "kernels/grid_stride.cuh"
 
 namespace dptrain::kernels {
 
@@ -104,9 +105,8 @@ void gather_normalize(const uint8_t* images, const int32_t* labels, const uint32
                       cudaStream_t stream) {
   const long total = static_cast<long>(count) * pixels;
   if (total <= 0) return;
-  const int blocks = static_cast<int>((total + 255) / 256 < 65535 * 4 ? (total + 255) / 256 : 65535 * 4);
-  gather_kernel<<<blocks < 1 ? 1 : blocks, 256, 0, stream>>>(images, labels, order, pixels, first, step, count, mean,
-                                                              std, x, y);
+  gather_kernel<<<grid_stride_blocks(static_cast<size_t>(total), 256, 65535 * 4), 256, 0, stream>>>(
+      images, labels, order, pixels, first, step, count, mean, std, x, y);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -5,6 +5,7 @@
 
 #include "core/philox.h"
 #include "core/cuda_check.h"
+#include "kernels/grid_stride.cuh"
 #include "kernels/layer_kernels.h"
 #include "kernels/softmax_row.cuh"
 
@@ -14,10 +15,7 @@ namespace {
 
 constexpr int kThreads = 256;
 
-int grid_for(long n) {
-  const long b = (n + kThreads - 1) / kThreads;
-  return static_cast<int>(b < 1 ? 1 : (b > 65535L * 16 ? 65535L * 16 : b));
-}
+unsigned grid_for(long n) { return grid_stride_blocks(static_cast<size_t>(n), kThreads, 65535 * 16); }
 
 // Grid (range of elements, samples): no division per element. grid.y (at most 65535) strides over
 // the batch.

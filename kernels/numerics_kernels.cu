@@ -1,6 +1,5 @@
-#include <algorithm>
-
 #include "core/cuda_check.h"
+#include "kernels/grid_stride.cuh"
 #include "kernels/numerics_kernels.h"
 
 namespace dptrain::kernels {
@@ -22,8 +21,7 @@ void launch(const T* x, size_t n, int* flag, cudaStream_t stream) {
   if (n == 0) return;
   constexpr int kThreads = 256;
   // A grid-stride loop over at most 1024 blocks: enough to fill a GPU; a debug mode needs no more.
-  const size_t blocks = std::min<size_t>((n + kThreads - 1) / kThreads, 1024);
-  flag_non_finite_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(x, n, flag);
+  flag_non_finite_kernel<<<grid_stride_blocks(n, kThreads, 1024), kThreads, 0, stream>>>(x, n, flag);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -1,6 +1,7 @@
 // Optimizer kernels: one thread per element, grid-stride; compiled with --fmad=false (see
 // CMakeLists.txt) so they reproduce the CPU updates bit for bit.
 #include "core/cuda_check.h"
+#include "kernels/grid_stride.cuh"
 #include "kernels/optimizer_kernels.h"
 
 namespace dptrain::kernels {
@@ -9,10 +10,7 @@ namespace {
 
 constexpr int kThreads = 256;
 
-int blocks_for(size_t n) {
-  const size_t b = (n + kThreads - 1) / kThreads;
-  return static_cast<int>(b < 65535 * 8 ? (b == 0 ? 1 : b) : 65535 * 8);
-}
+unsigned blocks_for(size_t n) { return grid_stride_blocks(n, kThreads, 65535 * 8); }
 
 __global__ void sgd_kernel(float* p, const float* g, float* buf, size_t n, rules::SgdHyper h, const StepScalars* s) {
   const StepScalars sc = *s;

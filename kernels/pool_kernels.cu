@@ -5,6 +5,7 @@
 #include <string>
 
 #include "core/cuda_check.h"
+#include "kernels/grid_stride.cuh"
 #include "kernels/layer_kernels.h"
 #include "kernels/pool_kernels.h"
 
@@ -278,8 +279,7 @@ void launch_conv_pool_backward(const float* dy, const float* y, const int32_t* a
 /// Blocks of a launch that covers `items` with kPoolThreads threads each, within grid.x's limit and
 /// grid.y's (65535) where `y` is set; the kernels loop over what one launch does not cover.
 unsigned blocks_for(long items, bool y = false) {
-  const long blocks = (items + kPoolThreads - 1) / kPoolThreads;
-  return static_cast<unsigned>(std::max(1L, std::min(blocks, y ? 65535L : static_cast<long>(INT_MAX))));
+  return grid_stride_blocks(static_cast<size_t>(items), kPoolThreads, y ? 65535 : INT_MAX);
 }
 
 /// Whether the windows tile the plane exactly (stride = kernel, no padding, sides divisible).
