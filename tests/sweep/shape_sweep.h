@@ -760,8 +760,26 @@ struct ElementwiseLimits {
   static ElementwiseLimits large() { return ElementwiseLimits{}; }
 };
 
-/// Flat samples (c = an edge or log-uniform count: ragged groups of four, block edges) and
-/// image-like samples (channels x 1..64 x 1..64); the batch at an edge count or log-uniform.
+/// The largest side of a layer's shape (kMaxSide in io/layer_types.h: the layers refuse larger).
+constexpr int64_t kMaxLayerSide = int64_t{1} << 16;
+
+/// A flat sample of `count` values as c x h x 1 with both sides within kMaxLayerSide: c = count
+/// where it fits, else the largest c = count / h over the smallest such h; false where count has
+/// no such factors (a prime past the bound).
+inline bool lay_out_flat(int64_t count, ElementwiseShape& s) {
+  for (int64_t h = (count + kMaxLayerSide - 1) / kMaxLayerSide; h <= kMaxLayerSide; ++h) {
+    if (count % h != 0) continue;
+    s.c = static_cast<int>(count / h);
+    s.h = static_cast<int>(h);
+    s.w = 1;
+    return true;
+  }
+  return false;
+}
+
+/// Flat samples (a count at an edge or log-uniform: ragged groups of four, block edges; laid out
+/// as c x h x 1 within the layers' side bound) and image-like samples (channels x 1..64 x 1..64);
+/// the batch at an edge count or log-uniform.
 inline std::vector<ElementwiseShape> elementwise_shapes(uint64_t seed, int count, const ElementwiseLimits& lim) {
   std::vector<ElementwiseShape> out;
   for (int i = 0; i < count; ++i) {
@@ -770,7 +788,7 @@ inline std::vector<ElementwiseShape> elementwise_shapes(uint64_t seed, int count
     for (int attempt = 0; attempt < 1000 && !done; ++attempt) {
       ElementwiseShape s;
       if (i % 2 == 0) {
-        s.c = static_cast<int>(edge_or_log_uniform(r, 1, lim.max_sample, 0.5));
+        if (!lay_out_flat(edge_or_log_uniform(r, 1, lim.max_sample, 0.5), s)) continue;
       } else {
         s.c = pick_channels(r, 256);
         s.h = r.uniform_int(1, 64);

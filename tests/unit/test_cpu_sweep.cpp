@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "core/philox.h"
+#include "io/layer_types.h"
 #include "layers/layer_factory.h"
 #include "layers/softmax_cross_entropy.h"
 #include "shape_sweep.h"
@@ -710,6 +711,19 @@ TEST(ShapeSweep, OtherShapesCoverTheirRanges) {
 
   const auto elems = sweep::elementwise_shapes(kSeed, 40, sweep::ElementwiseLimits::small());
   EXPECT_TRUE(std::any_of(elems.begin(), elems.end(), [](const auto& s) { return s.sample_elems() % 4 != 0; }));
+}
+
+// What the GPU sweep builds layers from must be shapes the layers accept (io/layer_types.h): flat
+// samples past kMaxSide values are laid out over two sides, not refused at the layer's constructor.
+TEST(ShapeSweep, ElementwiseShapesAreOnesTheLayersAccept) {
+  static_assert(sweep::kMaxLayerSide == kMaxSide);
+  const auto elems = sweep::elementwise_shapes(6, 300, sweep::ElementwiseLimits::large());
+  for (const auto& s : elems) EXPECT_EQ(shape_size_problem(Dims{s.c, s.h, s.w}), "") << s.str();
+  EXPECT_TRUE(std::any_of(elems.begin(), elems.end(), [](const auto& s) { return s.sample_elems() > kMaxSide; }));
+  sweep::ElementwiseShape s;
+  ASSERT_TRUE(sweep::lay_out_flat(65535 * 256 + 3, s));
+  EXPECT_EQ(s.sample_elems(), 65535 * 256 + 3);
+  EXPECT_FALSE(sweep::lay_out_flat(65535 * 256 + 1, s)) << "a prime past the bound has no layout";
 }
 
 }  // namespace
