@@ -449,6 +449,36 @@ PY
         head -1 /tmp/dr/tta_load_$mode/metrics.jsonl | python3 -c "import json,sys; s=json.loads(sys.stdin.read())['startup']; \
           print(', '.join('%s %.0f' % (k, 1000 * s['phases'][k]) for k in s['order']))"
       done ;;
+    ttavariants)  # issue 24: mnist_fast beside variants (VARIANT_SEEDS each, default 5): conv1 at 32 channels, so that every
+      # convolution has one of dptrain's kernels (no cuDNN engine's first use, about 0.14 s warm), timed or heuristic, float32 or tf32
+      sed 's/out_channels: 24, kernel: 5}/out_channels: 32, kernel: 5}/' configs/mnist_fast.yaml > /tmp/dr/fast32.yaml
+      variant() {  # NAME CONFIG OVERRIDES...
+        local name=$1 cfg=$2; shift 2
+        local sets=(); for s in "$@"; do sets+=(--set "$s"); done
+        $B/dptrain train --config $cfg --device cuda --out /tmp/dr/var_warm_$name --no-progress "${sets[@]}" > "$OUT/var_warm_$name.log" 2>&1
+        echo "== $name: warm-up rc=$?; plans.json: $(head -c 600 /tmp/dr/var_warm_$name/plans.json 2>&1 | tr -d '\n ')"
+        python3 bench/time_to_accuracy.py --config $cfg --seeds ${VARIANT_SEEDS:-5} --pytorch none --dptrain $B/dptrain \
+          --out /tmp/dr/var_tta_$name "${sets[@]}" > "$OUT/var_tta_$name.log" 2>&1
+        echo "$name rc=$?"; tail -1 "$OUT/var_tta_$name.log"
+        $B/dptrain train --config $cfg --device cuda --max-steps 1 --no-progress --profile --out /tmp/dr/var_prof_$name "${sets[@]}" \
+          > "$OUT/var_prof_$name.log" 2>&1
+        sed -n '/^planning: layer/,$p' "$OUT/var_prof_$name.log" | grep -v '^dptrain\|^done' | tr -s ' ' | paste -sd';' | cut -c1-500
+      }
+      variant shipped configs/mnist_fast.yaml
+      variant c32heur /tmp/dr/fast32.yaml train.cudnn_benchmark=false
+      variant c32heurtf /tmp/dr/fast32.yaml train.cudnn_benchmark=false train.precision=tf32
+      variant c32 /tmp/dr/fast32.yaml ;;
+    abplan)  # issue 21/22: the step and cold planning with the plan cache off: pruned search (default) vs DPTRAIN_PLAN_TIMING=full
+      # vs each base build (basebuild first), interleaved, float32 and tf32; the batch-64 choices of each
+      for round in 1 2; do for t in float32 tf32; do for v in pruned full /tmp/bases/*/b; do
+        if [ -d "$v" ]; then $v/dptrain bench --device cuda --steps 400 --set train.precision=$t > /tmp/dr/abplan.json 2>/dev/null
+        else env DPTRAIN_PLAN_TIMING=$v $B/dptrain bench --device cuda --steps 400 --set train.precision=$t \
+          --set train.plan_cache=off > /tmp/dr/abplan.json 2>/dev/null; fi
+        echo -n "round $round $t $v rc=$?: "; cat /tmp/dr/abplan.json >> "$OUT/abplan.jsonl"
+        python3 -c "import json; r=json.load(open('/tmp/dr/abplan.json')); p=r.get('startup', {}).get('phases', {}); \
+          print('%.4f ms/step, planning %.0f ms' % (r['ms_per_step'], 1000 * p.get('planning', float('nan')))); \
+          [print('   ', c) for c in r['choices'] if 'batch 64' in c]"
+      done; done; done ;;
     ttabest)  # issue 24: mnist_best over BEST_SEEDS (default 2) seeds beside PyTorch with the step in a CUDA graph
       python3 bench/time_to_accuracy.py --config configs/mnist_best.yaml --seeds ${BEST_SEEDS:-2} --pytorch ${BEST_PYTORCH:-graph} --dptrain $B/dptrain --out /tmp/dr/tta_best > "$OUT/tta_best.log" 2>&1
       echo "mnist_best rc=$?"; tail -5 "$OUT/tta_best.log" ;;
