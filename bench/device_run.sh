@@ -468,6 +468,30 @@ PY
       variant c32heur /tmp/dr/fast32.yaml train.cudnn_benchmark=false
       variant c32heurtf /tmp/dr/fast32.yaml train.cudnn_benchmark=false train.precision=tf32
       variant c32 /tmp/dr/fast32.yaml ;;
+    firstuse)  # issue 22/24: what warm planning's one slow check is (about 0.14 s: mnist_cnn's conv2 at batch 32 forward,
+      # mnist_fast's conv2 at 96): each config's recorded plans, then a warm run with cuDNN's API log, its calls with the
+      # time since the previous one (gaps over 5 ms marked), beside the planning table
+      for cfg in mnist_cnn mnist_fast; do
+        $B/dptrain train --config configs/$cfg.yaml --device cuda --max-steps 1 --no-progress --out /tmp/dr/fu_warm_$cfg > /dev/null 2>&1
+        echo "== $cfg plans: $(python3 -c "import json; print(json.dumps(json.load(open('/tmp/dr/fu_warm_$cfg/plans.json')))[:1500])" 2>&1)"
+        CUDNN_LOGLEVEL_DBG=3 CUDNN_LOGDEST_DBG="$OUT/cudnn_api_$cfg.log" $B/dptrain train --config configs/$cfg.yaml --device cuda \
+          --max-steps 1 --no-progress --profile --out /tmp/dr/fu_$cfg > "$OUT/firstuse_$cfg.log" 2>&1
+        echo "rc=$?"; sed -n '/^planning: layer/,$p' "$OUT/firstuse_$cfg.log" | grep -v '^dptrain\|^done' | head -14
+        python3 - "$OUT/cudnn_api_$cfg.log" <<'PY'
+import re, sys, datetime
+calls, name = [], None
+for line in open(sys.argv[1], errors='replace'):
+    m = re.search(r'function (\w+)\(\) called', line)
+    if m: name = m.group(1)
+    t = re.search(r'Time: (\d{4}-\d\d-\d\dT[\d:.]+)', line)
+    if t and name:
+        calls.append((name, datetime.datetime.fromisoformat(t.group(1)[:26]))); name = None
+print(len(calls), 'cuDNN calls logged')
+for i, (n, t) in enumerate(calls[:80]):
+    gap = (t - calls[i - 1][1]).total_seconds() * 1000 if i else 0.0
+    print('%s %4d %-45s +%.1f ms' % ('>>' if gap > 5 else '  ', i, n, gap))
+PY
+      done ;;
     abplan)  # issue 21/22: the step and cold planning with the plan cache off: pruned search (default) vs DPTRAIN_PLAN_TIMING=full
       # vs each base build (basebuild first), interleaved, float32 and tf32; the batch-64 choices of each
       for round in 1 2; do for t in float32 tf32; do for v in pruned full /tmp/bases/*/b; do
