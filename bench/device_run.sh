@@ -450,7 +450,7 @@ PY
           print(', '.join('%s %.0f' % (k, 1000 * s['phases'][k]) for k in s['order']))"
       done ;;
     ttavariants)  # issue 24: mnist_fast beside variants (VARIANT_SEEDS each, default 5): conv1 at 32 channels, so that every
-      # convolution has one of dptrain's kernels (no cuDNN engine's first use, about 0.14 s warm), timed or heuristic, float32 or tf32
+      # convolution has one of dptrain's kernels (no cuDNN algorithm in the plan), timed or heuristic, float32 or tf32
       sed 's/out_channels: 24, kernel: 5}/out_channels: 32, kernel: 5}/' configs/mnist_fast.yaml > /tmp/dr/fast32.yaml
       variant() {  # NAME CONFIG OVERRIDES...
         local name=$1 cfg=$2; shift 2
