@@ -141,6 +141,37 @@ TEST_F(PlanCacheGpu, IneligibleRecordIsReplannedWithAWarning) {
   EXPECT_EQ(count_containing(fresh.cuda().choices(), "recorded plan"), 0u);
 }
 
+// A recorded cuDNN algorithm that the run's rules refuse (backward-filter algorithm 0, which sums
+// with atomics, under train.deterministic) is stale, even though cuDNN supports it: one warning,
+// planned afresh, and the book holds a deterministic choice.
+TEST_F(PlanCacheGpu, RecordTheRulesRefuseIsReplanned) {
+  DeviceContext ctx = make_device_context(Device::Cuda, TrainConfig{});
+  PlanBook probe;
+  ctx.set_plan_book(&probe);
+  {
+    ConvUnderTest conv = make_conv(ctx);
+    conv.layer->plan(ctx, 64, true);
+  }
+  std::string key;
+  for (const auto& [k, r] : probe.records())
+    if (k.find("direction=backward-filter") != std::string::npos) key = k;
+  ASSERT_FALSE(key.empty()) << probe.serialize();
+  PlanBook book = probe;
+  book.put(key, {"cudnn", CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0, 0});
+  book.forget_use();
+  DeviceContext fresh = make_device_context(Device::Cuda, TrainConfig{});
+  fresh.set_plan_book(&book);
+  ConvUnderTest conv = make_conv(fresh);
+  conv.layer->plan(fresh, 64, true);
+  fresh.set_plan_book(nullptr);
+  ASSERT_EQ(fresh.cuda().warnings().size(), 1u);
+  EXPECT_NE(fresh.cuda().warnings()[0].find("not allowed under this run's rules (stale)"), std::string::npos)
+      << fresh.cuda().warnings()[0];
+  const PlanRecord now = book.records().at(key);
+  EXPECT_FALSE(now.impl == "cudnn" && now.algo == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0);
+  EXPECT_EQ(count_containing(fresh.cuda().choices(), "recorded plan"), 2u);  // forward and backward-data
+}
+
 // A run writes plans.json into its folder; a second run given it as train.plan_cache plans nothing
 // afresh, chooses the same, writes the same plans.json into its own folder, and never modifies the given file.
 TEST_F(PlanCacheGpu, RunFolderPlanIsWrittenAndReusedReadOnly) {

@@ -11,6 +11,7 @@
 #include "core/buffer.h"
 #include "core/cuda_check.h"
 #include "core/cuda_context.h"
+#include "layers/cuda/cudnn_algo_rules.h"
 #include "layers/cuda/graph_timer.h"
 #include "io/plan_cache.h"
 #include "kernels/compare_kernels.h"
@@ -20,50 +21,6 @@
 namespace dptrain {
 
 namespace {
-
-/// Which cuDNN algorithms a run accepts. deterministic: only those that repeat bit for bit. exact
-/// (train.exact_convolutions): no FFT or Winograd algorithm, whose transforms round differently from
-/// a sum of products. Their error is about 1e-6 relative, harmless to training, but under Adadelta
-/// it grows to 6e-4 of the parameters in 10 steps against the CPU reference (1e-7 without them).
-struct AlgoRules {
-  bool deterministic = true;
-  bool exact = false;
-};
-
-AlgoRules algo_rules(const CudaOptions& o) { return {o.deterministic, o.exact_convolutions}; }
-
-bool transforms(cudnnConvolutionFwdAlgo_t a) {
-  return a == CUDNN_CONVOLUTION_FWD_ALGO_FFT || a == CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING ||
-         a == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD || a == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED;
-}
-bool transforms(cudnnConvolutionBwdDataAlgo_t a) {
-  return a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT || a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT_TILING ||
-         a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD || a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED;
-}
-bool transforms(cudnnConvolutionBwdFilterAlgo_t a) {
-  return a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT || a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT_TILING ||
-         a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED;
-}
-
-/// cuDNN's non-fused Winograd: on 5x5 kernels its outputs err by 3e-4 to 1.6e-3 relative in both
-/// maths (the shape sweep on an H200, cuDNN 9.14), past float32's tolerance (1e-4) and close to
-/// TF32's (2e-3). The check at planning time drops it anyway, with a warning in every such run; it
-/// is never a candidate instead.
-bool inexact(cudnnConvolutionFwdAlgo_t a) { return a == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED; }
-bool inexact(cudnnConvolutionBwdDataAlgo_t a) { return a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED; }
-bool inexact(cudnnConvolutionBwdFilterAlgo_t a) { return a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED; }
-
-/// Allowed by the run's rules whatever its workspace.
-template <typename Perf>
-bool eligible(const Perf& r, AlgoRules rules) {
-  return r.status == CUDNN_STATUS_SUCCESS && !inexact(r.algo) &&
-         (!rules.deterministic || r.determinism == CUDNN_DETERMINISTIC) && (!rules.exact || !transforms(r.algo));
-}
-
-template <typename Perf>
-bool allowed(const Perf& r, AlgoRules rules) {
-  return eligible(r, rules) && r.memory <= kMaxConvWorkspace;
-}
 
 template <typename Perf>
 ConvAlgo cudnn_algo(const Perf& r) {
@@ -84,18 +41,7 @@ std::vector<ConvAlgo> allowed_algos(const Perf* r, int count, AlgoRules rules) {
 /// since they only check the others.
 template <typename AlgoEnum>
 ConvAlgo reference(const ConvExecutor& exec, const ConvPlan& p, AlgoEnum algo, cudnnHandle_t h) {
-  size_t bytes = 0;
-  cudnnStatus_t status;
-  if constexpr (std::is_same_v<AlgoEnum, cudnnConvolutionFwdAlgo_t>)
-    status = cudnnGetConvolutionForwardWorkspaceSize(h, p.batch.x, exec.filter_desc(), exec.conv_desc(), p.batch.y,
-                                                     algo, &bytes);
-  else if constexpr (std::is_same_v<AlgoEnum, cudnnConvolutionBwdDataAlgo_t>)
-    status = cudnnGetConvolutionBackwardDataWorkspaceSize(h, exec.filter_desc(), p.batch.y, exec.conv_desc(), p.batch.x,
-                                                          algo, &bytes);
-  else
-    status = cudnnGetConvolutionBackwardFilterWorkspaceSize(h, p.batch.x, p.batch.y, exec.conv_desc(),
-                                                            exec.filter_desc(), algo, &bytes);
-  return {ConvImpl::Cudnn, static_cast<int>(algo), status == CUDNN_STATUS_SUCCESS ? bytes : 0, 0};
+  return {ConvImpl::Cudnn, static_cast<int>(algo), cudnn_workspace(exec, p.batch, algo, h).value_or(0), 0};
 }
 
 /// Largest relative difference (||candidate - reference|| / ||reference||) a candidate may show and
@@ -362,7 +308,7 @@ void ConvPlanner::choose(DeviceContext& ctx, ConvPlan& p, bool forward, bool bac
     const Choice c = choose_direction(
         ctx, p, "forward", own,
         [&] { return find ? fwd_find() : timed ? timed_candidates(fwd_perf) : fwd_heuristic(p.batch.x, p.batch.y); },
-        recorded(ctx, p, k, "forward", own, fwd_heuristic),
+        recorded<cudnnConvolutionFwdAlgo_t>(ctx, p, k, "forward", own),
         references(CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM),
         {{m.y.data(), m.y.size()}},
         [&](int chunk) {
@@ -387,7 +333,7 @@ void ConvPlanner::choose(DeviceContext& ctx, ConvPlan& p, bool forward, bool bac
           [&] {
             return find ? data_find() : timed ? timed_candidates(data_perf) : data_heuristic(p.batch.x, p.batch.y);
           },
-          recorded(ctx, p, k, "backward-data", own, data_heuristic),
+          recorded<cudnnConvolutionBwdDataAlgo_t>(ctx, p, k, "backward-data", own),
           references(CUDNN_CONVOLUTION_BWD_DATA_ALGO_1, CUDNN_CONVOLUTION_BWD_DATA_ALGO_0),
           {{m.dx.data(), m.dx.size()}},
           [&](int chunk) {
@@ -409,7 +355,7 @@ void ConvPlanner::choose(DeviceContext& ctx, ConvPlan& p, bool forward, bool bac
         [&] {
           return find ? filter_find() : timed ? timed_candidates(filter_perf) : filter_heuristic(p.batch.x, p.batch.y);
         },
-        recorded(ctx, p, k, "backward-filter", own, filter_heuristic),
+        recorded<cudnnConvolutionBwdFilterAlgo_t>(ctx, p, k, "backward-filter", own),
         references(CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0),
         {{m.dw.data(), m.dw.size()}, {m.db.data(), m.db.size()}},
         [&](int chunk) {
@@ -457,10 +403,9 @@ std::string ConvPlanner::key(const CudaOptions& o, int n, const char* direction)
                    {"direction", direction}});
 }
 
-template <typename Heuristic>
+template <typename AlgoEnum>
 std::optional<ConvAlgo> ConvPlanner::recorded(DeviceContext& ctx, ConvPlan& p, const std::string& key,
-                                              const char* direction, const std::vector<ConvImpl>& own,
-                                              Heuristic heuristic) {
+                                              const char* direction, const std::vector<ConvImpl>& own) {
   PlanBook* book = ctx.plan_book();
   if (book == nullptr) return std::nullopt;
   CudaContext& cu = ctx.cuda();
@@ -485,17 +430,22 @@ std::optional<ConvAlgo> ConvPlanner::recorded(DeviceContext& ctx, ConvPlan& p, c
   }
   const int n = p.batch.n;
   if (r->chunk < 0 || r->chunk >= n || (r->chunk > 0 && n % r->chunk != 0)) return stale("has an impossible sub-batch");
-  // The workspace comes from cuDNN, never from the file: a too-small one would be written past.
+  if (r->algo < 0 || r->algo >= algo_count(AlgoEnum{})) return stale("names no cuDNN algorithm");
+  const auto algo = static_cast<AlgoEnum>(r->algo);
+  if (!rules_allow(algo, algo_rules(cu.options()))) return stale("is not allowed under this run's rules");
+  // Confirmed by the rules and one workspace query, not by cuDNN's heuristics, which finalise every
+  // algorithm (cudnn_algo_rules.h). The workspace comes from cuDNN, never from the file: a too-small
+  // one would be written past.
   const ConvBatch probe = exec_.batch(r->chunk > 0 ? r->chunk : n);
-  for (ConvAlgo a : heuristic(probe.x.get(), probe.y.get())) {
-    if (a.cudnn != r->algo) continue;
-    if (r->chunk > 0) {
-      a.chunk = r->chunk;
-      exec_.add_chunk(p.batch, r->chunk);
-    }
-    return a;
+  const std::optional<size_t> memory = cudnn_workspace(exec_, probe, algo, cu.cudnn());
+  if (!memory) return stale("is not supported by cuDNN for this shape");
+  if (*memory > kMaxConvWorkspace) return stale("needs more workspace than a convolution may have");
+  ConvAlgo a{ConvImpl::Cudnn, r->algo, *memory, 0};
+  if (r->chunk > 0) {
+    a.chunk = r->chunk;
+    exec_.add_chunk(p.batch, r->chunk);
   }
-  return stale("is not among the algorithms cuDNN allows here under this run's rules");
+  return a;
 }
 
 /// The fallback where no allowed implementation serves the whole batch (cuDNN may offer no

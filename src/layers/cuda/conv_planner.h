@@ -27,10 +27,10 @@
 // - Recorded plans: with a plan book on the context (DeviceContext::plan_book, io/plan_cache.h)
 //   each direction's choice is looked up by a key of the layer's shape, the batch, the direction
 //   and every setting that filters candidates, and recorded after it is made. A recorded choice is
-//   used only if it is still eligible here (the family's guard admits the shape; cuDNN allows the
-//   algorithm under the run's rules, its workspace asked of cuDNN again) and passes the same check
-//   against the reference, run once, untimed; otherwise it is dropped with one warning and the
-//   direction is planned afresh.
+//   used only if it is still eligible here (the family's guard admits the shape; the run's rules
+//   allow the algorithm and cuDNN supports it, its workspace asked of cuDNN again, without the
+//   heuristic query) and passes the same check against the reference, run once, untimed;
+//   otherwise it is dropped with one warning and the direction is planned afresh.
 // Planning allocates, synchronizes and grows the context's workspaces: it runs before a step is
 // captured (Layer::plan), never inside one.
 #pragma once
@@ -88,10 +88,11 @@ class ConvPlanner {
   /// The key of one direction's choice at batch n in the plan book.
   std::string key(const CudaOptions& o, int n, const char* direction) const;
   /// The book's choice for `key` as a candidate, if it is still eligible here; nothing on a miss.
-  /// `heuristic(x, y)`: cuDNN's allowed algorithms for those descriptors.
-  template <typename Heuristic>
+  /// AlgoEnum: the direction's cuDNN algorithm type (a recorded cuDNN algorithm is confirmed by the
+  /// run's rules and cuDNN's workspace query for it: cudnn_algo_rules.h).
+  template <typename AlgoEnum>
   std::optional<ConvAlgo> recorded(DeviceContext& ctx, ConvPlan& p, const std::string& key, const char* direction,
-                                   const std::vector<ConvImpl>& own, Heuristic heuristic);
+                                   const std::vector<ConvImpl>& own);
   template <typename Op>
   double check(cudaStream_t st, Scratch& m, const std::vector<Output>& outs, const ConvAlgo& a, void* ws, Op& op);
   template <typename Query>
