@@ -211,8 +211,12 @@ TEST_F(NewLayersGpu, OneCycleGraphReplayEqualsEagerBitForBit) {
 TEST_F(NewLayersGpu, OneCycleTrainingStaysNearCpu) {
   if (!have_mnist()) GTEST_SKIP() << "MNIST not in " << kData;
   const MnistData data = load_mnist_dir(kData);
+  // Exact convolutions: the context's setting (a Trainer runs with the context it is given).
+  TrainConfig exact;
+  exact.exact_convolutions = true;
+  DeviceContext gpu = make_device_context(Device::Cuda, exact);
   const std::vector<std::string> sets{"train.exact_convolutions=true", "train.optimizer={type: sgd, lr: 0.01}"};
-  const double r = rel(train_params(*gpu_, data, 20, true, sets), train_params(cpu_, data, 20, false, sets));
+  const double r = rel(train_params(gpu, data, 20, true, sets), train_params(cpu_, data, 20, false, sets));
   EXPECT_LT(r, 1e-4) << "relative parameter difference after 20 steps";
 }
 

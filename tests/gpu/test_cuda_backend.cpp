@@ -306,6 +306,38 @@ TEST_F(CudaBackend, AbsorbedReluMatchesCpuLayerThenRelu) {
   }
 }
 
+// An evaluation batch over the skinny kernels' 256 rows runs them over blocks of 256 rows (no
+// cuBLAS): each block at its own offset, the last one short, with the bias and the absorbed ReLU,
+// equals the CPU's linear then ReLU. The shapes: mnist_fast's fc1 and fc2, mnist_cnn's fc1.
+TEST_F(CudaBackend, LinearEvaluationBatchOverSkinnyBlocksMatchesCpu) {
+  struct Case {
+    int in, out;
+    bool relu;
+  };
+  for (const Case c : {Case{800, 256, true}, Case{256, 10, false}, Case{9216, 128, true}}) {
+    for (int n : {257, 600, 2000}) {
+      LayerConfig lin = layer("linear");
+      lin.out_features = c.out;
+      const Dims in{c.in, 1, 1};
+      auto lc = make_layer<float>(lin, 3, in, Device::Cpu);
+      auto lg = make_layer<float>(lin, 3, in, Device::Cuda);
+      if (c.relu) {
+        ASSERT_TRUE(lg->absorb_following_relu(*gpu_));
+      }
+      size_t np = 0;
+      for (const ParamSpec& s : lc->param_specs()) np += static_cast<size_t>(element_count(s.shape));
+      const std::vector<float> params = randoms(np, 21, -0.1f, 0.1f);
+      const std::vector<float> x = randoms(static_cast<size_t>(n) * c.in, 22);
+      const std::vector<float> dy(static_cast<size_t>(n) * c.out, 0.0f);
+      std::vector<float> want = run_layer(cpu_, *lc, params, x, dy, n, Phase::Eval).out;
+      if (c.relu)
+        for (float& v : want) v = v > 0.0f ? v : 0.0f;
+      EXPECT_LE(rel(run_layer(*gpu_, *lg, params, x, dy, n, Phase::Eval).out, want), 1e-5)
+          << c.in << " -> " << c.out << ", n=" << n;
+    }
+  }
+}
+
 // Max pooling and a linear layer (with its ReLU) that absorbed the dropout after them (the CUDA model
 // does this) equal the CPU's layers run one after the other: the same masks, drawn again in the
 // fused backward instead of stored. Pooling bit for bit; in Eval the dropout is the identity.
