@@ -311,6 +311,18 @@ a = load_file('/tmp/dr/rt_a/final.safetensors'); b = load_file('/tmp/dr/rt_b/fin
 print('resumetimed: bit for bit', all(bool((a[k] == b[k]).all()) for k in a), 'tensors', len(a))
 PY
       ;;
+    coldwarm)  # issue 22: exec to the first step with an empty plan cache (cold) and then warm, mnist_cnn and mnist_fast, 2 rounds
+      # each with a fresh XDG_CACHE_HOME, after one run that brings the libraries into the page cache
+      XDG_CACHE_HOME=$(mktemp -d /tmp/dr/xdg.XXXX) $B/dptrain train --device cuda --max-steps 1 --no-progress --out /tmp/dr/cw_pre > /dev/null 2>&1
+      for cfg in mnist_cnn mnist_fast; do for round in 1 2; do
+        c=$(mktemp -d /tmp/dr/xdg.XXXX)
+        for phase in cold warm; do
+          XDG_CACHE_HOME=$c /usr/bin/time -f "%e" -o /tmp/dr/wall $B/dptrain train --config configs/$cfg.yaml --device cuda --max-steps 1 \
+            --no-progress --profile --out /tmp/dr/cw_${cfg}_${round}_$phase > /tmp/dr/cw.log 2>&1
+          echo "$cfg round $round $phase rc=$? wall $(cat /tmp/dr/wall) s: $(head -1 /tmp/dr/cw_${cfg}_${round}_$phase/metrics.jsonl | \
+            python3 -c "import json,sys; s=json.loads(sys.stdin.read())['startup']; print('exec to first step %.3f s; planning %.0f ms' % (s['total_s'], 1000 * s['phases']['planning']))")"
+        done
+      done; done ;;
     cachewarm)  # plan cache (issue 22): one-step wall time cold (empty cache) vs warm, 3 rounds; then a run
                 # repeated from the first's plans.json must reuse every choice (no timing) and leave it unchanged
       first=""
