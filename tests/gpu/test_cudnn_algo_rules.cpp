@@ -73,19 +73,27 @@ TEST_F(CudnnAlgoRulesGpu, TableMatchesCudnnHeuristics) {
 }
 
 // The rules on their own: deterministic runs refuse the atomic backward algorithms, exact runs the
-// transforms, and no run the non-fused Winograd.
+// transforms, and no run the non-fused Winograd on filters other than 3x3.
 TEST(CudnnAlgoRules, RefuseWhatTheRunsRulesExclude) {
-  const AlgoRules strict{true, true}, loose{false, false};
+  const AlgoRules strict{true, true, 3}, loose{false, false, 5}, loose3{false, false, 3};
   EXPECT_FALSE(rules_allow(CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0, strict));
-  EXPECT_FALSE(rules_allow(CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3, AlgoRules{true, false}));
+  EXPECT_FALSE(rules_allow(CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3, AlgoRules{true, false, 3}));
   EXPECT_TRUE(rules_allow(CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3, loose));
-  EXPECT_FALSE(rules_allow(CUDNN_CONVOLUTION_BWD_DATA_ALGO_0, AlgoRules{true, false}));
+  EXPECT_FALSE(rules_allow(CUDNN_CONVOLUTION_BWD_DATA_ALGO_0, AlgoRules{true, false, 3}));
   EXPECT_TRUE(rules_allow(CUDNN_CONVOLUTION_BWD_DATA_ALGO_1, strict));
   EXPECT_FALSE(rules_allow(CUDNN_CONVOLUTION_FWD_ALGO_FFT, strict));
-  EXPECT_TRUE(rules_allow(CUDNN_CONVOLUTION_FWD_ALGO_FFT, AlgoRules{true, false}));
+  EXPECT_TRUE(rules_allow(CUDNN_CONVOLUTION_FWD_ALGO_FFT, AlgoRules{true, false, 3}));
   EXPECT_FALSE(rules_allow(CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED, loose));
   EXPECT_FALSE(rules_allow(CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED, loose));
   EXPECT_FALSE(rules_allow(CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED, loose));
+  for (int kernel : {1, 2, 4, 5, 7}) {
+    EXPECT_FALSE(rules_allow(CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED, AlgoRules{true, false, kernel})) << kernel;
+    EXPECT_TRUE(rules_allow(CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD, AlgoRules{true, false, kernel})) << kernel;
+  }
+  EXPECT_TRUE(rules_allow(CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED, loose3));
+  EXPECT_TRUE(rules_allow(CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED, loose3));
+  EXPECT_TRUE(rules_allow(CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED, loose3));
+  EXPECT_FALSE(rules_allow(CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED, strict));  // a transform
   EXPECT_TRUE(rules_allow(CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM, strict));
 }
 

@@ -191,7 +191,7 @@ void ConvPlanner::choose(DeviceContext& ctx, ConvPlan& p, bool forward, bool bac
   cudnnHandle_t h = ctx.cuda().cudnn();
   cudaStream_t st = ctx.cuda().stream();
   const CudaOptions& o = ctx.cuda().options();
-  const AlgoRules rules = algo_rules(o);
+  const AlgoRules rules = algo_rules(o, exec_.kernel());
   const bool timed = o.cudnn_benchmark;
   PlanBook* book = ctx.plan_book();
   constexpr int kMax = 16;
@@ -432,7 +432,8 @@ std::optional<ConvAlgo> ConvPlanner::recorded(DeviceContext& ctx, ConvPlan& p, c
   if (r->chunk < 0 || r->chunk >= n || (r->chunk > 0 && n % r->chunk != 0)) return stale("has an impossible sub-batch");
   if (r->algo < 0 || r->algo >= algo_count(AlgoEnum{})) return stale("names no cuDNN algorithm");
   const auto algo = static_cast<AlgoEnum>(r->algo);
-  if (!rules_allow(algo, algo_rules(cu.options()))) return stale("is not allowed under this run's rules");
+  if (!rules_allow(algo, algo_rules(cu.options(), exec_.kernel())))
+    return stale("is not allowed under this run's rules");
   // Confirmed by the rules and one workspace query, not by cuDNN's heuristics, which finalise every
   // algorithm (cudnn_algo_rules.h). The workspace comes from cuDNN, never from the file: a too-small
   // one would be written past.
@@ -631,7 +632,7 @@ ConvPlanner::Choice ConvPlanner::choose_direction(DeviceContext& ctx, ConvPlan& 
     }
     if (usable.empty())
       throw CudaError(what + ": no implementation serves this convolution (cuDNN offers no " +
-                      std::string(algo_rules(cu.options()).deterministic ? "deterministic " : "") +
+                      std::string(cu.options().deterministic ? "deterministic " : "") +
                       "algorithm that passes the check, even on sub-batches)");
     cu.warn(what + ": no allowed algorithm serves the whole batch; using " + label(usable.front()));
   }
