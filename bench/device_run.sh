@@ -176,11 +176,20 @@ PY
           --device cuda --steps 20 --warmup 2 --batch-size $2 > "$OUT/memcheck_$(basename $1 .yaml)_$2.log" 2>&1
         echo "memcheck $1 $2 rc=$?: $(grep -E 'ERROR SUMMARY' "$OUT/memcheck_$(basename $1 .yaml)_$2.log")"; grep -m3 -E "Invalid|Address|at 0x" "$OUT/memcheck_$(basename $1 .yaml)_$2.log"
       done
-      # racecheck in three parts, each with its own limit: under it TiledConv.* alone took 91 s and
-      # ShapeSweep.Conv more than the 400 s the three once shared (2026-12-05, H100).
-      for part in 'TiledConv.*' 'SkinnyGemm.*' 'ShapeSweep.*'; do
-        timeout ${RACECHECK_TIMEOUT:-300} compute-sanitizer --tool racecheck --print-limit 5 $B/tests/dptrain_gpu_tests --gtest_filter="$part" > "$OUT/racecheck_${part%%.*}.log" 2>&1
-        echo "racecheck $part rc=$?: $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck_${part%%.*}.log")"; grep -E "^\[  (PASSED|FAILED) " "$OUT/racecheck_${part%%.*}.log"
+      bash "$0" racecheck ;;
+    racecheck)  # racecheck of dptrain's own kernels (cuDNN's and cuBLAS's run uninstrumented: with them, TiledConv.*
+      # alone took 91 s and ShapeSweep.Conv more than 400 s on an H100), the sweeps at fewer, smaller shapes
+      # first, then every other GPU test; each part with its own limit
+      export DPTRAIN_SWEEP_CONV=${DPTRAIN_SWEEP_CONV:-16} DPTRAIN_SWEEP_CONV_LARGE=${DPTRAIN_SWEEP_CONV_LARGE:-1} \
+        DPTRAIN_SWEEP_LINEAR=${DPTRAIN_SWEEP_LINEAR:-16} DPTRAIN_SWEEP_LOSS=${DPTRAIN_SWEEP_LOSS:-16} \
+        DPTRAIN_SWEEP_POOL=${DPTRAIN_SWEEP_POOL:-12} DPTRAIN_SWEEP_AVGPOOL=${DPTRAIN_SWEEP_AVGPOOL:-12} \
+        DPTRAIN_SWEEP_DROPOUT=${DPTRAIN_SWEEP_DROPOUT:-8}
+      for part in 'ShapeSweep.*:SkinnyGemm.*' '-ShapeSweep.*:SkinnyGemm.*'; do
+        log="$OUT/racecheck_$([ "${part:0:1}" = - ] && echo rest || echo sweeps).log"
+        timeout ${RACECHECK_TIMEOUT:-300} compute-sanitizer --tool racecheck --kernel-regex kns=dptrain --print-limit 5 \
+          $B/tests/dptrain_gpu_tests --gtest_filter="$part" > "$log" 2>&1
+        echo "racecheck $part rc=$?: $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$log")"
+        grep -E "^\[  (PASSED|FAILED) |^\[==========\]" "$log"; grep -m5 -E "Race reported|Error:|hazard" "$log"
       done ;;
     longsweep)
       DPTRAIN_SWEEP=long timeout ${LONGSWEEP_TIMEOUT:-500} $B/tests/dptrain_gpu_tests --gtest_filter='ShapeSweep.*' > "$OUT/longsweep.log" 2>&1

@@ -86,7 +86,8 @@ const char* plan_search_name() {
 }
 
 /// cuDNN algorithms timed per direction under train.cudnn_benchmark, in its heuristic order: the
-/// allowed ones past these rarely win (an H200's mnist_cnn shapes had 3 to 5 allowed per direction).
+/// allowed ones past these rarely win (an H200's mnist_cnn shapes had 3 to 5 allowed per direction),
+/// but for the non-fused Winograd, which choose() moves into the last place.
 constexpr size_t kTimedCudnnCandidates = 4;
 /// Timed: an algorithm over kMaxConvWorkspace is tried over at most this many equal sub-batches.
 constexpr int kMaxChunkParts = 16;
@@ -240,12 +241,13 @@ void ConvPlanner::choose(DeviceContext& ctx, ConvPlan& p, bool forward, bool bac
   // at the whole batch (FFT's grows with the batch) stands, in its place, over the largest equal
   // sub-batches on which it fits. Else a large batch is left to the slow algorithms that fit whole:
   // lenet5's conv2 at batch 8192 in float32 had cuDNN 1 alone, 22 ms a step against 0.9 at 2048.
+  // The non-fused Winograd is never cut by the pruning (add_in_timed_order).
   const auto timed_candidates = [&](const auto& perf) {
     std::vector<ConvAlgo> algos;
     const int n = p.batch.n;
     for (const auto& r : perf(p.batch.x.get(), p.batch.y.get())) {
       if (allowed(r, rules)) {
-        algos.push_back(cudnn_algo(r));
+        add_in_timed_order(algos, r.algo, cudnn_algo(r), kTimedCudnnCandidates);
         continue;
       }
       if (!eligible(r, rules)) continue;
