@@ -73,56 +73,20 @@ TEST_F(CudnnAlgoRulesGpu, TableMatchesCudnnHeuristics) {
 }
 
 // The rules on their own: deterministic runs refuse the atomic backward algorithms, exact runs the
-// transforms, and no run the non-fused Winograd on filters other than 3x3.
+// transforms, and no run the non-fused Winograd.
 TEST(CudnnAlgoRules, RefuseWhatTheRunsRulesExclude) {
-  const AlgoRules strict{true, true, 3}, loose{false, false, 5}, loose3{false, false, 3};
+  const AlgoRules strict{true, true}, loose{false, false};
   EXPECT_FALSE(rules_allow(CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0, strict));
-  EXPECT_FALSE(rules_allow(CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3, AlgoRules{true, false, 3}));
+  EXPECT_FALSE(rules_allow(CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3, AlgoRules{true, false}));
   EXPECT_TRUE(rules_allow(CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3, loose));
-  EXPECT_FALSE(rules_allow(CUDNN_CONVOLUTION_BWD_DATA_ALGO_0, AlgoRules{true, false, 3}));
+  EXPECT_FALSE(rules_allow(CUDNN_CONVOLUTION_BWD_DATA_ALGO_0, AlgoRules{true, false}));
   EXPECT_TRUE(rules_allow(CUDNN_CONVOLUTION_BWD_DATA_ALGO_1, strict));
   EXPECT_FALSE(rules_allow(CUDNN_CONVOLUTION_FWD_ALGO_FFT, strict));
-  EXPECT_TRUE(rules_allow(CUDNN_CONVOLUTION_FWD_ALGO_FFT, AlgoRules{true, false, 3}));
+  EXPECT_TRUE(rules_allow(CUDNN_CONVOLUTION_FWD_ALGO_FFT, AlgoRules{true, false}));
   EXPECT_FALSE(rules_allow(CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED, loose));
   EXPECT_FALSE(rules_allow(CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED, loose));
   EXPECT_FALSE(rules_allow(CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED, loose));
-  for (int kernel : {1, 2, 4, 5, 7}) {
-    EXPECT_FALSE(rules_allow(CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED, AlgoRules{true, false, kernel})) << kernel;
-    EXPECT_TRUE(rules_allow(CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD, AlgoRules{true, false, kernel})) << kernel;
-  }
-  EXPECT_TRUE(rules_allow(CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED, loose3));
-  EXPECT_TRUE(rules_allow(CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED, loose3));
-  EXPECT_TRUE(rules_allow(CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED, loose3));
-  EXPECT_FALSE(rules_allow(CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED, strict));  // a transform
   EXPECT_TRUE(rules_allow(CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM, strict));
-}
-
-// The pruned search's order: cuDNN's heuristic order, but the non-fused Winograd is moved up to the
-// last timed place (and left where it stands if it is already among the timed ones).
-TEST(CudnnAlgoRules, PrunedSearchAlwaysTimesTheNonfusedWinograd) {
-  using A = cudnnConvolutionFwdAlgo_t;
-  const auto order = [](std::vector<A> heuristic, size_t timed) {
-    std::vector<int> out;
-    for (A a : heuristic) add_in_timed_order(out, a, static_cast<int>(a), timed);
-    return out;
-  };
-  const A gemm = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM, pre = CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
-          fft = CUDNN_CONVOLUTION_FWD_ALGO_FFT, tiling = CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING,
-          direct = CUDNN_CONVOLUTION_FWD_ALGO_GEMM, nonfused = CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED;
-  EXPECT_EQ(order({pre, gemm, fft, tiling, direct, nonfused}, 4),
-            (std::vector<int>{pre, gemm, fft, nonfused, tiling, direct}));
-  EXPECT_EQ(order({pre, nonfused, gemm, fft, tiling}, 4), (std::vector<int>{pre, nonfused, gemm, fft, tiling}));
-  EXPECT_EQ(order({pre, gemm, fft, tiling, nonfused}, 4), (std::vector<int>{pre, gemm, fft, nonfused, tiling}));
-  EXPECT_EQ(order({pre, gemm, nonfused}, 4), (std::vector<int>{pre, gemm, nonfused}));
-  std::vector<int> data;
-  add_in_timed_order(data, CUDNN_CONVOLUTION_BWD_DATA_ALGO_1, 1, 1);
-  add_in_timed_order(data, CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED, 5, 1);
-  EXPECT_EQ(data, (std::vector<int>{5, 1}));
-  std::vector<int> filter;
-  add_in_timed_order(filter, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1, 1, 2);
-  add_in_timed_order(filter, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT, 2, 2);
-  add_in_timed_order(filter, CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED, 5, 2);
-  EXPECT_EQ(filter, (std::vector<int>{1, 5, 2}));
 }
 
 }  // namespace

@@ -100,7 +100,6 @@
 #include "core/device_ops.h"
 #include "core/cuda_check.h"
 #include "core/cuda_context.h"
-#include "layers/cuda/cudnn_algo_rules.h"
 #include "layers/cuda/cudnn_descriptors.h"
 #include "core/cuda_raii.h"
 #include "data/dataset.h"
@@ -853,17 +852,17 @@ struct CudnnAlgo {
   int id;
   const char* name;
   bool transform;        ///< FFT or Winograd: rounds differently from a sum of products
-  bool nonfused_winograd = false;  ///< offered on the filters cudnn_algo_rules.h allows it on (3x3) alone
+  bool planned = true;   ///< the planner may choose it (not the non-fused Winograd: conv_planner.cpp, inexact)
 };
 constexpr CudnnAlgo kFwdAlgos[] = {{0, "IMPLICIT_GEMM", false}, {1, "IMPLICIT_PRECOMP_GEMM", false},
                                    {2, "GEMM", false},          {3, "DIRECT", false},
                                    {4, "FFT", true},            {5, "FFT_TILING", true},
-                                   {6, "WINOGRAD", true},       {7, "WINOGRAD_NONFUSED", true, true}};
+                                   {6, "WINOGRAD", true},       {7, "WINOGRAD_NONFUSED", true, false}};
 constexpr CudnnAlgo kDataAlgos[] = {{0, "ALGO_0", false},    {1, "ALGO_1", false},   {2, "FFT", true},
-                                    {3, "FFT_TILING", true}, {4, "WINOGRAD", true}, {5, "WINOGRAD_NONFUSED", true, true}};
+                                    {3, "FFT_TILING", true}, {4, "WINOGRAD", true}, {5, "WINOGRAD_NONFUSED", true, false}};
 constexpr CudnnAlgo kFilterAlgos[] = {{0, "ALGO_0", false},   {1, "ALGO_1", false},
                                       {2, "FFT", true},       {3, "ALGO_3", false},
-                                      {4, "WINOGRAD", true},  {5, "WINOGRAD_NONFUSED", true, true},
+                                      {4, "WINOGRAD", true},  {5, "WINOGRAD_NONFUSED", true, false},
                                       {6, "FFT_TILING", true}};
 // A cuDNN that adds an algorithm fails here: the sweep must learn to run it.
 static_assert(std::size(kFwdAlgos) == static_cast<size_t>(CUDNN_CONVOLUTION_FWD_ALGO_COUNT));
@@ -890,10 +889,9 @@ std::string cudnn_name(const char* direction, const CudnnAlgo& a, const CudnnMat
 /// nothing, with the reason recorded as not eligible: an algorithm the planner never offers, a query
 /// cuDNN refuses (the algorithm does not support the shape), or more than the planner's cap.
 template <typename Query>
-std::optional<size_t> cudnn_workspace(Sweep& sw, const std::string& name, const CudnnAlgo& a, int kernel,
-                                      Query query) {
-  if (a.nonfused_winograd && !nonfused_winograd_allowed(kernel)) {
-    sw.not_eligible(name + ": never planned on this filter (inexact)");
+std::optional<size_t> cudnn_workspace(Sweep& sw, const std::string& name, const CudnnAlgo& a, Query query) {
+  if (!a.planned) {
+    sw.not_eligible(name + ": never planned (inexact)");
     return std::nullopt;
   }
   size_t bytes = 0;
@@ -1037,7 +1035,7 @@ void run_conv_on_gpu(Sweep& sw, const ConvRef& r, Buffer<uint8_t>& workspace) {
     for (const CudnnAlgo& a : kFwdAlgos) {
       const auto algo = static_cast<cudnnConvolutionFwdAlgo_t>(a.id);
       const std::string name = cudnn_name("forward", a, m);
-      const std::optional<size_t> workspace = cudnn_workspace(sw, name, a, s.k, [&](size_t* b) {
+      const std::optional<size_t> workspace = cudnn_workspace(sw, name, a, [&](size_t* b) {
         return cudnnGetConvolutionForwardWorkspaceSize(h, xd, fd, convs[mi], yd, algo, b);
       });
       if (!workspace) continue;
@@ -1103,7 +1101,7 @@ void run_conv_on_gpu(Sweep& sw, const ConvRef& r, Buffer<uint8_t>& workspace) {
     for (const CudnnAlgo& a : kDataAlgos) {
       const auto algo = static_cast<cudnnConvolutionBwdDataAlgo_t>(a.id);
       const std::string name = cudnn_name("input gradient", a, m);
-      const std::optional<size_t> workspace = cudnn_workspace(sw, name, a, s.k, [&](size_t* b) {
+      const std::optional<size_t> workspace = cudnn_workspace(sw, name, a, [&](size_t* b) {
         return cudnnGetConvolutionBackwardDataWorkspaceSize(h, fd, yd, convs[mi], xd, algo, b);
       });
       if (!workspace) continue;
@@ -1185,7 +1183,7 @@ void run_conv_on_gpu(Sweep& sw, const ConvRef& r, Buffer<uint8_t>& workspace) {
     for (const CudnnAlgo& a : kFilterAlgos) {
       const auto algo = static_cast<cudnnConvolutionBwdFilterAlgo_t>(a.id);
       const std::string name = cudnn_name("filter gradient", a, m);
-      const std::optional<size_t> workspace = cudnn_workspace(sw, name, a, s.k, [&](size_t* b) {
+      const std::optional<size_t> workspace = cudnn_workspace(sw, name, a, [&](size_t* b) {
         return cudnnGetConvolutionBackwardFilterWorkspaceSize(h, xd, yd, convs[mi], fd, algo, b);
       });
       if (!workspace) continue;
@@ -1205,7 +1203,7 @@ void run_conv_on_gpu(Sweep& sw, const ConvRef& r, Buffer<uint8_t>& workspace) {
     for (const CudnnAlgo& a : kFilterAlgos) {
       const auto algo = static_cast<cudnnConvolutionBwdFilterAlgo_t>(a.id);
       const std::string name = cudnn_name("filter gradient", a, kMaths[0], " in chunks (beta 1)");
-      const std::optional<size_t> workspace = cudnn_workspace(sw, name, a, s.k, [&](size_t* b) {
+      const std::optional<size_t> workspace = cudnn_workspace(sw, name, a, [&](size_t* b) {
         return cudnnGetConvolutionBackwardFilterWorkspaceSize(h, xcd, ycd, convs[0], fd, algo, b);
       });
       if (!workspace) continue;

@@ -63,7 +63,6 @@ class ConvExecutor {
   ConvExecutor(Dims in, Dims out, int kernel, int stride, int padding, bool tf32, bool relu, bool pooled);
 
   kernels::ConvGeometry geometry(int n) const;
-  int kernel() const { return kernel_; }
   bool tf32() const { return tf32_; }
   bool relu() const { return relu_; }
   bool pooled() const { return pooled_; }

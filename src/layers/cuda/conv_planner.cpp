@@ -86,8 +86,7 @@ const char* plan_search_name() {
 }
 
 /// cuDNN algorithms timed per direction under train.cudnn_benchmark, in its heuristic order: the
-/// allowed ones past these rarely win (an H200's mnist_cnn shapes had 3 to 5 allowed per direction),
-/// but for the non-fused Winograd, which choose() moves into the last place.
+/// allowed ones past these rarely win (an H200's mnist_cnn shapes had 3 to 5 allowed per direction).
 constexpr size_t kTimedCudnnCandidates = 4;
 /// Timed: an algorithm over kMaxConvWorkspace is tried over at most this many equal sub-batches.
 constexpr int kMaxChunkParts = 16;
@@ -192,7 +191,7 @@ void ConvPlanner::choose(DeviceContext& ctx, ConvPlan& p, bool forward, bool bac
   cudnnHandle_t h = ctx.cuda().cudnn();
   cudaStream_t st = ctx.cuda().stream();
   const CudaOptions& o = ctx.cuda().options();
-  const AlgoRules rules = algo_rules(o, exec_.kernel());
+  const AlgoRules rules = algo_rules(o);
   const bool timed = o.cudnn_benchmark;
   PlanBook* book = ctx.plan_book();
   constexpr int kMax = 16;
@@ -241,13 +240,12 @@ void ConvPlanner::choose(DeviceContext& ctx, ConvPlan& p, bool forward, bool bac
   // at the whole batch (FFT's grows with the batch) stands, in its place, over the largest equal
   // sub-batches on which it fits. Else a large batch is left to the slow algorithms that fit whole:
   // lenet5's conv2 at batch 8192 in float32 had cuDNN 1 alone, 22 ms a step against 0.9 at 2048.
-  // The non-fused Winograd is never cut by the pruning (add_in_timed_order).
   const auto timed_candidates = [&](const auto& perf) {
     std::vector<ConvAlgo> algos;
     const int n = p.batch.n;
     for (const auto& r : perf(p.batch.x.get(), p.batch.y.get())) {
       if (allowed(r, rules)) {
-        add_in_timed_order(algos, r.algo, cudnn_algo(r), kTimedCudnnCandidates);
+        algos.push_back(cudnn_algo(r));
         continue;
       }
       if (!eligible(r, rules)) continue;
@@ -434,8 +432,7 @@ std::optional<ConvAlgo> ConvPlanner::recorded(DeviceContext& ctx, ConvPlan& p, c
   if (r->chunk < 0 || r->chunk >= n || (r->chunk > 0 && n % r->chunk != 0)) return stale("has an impossible sub-batch");
   if (r->algo < 0 || r->algo >= algo_count(AlgoEnum{})) return stale("names no cuDNN algorithm");
   const auto algo = static_cast<AlgoEnum>(r->algo);
-  if (!rules_allow(algo, algo_rules(cu.options(), exec_.kernel())))
-    return stale("is not allowed under this run's rules");
+  if (!rules_allow(algo, algo_rules(cu.options()))) return stale("is not allowed under this run's rules");
   // Confirmed by the rules and one workspace query, not by cuDNN's heuristics, which finalise every
   // algorithm (cudnn_algo_rules.h). The workspace comes from cuDNN, never from the file: a too-small
   // one would be written past.
@@ -634,7 +631,7 @@ ConvPlanner::Choice ConvPlanner::choose_direction(DeviceContext& ctx, ConvPlan& 
     }
     if (usable.empty())
       throw CudaError(what + ": no implementation serves this convolution (cuDNN offers no " +
-                      std::string(cu.options().deterministic ? "deterministic " : "") +
+                      std::string(algo_rules(cu.options()).deterministic ? "deterministic " : "") +
                       "algorithm that passes the check, even on sub-batches)");
     cu.warn(what + ": no allowed algorithm serves the whole batch; using " + label(usable.front()));
   }

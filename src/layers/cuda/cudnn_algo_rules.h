@@ -8,12 +8,13 @@
 // - exact (train.exact_convolutions): no FFT or Winograd algorithm, whose transforms round
 //   differently from a sum of products. Their error is about 1e-6 relative, harmless to training,
 //   but under Adadelta it grows to 6e-4 of the parameters in 10 steps against the CPU reference.
-// - 3x3 alone: cuDNN's non-fused Winograd, whose outputs on 5x5 kernels err by 3e-4 to 1.6e-3
-//   relative in both maths (the shape sweep on an H200, cuDNN 9.14), past float32's tolerance (1e-4)
-//   and close to TF32's (2e-3); the planning check would drop it there anyway, with a warning in
-//   every run. On 3x3 kernels it is within the transforms' tolerance (ShapeSweep.Conv runs it on
-//   every 3x3 shape it draws), and it is mnist_cnn's fastest float32 forward (conv2: 40 us against
-//   cuDNN 4's 44).
+// - never: cuDNN's non-fused Winograd, whose outputs on 5x5 kernels err by 3e-4 to 1.6e-3 relative
+//   in both maths (the shape sweep on an H200, cuDNN 9.14), past float32's tolerance (1e-4) and
+//   close to TF32's (2e-3). The planning check would drop it anyway, with a warning in every run.
+//   On 3x3 filters it is within tolerance (4.7e-5 at worst over the long sweep's 2,000 shapes) and
+//   is mnist_cnn's fastest float32 forward (8 us of the step), but offered there it moved the default
+//   14-epoch run to 99.07% and `GpuCpuDriftStaysRoundingSized`'s SGD run past 1e-4 (an H100,
+//   2026-12-06): not offered on any filter.
 #pragma once
 
 #include <cudnn.h>
@@ -21,8 +22,6 @@
 #include <cstddef>
 #include <optional>
 #include <type_traits>
-#include <utility>
-#include <vector>
 
 #include "core/cuda_context.h"
 #include "layers/cuda/conv_executor.h"
@@ -32,15 +31,9 @@ namespace dptrain {
 struct AlgoRules {
   bool deterministic = true;
   bool exact = false;
-  int kernel = 0;  ///< the filter's side (square filters)
 };
 
-inline AlgoRules algo_rules(const CudaOptions& o, int kernel) {
-  return {o.deterministic, o.exact_convolutions, kernel};
-}
-
-/// The filter sides on which cuDNN's non-fused Winograd is accurate enough to be offered.
-inline bool nonfused_winograd_allowed(int kernel) { return kernel == 3; }
+inline AlgoRules algo_rules(const CudaOptions& o) { return {o.deterministic, o.exact_convolutions}; }
 
 inline bool transforms(cudnnConvolutionFwdAlgo_t a) {
   return a == CUDNN_CONVOLUTION_FWD_ALGO_FFT || a == CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING ||
@@ -55,30 +48,10 @@ inline bool transforms(cudnnConvolutionBwdFilterAlgo_t a) {
          a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED;
 }
 
-inline bool nonfused_winograd(cudnnConvolutionFwdAlgo_t a) { return a == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED; }
-inline bool nonfused_winograd(cudnnConvolutionBwdDataAlgo_t a) {
-  return a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED;
-}
-inline bool nonfused_winograd(cudnnConvolutionBwdFilterAlgo_t a) {
+inline bool inexact(cudnnConvolutionFwdAlgo_t a) { return a == CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED; }
+inline bool inexact(cudnnConvolutionBwdDataAlgo_t a) { return a == CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED; }
+inline bool inexact(cudnnConvolutionBwdFilterAlgo_t a) {
   return a == CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED;
-}
-
-/// Appends an allowed algorithm to the order in which the pruned search takes cuDNN's candidates
-/// (it times the first `timed`): cuDNN's heuristic order, except that the non-fused Winograd, which
-/// the heuristics rank low yet which can win on 3x3 filters, takes the last timed place if it would
-/// fall past it. (mnist_cnn's conv2 forward in float32: 37.7 us of the step against the FFT's 45.5
-/// that the first four offered; an H100's kernel timeline.)
-template <typename AlgoEnum, typename T>
-void add_in_timed_order(std::vector<T>& order, AlgoEnum a, T item, size_t timed) {
-  if (nonfused_winograd(a) && timed > 0 && order.size() >= timed)
-    order.insert(order.begin() + static_cast<std::ptrdiff_t>(timed - 1), std::move(item));
-  else
-    order.push_back(std::move(item));
-}
-
-template <typename AlgoEnum>
-bool inexact(AlgoEnum a, int kernel) {
-  return nonfused_winograd(a) && !nonfused_winograd_allowed(kernel);
 }
 
 inline bool deterministic(cudnnConvolutionFwdAlgo_t) { return true; }
@@ -94,7 +67,7 @@ inline int algo_count(cudnnConvolutionBwdFilterAlgo_t) { return CUDNN_CONVOLUTIO
 /// Whether the run's rules accept algorithm `a` of a direction, whatever its workspace.
 template <typename AlgoEnum>
 bool rules_allow(AlgoEnum a, AlgoRules rules) {
-  return !inexact(a, rules.kernel) && (!rules.deterministic || deterministic(a)) && (!rules.exact || !transforms(a));
+  return !inexact(a) && (!rules.deterministic || deterministic(a)) && (!rules.exact || !transforms(a));
 }
 
 /// A heuristic or Find result the rules accept, whatever its workspace.
