@@ -178,15 +178,17 @@ PY
       done
       bash "$0" racecheck ;;
     racecheck)  # racecheck of dptrain's own kernels (cuDNN's and cuBLAS's run uninstrumented: with them, TiledConv.*
-      # alone took 91 s and ShapeSweep.Conv more than 400 s on an H100), the sweeps at fewer, smaller shapes
-      # first, then every other GPU test; each part with its own limit
+      # alone took 91 s and ShapeSweep.Conv more than 400 s on an H100, and on 2026-12-06 the sanitizer failed
+      # on a hardware exception in the conv sweep's first shape), the sweeps at fewer shapes, the conv sweep
+      # apart, then every other GPU test; each part with its own limit
       export DPTRAIN_SWEEP_CONV=${DPTRAIN_SWEEP_CONV:-16} DPTRAIN_SWEEP_CONV_LARGE=${DPTRAIN_SWEEP_CONV_LARGE:-1} \
         DPTRAIN_SWEEP_LINEAR=${DPTRAIN_SWEEP_LINEAR:-16} DPTRAIN_SWEEP_LOSS=${DPTRAIN_SWEEP_LOSS:-16} \
         DPTRAIN_SWEEP_POOL=${DPTRAIN_SWEEP_POOL:-12} DPTRAIN_SWEEP_AVGPOOL=${DPTRAIN_SWEEP_AVGPOOL:-12} \
         DPTRAIN_SWEEP_DROPOUT=${DPTRAIN_SWEEP_DROPOUT:-8}
-      for part in 'ShapeSweep.*:SkinnyGemm.*' '-ShapeSweep.*:SkinnyGemm.*'; do
-        log="$OUT/racecheck_$([ "${part:0:1}" = - ] && echo rest || echo sweeps).log"
-        timeout ${RACECHECK_TIMEOUT:-300} compute-sanitizer --tool racecheck --kernel-regex kns=dptrain --print-limit 5 \
+      parts=${RACECHECK_PARTS:-'SkinnyGemm.*:ShapeSweep.*:-ShapeSweep.Conv* ShapeSweep.Conv* -ShapeSweep.*:SkinnyGemm.*'}
+      i=0; for part in $parts; do i=$((i + 1))
+        log="$OUT/racecheck_$i.log"
+        timeout ${RACECHECK_TIMEOUT:-300} compute-sanitizer --tool racecheck --kernel-name kns=dptrain --print-limit 5 \
           $B/tests/dptrain_gpu_tests --gtest_filter="$part" > "$log" 2>&1
         echo "racecheck $part rc=$?: $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$log")"
         grep -E "^\[  (PASSED|FAILED) |^\[==========\]" "$log"; grep -m5 -E "Race reported|Error:|hazard" "$log"
