@@ -38,6 +38,14 @@ for step in "$@"; do
       timeout 150 bash "$0" ttaquick
       bash "$0" run14
       timeout 60 bash "$0" ttaprofile ;;
+    accept)  # issue 22's acceptance in one call, as the ninth session's call 4 ran it (about 6 minutes on a fresh machine):
+      # every GPU test, the e2e/MPI GPU tests, start-up and the whole run, the timed resume, cold and warm start, and
+      # the step A/B against each carry/*.tar.gz base (built beside the rest)
+      rm -f /tmp/basebuild.done; ( bash "$0" basebuild > "$OUT/basebuild.out" 2>&1; touch /tmp/basebuild.done ) &
+      BUILD_TARGETS="dptrain dptrain_gpu_tests dptrain_e2e_tests dptrain_mpi_tests" bash "$0" build || exit 1
+      bash "$0" test gpue2e breakdown resumetimed coldwarm
+      while [ ! -f /tmp/basebuild.done ]; do sleep 2; done; cat "$OUT/basebuild.out"
+      bash "$0" abplan ;;
     verifycore)  # the GPU-correctness part of verify, for a call with little device time: build, every GPU test, the
       # e2e/MPI GPU tests, cuBLAS's load A/B, the default 14-epoch run, mnist_fast's profile, module loading and warm wall times (about 5 minutes)
       BUILD_TARGETS="dptrain dptrain_gpu_tests dptrain_e2e_tests dptrain_mpi_tests" bash "$0" build
