@@ -23,17 +23,20 @@ fast_walls() {
     echo "mnist_fast wall: rc=$? $(cat /tmp/dr/wall) s; $(grep -E '^done' /tmp/dr/tta_time_$i.log | cut -c1-60)"
   done
 }
+# basebuild_start / basebuild_wait: the base builds (the `basebuild` step) beside a call's other steps.
+basebuild_start() { bash "$0" basebuild > "$OUT/basebuild.out" 2>&1 & basebuild_pid=$!; }
+basebuild_wait() { wait "$basebuild_pid"; cat "$OUT/basebuild.out"; }
 for step in "$@"; do
   case $step in
     verify)  # one call at a commit: build, every GPU test, the e2e/MPI GPU tests, cuBLAS's load A/B, the long loss sweep, A/B against
       # each carry/*.tar.gz base, mnist_fast (10 seeds; 3 beside PyTorch), the default 14-epoch run, mnist_fast's profile and module loading
       # (about 7 minutes with a fresh machine's build; the base builds run beside the GPU tests)
       BUILD_TARGETS="dptrain dptrain_gpu_tests dptrain_e2e_tests dptrain_mpi_tests" bash "$0" build
-      rm -f /tmp/basebuild.done; ( bash "$0" basebuild > "$OUT/basebuild.out" 2>&1; touch /tmp/basebuild.done ) &
+      basebuild_start
       bash "$0" test gpue2e loadab
       DPTRAIN_SWEEP=long timeout 60 $B/tests/dptrain_gpu_tests --gtest_filter='ShapeSweep.Loss' > "$OUT/longloss.log" 2>&1
       echo "long loss sweep rc=$?"; grep -E "^sweep loss: [0-9]|Failure" "$OUT/longloss.log"
-      while [ ! -f /tmp/basebuild.done ]; do sleep 2; done; cat "$OUT/basebuild.out"
+      basebuild_wait
       bash "$0" ab
       timeout 150 bash "$0" ttaquick
       bash "$0" run14
@@ -41,10 +44,10 @@ for step in "$@"; do
     accept)  # issue 22's acceptance in one call, as the ninth session's call 4 ran it (about 6 minutes on a fresh machine):
       # every GPU test, the e2e/MPI GPU tests, start-up and the whole run, the timed resume, cold and warm start, and
       # the step A/B against each carry/*.tar.gz base (built beside the rest)
-      rm -f /tmp/basebuild.done; ( bash "$0" basebuild > "$OUT/basebuild.out" 2>&1; touch /tmp/basebuild.done ) &
+      basebuild_start
       BUILD_TARGETS="dptrain dptrain_gpu_tests dptrain_e2e_tests dptrain_mpi_tests" bash "$0" build || exit 1
       bash "$0" test gpue2e breakdown resumetimed coldwarm
-      while [ ! -f /tmp/basebuild.done ]; do sleep 2; done; cat "$OUT/basebuild.out"
+      basebuild_wait
       bash "$0" abplan ;;
     verifycore)  # the GPU-correctness part of verify, for a call with little device time: build, every GPU test, the
       # e2e/MPI GPU tests, cuBLAS's load A/B, the default 14-epoch run, mnist_fast's profile, module loading and warm wall times (about 5 minutes)
