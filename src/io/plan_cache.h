@@ -48,7 +48,7 @@ struct PlanFingerprint {
 
 /// The implementation names a record may hold (ConvExecutor's families, conv_planner.cpp maps them).
 inline const std::vector<std::string>& plan_implementations() {
-  static const std::vector<std::string> names{"cudnn", "direct", "tiled", "mma"};
+  static const std::vector<std::string> names{"cudnn", "direct", "tiled", "mma", "small"};
   return names;
 }
 

@@ -5,7 +5,8 @@
 // - Convolutions (ShapeSweep.Conv, ShapeSweep.ConvLargeBatch): forward, input gradient and filter
 //   and bias gradient by dptrain's direct kernels (where direct_conv_fits(c, k), as the planner
 //   asks), the register-tiled kernels (tiled_conv_fits), the tensor-core kernels in 3xTF32 and in
-//   TF32 (mma_conv_fits), and every cuDNN algorithm of every direction in CUDNN_FMA_MATH (float32)
+//   TF32 (mma_conv_fits), the small kernels (small_conv_fits, where the direct ones are not asked),
+//   and every cuDNN algorithm of every direction in CUDNN_FMA_MATH (float32)
 //   and CUDNN_DEFAULT_MATH (tf32), whatever cuDNN's heuristics would say; also the planner's
 //   fallback of cuDNN over sub-batches (the filter gradient accumulating with beta 1, every
 //   algorithm), the bias and ReLU kernels around cuDNN (add_bias_channels, bias_grad_channels,
@@ -109,6 +110,7 @@
 #include "kernels/conv_kernels.h"
 #include "kernels/conv_reference.h"
 #include "kernels/conv_mma.h"
+#include "kernels/conv_small.h"
 #include "kernels/conv_tiled.h"
 #include "kernels/layer_kernels.h"
 #include "kernels/pool_kernels.h"
@@ -950,12 +952,14 @@ void run_conv_on_gpu(Sweep& sw, const ConvRef& r, Buffer<uint8_t>& workspace) {
 
   const bool direct = kernels::direct_conv_fits(s.c, s.k);  // as the planner asks (own_kernels)
   const bool tiled = kernels::tiled_conv_fits(g), mma = kernels::mma_conv_fits(g);
+  const bool small = !direct && kernels::small_conv_fits(g);  // as own_kernels offers it
   // The planner's yardstick where its cost allows: checked like the rest, never counted as serving.
   const bool reference = kernels::reference_conv_fits(g);
   size_t scratch_bytes = 16;
   if (direct) scratch_bytes = std::max(scratch_bytes, kernels::conv_direct_filter_grad_scratch(g));
   if (tiled) scratch_bytes = std::max(scratch_bytes, kernels::tiled_conv_scratch(g));
   if (mma) scratch_bytes = std::max(scratch_bytes, kernels::mma_conv_scratch(g));
+  if (small) scratch_bytes = std::max(scratch_bytes, kernels::small_conv_scratch(g));
   Buffer<uint8_t> scratch(Device::Cuda, scratch_bytes);
   void* sp = scratch.data();
   const kernels::MmaMath kMmaMaths[] = {kernels::MmaMath::SplitTf32, kernels::MmaMath::Tf32};
@@ -1020,6 +1024,17 @@ void run_conv_on_gpu(Sweep& sw, const ConvRef& r, Buffer<uint8_t>& workspace) {
                 {{y.data(), rnobias->data(), ys, mma_tol(m), r.floor_y}},
                 [&] { kernels::mma_conv_forward(x.data(), w.data(), nullptr, y.data(), false, sp, m, g, st); });
     }
+  if (small) {
+    serve(0, run_own(sw, where, "forward: small", {{y.data(), ry.data(), ys, kFloat32Tol, r.floor_y}},
+                     [&] { kernels::small_conv_forward(x.data(), w.data(), b.data(), y.data(), false, g, st); }),
+          true, true);
+    run_own(sw, where, "forward: small +relu", {{y.data(), ry_relu.data(), ys, kFloat32Tol, r.floor_y}},
+            [&] { kernels::small_conv_forward(x.data(), w.data(), b.data(), y.data(), true, g, st); });
+    if (rnobias)
+      run_own(sw, where, "forward: small without bias (absorbed pooling)",
+              {{y.data(), rnobias->data(), ys, kFloat32Tol, r.floor_y}},
+              [&] { kernels::small_conv_forward(x.data(), w.data(), nullptr, y.data(), false, g, st); });
+  }
   if (reference) {
     run_own(sw, where, "forward: reference", {{y.data(), ry.data(), ys, kFloat32Tol, r.floor_y}},
             [&] { kernels::reference_conv_forward(x.data(), w.data(), b.data(), y.data(), false, g, st); });
@@ -1093,6 +1108,10 @@ void run_conv_on_gpu(Sweep& sw, const ConvRef& r, Buffer<uint8_t>& workspace) {
                        {{dx.data(), rdx.data(), xs, mma_tol(m), r.floor_dx}},
                        [&] { kernels::mma_conv_backward_data(dy.data(), w.data(), dx.data(), sp, m, g, st); }),
             m == kernels::MmaMath::SplitTf32, m == kernels::MmaMath::Tf32);
+  if (small)
+    serve(1, run_own(sw, where, "input gradient: small", {{dx.data(), rdx.data(), xs, kFloat32Tol, r.floor_dx}},
+                     [&] { kernels::small_conv_backward_data(dy.data(), w.data(), dx.data(), g, st); }),
+          true, true);
   if (reference)
     run_own(sw, where, "input gradient: reference", {{dx.data(), rdx.data(), xs, kFloat32Tol, r.floor_dx}},
             [&] { kernels::reference_conv_backward_data(dy.data(), w.data(), dx.data(), g, st); });
@@ -1174,6 +1193,12 @@ void run_conv_on_gpu(Sweep& sw, const ConvRef& r, Buffer<uint8_t>& workspace) {
                     {{dw.data(), rdw.data(), wn, mma_tol(m), r.floor_dw}, {db.data(), rdb.data(), bn, mma_tol(m), r.floor_db}},
                     [&] { kernels::mma_conv_filter_grad(x.data(), dy.data(), dw.data(), db.data(), sp, m, g, st); }),
             m == kernels::MmaMath::SplitTf32, m == kernels::MmaMath::Tf32);
+  if (small)
+    serve(2,
+          run_own(sw, where, "filter gradient: small",
+                  {{dw.data(), rdw.data(), wn, kFloat32Tol, r.floor_dw}, {db.data(), rdb.data(), bn, kFloat32Tol, r.floor_db}},
+                  [&] { kernels::small_conv_filter_grad(x.data(), dy.data(), dw.data(), db.data(), sp, g, st); }),
+          true, true);
   if (reference)
     run_own(sw, where, "filter gradient: reference",
             {{dw.data(), rdw.data(), wn, kFloat32Tol, r.floor_dw}, {db.data(), rdb.data(), bn, kFloat32Tol, r.floor_db}},

@@ -3,6 +3,7 @@
 #include "core/cuda_check.h"
 #include "layers/cuda/cudnn_descriptors.h"
 #include "kernels/conv_reference.h"
+#include "kernels/conv_small.h"
 #include "kernels/conv_tiled.h"
 #include "kernels/layer_kernels.h"
 
@@ -20,6 +21,8 @@ std::string label(const ConvAlgo& a) {
       return "tiled";
     case ConvImpl::Mma:
       return "mma";
+    case ConvImpl::Small:
+      return "small";
     case ConvImpl::Reference:
       return "the reference kernels";
     case ConvImpl::Cudnn:
@@ -81,6 +84,7 @@ size_t ConvExecutor::bytes(const ConvAlgo& a, int n) const {
   if (a.impl == ConvImpl::Direct) return kernels::conv_direct_filter_grad_scratch(geometry(n));
   if (a.impl == ConvImpl::Tiled) return kernels::tiled_conv_scratch(geometry(n));
   if (a.impl == ConvImpl::Mma) return kernels::mma_conv_scratch(geometry(n));
+  if (a.impl == ConvImpl::Small) return kernels::small_conv_scratch(geometry(n));
   if (a.impl == ConvImpl::Reference) return 0;
   return a.memory;
 }
@@ -97,6 +101,7 @@ std::vector<ConvImpl> ConvExecutor::own_kernels(int n, bool exact, ConvDirection
   if (kernels::tiled_conv_fits(g)) impls.push_back(ConvImpl::Tiled);
   if (!exact && kernels::mma_conv_fits(g))
     impls.insert(math_ == kernels::MmaMath::Tf32 ? impls.begin() : impls.end(), ConvImpl::Mma);
+  if (kernels::small_conv_fits(g)) impls.push_back(ConvImpl::Small);
   return impls;
 }
 
@@ -115,6 +120,7 @@ void ConvExecutor::forward(cudnnHandle_t h, cudaStream_t stream, void* ws, const
   if (a.impl == ConvImpl::Direct) return kernels::conv_direct_forward(x, w, bias, y, relu, g, stream);
   if (a.impl == ConvImpl::Tiled) return kernels::tiled_conv_forward(x, w, bias, y, relu, g, stream);
   if (a.impl == ConvImpl::Mma) return kernels::mma_conv_forward(x, w, bias, y, relu, ws, math_, g, stream);
+  if (a.impl == ConvImpl::Small) return kernels::small_conv_forward(x, w, bias, y, relu, g, stream);
   if (a.impl == ConvImpl::Reference) return kernels::reference_conv_forward(x, w, bias, y, relu, g, stream);
   const size_t xs = in_.count(), ys = out_.count();
   for_each_chunk(b, a, [&](cudnnTensorDescriptor_t xd, cudnnTensorDescriptor_t yd, int first) {
@@ -130,6 +136,7 @@ void ConvExecutor::backward_data(cudnnHandle_t h, cudaStream_t stream, void* ws,
   const kernels::ConvGeometry g = geometry(b.n);
   if (a.impl == ConvImpl::Tiled) return kernels::tiled_conv_backward_data(dy, w, dx, ws, g, stream);
   if (a.impl == ConvImpl::Mma) return kernels::mma_conv_backward_data(dy, w, dx, ws, math_, g, stream);
+  if (a.impl == ConvImpl::Small) return kernels::small_conv_backward_data(dy, w, dx, g, stream);
   if (a.impl == ConvImpl::Reference) return kernels::reference_conv_backward_data(dy, w, dx, g, stream);
   if (a.impl == ConvImpl::Direct) throw CudaError("the direct convolution kernels compute no input gradient");
   const size_t xs = in_.count(), ys = out_.count();
@@ -158,6 +165,7 @@ void ConvExecutor::filter_grad(cudnnHandle_t h, cudaStream_t stream, void* ws, c
   if (a.impl == ConvImpl::Direct) return kernels::conv_direct_filter_grad(x, dy, nullptr, dw, db, ws, g, stream);
   if (a.impl == ConvImpl::Tiled) return kernels::tiled_conv_filter_grad(x, dy, dw, db, ws, g, stream);
   if (a.impl == ConvImpl::Mma) return kernels::mma_conv_filter_grad(x, dy, dw, db, ws, math_, g, stream);
+  if (a.impl == ConvImpl::Small) return kernels::small_conv_filter_grad(x, dy, dw, db, ws, g, stream);
   if (a.impl == ConvImpl::Reference) return kernels::reference_conv_filter_grad(x, dy, dw, db, g, stream);
   const size_t xs = in_.count(), ys = out_.count();
   for_each_chunk(b, a, [&](cudnnTensorDescriptor_t xd, cudnnTensorDescriptor_t yd, int first) {

@@ -1,7 +1,8 @@
 // ConvExecutor: how each implementation computes one direction of one convolution layer, with the
 // epilogues the layer absorbed: cuDNN's algorithms (over the whole batch, or over equal sub-batches
 // where nothing serves the whole), dptrain's direct kernels (short reductions: forward and filter
-// gradient), and its 3x3 kernels (register-tiled FMA and tensor-core ones, all three directions).
+// gradient), its 3x3 kernels (register-tiled FMA and tensor-core ones, all three directions) and its
+// kernels for convolutions whose samples fit in shared memory (kernels/conv_small.h, all three).
 // The layer's step and the planner's checks and timings run the same calls (ConvPlanner), so what
 // is timed and checked is what runs; the reference kernels (checks only) run through it too. It
 // holds the layer's cuDNN filter and convolution descriptors. Nothing here allocates or synchronizes.
@@ -26,7 +27,7 @@ constexpr size_t kMaxConvWorkspace = size_t{256} << 20;
 
 /// Who computes one direction of a convolution. Reference (kernels/conv_reference.h) is the
 /// planner's yardstick for the others, never a candidate.
-enum class ConvImpl { Cudnn, Direct, Tiled, Mma, Reference };
+enum class ConvImpl { Cudnn, Direct, Tiled, Mma, Small, Reference };
 enum class ConvDirection { Forward, Data, Filter };
 
 /// One direction's algorithm: a cuDNN algorithm (its number and the workspace it asked for), or one
@@ -39,7 +40,7 @@ struct ConvAlgo {
   int chunk = 0;
 };
 
-/// "cuDNN 1", "cuDNN 0 in chunks of 128", "direct", "tiled", "mma", "the reference kernels".
+/// "cuDNN 1", "cuDNN 0 in chunks of 128", "direct", "tiled", "mma", "small", "the reference kernels".
 std::string label(const ConvAlgo& a);
 
 /// cuDNN's tensor descriptors of one batch size, and of the sub-batches its chunked algorithms run.
@@ -78,7 +79,7 @@ class ConvExecutor {
 
   /// dptrain's kernel families that may serve one direction at batch n, fastest expected first (the
   /// three directions of mnist_cnn's conv2 at batch 64 on an H200: tiled FMA 248 us, 3xTF32 277,
-  /// TF32 170). The tensor-core ones round like FFT (kernels/conv_mma.h): not under `exact`. The
+  /// TF32 170), then the small kernels. The tensor-core ones round like FFT (kernels/conv_mma.h): not under `exact`. The
   /// direct kernels compute no input gradient, and their filter gradient's scratch grows with the
   /// batch and the plane: past kMaxConvWorkspace cuDNN serves that direction.
   std::vector<ConvImpl> own_kernels(int n, bool exact, ConvDirection d) const;

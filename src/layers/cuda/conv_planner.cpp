@@ -112,13 +112,14 @@ const char* impl_name(ConvImpl i) {
     case ConvImpl::Direct: return "direct";
     case ConvImpl::Tiled: return "tiled";
     case ConvImpl::Mma: return "mma";
+    case ConvImpl::Small: return "small";
     case ConvImpl::Reference: return "reference";  // never chosen, so never recorded
   }
   return "?";
 }
 
 std::optional<ConvImpl> impl_from(const std::string& name) {
-  for (ConvImpl i : {ConvImpl::Cudnn, ConvImpl::Direct, ConvImpl::Tiled, ConvImpl::Mma})
+  for (ConvImpl i : {ConvImpl::Cudnn, ConvImpl::Direct, ConvImpl::Tiled, ConvImpl::Mma, ConvImpl::Small})
     if (name == impl_name(i)) return i;
   return std::nullopt;
 }
