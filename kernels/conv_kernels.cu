@@ -1,9 +1,9 @@
 #include <algorithm>
 #include <climits>
-#include <string>
 
 #include "core/cuda_check.h"
 #include "kernels/conv_kernels.h"
+#include "kernels/conv_shared.cuh"
 
 namespace dptrain::kernels {
 
@@ -202,12 +202,7 @@ long long chunks_for(const ConvGeometry& g) {
 
 /// Within a sample the kernels index in 32-bit integers (64-bit division is slow on GPUs); direct_conv_fits.
 void check_fits(const ConvGeometry& g, const char* what) {
-  if (!direct_conv_fits(g))
-    throw CudaError(std::string(what) + ": the direct kernels do not serve a batch of " + std::to_string(g.n) + " x " +
-                    std::to_string(g.c) + "x" + std::to_string(g.h) + "x" + std::to_string(g.w) + " -> " +
-                    std::to_string(g.oc) + "x" + std::to_string(g.oh) + "x" + std::to_string(g.ow) + " (kernel " +
-                    std::to_string(g.k) + ", stride " + std::to_string(g.stride) + ", pad " + std::to_string(g.pad) +
-                    "): see direct_conv_fits");
+  if (!direct_conv_fits(g)) conv_shared::refuse(what, "direct", g);
 }
 
 }  // namespace

@@ -67,9 +67,10 @@ void set_smem(const void* kernel, size_t bytes) {
 }
 
 void refuse(const char* what, const char* family, const ConvGeometry& g) {
-  throw CudaError(std::string(what) + ": the " + family + " kernels do not serve a " + std::to_string(g.c) + "->" +
-                  std::to_string(g.oc) + " channel, " + std::to_string(g.k) + "x" + std::to_string(g.k) +
-                  " convolution (stride " + std::to_string(g.stride) + ", pad " + std::to_string(g.pad) + ")");
+  const auto s = [](int v) { return std::to_string(v); };
+  throw CudaError(std::string(what) + ": the " + family + " kernels do not serve a batch of " + s(g.n) + " x " +
+                  s(g.c) + "x" + s(g.h) + "x" + s(g.w) + " -> " + s(g.oc) + "x" + s(g.oh) + "x" + s(g.ow) +
+                  " (kernel " + s(g.k) + ", stride " + s(g.stride) + ", pad " + s(g.pad) + ")");
 }
 
 void transpose_flip(const float* w, float* wt, int oc, int c, cudaStream_t stream) {

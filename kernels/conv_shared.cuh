@@ -1,6 +1,7 @@
 // Pieces the custom 3x3 convolution kernels (conv_tiled.cu, conv_mma.cu) share: the input gradient as a forward
 // convolution with transposed, flipped weights, the fixed-order reduction of per-chunk filter-gradient partial sums,
-// and (from kernels/cp_async.cuh) asynchronous staging of global memory into shared memory.
+// and (from kernels/cp_async.cuh) asynchronous staging of global memory into shared memory; and the one message
+// every custom convolution family (conv_small.cu too) throws for a shape it does not serve.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -43,7 +44,8 @@ int multiprocessors();
 /// stream operation: graph capture allows it).
 void set_smem(const void* kernel, size_t bytes);
 
-/// Throws CudaError: `what` (the call) was given a convolution that `family` (its kernels) does not serve.
+/// Throws CudaError: `what` (the call) was given a convolution that `family` (its kernels) does not serve, naming
+/// the whole geometry (batch, sample and output sizes, kernel, stride, padding).
 [[noreturn]] void refuse(const char* what, const char* family, const ConvGeometry& g);
 
 /// wt[ci][o][ky][kx] = w[o][ci][2 - ky][2 - kx]: the input gradient is the forward convolution of dy with these.

@@ -1,10 +1,9 @@
 #include "kernels/conv_small.h"
 
 #include <algorithm>
-#include <climits>
-#include <string>
 
 #include "core/cuda_check.h"
+#include "kernels/conv_shared.cuh"
 
 namespace dptrain::kernels {
 
@@ -237,12 +236,7 @@ __global__ void small_filter_finish_kernel(const float* __restrict__ partial, in
 }
 
 void require_fits(const ConvGeometry& g, const char* what) {
-  if (!small_conv_fits(g))
-    throw CudaError(std::string(what) + ": the small convolution kernels do not serve a batch of " +
-                    std::to_string(g.n) + " x " + std::to_string(g.c) + "x" + std::to_string(g.h) + "x" +
-                    std::to_string(g.w) + " -> " + std::to_string(g.oc) + "x" + std::to_string(g.oh) + "x" +
-                    std::to_string(g.ow) + " (kernel " + std::to_string(g.k) + ", stride " + std::to_string(g.stride) +
-                    ", pad " + std::to_string(g.pad) + "): see small_conv_fits");
+  if (!small_conv_fits(g)) conv_shared::refuse(what, "small convolution", g);
 }
 
 template <int K>
