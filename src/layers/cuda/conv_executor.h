@@ -79,9 +79,9 @@ class ConvExecutor {
 
   /// dptrain's kernel families that may serve one direction at batch n, fastest expected first (the
   /// three directions of mnist_cnn's conv2 at batch 64 on an H200: tiled FMA 248 us, 3xTF32 277,
-  /// TF32 170), then the small kernels. The tensor-core ones round like FFT (kernels/conv_mma.h): not under `exact`. The
-  /// direct kernels compute no input gradient, and their filter gradient's scratch grows with the
-  /// batch and the plane: past kMaxConvWorkspace cuDNN serves that direction.
+  /// TF32 170), then the small kernels. The tensor-core ones round like FFT (kernels/conv_mma.h):
+  /// not under `exact`. The direct kernels compute no input gradient, and their filter gradient's
+  /// scratch grows with the batch and the plane: past kMaxConvWorkspace cuDNN serves that direction.
   std::vector<ConvImpl> own_kernels(int n, bool exact, ConvDirection d) const;
 
   /// y = conv(x, w) (+ b, then the ReLU, unless pooled). cuDNN runs on handle h, bound to stream.
