@@ -30,6 +30,24 @@ class GpuTest : public ::testing::Test {
   DeviceContext cpu_;
 };
 
+/// Skips the test on a machine without a CUDA device; holds nothing (kernel tests that make their own buffers).
+class KernelTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  }
+};
+
+/// n values uniform in [-1, -0.05] or [0.05, 1], the same for the same seed: never zero, so a skipped term
+/// always shows.
+inline std::vector<float> nonzero_randoms(size_t n, uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::uniform_real_distribution<float> d(0.05f, 1.0f);
+  std::vector<float> v(n);
+  for (float& x : v) x = gen() & 1 ? d(gen) : -d(gen);
+  return v;
+}
+
 /// n values uniform in [lo, hi), the same for the same seed.
 inline std::vector<float> randoms(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f) {
   std::mt19937 gen(seed);

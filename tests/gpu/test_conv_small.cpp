@@ -17,6 +17,7 @@
 #include "core/buffer.h"
 #include "core/cuda_check.h"
 #include "core/cuda_context.h"
+#include "gpu_test_support.h"
 #include "host_copies.h"
 #include "kernels/conv_reference.h"
 #include "kernels/conv_small.h"
@@ -26,21 +27,9 @@ namespace {
 
 using kernels::ConvGeometry;
 
-class SmallConv : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
-  }
-};
+class SmallConv : public gpu_test::KernelTest {};
 
-/// Uniform in [-1, -0.05] or [0.05, 1]: never zero, so a skipped term always shows.
-std::vector<float> randoms(size_t n, uint32_t seed) {
-  std::mt19937 gen(seed);
-  std::uniform_real_distribution<float> d(0.05f, 1.0f);
-  std::vector<float> v(n);
-  for (float& x : v) x = gen() & 1 ? d(gen) : -d(gen);
-  return v;
-}
+using gpu_test::nonzero_randoms;
 
 /// ||a - b|| / ||b||, infinite where a holds a non-finite value.
 double rel(const std::vector<float>& a, const std::vector<float>& b) {
@@ -82,8 +71,8 @@ void check_shape(const ConvGeometry& g) {
   const size_t xs = size_t(g.n) * g.c * g.h * g.w, ys = size_t(g.n) * g.oc * g.oh * g.ow,
                wn = size_t(g.oc) * g.c * g.k * g.k;
   const uint32_t seed = static_cast<uint32_t>(g.n * 131 + g.c * 17 + g.oc * 7 + g.k);
-  Buffer<float> x = to_device(randoms(xs, seed)), w = to_device(randoms(wn, seed + 1)),
-                b = to_device(randoms(size_t(g.oc), seed + 2)), dy = to_device(randoms(ys, seed + 3));
+  Buffer<float> x = to_device(nonzero_randoms(xs, seed)), w = to_device(nonzero_randoms(wn, seed + 1)),
+                b = to_device(nonzero_randoms(size_t(g.oc), seed + 2)), dy = to_device(nonzero_randoms(ys, seed + 3));
   Buffer<float> y(Device::Cuda, ys), dx(Device::Cuda, xs), dw(Device::Cuda, wn), db(Device::Cuda, size_t(g.oc));
   Buffer<float> ry(Device::Cuda, ys), rdx(Device::Cuda, xs), rdw(Device::Cuda, wn), rdb(Device::Cuda, size_t(g.oc));
   Buffer<uint8_t> scratch(Device::Cuda, std::max<size_t>(kernels::small_conv_scratch(g), 16));

@@ -20,6 +20,7 @@
 #include "core/cuda_context.h"
 #include "kernels/conv_mma.h"
 #include "kernels/conv_tiled.h"
+#include "gpu_test_support.h"
 #include "host_copies.h"
 
 namespace dptrain {
@@ -27,21 +28,9 @@ namespace {
 
 using kernels::ConvGeometry;
 
-class TiledConv : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
-  }
-};
+class TiledConv : public gpu_test::KernelTest {};
 
-/// Uniform in [-1, -0.05] or [0.05, 1]: never zero, so a skipped term always shows.
-std::vector<float> randoms(size_t n, uint32_t seed) {
-  std::mt19937 gen(seed);
-  std::uniform_real_distribution<float> d(0.05f, 1.0f);
-  std::vector<float> v(n);
-  for (float& x : v) x = gen() & 1 ? d(gen) : -d(gen);
-  return v;
-}
+using gpu_test::nonzero_randoms;
 
 size_t input_count(const ConvGeometry& g) { return size_t(g.n) * g.c * g.h * g.w; }
 size_t output_count(const ConvGeometry& g) { return size_t(g.n) * g.oc * g.oh * g.ow; }
@@ -164,8 +153,8 @@ void check_family(const Family& f, const ConvGeometry& g, uint32_t seed) {
   SCOPED_TRACE(::testing::Message() << f.name << ": n=" << g.n << " c=" << g.c << " " << g.h << "x" << g.w
                                     << " oc=" << g.oc << " pad=" << g.pad);
   ASSERT_TRUE(f.fits(g));
-  const std::vector<float> x = randoms(input_count(g), seed), w = randoms(weight_count(g), seed + 1),
-                           b = randoms(size_t(g.oc), seed + 2), dy = randoms(output_count(g), seed + 3);
+  const std::vector<float> x = nonzero_randoms(input_count(g), seed), w = nonzero_randoms(weight_count(g), seed + 1),
+                           b = nonzero_randoms(size_t(g.oc), seed + 2), dy = nonzero_randoms(output_count(g), seed + 3);
   Buffer<float> dx_buf = to_device(x), dw_buf = to_device(w), db_buf = to_device(b), ddy = to_device(dy);
   Buffer<float> y(Device::Cuda, output_count(g)), dx(Device::Cuda, input_count(g)),
       dw(Device::Cuda, weight_count(g)), db(Device::Cuda, size_t(g.oc));

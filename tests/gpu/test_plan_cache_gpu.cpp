@@ -67,6 +67,19 @@ ConvUnderTest make_conv(DeviceContext& ctx) {
 
 PlanFingerprint test_fingerprint() { return {"test GPU", 9, 0, 132, 1, 1, 1, 1, "test"}; }
 
+/// Plans the test conv at batch 64 (with both gradients when `backward`) in a fresh context that records into
+/// `book`, which it then lets go of; returns the context, whose warnings and choices tell what planning did.
+DeviceContext plan_conv_into(PlanBook& book, bool backward) {
+  DeviceContext ctx = make_device_context(Device::Cuda, TrainConfig{});
+  ctx.set_plan_book(&book);
+  {
+    ConvUnderTest conv = make_conv(ctx);
+    conv.layer->plan(ctx, 64, backward);
+  }
+  ctx.set_plan_book(nullptr);
+  return ctx;
+}
+
 class PlanCacheGpu : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -118,23 +131,14 @@ TEST_F(PlanCacheGpu, SecondLayerReusesThePlanWithoutTiming) {
 // A record that cuDNN does not offer here (algorithm 63), or a family whose guard refuses the
 // shape, is stale: one warning per direction, planned afresh, and the book holds the new choice.
 TEST_F(PlanCacheGpu, IneligibleRecordIsReplannedWithAWarning) {
-  DeviceContext ctx = make_device_context(Device::Cuda, TrainConfig{});
   PlanBook probe;
-  ctx.set_plan_book(&probe);
-  {
-    ConvUnderTest conv = make_conv(ctx);
-    conv.layer->plan(ctx, 64, false);
-  }
+  plan_conv_into(probe, false);
   ASSERT_EQ(probe.size(), 1u);
   const std::string key = probe.records().begin()->first;
   PlanBook book;
   book.put(key, {"cudnn", 63, 0});
   book.forget_use();
-  DeviceContext fresh = make_device_context(Device::Cuda, TrainConfig{});
-  fresh.set_plan_book(&book);
-  ConvUnderTest conv = make_conv(fresh);
-  conv.layer->plan(fresh, 64, false);
-  fresh.set_plan_book(nullptr);
+  const DeviceContext fresh = plan_conv_into(book, false);
   ASSERT_EQ(fresh.cuda().warnings().size(), 1u);
   EXPECT_NE(fresh.cuda().warnings()[0].find("stale"), std::string::npos) << fresh.cuda().warnings()[0];
   EXPECT_NE(book.records().at(key).algo, 63);
@@ -145,13 +149,8 @@ TEST_F(PlanCacheGpu, IneligibleRecordIsReplannedWithAWarning) {
 // with atomics, under train.deterministic) is stale, even though cuDNN supports it: one warning,
 // planned afresh, and the book holds a deterministic choice.
 TEST_F(PlanCacheGpu, RecordTheRulesRefuseIsReplanned) {
-  DeviceContext ctx = make_device_context(Device::Cuda, TrainConfig{});
   PlanBook probe;
-  ctx.set_plan_book(&probe);
-  {
-    ConvUnderTest conv = make_conv(ctx);
-    conv.layer->plan(ctx, 64, true);
-  }
+  plan_conv_into(probe, true);
   std::string key;
   for (const auto& [k, r] : probe.records())
     if (k.find("direction=backward-filter") != std::string::npos) key = k;
@@ -159,11 +158,7 @@ TEST_F(PlanCacheGpu, RecordTheRulesRefuseIsReplanned) {
   PlanBook book = probe;
   book.put(key, {"cudnn", CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0, 0});
   book.forget_use();
-  DeviceContext fresh = make_device_context(Device::Cuda, TrainConfig{});
-  fresh.set_plan_book(&book);
-  ConvUnderTest conv = make_conv(fresh);
-  conv.layer->plan(fresh, 64, true);
-  fresh.set_plan_book(nullptr);
+  const DeviceContext fresh = plan_conv_into(book, true);
   ASSERT_EQ(fresh.cuda().warnings().size(), 1u);
   EXPECT_NE(fresh.cuda().warnings()[0].find("not allowed under this run's rules (stale)"), std::string::npos)
       << fresh.cuda().warnings()[0];

@@ -118,6 +118,7 @@
 #include "layers/layer_factory.h"
 #include "layers/softmax_cross_entropy.h"
 #include "optim/optimizer.h"
+#include "gpu_test_support.h"
 #include "shape_sweep.h"
 #include "train/batch_source.h"
 
@@ -512,12 +513,7 @@ bool guarded(Sweep& sw, const std::string& where, F&& f) {
   }
 }
 
-class ShapeSweep : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
-  }
-};
+class ShapeSweep : public gpu_test::KernelTest {};
 
 // ---------------------------------------------------------------------------------------------
 // CPU references shared by several sweeps

@@ -15,25 +15,15 @@
 #include "core/cuda_check.h"
 #include "core/cuda_context.h"
 #include "kernels/skinny_gemm.h"
+#include "gpu_test_support.h"
 #include "host_copies.h"
 
 namespace dptrain {
 namespace {
 
-class SkinnyGemm : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
-  }
-};
+class SkinnyGemm : public gpu_test::KernelTest {};
 
-std::vector<float> randoms(size_t n, uint32_t seed) {
-  std::mt19937 gen(seed);
-  std::uniform_real_distribution<float> d(-1.0f, 1.0f);
-  std::vector<float> v(n);
-  for (float& x : v) x = d(gen);
-  return v;
-}
+using gpu_test::randoms;  // uniform in [-1, 1)
 
 struct Case {
   int m, n, k;
