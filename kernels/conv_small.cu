@@ -1,6 +1,7 @@
 #include "kernels/conv_small.h"
 
 #include <algorithm>
+#include <type_traits>
 
 #include "core/cuda_check.h"
 #include "kernels/conv_shared.cuh"
@@ -13,23 +14,28 @@ constexpr int kMaxK = 7;
 constexpr int kMaxSharedFloats = 12 * 1024;  // 48 KB: a launch's limit without opting in
 constexpr int kGroup = 16;                   // output (forward) or input (input gradient) channels a block takes
 constexpr int kReg = 4;                      // channels a thread sums at once, from one shared-memory read of its input
+static_assert(kReg == 4, "a float4 holds the weights of a tap's kReg channels");
+constexpr int kPositions = 2;                // output positions a forward thread takes: a weight load serves both
 constexpr int kThreads = 128;                // forward and input gradient
-constexpr int kFilterThreads = 256;
-constexpr int kFilterItems = 2;  // work items a filter-gradient thread holds in registers
+// The filter gradient: a thread per work item and split of the output rows (rows split, split + splits,
+// ...), up to kMaxSplits splits where the items leave threads idle.
+constexpr int kFilterThreads = 512;
+constexpr int kMaxSplits = 4;
 // The filter gradient's blocks: chunks of ceil(n / kMaxChunks) samples, so the partial sums and the order
 // they are added in depend on the shape alone.
 constexpr int kMaxChunks = 264;
 constexpr int kFinishThreads = 256;
 
-int round_up(int a, int b) { return (a + b - 1) / b * b; }
+__host__ __device__ constexpr long long round_up(long long a, long long b) { return (a + b - 1) / b * b; }
 long long padded_floats(const ConvGeometry& g) {
   return static_cast<long long>(g.c) * (g.h + 2LL * g.pad) * (g.w + 2LL * g.pad);
 }
+// The weights follow the staged sample at a multiple of 4 floats: they are read 16 bytes (kReg channels) at a time.
 long long forward_shared_floats(const ConvGeometry& g) {
-  return padded_floats(g) + static_cast<long long>(round_up(std::min(g.oc, kGroup), kReg)) * g.c * g.k * g.k;
+  return round_up(padded_floats(g), 4) + round_up(std::min(g.oc, kGroup), kReg) * g.c * g.k * g.k;
 }
 long long data_shared_floats(const ConvGeometry& g) {
-  return static_cast<long long>(g.oc) * g.oh * g.ow +
+  return round_up(static_cast<long long>(g.oc) * g.oh * g.ow, 4) +
          static_cast<long long>(g.oc) * round_up(std::min(g.c, kGroup), kReg) * g.k * g.k;
 }
 long long filter_shared_floats(const ConvGeometry& g) {
@@ -42,6 +48,9 @@ long long filter_items(const ConvGeometry& g) {
 }
 int samples_per_chunk(int n) { return (n + kMaxChunks - 1) / kMaxChunks; }
 int chunks(int n) { return (n + samples_per_chunk(n) - 1) / samples_per_chunk(n); }
+int filter_splits(const ConvGeometry& g) {
+  return static_cast<int>(std::clamp<long long>(kFilterThreads / filter_items(g), 1, std::min(kMaxSplits, g.oh)));
+}
 
 /// Copies one sample's c x h x w input into shared memory as c x (h + 2 pad) x (w + 2 pad), zeros around it.
 __device__ void stage_padded(const float* __restrict__ x, float* xs, const ConvGeometry& g) {
@@ -53,44 +62,64 @@ __device__ void stage_padded(const float* __restrict__ x, float* xs, const ConvG
 }
 
 // Block (sample, group of kGroup output channels): the sample's padded input and the group's weights in
-// shared memory; a thread takes one output position for kReg channels (a read of the input serves all
-// kReg; the weights are read as broadcasts, a warp's positions sharing channels). Each output sums its
-// taps in (ci, ky, kx) order, then adds the bias.
+// shared memory, the weights tap-major so that one 16-byte load holds a tap's kReg channels; a thread takes
+// kPositions output positions for kReg channels, so each weight load serves kPositions x kReg multiply-adds
+// and each input load kReg. Each output sums its taps in (ci, ky, kx) order, then adds the bias.
 __global__ void __launch_bounds__(kThreads)
     small_forward_kernel(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b,
                          float* __restrict__ y, ConvGeometry g, bool relu) {
-  extern __shared__ float shared[];
+  extern __shared__ float4 shared4[];
+  float* shared = reinterpret_cast<float*>(shared4);
   const int s = blockIdx.x, o0 = blockIdx.y * kGroup, group = min(kGroup, g.oc - o0);
-  const int regs = (group + kReg - 1) / kReg, taps = g.c * g.k * g.k;
+  const int regs = (group + kReg - 1) / kReg, width = regs * kReg, taps = g.c * g.k * g.k;
   const int ph = g.h + 2 * g.pad, pw = g.w + 2 * g.pad;
   float* xs = shared;
-  float* ws = shared + g.c * ph * pw;  // [regs * kReg][taps], zeros past the group
+  float* ws = shared + round_up(g.c * ph * pw, 4);  // [taps][width], zeros past the group
   stage_padded(x + static_cast<long>(s) * g.c * g.h * g.w, xs, g);
-  for (int e = threadIdx.x; e < regs * kReg * taps; e += blockDim.x)
-    ws[e] = e < group * taps ? w[static_cast<long>(o0) * taps + e] : 0.0f;
+  for (int e = threadIdx.x; e < taps * width; e += blockDim.x) {
+    const int j = e / width, ch = e - j * width;
+    ws[e] = ch < group ? w[static_cast<long>(o0 + ch) * taps + j] : 0.0f;
+  }
   __syncthreads();
-  const int plane = g.oh * g.ow;
-  for (int item = threadIdx.x; item < regs * plane; item += blockDim.x) {
-    const int rg = item / plane, q = item - rg * plane, oy = q / g.ow, ox = q - oy * g.ow;
-    const float* wr = ws + rg * kReg * taps;
-    float acc[kReg] = {};
+  const int plane = g.oh * g.ow, spans = (plane + kPositions - 1) / kPositions, step = width / kReg;
+  for (int item = threadIdx.x; item < regs * spans; item += blockDim.x) {
+    const int rg = item / spans, q0 = (item - rg * spans) * kPositions;
+    const float* rows[kPositions];
+#pragma unroll
+    for (int p = 0; p < kPositions; ++p) {
+      const int q = min(q0 + p, plane - 1), oy = q / g.ow, ox = q - oy * g.ow;  // past the plane: a repeat, unwritten
+      rows[p] = xs + oy * g.stride * pw + ox * g.stride;
+    }
+    const float4* wr = reinterpret_cast<const float4*>(ws) + rg;
+    float acc[kPositions][kReg] = {};
     int j = 0;
     for (int ci = 0; ci < g.c; ++ci)
       for (int ky = 0; ky < g.k; ++ky) {
-        const float* row = xs + (ci * ph + oy * g.stride + ky) * pw + ox * g.stride;
+        const int offset = (ci * ph + ky) * pw;
         for (int kx = 0; kx < g.k; ++kx, ++j) {
-          const float v = row[kx];
+          const float4 wv = wr[j * step];
 #pragma unroll
-          for (int r = 0; r < kReg; ++r) acc[r] = fmaf(wr[r * taps + j], v, acc[r]);
+          for (int p = 0; p < kPositions; ++p) {
+            const float v = rows[p][offset + kx];
+            acc[p][0] = fmaf(wv.x, v, acc[p][0]);
+            acc[p][1] = fmaf(wv.y, v, acc[p][1]);
+            acc[p][2] = fmaf(wv.z, v, acc[p][2]);
+            acc[p][3] = fmaf(wv.w, v, acc[p][3]);
+          }
         }
       }
 #pragma unroll
-    for (int r = 0; r < kReg; ++r) {
-      const int o = rg * kReg + r;
-      if (o >= group) break;
-      float v = acc[r] + (b != nullptr ? __ldg(b + o0 + o) : 0.0f);
-      if (relu && !(v > 0.0f)) v = 0.0f;
-      y[(static_cast<long>(s) * g.oc + o0 + o) * plane + q] = v;
+    for (int p = 0; p < kPositions; ++p) {
+      const int q = q0 + p;
+      if (q >= plane) break;
+#pragma unroll
+      for (int r = 0; r < kReg; ++r) {
+        const int o = rg * kReg + r;
+        if (o >= group) break;
+        float v = acc[p][r] + (b != nullptr ? __ldg(b + o0 + o) : 0.0f);
+        if (relu && !(v > 0.0f)) v = 0.0f;
+        y[(static_cast<long>(s) * g.oc + o0 + o) * plane + q] = v;
+      }
     }
   }
 }
@@ -98,46 +127,47 @@ __global__ void __launch_bounds__(kThreads)
 // Block (sample, group of kGroup input channels): the sample's output gradient and, per output channel, the
 // group's weights in shared memory; a thread takes one input position for kReg channels and sums, over
 // output channels o, kernel rows ky and columns kx in that order, the dy of the windows that cover it.
-// kUnitStride: stride 1 known at compile time, so finding the windows takes no integer division (at a
-// runtime stride, two divisions a tap made the kernel instruction-bound).
-template <bool kUnitStride>
+// Strides 2 and up (two integer divisions a tap); stride 1 takes small_data_strip_kernel below.
 __global__ void __launch_bounds__(kThreads)
     small_data_kernel(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx,
                       ConvGeometry g) {
-  extern __shared__ float shared[];
+  extern __shared__ float4 shared4[];
+  float* shared = reinterpret_cast<float*>(shared4);
   const int s = blockIdx.x, c0 = blockIdx.y * kGroup, group = min(kGroup, g.c - c0);
   const int regs = (group + kReg - 1) / kReg, width = regs * kReg, kk = g.k * g.k;
   const int plane = g.oh * g.ow;
-  float* ds = shared;                   // [oc][oh][ow]
-  float* ws = shared + g.oc * plane;    // [oc][width][kk], zeros past the group
+  float* ds = shared;                                // [oc][oh][ow]
+  float* ws = shared + round_up(g.oc * plane, 4);    // [oc][kk][width], zeros past the group
   const float* dys = dy + static_cast<long>(s) * g.oc * plane;
   for (int e = threadIdx.x; e < g.oc * plane; e += blockDim.x) ds[e] = dys[e];
-  for (int e = threadIdx.x; e < g.oc * width * kk; e += blockDim.x) {
-    const int o = e / (width * kk), r = e - o * width * kk, cc = r / kk, t = r - cc * kk;
+  for (int e = threadIdx.x; e < g.oc * kk * width; e += blockDim.x) {
+    const int o = e / (kk * width), r = e - o * kk * width, t = r / width, cc = r - t * width;
     ws[e] = cc < group ? w[(static_cast<long>(o) * g.c + c0 + cc) * kk + t] : 0.0f;
   }
   __syncthreads();
-  const int in_plane = g.h * g.w;
+  const int in_plane = g.h * g.w, step = width / kReg;
   for (int item = threadIdx.x; item < regs * in_plane; item += blockDim.x) {
     const int rg = item / in_plane, q = item - rg * in_plane, iy = q / g.w, ix = q - iy * g.w;
     float acc[kReg] = {};
     for (int o = 0; o < g.oc; ++o) {
       const float* grads = ds + o * plane;
-      const float* wo = ws + (o * width + rg * kReg) * kk;
+      const float4* wo = reinterpret_cast<const float4*>(ws + o * kk * width) + rg;
       for (int ky = 0; ky < g.k; ++ky) {
         const int ty = iy + g.pad - ky;  // oy * stride, where an output row's window covers iy with row ky
         if (ty < 0) break;
-        const int oy = kUnitStride ? ty : ty / g.stride;
-        if ((!kUnitStride && oy * g.stride != ty) || oy >= g.oh) continue;
+        const int oy = ty / g.stride;
+        if (oy * g.stride != ty || oy >= g.oh) continue;
         for (int kx = 0; kx < g.k; ++kx) {
           const int tx = ix + g.pad - kx;
           if (tx < 0) break;
-          const int ox = kUnitStride ? tx : tx / g.stride;
-          if ((!kUnitStride && ox * g.stride != tx) || ox >= g.ow) continue;
+          const int ox = tx / g.stride;
+          if (ox * g.stride != tx || ox >= g.ow) continue;
           const float d = grads[oy * g.ow + ox];
-          const float* wt = wo + ky * g.k + kx;
-#pragma unroll
-          for (int r = 0; r < kReg; ++r) acc[r] = fmaf(wt[r * kk], d, acc[r]);
+          const float4 wv = wo[(ky * g.k + kx) * step];
+          acc[0] = fmaf(wv.x, d, acc[0]);
+          acc[1] = fmaf(wv.y, d, acc[1]);
+          acc[2] = fmaf(wv.z, d, acc[2]);
+          acc[3] = fmaf(wv.w, d, acc[3]);
         }
       }
     }
@@ -150,76 +180,284 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Stride 1, K the kernel size (both directions are then one correlation of a staged plane with the
+// weights): a thread takes kStrip consecutive positions of one row for kReg channels. Per (channel summed
+// over, kernel row) it loads the kStrip + K - 1 values under those windows into registers once, and each
+// 16-byte weight load then serves kStrip x kReg multiply-adds (the two-position kernels above made two
+// shared-memory loads for every four). A small plane leaves few such items (lenet5's conv2 at batch 257:
+// 120 a sample, four warps a block, latency-bound), so the channels summed over are split into `splits`
+// ranges (strip_splits), each taken by its own threads; the ranges' sums are then added in range order
+// through shared memory. Within a range each output sums its terms in the order of the kernels above:
+// forward (ci, ky, kx), input gradient (o, ky, kx); the forward adds the bias last.
+constexpr int kStrip = 4;
+constexpr int kStripThreads = 512;   // the most a block takes when splitting
+constexpr int kMaxStripSplits = 4;
+using StripSums = float[kStrip][kReg];
+
+/// The ranges of summed-over channels a strip launch splits into: the most, up to kMaxStripSplits, for
+/// which every thread takes one item, the partial sums fit in shared memory, and no range is empty; 1
+/// (no split: threads loop over the items) when none does.
+int strip_splits(int items, int summed) {
+  for (int s = std::min(kMaxStripSplits, summed); s > 1; --s) {
+    const int per = (summed + s - 1) / s, nonempty = (summed + per - 1) / per;
+    if (nonempty * items <= kStripThreads && (nonempty - 1) * items * kStrip * kReg <= kMaxSharedFloats)
+      return nonempty;
+  }
+  return 1;
+}
+long long strip_reduce_floats(int items, int splits) {
+  return static_cast<long long>(splits - 1) * items * kStrip * kReg;
+}
+unsigned strip_block(int items, int splits) {
+  return splits == 1 ? kThreads : static_cast<unsigned>(round_up(static_cast<long long>(splits) * items, 32));
+}
+
+/// Adds splits 1, 2, ... of each item's sums to split 0's, in that order, through `red` (shared memory the
+/// block no longer reads: the call starts with a barrier, and every thread of the block makes it). Returns
+/// whether this thread now holds a finished sum (split 0).
+__device__ bool add_split_sums(StripSums& acc, float* red, int split, int splits, int item, int items) {
+  __syncthreads();
+  if (split >= 1 && split < splits)
+#pragma unroll
+    for (int e = 0; e < kStrip * kReg; ++e) red[((split - 1) * kStrip * kReg + e) * items + item] = acc[e / kReg][e % kReg];
+  __syncthreads();
+  if (split != 0) return false;
+  for (int s = 1; s < splits; ++s)
+#pragma unroll
+    for (int e = 0; e < kStrip * kReg; ++e) acc[e / kReg][e % kReg] += red[((s - 1) * kStrip * kReg + e) * items + item];
+  return true;
+}
+
+template <int K>
+__global__ void __launch_bounds__(kStripThreads)
+    small_forward_strip_kernel(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b,
+                               float* __restrict__ y, ConvGeometry g, bool relu, int splits) {
+  extern __shared__ float4 shared4[];
+  float* shared = reinterpret_cast<float*>(shared4);
+  const int s = blockIdx.x, o0 = blockIdx.y * kGroup, group = min(kGroup, g.oc - o0);
+  const int regs = (group + kReg - 1) / kReg, width = regs * kReg, taps = g.c * K * K;
+  const int ph = g.h + 2 * g.pad, pw = g.w + 2 * g.pad;
+  float* xs = shared;
+  float* ws = shared + round_up(g.c * ph * pw, 4);  // [taps][width], zeros past the group
+  stage_padded(x + static_cast<long>(s) * g.c * g.h * g.w, xs, g);
+  for (int e = threadIdx.x; e < taps * width; e += blockDim.x) {
+    const int j = e / width, ch = e - j * width;
+    ws[e] = ch < group ? w[static_cast<long>(o0 + ch) * taps + j] : 0.0f;
+  }
+  __syncthreads();
+  const int strips = (g.ow + kStrip - 1) / kStrip, per_group = g.oh * strips, items = regs * per_group;
+  const int step = width / kReg;
+  // Item: (group of kReg channels rg, output row oy, strip from column ox0).
+  const auto sum = [&](StripSums& acc, int item, int c_begin, int c_end) {
+    const int rg = item / per_group, rest = item - rg * per_group, oy = rest / strips;
+    const int ox0 = (rest - oy * strips) * kStrip;
+    const float4* wr = reinterpret_cast<const float4*>(ws) + rg;
+    for (int ci = c_begin; ci < c_end; ++ci)
+      for (int ky = 0; ky < K; ++ky) {
+        // Padded row oy + ky < ph at stride 1; columns at pw and past feed only outputs past ow (unwritten).
+        const float* row = xs + (ci * ph + oy + ky) * pw;
+        float v[kStrip + K - 1];
+#pragma unroll
+        for (int j = 0; j < kStrip + K - 1; ++j) v[j] = ox0 + j < pw ? row[ox0 + j] : 0.0f;
+        const float4* wt = wr + (ci * K + ky) * K * step;
+#pragma unroll
+        for (int kx = 0; kx < K; ++kx) {
+          const float4 wv = wt[kx * step];
+#pragma unroll
+          for (int p = 0; p < kStrip; ++p) {
+            acc[p][0] = fmaf(wv.x, v[p + kx], acc[p][0]);
+            acc[p][1] = fmaf(wv.y, v[p + kx], acc[p][1]);
+            acc[p][2] = fmaf(wv.z, v[p + kx], acc[p][2]);
+            acc[p][3] = fmaf(wv.w, v[p + kx], acc[p][3]);
+          }
+        }
+      }
+  };
+  const auto write = [&](const StripSums& acc, int item) {
+    const int rg = item / per_group, rest = item - rg * per_group, oy = rest / strips;
+    const int ox0 = (rest - oy * strips) * kStrip;
+#pragma unroll
+    for (int r = 0; r < kReg; ++r) {
+      const int o = rg * kReg + r;
+      if (o >= group) break;
+      const float bias = b != nullptr ? __ldg(b + o0 + o) : 0.0f;
+      float* out = y + (static_cast<long>(s) * g.oc + o0 + o) * g.oh * g.ow + oy * g.ow;
+#pragma unroll
+      for (int p = 0; p < kStrip; ++p) {
+        if (ox0 + p >= g.ow) break;
+        float v = acc[p][r] + bias;
+        if (relu && !(v > 0.0f)) v = 0.0f;
+        out[ox0 + p] = v;
+      }
+    }
+  };
+  if (splits == 1) {
+    for (int item = threadIdx.x; item < items; item += blockDim.x) {
+      StripSums acc = {};
+      sum(acc, item, 0, g.c);
+      write(acc, item);
+    }
+    return;
+  }
+  const int split = threadIdx.x / items, item = threadIdx.x - split * items, per = (g.c + splits - 1) / splits;
+  StripSums acc = {};
+  if (split < splits) sum(acc, item, split * per, min(g.c, (split + 1) * per));
+  if (add_split_sums(acc, shared, split, splits, item, items)) write(acc, item);
+}
+
+template <int K>
+__global__ void __launch_bounds__(kStripThreads)
+    small_data_strip_kernel(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx,
+                            ConvGeometry g, int splits) {
+  extern __shared__ float4 shared4[];
+  float* shared = reinterpret_cast<float*>(shared4);
+  const int s = blockIdx.x, c0 = blockIdx.y * kGroup, group = min(kGroup, g.c - c0);
+  const int regs = (group + kReg - 1) / kReg, width = regs * kReg, kk = K * K;
+  const int plane = g.oh * g.ow;
+  float* ds = shared;                              // [oc][oh][ow]
+  float* ws = shared + round_up(g.oc * plane, 4);  // [oc][kk][width], zeros past the group
+  const float* dys = dy + static_cast<long>(s) * g.oc * plane;
+  for (int e = threadIdx.x; e < g.oc * plane; e += blockDim.x) ds[e] = dys[e];
+  for (int e = threadIdx.x; e < g.oc * kk * width; e += blockDim.x) {
+    const int o = e / (kk * width), r = e - o * kk * width, t = r / width, cc = r - t * width;
+    ws[e] = cc < group ? w[(static_cast<long>(o) * g.c + c0 + cc) * kk + t] : 0.0f;
+  }
+  __syncthreads();
+  const int strips = (g.w + kStrip - 1) / kStrip, per_group = g.h * strips, items = regs * per_group;
+  const int step = width / kReg;
+  // Item: (group of kReg channels rg, input row iy, strip from column ix0).
+  const auto sum = [&](StripSums& acc, int item, int o_begin, int o_end) {
+    const int rg = item / per_group, rest = item - rg * per_group, iy = rest / strips;
+    const int ix0 = (rest - iy * strips) * kStrip;
+    // Input column ix0 + p takes kernel column kx from output column ix0 + p + pad - kx = first + p + K - 1 - kx.
+    const int first = ix0 + g.pad - (K - 1);
+    for (int o = o_begin; o < o_end; ++o) {
+      const float* grads = ds + o * plane;
+      const float4* wo = reinterpret_cast<const float4*>(ws + o * kk * width) + rg;
+      for (int ky = 0; ky < K; ++ky) {
+        const int oy = iy + g.pad - ky;  // the output row whose window covers iy with kernel row ky
+        if (oy < 0) break;
+        if (oy >= g.oh) continue;
+        const float* row = grads + oy * g.ow;
+        float v[kStrip + K - 1];
+#pragma unroll
+        for (int j = 0; j < kStrip + K - 1; ++j) {
+          const int ox = first + j;
+          v[j] = ox >= 0 && ox < g.ow ? row[ox] : 0.0f;
+        }
+#pragma unroll
+        for (int kx = 0; kx < K; ++kx) {
+          const float4 wv = wo[(ky * K + kx) * step];
+#pragma unroll
+          for (int p = 0; p < kStrip; ++p) {
+            const float d = v[p + K - 1 - kx];
+            acc[p][0] = fmaf(wv.x, d, acc[p][0]);
+            acc[p][1] = fmaf(wv.y, d, acc[p][1]);
+            acc[p][2] = fmaf(wv.z, d, acc[p][2]);
+            acc[p][3] = fmaf(wv.w, d, acc[p][3]);
+          }
+        }
+      }
+    }
+  };
+  const auto write = [&](const StripSums& acc, int item) {
+    const int rg = item / per_group, rest = item - rg * per_group, iy = rest / strips;
+    const int ix0 = (rest - iy * strips) * kStrip;
+#pragma unroll
+    for (int r = 0; r < kReg; ++r) {
+      const int cc = rg * kReg + r;
+      if (cc >= group) break;
+      float* out = dx + (static_cast<long>(s) * g.c + c0 + cc) * g.h * g.w + iy * g.w;
+#pragma unroll
+      for (int p = 0; p < kStrip; ++p) {
+        if (ix0 + p >= g.w) break;
+        out[ix0 + p] = acc[p][r];
+      }
+    }
+  };
+  if (splits == 1) {
+    for (int item = threadIdx.x; item < items; item += blockDim.x) {
+      StripSums acc = {};
+      sum(acc, item, 0, g.oc);
+      write(acc, item);
+    }
+    return;
+  }
+  const int split = threadIdx.x / items, item = threadIdx.x - split * items, per = (g.oc + splits - 1) / splits;
+  StripSums acc = {};
+  if (split < splits) sum(acc, item, split * per, min(g.oc, (split + 1) * per));
+  if (add_split_sums(acc, shared, split, splits, item, items)) write(acc, item);
+}
+
 // Block per chunk of samples, K the kernel size: each sample's padded input and output gradient in shared
-// memory in turn; a thread holds up to kFilterItems items in registers across the chunk: a weight item
-// (kReg output channels, input channel ci, kernel row ky) sums dy x over the positions for all K columns;
-// a bias item sums one channel's dy. partial[chunk][(o, ci, ky, kx) | bias o].
+// memory in turn; thread t takes work item t % items of row split t / items (splits: filter_splits) and
+// holds it in registers across the chunk: a weight item (kReg output channels, input channel ci, kernel row
+// ky) sums dy x over the split's positions for all K columns; a bias item sums one channel's dy there.
+// partial[chunk][split][(o, ci, ky, kx) | bias o].
 template <int K>
 __global__ void __launch_bounds__(kFilterThreads)
     small_filter_partial_kernel(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ partial,
-                                ConvGeometry g, int per_chunk) {
+                                ConvGeometry g, int per_chunk, int splits) {
   extern __shared__ float shared[];
   const int ph = g.h + 2 * g.pad, pw = g.w + 2 * g.pad, plane = g.oh * g.ow;
-  float* xs = shared;                // [c][ph][pw]
+  float* xs = shared;                  // [c][ph][pw]
   float* ds = shared + g.c * ph * pw;  // [oc][oh][ow]
   const int weight_items = (g.oc + kReg - 1) / kReg * g.c * K, items = weight_items + g.oc;
+  const int split = threadIdx.x / items, item = threadIdx.x - split * items;
+  const bool active = split < splits;
   const int first = blockIdx.x * per_chunk, last = min(g.n, first + per_chunk);
-  float acc[kFilterItems][kReg][K] = {};
+  float acc[kReg][K] = {};
   for (int s = first; s < last; ++s) {
     __syncthreads();  // the last sample's reads are done
     stage_padded(x + static_cast<long>(s) * g.c * g.h * g.w, xs, g);
     const float* dys = dy + static_cast<long>(s) * g.oc * plane;
     for (int e = threadIdx.x; e < g.oc * plane; e += blockDim.x) ds[e] = dys[e];
     __syncthreads();
-#pragma unroll
-    for (int i = 0; i < kFilterItems; ++i) {
-      const int item = threadIdx.x + i * kFilterThreads;
-      if (item < weight_items) {
-        const int og = item / (g.c * K), rem = item - og * g.c * K, ci = rem / K, ky = rem - ci * K;
-        const int o0 = og * kReg;
-        for (int oy = 0; oy < g.oh; ++oy) {
-          const float* row = xs + (ci * ph + oy * g.stride + ky) * pw;
-          for (int ox = 0; ox < g.ow; ++ox) {
-            float d[kReg];
-#pragma unroll
-            for (int r = 0; r < kReg; ++r) d[r] = o0 + r < g.oc ? ds[(o0 + r) * plane + oy * g.ow + ox] : 0.0f;
-            const float* window = row + ox * g.stride;
-#pragma unroll
-            for (int kx = 0; kx < K; ++kx) {
-              const float v = window[kx];
-#pragma unroll
-              for (int r = 0; r < kReg; ++r) acc[i][r][kx] = fmaf(d[r], v, acc[i][r][kx]);
-            }
-          }
-        }
-      } else if (item < items) {
-        const float* grads = ds + (item - weight_items) * plane;
-        for (int q = 0; q < plane; ++q) acc[i][0][0] += grads[q];
-      }
-    }
-  }
-  const int weights = g.oc * g.c * K * K;
-  float* out = partial + static_cast<long>(blockIdx.x) * (weights + g.oc);
-#pragma unroll
-  for (int i = 0; i < kFilterItems; ++i) {
-    const int item = threadIdx.x + i * kFilterThreads;
+    if (!active) continue;
     if (item < weight_items) {
       const int og = item / (g.c * K), rem = item - og * g.c * K, ci = rem / K, ky = rem - ci * K;
+      const int o0 = og * kReg;
+      for (int oy = split; oy < g.oh; oy += splits) {
+        const float* row = xs + (ci * ph + oy * g.stride + ky) * pw;
+        for (int ox = 0; ox < g.ow; ++ox) {
+          float d[kReg];
 #pragma unroll
-      for (int r = 0; r < kReg; ++r) {
-        const int o = og * kReg + r;
-        if (o >= g.oc) break;
+          for (int r = 0; r < kReg; ++r) d[r] = o0 + r < g.oc ? ds[(o0 + r) * plane + oy * g.ow + ox] : 0.0f;
+          const float* window = row + ox * g.stride;
 #pragma unroll
-        for (int kx = 0; kx < K; ++kx) out[((o * g.c + ci) * K + ky) * K + kx] = acc[i][r][kx];
+          for (int kx = 0; kx < K; ++kx) {
+            const float v = window[kx];
+#pragma unroll
+            for (int r = 0; r < kReg; ++r) acc[r][kx] = fmaf(d[r], v, acc[r][kx]);
+          }
+        }
       }
-    } else if (item < items) {
-      out[weights + item - weight_items] = acc[i][0][0];
+    } else {
+      const float* grads = ds + (item - weight_items) * plane;
+      for (int oy = split; oy < g.oh; oy += splits)
+        for (int ox = 0; ox < g.ow; ++ox) acc[0][0] += grads[oy * g.ow + ox];
     }
+  }
+  if (!active) return;
+  const int weights = g.oc * g.c * K * K;
+  float* out = partial + (static_cast<long>(blockIdx.x) * splits + split) * (weights + g.oc);
+  if (item < weight_items) {
+    const int og = item / (g.c * K), rem = item - og * g.c * K, ci = rem / K, ky = rem - ci * K;
+#pragma unroll
+    for (int r = 0; r < kReg; ++r) {
+      const int o = og * kReg + r;
+      if (o >= g.oc) break;
+#pragma unroll
+      for (int kx = 0; kx < K; ++kx) out[((o * g.c + ci) * K + ky) * K + kx] = acc[r][kx];
+    }
+  } else {
+    out[weights + item - weight_items] = acc[0][0];
   }
 }
 
-/// dw, then db: a warp per entry; lane l adds chunks l, l + 32, ... in order, then a shuffle tree adds the
-/// lanes (a fixed order; one thread per entry, 257 dependent loads each, took 11.6 us at batch 257).
+/// dw, then db: a warp per entry; lane l adds partials l, l + 32, ... (chunk by chunk, split by split) in
+/// order, then a shuffle tree adds the lanes (a fixed order; one thread per entry, 257 dependent loads
+/// each, took 11.6 us at batch 257).
 __global__ void small_filter_finish_kernel(const float* __restrict__ partial, int chunks, int weights, int oc,
                                            float* __restrict__ dw, float* __restrict__ db) {
   const int per_chunk = weights + oc, lane = threadIdx.x % 32;
@@ -239,13 +477,27 @@ void require_fits(const ConvGeometry& g, const char* what) {
   if (!small_conv_fits(g)) conv_shared::refuse(what, "small convolution", g);
 }
 
+/// Calls f(std::integral_constant<int, k>{}), for the kernels templated on the kernel size (1 to kMaxK).
+template <typename F>
+void with_kernel_size(int k, F&& f) {
+  static_assert(kMaxK == 7);
+  switch (k) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 5: f(std::integral_constant<int, 5>{}); break;
+    case 6: f(std::integral_constant<int, 6>{}); break;
+    default: f(std::integral_constant<int, 7>{}); break;
+  }
+}
+
 template <int K>
 void launch_filter_partial(const float* x, const float* dy, float* partial, const ConvGeometry& g,
                            cudaStream_t stream) {
   const size_t shared = sizeof(float) * static_cast<size_t>(filter_shared_floats(g));
-  small_filter_partial_kernel<K>
-      <<<static_cast<unsigned>(chunks(g.n)), kFilterThreads, shared, stream>>>(x, dy, partial, g,
-                                                                                 samples_per_chunk(g.n));
+  small_filter_partial_kernel<K><<<static_cast<unsigned>(chunks(g.n)), kFilterThreads, shared, stream>>>(
+      x, dy, partial, g, samples_per_chunk(g.n), filter_splits(g));
 }
 
 }  // namespace
@@ -259,31 +511,50 @@ bool small_conv_fits(const ConvGeometry& g) {
   const long long ph = g.h + 2LL * g.pad, pw = g.w + 2LL * g.pad;
   if (ph < g.k || pw < g.k || g.oh != (ph - g.k) / g.stride + 1 || g.ow != (pw - g.k) / g.stride + 1) return false;
   return forward_shared_floats(g) <= kMaxSharedFloats && data_shared_floats(g) <= kMaxSharedFloats &&
-         filter_shared_floats(g) <= kMaxSharedFloats && filter_items(g) <= kFilterThreads * kFilterItems;
+         filter_shared_floats(g) <= kMaxSharedFloats && filter_items(g) <= kFilterThreads;
 }
 
 size_t small_conv_scratch(const ConvGeometry& g) {
   if (!small_conv_fits(g)) return 0;
-  return sizeof(float) * static_cast<size_t>(chunks(g.n)) * (static_cast<size_t>(g.oc) * g.c * g.k * g.k + g.oc);
+  return sizeof(float) * static_cast<size_t>(chunks(g.n)) * filter_splits(g) *
+         (static_cast<size_t>(g.oc) * g.c * g.k * g.k + g.oc);
 }
 
 void small_conv_forward(const float* x, const float* w, const float* b, float* y, bool relu, const ConvGeometry& g,
                         cudaStream_t stream) {
   require_fits(g, "small_conv_forward");
   const dim3 grid(static_cast<unsigned>(g.n), static_cast<unsigned>((g.oc + kGroup - 1) / kGroup));
-  const size_t shared = sizeof(float) * static_cast<size_t>(forward_shared_floats(g));
-  small_forward_kernel<<<grid, kThreads, shared, stream>>>(x, w, b, y, g, relu);
+  const size_t staged = static_cast<size_t>(forward_shared_floats(g));
+  if (g.stride == 1) {
+    // The widest group's items (the last group may have fewer: its extra threads idle).
+    const int items = (std::min(kGroup, g.oc) + kReg - 1) / kReg * g.oh * ((g.ow + kStrip - 1) / kStrip);
+    const int splits = strip_splits(items, g.c);
+    const size_t shared = sizeof(float) * std::max<size_t>(staged, strip_reduce_floats(items, splits));
+    with_kernel_size(g.k, [&](auto kernel_size) {
+      constexpr int K = decltype(kernel_size)::value;
+      small_forward_strip_kernel<K><<<grid, strip_block(items, splits), shared, stream>>>(x, w, b, y, g, relu, splits);
+    });
+  } else {
+    small_forward_kernel<<<grid, kThreads, sizeof(float) * staged, stream>>>(x, w, b, y, g, relu);
+  }
   CUDA_CHECK_LAUNCH();
 }
 
 void small_conv_backward_data(const float* dy, const float* w, float* dx, const ConvGeometry& g, cudaStream_t stream) {
   require_fits(g, "small_conv_backward_data");
   const dim3 grid(static_cast<unsigned>(g.n), static_cast<unsigned>((g.c + kGroup - 1) / kGroup));
-  const size_t shared = sizeof(float) * static_cast<size_t>(data_shared_floats(g));
-  if (g.stride == 1)
-    small_data_kernel<true><<<grid, kThreads, shared, stream>>>(dy, w, dx, g);
-  else
-    small_data_kernel<false><<<grid, kThreads, shared, stream>>>(dy, w, dx, g);
+  const size_t staged = static_cast<size_t>(data_shared_floats(g));
+  if (g.stride == 1) {
+    const int items = (std::min(kGroup, g.c) + kReg - 1) / kReg * g.h * ((g.w + kStrip - 1) / kStrip);
+    const int splits = strip_splits(items, g.oc);
+    const size_t shared = sizeof(float) * std::max<size_t>(staged, strip_reduce_floats(items, splits));
+    with_kernel_size(g.k, [&](auto kernel_size) {
+      constexpr int K = decltype(kernel_size)::value;
+      small_data_strip_kernel<K><<<grid, strip_block(items, splits), shared, stream>>>(dy, w, dx, g, splits);
+    });
+  } else {
+    small_data_kernel<<<grid, kThreads, sizeof(float) * staged, stream>>>(dy, w, dx, g);
+  }
   CUDA_CHECK_LAUNCH();
 }
 
@@ -291,20 +562,15 @@ void small_conv_filter_grad(const float* x, const float* dy, float* dw, float* d
                             const ConvGeometry& g, cudaStream_t stream) {
   require_fits(g, "small_conv_filter_grad");
   float* partial = static_cast<float*>(scratch);
-  switch (g.k) {
-    case 1: launch_filter_partial<1>(x, dy, partial, g, stream); break;
-    case 2: launch_filter_partial<2>(x, dy, partial, g, stream); break;
-    case 3: launch_filter_partial<3>(x, dy, partial, g, stream); break;
-    case 4: launch_filter_partial<4>(x, dy, partial, g, stream); break;
-    case 5: launch_filter_partial<5>(x, dy, partial, g, stream); break;
-    case 6: launch_filter_partial<6>(x, dy, partial, g, stream); break;
-    default: launch_filter_partial<7>(x, dy, partial, g, stream); break;
-  }
+  with_kernel_size(g.k, [&](auto kernel_size) {
+    launch_filter_partial<decltype(kernel_size)::value>(x, dy, partial, g, stream);
+  });
   CUDA_CHECK_LAUNCH();
   const int weights = g.oc * g.c * g.k * g.k;
   constexpr int kWarpsPerBlock = kFinishThreads / 32;
   const unsigned blocks = static_cast<unsigned>((weights + g.oc + kWarpsPerBlock - 1) / kWarpsPerBlock);
-  small_filter_finish_kernel<<<blocks, kFinishThreads, 0, stream>>>(partial, chunks(g.n), weights, g.oc, dw, db);
+  small_filter_finish_kernel<<<blocks, kFinishThreads, 0, stream>>>(partial, chunks(g.n) * filter_splits(g), weights,
+                                                                     g.oc, dw, db);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -32,11 +32,18 @@ const CudaOptions& select_device(const CudaOptions& options, std::chrono::steady
   return options;
 }
 
-/// The device's highest stream priority (the lowest is 0).
+/// The device's highest stream priority (the lowest is 0; greater priorities are more negative).
 int highest_priority() {
   int lowest = 0, highest = 0;
   CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&lowest, &highest));
   return highest;
+}
+
+/// One step below the highest, where the device has one (else the highest).
+int second_priority() {
+  int lowest = 0, highest = 0;
+  CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&lowest, &highest));
+  return highest < lowest ? highest + 1 : highest;
 }
 
 }  // namespace
@@ -62,7 +69,7 @@ CudaContext::Lane::Lane(bool tf32, int priority) : stream(make_stream(priority))
 CudaContext::CudaContext(const CudaOptions& options)
     : options_(select_device(options, device_ready_)),
       main_(options.tf32, highest_priority()),
-      side_(options.tf32, highest_priority()),
+      side_(options.tf32, second_priority()),
       update_(make_stream(0)),
       forked_(make_event()),
       joined_(make_event()),
