@@ -3,7 +3,10 @@
 // larger problems: at batch 257 on an H100 its implicit GEMM forward took 15.5 us plus a bias pass, and
 // its FFT input and filter gradients about 70 us of the step's critical path, for 62 million
 // multiply-adds a direction. Here a block stages one sample (zero-padded input, or output gradient)
-// and the weights in shared memory and each thread sums a few outputs in registers. Plain FP32 FMA,
+// and the weights in shared memory and each thread sums a few outputs in registers: at stride 1 a strip
+// of four positions of a row for four channels, with the summed-over channels split over up to four
+// thread ranges where the plane leaves few strips (at batch 257 on an H100: forward 11.4 us, input
+// gradient 17.6, filter gradient 23.8, against cuDNN's best 19.8, 44.4 and 33.3). Plain FP32 FMA,
 // each output summed in an order fixed by the shape (the filter gradient: per chunk of samples, then
 // the chunks in order), without atomics: deterministic on every GPU, exact in train.exact_convolutions'
 // sense. Nothing here allocates or synchronizes, so the calls can be captured in a CUDA graph.
