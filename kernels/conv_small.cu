@@ -228,6 +228,25 @@ __device__ bool add_split_sums(StripSums& acc, float* red, int split, int splits
   return true;
 }
 
+/// Runs a strip launch's items: without a split, threads loop over the items, each summing every
+/// channel; with one, thread t takes item t % items of range t / items, and the ranges' sums are added
+/// (add_split_sums) before split 0 writes. sum(acc, item, begin, end) adds channels [begin, end).
+template <typename Sum, typename Write>
+__device__ void run_strip_items(int items, int summed, int splits, float* red, const Sum& sum, const Write& write) {
+  if (splits == 1) {
+    for (int item = threadIdx.x; item < items; item += blockDim.x) {
+      StripSums acc = {};
+      sum(acc, item, 0, summed);
+      write(acc, item);
+    }
+    return;
+  }
+  const int split = threadIdx.x / items, item = threadIdx.x - split * items, per = (summed + splits - 1) / splits;
+  StripSums acc = {};
+  if (split < splits) sum(acc, item, split * per, min(summed, (split + 1) * per));
+  if (add_split_sums(acc, red, split, splits, item, items)) write(acc, item);
+}
+
 template <int K>
 __global__ void __launch_bounds__(kStripThreads)
     small_forward_strip_kernel(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b,
@@ -291,18 +310,7 @@ __global__ void __launch_bounds__(kStripThreads)
       }
     }
   };
-  if (splits == 1) {
-    for (int item = threadIdx.x; item < items; item += blockDim.x) {
-      StripSums acc = {};
-      sum(acc, item, 0, g.c);
-      write(acc, item);
-    }
-    return;
-  }
-  const int split = threadIdx.x / items, item = threadIdx.x - split * items, per = (g.c + splits - 1) / splits;
-  StripSums acc = {};
-  if (split < splits) sum(acc, item, split * per, min(g.c, (split + 1) * per));
-  if (add_split_sums(acc, shared, split, splits, item, items)) write(acc, item);
+  run_strip_items(items, g.c, splits, shared, sum, write);
 }
 
 template <int K>
@@ -375,18 +383,7 @@ __global__ void __launch_bounds__(kStripThreads)
       }
     }
   };
-  if (splits == 1) {
-    for (int item = threadIdx.x; item < items; item += blockDim.x) {
-      StripSums acc = {};
-      sum(acc, item, 0, g.oc);
-      write(acc, item);
-    }
-    return;
-  }
-  const int split = threadIdx.x / items, item = threadIdx.x - split * items, per = (g.oc + splits - 1) / splits;
-  StripSums acc = {};
-  if (split < splits) sum(acc, item, split * per, min(g.oc, (split + 1) * per));
-  if (add_split_sums(acc, shared, split, splits, item, items)) write(acc, item);
+  run_strip_items(items, g.oc, splits, shared, sum, write);
 }
 
 // Block per chunk of samples, K the kernel size: each sample's padded input and output gradient in shared
