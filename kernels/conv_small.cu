@@ -61,6 +61,34 @@ __device__ void stage_padded(const float* __restrict__ x, float* xs, const ConvG
   }
 }
 
+/// The forward's shared memory: the sample's zero-padded input, then the weights of output channels
+/// [o0, o0 + group) tap-major ([taps][width], zeros past the group), so that one 16-byte load holds a
+/// tap's kReg channels. Ends with a barrier.
+__device__ __forceinline__ void stage_forward(const float* __restrict__ x, const float* __restrict__ w, float* xs,
+                                              float* ws, const ConvGeometry& g, int o0, int group, int width,
+                                              int taps) {
+  stage_padded(x, xs, g);
+  for (int e = threadIdx.x; e < taps * width; e += blockDim.x) {
+    const int j = e / width, ch = e - j * width;
+    ws[e] = ch < group ? w[static_cast<long>(o0 + ch) * taps + j] : 0.0f;
+  }
+  __syncthreads();
+}
+
+/// The input gradient's shared memory: the sample's output gradient ([oc][oh][ow]), then per output
+/// channel the weights of input channels [c0, c0 + group) ([oc][kk][width], zeros past the group). Ends
+/// with a barrier.
+__device__ __forceinline__ void stage_data(const float* __restrict__ dys, const float* __restrict__ w, float* ds,
+                                           float* ws, const ConvGeometry& g, int plane, int c0, int group, int width,
+                                           int kk) {
+  for (int e = threadIdx.x; e < g.oc * plane; e += blockDim.x) ds[e] = dys[e];
+  for (int e = threadIdx.x; e < g.oc * kk * width; e += blockDim.x) {
+    const int o = e / (kk * width), r = e - o * kk * width, t = r / width, cc = r - t * width;
+    ws[e] = cc < group ? w[(static_cast<long>(o) * g.c + c0 + cc) * kk + t] : 0.0f;
+  }
+  __syncthreads();
+}
+
 // Block (sample, group of kGroup output channels): the sample's padded input and the group's weights in
 // shared memory, the weights tap-major so that one 16-byte load holds a tap's kReg channels; a thread takes
 // kPositions output positions for kReg channels, so each weight load serves kPositions x kReg multiply-adds
@@ -75,12 +103,7 @@ __global__ void __launch_bounds__(kThreads)
   const int ph = g.h + 2 * g.pad, pw = g.w + 2 * g.pad;
   float* xs = shared;
   float* ws = shared + round_up(g.c * ph * pw, 4);  // [taps][width], zeros past the group
-  stage_padded(x + static_cast<long>(s) * g.c * g.h * g.w, xs, g);
-  for (int e = threadIdx.x; e < taps * width; e += blockDim.x) {
-    const int j = e / width, ch = e - j * width;
-    ws[e] = ch < group ? w[static_cast<long>(o0 + ch) * taps + j] : 0.0f;
-  }
-  __syncthreads();
+  stage_forward(x + static_cast<long>(s) * g.c * g.h * g.w, w, xs, ws, g, o0, group, width, taps);
   const int plane = g.oh * g.ow, spans = (plane + kPositions - 1) / kPositions, step = width / kReg;
   for (int item = threadIdx.x; item < regs * spans; item += blockDim.x) {
     const int rg = item / spans, q0 = (item - rg * spans) * kPositions;
@@ -138,13 +161,7 @@ __global__ void __launch_bounds__(kThreads)
   const int plane = g.oh * g.ow;
   float* ds = shared;                                // [oc][oh][ow]
   float* ws = shared + round_up(g.oc * plane, 4);    // [oc][kk][width], zeros past the group
-  const float* dys = dy + static_cast<long>(s) * g.oc * plane;
-  for (int e = threadIdx.x; e < g.oc * plane; e += blockDim.x) ds[e] = dys[e];
-  for (int e = threadIdx.x; e < g.oc * kk * width; e += blockDim.x) {
-    const int o = e / (kk * width), r = e - o * kk * width, t = r / width, cc = r - t * width;
-    ws[e] = cc < group ? w[(static_cast<long>(o) * g.c + c0 + cc) * kk + t] : 0.0f;
-  }
-  __syncthreads();
+  stage_data(dy + static_cast<long>(s) * g.oc * plane, w, ds, ws, g, plane, c0, group, width, kk);
   const int in_plane = g.h * g.w, step = width / kReg;
   for (int item = threadIdx.x; item < regs * in_plane; item += blockDim.x) {
     const int rg = item / in_plane, q = item - rg * in_plane, iy = q / g.w, ix = q - iy * g.w;
@@ -258,12 +275,7 @@ __global__ void __launch_bounds__(kStripThreads)
   const int ph = g.h + 2 * g.pad, pw = g.w + 2 * g.pad;
   float* xs = shared;
   float* ws = shared + round_up(g.c * ph * pw, 4);  // [taps][width], zeros past the group
-  stage_padded(x + static_cast<long>(s) * g.c * g.h * g.w, xs, g);
-  for (int e = threadIdx.x; e < taps * width; e += blockDim.x) {
-    const int j = e / width, ch = e - j * width;
-    ws[e] = ch < group ? w[static_cast<long>(o0 + ch) * taps + j] : 0.0f;
-  }
-  __syncthreads();
+  stage_forward(x + static_cast<long>(s) * g.c * g.h * g.w, w, xs, ws, g, o0, group, width, taps);
   const int strips = (g.ow + kStrip - 1) / kStrip, per_group = g.oh * strips, items = regs * per_group;
   const int step = width / kReg;
   // Item: (group of kReg channels rg, output row oy, strip from column ox0).
@@ -324,13 +336,7 @@ __global__ void __launch_bounds__(kStripThreads)
   const int plane = g.oh * g.ow;
   float* ds = shared;                              // [oc][oh][ow]
   float* ws = shared + round_up(g.oc * plane, 4);  // [oc][kk][width], zeros past the group
-  const float* dys = dy + static_cast<long>(s) * g.oc * plane;
-  for (int e = threadIdx.x; e < g.oc * plane; e += blockDim.x) ds[e] = dys[e];
-  for (int e = threadIdx.x; e < g.oc * kk * width; e += blockDim.x) {
-    const int o = e / (kk * width), r = e - o * kk * width, t = r / width, cc = r - t * width;
-    ws[e] = cc < group ? w[(static_cast<long>(o) * g.c + c0 + cc) * kk + t] : 0.0f;
-  }
-  __syncthreads();
+  stage_data(dy + static_cast<long>(s) * g.oc * plane, w, ds, ws, g, plane, c0, group, width, kk);
   const int strips = (g.w + kStrip - 1) / kStrip, per_group = g.h * strips, items = regs * per_group;
   const int step = width / kReg;
   // Item: (group of kReg channels rg, input row iy, strip from column ix0).
