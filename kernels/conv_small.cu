@@ -92,7 +92,8 @@ __device__ __forceinline__ void stage_data(const float* __restrict__ dys, const 
 // Block (sample, group of kGroup output channels): the sample's padded input and the group's weights in
 // shared memory, the weights tap-major so that one 16-byte load holds a tap's kReg channels; a thread takes
 // kPositions output positions for kReg channels, so each weight load serves kPositions x kReg multiply-adds
-// and each input load kReg. Each output sums its taps in (ci, ky, kx) order, then adds the bias.
+// and each input load kReg. Each output sums its taps in (ci, ky, kx) order, then adds the bias. Strides 2
+// and up; stride 1 takes small_forward_strip_kernel below.
 __global__ void __launch_bounds__(kThreads)
     small_forward_kernel(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b,
                          float* __restrict__ y, ConvGeometry g, bool relu) {
