@@ -125,6 +125,12 @@ TEST_F(SmallConv, ChannelCountsAcrossBlockGroups) {
   check_shape({2, 1, 28, 28, 6, 28, 28, 5, 1, 2});  // one input channel: lenet5's conv1
 }
 
+// At stride 1 the strip kernels split the summed-over channels (most shapes above) or, where one range is all
+// there is or the items would overfill a block, loop threads over the items: lenet5's conv1 above does so in
+// the forward (one input channel, 392 items); one output channel does so in the input gradient (144 items
+// over 128 threads).
+TEST_F(SmallConv, StripKernelsUnsplitWithItemsPastTheBlock) { check_shape({3, 2, 24, 24, 1, 24, 24, 3, 1, 1}); }
+
 TEST(SmallConvFits, GuardAdmitsWhatTheKernelsServe) {
   using G = ConvGeometry;
   EXPECT_TRUE(kernels::small_conv_fits(G{257, 6, 14, 14, 16, 10, 10, 5, 1, 0}));    // lenet5's conv2
