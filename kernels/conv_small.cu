@@ -223,6 +223,15 @@ int strip_splits(int items, int summed) {
   }
   return 1;
 }
+/// A strip kernel's work items for a block of `group` channels over a rows x cols plane: (group of kReg channels,
+/// row, strip of kStrip columns); the kernels and their launches both count them here.
+struct StripItems {
+  int strips, per_group, items;  ///< strips a row, items per kReg channels, items in all
+};
+__host__ __device__ constexpr StripItems strip_items(int group, int rows, int cols) {
+  const int strips = (cols + kStrip - 1) / kStrip, per_group = rows * strips;
+  return {strips, per_group, (group + kReg - 1) / kReg * per_group};
+}
 long long strip_reduce_floats(int items, int splits) {
   return static_cast<long long>(splits - 1) * items * kStrip * kReg;
 }
@@ -277,7 +286,8 @@ __global__ void __launch_bounds__(kStripThreads)
   float* xs = shared;
   float* ws = shared + round_up(g.c * ph * pw, 4);  // [taps][width], zeros past the group
   stage_forward(x + static_cast<long>(s) * g.c * g.h * g.w, w, xs, ws, g, o0, group, width, taps);
-  const int strips = (g.ow + kStrip - 1) / kStrip, per_group = g.oh * strips, items = regs * per_group;
+  const StripItems layout = strip_items(group, g.oh, g.ow);
+  const int strips = layout.strips, per_group = layout.per_group, items = layout.items;
   const int step = width / kReg;
   // Item: (group of kReg channels rg, output row oy, strip from column ox0).
   const auto sum = [&](StripSums& acc, int item, int c_begin, int c_end) {
@@ -338,7 +348,8 @@ __global__ void __launch_bounds__(kStripThreads)
   float* ds = shared;                              // [oc][oh][ow]
   float* ws = shared + round_up(g.oc * plane, 4);  // [oc][kk][width], zeros past the group
   stage_data(dy + static_cast<long>(s) * g.oc * plane, w, ds, ws, g, plane, c0, group, width, kk);
-  const int strips = (g.w + kStrip - 1) / kStrip, per_group = g.h * strips, items = regs * per_group;
+  const StripItems layout = strip_items(group, g.h, g.w);
+  const int strips = layout.strips, per_group = layout.per_group, items = layout.items;
   const int step = width / kReg;
   // Item: (group of kReg channels rg, input row iy, strip from column ix0).
   const auto sum = [&](StripSums& acc, int item, int o_begin, int o_end) {
@@ -531,7 +542,7 @@ void small_conv_forward(const float* x, const float* w, const float* b, float* y
   const size_t staged = static_cast<size_t>(forward_shared_floats(g));
   if (g.stride == 1) {
     // The widest group's items (the last group may have fewer: its extra threads idle).
-    const int items = (std::min(kGroup, g.oc) + kReg - 1) / kReg * g.oh * ((g.ow + kStrip - 1) / kStrip);
+    const int items = strip_items(std::min(kGroup, g.oc), g.oh, g.ow).items;
     const int splits = strip_splits(items, g.c);
     const size_t shared = sizeof(float) * std::max<size_t>(staged, strip_reduce_floats(items, splits));
     with_kernel_size(g.k, [&](auto kernel_size) {
@@ -549,7 +560,7 @@ void small_conv_backward_data(const float* dy, const float* w, float* dx, const 
   const dim3 grid(static_cast<unsigned>(g.n), static_cast<unsigned>((g.c + kGroup - 1) / kGroup));
   const size_t staged = static_cast<size_t>(data_shared_floats(g));
   if (g.stride == 1) {
-    const int items = (std::min(kGroup, g.c) + kReg - 1) / kReg * g.h * ((g.w + kStrip - 1) / kStrip);
+    const int items = strip_items(std::min(kGroup, g.c), g.h, g.w).items;
     const int splits = strip_splits(items, g.oc);
     const size_t shared = sizeof(float) * std::max<size_t>(staged, strip_reduce_floats(items, splits));
     with_kernel_size(g.k, [&](auto kernel_size) {
