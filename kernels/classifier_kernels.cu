@@ -23,6 +23,25 @@ size_t shared_bytes(int n, int classes) {
          sizeof(int32_t) * static_cast<size_t>(n);
 }
 
+/// dst[t] = load(t) for t < count, a block's threads together: each thread issues up to kLoadsInFlight loads
+/// before it stores them, so the staging waits one memory latency per kThreads x kLoadsInFlight values (a load
+/// and its store in turn had waited one per kThreads values: ten of them for mnist_cnn's logits at batch 257).
+constexpr int kLoadsInFlight = 8;
+template <typename T, typename Load>
+__device__ __forceinline__ void stage(T* dst, int count, Load load) {
+  for (int t0 = threadIdx.x; t0 < count; t0 += kThreads * kLoadsInFlight) {
+    T v[kLoadsInFlight];
+#pragma unroll
+    for (int u = 0; u < kLoadsInFlight; ++u) {
+      const int t = t0 + u * kThreads;
+      v[u] = t < count ? load(t) : T{};
+    }
+#pragma unroll
+    for (int u = 0; u < kLoadsInFlight; ++u)
+      if (t0 + u * kThreads < count) dst[t0 + u * kThreads] = v[u];
+  }
+}
+
 /// sum over i < n of a[i * stride_a] * b[i * stride_b] (b null: of a alone), in four chains.
 __device__ __forceinline__ float sum_over_samples(const float* a, int stride_a, const float* b, int stride_b, int n) {
   float acc[4] = {};
@@ -43,16 +62,16 @@ __global__ void __launch_bounds__(kThreads) linear_loss_backward_kernel(LinearLo
   const int c0 = blockIdx.x * kCols, cols = min(kCols, inputs - c0);
   const bool first = blockIdx.x == 0;
 
-  for (int t = threadIdx.x; t < n * kCols; t += kThreads) {
+  stage(xs, n * kCols, [&](int t) {
     const int i = t / kCols, j = t % kCols;
-    xs[t] = j < cols ? p.x[static_cast<long>(i) * inputs + c0 + j] : 0.0f;
-  }
-  for (int t = threadIdx.x; t < classes * kCols; t += kThreads) {
+    return j < cols ? __ldg(p.x + static_cast<long>(i) * inputs + c0 + j) : 0.0f;
+  });
+  stage(ws, classes * kCols, [&](int t) {
     const int c = t / kCols, j = t % kCols;
-    ws[t] = j < cols ? __ldg(p.w + static_cast<long>(c) * inputs + c0 + j) : 0.0f;
-  }
-  for (int t = threadIdx.x; t < n * classes; t += kThreads) zs[t] = p.logits[t];
-  for (int t = threadIdx.x; t < n; t += kThreads) labels[t] = p.labels[t];
+    return j < cols ? __ldg(p.w + static_cast<long>(c) * inputs + c0 + j) : 0.0f;
+  });
+  stage(zs, n * classes, [&](int t) { return __ldg(p.logits + t); });
+  stage(labels, n, [&](int t) { return __ldg(p.labels + t); });
   __syncthreads();
   const Smoothing sm(p.label_smoothing, classes);
   double loss = 0.0, correct = 0.0;

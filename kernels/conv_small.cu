@@ -18,9 +18,8 @@ static_assert(kReg == 4, "a float4 holds the weights of a tap's kReg channels");
 constexpr int kPositions = 2;                // output positions a forward thread takes: a weight load serves both
 constexpr int kThreads = 128;                // forward and input gradient
 // The filter gradient: a thread per work item and split of the output rows (rows split, split + splits,
-// ...), up to kMaxSplits splits where the items leave threads idle.
+// ...), as many splits as fill the block where the items leave threads idle (filter_splits).
 constexpr int kFilterThreads = 512;
-constexpr int kMaxSplits = 4;
 // The filter gradient's blocks: chunks of ceil(n / kMaxChunks) samples, so the partial sums and the order
 // they are added in depend on the shape alone.
 constexpr int kMaxChunks = 264;
@@ -38,8 +37,13 @@ long long data_shared_floats(const ConvGeometry& g) {
   return round_up(static_cast<long long>(g.oc) * g.oh * g.ow, 4) +
          static_cast<long long>(g.oc) * round_up(std::min(g.c, kGroup), kReg) * g.k * g.k;
 }
+/// v or v + 1, whichever is odd: the filter gradient's shared-memory pitches. With an odd pitch, rows (and
+/// channel planes) up to 32 apart fall in different banks: lenet5's conv1 has 32-float padded rows, so a
+/// warp's reads of five kernel rows of two output rows had hit one bank.
+__host__ __device__ constexpr int odd_pitch(int v) { return v | 1; }
 long long filter_shared_floats(const ConvGeometry& g) {
-  return padded_floats(g) + static_cast<long long>(g.oc) * g.oh * g.ow;
+  return static_cast<long long>(g.c) * (g.h + 2LL * g.pad) * odd_pitch(g.w + 2 * g.pad) +
+         static_cast<long long>(g.oc) * odd_pitch(g.oh * g.ow);
 }
 /// The filter gradient's work items: (group of kReg output channels, input channel, kernel row), then one
 /// per output channel's bias.
@@ -48,16 +52,25 @@ long long filter_items(const ConvGeometry& g) {
 }
 int samples_per_chunk(int n) { return (n + kMaxChunks - 1) / kMaxChunks; }
 int chunks(int n) { return (n + samples_per_chunk(n) - 1) / samples_per_chunk(n); }
+/// Splits of the output rows a filter-gradient work item takes: as many as the block has threads for, at
+/// most one per row, and (above one) no more than shared memory holds for adding the splits' sums in the
+/// block: K x kReg floats an item and split.
 int filter_splits(const ConvGeometry& g) {
-  return static_cast<int>(std::clamp<long long>(kFilterThreads / filter_items(g), 1, std::min(kMaxSplits, g.oh)));
+  const long long items = filter_items(g), sums = items * kReg * g.k;
+  return static_cast<int>(std::clamp<long long>(std::min(kFilterThreads / items, kMaxSharedFloats / sums), 1, g.oh));
+}
+long long filter_launch_floats(const ConvGeometry& g) {
+  const int splits = filter_splits(g);
+  return std::max(filter_shared_floats(g), splits > 1 ? splits * filter_items(g) * kReg * g.k : 0LL);
 }
 
-/// Copies one sample's c x h x w input into shared memory as c x (h + 2 pad) x (w + 2 pad), zeros around it.
-__device__ void stage_padded(const float* __restrict__ x, float* xs, const ConvGeometry& g) {
-  const int pw = g.w + 2 * g.pad, pp = (g.h + 2 * g.pad) * pw, total = g.c * pp;
+/// Copies one sample's c x h x w input into shared memory as c x (h + 2 pad) rows of w + 2 pad values, zeros
+/// around it, `pitch` floats apart (at least w + 2 pad; the values past a row's end are not written).
+__device__ void stage_padded(const float* __restrict__ x, float* xs, const ConvGeometry& g, int pitch) {
+  const int ph = g.h + 2 * g.pad, pw = g.w + 2 * g.pad, total = g.c * ph * pw;
   for (int e = threadIdx.x; e < total; e += blockDim.x) {
-    const int ci = e / pp, r = e - ci * pp, iy = r / pw - g.pad, ix = r % pw - g.pad;
-    xs[e] = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w ? x[(ci * g.h + iy) * g.w + ix] : 0.0f;
+    const int row = e / pw, col = e - row * pw, ci = row / ph, iy = row - ci * ph - g.pad, ix = col - g.pad;
+    xs[row * pitch + col] = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w ? x[(ci * g.h + iy) * g.w + ix] : 0.0f;
   }
 }
 
@@ -67,7 +80,7 @@ __device__ void stage_padded(const float* __restrict__ x, float* xs, const ConvG
 __device__ __forceinline__ void stage_forward(const float* __restrict__ x, const float* __restrict__ w, float* xs,
                                               float* ws, const ConvGeometry& g, int o0, int group, int width,
                                               int taps) {
-  stage_padded(x, xs, g);
+  stage_padded(x, xs, g, g.w + 2 * g.pad);
   for (int e = threadIdx.x; e < taps * width; e += blockDim.x) {
     const int j = e / width, ch = e - j * width;
     ws[e] = ch < group ? w[static_cast<long>(o0 + ch) * taps + j] : 0.0f;
@@ -404,19 +417,35 @@ __global__ void __launch_bounds__(kStripThreads)
   run_strip_items(items, g.oc, splits, shared, sum, write);
 }
 
+/// Writes value to the chunk's partial sums `out` ([(o, ci, ky, kx) | bias o]) as sum (r, kx) of filter-gradient
+/// work item `item` (below); sums that name no output (channels past oc, a bias item's past its first) are dropped.
+template <int K>
+__device__ __forceinline__ void write_item_sum(float* out, const ConvGeometry& g, int weight_items, int item, int r,
+                                               int kx, float value) {
+  if (item >= weight_items) {
+    if (r == 0 && kx == 0) out[g.oc * g.c * K * K + item - weight_items] = value;
+    return;
+  }
+  const int og = item / (g.c * K), rem = item - og * g.c * K, ci = rem / K, ky = rem - ci * K, o = og * kReg + r;
+  if (o < g.oc) out[((o * g.c + ci) * K + ky) * K + kx] = value;
+}
+
 // Block per chunk of samples, K the kernel size: each sample's padded input and output gradient in shared
-// memory in turn; thread t takes work item t % items of row split t / items (splits: filter_splits) and
-// holds it in registers across the chunk: a weight item (kReg output channels, input channel ci, kernel row
-// ky) sums dy x over the split's positions for all K columns; a bias item sums one channel's dy there.
-// partial[chunk][split][(o, ci, ky, kx) | bias o].
+// memory in turn (odd pitches: odd_pitch); thread t takes work item t % items of row split t / items (splits:
+// filter_splits) and holds it in registers across the chunk: a weight item (kReg output channels, input
+// channel ci, kernel row ky) sums dy x over the split's positions for all K columns; a bias item sums one
+// channel's dy there. Then the splits' sums are added in split order through shared memory (lenet5's conv1,
+// 16 items: 28 splits, one output row each, where four splits had left 448 of 512 threads idle).
+// partial[chunk][(o, ci, ky, kx) | bias o].
 template <int K>
 __global__ void __launch_bounds__(kFilterThreads)
     small_filter_partial_kernel(const float* __restrict__ x, const float* __restrict__ dy, float* __restrict__ partial,
                                 ConvGeometry g, int per_chunk, int splits) {
   extern __shared__ float shared[];
-  const int ph = g.h + 2 * g.pad, pw = g.w + 2 * g.pad, plane = g.oh * g.ow;
-  float* xs = shared;                  // [c][ph][pw]
-  float* ds = shared + g.c * ph * pw;  // [oc][oh][ow]
+  const int ph = g.h + 2 * g.pad, pitch = odd_pitch(g.w + 2 * g.pad), plane = g.oh * g.ow,
+            plane_pitch = odd_pitch(plane);
+  float* xs = shared;                     // [c][ph][pitch]
+  float* ds = shared + g.c * ph * pitch;  // [oc][plane_pitch]
   const int weight_items = (g.oc + kReg - 1) / kReg * g.c * K, items = weight_items + g.oc;
   const int split = threadIdx.x / items, item = threadIdx.x - split * items;
   const bool active = split < splits;
@@ -424,20 +453,20 @@ __global__ void __launch_bounds__(kFilterThreads)
   float acc[kReg][K] = {};
   for (int s = first; s < last; ++s) {
     __syncthreads();  // the last sample's reads are done
-    stage_padded(x + static_cast<long>(s) * g.c * g.h * g.w, xs, g);
+    stage_padded(x + static_cast<long>(s) * g.c * g.h * g.w, xs, g, pitch);
     const float* dys = dy + static_cast<long>(s) * g.oc * plane;
-    for (int e = threadIdx.x; e < g.oc * plane; e += blockDim.x) ds[e] = dys[e];
+    for (int e = threadIdx.x; e < g.oc * plane; e += blockDim.x) ds[e + e / plane * (plane_pitch - plane)] = dys[e];
     __syncthreads();
     if (!active) continue;
     if (item < weight_items) {
       const int og = item / (g.c * K), rem = item - og * g.c * K, ci = rem / K, ky = rem - ci * K;
       const int o0 = og * kReg;
       for (int oy = split; oy < g.oh; oy += splits) {
-        const float* row = xs + (ci * ph + oy * g.stride + ky) * pw;
+        const float* row = xs + (ci * ph + oy * g.stride + ky) * pitch;
         for (int ox = 0; ox < g.ow; ++ox) {
           float d[kReg];
 #pragma unroll
-          for (int r = 0; r < kReg; ++r) d[r] = o0 + r < g.oc ? ds[(o0 + r) * plane + oy * g.ow + ox] : 0.0f;
+          for (int r = 0; r < kReg; ++r) d[r] = o0 + r < g.oc ? ds[(o0 + r) * plane_pitch + oy * g.ow + ox] : 0.0f;
           const float* window = row + ox * g.stride;
 #pragma unroll
           for (int kx = 0; kx < K; ++kx) {
@@ -448,29 +477,37 @@ __global__ void __launch_bounds__(kFilterThreads)
         }
       }
     } else {
-      const float* grads = ds + (item - weight_items) * plane;
+      const float* grads = ds + (item - weight_items) * plane_pitch;
       for (int oy = split; oy < g.oh; oy += splits)
         for (int ox = 0; ox < g.ow; ++ox) acc[0][0] += grads[oy * g.ow + ox];
     }
   }
-  if (!active) return;
-  const int weights = g.oc * g.c * K * K;
-  float* out = partial + (static_cast<long>(blockIdx.x) * splits + split) * (weights + g.oc);
-  if (item < weight_items) {
-    const int og = item / (g.c * K), rem = item - og * g.c * K, ci = rem / K, ky = rem - ci * K;
+  float* out = partial + static_cast<long>(blockIdx.x) * (g.oc * g.c * K * K + g.oc);
+  if (splits == 1) {
+    if (!active) return;
 #pragma unroll
-    for (int r = 0; r < kReg; ++r) {
-      const int o = og * kReg + r;
-      if (o >= g.oc) break;
+    for (int r = 0; r < kReg; ++r)
 #pragma unroll
-      for (int kx = 0; kx < K; ++kx) out[((o * g.c + ci) * K + ky) * K + kx] = acc[r][kx];
-    }
-  } else {
-    out[weights + item - weight_items] = acc[0][0];
+      for (int kx = 0; kx < K; ++kx) write_item_sum<K>(out, g, weight_items, item, r, kx, acc[r][kx]);
+    return;
+  }
+  constexpr int kSums = kReg * K;  // an item's sums, [r][kx]
+  __syncthreads();                 // the staged samples are read: the splits' sums take their place
+  if (active)
+#pragma unroll
+    for (int r = 0; r < kReg; ++r)
+#pragma unroll
+      for (int kx = 0; kx < K; ++kx) shared[(split * items + item) * kSums + r * K + kx] = acc[r][kx];
+  __syncthreads();
+  for (int t = threadIdx.x; t < items * kSums; t += blockDim.x) {
+    const int it = t / kSums, rk = t - it * kSums;
+    float total = 0.0f;
+    for (int sp = 0; sp < splits; ++sp) total += shared[sp * items * kSums + t];
+    write_item_sum<K>(out, g, weight_items, it, rk / K, rk % K, total);
   }
 }
 
-/// dw, then db: a warp per entry; lane l adds partials l, l + 32, ... (chunk by chunk, split by split) in
+/// dw, then db: a warp per entry; lane l adds the partials of chunks l, l + 32, ... in
 /// order, then a shuffle tree adds the lanes (a fixed order; one thread per entry, 257 dependent loads
 /// each, took 11.6 us at batch 257).
 __global__ void small_filter_finish_kernel(const float* __restrict__ partial, int chunks, int weights, int oc,
@@ -510,7 +547,7 @@ void with_kernel_size(int k, F&& f) {
 template <int K>
 void launch_filter_partial(const float* x, const float* dy, float* partial, const ConvGeometry& g,
                            cudaStream_t stream) {
-  const size_t shared = sizeof(float) * static_cast<size_t>(filter_shared_floats(g));
+  const size_t shared = sizeof(float) * static_cast<size_t>(filter_launch_floats(g));
   small_filter_partial_kernel<K><<<static_cast<unsigned>(chunks(g.n)), kFilterThreads, shared, stream>>>(
       x, dy, partial, g, samples_per_chunk(g.n), filter_splits(g));
 }
@@ -531,8 +568,7 @@ bool small_conv_fits(const ConvGeometry& g) {
 
 size_t small_conv_scratch(const ConvGeometry& g) {
   if (!small_conv_fits(g)) return 0;
-  return sizeof(float) * static_cast<size_t>(chunks(g.n)) * filter_splits(g) *
-         (static_cast<size_t>(g.oc) * g.c * g.k * g.k + g.oc);
+  return sizeof(float) * static_cast<size_t>(chunks(g.n)) * (static_cast<size_t>(g.oc) * g.c * g.k * g.k + g.oc);
 }
 
 void small_conv_forward(const float* x, const float* w, const float* b, float* y, bool relu, const ConvGeometry& g,
@@ -584,7 +620,7 @@ void small_conv_filter_grad(const float* x, const float* dy, float* dw, float* d
   const int weights = g.oc * g.c * g.k * g.k;
   constexpr int kWarpsPerBlock = kFinishThreads / 32;
   const unsigned blocks = static_cast<unsigned>((weights + g.oc + kWarpsPerBlock - 1) / kWarpsPerBlock);
-  small_filter_finish_kernel<<<blocks, kFinishThreads, 0, stream>>>(partial, chunks(g.n) * filter_splits(g), weights,
+  small_filter_finish_kernel<<<blocks, kFinishThreads, 0, stream>>>(partial, chunks(g.n), weights,
                                                                      g.oc, dw, db);
   CUDA_CHECK_LAUNCH();
 }

@@ -24,7 +24,8 @@ namespace dptrain::kernels {
 /// >= 1, pad >= 0, k <= 7, oh = (h + 2 pad - k) / stride + 1, likewise ow); within 48 KB of shared memory a block:
 /// one zero-padded input sample (c (h + 2 pad) (w + 2 pad) floats) plus the weights of up to 16 output channels
 /// (forward), one output-gradient sample (oc oh ow) plus the weights of up to 16 input channels (input
-/// gradient), and the two samples together (filter gradient); and the filter gradient's work items
+/// gradient), and the two samples together, each padded row and output plane at an odd pitch (filter
+/// gradient: c (h + 2 pad) ((w + 2 pad) | 1) + oc ((oh ow) | 1) floats); and the filter gradient's work items
 /// (ceil(oc / 4) c k + oc) within 512. Any batch n >= 1 (grid.x; sample offsets are 64-bit) and any pointers
 /// (4-byte accesses). Outside it the functions below throw CudaError.
 bool small_conv_fits(const ConvGeometry& g);

@@ -131,6 +131,14 @@ TEST_F(SmallConv, ChannelCountsAcrossBlockGroups) {
 // over 128 threads).
 TEST_F(SmallConv, StripKernelsUnsplitWithItemsPastTheBlock) { check_shape({3, 2, 24, 24, 1, 24, 24, 3, 1, 1}); }
 
+// The filter gradient splits the output rows over the threads its work items leave idle and adds the splits in
+// the block: as many splits as rows (lenet5's conv1 above: 16 items, 28 splits), as shared memory holds for the
+// splits' sums (9 items of 7 x 4 sums: 48 splits of 56 rows), or one (318 items, ChannelCountsAcrossBlockGroups).
+TEST_F(SmallConv, FilterGradientSplitsBoundByRowsThreadsAndSharedMemory) {
+  check_shape({3, 1, 56, 56, 2, 56, 56, 7, 1, 3});
+  check_shape({300, 1, 9, 9, 3, 3, 3, 7, 1, 0});  // 10 items, 3 rows: 3 splits; 2 samples a chunk
+}
+
 TEST(SmallConvFits, GuardAdmitsWhatTheKernelsServe) {
   using G = ConvGeometry;
   EXPECT_TRUE(kernels::small_conv_fits(G{257, 6, 14, 14, 16, 10, 10, 5, 1, 0}));    // lenet5's conv2
@@ -145,9 +153,10 @@ TEST(SmallConvFits, GuardAdmitsWhatTheKernelsServe) {
   // The filter gradient's work items: ceil(oc / 4) c k + oc <= 512.
   EXPECT_TRUE(kernels::small_conv_fits(G{8, 20, 6, 6, 32, 4, 4, 3, 1, 0}));   // 8 x 20 x 3 + 32 = 512
   EXPECT_FALSE(kernels::small_conv_fits(G{8, 21, 6, 6, 32, 4, 4, 3, 1, 0}));  // 8 x 21 x 3 + 32 = 536
-  // Shared memory: the filter gradient's padded input sample and output-gradient sample within 12288 floats.
-  EXPECT_TRUE(kernels::small_conv_fits(G{8, 1, 78, 78, 1, 78, 78, 1, 1, 0}));   // 2 x 6084
-  EXPECT_FALSE(kernels::small_conv_fits(G{8, 1, 79, 79, 1, 79, 79, 1, 1, 0}));  // 2 x 6241
+  // Shared memory: the filter gradient's padded input sample and output-gradient sample, rows and planes at
+  // odd pitches, within 12288 floats.
+  EXPECT_TRUE(kernels::small_conv_fits(G{8, 1, 78, 78, 1, 78, 78, 1, 1, 0}));   // 78 x 79 + 6085 = 12247
+  EXPECT_FALSE(kernels::small_conv_fits(G{8, 1, 79, 79, 1, 79, 79, 1, 1, 0}));  // 79 x 79 + 6241 = 12482
   EXPECT_EQ(kernels::small_conv_scratch(G{8, 1, 79, 79, 1, 79, 79, 1, 1, 0}), 0u);
 }
 
