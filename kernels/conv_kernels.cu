@@ -4,6 +4,7 @@
 #include "core/cuda_check.h"
 #include "kernels/conv_kernels.h"
 #include "kernels/conv_shared.cuh"
+#include "kernels/pool_kernels.h"
 
 namespace dptrain::kernels {
 
@@ -31,21 +32,22 @@ __device__ __forceinline__ int tap_offset(const ConvGeometry& g, int j, int oy, 
 constexpr int kForwardChannels = 8;
 constexpr int kForwardThreads = 128;
 
-__global__ void conv_direct_forward_kernel(const float* __restrict__ x, const float* __restrict__ w,
-                                           const float* __restrict__ b, float* __restrict__ y, ConvGeometry g,
-                                           bool relu) {
-  __shared__ float ws[kForwardChannels][kMaxTaps];
-  const int groups = (g.oc + kForwardChannels - 1) / kForwardChannels;
-  const int s = blockIdx.x / groups, o0 = (blockIdx.x - s * groups) * kForwardChannels;
-  const int taps = g.c * g.k * g.k, plane = g.oh * g.ow, q = blockIdx.y * blockDim.x + threadIdx.x;
+/// The group's weights, [kForwardChannels][taps] (zero past the last channel), into shared memory.
+__device__ __forceinline__ void stage_group_weights(const float* __restrict__ w, float (*ws)[kMaxTaps],
+                                                    const ConvGeometry& g, int o0) {
+  const int taps = g.c * g.k * g.k;
   for (int e = threadIdx.x; e < kForwardChannels * taps; e += blockDim.x) {
     const int t = e / taps, o = o0 + t;
     ws[t][e - t * taps] = o < g.oc ? w[o * taps + e - t * taps] : 0.0f;
   }
-  __syncthreads();
-  if (q >= plane) return;
-  const int oy = q / g.ow, ox = q - oy * g.ow;
-  const float* xs = x + static_cast<long>(s) * g.c * g.h * g.w;
+}
+
+/// Output (oy, ox) of one sample (xs) for the group's channels: the taps in (ci, ky, kx) order, then
+/// the bias, then the ReLU when relu is set. The forward kernels share it, so that the pooled one's
+/// outputs equal the plain one's bit for bit.
+__device__ __forceinline__ void direct_outputs(const float* xs, const float (*ws)[kMaxTaps], const float* __restrict__ b,
+                                               const ConvGeometry& g, int o0, int oy, int ox, bool relu,
+                                               float (&out)[kForwardChannels]) {
   float acc[kForwardChannels] = {};
   int j = 0;
   for (int ci = 0; ci < g.c; ++ci)
@@ -59,12 +61,72 @@ __global__ void conv_direct_forward_kernel(const float* __restrict__ x, const fl
         for (int t = 0; t < kForwardChannels; ++t) acc[t] += ws[t][j] * v;
       }
     }
+#pragma unroll
+  for (int t = 0; t < kForwardChannels; ++t) {
+    const float v = acc[t] + (o0 + t < g.oc ? __ldg(b + o0 + t) : 0.0f);
+    out[t] = relu && !(v > 0.0f) ? 0.0f : v;
+  }
+}
+
+__global__ void conv_direct_forward_kernel(const float* __restrict__ x, const float* __restrict__ w,
+                                           const float* __restrict__ b, float* __restrict__ y, ConvGeometry g,
+                                           bool relu) {
+  __shared__ float ws[kForwardChannels][kMaxTaps];
+  const int groups = (g.oc + kForwardChannels - 1) / kForwardChannels;
+  const int s = blockIdx.x / groups, o0 = (blockIdx.x - s * groups) * kForwardChannels;
+  const int plane = g.oh * g.ow, q = blockIdx.y * blockDim.x + threadIdx.x;
+  stage_group_weights(w, ws, g, o0);
+  __syncthreads();
+  if (q >= plane) return;
+  const int oy = q / g.ow, ox = q - oy * g.ow;
+  float v[kForwardChannels];
+  direct_outputs(x + static_cast<long>(s) * g.c * g.h * g.w, ws, b, g, o0, oy, ox, relu, v);
   float* out = y + (static_cast<long>(s) * g.oc + o0) * plane + q;
 #pragma unroll
   for (int t = 0; t < kForwardChannels; ++t) {
     if (o0 + t >= g.oc) break;
-    const float v = acc[t] + __ldg(b + o0 + t);
-    out[static_cast<long>(t) * plane] = relu && !(v > 0.0f) ? 0.0f : v;
+    out[static_cast<long>(t) * plane] = v[t];
+  }
+}
+
+// The same with a max pooling of the output (grid over pooled positions): a thread computes the
+// outputs under its window, in the pooling's scan order (row by row, positions past the plane
+// skipped), and keeps the first maximum, as maxpool_forward does over the stored outputs.
+__global__ void conv_direct_pool_forward_kernel(const float* __restrict__ x, const float* __restrict__ w,
+                                                const float* __restrict__ b, float* __restrict__ y,
+                                                int32_t* __restrict__ argmax, ConvGeometry g, PoolGeometry p, bool relu) {
+  __shared__ float ws[kForwardChannels][kMaxTaps];
+  const int groups = (g.oc + kForwardChannels - 1) / kForwardChannels;
+  const int s = blockIdx.x / groups, o0 = (blockIdx.x - s * groups) * kForwardChannels;
+  const int pooled = p.oh * p.ow, q = blockIdx.y * blockDim.x + threadIdx.x;
+  stage_group_weights(w, ws, g, o0);
+  __syncthreads();
+  if (q >= pooled) return;
+  const int py = q / p.ow, px = q - py * p.ow;
+  const float* xs = x + static_cast<long>(s) * g.c * g.h * g.w;
+  float best[kForwardChannels];
+  int where[kForwardChannels];
+#pragma unroll
+  for (int t = 0; t < kForwardChannels; ++t) best[t] = -INFINITY, where[t] = -1;
+  for (int wy = 0; wy < p.k; ++wy) {
+    const int oy = py * p.stride - p.pad + wy;
+    if (oy < 0 || oy >= g.oh) continue;
+    for (int wx = 0; wx < p.k; ++wx) {
+      const int ox = px * p.stride - p.pad + wx;
+      if (ox < 0 || ox >= g.ow) continue;
+      float v[kForwardChannels];
+      direct_outputs(xs, ws, b, g, o0, oy, ox, relu, v);
+#pragma unroll
+      for (int t = 0; t < kForwardChannels; ++t)
+        if (v[t] > best[t] || where[t] < 0) best[t] = v[t], where[t] = oy * g.ow + ox;
+    }
+  }
+  const long at = (static_cast<long>(s) * g.oc + o0) * pooled + q;
+#pragma unroll
+  for (int t = 0; t < kForwardChannels; ++t) {
+    if (o0 + t >= g.oc) break;
+    y[at + static_cast<long>(t) * pooled] = best[t];
+    argmax[at + static_cast<long>(t) * pooled] = where[t];
   }
 }
 
@@ -183,6 +245,61 @@ __global__ void __launch_bounds__(kPlaneWarps * 32)
   }
 }
 
+// The filter gradient of a convolution whose output was max pooled (conv_direct_pool_forward), from
+// the gradient of the pooled output: the convolution's output gradient is that gradient at each
+// window's argmax and zero elsewhere, so only the pooled positions are visited (a quarter of the
+// positions for 2 x 2 windows, and no pass that spreads the gradient over the windows). Block
+// (sample, group of kPlaneWarps output channels), warp per channel; lane l sums the products of
+// pooled positions l, l + 32, ... in order (the taps read through L1: one sample's planes), a
+// shuffle tree adds the lanes, and the finish kernel adds the samples in order, as for the plane
+// kernel. K x K taps per input channel, at most kMaxTaps / (K K) input channels.
+template <int K>
+__global__ void __launch_bounds__(kPlaneWarps * 32)
+    conv_direct_pool_filter_kernel(const float* __restrict__ x, const float* __restrict__ dy,
+                                   const float* __restrict__ y, const int32_t* __restrict__ argmax, bool relu,
+                                   float* __restrict__ partial, ConvGeometry g, PoolGeometry p) {
+  constexpr int kChannels = kMaxTaps / (K * K), kTaps = kChannels * K * K;
+  const int s = blockIdx.x, lane = threadIdx.x % 32, o = blockIdx.y * kPlaneWarps + threadIdx.x / 32;
+  if (o >= g.oc) return;
+  const int pooled = p.oh * p.ow;
+  const long at = (static_cast<long>(s) * g.oc + o) * pooled;
+  const float* xs = x + static_cast<long>(s) * g.c * g.h * g.w;
+  float acc[kTaps + 1] = {};
+#pragma unroll 2
+  for (int q = lane; q < pooled; q += 32) {
+    const float d = __ldg(dy + at + q);
+    const float grad = relu && !(__ldg(y + at + q) > 0.0f) ? 0.0f : d;
+    const int where = __ldg(argmax + at + q), oy = where / g.ow, ox = where - oy * g.ow;
+    const int iy0 = oy * g.stride - g.pad, ix0 = ox * g.stride - g.pad;
+#pragma unroll
+    for (int ci = 0; ci < kChannels; ++ci) {
+      if (ci >= g.c) break;
+#pragma unroll
+      for (int ky = 0; ky < K; ++ky) {
+        const int iy = iy0 + ky;
+#pragma unroll
+        for (int kx = 0; kx < K; ++kx) {
+          const int ix = ix0 + kx;
+          const float v = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w ? __ldg(xs + (ci * g.h + iy) * g.w + ix) : 0.0f;
+          acc[(ci * K + ky) * K + kx] = fmaf(grad, v, acc[(ci * K + ky) * K + kx]);
+        }
+      }
+    }
+    acc[kTaps] += grad;
+  }
+  const int taps = g.c * K * K;
+#pragma unroll
+  for (int j = 0; j <= kTaps; ++j)
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) acc[j] += __shfl_down_sync(0xffffffffu, acc[j], off);
+  if (lane != 0) return;
+  float* out = partial + (static_cast<long>(s) * g.oc + o) * (taps + 1);
+#pragma unroll
+  for (int j = 0; j < kTaps; ++j)
+    if (j < taps) out[j] = acc[j];
+  out[taps] = acc[kTaps];
+}
+
 /// Floats of the plane kernel's shared memory: one zero-padded input plane.
 long padded_plane_floats(const ConvGeometry& g) { return static_cast<long>(g.h + 2 * g.pad) * (g.w + 2 * g.pad); }
 
@@ -250,6 +367,50 @@ void conv_direct_filter_grad(const float* x, const float* dy, const float* relu_
   }
   CUDA_CHECK_LAUNCH();
   conv_direct_filter_finish_kernel<<<g.oc * (taps + 1), kFinishThreads, 0, stream>>>(partial, chunks, taps, dw, db);
+  CUDA_CHECK_LAUNCH();
+}
+
+bool direct_pool_fits(const ConvGeometry& g, const PoolGeometry& p) {
+  if (!direct_conv_fits(g) || (g.oc + kPlaneWarps - 1) / kPlaneWarps > 65535) return false;
+  if (p.h != g.oh || p.w != g.ow || static_cast<long long>(p.planes) != static_cast<long long>(g.n) * g.oc) return false;
+  // Every window holds a position of the plane (2 pad <= k, as the pooling layer's shape rule asks).
+  if (p.k < 1 || p.stride < 1 || p.pad < 0 || 2 * p.pad > p.k || p.h + 2 * p.pad < p.k || p.w + 2 * p.pad < p.k)
+    return false;
+  if (p.oh != (p.h + 2 * p.pad - p.k) / p.stride + 1 || p.ow != (p.w + 2 * p.pad - p.k) / p.stride + 1) return false;
+  return static_cast<long long>(p.oh) * p.ow <= 65535LL * kForwardThreads;
+}
+
+void conv_direct_pool_forward(const float* x, const float* w, const float* b, bool relu, float* y, int32_t* argmax,
+                              const ConvGeometry& g, const PoolGeometry& p, cudaStream_t stream) {
+  if (!direct_pool_fits(g, p)) conv_shared::refuse("conv_direct_pool_forward", "direct pooled", g);
+  const int groups = (g.oc + kForwardChannels - 1) / kForwardChannels;
+  const dim3 grid(static_cast<unsigned>(g.n * groups),
+                  static_cast<unsigned>((p.oh * p.ow + kForwardThreads - 1) / kForwardThreads));
+  conv_direct_pool_forward_kernel<<<grid, kForwardThreads, 0, stream>>>(x, w, b, y, argmax, g, p, relu);
+  CUDA_CHECK_LAUNCH();
+}
+
+size_t conv_direct_pool_filter_grad_scratch(const ConvGeometry& g) {
+  return sizeof(float) * static_cast<size_t>(g.n) * g.oc * (g.c * g.k * g.k + 1);
+}
+
+void conv_direct_pool_filter_grad(const float* x, const float* dy, const float* y, const int32_t* argmax, bool relu,
+                                  float* dw, float* db, void* scratch, const ConvGeometry& g, const PoolGeometry& p,
+                                  cudaStream_t stream) {
+  if (!direct_pool_fits(g, p)) conv_shared::refuse("conv_direct_pool_filter_grad", "direct pooled", g);
+  const int taps = g.c * g.k * g.k;
+  float* partial = static_cast<float*>(scratch);
+  const dim3 grid(static_cast<unsigned>(g.n), static_cast<unsigned>((g.oc + kPlaneWarps - 1) / kPlaneWarps));
+  const unsigned threads = 32 * static_cast<unsigned>(std::min(g.oc, kPlaneWarps));
+  switch (g.k) {  // c k^2 <= kMaxTaps: k <= 5
+    case 1: conv_direct_pool_filter_kernel<1><<<grid, threads, 0, stream>>>(x, dy, y, argmax, relu, partial, g, p); break;
+    case 2: conv_direct_pool_filter_kernel<2><<<grid, threads, 0, stream>>>(x, dy, y, argmax, relu, partial, g, p); break;
+    case 3: conv_direct_pool_filter_kernel<3><<<grid, threads, 0, stream>>>(x, dy, y, argmax, relu, partial, g, p); break;
+    case 4: conv_direct_pool_filter_kernel<4><<<grid, threads, 0, stream>>>(x, dy, y, argmax, relu, partial, g, p); break;
+    default: conv_direct_pool_filter_kernel<5><<<grid, threads, 0, stream>>>(x, dy, y, argmax, relu, partial, g, p);
+  }
+  CUDA_CHECK_LAUNCH();
+  conv_direct_filter_finish_kernel<<<g.oc * (taps + 1), kFinishThreads, 0, stream>>>(partial, g.n, taps, dw, db);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -18,6 +18,8 @@
 #include "data/dataset.h"
 #include "data/sampler.h"
 #include "io/config.h"
+#include "kernels/conv_kernels.h"
+#include "kernels/pool_kernels.h"
 #include "layers/layer_factory.h"
 #include "train/batch_source.h"
 #include "train/runtime.h"
@@ -430,6 +432,91 @@ TEST_F(CudaBackend, ConvAbsorbingReluPoolDropoutMatchesCpuLayersInSequence) {
     EXPECT_LE(rel(got.din, want.din), 1e-5) << "input gradient, n=" << n;
     EXPECT_LE(rel(got.grads, want.grads), 1e-5) << "parameter gradients, n=" << n;
     EXPECT_LE(rel(run_layer(*gpu_, *cg, params, x, dy, n, Phase::Eval).out, pooled), 1e-5) << "eval, n=" << n;
+  }
+}
+
+// The model's first layer on the direct kernels absorbs the max pooling after it (and its ReLU): the
+// pooled forward kernel, and the filter gradient from the pooled gradient at the argmaxes
+// (conv_direct_pool_*), equal the CPU's conv, ReLU and pooling layers in sequence. Inputs and
+// parameters are small integers, so every convolution output is exact on both sides and the windows'
+// maxima (ties included) are the same: the forward equals the CPU's bit for bit at any batch, and
+// only the gradients' order of summation differs. Windows that tile, overlap with padding, leave a
+// ragged edge and move by one; the last case's plane is past the direct kernels' guard, so the
+// layer runs the planner's convolution and the pooling apart (its fallback).
+TEST_F(CudaBackend, FirstLayerAbsorbingReluAndPoolMatchesCpuLayersInSequence) {
+  struct Case {
+    Dims in;
+    int oc, kernel, padding;
+    PoolSpec pool;
+    int n;
+    bool relu, pooled_kernels;
+  };
+  const Case cases[] = {
+      {{1, 28, 28}, 6, 5, 2, {2, 2, 0}, 257, true, true},   // lenet5's conv1
+      {{1, 28, 28}, 6, 5, 2, {2, 2, 0}, 3, false, true},
+      {{3, 11, 10}, 9, 3, 1, {3, 2, 1}, 5, true, true},     // overlapping, padded windows; 9 channels: two groups
+      {{2, 13, 13}, 4, 3, 0, {2, 2, 0}, 7, true, true},     // 11 x 11 pooled by 2: the last row and column left out
+      {{1, 9, 9}, 3, 2, 0, {2, 1, 0}, 2, true, true},       // stride-1 windows; k = 2
+      {{32, 6, 6}, 2, 1, 0, {2, 2, 0}, 4, true, true},      // 1 x 1 over 32 channels: the most taps
+      {{1, 2898, 2898}, 2, 3, 1, {2, 2, 0}, 1, true, false},  // a plane past the direct kernels' grid
+  };
+  const auto integers = [](size_t n, uint32_t seed) {
+    std::vector<float> v = randoms(n, seed, -2.49f, 2.49f);
+    for (float& e : v) e = std::round(e);
+    return v;
+  };
+  for (const Case& c : cases) {
+    LayerConfig conv = layer("conv2d"), pool = layer("maxpool2d");
+    conv.out_channels = c.oc;
+    conv.kernel = c.kernel;
+    conv.padding = c.padding;
+    pool.kernel = c.pool.kernel;
+    pool.stride = c.pool.stride;
+    pool.padding = c.pool.padding;
+    const std::string what = to_string(c.in) + " -> " + std::to_string(c.oc) + "@" + std::to_string(c.kernel) +
+                             ", pool " + std::to_string(c.pool.kernel) + "/" + std::to_string(c.pool.stride) + "/" +
+                             std::to_string(c.pool.padding) + (c.relu ? " +relu" : "") + ", n=" + std::to_string(c.n);
+    auto cc = make_layer<float>(conv, 0, c.in, Device::Cpu);
+    auto cg = make_layer<float>(conv, 0, c.in, Device::Cuda);
+    auto pc = make_layer<float>(pool, 2, cc->output_dims(), Device::Cpu);
+    if (c.relu) {
+      ASSERT_TRUE(cg->absorb_following_relu(*gpu_)) << what;
+    }
+    ASSERT_TRUE(cg->absorb_following_pool(*gpu_, c.pool)) << what;
+    const Dims od = cc->output_dims();
+    const kernels::ConvGeometry g{c.n, c.in.c, c.in.h, c.in.w, od.c, od.h, od.w, c.kernel, 1, c.padding};
+    const kernels::PoolGeometry pg{c.n * od.c, od.h, od.w, c.pool.pooled(od.h), c.pool.pooled(od.w),
+                                   c.pool.kernel, c.pool.stride, c.pool.padding};
+    ASSERT_EQ(kernels::direct_pool_fits(g, pg), c.pooled_kernels) << what;
+    size_t np = 0;
+    for (const ParamSpec& s : cc->param_specs()) np += static_cast<size_t>(element_count(s.shape));
+    const std::vector<float> params = integers(np, 31), x = integers(static_cast<size_t>(c.n) * c.in.count(), 32);
+    const size_t full = static_cast<size_t>(c.n) * od.count();
+    const std::vector<float> dy = randoms(static_cast<size_t>(c.n) * pc->output_dims().count(), 33);
+    // CPU: conv, ReLU, pooling; backward the pooling's gradient, masked by the ReLU, into the conv.
+    std::vector<float> conv_out = run_layer(cpu_, *cc, params, x, std::vector<float>(full, 0.0f), c.n, Phase::Train).out;
+    if (c.relu)
+      for (float& v : conv_out) v = v > 0.0f ? v : 0.0f;
+    const LayerRun pooled = run_layer(cpu_, *pc, {}, conv_out, dy, c.n, Phase::Train);
+    std::vector<float> masked = pooled.din;
+    if (c.relu)
+      for (size_t i = 0; i < masked.size(); ++i) masked[i] = conv_out[i] > 0.0f ? masked[i] : 0.0f;
+    const std::vector<float> want_grads = run_layer(cpu_, *cc, params, x, masked, c.n, Phase::Train).grads;
+    // GPU: the first layer, so backward is asked for no input gradient.
+    Buffer<float> pv(Device::Cuda, np), pgr(Device::Cuda, np), bx(Device::Cuda, x.size()), by(Device::Cuda, dy.size()),
+        bdy(Device::Cuda, dy.size());
+    upload(*gpu_, pv.span(), std::span<const float>(params));
+    upload(*gpu_, bx.span(), std::span<const float>(x));
+    upload(*gpu_, bdy.span(), std::span<const float>(dy));
+    const size_t nw = np - static_cast<size_t>(c.oc);
+    cg->bind({{pv.span().subspan(0, nw), pgr.span().subspan(0, nw)}, {pv.span().subspan(nw), pgr.span().subspan(nw)}});
+    cg->reserve(*gpu_, c.n);
+    for (const Phase phase : {Phase::Eval, Phase::Train}) {
+      cg->forward(*gpu_, {bx.data(), c.n, c.in}, {by.data(), c.n, od}, phase, StepInfo{});
+      EXPECT_EQ(to_host(*gpu_, by, dy.size()), pooled.out) << what << (phase == Phase::Eval ? ", eval" : ", train");
+    }
+    cg->backward(*gpu_, {bx.data(), c.n, c.in}, {by.data(), c.n, od}, {bdy.data(), c.n, od}, {nullptr, c.n, c.in});
+    EXPECT_LE(rel(to_host(*gpu_, pgr, np), want_grads), 1e-5) << what;
   }
 }
 

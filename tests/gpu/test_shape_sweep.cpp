@@ -12,8 +12,10 @@
 //   algorithm), the bias and ReLU kernels around cuDNN (add_bias_channels, bias_grad_channels,
 //   relu_backward), the forward without bias that an absorbed pooling uses, the direct filter
 //   gradient masked by an absorbed ReLU, and the pooling after the convolution: maxpool kernels on
-//   the ReLU'd output, and the fused bias + ReLU + pooling + dropout kernels (conv_pool_forward,
-//   conv_pool_backward) where conv_pool_fits. A cuDNN algorithm whose workspace query or run
+//   the ReLU'd output, the fused bias + ReLU + pooling + dropout kernels (conv_pool_forward,
+//   conv_pool_backward) where conv_pool_fits, and a first layer's pooled direct kernels
+//   (conv_direct_pool_forward bit for bit against the direct forward then maxpool_forward,
+//   conv_direct_pool_filter_grad) where direct_pool_fits. A cuDNN algorithm whose workspace query or run
 //   returns an error status, or that needs more than the planner's 256 MiB of workspace, is not
 //   eligible (the planner would drop it too): counted and listed, not a failure. A direction that
 //   no implementation serves is a failure (the layer would throw).
@@ -759,6 +761,10 @@ struct ConvRef {
   std::vector<float> dy_pooled;             ///< gradient of the pooled output (shapes with a pooling)
   PoolRun pooled;                           ///< maxpool of y_relu (the pooling layer the planner keeps apart)
   std::vector<FusedPoolRef> fused;          ///< conv_pool_forward/backward's references
+  /// The filter and bias gradients of pooled.dx masked by the ReLU (direct shapes with a pooling:
+  /// conv_direct_pool_filter_grad's reference), and their floors.
+  std::vector<float> dw_pooled, db_pooled;
+  double floor_dw_pooled = 0, floor_db_pooled = 0;
   double seconds = 0;
 };
 
@@ -833,6 +839,17 @@ ConvRef make_conv_ref(sweep::ConvShape s, int index, uint64_t seed) {
     const int ph = s.pool_oh(), pw = s.pool_ow();
     r.dy_pooled = randoms(static_cast<size_t>(s.n) * s.oc * ph * pw, key + 5);
     r.pooled = cpu_pool(r.y_relu, r.dy_pooled, s.n, od, s.pool_k, s.pool_stride, s.pool_pad, false);
+    if (kernels::direct_conv_fits(s.c, s.k)) {  // a first layer that absorbed the pooling and its ReLU
+      std::vector<float> grad = r.pooled.dx;
+      for (size_t i = 0; i < grad.size(); ++i)
+        if (!(r.y_relu[i] > 0.0f)) grad[i] = 0.0f;
+      std::vector<double> xd = widen(r.x), yd = widen(r.y), gd = widen(grad);
+      layer->backward(cpu, cview(xd, s.n, in), cview(yd, s.n, od), cview(gd, s.n, od), TensorView<double>{nullptr, s.n, in});
+      r.dw_pooled = narrow(gw);
+      r.db_pooled = narrow(channel_sums(grad, s.n, s.oc, P));
+      r.floor_dw_pooled = std::sqrt(conv_terms(s, r.x, r.w, grad).dw);
+      r.floor_db_pooled = std::sqrt(sum_squares(grad));
+    }
     if (r.fused_pool)  // (relu, dropout): as the model absorbs them, and apart
       for (const std::pair<bool, bool>& v : {std::pair{false, false}, std::pair{true, true}, std::pair{true, false}})
         r.fused.push_back(
@@ -1275,6 +1292,36 @@ void run_conv_on_gpu(Sweep& sw, const ConvRef& r, Buffer<uint8_t>& workspace) {
     run_own(sw, where, "pooling: maxpool_backward", {{dxp.data(), rdp.data(), ys, kExact}},
             [&] { kernels::maxpool_backward(dyp.data(), argmax.data(), dxp.data(), pg, {}, st); });
     sw.flush();
+  }
+  if (direct && kernels::direct_pool_fits(g, pg)) {
+    // A first layer's pooled kernels. The filter gradient from the pooled gradient at the argmaxes
+    // of the CPU's outputs (yp and argmax, from maxpool_forward above), against the CPU's; the
+    // forward against conv_direct_forward then maxpool_forward, bit for bit, argmaxes included.
+    Buffer<float> rdw_p = to_gpu(ctx, r.dw_pooled), rdb_p = to_gpu(ctx, r.db_pooled), ref_y = floats(pooled_n);
+    Buffer<uint8_t> pool_scratch(Device::Cuda, std::max<size_t>(kernels::conv_direct_pool_filter_grad_scratch(g), 16));
+    Buffer<int32_t> ref_argmax(Device::Cuda, std::max<size_t>(pooled_n, 1));
+    run_own(sw, where, "filter gradient: direct from the pooled gradient +relu",
+            {{dw.data(), rdw_p.data(), wn, kFloat32Tol, r.floor_dw_pooled},
+             {db.data(), rdb_p.data(), bn, kFloat32Tol, r.floor_db_pooled}},
+            [&] {
+              kernels::conv_direct_pool_filter_grad(x.data(), dyp.data(), yp.data(), argmax.data(), true, dw.data(),
+                                                    db.data(), pool_scratch.data(), g, pg, st);
+            });
+    for (const bool relu : {false, true}) {
+      kernels::conv_direct_forward(x.data(), w.data(), b.data(), y.data(), relu, g, st);
+      kernels::maxpool_forward(y.data(), ref_y.data(), ref_argmax.data(), pg, {}, st);
+      const std::string impl = std::string("forward: direct pooled") + (relu ? " +relu" : "");
+      if (!run_own(sw, where, impl, {{yp.data(), ref_y.data(), pooled_n, kExact}}, [&] {
+            kernels::conv_direct_pool_forward(x.data(), w.data(), b.data(), relu, yp.data(), argmax.data(), g, pg, st);
+          }))
+        continue;
+      std::vector<int32_t> got(pooled_n), want(pooled_n);
+      CUDA_CHECK(cudaStreamSynchronize(st));
+      CUDA_CHECK(cudaMemcpy(got.data(), argmax.data(), pooled_n * sizeof(int32_t), cudaMemcpyDeviceToHost));
+      CUDA_CHECK(cudaMemcpy(want.data(), ref_argmax.data(), pooled_n * sizeof(int32_t), cudaMemcpyDeviceToHost));
+      if (got != want) sw.fail(where, impl + ": its argmaxes differ from maxpool_forward's");
+    }
+    sw.flush();  // the references are freed at the end of this block
   }
   if (!r.fused_pool) return;
   Buffer<float> pool_partials = floats(kernels::conv_pool_backward_scratch(pg, oc));
