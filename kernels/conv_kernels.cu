@@ -250,22 +250,34 @@ __global__ void __launch_bounds__(kPlaneWarps * 32)
 // window's argmax and zero elsewhere, so only the pooled positions are visited (a quarter of the
 // positions for 2 x 2 windows, and no pass that spreads the gradient over the windows). Block
 // (sample, group of kPlaneWarps output channels), warp per channel; lane l sums the products of
-// pooled positions l, l + 32, ... in order (the taps read through L1: one sample's planes), a
-// shuffle tree adds the lanes, and the finish kernel adds the samples in order, as for the plane
-// kernel. K x K taps per input channel, at most kMaxTaps / (K K) input channels.
-template <int K>
+// pooled positions l, l + 32, ... in order, a shuffle tree adds the lanes, and the finish kernel adds
+// the samples in order, as for the plane kernel. kStaged: the sample's zero-padded input planes sit
+// in shared memory (one coalesced pass; the windows' taps were dependent L2 reads after each argmax:
+// 27 us for lenet5's conv1 at batch 257 in the step's graph, H100); else the taps are read from global
+// memory. K x K taps per input channel, at most kMaxTaps / (K K) input channels.
+template <int K, bool kStaged>
 __global__ void __launch_bounds__(kPlaneWarps * 32)
     conv_direct_pool_filter_kernel(const float* __restrict__ x, const float* __restrict__ dy,
                                    const float* __restrict__ y, const int32_t* __restrict__ argmax, bool relu,
                                    float* __restrict__ partial, ConvGeometry g, PoolGeometry p) {
+  extern __shared__ float padded[];  // kStaged: [c][h + 2 pad][w + 2 pad]
   constexpr int kChannels = kMaxTaps / (K * K), kTaps = kChannels * K * K;
   const int s = blockIdx.x, lane = threadIdx.x % 32, o = blockIdx.y * kPlaneWarps + threadIdx.x / 32;
+  const int pw = g.w + 2 * g.pad, plane_floats = (g.h + 2 * g.pad) * pw;
+  const float* xs = x + static_cast<long>(s) * g.c * g.h * g.w;
+  if constexpr (kStaged) {
+#pragma unroll 4
+    for (int e = threadIdx.x; e < g.c * plane_floats; e += blockDim.x) {
+      const int ci = e / plane_floats, r = e - ci * plane_floats, iy = r / pw - g.pad, ix = r % pw - g.pad;
+      padded[e] = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w ? __ldg(xs + (ci * g.h + iy) * g.w + ix) : 0.0f;
+    }
+    __syncthreads();
+  }
   if (o >= g.oc) return;
   const int pooled = p.oh * p.ow;
   const long at = (static_cast<long>(s) * g.oc + o) * pooled;
-  const float* xs = x + static_cast<long>(s) * g.c * g.h * g.w;
   float acc[kTaps + 1] = {};
-#pragma unroll 2
+#pragma unroll 4
   for (int q = lane; q < pooled; q += 32) {
     const float d = __ldg(dy + at + q);
     const float grad = relu && !(__ldg(y + at + q) > 0.0f) ? 0.0f : d;
@@ -280,7 +292,11 @@ __global__ void __launch_bounds__(kPlaneWarps * 32)
 #pragma unroll
         for (int kx = 0; kx < K; ++kx) {
           const int ix = ix0 + kx;
-          const float v = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w ? __ldg(xs + (ci * g.h + iy) * g.w + ix) : 0.0f;
+          float v;
+          if constexpr (kStaged)
+            v = padded[ci * plane_floats + (iy + g.pad) * pw + ix + g.pad];
+          else
+            v = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w ? __ldg(xs + (ci * g.h + iy) * g.w + ix) : 0.0f;
           acc[(ci * K + ky) * K + kx] = fmaf(grad, v, acc[(ci * K + ky) * K + kx]);
         }
       }
@@ -370,6 +386,27 @@ void conv_direct_filter_grad(const float* x, const float* dy, const float* relu_
   CUDA_CHECK_LAUNCH();
 }
 
+namespace {
+
+/// Calls f with conv_direct_pool_filter_kernel<k, staged> (c k^2 <= kMaxTaps: k <= 5).
+template <typename F>
+void with_pool_filter_kernel(int k, bool staged, F f) {
+  if (staged) {
+    if (k == 1) return f(conv_direct_pool_filter_kernel<1, true>);
+    if (k == 2) return f(conv_direct_pool_filter_kernel<2, true>);
+    if (k == 3) return f(conv_direct_pool_filter_kernel<3, true>);
+    if (k == 4) return f(conv_direct_pool_filter_kernel<4, true>);
+    return f(conv_direct_pool_filter_kernel<5, true>);
+  }
+  if (k == 1) return f(conv_direct_pool_filter_kernel<1, false>);
+  if (k == 2) return f(conv_direct_pool_filter_kernel<2, false>);
+  if (k == 3) return f(conv_direct_pool_filter_kernel<3, false>);
+  if (k == 4) return f(conv_direct_pool_filter_kernel<4, false>);
+  f(conv_direct_pool_filter_kernel<5, false>);
+}
+
+}  // namespace
+
 bool direct_pool_fits(const ConvGeometry& g, const PoolGeometry& p) {
   if (!direct_conv_fits(g) || (g.oc + kPlaneWarps - 1) / kPlaneWarps > 65535) return false;
   if (p.h != g.oh || p.w != g.ow || static_cast<long long>(p.planes) != static_cast<long long>(g.n) * g.oc) return false;
@@ -402,13 +439,12 @@ void conv_direct_pool_filter_grad(const float* x, const float* dy, const float* 
   float* partial = static_cast<float*>(scratch);
   const dim3 grid(static_cast<unsigned>(g.n), static_cast<unsigned>((g.oc + kPlaneWarps - 1) / kPlaneWarps));
   const unsigned threads = 32 * static_cast<unsigned>(std::min(g.oc, kPlaneWarps));
-  switch (g.k) {  // c k^2 <= kMaxTaps: k <= 5
-    case 1: conv_direct_pool_filter_kernel<1><<<grid, threads, 0, stream>>>(x, dy, y, argmax, relu, partial, g, p); break;
-    case 2: conv_direct_pool_filter_kernel<2><<<grid, threads, 0, stream>>>(x, dy, y, argmax, relu, partial, g, p); break;
-    case 3: conv_direct_pool_filter_kernel<3><<<grid, threads, 0, stream>>>(x, dy, y, argmax, relu, partial, g, p); break;
-    case 4: conv_direct_pool_filter_kernel<4><<<grid, threads, 0, stream>>>(x, dy, y, argmax, relu, partial, g, p); break;
-    default: conv_direct_pool_filter_kernel<5><<<grid, threads, 0, stream>>>(x, dy, y, argmax, relu, partial, g, p);
-  }
+  const long padded = static_cast<long>(g.c) * (g.h + 2 * g.pad) * (g.w + 2 * g.pad);
+  const bool staged = padded <= kMaxPlaneFloats;  // else the taps are read from global memory
+  const size_t shared = staged ? sizeof(float) * static_cast<size_t>(padded) : 0;
+  with_pool_filter_kernel(g.k, staged, [&](auto kernel) {
+    kernel<<<grid, threads, shared, stream>>>(x, dy, y, argmax, relu, partial, g, p);
+  });
   CUDA_CHECK_LAUNCH();
   conv_direct_filter_finish_kernel<<<g.oc * (taps + 1), kFinishThreads, 0, stream>>>(partial, g.n, taps, dw, db);
   CUDA_CHECK_LAUNCH();

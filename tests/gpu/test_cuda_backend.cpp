@@ -441,8 +441,9 @@ TEST_F(CudaBackend, ConvAbsorbingReluPoolDropoutMatchesCpuLayersInSequence) {
 // parameters are small integers, so every convolution output is exact on both sides and the windows'
 // maxima (ties included) are the same: the forward equals the CPU's bit for bit at any batch, and
 // only the gradients' order of summation differs. Windows that tile, overlap with padding, leave a
-// ragged edge and move by one; the last case's plane is past the direct kernels' guard, so the
-// layer runs the planner's convolution and the pooling apart (its fallback).
+// ragged edge and move by one; a plane too large for the filter kernel's shared memory (its taps
+// read from global memory); and a plane past the direct kernels' guard, where the layer runs the
+// planner's convolution and the pooling apart (its fallback).
 TEST_F(CudaBackend, FirstLayerAbsorbingReluAndPoolMatchesCpuLayersInSequence) {
   struct Case {
     Dims in;
@@ -458,6 +459,7 @@ TEST_F(CudaBackend, FirstLayerAbsorbingReluAndPoolMatchesCpuLayersInSequence) {
       {{2, 13, 13}, 4, 3, 0, {2, 2, 0}, 7, true, true},     // 11 x 11 pooled by 2: the last row and column left out
       {{1, 9, 9}, 3, 2, 0, {2, 1, 0}, 2, true, true},       // stride-1 windows; k = 2
       {{32, 6, 6}, 2, 1, 0, {2, 2, 0}, 4, true, true},      // 1 x 1 over 32 channels: the most taps
+      {{1, 120, 120}, 2, 3, 1, {2, 2, 0}, 2, true, true},   // a padded plane past shared memory: taps from global
       {{1, 2898, 2898}, 2, 3, 1, {2, 2, 0}, 1, true, false},  // a plane past the direct kernels' grid
   };
   const auto integers = [](size_t n, uint32_t seed) {
