@@ -32,6 +32,16 @@ __device__ __forceinline__ int tap_offset(const ConvGeometry& g, int j, int oy, 
 constexpr int kForwardChannels = 8;
 constexpr int kForwardThreads = 128;
 
+/// A forward block's sample and first output channel (blockIdx.x = sample x groups + group).
+struct ForwardGroup {
+  int s, o0;
+};
+__device__ __forceinline__ ForwardGroup forward_group(const ConvGeometry& g) {
+  const int groups = (g.oc + kForwardChannels - 1) / kForwardChannels;
+  const int s = blockIdx.x / groups;
+  return {s, (static_cast<int>(blockIdx.x) - s * groups) * kForwardChannels};
+}
+
 /// The group's weights, [kForwardChannels][taps] (zero past the last channel), into shared memory.
 __device__ __forceinline__ void stage_group_weights(const float* __restrict__ w, float (*ws)[kMaxTaps],
                                                     const ConvGeometry& g, int o0) {
@@ -72,8 +82,7 @@ __global__ void conv_direct_forward_kernel(const float* __restrict__ x, const fl
                                            const float* __restrict__ b, float* __restrict__ y, ConvGeometry g,
                                            bool relu) {
   __shared__ float ws[kForwardChannels][kMaxTaps];
-  const int groups = (g.oc + kForwardChannels - 1) / kForwardChannels;
-  const int s = blockIdx.x / groups, o0 = (blockIdx.x - s * groups) * kForwardChannels;
+  const auto [s, o0] = forward_group(g);
   const int plane = g.oh * g.ow, q = blockIdx.y * blockDim.x + threadIdx.x;
   stage_group_weights(w, ws, g, o0);
   __syncthreads();
@@ -96,8 +105,7 @@ __global__ void conv_direct_pool_forward_kernel(const float* __restrict__ x, con
                                                 const float* __restrict__ b, float* __restrict__ y,
                                                 int32_t* __restrict__ argmax, ConvGeometry g, PoolGeometry p, bool relu) {
   __shared__ float ws[kForwardChannels][kMaxTaps];
-  const int groups = (g.oc + kForwardChannels - 1) / kForwardChannels;
-  const int s = blockIdx.x / groups, o0 = (blockIdx.x - s * groups) * kForwardChannels;
+  const auto [s, o0] = forward_group(g);
   const int pooled = p.oh * p.ow, q = blockIdx.y * blockDim.x + threadIdx.x;
   stage_group_weights(w, ws, g, o0);
   __syncthreads();
@@ -439,7 +447,7 @@ void conv_direct_pool_filter_grad(const float* x, const float* dy, const float* 
   float* partial = static_cast<float*>(scratch);
   const dim3 grid(static_cast<unsigned>(g.n), static_cast<unsigned>((g.oc + kPlaneWarps - 1) / kPlaneWarps));
   const unsigned threads = 32 * static_cast<unsigned>(std::min(g.oc, kPlaneWarps));
-  const long padded = static_cast<long>(g.c) * (g.h + 2 * g.pad) * (g.w + 2 * g.pad);
+  const long padded = g.c * padded_plane_floats(g);
   const bool staged = padded <= kMaxPlaneFloats;  // else the taps are read from global memory
   const size_t shared = staged ? sizeof(float) * static_cast<size_t>(padded) : 0;
   with_pool_filter_kernel(g.k, staged, [&](auto kernel) {
