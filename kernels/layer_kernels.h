@@ -32,7 +32,7 @@ void add_bias_rows(float* y, const float* b, int n, int features, bool relu, con
                    cudaStream_t stream);
 /// y[s, c, q] += b[c] (NCHW, `plane` positions per channel), then max(., 0) when relu is set.
 void add_bias_channels(float* y, const float* b, int n, int channels, int plane, bool relu, cudaStream_t stream);
-/// db[o] = sum_i g[i, o], summed in row order; g = dy times the absorbed dropout's mask, masked by
+/// db[o] = sum_i g[i, o], summed in a fixed order; g = dy times the absorbed dropout's mask, masked by
 /// relu_out (see above; with a dropout, relu_out is the output after it). `masked` receives g when
 /// there is a ReLU or a dropout.
 void bias_grad_rows(const float* dy, const float* relu_out, float* masked, float* db, int n, int features,
@@ -50,11 +50,22 @@ void bias_grad_finish(const float* partial, int groups, int channels, float* db,
 /// dx = y > 0 ? dy : 0 (the ReLU's backward, from its output).
 void relu_backward(const float* dy, const float* y, float* dx, long count, cudaStream_t stream);
 
+/// Scratch of softmax_cross_entropy past one block: softmax_cross_entropy_partials(n, classes)
+/// doubles, and one counter that is zero before the first launch (each launch leaves it zero).
+struct LossScratch {
+  double* partials = nullptr;
+  uint32_t* arrivals = nullptr;
+};
+/// The doubles of LossScratch::partials a batch of n x classes needs (0: one block, no scratch).
+size_t softmax_cross_entropy_partials(int n, int classes);
+
 /// Per sample: loss, correct and (when dlogits is not null) (softmax - target) * grad_scale, target
 /// = (1 - label_smoothing) onehot + label_smoothing / classes. The batch's loss and correct count are
-/// added to sums[0], sums[1] in a fixed order. One block; any classes >= 1 (a warp per sample above
-/// 32, lanes striding the row; no shared memory per class).
+/// added to sums[0], sums[1] in a fixed order that depends on n and classes alone. Blocks over the
+/// samples, a thread per sample up to 32 classes, a warp per sample above (lanes striding the row;
+/// no shared memory per class); past one block, `scratch` (see above) is required.
 void softmax_cross_entropy(const float* logits, const int32_t* labels, int n, int classes, float grad_scale,
-                           float label_smoothing, float* dlogits, double* sums, cudaStream_t stream);
+                           float label_smoothing, float* dlogits, double* sums, LossScratch scratch,
+                           cudaStream_t stream);
 
 }  // namespace dptrain::kernels

@@ -56,10 +56,11 @@ __device__ __forceinline__ SoftmaxRow softmax_row_thread(const float* x, int cla
   return {best, logf(z), sum, best_index};
 }
 
-/// sums[0] += the block's loss, sums[1] += its correct count: each thread's values, added by a
-/// shuffle tree per warp and the warps in order (a fixed order). Every thread of the block calls it.
+/// The block's sums of each thread's loss and correct count, in a fixed order (a shuffle tree per
+/// warp, then the warps in order); the totals are valid in thread 0. Every thread of the block calls
+/// it; a second call in the same block needs a __syncthreads() after thread 0 has read the first's.
 template <int kWarps>
-__device__ __forceinline__ void add_block_sums(double loss, double correct, double* sums) {
+__device__ __forceinline__ void block_loss_sums(double& loss, double& correct) {
   __shared__ double warp_loss[kWarps], warp_correct[kWarps];
   for (int off = 16; off > 0; off /= 2) {
     loss += __shfl_down_sync(0xffffffffu, loss, off);
@@ -70,8 +71,17 @@ __device__ __forceinline__ void add_block_sums(double loss, double correct, doub
   if (threadIdx.x != 0) return;
   double tl = 0.0, tc = 0.0;
   for (int w = 0; w < kWarps; ++w) tl += warp_loss[w], tc += warp_correct[w];
-  sums[0] += tl;
-  sums[1] += tc;
+  loss = tl;
+  correct = tc;
+}
+
+/// sums[0] += the block's loss, sums[1] += its correct count (block_loss_sums' order).
+template <int kWarps>
+__device__ __forceinline__ void add_block_sums(double loss, double correct, double* sums) {
+  block_loss_sums<kWarps>(loss, correct);
+  if (threadIdx.x != 0) return;
+  sums[0] += loss;
+  sums[1] += correct;
 }
 
 /// Label smoothing e over C classes as the loss uses it: the target is (1 - e) onehot + e / C

@@ -58,6 +58,7 @@ Model<T>::Model(const ModelConfig& config, DeviceContext& ctx, int max_batch, do
                                          to_string(dims) + " values per sample, but the loss needs " +
                                          std::to_string(num_classes_) + " class scores (Cx1x1)");
   loss_ = make_softmax_cross_entropy<T>(ctx.device(), label_smoothing);
+  loss_->reserve(ctx, max_batch, num_classes_);
   for (size_t i = 0; i + 1 < layers_.size(); ++i)
     if (auto* relu = dynamic_cast<ReluLayer<T>*>(layers_[i + 1].get()))
       if (layers_[i]->absorb_following_relu(ctx)) relu->mark_absorbed();

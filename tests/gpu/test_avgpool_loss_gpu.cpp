@@ -100,6 +100,7 @@ struct LossRun {
 LossRun run_loss(DeviceContext& ctx, const std::vector<float>& logits, const std::vector<int32_t>& labels, int n, int k,
                  double e) {
   auto loss = make_softmax_cross_entropy<float>(ctx.device(), e);
+  loss->reserve(ctx, n, k);
   Buffer<float> x = on(ctx, logits), g(ctx.device(), logits.size());
   Buffer<int32_t> y = on(ctx, labels);
   Buffer<double> sums(ctx.device(), 2);

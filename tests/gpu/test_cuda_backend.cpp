@@ -7,7 +7,9 @@
 #include <cmath>
 #include <filesystem>
 #include <random>
+#include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gpu_test_support.h"
@@ -549,30 +551,52 @@ TEST_F(CudaBackend, MaxPoolMatchesCpuBitForBitWithTiesAndOverlap) {
   }
 }
 
+// 64 x 10 is one block; 1000 x 10 (a thread per sample) and 300 x 100 (a warp per sample) span
+// several, whose sums the last block adds; each GPU run goes twice, so the second launch finds the
+// blocks' counter reset and gives the same sums bit for bit.
 TEST_F(CudaBackend, LossMatchesCpu) {
-  const int n = 64, k = 10;
-  const std::vector<float> logits = randoms(n * k, 4, -6, 6);
-  std::vector<int32_t> labels(n);
-  for (int i = 0; i < n; ++i) labels[static_cast<size_t>(i)] = (i * 7) % k;
-  auto run = [&](DeviceContext& ctx) {
-    auto loss = make_softmax_cross_entropy<float>(ctx.device());
-    Buffer<float> x(ctx.device(), logits.size()), g(ctx.device(), logits.size());
-    Buffer<int32_t> y(ctx.device(), labels.size());
-    Buffer<double> sums(ctx.device(), 2);
-    upload(ctx, x.span(), std::span<const float>(logits));
-    upload(ctx, y.span(), std::span<const int32_t>(labels));
-    zero_async(ctx, sums.span());
-    loss->forward_backward(ctx, TensorView<const float>{x.data(), n, {k, 1, 1}}, y.data(), 1.0f / n,
-                           TensorView<float>{g.data(), n, {k, 1, 1}}, sums.data());
-    std::vector<double> s(2);
-    download(ctx, std::span<const double>(sums.span()), std::span<double>(s));
-    return std::pair{to_host(ctx, g, logits.size()), s};
-  };
-  const auto [gc, sc] = run(cpu_);
-  const auto [gg, sg] = run(*gpu_);
-  EXPECT_LT(rel(gg, gc), 1e-6);
-  EXPECT_NEAR(sg[0], sc[0], 1e-5 * std::abs(sc[0]));
-  EXPECT_EQ(sg[1], sc[1]);
+  for (const auto [n, k] : {std::pair{64, 10}, std::pair{1000, 10}, std::pair{300, 100}}) {
+    const std::vector<float> logits = randoms(static_cast<size_t>(n) * k, 4, -6, 6);
+    std::vector<int32_t> labels(static_cast<size_t>(n));
+    for (int i = 0; i < n; ++i) labels[static_cast<size_t>(i)] = (i * 7) % k;
+    auto run = [&](DeviceContext& ctx) {
+      auto loss = make_softmax_cross_entropy<float>(ctx.device());
+      loss->reserve(ctx, n, k);
+      Buffer<float> x(ctx.device(), logits.size()), g(ctx.device(), logits.size());
+      Buffer<int32_t> y(ctx.device(), labels.size());
+      Buffer<double> sums(ctx.device(), 4);
+      upload(ctx, x.span(), std::span<const float>(logits));
+      upload(ctx, y.span(), std::span<const int32_t>(labels));
+      zero_async(ctx, sums.span());
+      for (int round = 0; round < 2; ++round)
+        loss->forward_backward(ctx, TensorView<const float>{x.data(), n, {k, 1, 1}}, y.data(), 1.0f / n,
+                               TensorView<float>{g.data(), n, {k, 1, 1}}, sums.data() + 2 * round);
+      std::vector<double> s(4);
+      download(ctx, std::span<const double>(sums.span()), std::span<double>(s));
+      return std::pair{to_host(ctx, g, logits.size()), s};
+    };
+    const auto [gc, sc] = run(cpu_);
+    const auto [gg, sg] = run(*gpu_);
+    const std::string at = std::to_string(n) + " x " + std::to_string(k);
+    EXPECT_LT(rel(gg, gc), 1e-6) << at;
+    EXPECT_NEAR(sg[0], sc[0], 1e-5 * std::abs(sc[0])) << at;
+    EXPECT_EQ(sg[1], sc[1]) << at;
+    EXPECT_EQ(sg[2], sg[0]) << at;
+    EXPECT_EQ(sg[3], sg[1]) << at;
+  }
+}
+
+// Past one block the GPU's loss needs its scratch: a batch beyond the reserved one is an error, not a
+// launch without it.
+TEST_F(CudaBackend, LossPastItsReservedBatchThrows) {
+  auto loss = make_softmax_cross_entropy<float>(gpu_->device());
+  loss->reserve(*gpu_, 256, 10);
+  Buffer<float> x(gpu_->device(), 257 * 10), g(gpu_->device(), 257 * 10);
+  Buffer<int32_t> y(gpu_->device(), 257);
+  Buffer<double> sums(gpu_->device(), 2);
+  EXPECT_THROW(loss->forward_backward(*gpu_, TensorView<const float>{x.data(), 257, {10, 1, 1}}, y.data(), 1.0f,
+                                      TensorView<float>{g.data(), 257, {10, 1, 1}}, sums.data()),
+               std::logic_error);
 }
 
 // The model's last linear layer computes the loss and its own backward in one launch
@@ -599,6 +623,7 @@ TEST_F(CudaBackend, LinearBackwardWithLossMatchesCpuLinearThenLoss) {
     auto run = [&](DeviceContext& ctx, bool fused) {
       auto l = make_layer<float>(lin, 9, in, ctx.device());
       auto loss = make_softmax_cross_entropy<float>(ctx.device());
+      loss->reserve(ctx, n, k.classes);
       const Device dev = ctx.device();
       Buffer<float> pv(dev, params.size()), pg(dev, params.size()), bx(dev, x.size()), bdx(dev, x.size());
       const size_t outs = static_cast<size_t>(n) * k.classes;

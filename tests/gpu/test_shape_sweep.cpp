@@ -1759,6 +1759,17 @@ LinearFloors linear_backward_floors(const std::vector<float>& x, const std::vect
   return f;
 }
 
+/// softmax_cross_entropy's scratch for a batch of n x classes (kernels::LossScratch), counter zeroed.
+struct LossScratchBuffers {
+  Buffer<double> partials;
+  Buffer<uint32_t> arrivals;
+  LossScratchBuffers(int n, int classes)
+      : partials(Device::Cuda, kernels::softmax_cross_entropy_partials(n, classes)), arrivals(Device::Cuda, 1) {
+    arrivals.zero();
+  }
+  kernels::LossScratch view() { return {partials.data(), arrivals.data()}; }
+};
+
 void run_loss_shape(Sweep& sw, const sweep::LossShape& s, int index, uint64_t seed) {
   DeviceContext& ctx = sw.ctx();
   const cudaStream_t st = sw.stream();
@@ -1780,15 +1791,17 @@ void run_loss_shape(Sweep& sw, const sweep::LossShape& s, int index, uint64_t se
     Buffer<float> dl = to_gpu(ctx, logits), rdl = to_gpu(ctx, want.dlogits), g = floats(nl);
     Buffer<int32_t> dlab = to_gpu(ctx, labels);
     Buffer<double> sums(Device::Cuda, 2);
-    for (const bool with_gradient : {true, false}) {
+    LossScratchBuffers scratch(n, classes);
+    for (const bool with_gradient : {true, false}) {  // the second launch reuses the scratch's counter
       const std::string impl = std::string("loss kernel softmax_cross_entropy") +
                                (classes <= 32 ? " (a thread per row)" : " (a warp per row)") +
                                (with_gradient ? "" : " without dL/dlogits");
       sw.poison(g.data(), nl);
       CUDA_CHECK(cudaMemsetAsync(sums.data(), 0, 2 * sizeof(double), st));
       kernels::softmax_cross_entropy(dl.data(), dlab.data(), n, classes, 1.0f / static_cast<float>(n), smoothing,
-                                     with_gradient ? g.data() : nullptr, sums.data(), st);
+                                     with_gradient ? g.data() : nullptr, sums.data(), scratch.view(), st);
       sw.ran();
+      sw.check_equal(where, impl + ": the blocks' arrival counter is reset", to_cpu(ctx, scratch.arrivals.data(), 1)[0], 0);
       if (with_gradient) sw.expect_close(g.data(), rdl.data(), nl, where, impl + ": dL/dlogits", kLossGradTol, grad_floor);
       const std::vector<double> got = to_cpu(ctx, sums.data(), 2);
       sw.check(where, impl + ": loss sum", rel_scalar(got[0], want.loss), kFloat32Tol);
@@ -1845,6 +1858,7 @@ void run_loss_shape(Sweep& sw, const sweep::LossShape& s, int index, uint64_t se
       sw.poison(db.data(), bv.size());
       CUDA_CHECK(cudaMemsetAsync(sums.data(), 0, 2 * sizeof(double), st));
       CUDA_CHECK(cudaMemsetAsync(sums_apart.data(), 0, 2 * sizeof(double), st));
+      LossScratchBuffers apart_scratch(nf, classes);
       bool ran = true;
       try {
         kernels::linear_loss_backward({gx.data(), gw.data(), glog.data(), glab.data(), nf, classes, inputs,
@@ -1852,7 +1866,7 @@ void run_loss_shape(Sweep& sw, const sweep::LossShape& s, int index, uint64_t se
                                        dx.data()},
                                       st);
         kernels::softmax_cross_entropy(glog.data(), glab.data(), nf, classes, 1.0f / static_cast<float>(nf), smoothing,
-                                       dl_apart.data(), sums_apart.data(), st);
+                                       dl_apart.data(), sums_apart.data(), apart_scratch.view(), st);
       } catch (const CudaError& e) {
         sw.fail(at, impl + ": its guard admits the shape, but the call threw: " + e.what());
         ran = false;
@@ -1898,6 +1912,7 @@ void run_loss_shape(Sweep& sw, const sweep::LossShape& s, int index, uint64_t se
     // GPU
     auto lg = make_layer<float>(lc, 9, id, Device::Cuda);
     auto loss = make_softmax_cross_entropy<float>(Device::Cuda, smoothing);
+    loss->reserve(ctx, n, classes);
     Buffer<float> pv = to_gpu(ctx, params), pgrad = floats(params.size()), bx = to_gpu(ctx, x), by = floats(nl),
                   bdy = floats(nl), bdx = floats(x.size());
     Buffer<int32_t> bl = to_gpu(ctx, labels);

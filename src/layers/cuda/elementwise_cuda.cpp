@@ -1,5 +1,7 @@
 // ReLU through cuDNN; max pooling, dropout and flatten with custom kernels and copies.
 #include <optional>
+#include <stdexcept>
+#include <string>
 
 #include "core/buffer.h"
 #include "core/cuda_check.h"
@@ -134,14 +136,25 @@ class FlattenCuda final : public FlattenLayer<float> {
 class SoftmaxCrossEntropyCuda final : public SoftmaxCrossEntropy<float> {
  public:
   explicit SoftmaxCrossEntropyCuda(float label_smoothing) : label_smoothing_(label_smoothing) {}
+  void reserve(DeviceContext& ctx, int max_batch, int classes) override {
+    partials_ = Buffer<double>(ctx.device(), kernels::softmax_cross_entropy_partials(max_batch, classes));
+    arrivals_ = Buffer<uint32_t>(ctx.device(), 1);
+    arrivals_.zero();
+  }
   void forward_backward(DeviceContext& ctx, TensorView<const float> logits, const int32_t* labels, float grad_scale,
                         TensorView<float> dlogits, double* sums) override {
-    kernels::softmax_cross_entropy(logits.data, labels, logits.n, static_cast<int>(logits.sample_size()), grad_scale,
-                                   label_smoothing_, dlogits.data, sums, ctx.cuda().stream());
+    const int classes = static_cast<int>(logits.sample_size());
+    if (kernels::softmax_cross_entropy_partials(logits.n, classes) > partials_.size())
+      throw std::logic_error("SoftmaxCrossEntropy: a batch of " + std::to_string(logits.n) + " x " +
+                             std::to_string(classes) + " classes needs reserve() for at least that batch");
+    kernels::softmax_cross_entropy(logits.data, labels, logits.n, classes, grad_scale, label_smoothing_, dlogits.data,
+                                   sums, {partials_.data(), arrivals_.data()}, ctx.cuda().stream());
   }
 
  private:
   float label_smoothing_;
+  Buffer<double> partials_;   ///< each block's loss and correct count
+  Buffer<uint32_t> arrivals_;  ///< blocks done in the running launch; the last resets it to 0
 };
 
 }  // namespace
