@@ -217,12 +217,9 @@ __global__ void __launch_bounds__(kPlaneWarps * 32)
                                     const float* __restrict__ relu_out, float* __restrict__ partial, ConvGeometry g) {
   extern __shared__ float xs[];  // [h + 2 pad][w + 2 pad]
   constexpr int kTaps = K * K;
-  const int s = blockIdx.x, pw = g.w + 2 * g.pad, padded = (g.h + 2 * g.pad) * pw;
+  const int s = blockIdx.x, pw = g.w + 2 * g.pad;
   const float* plane_in = x + static_cast<long>(s) * g.h * g.w;
-  for (int e = threadIdx.x; e < padded; e += blockDim.x) {
-    const int iy = e / pw - g.pad, ix = e % pw - g.pad;
-    xs[e] = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w ? plane_in[iy * g.w + ix] : 0.0f;
-  }
+  conv_shared::stage_padded(plane_in, xs, g, pw);  // g.c = 1
   __syncthreads();
   const int lane = threadIdx.x % 32, o = blockIdx.y * kPlaneWarps + threadIdx.x / 32;
   if (o >= g.oc) return;
@@ -274,11 +271,7 @@ __global__ void __launch_bounds__(kPlaneWarps * 32)
   const int pw = g.w + 2 * g.pad, plane_floats = (g.h + 2 * g.pad) * pw;
   const float* xs = x + static_cast<long>(s) * g.c * g.h * g.w;
   if constexpr (kStaged) {
-#pragma unroll 4
-    for (int e = threadIdx.x; e < g.c * plane_floats; e += blockDim.x) {
-      const int ci = e / plane_floats, r = e - ci * plane_floats, iy = r / pw - g.pad, ix = r % pw - g.pad;
-      padded[e] = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w ? __ldg(xs + (ci * g.h + iy) * g.w + ix) : 0.0f;
-    }
+    conv_shared::stage_padded(xs, padded, g, pw);
     __syncthreads();
   }
   if (o >= g.oc) return;

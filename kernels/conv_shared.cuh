@@ -1,7 +1,8 @@
-// Pieces the custom 3x3 convolution kernels (conv_tiled.cu, conv_mma.cu) share: the input gradient as a forward
-// convolution with transposed, flipped weights, the fixed-order reduction of per-chunk filter-gradient partial sums,
-// and (from kernels/cp_async.cuh) asynchronous staging of global memory into shared memory; and the one message
-// every custom convolution family (conv_small.cu too) throws for a shape it does not serve.
+// Pieces the custom convolution kernels share: a sample's zero-padded input staged in shared memory (conv_small.cu,
+// conv_kernels.cu); for the 3x3 families (conv_tiled.cu, conv_mma.cu) the input gradient as a forward convolution
+// with transposed, flipped weights, the fixed-order reduction of per-chunk filter-gradient partial sums, and (from
+// kernels/cp_async.cuh) asynchronous staging of global memory into shared memory; and the one message every custom
+// convolution family throws for a shape it does not serve.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -29,6 +30,17 @@ inline ConvGeometry transposed(const ConvGeometry& g) {
 
 inline size_t transposed_weight_bytes(const ConvGeometry& g) {
   return sizeof(float) * static_cast<size_t>(g.oc) * g.c * kTaps;
+}
+
+/// Copies one sample's c x h x w input into shared memory as c x (h + 2 pad) rows of w + 2 pad values, zeros
+/// around it, `pitch` floats apart (at least w + 2 pad; the values past a row's end are not written). The block's
+/// threads together; no barrier.
+__device__ __forceinline__ void stage_padded(const float* __restrict__ x, float* xs, const ConvGeometry& g, int pitch) {
+  const int ph = g.h + 2 * g.pad, pw = g.w + 2 * g.pad, total = g.c * ph * pw;
+  for (int e = threadIdx.x; e < total; e += blockDim.x) {
+    const int row = e / pw, col = e - row * pw, ci = row / ph, iy = row - ci * ph - g.pad, ix = col - g.pad;
+    xs[row * pitch + col] = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w ? x[(ci * g.h + iy) * g.w + ix] : 0.0f;
+  }
 }
 
 inline bool fits_int(long long v) { return v >= 0 && v <= INT_MAX; }

@@ -64,23 +64,13 @@ long long filter_launch_floats(const ConvGeometry& g) {
   return std::max(filter_shared_floats(g), splits > 1 ? splits * filter_items(g) * kReg * g.k : 0LL);
 }
 
-/// Copies one sample's c x h x w input into shared memory as c x (h + 2 pad) rows of w + 2 pad values, zeros
-/// around it, `pitch` floats apart (at least w + 2 pad; the values past a row's end are not written).
-__device__ void stage_padded(const float* __restrict__ x, float* xs, const ConvGeometry& g, int pitch) {
-  const int ph = g.h + 2 * g.pad, pw = g.w + 2 * g.pad, total = g.c * ph * pw;
-  for (int e = threadIdx.x; e < total; e += blockDim.x) {
-    const int row = e / pw, col = e - row * pw, ci = row / ph, iy = row - ci * ph - g.pad, ix = col - g.pad;
-    xs[row * pitch + col] = iy >= 0 && iy < g.h && ix >= 0 && ix < g.w ? x[(ci * g.h + iy) * g.w + ix] : 0.0f;
-  }
-}
-
 /// The forward's shared memory: the sample's zero-padded input, then the weights of output channels
 /// [o0, o0 + group) tap-major ([taps][width], zeros past the group), so that one 16-byte load holds a
 /// tap's kReg channels. Ends with a barrier.
 __device__ __forceinline__ void stage_forward(const float* __restrict__ x, const float* __restrict__ w, float* xs,
                                               float* ws, const ConvGeometry& g, int o0, int group, int width,
                                               int taps) {
-  stage_padded(x, xs, g, g.w + 2 * g.pad);
+  conv_shared::stage_padded(x, xs, g, g.w + 2 * g.pad);
   for (int e = threadIdx.x; e < taps * width; e += blockDim.x) {
     const int j = e / width, ch = e - j * width;
     ws[e] = ch < group ? w[static_cast<long>(o0 + ch) * taps + j] : 0.0f;
@@ -453,7 +443,7 @@ __global__ void __launch_bounds__(kFilterThreads)
   float acc[kReg][K] = {};
   for (int s = first; s < last; ++s) {
     __syncthreads();  // the last sample's reads are done
-    stage_padded(x + static_cast<long>(s) * g.c * g.h * g.w, xs, g, pitch);
+    conv_shared::stage_padded(x + static_cast<long>(s) * g.c * g.h * g.w, xs, g, pitch);
     const float* dys = dy + static_cast<long>(s) * g.oc * plane;
     for (int e = threadIdx.x; e < g.oc * plane; e += blockDim.x) ds[e + e / plane * (plane_pitch - plane)] = dys[e];
     __syncthreads();

@@ -51,7 +51,7 @@ class Conv2dCuda final : public Conv2dLayer<float> {
   bool absorb_following_pool(DeviceContext& ctx, const PoolSpec& pool) override {
     if (!ctx.cuda().options().fuse_elementwise) return false;
     if (kernels::direct_conv_fits(input_dims().c, kernel())) {
-      if (index() != 0) return false;
+      if (!first_layer()) return false;
       direct_pool_ = pool;
       return true;
     }
@@ -71,9 +71,11 @@ class Conv2dCuda final : public Conv2dLayer<float> {
   void reserve(DeviceContext& ctx, int max_batch) override {
     set_up(ctx);
     const size_t full = static_cast<size_t>(max_batch) * output_dims().count();
-    if (direct_pool_) {
+    if (pool_ || direct_pool_) {
       const size_t pooled = static_cast<size_t>(pool_geometry(max_batch).planes) * pooled_plane();
       if (argmax_.size() < pooled) argmax_ = Buffer<int32_t>(Device::Cuda, pooled);
+    }
+    if (direct_pool_) {
       const size_t partials = kernels::conv_direct_pool_filter_grad_scratch(exec_->geometry(max_batch)) / sizeof(float);
       if (pool_partials_.size() < partials) pool_partials_ = Buffer<float>(Device::Cuda, partials);
       // The planner may give the forward to another family at some batch: its output is pooled apart.
@@ -86,10 +88,7 @@ class Conv2dCuda final : public Conv2dLayer<float> {
         std::max(kernels::bias_grad_channels_scratch(max_batch, out_channels()),
                  pool_ ? kernels::conv_pool_backward_scratch(pool_geometry(max_batch), out_channels()) : size_t{0});
     if (bias_partials_.size() < partials) bias_partials_ = Buffer<float>(Device::Cuda, partials);
-    if (!pool_) return;
-    if (unpooled_.size() < full) unpooled_ = Buffer<float>(Device::Cuda, full);
-    const size_t pooled = static_cast<size_t>(pool_geometry(max_batch).planes) * pooled_plane();
-    if (argmax_.size() < pooled) argmax_ = Buffer<int32_t>(Device::Cuda, pooled);
+    if (pool_ && unpooled_.size() < full) unpooled_ = Buffer<float>(Device::Cuda, full);
   }
 
   void plan(DeviceContext& ctx, int batch, bool backward) override {
@@ -173,9 +172,11 @@ class Conv2dCuda final : public Conv2dLayer<float> {
     if (exec_) return;
     exec_ = std::make_unique<ConvExecutor>(input_dims(), output_dims(), kernel(), stride(), padding(),
                                            ctx.cuda().options().tf32, relu_, pool_.has_value());
-    // The model never asks its first layer for an input gradient (its input is the data).
-    planner_ = std::make_unique<ConvPlanner>(*exec_, name(), index() > 0);
+    planner_ = std::make_unique<ConvPlanner>(*exec_, name(), !first_layer());
   }
+
+  /// The model's first layer: its input is the data, so the model never asks it for an input gradient.
+  bool first_layer() const { return index() == 0; }
 
   /// The plan of batch n (ConvPlanner's). With direct_pool_ its filter gradient is planned only where
   /// the pooled kernels do not serve the batch: otherwise conv_direct_pool_filter_grad takes it.
