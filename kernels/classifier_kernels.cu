@@ -11,7 +11,7 @@ namespace {
 constexpr int kWarps = 8, kThreads = 32 * kWarps;
 
 // Block per slice of kCols input columns, for the whole batch. Each block stages the logits, the
-// labels and its columns of x and w in shared memory (one round of loads, see stage), computes every sample's
+// labels and its columns of x and w in shared memory (one round of loads), computes every sample's
 // dL/dlogits there (a thread per sample: cheap, and no second launch to share them), then its columns
 // of dw (sums over samples) and dx (over classes). Block 0 also writes dlogits, db and the loss.
 // Sums over samples run in four interleaved chains added in a fixed order.
@@ -23,37 +23,18 @@ size_t shared_bytes(int n, int classes) {
          sizeof(int32_t) * static_cast<size_t>(n);
 }
 
-/// The staged arrays (the logits, the input's columns, the weight's columns and the labels) lie end
-/// to end in shared memory, so one index space covers them: word t of that region, loaded from where
-/// it comes from. One round of loads for all four (four rounds, one array after the other, had each
-/// waited a memory latency: six of them at batch 257).
-__device__ __forceinline__ uint32_t staged_word(const LinearLossBackward& p, int t, int c0, int cols) {
-  const int logits = p.n * p.classes, x_words = p.n * kCols, w_words = p.classes * kCols;
-  if (t < logits) return __float_as_uint(__ldg(p.logits + t));
-  t -= logits;
-  if (t < x_words) {
-    const int i = t / kCols, j = t % kCols;
-    return j < cols ? __float_as_uint(__ldg(p.x + static_cast<long>(i) * p.inputs + c0 + j)) : 0u;
-  }
-  t -= x_words;
-  if (t < w_words) {
-    const int c = t / kCols, j = t % kCols;
-    return j < cols ? __float_as_uint(__ldg(p.w + static_cast<long>(c) * p.inputs + c0 + j)) : 0u;
-  }
-  return static_cast<uint32_t>(__ldg(p.labels + (t - w_words)));
-}
-
-/// dst[t] = staged_word(t) for t < count, the block's threads together: each thread issues up to
-/// kLoadsInFlight loads before it stores them, so the staging waits one memory latency per kThreads x
-/// kLoadsInFlight words.
-constexpr int kLoadsInFlight = 16;
-__device__ __forceinline__ void stage(uint32_t* dst, int count, const LinearLossBackward& p, int c0, int cols) {
+/// dst[t] = load(t) for t < count, a block's threads together: each thread issues up to kLoadsInFlight loads
+/// before it stores them, so the staging waits one memory latency per kThreads x kLoadsInFlight values (a load
+/// and its store in turn had waited one per kThreads values: ten of them for mnist_cnn's logits at batch 257).
+constexpr int kLoadsInFlight = 8;
+template <typename T, typename Load>
+__device__ __forceinline__ void stage(T* dst, int count, Load load) {
   for (int t0 = threadIdx.x; t0 < count; t0 += kThreads * kLoadsInFlight) {
-    uint32_t v[kLoadsInFlight];
+    T v[kLoadsInFlight];
 #pragma unroll
     for (int u = 0; u < kLoadsInFlight; ++u) {
       const int t = t0 + u * kThreads;
-      v[u] = t < count ? staged_word(p, t, c0, cols) : 0u;
+      v[u] = t < count ? load(t) : T{};
     }
 #pragma unroll
     for (int u = 0; u < kLoadsInFlight; ++u)
@@ -73,7 +54,7 @@ __device__ __forceinline__ float sum_over_samples(const float* a, int stride_a, 
 __global__ void __launch_bounds__(kThreads) linear_loss_backward_kernel(LinearLossBackward p) {
   extern __shared__ float shared[];
   const int n = p.n, classes = p.classes, inputs = p.inputs;
-  float* dl = shared;                 // [n][classes]; after it, what stage() fills in one index space:
+  float* dl = shared;                 // [n][classes]
   float* zs = dl + n * classes;       // the logits, [n][classes]
   float* xs = zs + n * classes;       // [n][kCols]
   float* ws = xs + n * kCols;         // [classes][kCols]
@@ -81,7 +62,16 @@ __global__ void __launch_bounds__(kThreads) linear_loss_backward_kernel(LinearLo
   const int c0 = blockIdx.x * kCols, cols = min(kCols, inputs - c0);
   const bool first = blockIdx.x == 0;
 
-  stage(reinterpret_cast<uint32_t*>(zs), n * classes + n * kCols + classes * kCols + n, p, c0, cols);
+  stage(xs, n * kCols, [&](int t) {
+    const int i = t / kCols, j = t % kCols;
+    return j < cols ? __ldg(p.x + static_cast<long>(i) * inputs + c0 + j) : 0.0f;
+  });
+  stage(ws, classes * kCols, [&](int t) {
+    const int c = t / kCols, j = t % kCols;
+    return j < cols ? __ldg(p.w + static_cast<long>(c) * inputs + c0 + j) : 0.0f;
+  });
+  stage(zs, n * classes, [&](int t) { return __ldg(p.logits + t); });
+  stage(labels, n, [&](int t) { return __ldg(p.labels + t); });
   __syncthreads();
   const Smoothing sm(p.label_smoothing, classes);
   double loss = 0.0, correct = 0.0;

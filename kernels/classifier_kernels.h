@@ -30,8 +30,8 @@ struct LinearLossBackward {
 /// Whether linear_loss_backward serves this shape: classes <= kSerialClasses (a thread per sample),
 /// and shared memory for the logits, dL/dlogits and a slice of the input for the whole batch.
 bool linear_loss_backward_fits(int n, int classes, int inputs);
-/// Loss, dL/dlogits, dw, db and dx in one launch; dlogits equal softmax_cross_entropy's bit for bit,
-/// and so does the loss where that kernel takes the batch in one block (up to 256 samples).
+/// Loss, dL/dlogits, dw, db and dx in one launch; dlogits and the loss equal those of
+/// softmax_cross_entropy bit for bit.
 void linear_loss_backward(const LinearLossBackward& p, cudaStream_t stream);
 
 }  // namespace dptrain::kernels
