@@ -20,7 +20,7 @@ class SoftmaxCrossEntropy {
   /// Sizes what forward_backward needs for batches of up to max_batch samples of `classes` scores, once
   /// at set-up (forward_backward never allocates). The CPU's loss needs nothing; the GPU's needs it
   /// past one block of samples (256 up to 32 classes, 32 above) and says so otherwise.
-  virtual void reserve(DeviceContext&, int max_batch, int classes) {}
+  virtual void reserve(DeviceContext&, int /*max_batch*/, int /*classes*/) {}
 
   /// For logits [n, classes] and labels[n] (int32, same device):
   /// sums[0] += sum_i -sum_c target_ic log softmax(logits_i)_c, target_i = (1 - e) onehot(label_i) + e / C
