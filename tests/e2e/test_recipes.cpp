@@ -76,9 +76,13 @@ TEST_F(Recipes, MnistBestRunsResumesBitForBitAndEvalAgrees) {
 // the networks, augmentation, dropout and BatchNorm of both, as shipped. With SGD, as in
 // tests/e2e/test_ranks.cpp: the recipes' Adam turns the rounding of another summation order into
 // whole steps of lr wherever a gradient is near zero, which says nothing about the data split. A
-// wrong shard, mask or statistic shows as about 1e-3 after one step. mnist_best's BatchNorm,
-// augmentation and dropout grow rounding fast (2 ranks vs 1: 2.4e-8 after 2 steps, 5e-6 after 4,
-// 8e-3 after 8), so it is compared after 2.
+// wrong shard, mask or statistic shows as about 1e-3 after one step (mnist_best with BatchNorm's
+// sync off on 2 ranks: 3.1e-3). mnist_best's BatchNorm, augmentation and dropout grow rounding fast
+// (2 ranks vs 1: 2.4e-8 after 2 steps, 5e-6 after 4, 8e-3 after 8), and the other summation order can
+// flip a ReLU whose input is within rounding of zero: on a CPU where OpenBLAS picks its Cooperlake
+// kernels, seed 1 flips one of conv4's 409,600 outputs at step 1 (-1.75e-7 on one rank, +1.49e-8 on
+// two), 5.6e-6 after that step and 4.1e-4 after two. So it is compared after one step, at 1e-4:
+// above a flip, below a wrong statistic.
 TEST_F(Recipes, BothTrainTheSameModelOnOneRankAndOnTwo) {
   const std::string sgd = " --set 'train.optimizer={type: sgd, lr: 0.01, momentum: 0.5}' --set 'train.schedule={type: constant}'";
   struct Case {
@@ -86,7 +90,7 @@ TEST_F(Recipes, BothTrainTheSameModelOnOneRankAndOnTwo) {
     int steps;
     double tolerance;
   };
-  for (const Case c : {Case{"mnist_fast", 8, 1e-4}, Case{"mnist_best", 2, 1e-6}}) {
+  for (const Case c : {Case{"mnist_fast", 8, 1e-4}, Case{"mnist_best", 1, 1e-4}}) {
     const fs::path d = fresh_dir(std::string("recipe_ranks_") + c.name);
     for (int n : {1, 2}) {
       const Result r = run_mpi(n, recipe(c.name, d / std::to_string(n)) + " --max-steps " + std::to_string(c.steps) + sgd);
