@@ -555,7 +555,7 @@ TEST_F(CudaBackend, MaxPoolMatchesCpuBitForBitWithTiesAndOverlap) {
 // several, whose sums the last block adds; each GPU run goes twice, so the second launch finds the
 // blocks' counter reset and gives the same sums bit for bit.
 TEST_F(CudaBackend, LossMatchesCpu) {
-  for (const auto [n, k] : {std::pair{64, 10}, std::pair{1000, 10}, std::pair{300, 100}}) {
+  for (const auto& [n, k] : {std::pair{64, 10}, std::pair{1000, 10}, std::pair{300, 100}}) {
     const std::vector<float> logits = randoms(static_cast<size_t>(n) * k, 4, -6, 6);
     std::vector<int32_t> labels(static_cast<size_t>(n));
     for (int i = 0; i < n; ++i) labels[static_cast<size_t>(i)] = (i * 7) % k;
