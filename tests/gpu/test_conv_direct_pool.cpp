@@ -66,14 +66,6 @@ const std::vector<Case> kCases = {
     {2, 1, 120, 120, 2, 3, 1, 1, 2, 2, 0, true}, // a padded plane past shared memory: taps from global memory
 };
 
-void poison(Buffer<float>& b) { CUDA_CHECK(cudaMemset(b.data(), 0xff, b.size() * sizeof(float))); }
-
-std::vector<int32_t> to_host(const Buffer<int32_t>& b) {
-  std::vector<int32_t> h(b.size());
-  b.copy_to_host(h);
-  return h;
-}
-
 TEST_F(DirectPool, ForwardEqualsDirectForwardThenMaxPool) {
   for (const Case& t : kCases) {
     SCOPED_TRACE(describe(t));
@@ -93,7 +85,7 @@ TEST_F(DirectPool, ForwardEqualsDirectForwardThenMaxPool) {
     std::vector<float> first;
     for (int round = 0; round < 2; ++round) {
       poison(fused);
-      CUDA_CHECK(cudaMemset(fused_argmax.data(), 0xff, ps * sizeof(int32_t)));
+      poison(fused_argmax);
       kernels::conv_direct_pool_forward(x.data(), w.data(), b.data(), t.relu, fused.data(), fused_argmax.data(), g, p,
                                         nullptr);
       CUDA_CHECK(cudaDeviceSynchronize());

@@ -42,8 +42,6 @@ double rel(const std::vector<float>& a, const std::vector<float>& b) {
   return std::sqrt(num / (den > 0 ? den : 1));
 }
 
-void poison(Buffer<float>& b) { CUDA_CHECK(cudaMemset(b.data(), 0xff, b.size() * sizeof(float))); }
-
 std::string describe(const ConvGeometry& g) {
   return "n=" + std::to_string(g.n) + " " + std::to_string(g.c) + "x" + std::to_string(g.h) + "x" + std::to_string(g.w) +
          " -> " + std::to_string(g.oc) + "x" + std::to_string(g.oh) + "x" + std::to_string(g.ow) + " k" +

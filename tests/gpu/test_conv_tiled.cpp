@@ -72,8 +72,6 @@ double rel(const std::vector<float>& a, const std::vector<double>& b) {
   return std::sqrt(num / den);
 }
 
-void poison(Buffer<float>& b) { CUDA_CHECK(cudaMemset(b.data(), 0xFF, b.size() * sizeof(float))); }
-
 /// Runs op twice on poisoned outputs; checks the two results are bit-identical and NaN-free, returns the last.
 template <typename Op>
 std::vector<std::vector<float>> run_twice(std::vector<Buffer<float>*> outs, Op&& op) {
