@@ -78,6 +78,13 @@ for step in "$@"; do
       for round in 1 2; do for t in float32 tf32; do for b in $B /tmp/bases/*/b; do
         echo -n "$b $t: "; bench_rate ab.jsonl $b/dptrain bench --device cuda --steps 400 --set train.precision=$t
       done; done; done ;;
+    abcases)  # this tree against each base build at chosen shapes ($ABCASES: config:precision:batch ...), interleaved, 2 rounds
+      for round in 1 2; do for c in ${ABCASES:-lenet5:float32:257 lenet5:float32:1000}; do for b in $B /tmp/bases/*/b; do
+        IFS=: read -r cfg prec batch <<< "$c"; s=$(( batch >= 2048 ? 100 : 300 ))
+        echo -n "$b $cfg $prec $batch: "
+        bench_rate abcases.jsonl $b/dptrain bench --config configs/$cfg.yaml --device cuda --steps $s --warmup 5 \
+          --batch-size $batch --set train.precision=$prec
+      done; done; done ;;
     envab)  # this tree under each setting of $ENVAB (space-separated VAR=value), interleaved, same machine
       for round in 1 2; do for t in float32 tf32; do for e in $ENVAB; do
         echo -n "$e $t: "; bench_rate envab.jsonl env "$e" $B/dptrain bench --device cuda --steps 400 --set train.precision=$t
@@ -236,7 +243,7 @@ PY
       [ -f "$lib" ] || { echo "no $lib (CUPTI not found at configure time)"; continue; }
       for t in float32 tf32; do
         KERNEL_TIMELINE_OUT=/tmp/dr/timeline_$t.tsv CUDA_INJECTION64_PATH=$lib \
-          $B/dptrain bench --device cuda --steps 200 --set train.precision=$t > "$OUT/timeline_$t.json"
+          $B/dptrain bench --device cuda --steps 200 --set train.precision=$t ${TIMELINE_ARGS:-} > "$OUT/timeline_$t.json"
         echo "timeline $t rc=$?: $(cat "$OUT/timeline_$t.json")"
         python3 bench/timeline_report.py /tmp/dr/timeline_$t.tsv | tee "$OUT/timeline_$t.txt"
         gzip -c /tmp/dr/timeline_$t.tsv > "$OUT/timeline_$t.tsv.gz"
