@@ -23,10 +23,7 @@ namespace dptrain {
 namespace {
 
 constexpr float kOne = 1.0f, kZero = 0.0f;
-constexpr int kSkinnyRows = 8192;
-// The weight gradient's k is the batch: up to this many rows it runs unsplit (at the default batch a
-// split's reduction costs more than it saves); past it, split into slices like any skinny GEMM.
-constexpr int kUnsplitWeightRows = 256;
+constexpr int kSkinnyRows = 256;
 
 /// A GEMM of a batch of at most kSkinnyRows samples that the skinny kernels serve.
 bool skinny(const kernels::SkinnyGemm& g, int batch) { return batch <= kSkinnyRows && kernels::skinny_gemm_fits(g); }
@@ -49,11 +46,8 @@ class LinearCuda final : public LinearLayer<float> {
   void reserve(DeviceContext&, int max_batch) override {
     const size_t need = relu_ || dropout_ ? static_cast<size_t>(max_batch) * out_features() : 0;
     if (masked_.size() < need) masked_ = Buffer<float>(Device::Cuda, need);
-    // The forward's and the weight gradient's slices never run at once: the next forward follows the
-    // side stream's join.
-    size_t partials = kernels::skinny_gemm_partials(std::min(max_batch, kSkinnyRows), out_features(), in_features());
-    if (max_batch > kUnsplitWeightRows)
-      partials = std::max(partials, kernels::skinny_gemm_partials_any_k(out_features(), in_features()));
+    const size_t partials =
+        kernels::skinny_gemm_partials(std::min(max_batch, kSkinnyRows), out_features(), in_features());
     if (partials_.size() < partials) partials_ = Buffer<float>(Device::Cuda, partials);
   }
 
@@ -114,7 +108,7 @@ class LinearCuda final : public LinearLayer<float> {
     cudaStream_t weights_stream = side ? cu.fork() : cu.stream();
     const kernels::SkinnyGemm dw{dy, true, in.data, false, params()[0].grad.data(), fo, fi, n};
     if (skinny(dw, n))
-      kernels::skinny_gemm(dw, {}, n > kUnsplitWeightRows ? partials_.data() : nullptr, weights_stream);
+      kernels::skinny_gemm(dw, {}, nullptr, weights_stream);
     else
       CUBLAS_CHECK(cublasSgemm(side ? cu.side_cublas() : cu.cublas(), CUBLAS_OP_N, CUBLAS_OP_T, fi, fo, n, &kOne,
                                in.data, fi, dy, fo, &kZero, params()[0].grad.data(), fi));
@@ -136,7 +130,7 @@ class LinearCuda final : public LinearLayer<float> {
   bool relu_ = false;     // applies the ReLU that follows (absorb_following_relu)
   std::optional<DropoutSpec> dropout_;  // absorbed (absorb_following_dropout)
   Buffer<float> masked_;  // with relu_ or dropout_: the gradient after their masks
-  Buffer<float> partials_;  // a split skinny forward's or weight gradient's slice sums
+  Buffer<float> partials_;  // a split skinny forward's slice sums
 };
 
 }  // namespace
