@@ -148,31 +148,7 @@ __global__ void __launch_bounds__(kThreads) head_backward_kernel(Args p) {
       loss += softmax_xent_loss(z[label], row, classes, sm);
       correct += row.best_index == label ? 1.0 : 0.0;
     }
-    // The block's sums; past one block, the last block to arrive adds every block's in block order
-    // (softmax_cross_entropy's ticket).
-    if (gridDim.x == 1) {
-      add_block_sums<kWarps>(loss, correct, p.loss.sums);
-    } else {
-      block_loss_sums<kWarps>(loss, correct);
-      __shared__ bool last_block;
-      if (threadIdx.x == 0) {
-        p.loss.scratch.partials[2 * blockIdx.x] = loss;
-        p.loss.scratch.partials[2 * blockIdx.x + 1] = correct;
-        __threadfence();
-        last_block = atomicAdd(p.loss.scratch.arrivals, 1u) == gridDim.x - 1;
-      }
-      __syncthreads();
-      if (last_block) {
-        __threadfence();
-        loss = correct = 0.0;
-        for (int b = threadIdx.x; b < static_cast<int>(gridDim.x); b += kThreads) {
-          loss += __ldcg(p.loss.scratch.partials + 2 * b);
-          correct += __ldcg(p.loss.scratch.partials + 2 * b + 1);
-        }
-        add_block_sums<kWarps>(loss, correct, p.loss.sums);
-        if (threadIdx.x == 0) *p.loss.scratch.arrivals = 0;
-      }
-    }
+    add_grid_sums<kWarps>(loss, correct, p.loss.sums, p.loss.scratch.partials, p.loss.scratch.arrivals);
   }
   __syncthreads();
   // g[l] = (g[l + 1] W[l + 1]) masked by layer l's ReLU, from the last hidden layer down.
