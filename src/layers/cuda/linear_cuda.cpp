@@ -135,9 +135,13 @@ class LinearCuda final : public LinearLayer<float> {
       layers.push_back(linear);
     }
     head_ = std::move(layers);
-    if (kernels::linear_head_fits(head())) return true;
-    head_.clear();
-    return false;
+    if (!kernels::linear_head_fits(head())) {
+      head_.clear();
+      return false;
+    }
+    ctx.cuda().note_choice(name() + " to " + rest.back()->name() + ": one linear head of " + std::to_string(head_.size()) +
+                           " layers (kernels/linear_head.h)");
+    return true;
   }
 
   void forward_head(DeviceContext& ctx, TensorView<const float> in, std::span<const TensorView<float>> outs, Phase,
