@@ -14,6 +14,7 @@ namespace {
 // computes one output column for kRowsPerThread rows at a time: each weight it loads serves four
 // rows, and the rows' inputs are broadcast from shared memory to the warp.
 constexpr int kThreads = 256, kWarps = kThreads / 32, kRowsPerThread = 4;
+constexpr int kBatch = 8;  // groups of four weights a thread loads before it uses them
 constexpr size_t kSharedLimit = 48 * 1024;  // a launch's static and dynamic shared memory without opt-in
 
 struct Args {
@@ -55,23 +56,33 @@ __device__ __forceinline__ void tile_product(const float* __restrict__ in, const
     const float* a = in + static_cast<long>(r0) * inner;
     float acc[kRowsPerThread] = {};
     if (vec) {
+      // kBatch groups of four weights are loaded before any is used: the loads wait on L2 together.
       const float* wj = kRowMajor ? w + static_cast<long>(j) * inner : w + j;
-#pragma unroll 4
-      for (int k = 0; k < inner; k += 4) {
-        float4 wv;
-        if (kRowMajor) {
-          wv = __ldg(reinterpret_cast<const float4*>(wj + k));
-        } else {
-          wv = make_float4(__ldg(wj + static_cast<long>(k) * cols), __ldg(wj + static_cast<long>(k + 1) * cols),
-                           __ldg(wj + static_cast<long>(k + 2) * cols), __ldg(wj + static_cast<long>(k + 3) * cols));
+      for (int k0 = 0; k0 < inner; k0 += 4 * kBatch) {
+        float4 wv[kBatch];
+#pragma unroll
+        for (int u = 0; u < kBatch; ++u) {
+          const int k = k0 + 4 * u;
+          if (k >= inner) break;
+          if (kRowMajor) {
+            wv[u] = __ldg(reinterpret_cast<const float4*>(wj + k));
+          } else {
+            wv[u] = make_float4(__ldg(wj + static_cast<long>(k) * cols), __ldg(wj + static_cast<long>(k + 1) * cols),
+                                __ldg(wj + static_cast<long>(k + 2) * cols), __ldg(wj + static_cast<long>(k + 3) * cols));
+          }
         }
 #pragma unroll
-        for (int r = 0; r < kRowsPerThread; ++r) {
-          const float4 av = *reinterpret_cast<const float4*>(a + r * inner + k);
-          acc[r] = fmaf(av.x, wv.x, acc[r]);
-          acc[r] = fmaf(av.y, wv.y, acc[r]);
-          acc[r] = fmaf(av.z, wv.z, acc[r]);
-          acc[r] = fmaf(av.w, wv.w, acc[r]);
+        for (int u = 0; u < kBatch; ++u) {
+          const int k = k0 + 4 * u;
+          if (k >= inner) break;
+#pragma unroll
+          for (int r = 0; r < kRowsPerThread; ++r) {
+            const float4 av = *reinterpret_cast<const float4*>(a + r * inner + k);
+            acc[r] = fmaf(av.x, wv[u].x, acc[r]);
+            acc[r] = fmaf(av.y, wv[u].y, acc[r]);
+            acc[r] = fmaf(av.z, wv[u].z, acc[r]);
+            acc[r] = fmaf(av.w, wv[u].w, acc[r]);
+          }
         }
       }
     } else {
