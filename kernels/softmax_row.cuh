@@ -84,38 +84,6 @@ __device__ __forceinline__ void add_block_sums(double loss, double correct, doub
   sums[1] += correct;
 }
 
-/// sums[0] += the grid's loss, sums[1] += its correct count. Each block sums its threads' (block_loss_sums'
-/// order); one block adds its sums directly; past one block, each block's go to partials[2 b], [2 b + 1],
-/// and the last block to arrive (a ticket counter, zero before the launch) adds them in block order and
-/// resets the counter for the next launch (a captured step replays it). The order depends on the grid
-/// alone: the same sums on every run. Every thread of every block calls it, as its last block-wide step.
-template <int kWarps>
-__device__ __forceinline__ void add_grid_sums(double loss, double correct, double* sums, double* partials,
-                                              unsigned* arrivals) {
-  if (gridDim.x == 1) {
-    add_block_sums<kWarps>(loss, correct, sums);
-    return;
-  }
-  block_loss_sums<kWarps>(loss, correct);
-  __shared__ bool last;
-  if (threadIdx.x == 0) {
-    partials[2 * blockIdx.x] = loss;
-    partials[2 * blockIdx.x + 1] = correct;
-    __threadfence();  // the partials are visible before the ticket says so
-    last = atomicAdd(arrivals, 1u) == gridDim.x - 1;
-  }
-  __syncthreads();  // also: thread 0 has read the first block_loss_sums' totals
-  if (!last) return;
-  __threadfence();
-  loss = correct = 0.0;
-  for (int b = threadIdx.x; b < static_cast<int>(gridDim.x); b += 32 * kWarps) {
-    loss += __ldcg(partials + 2 * b);  // from L2: other blocks wrote them
-    correct += __ldcg(partials + 2 * b + 1);
-  }
-  add_block_sums<kWarps>(loss, correct, sums);
-  if (threadIdx.x == 0) *arrivals = 0;
-}
-
 /// Label smoothing e over C classes as the loss uses it: the target is (1 - e) onehot + e / C
 /// (torch.nn.CrossEntropyLoss(label_smoothing=e)). e = 0: on = 1, off = 0, today's loss exactly.
 struct Smoothing {

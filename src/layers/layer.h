@@ -14,7 +14,6 @@
 
 #include <cstdint>
 #include <span>
-#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -149,36 +148,6 @@ class Layer {
     (void)ctx;
     (void)pool;
     return false;
-  }
-
-  /// Offers this layer the layers after it to the model's end, `rest` (those that compute: past views
-  /// such as flatten and the layers absorbed; the model's last layer last), to compute together with
-  /// it as one classifier head (on CUDA: linear layers, kernels/linear_head.h). A layer that takes
-  /// them computes all their forwards in forward_head() and, in training, the loss and all their
-  /// gradients in backward_head_with_loss(); the model then calls forward() and backward() of none
-  /// of them. Called after the absorb_following_* offers, before reserve().
-  virtual bool absorb_head(DeviceContext& ctx, std::span<Layer<T>* const> rest) {
-    (void)ctx;
-    (void)rest;
-    return false;
-  }
-
-  /// The head's forward (absorb_head): outs[0] is this layer's output, outs[i] that of rest[i - 1].
-  virtual void forward_head(DeviceContext& ctx, TensorView<const T> in, std::span<const TensorView<T>> outs,
-                            Phase phase, const StepInfo& step) {
-    (void)ctx, (void)in, (void)outs, (void)phase, (void)step;
-    throw std::logic_error("Layer::forward_head: layer '" + name_ + "' took no head");
-  }
-
-  /// The loss of the head's last output (arguments as backward_with_loss) and backward through the
-  /// whole head: every parameter gradient, and dL/din where din.data is not null. douts[i] (as outs)
-  /// is scratch that receives the gradient of that layer's output before any ReLU it applies.
-  virtual void backward_head_with_loss(DeviceContext& ctx, TensorView<const T> in, std::span<const TensorView<T>> outs,
-                                       const int32_t* labels, T grad_scale, T label_smoothing, double* sums,
-                                       std::span<const TensorView<T>> douts, TensorView<T> din) {
-    (void)ctx, (void)in, (void)outs, (void)labels, (void)grad_scale, (void)label_smoothing, (void)sums, (void)douts,
-        (void)din;
-    throw std::logic_error("Layer::backward_head_with_loss: layer '" + name_ + "' took no head");
   }
 
   /// Whether the output is the input itself (flatten; a ReLU or dropout absorbed before it). The

@@ -69,8 +69,6 @@ Model<T>::Model(const ModelConfig& config, DeviceContext& ctx, int max_batch, do
     if (auto* dropout = dynamic_cast<DropoutLayer<T>*>(layers_[i].get()))
       if (layers_[applier(i)]->absorb_following_dropout(ctx, dropout->spec())) dropout->mark_absorbed();
 
-  find_head(ctx);
-
   params_ = ParamStore<T>(ctx.device(), collect_params(layers_));
   state_ = StateStore<T>(ctx.device(), collect_state(layers_));
   size_t entry = 0, state_entry = 0;
@@ -114,35 +112,6 @@ size_t Model<T>::applier(size_t i) const {
 }
 
 template <typename T>
-void Model<T>::find_head(DeviceContext& ctx) {
-  std::vector<size_t> computing;  // the layers that compute: not views of the one before
-  for (size_t i = 0; i < layers_.size(); ++i)
-    if (i == 0 || !layers_[i]->is_view()) computing.push_back(i);
-  for (size_t first = 0; first + 1 < computing.size(); ++first) {
-    std::vector<Layer<T>*> rest;
-    for (size_t k = first + 1; k < computing.size(); ++k) rest.push_back(layers_[computing[k]].get());
-    if (layers_[computing[first]]->absorb_head(ctx, rest)) {
-      head_.assign(computing.begin() + static_cast<std::ptrdiff_t>(first), computing.end());
-      head_outs_.resize(head_.size());
-      head_grads_.resize(head_.size());
-      return;
-    }
-  }
-}
-
-template <typename T>
-std::span<const TensorView<T>> Model<T>::head_outputs(int n) {
-  for (size_t k = 0; k < head_.size(); ++k) head_outs_[k] = activation(head_[k], n);
-  return head_outs_;
-}
-
-template <typename T>
-std::span<const TensorView<T>> Model<T>::head_output_grads(int n) {
-  for (size_t k = 0; k < head_.size(); ++k) head_grads_[k] = activation_grad(head_[k], n);
-  return head_grads_;
-}
-
-template <typename T>
 TensorView<T> Model<T>::activation(size_t i, int n) {
   return {acts_[owner_[i]].data(), n, layers_[i]->output_dims()};
 }
@@ -164,10 +133,7 @@ TensorView<const T> Model<T>::forward(DeviceContext& ctx, TensorView<const T> in
   for (size_t i = 0; i < layers_.size(); ++i) {
     TensorView<T> y = activation(i, input.n);
     if (observing_ != nullptr) observing_->forward_begin(ctx, *layers_[i]);
-    if (!in_head(i))
-      layers_[i]->forward(ctx, x, y, phase, step);
-    else if (i == head_.front())
-      layers_[i]->forward_head(ctx, x, head_outputs(input.n), phase, step);
+    layers_[i]->forward(ctx, x, y, phase, step);
     if (observing_ != nullptr) observing_->forward_done(ctx, *layers_[i], y);
     x = y;
   }
@@ -182,15 +148,10 @@ void Model<T>::loss(DeviceContext& ctx, const int32_t* labels, T grad_scale, dou
   if (backward && !with_backward_) throw std::logic_error("Model::loss: backward on a model built forward-only");
   const size_t last = layers_.size() - 1;
   const int n = last_n_;
-  // A head takes the loss into its backward (two launches for the whole head: Layer::absorb_head);
-  // else the last layer may take it into its own backward (one launch); else the loss, then it.
-  const bool head = backward && !head_.empty();
-  if (head)
-    layers_[head_.front()]->backward_head_with_loss(ctx, layer_input(head_.front()), head_outputs(n), labels, grad_scale,
-                                                    label_smoothing_, sums, head_output_grads(n), input_grad(head_.front()));
-  const bool fused = head || (backward && layers_[last]->backward_with_loss(ctx, layer_input(last), activation(last, n),
-                                                                            labels, grad_scale, label_smoothing_, sums,
-                                                                            activation_grad(last, n), input_grad(last)));
+  // The last layer may take the loss into its own backward (one launch); else the loss, then it.
+  const bool fused = backward && layers_[last]->backward_with_loss(ctx, layer_input(last), activation(last, n), labels,
+                                                                   grad_scale, label_smoothing_, sums, activation_grad(last, n),
+                                                                   input_grad(last));
   if (!fused) {
     TensorView<T> dlogits = backward ? activation_grad(last, n) : TensorView<T>{nullptr, n, layers_[last]->output_dims()};
     loss_->forward_backward(ctx, activation(last, n), labels, grad_scale, dlogits, sums);
@@ -201,8 +162,7 @@ void Model<T>::loss(DeviceContext& ctx, const int32_t* labels, T grad_scale, dou
     Layer<T>& layer = *layers_[i];
     const TensorView<T> din = input_grad(i);
     if (observing_ != nullptr) observing_->backward_begin(ctx, layer);
-    if (!(fused && i == last) && !(head && in_head(i)))
-      layer.backward(ctx, layer_input(i), activation(i, n), activation_grad(i, n), din);
+    if (!(fused && i == last)) layer.backward(ctx, layer_input(i), activation(i, n), activation_grad(i, n), din);
     const auto [begin, end] = grad_ranges_[i];
     if (observing_ != nullptr) {
       ctx.join_side_work();  // the observer reads this layer's gradients and times its work

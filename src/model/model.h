@@ -54,9 +54,6 @@ class Model {
   /// then per layer from the last, its backward ones and its gradients reported to `hook`, then
   /// the hook's end of backward. So the ranks' collectives always pair up.
   void idle_step(DeviceContext& ctx, GradientHook* hook);
-  /// The layers one layer computes as a classifier head (Layer::absorb_head), that layer first;
-  /// empty where none took one.
-  const std::vector<size_t>& head() const { return head_; }
   Dims input_dims() const { return input_; }
   int num_classes() const { return num_classes_; }
   int max_batch() const { return max_batch_; }
@@ -93,14 +90,6 @@ class Model {
   /// Of the last pass: layer i's input, and where its backward writes dL/d(input) (null for layer 0).
   TensorView<const T> layer_input(size_t i);
   TensorView<T> input_grad(size_t i);
-  /// Offers the layers that end the model to one layer as a classifier head (Layer::absorb_head):
-  /// the longest run of two or more that a layer takes.
-  void find_head(DeviceContext& ctx);
-  bool in_head(size_t i) const { return !head_.empty() && i >= head_.front(); }
-  /// Of a pass of n samples: the head's outputs, and their gradients (the layers of head_ in order),
-  /// in vectors sized once.
-  std::span<const TensorView<T>> head_outputs(int n);
-  std::span<const TensorView<T>> head_output_grads(int n);
 
   Dims input_;
   int num_classes_;
@@ -114,8 +103,6 @@ class Model {
   std::vector<size_t> owner_;         // owner_[i]: the layer whose buffers hold layer i's output (i, or before a view)
   std::vector<Buffer<T>> acts_;       // acts_[i]: output of layer i (empty for a view)
   std::vector<Buffer<T>> act_grads_;  // act_grads_[i]: dL/d(output of layer i)
-  std::vector<size_t> head_;  // the layers one layer computes as a head (its own index first); empty: none
-  std::vector<TensorView<T>> head_outs_, head_grads_;  // head_outputs(), head_output_grads()
   std::vector<std::pair<size_t, size_t>> grad_ranges_;  // per layer: [begin, end) in the flat buffer
   TensorView<const T> last_input_{};
   int last_n_ = 0;

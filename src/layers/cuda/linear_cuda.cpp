@@ -4,14 +4,9 @@
 // training batches, in TF32, and for a GEMM too large for their 32-bit indexing,
 // cuBLAS GEMMs on the row-major tensors (read by cuBLAS as their column-major transposes) and the
 // bias kernel. As the model's last layer, its backward may take the loss in (one launch:
-// kernels/classifier_kernels.h); as the first of the linear layers that end a classifier, it may
-// compute them all with the loss, two launches in all (kernels/linear_head.h).
+// kernels/classifier_kernels.h).
 #include <algorithm>
 #include <optional>
-#include <span>
-#include <stdexcept>
-#include <string>
-#include <vector>
 
 #include "core/buffer.h"
 #include "core/cuda_check.h"
@@ -20,7 +15,6 @@
 #include "layers/cuda/fused_dropout.h"
 #include "kernels/classifier_kernels.h"
 #include "kernels/layer_kernels.h"
-#include "kernels/linear_head.h"
 #include "kernels/skinny_gemm.h"
 #include "layers/linear.h"
 
@@ -60,12 +54,6 @@ class LinearCuda final : public LinearLayer<float> {
     const size_t partials =
         kernels::skinny_gemm_partials(std::min(max_batch, kSkinnyRows), out_features(), in_features());
     if (partials_.size() < partials) partials_ = Buffer<float>(Device::Cuda, partials);
-    const size_t head_partials = head_.empty() ? 0 : kernels::linear_head_loss_partials(max_batch);
-    if (head_partials_.size() < head_partials) head_partials_ = Buffer<double>(Device::Cuda, head_partials);
-    if (!head_.empty() && head_arrivals_.size() == 0) {
-      head_arrivals_ = Buffer<uint32_t>(Device::Cuda, 1);
-      head_arrivals_.zero();
-    }
   }
 
   void forward(DeviceContext& ctx, TensorView<const float> in, TensorView<float> out, Phase phase,
@@ -121,57 +109,14 @@ class LinearCuda final : public LinearLayer<float> {
         CUBLAS_CHECK(cublasSgemm(cu.cublas(), CUBLAS_OP_N, CUBLAS_OP_N, fi, n, fo, &kOne, params()[0].value.data(), fi,
                                  dy, fo, &kZero, din.data, fi));
     }
-    weight_grad(cu, dy, in.data, n, side ? cu.fork() : cu.stream(), side ? cu.side_cublas() : cu.cublas());
-  }
-
-  // A classifier head: this layer and the linear layers after it, without dropouts, in two launches
-  // (kernels/linear_head.h). Their weight and bias gradients follow on the side stream.
-  bool absorb_head(DeviceContext& ctx, std::span<Layer<float>* const> rest) override {
-    if (!ctx.cuda().options().fuse_elementwise || dropout_ || rest.size() + 1 > kernels::kHeadMaxLayers) return false;
-    std::vector<LinearCuda*> layers{this};
-    for (Layer<float>* layer : rest) {
-      auto* linear = dynamic_cast<LinearCuda*>(layer);
-      if (linear == nullptr || linear->dropout_) return false;
-      layers.push_back(linear);
-    }
-    head_ = std::move(layers);
-    if (!kernels::linear_head_fits(head())) {
-      head_.clear();
-      return false;
-    }
-    ctx.cuda().note_choice(name() + " to " + rest.back()->name() + ": one linear head of " + std::to_string(head_.size()) +
-                           " layers (kernels/linear_head.h)");
-    return true;
-  }
-
-  void forward_head(DeviceContext& ctx, TensorView<const float> in, std::span<const TensorView<float>> outs, Phase,
-                    const StepInfo&) override {
-    float* y[kernels::kHeadMaxLayers] = {};
-    for (size_t l = 0; l < head_.size(); ++l) y[l] = outs[l].data;
-    kernels::linear_head_forward(head(), in.data, y, in.n, ctx.cuda().stream());
-  }
-
-  void backward_head_with_loss(DeviceContext& ctx, TensorView<const float> in, std::span<const TensorView<float>> outs,
-                               const int32_t* labels, float grad_scale, float label_smoothing, double* sums,
-                               std::span<const TensorView<float>> douts, TensorView<float> din) override {
-    CudaContext& cu = ctx.cuda();
-    const int n = in.n;
-    const float* y[kernels::kHeadMaxLayers] = {};
-    float* g[kernels::kHeadMaxLayers] = {};
-    for (size_t l = 0; l < head_.size(); ++l) y[l] = outs[l].data, g[l] = douts[l].data;
-    if (kernels::linear_head_loss_partials(n) > head_partials_.size())
-      throw std::logic_error("LinearCuda: a head batch of " + std::to_string(n) + " needs reserve() for at least that batch");
-    const kernels::HeadLoss loss{labels, grad_scale, label_smoothing, sums, {head_partials_.data(), head_arrivals_.data()}};
-    kernels::linear_head_backward(head(), y, n, loss, g, din.data, cu.stream());
-    // Each layer's dW = g^T x and db = the column sums of g, beside the layers below.
-    cudaStream_t side = cu.fork();
-    for (size_t l = 0; l < head_.size(); ++l) {
-      LinearCuda& layer = *head_[l];
-      const int fo = layer.out_features();
-      const float* x = l == 0 ? in.data : y[l - 1];
-      kernels::bias_grad_rows(g[l], nullptr, nullptr, layer.params()[1].grad.data(), n, fo, {}, side);
-      layer.weight_grad(cu, g[l], x, n, side, cu.side_cublas());
-    }
+    // dW[fo, fi] = dy^T[fo, n] x[n, fi]  (cuBLAS: dW^T[fi, fo] = x^T[fi, n] dy[n, fo])
+    cudaStream_t weights_stream = side ? cu.fork() : cu.stream();
+    const kernels::SkinnyGemm dw{dy, true, in.data, false, params()[0].grad.data(), fo, fi, n};
+    if (skinny(cu, dw, n))
+      kernels::skinny_gemm(dw, {}, nullptr, weights_stream);
+    else
+      CUBLAS_CHECK(cublasSgemm(side ? cu.side_cublas() : cu.cublas(), CUBLAS_OP_N, CUBLAS_OP_T, fi, fo, n, &kOne,
+                               in.data, fi, dy, fo, &kZero, params()[0].grad.data(), fi));
   }
 
   // The last layer of a classifier, without a ReLU or dropout of its own: one launch.
@@ -187,41 +132,10 @@ class LinearCuda final : public LinearLayer<float> {
   }
 
  private:
-  /// dW[fo, fi] = dy^T[fo, n] x[n, fi] on `stream` (cuBLAS: dW^T[fi, fo] = x^T[fi, n] dy[n, fo], on
-  /// `blas`, the handle bound to that stream).
-  void weight_grad(const CudaContext& cu, const float* dy, const float* x, int n, cudaStream_t stream,
-                   cublasHandle_t blas) {
-    const int fi = in_features(), fo = out_features();
-    const kernels::SkinnyGemm dw{dy, true, x, false, params()[0].grad.data(), fo, fi, n};
-    if (skinny(cu, dw, n))
-      kernels::skinny_gemm(dw, {}, nullptr, stream);
-    else
-      CUBLAS_CHECK(cublasSgemm(blas, CUBLAS_OP_N, CUBLAS_OP_T, fi, fo, n, &kOne, x, fi, dy, fo, &kZero,
-                               params()[0].grad.data(), fi));
-  }
-
-  /// The head this layer leads (absorb_head), with the parameters bound now.
-  kernels::LinearHead head() {
-    kernels::LinearHead h;
-    h.layers = static_cast<int>(head_.size());
-    h.width[0] = in_features();
-    for (size_t l = 0; l < head_.size(); ++l) {
-      LinearCuda& layer = *head_[l];
-      h.width[l + 1] = layer.out_features();
-      h.relu[l] = layer.relu_;
-      h.w[l] = layer.params().empty() ? nullptr : layer.params()[0].value.data();
-      h.b[l] = layer.params().empty() ? nullptr : layer.params()[1].value.data();
-    }
-    return h;
-  }
-
   bool relu_ = false;     // applies the ReLU that follows (absorb_following_relu)
   std::optional<DropoutSpec> dropout_;  // absorbed (absorb_following_dropout)
   Buffer<float> masked_;  // with relu_ or dropout_: the gradient after their masks
   Buffer<float> partials_;  // a split skinny forward's slice sums
-  std::vector<LinearCuda*> head_;  // with absorb_head: this layer and the rest of the head, in order
-  Buffer<double> head_partials_;    // the head's loss: block sums (kernels::HeadLoss)
-  Buffer<uint32_t> head_arrivals_;  // and their ticket, zero between launches
 };
 
 }  // namespace
