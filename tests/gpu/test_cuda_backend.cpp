@@ -253,7 +253,7 @@ TEST_F(CudaBackend, ConvPlanTimesEachDirectionOnceAndExactNeverTransforms) {
               filter != CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED) << pair;
 }
 
-// LinearCuda's row bands in training: the skinny GEMMs up to 256 rows, cuBLAS past them (past 256
+// LinearCuda's row bands in float32 training: the skinny GEMMs up to 256 rows, cuBLAS past them (past 256
 // rows the skinny kernels were slower, except for lenet5's small layers in float32: docs/
 // BENCHMARKS.md, fifteenth session). The shapes: lenet5's fc1 and fc3, mnist_cnn's fc1 (to 1000
 // rows: its CPU reference at 8192 takes seconds).

@@ -65,11 +65,11 @@ class LinearCuda final : public LinearLayer<float> {
     // y[n, fo] = x[n, fi] W[fo, fi]^T + b
     const kernels::SkinnyGemm g{in.data, false, params()[0].value.data(), true, out.data, n, fo, fi};
     if (skinny(ctx.cuda(), g, n)) return kernels::skinny_gemm(g, epilogue, partials_.data(), stream);
-    // Evaluation batches over kSkinnyRows: the skinny kernels over blocks of kSkinnyRows rows (no
-    // dropout here, the one epilogue that reads the row). A run whose training batch they serve then
-    // never calls cuBLAS: its first GEMM in a process costs 65 to 90 ms (H100, CUDA 13: mnist_cnn's
-    // and mnist_fast's first test pass 70 to 83 ms at batch 1000 and 2000, 4.7 ms in blocks of 256),
-    // more than every later test pass of a run together.
+    // Evaluation batches that skinny() leaves out (over kSkinnyRows rows; in TF32, all): the float32 skinny
+    // kernels over blocks of kSkinnyRows rows (no dropout here, the one epilogue that reads the row). A float32 run
+    // whose training batch they serve then never calls cuBLAS: its first GEMM in a process costs 65 to 90 ms (H100,
+    // CUDA 13: mnist_cnn's and mnist_fast's first test pass 70 to 83 ms at batch 1000 and 2000, 4.7 ms in blocks
+    // of 256), more than every later test pass of a run together.
     const kernels::SkinnyGemm block{in.data, false, params()[0].value.data(), true, out.data, kSkinnyRows, fo, fi};
     if (phase == Phase::Eval && kernels::skinny_gemm_fits(block)) {
       for (int first = 0; first < n; first += kSkinnyRows) {
