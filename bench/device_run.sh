@@ -176,14 +176,14 @@ for k in sorted(best):
     r = best[k]; print("%-6s %-15s %-4s %-4s %-8s algo %d %8.1f us %6.2f TFLOP/s" % (k[0], k[1], k[2], k[3], "det" if k[4] else "any", r["algo"], r["us"], r["tflops"]))
 PY
       ;;
-    batches)  # the acceptance table: both configs, float32 and tf32, batch 1 to 8192; PyTorch (graph) in the same call
-      for c in mnist_cnn lenet5; do for t in float32 tf32; do for b in ${BATCHES:-1 3 64 257 1000 1024 2048 4096 8192}; do
+    batches)  # the acceptance table: both configs (or $BATCH_CONFIGS), float32 and tf32, batch 1 to 8192; PyTorch (graph) in the same call
+      for c in ${BATCH_CONFIGS:-mnist_cnn lenet5}; do for t in float32 tf32; do for b in ${BATCHES:-1 3 64 257 1000 1024 2048 4096 8192}; do
         s=$(( b >= 1024 ? 60 : 200 ))
         r=$(timeout 300 $B/dptrain bench --config configs/$c.yaml --device cuda --steps $s --warmup 5 --batch-size $b \
               --set train.precision=$t 2>"$OUT/bench_err.log" | tee -a "$OUT/batches.jsonl")
         echo "dptrain $c $t $b rc=$? $(echo "$r" | python3 -c "import json,sys; r=json.loads(sys.stdin.read() or '{}'); print(r.get('ms_per_step'), r.get('images_per_second'))" 2>/dev/null) $(tail -1 "$OUT/bench_err.log")"
       done; done; done
-      for c in mnist_cnn lenet5; do
+      for c in ${BATCH_CONFIGS:-mnist_cnn lenet5}; do
         timeout 500 python3 bench/pytorch_reference.py --net $c --mode graph --precision float32 tf32 --steps 50 --warmup 5 \
           --batch ${PT_BATCHES:-${BATCHES:-1 3 64 257 1000 1024 2048 4096 8192}} | tee -a "$OUT/batches.jsonl" |
           python3 -c "import json,sys; [print('pytorch', r['config'], r['precision'], r['batch'], r['ms_per_step'], r['images_per_second']) for r in map(json.loads, sys.stdin)]"
