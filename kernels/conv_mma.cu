@@ -31,6 +31,7 @@ constexpr int kUnitStride = kUnit + 4;  // staged dy row: 4 mod 32 floats, so A 
 // Filter gradient: the number of chunks is a function of the shape only (never of the GPU), so the summation order
 // and the result are the same on every GPU.
 constexpr int kFilterBlocks = 128;
+constexpr int kFilterTotals = 2 * 9 * 4;  // filter gradient: a thread's float32 totals (2 x 9 fragments of 4)
 
 __device__ __forceinline__ uint32_t tf32_bits(float v) {
   uint32_t r;
@@ -83,6 +84,44 @@ __device__ __forceinline__ void add_run(float (&total)[kM][kN][4], float (&run)[
         run[i][j][e] = 0.0f;
       }
 }
+
+/// The filter gradient's float32 totals of one thread, to which each unit's tensor-core run is added (add_run's
+/// order). With TF32 math they live in shared memory, total[i][j][e] at slots[((i kN + j) 4 + e) kThreads], the
+/// thread's own: in registers they and the run took 233 a thread, 60k of an SM's 64k registers for a 256-thread
+/// block, so that no block of another kernel fit beside it (H100 kernel timeline, mnist_cnn's conv2 at batch 257:
+/// the input gradient's layout transform, on the higher-priority stream, waited 180 us on the 4 SMs the filter
+/// gradient left). Split math, whose stages fill shared memory, keeps them in registers.
+template <bool kShared, int kThreads, int kM, int kN>
+struct FilterTotals;
+
+template <int kThreads, int kM, int kN>
+struct FilterTotals<false, kThreads, kM, kN> {
+  float acc[kM][kN][4] = {};
+  __device__ __forceinline__ explicit FilterTotals(float*) {}
+  __device__ __forceinline__ void add(float (&run)[kM][kN][4]) { add_run(acc, run); }
+  __device__ __forceinline__ float operator()(int i, int j, int e) const { return acc[i][j][e]; }
+};
+
+template <int kThreads, int kM, int kN>
+struct FilterTotals<true, kThreads, kM, kN> {
+  float* slots;  // this thread's first total; the next ones kThreads floats apart
+  __device__ __forceinline__ explicit FilterTotals(float* shared) : slots(shared + threadIdx.x) {
+#pragma unroll
+    for (int k = 0; k < kM * kN * 4; ++k) slots[k * kThreads] = 0.0f;
+  }
+  __device__ __forceinline__ void add(float (&run)[kM][kN][4]) {
+#pragma unroll
+    for (int i = 0; i < kM; ++i)
+#pragma unroll
+      for (int j = 0; j < kN; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          slots[((i * kN + j) * 4 + e) * kThreads] += run[i][j][e];
+          run[i][j][e] = 0.0f;
+        }
+  }
+  __device__ __forceinline__ float operator()(int i, int j, int e) const { return slots[((i * kN + j) * 4 + e) * kThreads]; }
+};
 
 /// Input rows staged for a run of positions of one sample.
 struct Staging {
@@ -295,10 +334,12 @@ struct FilterTiling {
   Staging input;
   int units_per_sample, chunks;
   __host__ __device__ int input_floats() const { return kFilterChannels * input.plane; }
-  // Two stages of input and dy, one buffer of their TF32 remainders (split math), the positions' offsets.
+  // Two stages of input and dy, one buffer of their TF32 remainders (split math), the positions' offsets; with TF32
+  // math, each thread's totals (FilterTotals).
   size_t smem(int ocb, MmaMath math) const {
     const size_t stage = static_cast<size_t>(kFilterChannels) * input.plane + static_cast<size_t>(ocb) * kUnitStride;
-    return sizeof(float) * ((1 + parts(math)) * stage + kUnit);
+    const size_t totals = math == MmaMath::Tf32 ? static_cast<size_t>(ocb) * 4 * kFilterTotals : 0;
+    return sizeof(float) * ((1 + parts(math)) * stage + kUnit + totals);
   }
 };
 
@@ -318,6 +359,7 @@ __global__ void __launch_bounds__(kWarpsM * 128, 1)
   const int in_floats = t.input_floats(), stage_floats = in_floats + kOcb * kUnitStride;
   float* lo = smem + 2 * stage_floats;  // [input][dy], split math only
   int* offsets = reinterpret_cast<int*>(smem + (parts(kMath) + 1) * stage_floats);
+  float* totals_shared = reinterpret_cast<float*>(offsets + kUnit);  // TF32 math only
   const int positions = g.oh * g.ow, units = g.n * t.units_per_sample;
   const int tid = threadIdx.x, warp = tid >> 5, group = (tid & 31) >> 2, quad = tid & 3;
   const int wm = warp % kWarpsM, wn = warp / kWarpsM;
@@ -346,7 +388,9 @@ __global__ void __launch_bounds__(kWarpsM * 128, 1)
     cp_async_commit();
   };
 
-  float acc[2][kFn][4] = {}, run[2][kFn][4] = {};
+  static_assert(kFilterTotals == 2 * kFn * 4, "a thread's totals are its run's fragments");
+  FilterTotals<kMath == MmaMath::Tf32, kThreads, 2, kFn> acc(totals_shared);
+  float run[2][kFn][4] = {};
   float bias_acc = 0.0f;
   if (first < last) stage(first, 0);
   for (int unit = first; unit < last; ++unit) {
@@ -401,7 +445,7 @@ __global__ void __launch_bounds__(kWarpsM * 128, 1)
         }
       mma_tile<kMath>(run, ahi, alo, bhi, blo);
     }
-    add_run(acc, run);
+    acc.add(run);
   }
   bias_acc += __shfl_xor_sync(0xffffffffu, bias_acc, 1);
   bias_acc += __shfl_xor_sync(0xffffffffu, bias_acc, 2);
@@ -416,7 +460,7 @@ __global__ void __launch_bounds__(kWarpsM * 128, 1)
       for (int j = 0; j < 4; ++j) {
         const int o = o0 + wm * 32 + i * 16 + group + (j >> 1) * 8;
         const int n = wn * kFn * 8 + jn * 8 + 2 * quad + (j & 1), tap = n / kFilterChannels;
-        out[o * (taps + 1) + (c0 + n % kFilterChannels) * kTaps + tap] = acc[i][jn][j];
+        out[o * (taps + 1) + (c0 + n % kFilterChannels) * kTaps + tap] = acc(i, jn, j);
       }
   if (blockIdx.y == 0 && (tid & 3) == 0) out[(o0 + (tid >> 2)) * (taps + 1) + taps] = bias_acc;
 }
@@ -523,7 +567,8 @@ bool mma_conv_fits(const ConvGeometry& g) {
   if (!plain_3x3(g) || g.c % 32 != 0 || g.oc % 32 != 0 || g.c < 32 || g.oc < 32) return false;
   if (!forward_fits_any(g) || !forward_fits_any(transposed(g))) return false;
   const FilterTiling t = filter_tiling(g);
-  if (t.smem(32 * filter_warps_m(g), MmaMath::SplitTf32) > smem_limit()) return false;
+  const int ocb = 32 * filter_warps_m(g);
+  if (std::max(t.smem(ocb, MmaMath::SplitTf32), t.smem(ocb, MmaMath::Tf32)) > smem_limit()) return false;
   return fits_int(static_cast<long long>(t.chunks) * g.oc * (g.c * kTaps + 1)) &&
          fits_int(static_cast<long long>(prepared_bytes(g)));
 }
