@@ -100,41 +100,101 @@ __global__ void conv_direct_forward_kernel(const float* __restrict__ x, const fl
 
 // The same with a max pooling of the output (grid over pooled positions): a thread computes the
 // outputs under its window, in the pooling's scan order (row by row, positions past the plane
-// skipped), and keeps the first maximum, as maxpool_forward does over the stored outputs.
-__global__ void conv_direct_pool_forward_kernel(const float* __restrict__ x, const float* __restrict__ w,
-                                                const float* __restrict__ b, float* __restrict__ y,
-                                                int32_t* __restrict__ argmax, ConvGeometry g, PoolGeometry p, bool relu) {
-  __shared__ float ws[kForwardChannels][kMaxTaps];
+// skipped), and keeps the first maximum, as maxpool_forward does over the stored outputs. The
+// window's outputs are computed kWindowOutputs at a time, tap by tap: one read of a tap's weights
+// (two 16-byte broadcast loads for the group's 8 channels) serves that many outputs. kStaged: the
+// sample's zero-padded input planes sit in shared memory after the weights (a tap is then one
+// shared-memory read; conv_direct_forward_kernel's reads of global memory with a bounds check for
+// every tap and output, and eight scalar weight reads a tap, made it 13.5 us for lenet5's conv1 at
+// batch 257, H100); else the taps are read from global memory, zero outside the plane. Each output
+// sums its taps in (ci, ky, kx) order from zero, a padding tap adding w x 0, then adds the bias: the
+// plain kernel's values (which skips those taps; only the sign of a zero sum can differ).
+constexpr int kWindowOutputs = 4;
+constexpr int kPoolForwardMaxThreads = 256;
+constexpr int kGroupWeightFloats = kForwardChannels * kMaxTaps;  // [taps][kForwardChannels]
+constexpr int kPoolForwardSharedFloats = kGroupWeightFloats + kForwardChannels;  // and the bias
+
+template <bool kStaged>
+__global__ void __launch_bounds__(kPoolForwardMaxThreads, 3)
+    conv_direct_pool_forward_kernel(const float* __restrict__ x, const float* __restrict__ w,
+                                    const float* __restrict__ b, float* __restrict__ y, int32_t* __restrict__ argmax,
+                                    ConvGeometry g, PoolGeometry p, bool relu) {
+  extern __shared__ float4 shared4[];
+  float* ws = reinterpret_cast<float*>(shared4);  // [taps][kForwardChannels], zeros past the last channel
+  float* bias = ws + kGroupWeightFloats;           // [kForwardChannels]
+  float* padded = bias + kForwardChannels;         // kStaged: [c][h + 2 pad][w + 2 pad]
   const auto [s, o0] = forward_group(g);
-  const int pooled = p.oh * p.ow, q = blockIdx.y * blockDim.x + threadIdx.x;
-  stage_group_weights(w, ws, g, o0);
-  __syncthreads();
-  if (q >= pooled) return;
-  const int py = q / p.ow, px = q - py * p.ow;
-  const float* xs = x + static_cast<long>(s) * g.c * g.h * g.w;
-  float best[kForwardChannels];
-  int where[kForwardChannels];
-#pragma unroll
-  for (int t = 0; t < kForwardChannels; ++t) best[t] = -INFINITY, where[t] = -1;
-  for (int wy = 0; wy < p.k; ++wy) {
-    const int oy = py * p.stride - p.pad + wy;
-    if (oy < 0 || oy >= g.oh) continue;
-    for (int wx = 0; wx < p.k; ++wx) {
-      const int ox = px * p.stride - p.pad + wx;
-      if (ox < 0 || ox >= g.ow) continue;
-      float v[kForwardChannels];
-      direct_outputs(xs, ws, b, g, o0, oy, ox, relu, v);
-#pragma unroll
-      for (int t = 0; t < kForwardChannels; ++t)
-        if (v[t] > best[t] || where[t] < 0) best[t] = v[t], where[t] = oy * g.ow + ox;
-    }
+  const int taps = g.c * g.k * g.k, pw = g.w + 2 * g.pad, plane_floats = (g.h + 2 * g.pad) * pw;
+  for (int e = threadIdx.x; e < kForwardChannels * taps; e += blockDim.x) {
+    const int j = e / kForwardChannels, t = e - j * kForwardChannels, o = o0 + t;
+    ws[e] = o < g.oc ? __ldg(w + static_cast<long>(o) * taps + j) : 0.0f;
   }
-  const long at = (static_cast<long>(s) * g.oc + o0) * pooled + q;
+  if (threadIdx.x < kForwardChannels) bias[threadIdx.x] = o0 + threadIdx.x < g.oc ? __ldg(b + o0 + threadIdx.x) : 0.0f;
+  const float* xs = x + static_cast<long>(s) * g.c * g.h * g.w;
+  if constexpr (kStaged) conv_shared::stage_padded(xs, padded, g, pw);
+  __syncthreads();
+  const int pooled = p.oh * p.ow, window = p.k * p.k;
+  for (int q = blockIdx.y * blockDim.x + threadIdx.x; q < pooled; q += gridDim.y * blockDim.x) {
+    const int py = q / p.ow, px = q - py * p.ow;
+    float best[kForwardChannels];
+    int where[kForwardChannels];
 #pragma unroll
-  for (int t = 0; t < kForwardChannels; ++t) {
-    if (o0 + t >= g.oc) break;
-    y[at + static_cast<long>(t) * pooled] = best[t];
-    argmax[at + static_cast<long>(t) * pooled] = where[t];
+    for (int t = 0; t < kForwardChannels; ++t) best[t] = -INFINITY, where[t] = -1;
+    for (int first = 0; first < window; first += kWindowOutputs) {
+      // Output u of this pass: window position first + u, at (oy, ox) = at[u] / ow, at[u] % ow of the plane
+      // (bit u of `inside` set), its taps from padded offset origin[u] = oy stride pw + ox stride.
+      int at[kWindowOutputs], origin[kWindowOutputs];
+      unsigned inside = 0;
+#pragma unroll
+      for (int u = 0; u < kWindowOutputs; ++u) {
+        const int e = first + u, wy = e / p.k, oy = py * p.stride - p.pad + wy,
+                  ox = px * p.stride - p.pad + (e - wy * p.k);
+        const bool in = e < window && oy >= 0 && oy < g.oh && ox >= 0 && ox < g.ow;
+        inside |= in ? 1u << u : 0u;
+        at[u] = in ? oy * g.ow + ox : 0;
+        origin[u] = in ? oy * g.stride * pw + ox * g.stride : 0;
+      }
+      float acc[kWindowOutputs][kForwardChannels] = {};
+      int j = 0;
+      for (int ci = 0; ci < g.c; ++ci)
+        for (int ky = 0; ky < g.k; ++ky)
+          for (int kx = 0; kx < g.k; ++kx, ++j) {
+            const float4 lo = shared4[2 * j], hi = shared4[2 * j + 1];
+            const float wt[kForwardChannels] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+            const int tap = ci * plane_floats + ky * pw + kx;  // padded offset of the tap from an origin
+#pragma unroll
+            for (int u = 0; u < kWindowOutputs; ++u) {
+              float v;
+              if constexpr (kStaged) {
+                v = padded[origin[u] + tap];
+              } else {
+                const int r = origin[u] + ky * pw + kx, iy = r / pw - g.pad, ix = r % pw - g.pad;
+                v = (inside >> u & 1u) && iy >= 0 && iy < g.h && ix >= 0 && ix < g.w
+                        ? __ldg(xs + (ci * g.h + iy) * g.w + ix)
+                        : 0.0f;
+              }
+#pragma unroll
+              for (int t = 0; t < kForwardChannels; ++t) acc[u][t] = fmaf(wt[t], v, acc[u][t]);
+            }
+          }
+#pragma unroll
+      for (int u = 0; u < kWindowOutputs; ++u) {
+        if (!(inside >> u & 1u)) continue;
+#pragma unroll
+        for (int t = 0; t < kForwardChannels; ++t) {
+          float v = acc[u][t] + bias[t];
+          if (relu && !(v > 0.0f)) v = 0.0f;
+          if (v > best[t] || where[t] < 0) best[t] = v, where[t] = at[u];
+        }
+      }
+    }
+    const long out = (static_cast<long>(s) * g.oc + o0) * pooled + q;
+#pragma unroll
+    for (int t = 0; t < kForwardChannels; ++t) {
+      if (o0 + t >= g.oc) break;
+      y[out + static_cast<long>(t) * pooled] = best[t];
+      argmax[out + static_cast<long>(t) * pooled] = where[t];
+    }
   }
 }
 
@@ -421,10 +481,18 @@ bool direct_pool_fits(const ConvGeometry& g, const PoolGeometry& p) {
 void conv_direct_pool_forward(const float* x, const float* w, const float* b, bool relu, float* y, int32_t* argmax,
                               const ConvGeometry& g, const PoolGeometry& p, cudaStream_t stream) {
   if (!direct_pool_fits(g, p)) conv_shared::refuse("conv_direct_pool_forward", "direct pooled", g);
-  const int groups = (g.oc + kForwardChannels - 1) / kForwardChannels;
-  const dim3 grid(static_cast<unsigned>(g.n * groups),
-                  static_cast<unsigned>((p.oh * p.ow + kForwardThreads - 1) / kForwardThreads));
-  conv_direct_pool_forward_kernel<<<grid, kForwardThreads, 0, stream>>>(x, w, b, y, argmax, g, p, relu);
+  const int groups = (g.oc + kForwardChannels - 1) / kForwardChannels, pooled = p.oh * p.ow;
+  // A block takes the whole pooled plane up to kPoolForwardMaxThreads positions (one staging of the sample).
+  const int threads = static_cast<int>(std::min<long long>(kPoolForwardMaxThreads, (pooled + 31LL) / 32 * 32));
+  const dim3 grid(static_cast<unsigned>(g.n * groups), static_cast<unsigned>((pooled + threads - 1) / threads));
+  const long staged = kPoolForwardSharedFloats + g.c * padded_plane_floats(g);
+  if (staged <= kMaxPlaneFloats) {
+    conv_direct_pool_forward_kernel<true><<<grid, threads, sizeof(float) * staged, stream>>>(x, w, b, y, argmax, g, p,
+                                                                                             relu);
+  } else {
+    conv_direct_pool_forward_kernel<false><<<grid, threads, sizeof(float) * kPoolForwardSharedFloats, stream>>>(
+        x, w, b, y, argmax, g, p, relu);
+  }
   CUDA_CHECK_LAUNCH();
 }
 
