@@ -57,7 +57,8 @@ void conv_direct_filter_grad(const float* x, const float* dy, const float* relu_
 /// oh and ow as they give); p.oh p.ow <= 65535 x 128 (grid.y). Outside it the two functions throw CudaError.
 bool direct_pool_fits(const ConvGeometry& g, const PoolGeometry& p);
 
-/// conv_direct_forward then maxpool_forward, in one pass and bit for bit the same: y = the pooling of
+/// conv_direct_forward then maxpool_forward, in one pass, with the same values (the sign of an output that
+/// sums to zero aside: padding taps add w x 0 here, and are skipped there): y = the pooling of
 /// conv(x, w) + b (after max(., 0) when relu), argmax = each window's first maximum as an offset into
 /// the convolution's output plane. The convolution's output is never stored.
 void conv_direct_pool_forward(const float* x, const float* w, const float* b, bool relu, float* y, int32_t* argmax,

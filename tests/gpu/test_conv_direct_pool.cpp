@@ -1,10 +1,11 @@
 // The first layer's pooled direct kernels (kernels/conv_kernels.h: conv_direct_pool_forward and
 // conv_direct_pool_filter_grad) on small shapes, with no cuDNN in the way, so that compute-sanitizer's
 // racecheck and memcheck finish in seconds: the forward against conv_direct_forward then maxpool_forward
-// bit for bit (outputs and argmaxes), the filter and bias gradients against a host sum in double over
-// the windows' argmaxes. Geometries: tiling, overlapping and padded, ragged and stride-1 windows; convolution
-// strides 1 and 2; channel counts on either side of the kernels' groups of 8; planes staged in shared
-// memory and one past it (taps from global memory). Outputs are poisoned with NaN before each call, and two
+// (argmaxes bit for bit, outputs equal as floats: the sign of a zero may differ, where a padding tap adds
+// w x 0), the filter and bias gradients against a host sum in double over the windows' argmaxes.
+// Geometries: tiling, overlapping and padded, ragged and stride-1 windows; convolution strides 1 and 2;
+// channel counts on either side of the kernels' groups of 8; planes staged in shared memory and one past
+// it (taps from global memory). Outputs are poisoned with NaN before each call, and two
 // calls must agree bit for bit. The guard's edges are checked without a GPU.
 #include <gtest/gtest.h>
 
