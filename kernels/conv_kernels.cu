@@ -53,8 +53,8 @@ __device__ __forceinline__ void stage_group_weights(const float* __restrict__ w,
 }
 
 /// Output (oy, ox) of one sample (xs) for the group's channels: the taps in (ci, ky, kx) order, then
-/// the bias, then the ReLU when relu is set. The forward kernels share it, so that the pooled one's
-/// outputs equal the plain one's bit for bit.
+/// the bias, then the ReLU when relu is set. The pooled kernel below sums the same taps in the same
+/// order (and adds w x 0 for a padding tap, which this one skips).
 __device__ __forceinline__ void direct_outputs(const float* xs, const float (*ws)[kMaxTaps], const float* __restrict__ b,
                                                const ConvGeometry& g, int o0, int oy, int ox, bool relu,
                                                float (&out)[kForwardChannels]) {
