@@ -70,23 +70,27 @@ __device__ __forceinline__ void mma_tile(float (&run)[kM][kN][4], const uint32_t
     for (int j = 0; j < kN; ++j) mma(run[i][j], ahi[i], bhi[j][0], bhi[j][1]);
 }
 
-/// Adds a run of tensor-core sums into the float32 totals (round to nearest: the tensor cores' own additions
-/// truncate, so no run is longer than one pipeline stage).
-template <int kM, int kN>
-__device__ __forceinline__ void add_run(float (&total)[kM][kN][4], float (&run)[kM][kN][4]) {
+/// Adds a run of tensor-core sums into the float32 totals total(i, j, e) (round to nearest: the tensor cores' own
+/// additions truncate, so no run is longer than one pipeline stage).
+template <int kM, int kN, typename Totals>
+__device__ __forceinline__ void add_run(Totals&& total, float (&run)[kM][kN][4]) {
 #pragma unroll
   for (int i = 0; i < kM; ++i)
 #pragma unroll
     for (int j = 0; j < kN; ++j)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        total[i][j][e] += run[i][j][e];
+        total(i, j, e) += run[i][j][e];
         run[i][j][e] = 0.0f;
       }
 }
+template <int kM, int kN>
+__device__ __forceinline__ void add_run(float (&total)[kM][kN][4], float (&run)[kM][kN][4]) {
+  add_run([&](int i, int j, int e) -> float& { return total[i][j][e]; }, run);
+}
 
-/// The filter gradient's float32 totals of one thread, to which each unit's tensor-core run is added (add_run's
-/// order). With TF32 math they live in shared memory, total[i][j][e] at slots[((i kN + j) 4 + e) kThreads], the
+/// The filter gradient's float32 totals of one thread, to which each unit's tensor-core run is added (add_run).
+/// With TF32 math they live in shared memory, total[i][j][e] at slots[((i kN + j) 4 + e) kThreads], the
 /// thread's own: in registers they and the run took 233 a thread, 60k of an SM's 64k registers for a 256-thread
 /// block, so that no block of another kernel fit beside it (H100 kernel timeline, mnist_cnn's conv2 at batch 257:
 /// the input gradient's layout transform, on the higher-priority stream, waited 180 us on the 4 SMs the filter
@@ -98,8 +102,7 @@ template <int kThreads, int kM, int kN>
 struct FilterTotals<false, kThreads, kM, kN> {
   float acc[kM][kN][4] = {};
   __device__ __forceinline__ explicit FilterTotals(float*) {}
-  __device__ __forceinline__ void add(float (&run)[kM][kN][4]) { add_run(acc, run); }
-  __device__ __forceinline__ float operator()(int i, int j, int e) const { return acc[i][j][e]; }
+  __device__ __forceinline__ float& operator()(int i, int j, int e) { return acc[i][j][e]; }
 };
 
 template <int kThreads, int kM, int kN>
@@ -109,18 +112,7 @@ struct FilterTotals<true, kThreads, kM, kN> {
 #pragma unroll
     for (int k = 0; k < kM * kN * 4; ++k) slots[k * kThreads] = 0.0f;
   }
-  __device__ __forceinline__ void add(float (&run)[kM][kN][4]) {
-#pragma unroll
-    for (int i = 0; i < kM; ++i)
-#pragma unroll
-      for (int j = 0; j < kN; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          slots[((i * kN + j) * 4 + e) * kThreads] += run[i][j][e];
-          run[i][j][e] = 0.0f;
-        }
-  }
-  __device__ __forceinline__ float operator()(int i, int j, int e) const { return slots[((i * kN + j) * 4 + e) * kThreads]; }
+  __device__ __forceinline__ float& operator()(int i, int j, int e) { return slots[((i * kN + j) * 4 + e) * kThreads]; }
 };
 
 /// Input rows staged for a run of positions of one sample.
@@ -445,7 +437,7 @@ __global__ void __launch_bounds__(kWarpsM * 128, 1)
         }
       mma_tile<kMath>(run, ahi, alo, bhi, blo);
     }
-    acc.add(run);
+    add_run(acc, run);
   }
   bias_acc += __shfl_xor_sync(0xffffffffu, bias_acc, 1);
   bias_acc += __shfl_xor_sync(0xffffffffu, bias_acc, 2);
