@@ -619,12 +619,14 @@ TEST_F(CudaBackend, LossPastItsReservedBatchThrows) {
 // The model's last linear layer computes the loss and its own backward in one launch
 // (Layer::backward_with_loss): the same as the CPU's layer, loss and backward in turn, and the same
 // dL/dlogits as the GPU's separate loss kernel. 84 and 40 inputs leave the last slice of columns
-// partial.
+// partial; past 64 samples the batch spans tiles, whose sums the last block of each slice adds, and a
+// second launch (its counters reused) must give the same bits.
 TEST_F(CudaBackend, LinearBackwardWithLossMatchesCpuLinearThenLoss) {
   struct Case {
     int n, inputs, classes;
   };
-  for (const Case& k : {Case{64, 128, 10}, Case{5, 84, 10}, Case{33, 40, 16}}) {
+  for (const Case& k : {Case{64, 128, 10}, Case{5, 84, 10}, Case{33, 40, 16}, Case{1000, 84, 10}, Case{257, 40, 16},
+                        Case{130, 33, 32}}) {
     LayerConfig lin = layer("linear");
     lin.out_features = k.classes;
     const Dims in{k.inputs, 1, 1};
@@ -663,6 +665,17 @@ TEST_F(CudaBackend, LinearBackwardWithLossMatchesCpuLinearThenLoss) {
       l->forward(ctx, xin, y, Phase::Train, step);
       const float scale = 1.0f / static_cast<float>(n);
       if (fused) {
+        EXPECT_TRUE(l->backward_with_loss(ctx, xin, y, bl.data(), scale, 0.0f, sums.data(), dy, dx));
+        const std::vector<float> grads = to_host(ctx, pg, params.size()), din = to_host(ctx, bdx, x.size());
+        std::vector<double> once(2);
+        download(ctx, std::span<const double>(sums.span()), std::span<double>(once));
+        EXPECT_TRUE(l->backward_with_loss(ctx, xin, y, bl.data(), scale, 0.0f, sums.data(), dy, dx));
+        EXPECT_EQ(to_host(ctx, pg, params.size()), grads) << "a second launch differs, n=" << n;
+        EXPECT_EQ(to_host(ctx, bdx, x.size()), din) << "a second launch differs, n=" << n;
+        std::vector<double> twice(2);
+        download(ctx, std::span<const double>(sums.span()), std::span<double>(twice));
+        EXPECT_EQ(twice[0], 2 * once[0]) << "n=" << n;
+        zero_async(ctx, sums.span());
         EXPECT_TRUE(l->backward_with_loss(ctx, xin, y, bl.data(), scale, 0.0f, sums.data(), dy, dx));
       } else {
         loss->forward_backward(ctx, y, bl.data(), scale, dy, sums.data());

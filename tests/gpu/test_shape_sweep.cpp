@@ -1728,6 +1728,22 @@ int largest_fused_batch(int n, int classes, int inputs) {
   return lo;
 }
 
+/// linear_loss_backward's scratch for a batch of n (kernels::LinearLossScratch), counters zeroed.
+struct LinearLossScratchBuffers {
+  kernels::LinearLossScratchSize size;
+  Buffer<float> partials;
+  Buffer<double> loss_partials;
+  Buffer<uint32_t> arrivals;
+  LinearLossScratchBuffers(int n, int classes, int inputs)
+      : size(kernels::linear_loss_backward_scratch(n, classes, inputs)),
+        partials(Device::Cuda, size.floats),
+        loss_partials(Device::Cuda, size.doubles),
+        arrivals(Device::Cuda, size.counters) {
+    arrivals.zero();
+  }
+  kernels::LinearLossScratch view() { return {partials.data(), loss_partials.data(), arrivals.data()}; }
+};
+
 /// The floors of a linear layer's backward from dl = dL/dlogits [n][out], x [n][in], w [out][in]:
 /// the square roots of the sums of the squared terms of dx (dl w), dw (dl x) and db (dl), exact
 /// by factoring over the index the terms share.
@@ -1859,12 +1875,13 @@ void run_loss_shape(Sweep& sw, const sweep::LossShape& s, int index, uint64_t se
       CUDA_CHECK(cudaMemsetAsync(sums.data(), 0, 2 * sizeof(double), st));
       CUDA_CHECK(cudaMemsetAsync(sums_apart.data(), 0, 2 * sizeof(double), st));
       LossScratchBuffers apart_scratch(nf, classes);
+      LinearLossScratchBuffers scratch(nf, classes, inputs);
+      const kernels::LinearLossBackward args{gx.data(), gw.data(), glog.data(), glab.data(), nf, classes, inputs,
+                                             1.0f / static_cast<float>(nf), smoothing, dl.data(), sums.data(), dw.data(),
+                                             db.data(), dx.data(), scratch.view()};
       bool ran = true;
       try {
-        kernels::linear_loss_backward({gx.data(), gw.data(), glog.data(), glab.data(), nf, classes, inputs,
-                                       1.0f / static_cast<float>(nf), smoothing, dl.data(), sums.data(), dw.data(), db.data(),
-                                       dx.data()},
-                                      st);
+        kernels::linear_loss_backward(args, st);
         kernels::softmax_cross_entropy(glog.data(), glab.data(), nf, classes, 1.0f / static_cast<float>(nf), smoothing,
                                        dl_apart.data(), sums_apart.data(), apart_scratch.view(), st);
       } catch (const CudaError& e) {
@@ -1881,6 +1898,36 @@ void run_loss_shape(Sweep& sw, const sweep::LossShape& s, int index, uint64_t se
         const std::vector<double> got = to_cpu(ctx, sums.data(), 2);
         sw.check(at, impl + ": loss sum", rel_scalar(got[0], want.loss), kFloat32Tol);
         sw.check_equal(at, impl + ": correct count", got[1], want.correct);
+        if (scratch.size.counters > 0) {
+          const std::vector<uint32_t> arrivals = to_cpu(ctx, scratch.arrivals.data(), scratch.size.counters);
+          const auto unreset = std::count_if(arrivals.begin(), arrivals.end(), [](uint32_t a) { return a != 0; });
+          if (unreset > 0)
+            sw.fail(at, impl + ": " + std::to_string(unreset) + " of " + std::to_string(arrivals.size()) +
+                            " slices' arrival counters are not reset");
+        }
+        // A second launch (the counters reused, as a replayed step reuses them) gives the same bits and
+        // adds the same loss again.
+        const std::vector<float> dw1 = to_cpu(ctx, dw.data(), wv.size()), db1 = to_cpu(ctx, db.data(), bv.size()),
+                                 dx1 = to_cpu(ctx, dx.data(), x.size());
+        sw.poison(dw.data(), wv.size());
+        sw.poison(db.data(), bv.size());
+        sw.poison(dx.data(), x.size());
+        kernels::linear_loss_backward(args, st);
+        sw.ran();
+        const auto differ = [](const std::vector<float>& a, const std::vector<float>& b) {
+          size_t bad = 0;
+          for (size_t i = 0; i < a.size(); ++i) bad += std::memcmp(&a[i], &b[i], sizeof(float)) != 0;
+          return bad;
+        };
+        const std::pair<const char*, size_t> repeats[] = {
+            {"weight gradient", differ(to_cpu(ctx, dw.data(), wv.size()), dw1)},
+            {"bias gradient", differ(to_cpu(ctx, db.data(), bv.size()), db1)},
+            {"input gradient", differ(to_cpu(ctx, dx.data(), x.size()), dx1)}};
+        for (const auto& [what, bad] : repeats)
+          if (bad > 0) sw.fail(at, impl + ": a second launch's " + what + " differs from the first's in " + std::to_string(bad) + " elements");
+        const std::vector<double> again = to_cpu(ctx, sums.data(), 2);
+        if (again[0] != 2 * got[0] || again[1] != 2 * got[1])
+          sw.fail(at, impl + ": a second launch did not add the same loss and correct count again");
         sw.flush();
       }
     }

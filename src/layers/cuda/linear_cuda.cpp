@@ -3,8 +3,8 @@
 // dropout; an evaluation batch of any size runs them over blocks of kSkinnyRows rows. At larger
 // training batches, in TF32, and for a GEMM too large for their 32-bit indexing,
 // cuBLAS GEMMs on the row-major tensors (read by cuBLAS as their column-major transposes) and the
-// bias kernel. As the model's last layer, its backward may take the loss in (one launch:
-// kernels/classifier_kernels.h).
+// bias kernel. As a classifier's last layer (up to 32 classes), its backward takes the loss in at
+// any batch (one launch: kernels/classifier_kernels.h).
 #include <algorithm>
 #include <optional>
 
@@ -54,6 +54,14 @@ class LinearCuda final : public LinearLayer<float> {
     const size_t partials =
         kernels::skinny_gemm_partials(std::min(max_batch, kSkinnyRows), out_features(), in_features());
     if (partials_.size() < partials) partials_ = Buffer<float>(Device::Cuda, partials);
+    // As a classifier's last layer (backward_with_loss): past one tile of samples, the tiles' sums.
+    const kernels::LinearLossScratchSize loss = kernels::linear_loss_backward_scratch(max_batch, out_features(), in_features());
+    if (loss_partials_.size() < loss.floats) loss_partials_ = Buffer<float>(Device::Cuda, loss.floats);
+    if (loss_sums_.size() < loss.doubles) loss_sums_ = Buffer<double>(Device::Cuda, loss.doubles);
+    if (loss_arrivals_.size() < loss.counters) {
+      loss_arrivals_ = Buffer<uint32_t>(Device::Cuda, loss.counters);
+      loss_arrivals_.zero();
+    }
   }
 
   void forward(DeviceContext& ctx, TensorView<const float> in, TensorView<float> out, Phase phase,
@@ -119,14 +127,19 @@ class LinearCuda final : public LinearLayer<float> {
                                in.data, fi, dy, fo, &kZero, params()[0].grad.data(), fi));
   }
 
-  // The last layer of a classifier, without a ReLU or dropout of its own: one launch.
+  // The last layer of a classifier, without a ReLU or dropout of its own: one launch. A batch past the
+  // reserved one has no scratch here; the model then runs the loss and backward() apart.
   bool backward_with_loss(DeviceContext& ctx, TensorView<const float> in, TensorView<const float> out,
                           const int32_t* labels, float grad_scale, float label_smoothing, double* sums,
                           TensorView<float> dout, TensorView<float> din) override {
     const int n = in.n, fi = in_features(), fo = out_features();
     if (relu_ || dropout_ || !kernels::linear_loss_backward_fits(n, fo, fi)) return false;
+    const kernels::LinearLossScratchSize need = kernels::linear_loss_backward_scratch(n, fo, fi);
+    if (need.floats > loss_partials_.size() || need.doubles > loss_sums_.size() || need.counters > loss_arrivals_.size())
+      return false;
     kernels::linear_loss_backward({in.data, params()[0].value.data(), out.data, labels, n, fo, fi, grad_scale,
-                                   label_smoothing, dout.data, sums, params()[0].grad.data(), params()[1].grad.data(), din.data},
+                                   label_smoothing, dout.data, sums, params()[0].grad.data(), params()[1].grad.data(),
+                                   din.data, {loss_partials_.data(), loss_sums_.data(), loss_arrivals_.data()}},
                                   ctx.cuda().stream());
     return true;
   }
@@ -136,6 +149,9 @@ class LinearCuda final : public LinearLayer<float> {
   std::optional<DropoutSpec> dropout_;  // absorbed (absorb_following_dropout)
   Buffer<float> masked_;  // with relu_ or dropout_: the gradient after their masks
   Buffer<float> partials_;  // a split skinny forward's slice sums
+  Buffer<float> loss_partials_;     // backward_with_loss: each tile's weight and bias sums
+  Buffer<double> loss_sums_;        // ... each tile's loss and correct count
+  Buffer<uint32_t> loss_arrivals_;  // ... blocks done in the running launch, per slice; the last resets it
 };
 
 }  // namespace
