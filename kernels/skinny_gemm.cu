@@ -204,12 +204,6 @@ size_t skinny_gemm_partials(int max_m, int n, int k) {
   return most;
 }
 
-size_t skinny_gemm_partials_any_k(int m, int n) {
-  // The split count grows with k up to kTargetBlocks / blocks, and rounding the slices never adds one.
-  const int most = kTargetBlocks / (tiles(m) * tiles(n));
-  return most > 1 ? static_cast<size_t>(most) * m * n : 0;
-}
-
 void skinny_gemm(const SkinnyGemm& g, const RowEpilogue& epilogue, float* partials, cudaStream_t stream) {
   if (!skinny_gemm_fits(g))
     throw CudaError("skinny_gemm: a " + std::to_string(g.m) + "x" + std::to_string(g.n) + "x" + std::to_string(g.k) +

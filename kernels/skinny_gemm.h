@@ -34,8 +34,6 @@ bool skinny_gemm_fits(const SkinnyGemm& g);
 int skinny_gemm_splits(int m, int n, int k);
 /// Floats of `partials` that skinny_gemm needs for any m up to max_m.
 size_t skinny_gemm_partials(int max_m, int n, int k);
-/// Floats of `partials` that skinny_gemm needs for an m x n product with any k.
-size_t skinny_gemm_partials_any_k(int m, int n);
 /// Runs g, then the epilogue. partials: skinny_gemm_partials(g.m, g.n, g.k) floats, or null to
 /// leave k unsplit.
 void skinny_gemm(const SkinnyGemm& g, const RowEpilogue& epilogue, float* partials, cudaStream_t stream);

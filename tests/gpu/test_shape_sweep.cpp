@@ -1550,10 +1550,9 @@ void run_linear_on_gpu(Sweep& sw, const LinearRef& r, cublasHandle_t tf32_blas) 
   Buffer<float> y = floats(ny), dx = floats(nx), dw = floats(nw), db = floats(nb), masked = floats(ny);
   const kernels::FusedDropout drop = fused_dropout(sw.step(), out);
 
-  // The skinny GEMMs, in the layouts LinearCuda uses (it takes them up to 256 rows, and up to 2048 for
-  // a small layer with the weight gradient split past 256; their guard admits more, so they are
-  // checked wherever it does).
-  const char* band = rows <= 256 ? " (rows <= 256)" : rows <= 2048 ? " (rows 257 to 2048)" : " (rows > 2048)";
+  // The skinny GEMMs, in the layouts LinearCuda uses (it takes them up to 256 rows; their guard
+  // admits more, so they are checked wherever it does).
+  const char* band = rows <= 256 ? " (rows <= 256)" : " (rows > 256, beyond the layer's use)";
   const kernels::SkinnyGemm fwd{x.data(), false, w.data(), true, y.data(), rows, out, in};
   if (kernels::skinny_gemm_fits(fwd)) {
     Buffer<float> partials = floats(kernels::skinny_gemm_partials(rows, out, in));
@@ -1577,17 +1576,11 @@ void run_linear_on_gpu(Sweep& sw, const LinearRef& r, cublasHandle_t tf32_blas) 
   else
     sw.not_eligible("input gradient: skinny (skinny_gemm_fits says no)");
   const kernels::SkinnyGemm weights{dy.data(), true, x.data(), false, dw.data(), out, in, rows};
-  if (kernels::skinny_gemm_fits(weights)) {
-    run_own(sw, where, std::string("weight gradient: skinny unsplit") + band,
-            {{dw.data(), rdw.data(), nw, kFloat32Tol, r.floor_dw}}, [&] { kernels::skinny_gemm(weights, {}, nullptr, st); });
-    Buffer<float> partials = floats(kernels::skinny_gemm_partials_any_k(out, in));
-    run_own(sw, where, std::string("weight gradient: skinny split") + band,
-            {{dw.data(), rdw.data(), nw, kFloat32Tol, r.floor_dw}},
-            [&] { kernels::skinny_gemm(weights, {}, partials.data(), st); });
-    sw.flush();  // partials is freed here
-  } else {
+  if (kernels::skinny_gemm_fits(weights))
+    run_own(sw, where, std::string("weight gradient: skinny") + band, {{dw.data(), rdw.data(), nw, kFloat32Tol, r.floor_dw}},
+            [&] { kernels::skinny_gemm(weights, {}, nullptr, st); });
+  else
     sw.not_eligible("weight gradient: skinny (skinny_gemm_fits says no)");
-  }
 
   // cuBLAS, as LinearCuda calls it, in float32 (the context's handle) and TF32.
   constexpr float kOne = 1.0f, kZero = 0.0f;

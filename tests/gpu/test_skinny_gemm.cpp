@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <cmath>
 #include <random>
-#include <utility>
 #include <vector>
 
 #include "core/buffer.h"
@@ -88,22 +87,6 @@ TEST_F(SkinnyGemm, PartialTilesAndEveryLayout) {
     for (bool tb : {false, true}) check({64, 10, 130, ta, tb, false});  // rows of 10 and 130 floats: 4-byte copies
   check({64, 128, 10, false, false, false});  // fc2's input gradient: dy has rows of 10
   check({10, 128, 64, true, false, false});   // fc2's weight gradient
-}
-
-// LinearCuda sizes the weight gradient's slices (k = the batch) once, for any batch: the bound
-// covers every k and is reached, so it is neither short (the split would write past it) nor loose.
-// Host arithmetic: runs without a GPU.
-TEST(SkinnyGemmPartials, AnyKBoundCoversEveryKAndIsReached) {
-  for (const auto& [m, n] : std::vector<std::pair<int, int>>{
-           {120, 400}, {84, 120}, {10, 84}, {128, 9216}, {256, 800}, {10, 256}, {1, 1}, {64, 64}, {65, 65}, {1000, 3}}) {
-    const size_t bound = kernels::skinny_gemm_partials_any_k(m, n);
-    size_t most = 0;
-    for (int k = 1; k <= 20000; ++k) {
-      const int splits = kernels::skinny_gemm_splits(m, n, k);
-      if (splits > 1) most = std::max(most, static_cast<size_t>(splits) * m * n);
-    }
-    EXPECT_EQ(bound, most) << m << "x" << n;
-  }
 }
 
 }  // namespace

@@ -1,5 +1,4 @@
-// Linear on CUDA. At training batch sizes (up to kSkinnyRows rows, kSmallLayerRows for a small layer) in
-// float32, dptrain's skinny GEMMs
+// Linear on CUDA. At training batch sizes (up to kSkinnyRows rows) in float32, dptrain's skinny GEMMs
 // (kernels/skinny_gemm.h), whose forward also adds the bias and applies an absorbed ReLU and
 // dropout; an evaluation batch of any size runs them over blocks of kSkinnyRows rows. At larger
 // training batches, in TF32, and for a GEMM too large for their 32-bit indexing,
@@ -25,21 +24,13 @@ namespace {
 
 constexpr float kOne = 1.0f, kZero = 0.0f;
 constexpr int kSkinnyRows = 256;
-// A small layer (at most kSmallLayerWeights weights) keeps the skinny kernels in float32 up to
-// kSmallLayerRows rows. H100, same call, fifteenth session (docs/benchmarks/notebook.md): with the skinny
-// kernels past 256 rows lenet5's step (its 400 x 120, 120 x 84 and 84 x 10 layers) gained 1.8% at 257
-// and 2.4% at 1000, was even at 2048 and lost 1.6% at 8192; mnist_cnn's 9216 x 128 fc1 lost 1.7% at
-// 1000. The weight gradient's k is the batch: up to kSkinnyRows it runs unsplit, past them in slices.
-constexpr int kSmallLayerRows = 2048;
-constexpr long kSmallLayerWeights = 65536;
 
-/// A training GEMM of a batch that the skinny kernels serve, in float32: up to kSkinnyRows rows, or
-/// kSmallLayerRows for a small layer. With TF32 allowed, cuBLAS's tensor cores win at every batch
-/// (H100, same call: lenet5's step at batch 64 0.0945 ms against 0.1036 on the skinny kernels, at 256
-/// 0.1293 against 0.1444; mnist_cnn's 0.1868 against 0.2008 and 0.5330 against 0.5820).
-int skinny_rows(long weights) { return weights <= kSmallLayerWeights ? kSmallLayerRows : kSkinnyRows; }
-bool skinny(const CudaContext& cu, const kernels::SkinnyGemm& g, int batch, long weights) {
-  return !cu.options().tf32 && batch <= skinny_rows(weights) && kernels::skinny_gemm_fits(g);
+/// A training GEMM of a batch of at most kSkinnyRows samples that the skinny kernels serve, in
+/// float32. With TF32 allowed, cuBLAS's tensor cores win at every batch (H100, same call: lenet5's
+/// step at batch 64 0.0945 ms against 0.1036 on the skinny kernels, at 256 0.1293 against 0.1444;
+/// mnist_cnn's 0.1868 against 0.2008 and 0.5330 against 0.5820).
+bool skinny(const CudaContext& cu, const kernels::SkinnyGemm& g, int batch) {
+  return !cu.options().tf32 && batch <= kSkinnyRows && kernels::skinny_gemm_fits(g);
 }
 
 class LinearCuda final : public LinearLayer<float> {
@@ -60,12 +51,8 @@ class LinearCuda final : public LinearLayer<float> {
   void reserve(DeviceContext&, int max_batch) override {
     const size_t need = relu_ || dropout_ ? static_cast<size_t>(max_batch) * out_features() : 0;
     if (masked_.size() < need) masked_ = Buffer<float>(Device::Cuda, need);
-    // The forward's and the weight gradient's slices never run at once: the next forward follows the
-    // side stream's join.
-    size_t partials = kernels::skinny_gemm_partials(std::min(max_batch, skinny_rows(weights())), out_features(),
-                                                    in_features());
-    if (max_batch > kSkinnyRows && skinny_rows(weights()) > kSkinnyRows)
-      partials = std::max(partials, kernels::skinny_gemm_partials_any_k(out_features(), in_features()));
+    const size_t partials =
+        kernels::skinny_gemm_partials(std::min(max_batch, kSkinnyRows), out_features(), in_features());
     if (partials_.size() < partials) partials_ = Buffer<float>(Device::Cuda, partials);
     // As a classifier's last layer (backward_with_loss): past one tile of samples, the tiles' sums.
     const kernels::LinearLossScratchSize loss = kernels::linear_loss_backward_scratch(max_batch, out_features(), in_features());
@@ -85,7 +72,7 @@ class LinearCuda final : public LinearLayer<float> {
     const kernels::RowEpilogue epilogue{params()[1].value.data(), relu_, drop};
     // y[n, fo] = x[n, fi] W[fo, fi]^T + b
     const kernels::SkinnyGemm g{in.data, false, params()[0].value.data(), true, out.data, n, fo, fi};
-    if (skinny(ctx.cuda(), g, n, weights())) return kernels::skinny_gemm(g, epilogue, partials_.data(), stream);
+    if (skinny(ctx.cuda(), g, n)) return kernels::skinny_gemm(g, epilogue, partials_.data(), stream);
     // Evaluation batches that skinny() leaves out (over kSkinnyRows rows; in TF32, all): the float32 skinny
     // kernels over blocks of kSkinnyRows rows (no dropout here, the one epilogue that reads the row). A float32 run
     // whose training batch they serve then never calls cuBLAS: its first GEMM in a process costs 65 to 90 ms (H100,
@@ -124,7 +111,7 @@ class LinearCuda final : public LinearLayer<float> {
     if (side) {
       // dx[n, fi] = dy[n, fo] W[fo, fi]  (cuBLAS: dx^T[fi, n] = W^T[fi, fo] dy^T[fo, n])
       const kernels::SkinnyGemm dx{dy, false, params()[0].value.data(), false, din.data, n, fi, fo};
-      if (skinny(cu, dx, n, weights()))
+      if (skinny(cu, dx, n))
         kernels::skinny_gemm(dx, {}, nullptr, cu.stream());
       else
         CUBLAS_CHECK(cublasSgemm(cu.cublas(), CUBLAS_OP_N, CUBLAS_OP_N, fi, n, fo, &kOne, params()[0].value.data(), fi,
@@ -133,8 +120,8 @@ class LinearCuda final : public LinearLayer<float> {
     // dW[fo, fi] = dy^T[fo, n] x[n, fi]  (cuBLAS: dW^T[fi, fo] = x^T[fi, n] dy[n, fo])
     cudaStream_t weights_stream = side ? cu.fork() : cu.stream();
     const kernels::SkinnyGemm dw{dy, true, in.data, false, params()[0].grad.data(), fo, fi, n};
-    if (skinny(cu, dw, n, weights()))
-      kernels::skinny_gemm(dw, {}, n > kSkinnyRows ? partials_.data() : nullptr, weights_stream);
+    if (skinny(cu, dw, n))
+      kernels::skinny_gemm(dw, {}, nullptr, weights_stream);
     else
       CUBLAS_CHECK(cublasSgemm(side ? cu.side_cublas() : cu.cublas(), CUBLAS_OP_N, CUBLAS_OP_T, fi, fo, n, &kOne,
                                in.data, fi, dy, fo, &kZero, params()[0].grad.data(), fi));
@@ -158,12 +145,10 @@ class LinearCuda final : public LinearLayer<float> {
   }
 
  private:
-  long weights() const { return static_cast<long>(out_features()) * in_features(); }
-
   bool relu_ = false;     // applies the ReLU that follows (absorb_following_relu)
   std::optional<DropoutSpec> dropout_;  // absorbed (absorb_following_dropout)
   Buffer<float> masked_;  // with relu_ or dropout_: the gradient after their masks
-  Buffer<float> partials_;  // a split skinny forward's or weight gradient's slice sums
+  Buffer<float> partials_;  // a split skinny forward's slice sums
   Buffer<float> loss_partials_;     // backward_with_loss: each tile's weight and bias sums
   Buffer<double> loss_sums_;        // ... each tile's loss and correct count
   Buffer<uint32_t> loss_arrivals_;  // ... blocks done in the running launch, per slice; the last resets it
