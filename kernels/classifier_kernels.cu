@@ -3,6 +3,7 @@
 
 #include "core/cuda_check.h"
 #include "kernels/classifier_kernels.h"
+#include "kernels/last_block.cuh"
 #include "kernels/softmax_row.cuh"
 
 namespace dptrain::kernels {
@@ -18,7 +19,7 @@ constexpr int kWarps = 8, kThreads = 32 * kWarps;
 // slice's blocks also take db, the loss and dlogits. Within a tile each sum over samples is split
 // into kThreads / (the block's sums) contiguous ranges, each summed by its own thread in four
 // interleaved chains, then added in order. Past one tile the tiles' sums go to scratch, and the
-// last block of each slice to arrive (a ticket counter, as the loss kernel's) adds them in tile
+// last block of each slice to arrive (last_block_to_arrive, as in the loss kernel) adds them in tile
 // order and resets its counter. So the order depends on the shape alone.
 // (Before, a block per slice took the whole batch, staged whole: up to 399 samples at 10 classes,
 // and at lenet5's 257 it took 14.4 us on 11 SMs with 60% of issue slots busy, every block computing
@@ -42,7 +43,7 @@ constexpr size_t shared_bytes(int classes) {
          sizeof(int32_t) * kTile;
 }
 // 48 KiB is a launch's limit for static and dynamic shared memory together without an opt-in; the
-// static part is block_loss_sums' two arrays of kWarps doubles and the ticket's flag.
+// static part is block_loss_sums' two arrays of kWarps doubles and last_block_to_arrive's flag.
 static_assert(shared_bytes(kSerialClasses) + 2 * kWarps * sizeof(double) + 16 <= 48 * 1024);
 
 /// The staged arrays, one after another: x's columns, w's columns, the logits, then the labels (as bits).
@@ -164,13 +165,7 @@ __global__ void __launch_bounds__(kThreads) linear_loss_backward_kernel(LinearLo
   if (tiles == 1) return;
 
   // The slice's last block to arrive adds every tile's sums, in tile order.
-  __shared__ bool last;
-  __threadfence();  // this block's partials are visible before its ticket says so
-  __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(p.scratch.arrivals + blockIdx.x, 1u) == static_cast<unsigned>(tiles - 1);
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
+  if (!last_block_to_arrive(p.scratch.arrivals + blockIdx.x, static_cast<unsigned>(tiles))) return;
   const float* slice = p.scratch.partials + static_cast<long>(blockIdx.x) * tiles * block_sums(classes);
   for (int e = threadIdx.x; e < sums; e += kThreads) {
     if (e < classes * kCols && e % kCols >= cols) continue;
@@ -182,14 +177,7 @@ __global__ void __launch_bounds__(kThreads) linear_loss_backward_kernel(LinearLo
     else
       p.dw[static_cast<long>(e / kCols) * inputs + c0 + e % kCols] = total_e;
   }
-  if (first_slice) {
-    loss = correct = 0.0;
-    for (int t = threadIdx.x; t < tiles; t += kThreads) {
-      loss += __ldcg(p.scratch.loss_partials + 2 * t);
-      correct += __ldcg(p.scratch.loss_partials + 2 * t + 1);
-    }
-    add_block_sums<kWarps>(loss, correct, p.sums);
-  }
+  if (first_slice) add_partial_loss_sums<kWarps>(p.scratch.loss_partials, tiles, p.sums);
   if (threadIdx.x == 0) p.scratch.arrivals[blockIdx.x] = 0;
 }
 

@@ -6,6 +6,7 @@
 #include "core/philox.h"
 #include "core/cuda_check.h"
 #include "kernels/grid_stride.cuh"
+#include "kernels/last_block.cuh"
 #include "kernels/layer_kernels.h"
 #include "kernels/softmax_row.cuh"
 
@@ -213,22 +214,12 @@ __global__ void __launch_bounds__(kLossThreads) softmax_xent_kernel(const float*
     return;
   }
   block_loss_sums<kLossWarps>(loss, correct);
-  __shared__ bool last;
   if (threadIdx.x == 0) {
     scratch.partials[2 * blockIdx.x] = loss;
     scratch.partials[2 * blockIdx.x + 1] = correct;
-    __threadfence();  // the partials are visible before the ticket says so
-    last = atomicAdd(scratch.arrivals, 1u) == gridDim.x - 1;
   }
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  loss = correct = 0.0;
-  for (int b = threadIdx.x; b < static_cast<int>(gridDim.x); b += kLossThreads) {
-    loss += __ldcg(scratch.partials + 2 * b);  // from L2: other blocks wrote them
-    correct += __ldcg(scratch.partials + 2 * b + 1);
-  }
-  add_block_sums<kLossWarps>(loss, correct, sums);
+  if (!last_block_to_arrive(scratch.arrivals, gridDim.x)) return;
+  add_partial_loss_sums<kLossWarps>(scratch.partials, static_cast<int>(gridDim.x), sums);
   if (threadIdx.x == 0) *scratch.arrivals = 0;
 }
 

@@ -84,6 +84,19 @@ __device__ __forceinline__ void add_block_sums(double loss, double correct, doub
   sums[1] += correct;
 }
 
+/// sums[0] += the loss, sums[1] += the correct count of `count` blocks, whose (loss, correct) pairs
+/// other blocks of this launch wrote to `partials` (read from L2): pair b is taken by thread b modulo
+/// the block's threads, then add_block_sums' order.
+template <int kWarps>
+__device__ __forceinline__ void add_partial_loss_sums(const double* partials, int count, double* sums) {
+  double loss = 0.0, correct = 0.0;
+  for (int b = threadIdx.x; b < count; b += 32 * kWarps) {
+    loss += __ldcg(partials + 2 * b);
+    correct += __ldcg(partials + 2 * b + 1);
+  }
+  add_block_sums<kWarps>(loss, correct, sums);
+}
+
 /// Label smoothing e over C classes as the loss uses it: the target is (1 - e) onehot + e / C
 /// (torch.nn.CrossEntropyLoss(label_smoothing=e)). e = 0: on = 1, off = 0, today's loss exactly.
 struct Smoothing {
