@@ -6,9 +6,10 @@
 // GPU is known to be there, the load runs beside the creation of CUDA's context (about 120 ms),
 // and a process that never uses a GPU never pays it.
 //
-// How: cublas_loader.cpp defines the cuBLAS entry points dptrain calls, with cublas_v2.h's
-// declarations (so the compiler checks each signature); each forwards to the function of the same
-// name in the loaded library. Call sites stay plain cuBLAS. A cuBLAS function missing from that
+// How: cublas_loader.cpp defines the cuBLAS and cuBLASLt entry points dptrain calls, with
+// cublas_v2.h's and cublasLt.h's declarations (so the compiler checks each signature); each forwards
+// to the function of the same name in the loaded library (cuBLASLt's: in libcublasLt, which
+// libcublas loads as its dependency). Call sites stay plain cuBLAS. A cuBLAS function missing from that
 // table is a link error, never a silent fallback: add it there.
 //
 // Invariants:

@@ -46,6 +46,12 @@ int second_priority() {
   return highest < lowest ? highest + 1 : highest;
 }
 
+CublasLtHandle make_cublaslt() {
+  cublasLtHandle_t lt = nullptr;
+  CUBLAS_CHECK(cublasLtCreate(&lt));
+  return CublasLtHandle(lt);
+}
+
 }  // namespace
 
 CudaContext::Lane::Lane(bool tf32, int priority) : stream(make_stream(priority)) {
@@ -70,6 +76,7 @@ CudaContext::CudaContext(const CudaOptions& options)
     : options_(select_device(options, device_ready_)),
       main_(options.tf32, highest_priority()),
       side_(options.tf32, second_priority()),
+      cublaslt_(make_cublaslt()),
       update_(make_stream(0)),
       forked_(make_event()),
       joined_(make_event()),

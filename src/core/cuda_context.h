@@ -57,6 +57,11 @@ class CudaContext {
   cudaStream_t stream() const { return main_.stream; }
   cudnnHandle_t cudnn() const { return main_.cudnn; }
   cublasHandle_t cublas() const { return main_.cublas; }
+  /// cuBLASLt (the linear layers' GEMMs with a bias epilogue, on the compute stream), with the
+  /// compute stream's cuBLAS workspace: work queued on that stream never overlaps itself.
+  cublasLtHandle_t cublaslt() const { return cublaslt_; }
+  void* cublas_workspace() { return main_.cublas_workspace.data(); }
+  size_t cublas_workspace_size() const { return main_.cublas_workspace.size(); }
 
   /// The side stream and the handles bound to it.
   cudaStream_t side_stream() const { return side_.stream; }
@@ -119,6 +124,7 @@ class CudaContext {
   std::string device_name_;
   Lane main_;
   Lane side_;
+  CublasLtHandle cublaslt_;
   CudaStream update_;
   CudaEvent forked_, joined_, updated_;
   bool side_forked_ = false;     // since the last join

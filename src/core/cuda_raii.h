@@ -1,7 +1,8 @@
-// Move-only owners of CUDA runtime, cuDNN and cuBLAS handles (tiny-cuda-nn's StreamAndEvent,
+// Move-only owners of CUDA runtime, cuDNN, cuBLAS and cuBLASLt handles (tiny-cuda-nn's StreamAndEvent,
 // cudnn-frontend's handle deleters): created once, destroyed exactly once, never copied.
 #pragma once
 
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <cudnn.h>
@@ -44,6 +45,10 @@ using CudaGraph = UniqueHandle<cudaGraph_t, cudaGraphDestroy>;
 using CudaGraphExec = UniqueHandle<cudaGraphExec_t, cudaGraphExecDestroy>;
 using CudnnHandle = UniqueHandle<cudnnHandle_t, cudnnDestroy>;
 using CublasHandle = UniqueHandle<cublasHandle_t, cublasDestroy>;
+using CublasLtHandle = UniqueHandle<cublasLtHandle_t, cublasLtDestroy>;
+using CublasLtMatmulDesc = UniqueHandle<cublasLtMatmulDesc_t, cublasLtMatmulDescDestroy>;
+using CublasLtLayout = UniqueHandle<cublasLtMatrixLayout_t, cublasLtMatrixLayoutDestroy>;
+using CublasLtPreference = UniqueHandle<cublasLtMatmulPreference_t, cublasLtMatmulPreferenceDestroy>;
 using CudnnTensorDesc = UniqueHandle<cudnnTensorDescriptor_t, cudnnDestroyTensorDescriptor>;
 using CudnnFilterDesc = UniqueHandle<cudnnFilterDescriptor_t, cudnnDestroyFilterDescriptor>;
 using CudnnConvDesc = UniqueHandle<cudnnConvolutionDescriptor_t, cudnnDestroyConvolutionDescriptor>;

@@ -22,7 +22,9 @@
 // - Linear layers (ShapeSweep.Linear): the skinny GEMMs in the three layouts LinearCuda uses
 //   (forward x W^T with its bias/ReLU/dropout epilogue, split and unsplit; dx = dy W; dW = dy^T x)
 //   at every row count their guard admits, and the cuBLAS fallback in float32 and TF32 with the
-//   bias kernels (add_bias_rows, bias_grad_rows, with ReLU and dropout masks), 1 to 8192 rows.
+//   bias kernels (add_bias_rows, bias_grad_rows, with ReLU and dropout masks), 1 to 8192 rows; the
+//   forward through cuBLASLt's bias and ReLU epilogue (BiasGemm) in both precisions, with 16-byte and
+//   4-byte aligned weights.
 // - The loss (ShapeSweep.Loss), 2 to 1000 classes: the softmax cross-entropy kernel (a thread per
 //   row up to 32 classes, a warp per row beyond), the fused classifier backward
 //   (linear_loss_backward, up to 32 classes) at each shape's batch or, beyond what its shared memory
@@ -103,6 +105,7 @@
 #include "core/device_ops.h"
 #include "core/cuda_check.h"
 #include "core/cuda_context.h"
+#include "layers/cuda/bias_gemm.h"
 #include "layers/cuda/cudnn_descriptors.h"
 #include "core/cuda_raii.h"
 #include "data/dataset.h"
@@ -1617,6 +1620,33 @@ void run_linear_on_gpu(Sweep& sw, const LinearRef& r, cublasHandle_t tf32_blas) 
                                &kZero, dw.data(), in));
     });
   }
+  // cuBLASLt's GEMM with the bias (and ReLU) epilogue, as LinearCuda's forward runs past the skinny GEMMs
+  // and in TF32 (layers/cuda/bias_gemm.h); once more with the weights and bias 4 bytes off a 16-byte
+  // boundary, as views into the flat parameter buffer may be (another alignment: another algorithm).
+  Buffer<float> w_off = floats(nw + 1), b_off = floats(nb + 1);
+  CUDA_CHECK(cudaMemcpyAsync(w_off.data() + 1, w.data(), nw * sizeof(float), cudaMemcpyDeviceToDevice, st));
+  CUDA_CHECK(cudaMemcpyAsync(b_off.data() + 1, b.data(), nb * sizeof(float), cudaMemcpyDeviceToDevice, st));
+  CudaContext& cu = ctx.cuda();
+  for (const bool tf32 : {false, true})
+    for (const bool relu : {false, true})
+      for (const bool offset : {false, true}) {
+        if (offset && !relu) continue;
+        BiasGemm gemm(out, in, relu, tf32);
+        const std::string name = std::string("forward: cuBLASLt bias epilogue") + (tf32 ? " tf32" : " float32") +
+                                 (relu ? " +relu" : "") + (offset ? " (weights, bias 4-byte aligned)" : "");
+        run_own(
+            sw, where, name, {{y.data(), (relu ? ry_relu : ry).data(), ny, tf32 ? kTf32Tol : kFloat32Tol, r.floor_y}},
+            [&] {
+              const float* wp = offset ? w_off.data() + 1 : w.data();
+              const float* bp = offset ? b_off.data() + 1 : b.data();
+              if (!gemm.run(cu.cublaslt(), x.data(), wp, bp, y.data(), rows, cu.cublas_workspace(),
+                            cu.cublas_workspace_size(), st))
+                throw CudaError("cuBLASLt has no algorithm for the case");
+            },
+            /*refusal_ok=*/true);
+        sw.flush();  // gemm's descriptors are freed here
+      }
+
   // The bias gradient pass: plain, masked by an absorbed ReLU, and by an absorbed ReLU and dropout.
   run_own(sw, where, "bias gradient: bias_grad_rows", {{db.data(), rdb.data(), nb, kFloat32Tol, r.floor_db}},
           [&] { kernels::bias_grad_rows(dy.data(), nullptr, masked.data(), db.data(), rows, out, {}, st); });

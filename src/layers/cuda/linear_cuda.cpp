@@ -2,8 +2,9 @@
 // (kernels/skinny_gemm.h), whose forward also adds the bias and applies an absorbed ReLU and
 // dropout; an evaluation batch of any size runs them over blocks of kSkinnyRows rows. At larger
 // training batches, in TF32, and for a GEMM too large for their 32-bit indexing,
-// cuBLAS GEMMs on the row-major tensors (read by cuBLAS as their column-major transposes) and the
-// bias kernel. As a classifier's last layer (up to 32 classes), its backward takes the loss in at
+// cuBLAS GEMMs on the row-major tensors (read by cuBLAS as their column-major transposes); the
+// forward's bias and ReLU in cuBLASLt's epilogue (layers/cuda/bias_gemm.h), or, with an absorbed
+// dropout in training, in the bias kernel after cuBLAS's GEMM. As a classifier's last layer (up to 32 classes), its backward takes the loss in at
 // any batch (one launch: kernels/classifier_kernels.h).
 #include <algorithm>
 #include <optional>
@@ -11,6 +12,7 @@
 #include "core/buffer.h"
 #include "core/cuda_check.h"
 #include "core/cuda_context.h"
+#include "layers/cuda/bias_gemm.h"
 #include "layers/cuda/cuda_layers.h"
 #include "layers/cuda/fused_dropout.h"
 #include "kernels/classifier_kernels.h"
@@ -48,7 +50,8 @@ class LinearCuda final : public LinearLayer<float> {
     return true;
   }
 
-  void reserve(DeviceContext&, int max_batch) override {
+  void reserve(DeviceContext& ctx, int max_batch) override {
+    if (!bias_gemm_) bias_gemm_.emplace(out_features(), in_features(), relu_, ctx.cuda().options().tf32);
     const size_t need = relu_ || dropout_ ? static_cast<size_t>(max_batch) * out_features() : 0;
     if (masked_.size() < need) masked_ = Buffer<float>(Device::Cuda, need);
     const size_t partials =
@@ -62,6 +65,19 @@ class LinearCuda final : public LinearLayer<float> {
       loss_arrivals_ = Buffer<uint32_t>(Device::Cuda, loss.counters);
       loss_arrivals_.zero();
     }
+  }
+
+  // Where the forward of `batch` rows takes cuBLAS, cuBLASLt's algorithm for it is chosen now (the
+  // activations are whole allocations, 256-byte aligned; the parameters are views that may not be).
+  void plan(DeviceContext& ctx, int batch, bool backward) override {
+    CudaContext& cu = ctx.cuda();
+    const float* w = params()[0].value.data();
+    const kernels::SkinnyGemm g{nullptr, false, w, true, nullptr, batch, out_features(), in_features()};
+    const kernels::SkinnyGemm block{nullptr, false, w, true, nullptr, kSkinnyRows, out_features(), in_features()};
+    if (!bias_gemm_ || skinny(cu, g, batch) || (!backward && kernels::skinny_gemm_fits(block))) return;
+    const uint32_t alignment = std::min({BiasGemm::alignment_of(w), BiasGemm::alignment_of(params()[1].value.data()),
+                                         BiasGemm::alignment_of(cu.cublas_workspace())});
+    (void)bias_gemm_->prepare(cu.cublaslt(), batch, alignment, cu.cublas_workspace_size());
   }
 
   void forward(DeviceContext& ctx, TensorView<const float> in, TensorView<float> out, Phase phase,
@@ -89,7 +105,12 @@ class LinearCuda final : public LinearLayer<float> {
       }
       return;
     }
-    // y^T[fo, n] = W[fo, fi] x^T[fi, n]  (W^T and x^T are what cuBLAS sees)
+    // y^T[fo, n] = W[fo, fi] x^T[fi, n]  (W^T and x^T are what cuBLAS sees), the bias and ReLU in the epilogue
+    CudaContext& cu = ctx.cuda();
+    if (!drop.active() && bias_gemm_ &&
+        bias_gemm_->run(cu.cublaslt(), in.data, params()[0].value.data(), params()[1].value.data(), out.data, n,
+                        cu.cublas_workspace(), cu.cublas_workspace_size(), stream))
+      return;
     CUBLAS_CHECK(cublasSgemm(ctx.cuda().cublas(), CUBLAS_OP_T, CUBLAS_OP_N, fo, n, fi, &kOne, params()[0].value.data(),
                              fi, in.data, fi, &kZero, out.data, fo));
     kernels::add_bias_rows(out.data, params()[1].value.data(), n, fo, relu_, drop, stream);
@@ -149,6 +170,7 @@ class LinearCuda final : public LinearLayer<float> {
   std::optional<DropoutSpec> dropout_;  // absorbed (absorb_following_dropout)
   Buffer<float> masked_;  // with relu_ or dropout_: the gradient after their masks
   Buffer<float> partials_;  // a split skinny forward's slice sums
+  std::optional<BiasGemm> bias_gemm_;  // the cuBLAS forward with its bias (and ReLU) epilogue; from reserve()
   Buffer<float> loss_partials_;     // backward_with_loss: each tile's weight and bias sums
   Buffer<double> loss_sums_;        // ... each tile's loss and correct count
   Buffer<uint32_t> loss_arrivals_;  // ... blocks done in the running launch, per slice; the last resets it
