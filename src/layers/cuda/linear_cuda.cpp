@@ -4,8 +4,8 @@
 // training batches, in TF32, and for a GEMM too large for their 32-bit indexing,
 // cuBLAS GEMMs on the row-major tensors (read by cuBLAS as their column-major transposes); the
 // forward's bias and ReLU in cuBLASLt's epilogue (layers/cuda/bias_gemm.h), or, with an absorbed
-// dropout in training, in the bias kernel after cuBLAS's GEMM. As a classifier's last layer (up to 32 classes), its backward takes the loss in at
-// any batch (one launch: kernels/classifier_kernels.h).
+// dropout in training, in the bias kernel after cuBLAS's GEMM. As a classifier's last layer (up to
+// 32 classes), its backward takes the loss in at any batch (one launch: kernels/classifier_kernels.h).
 #include <algorithm>
 #include <optional>
 
