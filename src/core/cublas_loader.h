@@ -7,10 +7,10 @@
 // and a process that never uses a GPU never pays it.
 //
 // How: cublas_loader.cpp defines the cuBLAS and cuBLASLt entry points dptrain calls, with
-// cublas_v2.h's and cublasLt.h's declarations (so the compiler checks each signature); each forwards
-// to the function of the same name in the loaded library (cuBLASLt's: in libcublasLt, which
-// libcublas loads as its dependency). Call sites stay plain cuBLAS. A cuBLAS function missing from that
-// table is a link error, never a silent fallback: add it there.
+// cublas_v2.h's and cublasLt.h's declarations (so the compiler checks each signature); each
+// forwards to the function of the same name in the loaded library (cuBLASLt's: in libcublasLt,
+// which libcublas loads as its dependency). Call sites stay plain cuBLAS. A cuBLAS function missing
+// from that table is a link error, never a silent fallback: add it there.
 //
 // Invariants:
 //  - The library is loaded once per process; the first cuBLAS call waits for the load (and starts
