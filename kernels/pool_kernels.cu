@@ -3,6 +3,7 @@
 #include <climits>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "core/cuda_check.h"
 #include "kernels/grid_stride.cuh"
@@ -109,82 +110,110 @@ __global__ void maxpool_backward_tiled_kernel(const float* dy, const int32_t* ar
     maxpool_window_grad(dy, argmax, dx, g, drop, per_plane, static_cast<int>(q));
 }
 
-// The pooling absorbed by a convolution: windows of kK x kK that tile the plane, rows of outputs a
-// multiple of 4 long. A thread takes four neighbouring outputs of a row, so every access is 16 bytes
-// wide and one generator call gives their four dropout factors. kVec: every buffer is 16-byte
-// aligned (the offsets are multiples of 4 elements), so the four are one float4/int4 access; else
-// four scalar ones (a view at an odd offset): the same values in the same order either way.
+// The pooling absorbed by a convolution: windows of kK x kK that tile the plane. A thread takes kW
+// neighbouring outputs of a row: four where rows of outputs are a multiple of 4 long, so that every
+// access is 16 bytes wide and one generator call gives their four dropout factors; else one (lenet5's
+// and mnist_fast's 5 x 5 pooled planes). kVec (kW = 4 only): every buffer is 16-byte aligned (the
+// offsets are multiples of 4 elements), so four elements are one float4/int4 access; else scalar
+// accesses (a view at an odd offset): the same values in the same order either way.
 __device__ __forceinline__ float element(const float4& v, int e) { return e == 0 ? v.x : e == 1 ? v.y : e == 2 ? v.z : v.w; }
 __device__ __forceinline__ int element(const int4& v, int e) { return e == 0 ? v.x : e == 1 ? v.y : e == 2 ? v.z : v.w; }
 
-template <bool kVec>
-__device__ __forceinline__ float4 load4(const float* p) {
-  if constexpr (kVec) return *reinterpret_cast<const float4*>(p);
-  return make_float4(p[0], p[1], p[2], p[3]);
-}
-template <bool kVec>
-__device__ __forceinline__ int4 load4(const int32_t* p) {
-  if constexpr (kVec) return *reinterpret_cast<const int4*>(p);
-  return make_int4(p[0], p[1], p[2], p[3]);
-}
-template <bool kVec>
-__device__ __forceinline__ void store4(float* p, const float4& v) {
+/// r[0, kN) = p[0, kN): kN / 4 16-byte loads with kVec, else kN scalar ones.
+template <int kN, bool kVec, typename T>
+__device__ __forceinline__ void load_run(const T* p, T (&r)[kN]) {
   if constexpr (kVec) {
-    *reinterpret_cast<float4*>(p) = v;
+    static_assert(kN % 4 == 0, "16-byte accesses move four elements");
+    using V = std::conditional_t<std::is_same_v<T, float>, float4, int4>;
+#pragma unroll
+    for (int v = 0; v < kN / 4; ++v) {
+      const V f = reinterpret_cast<const V*>(p)[v];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) r[4 * v + e] = element(f, e);
+    }
   } else {
-    p[0] = v.x, p[1] = v.y, p[2] = v.z, p[3] = v.w;
+#pragma unroll
+    for (int i = 0; i < kN; ++i) r[i] = p[i];
   }
 }
-template <bool kVec>
-__device__ __forceinline__ void store4(int32_t* p, const int4& v) {
+
+/// p[0, kN) = r[0, kN), as load_run reads.
+template <int kN, bool kVec, typename T>
+__device__ __forceinline__ void store_run(T* p, const T (&r)[kN]) {
   if constexpr (kVec) {
-    *reinterpret_cast<int4*>(p) = v;
+    static_assert(kN % 4 == 0, "16-byte accesses move four elements");
+#pragma unroll
+    for (int v = 0; v < kN / 4; ++v) {
+      if constexpr (std::is_same_v<T, float>)
+        reinterpret_cast<float4*>(p)[v] = make_float4(r[4 * v], r[4 * v + 1], r[4 * v + 2], r[4 * v + 3]);
+      else
+        reinterpret_cast<int4*>(p)[v] = make_int4(r[4 * v], r[4 * v + 1], r[4 * v + 2], r[4 * v + 3]);
+    }
   } else {
-    p[0] = v.x, p[1] = v.y, p[2] = v.z, p[3] = v.w;
+#pragma unroll
+    for (int i = 0; i < kN; ++i) p[i] = r[i];
+  }
+}
+
+/// The dropout's factors of flat outputs o to o + kW - 1 (o's place in its sample a multiple of kW).
+template <int kW>
+__device__ __forceinline__ void dropout_run(const FusedDropout& drop, long o, float (&factor)[kW]) {
+  if constexpr (kW == 4) {
+    const float4 f = dropout_factors4(drop, o);
+    factor[0] = f.x, factor[1] = f.y, factor[2] = f.z, factor[3] = f.w;
+  } else {
+#pragma unroll
+    for (int j = 0; j < kW; ++j) factor[j] = dropout_factor(drop, o + j);
   }
 }
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+/// Outputs a thread of the conv_pool kernels takes (kW): four where the rows allow it.
+int windows_per_thread(const PoolGeometry& g) { return g.ow % 4 == 0 ? 4 : 1; }
+
 // x + bias[channel], then the ReLU, then each window's first maximum in the CPU's scan order (row by
 // row), times the dropout's factor; where the dropout zeroed an output its argmax is stored as
 // ~offset (negative), so that the backward needs no generator. One launch covers planes
-// [plane0, plane0 + count / (oh ow / 4)): count, the launch's threads, fits an int.
-template <int kK, bool kVec>
+// [plane0, plane0 + count / (oh ow / kW)): count, the launch's threads, fits an int.
+template <int kK, int kW, bool kVec>
 __global__ void conv_pool_forward_kernel(const float* __restrict__ x, const float* __restrict__ bias, bool relu,
                                          float* __restrict__ y, int32_t* __restrict__ argmax, PoolGeometry g,
                                          int channels, FusedDropout drop, int plane0, int count) {
-  const int quads = g.ow / 4, t = blockIdx.x * blockDim.x + threadIdx.x;
+  const int runs = g.ow / kW, t = blockIdx.x * blockDim.x + threadIdx.x;
   if (t >= count) return;
-  const int row = t / quads, qx = t - row * quads, local = row / g.oh, oy = row - local * g.oh, plane = plane0 + local;
+  const int row = t / runs, qx = t - row * runs, local = row / g.oh, oy = row - local * g.oh, plane = plane0 + local;
   const float b = __ldg(bias + plane % channels);
-  const int first = oy * kK * g.w + qx * 4 * kK;  // the first window's top-left offset in the plane
+  const int first = oy * kK * g.w + qx * kW * kK;  // the first window's top-left offset in the plane
   const float* src = x + static_cast<long>(plane) * g.h * g.w + first;
-  float best[4];
-  int where[4];
+  float best[kW];
+  int where[kW];
 #pragma unroll
-  for (int j = 0; j < 4; ++j) best[j] = -INFINITY, where[j] = -1;
+  for (int j = 0; j < kW; ++j) best[j] = -INFINITY, where[j] = -1;
 #pragma unroll
-  for (int ky = 0; ky < kK; ++ky)
+  for (int ky = 0; ky < kK; ++ky) {
+    float r[kW * kK];
+    load_run<kW * kK, kVec>(src + ky * g.w, r);
 #pragma unroll
-    for (int v = 0; v < kK; ++v) {
-      const float4 f = load4<kVec>(src + ky * g.w + 4 * v);
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int c = 4 * v + e, j = c / kK;
-        float value = element(f, e) + b;
-        if (relu) value = value > 0.0f ? value : 0.0f;
-        if (value > best[j] || where[j] < 0) best[j] = value, where[j] = first + ky * g.w + c;
-      }
+    for (int c = 0; c < kW * kK; ++c) {
+      const int j = c / kK;
+      float value = r[c] + b;
+      if (relu) value = value > 0.0f ? value : 0.0f;
+      if (value > best[j] || where[j] < 0) best[j] = value, where[j] = first + ky * g.w + c;
     }
-  const long o = (static_cast<long>(plane) * g.oh + oy) * g.ow + qx * 4;
-  const float4 factor = dropout_factors4(drop, o);
-  store4<kVec>(y + o, make_float4(best[0] * factor.x, best[1] * factor.y, best[2] * factor.z, best[3] * factor.w));
-  store4<kVec>(argmax + o, make_int4(factor.x == 0.0f ? ~where[0] : where[0], factor.y == 0.0f ? ~where[1] : where[1],
-                                     factor.z == 0.0f ? ~where[2] : where[2], factor.w == 0.0f ? ~where[3] : where[3]));
+  }
+  const long o = (static_cast<long>(plane) * g.oh + oy) * g.ow + qx * kW;
+  float factor[kW];
+  dropout_run<kW>(drop, o, factor);
+  float out[kW];
+  int at[kW];
+#pragma unroll
+  for (int j = 0; j < kW; ++j) out[j] = best[j] * factor[j], at[j] = factor[j] == 0.0f ? ~where[j] : where[j];
+  store_run<kW, kVec>(y + o, out);
+  store_run<kW, kVec>(argmax + o, at);
 }
 
-// Block (channel, group of samples), thread per four neighbouring windows: it writes the windows
+// Block (channel, group of samples), thread per kW neighbouring windows: it writes the windows
 // whole (the gradient, times the dropout's scale, at the argmax; zeros elsewhere; all zeros where
 // the ReLU's output is not positive or the dropout zeroed the output) and sums their gradients;
 // threads are added by a shuffle tree, warps in order, groups by bias_grad_finish. A fixed order.
@@ -194,7 +223,9 @@ __global__ void conv_pool_forward_kernel(const float* __restrict__ x, const floa
 // + group, as bias_grad_finish reads them.
 constexpr int kConvPoolThreads = 256;
 
-int samples_per_block(const PoolGeometry& g) { return std::max(1, kConvPoolThreads / (g.oh * g.ow / 4)); }
+int samples_per_block(const PoolGeometry& g) {
+  return std::max(1, kConvPoolThreads / (g.oh * g.ow / windows_per_thread(g)));
+}
 
 /// Blocks along the batch (g.planes / channels samples): one bias-gradient partial each per channel.
 int sample_groups(const PoolGeometry& g, int channels) {
@@ -202,46 +233,43 @@ int sample_groups(const PoolGeometry& g, int channels) {
   return (n + samples - 1) / samples;
 }
 
-template <int kK, bool kVec>
+template <int kK, int kW, bool kVec>
 __global__ void __launch_bounds__(kConvPoolThreads) conv_pool_backward_kernel(
     const float* __restrict__ dy, const float* __restrict__ y, const int32_t* __restrict__ argmax, bool relu,
     float* __restrict__ dx, float* __restrict__ partial, PoolGeometry g, int n, int channels, int samples,
     int groups, float scale) {
   __shared__ float warp_sums[kConvPoolThreads / 32];
-  const int group = blockIdx.x / channels, c = blockIdx.x - group * channels, quads = g.ow / 4,
-            plane_quads = g.oh * quads;
+  const int group = blockIdx.x / channels, c = blockIdx.x - group * channels, runs = g.ow / kW,
+            plane_runs = g.oh * runs;
   float acc = 0.0f;
-  for (int t = threadIdx.x; t < samples * plane_quads; t += kConvPoolThreads) {
-    const int s = group * samples + t / plane_quads, q = t % plane_quads;
+  for (int t = threadIdx.x; t < samples * plane_runs; t += kConvPoolThreads) {
+    const int s = group * samples + t / plane_runs, q = t % plane_runs;
     if (s >= n) break;
     const long plane = static_cast<long>(s) * channels + c;
-    const int oy = q / quads, qx = q - oy * quads;
-    const long o = plane * g.oh * g.ow + oy * g.ow + qx * 4;
-    const int4 where = load4<kVec>(argmax + o);
-    const float4 grad_in = load4<kVec>(dy + o);
-    const float4 out = relu ? load4<kVec>(y + o) : make_float4(1.0f, 1.0f, 1.0f, 1.0f);
-    float grad[4];
-    int at[4];
+    const int oy = q / runs, qx = q - oy * runs;
+    const long o = plane * g.oh * g.ow + oy * g.ow + qx * kW;
+    int at[kW];
+    float grad[kW], out[kW] = {};
+    load_run<kW, kVec>(argmax + o, at);
+    load_run<kW, kVec>(dy + o, grad);
+    if (relu) load_run<kW, kVec>(y + o, out);
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      at[j] = element(where, j);
-      grad[j] = at[j] >= 0 && element(out, j) > 0.0f ? element(grad_in, j) * scale : 0.0f;
+    for (int j = 0; j < kW; ++j) {
+      grad[j] = at[j] >= 0 && (!relu || out[j] > 0.0f) ? grad[j] * scale : 0.0f;
       acc += grad[j];
     }
-    const int first = oy * kK * g.w + qx * 4 * kK;
+    const int first = oy * kK * g.w + qx * kW * kK;
     float* window = dx + plane * g.h * g.w + first;
 #pragma unroll
-    for (int ky = 0; ky < kK; ++ky)
+    for (int ky = 0; ky < kK; ++ky) {
+      float value[kW * kK];
 #pragma unroll
-      for (int v = 0; v < kK; ++v) {
-        float value[4];
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int cx = 4 * v + e, j = cx / kK;
-          value[e] = first + ky * g.w + cx == at[j] ? grad[j] : 0.0f;
-        }
-        store4<kVec>(window + ky * g.w + 4 * v, make_float4(value[0], value[1], value[2], value[3]));
+      for (int cx = 0; cx < kW * kK; ++cx) {
+        const int j = cx / kK;
+        value[cx] = first + ky * g.w + cx == at[j] ? grad[j] : 0.0f;
       }
+      store_run<kW * kK, kVec>(window + ky * g.w, value);
+    }
   }
   if (partial == nullptr) return;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -254,28 +282,28 @@ __global__ void __launch_bounds__(kConvPoolThreads) conv_pool_backward_kernel(
   partial[static_cast<long>(c) * groups + group] = total;
 }
 
-template <int kK, bool kVec>
+template <int kK, int kW, bool kVec>
 void launch_conv_pool(const float* x, const float* bias, bool relu, float* y, int32_t* argmax, const PoolGeometry& g,
                       int channels, const FusedDropout& drop, cudaStream_t stream) {
-  // Launches of at most INT_MAX - kPoolThreads threads (one per 4 outputs), whole planes each.
-  const long per_plane = static_cast<long>(g.oh) * (g.ow / 4);
+  // Launches of at most INT_MAX - kPoolThreads threads (one per kW outputs), whole planes each.
+  const long per_plane = static_cast<long>(g.oh) * (g.ow / kW);
   const long planes_per_launch = std::max(1L, (INT_MAX - kPoolThreads) / per_plane);
   for (long plane0 = 0; plane0 < g.planes; plane0 += planes_per_launch) {
     const int count = static_cast<int>(std::min<long>(planes_per_launch, g.planes - plane0) * per_plane);
-    conv_pool_forward_kernel<kK, kVec><<<(count + kPoolThreads - 1) / kPoolThreads, kPoolThreads, 0, stream>>>(
+    conv_pool_forward_kernel<kK, kW, kVec><<<(count + kPoolThreads - 1) / kPoolThreads, kPoolThreads, 0, stream>>>(
         x, bias, relu, y, argmax, g, channels, drop, static_cast<int>(plane0), count);
     CUDA_CHECK_LAUNCH();
   }
 }
 
-template <int kK, bool kVec>
+template <int kK, int kW, bool kVec>
 void launch_conv_pool_backward(const float* dy, const float* y, const int32_t* argmax, bool relu, float* dx,
                                float* partial, const PoolGeometry& g, int channels, float scale, cudaStream_t stream) {
   const int n = g.planes / channels, samples = samples_per_block(g), groups = sample_groups(g, channels);
   // channels * groups <= channels * n = g.planes: within grid.x's 2^31 - 1.
-  conv_pool_backward_kernel<kK, kVec><<<static_cast<unsigned>(channels) * static_cast<unsigned>(groups),
-                                        kConvPoolThreads, 0, stream>>>(dy, y, argmax, relu, dx, partial, g, n,
-                                                                       channels, samples, groups, scale);
+  conv_pool_backward_kernel<kK, kW, kVec><<<static_cast<unsigned>(channels) * static_cast<unsigned>(groups),
+                                            kConvPoolThreads, 0, stream>>>(dy, y, argmax, relu, dx, partial, g, n,
+                                                                           channels, samples, groups, scale);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -315,7 +343,7 @@ void maxpool_backward(const float* dy, const int32_t* argmax, float* dx, const P
 }
 
 bool conv_pool_fits(const PoolGeometry& g) {
-  return g.planes >= 1 && pool_tiles_exactly(g) && g.k >= 2 && g.k <= 3 && g.oh >= 1 && g.ow >= 4 && g.ow % 4 == 0 &&
+  return g.planes >= 1 && pool_tiles_exactly(g) && g.k >= 2 && g.k <= 3 && g.oh >= 1 && g.ow >= 1 &&
          static_cast<long>(g.h) * g.w <= INT_MAX;
 }
 
@@ -332,11 +360,13 @@ void require_conv_pool(const PoolGeometry& g, int channels, const char* what) {
 void conv_pool_forward(const float* x, const float* bias, bool relu, float* y, int32_t* argmax, const PoolGeometry& g,
                        int channels, const FusedDropout& drop, cudaStream_t stream) {
   require_conv_pool(g, channels, "conv_pool_forward");
-  const bool vec = aligned16(x) && aligned16(y) && aligned16(argmax);
-  if (g.k == 2 && vec) return launch_conv_pool<2, true>(x, bias, relu, y, argmax, g, channels, drop, stream);
-  if (g.k == 2) return launch_conv_pool<2, false>(x, bias, relu, y, argmax, g, channels, drop, stream);
-  if (vec) return launch_conv_pool<3, true>(x, bias, relu, y, argmax, g, channels, drop, stream);
-  launch_conv_pool<3, false>(x, bias, relu, y, argmax, g, channels, drop, stream);
+  const bool four = windows_per_thread(g) == 4, vec = four && aligned16(x) && aligned16(y) && aligned16(argmax);
+  if (g.k == 2 && vec) return launch_conv_pool<2, 4, true>(x, bias, relu, y, argmax, g, channels, drop, stream);
+  if (g.k == 2 && four) return launch_conv_pool<2, 4, false>(x, bias, relu, y, argmax, g, channels, drop, stream);
+  if (g.k == 2) return launch_conv_pool<2, 1, false>(x, bias, relu, y, argmax, g, channels, drop, stream);
+  if (vec) return launch_conv_pool<3, 4, true>(x, bias, relu, y, argmax, g, channels, drop, stream);
+  if (four) return launch_conv_pool<3, 4, false>(x, bias, relu, y, argmax, g, channels, drop, stream);
+  launch_conv_pool<3, 1, false>(x, bias, relu, y, argmax, g, channels, drop, stream);
 }
 
 size_t conv_pool_backward_scratch(const PoolGeometry& g, int channels) {
@@ -349,15 +379,20 @@ void conv_pool_backward(const float* dy, const float* y, const int32_t* argmax, 
   require_conv_pool(g, channels, "conv_pool_backward");
   float* partial = db != nullptr ? scratch : nullptr;
   const float scale = drop.active() ? drop.scale : 1.0f;
-  const bool vec = aligned16(dy) && (!relu || aligned16(y)) && aligned16(argmax) && aligned16(dx);
+  const bool four = windows_per_thread(g) == 4,
+             vec = four && aligned16(dy) && (!relu || aligned16(y)) && aligned16(argmax) && aligned16(dx);
   if (g.k == 2 && vec)
-    launch_conv_pool_backward<2, true>(dy, y, argmax, relu, dx, partial, g, channels, scale, stream);
+    launch_conv_pool_backward<2, 4, true>(dy, y, argmax, relu, dx, partial, g, channels, scale, stream);
+  else if (g.k == 2 && four)
+    launch_conv_pool_backward<2, 4, false>(dy, y, argmax, relu, dx, partial, g, channels, scale, stream);
   else if (g.k == 2)
-    launch_conv_pool_backward<2, false>(dy, y, argmax, relu, dx, partial, g, channels, scale, stream);
+    launch_conv_pool_backward<2, 1, false>(dy, y, argmax, relu, dx, partial, g, channels, scale, stream);
   else if (vec)
-    launch_conv_pool_backward<3, true>(dy, y, argmax, relu, dx, partial, g, channels, scale, stream);
+    launch_conv_pool_backward<3, 4, true>(dy, y, argmax, relu, dx, partial, g, channels, scale, stream);
+  else if (four)
+    launch_conv_pool_backward<3, 4, false>(dy, y, argmax, relu, dx, partial, g, channels, scale, stream);
   else
-    launch_conv_pool_backward<3, false>(dy, y, argmax, relu, dx, partial, g, channels, scale, stream);
+    launch_conv_pool_backward<3, 1, false>(dy, y, argmax, relu, dx, partial, g, channels, scale, stream);
   if (db == nullptr) return;
   bias_grad_finish(scratch, sample_groups(g, channels), channels, db, stream);
 }

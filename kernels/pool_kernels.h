@@ -31,11 +31,12 @@ void maxpool_backward(const float* dy, const int32_t* argmax, float* dx, const P
 // samples x `channels`.
 
 /// Whether conv_pool_forward and conv_pool_backward serve g: windows of 2 or 3 that tile the plane
-/// (stride = kernel, no padding, h = oh k, w = ow k), oh >= 1, rows of outputs a multiple of 4 long
-/// (ow >= 4; each thread takes four), h w <= INT_MAX (argmax holds offsets in the plane), planes >= 1.
-/// Independent of the batch: any number of planes (int) is served, so a check at batch 1 holds at
-/// every batch. Buffers that are all 16-byte aligned get 16-byte accesses, others scalar ones (the
-/// same results). The functions also need planes = samples x `channels`.
+/// (stride = kernel, no padding, h = oh k, w = ow k), oh, ow >= 1, h w <= INT_MAX (argmax holds
+/// offsets in the plane), planes >= 1. Independent of the batch: any number of planes (int) is
+/// served, so a check at batch 1 holds at every batch. Where rows of outputs are a multiple of 4
+/// long a thread takes four outputs, with 16-byte accesses where the buffers are all 16-byte
+/// aligned (else scalar ones: the same results); otherwise one. The functions also need planes =
+/// samples x `channels`.
 bool conv_pool_fits(const PoolGeometry& g);
 /// maxpool_forward of x + bias[channel], after a ReLU when relu is set: the convolution's bias,
 /// ReLU, pooling and dropout in one pass; the pre-pool values are never stored. Where the dropout

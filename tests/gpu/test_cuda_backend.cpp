@@ -417,18 +417,26 @@ TEST_F(CudaBackend, AbsorbedDropoutMatchesCpuLayersInSequence) {
 }
 
 // A convolution that absorbed the ReLU, max pooling and dropout after it (the CUDA model does this
-// for conv2: one pass for bias, ReLU, pooling and dropout, one for their backward) equals the CPU's
-// four layers run one after the other. Planes of 8 x 8 pooled by 2: few windows, so a near-tie that
-// GPU and CPU rounding could break differently is unlikely.
+// for mnist_cnn's conv2, and lenet5's and mnist_fast's: one pass for bias, ReLU, pooling and dropout,
+// one for their backward) equals the CPU's four layers run one after the other. Planes of 8 x 8
+// pooled by 2, four outputs a thread, and lenet5's conv2 (10 x 10 pooled to 5 x 5: rows of 5, one
+// output a thread): few windows, so a near-tie that GPU and CPU rounding could break differently is
+// unlikely.
 TEST_F(CudaBackend, ConvAbsorbingReluPoolDropoutMatchesCpuLayersInSequence) {
-  LayerConfig conv = layer("conv2d"), pool = layer("maxpool2d"), drop = layer("dropout");
-  conv.out_channels = 64;
-  conv.kernel = 3;
-  pool.kernel = pool.stride = 2;
-  drop.p = 0.25;
-  const int drop_index = 5;
-  const Dims in{32, 10, 10};
-  for (int n : {3, 1}) {
+  struct Case {
+    Dims in;
+    int out_channels, kernel, n;
+  };
+  for (const Case& shape : {Case{{32, 10, 10}, 64, 3, 3}, Case{{32, 10, 10}, 64, 3, 1}, Case{{6, 14, 14}, 16, 5, 3},
+                            Case{{6, 14, 14}, 16, 5, 1}}) {
+    const int n = shape.n;
+    LayerConfig conv = layer("conv2d"), pool = layer("maxpool2d"), drop = layer("dropout");
+    conv.out_channels = shape.out_channels;
+    conv.kernel = shape.kernel;
+    pool.kernel = pool.stride = 2;
+    drop.p = 0.25;
+    const int drop_index = 5;
+    const Dims in = shape.in;
     auto cc = make_layer<float>(conv, 2, in, Device::Cpu);
     auto cg = make_layer<float>(conv, 2, in, Device::Cuda);
     auto pc = make_layer<float>(pool, 4, cc->output_dims(), Device::Cpu);
@@ -450,10 +458,11 @@ TEST_F(CudaBackend, ConvAbsorbingReluPoolDropoutMatchesCpuLayersInSequence) {
     for (size_t i = 0; i < masked.size(); ++i) masked[i] = relu_out[i] > 0.0f ? masked[i] : 0.0f;
     const LayerRun want = run_layer(cpu_, *cc, params, x, masked, n, Phase::Train);
     const LayerRun got = run_layer(*gpu_, *cg, params, x, dy, n, Phase::Train);
-    EXPECT_LE(rel(got.out, dropped.out), 1e-5) << "forward, n=" << n;
-    EXPECT_LE(rel(got.din, want.din), 1e-5) << "input gradient, n=" << n;
-    EXPECT_LE(rel(got.grads, want.grads), 1e-5) << "parameter gradients, n=" << n;
-    EXPECT_LE(rel(run_layer(*gpu_, *cg, params, x, dy, n, Phase::Eval).out, pooled), 1e-5) << "eval, n=" << n;
+    EXPECT_LE(rel(got.out, dropped.out), 1e-5) << "forward, " << in.c << " channels, n=" << n;
+    EXPECT_LE(rel(got.din, want.din), 1e-5) << "input gradient, " << in.c << " channels, n=" << n;
+    EXPECT_LE(rel(got.grads, want.grads), 1e-5) << "parameter gradients, " << in.c << " channels, n=" << n;
+    EXPECT_LE(rel(run_layer(*gpu_, *cg, params, x, dy, n, Phase::Eval).out, pooled), 1e-5)
+        << "eval, " << in.c << " channels, n=" << n;
   }
 }
 

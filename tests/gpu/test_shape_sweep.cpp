@@ -2091,8 +2091,9 @@ void run_pool_shape(Sweep& sw, const sweep::PoolShape& s, int index, uint64_t se
               [&] { kernels::maxpool_backward(gdy.data(), argmax.data(), dx.data(), g, drop, st); });
     sw.flush();
   }
-  // conv_pool_forward/backward: on this shape where its guard admits it, and for a tiling window
-  // of 2 or 3 on the nearest plane whose pooled rows are a multiple of 4 long (inside its family).
+  // conv_pool_forward/backward: on this shape where its guard admits it (one output a thread where
+  // pooled rows are not a multiple of 4 long), and for a tiling window of 2 or 3 on the nearest plane
+  // whose pooled rows are (four outputs a thread, 16-byte accesses).
   std::vector<std::pair<kernels::PoolGeometry, std::string>> fused;
   if (kernels::conv_pool_fits(g)) fused.push_back({g, where});
   if (s.tiles() && (s.k == 2 || s.k == 3)) {
