@@ -2,7 +2,7 @@
 // seeded random shapes (tests/sweep/shape_sweep.h) and compared with the CPU backend.
 //
 // What runs, per shape:
-// - Convolutions (ShapeSweep.Conv, ShapeSweep.ConvLargeBatch): forward, input gradient and filter
+// - Convolutions (ShapeSweep.Conv, ShapeSweep.ConvLargeBatch, ShapeSweep.ConvTensorCoreFilterManyBlocks): forward, input gradient and filter
 //   and bias gradient by dptrain's direct kernels (where direct_conv_fits(c, k), as the planner
 //   asks), the register-tiled kernels (tiled_conv_fits), the tensor-core kernels in 3xTF32 and in
 //   TF32 (mma_conv_fits), the small kernels (small_conv_fits, where the direct ones are not asked),
@@ -59,7 +59,8 @@
 // seconds.
 //
 // Modes. The default runs a fixed subset: 56 convolutions of at most 2e9 FLOP per pass and 2^26
-// elements per tensor, 6 more at batches 1024-8192 with at most 16 channels, 40 linear shapes, 32
+// elements per tensor, 6 more at batches 1024-8192 with at most 16 channels, 4 fixed ones where the
+// tensor-core filter gradient takes more than its least block count (in every mode), 40 linear shapes, 32
 // losses, 36 poolings, 31 dropouts, 6 gathers and 33 optimizer runs (one past the optimizer kernels'
 // grid cap, 134M elements): estimated at 20-45 s on an H200 host with 16 cores (not yet measured;
 // most of it the convolutions' 70-odd implementation runs each). DPTRAIN_SWEEP=long runs thousands
@@ -1401,6 +1402,31 @@ TEST_F(ShapeSweep, Conv) {
     for (size_t i = 0; i < indices.size(); ++i) indices[i] = static_cast<int>(i);
     conv_sweep(sw, seed, shapes, indices);
   }
+  sw.finish();
+}
+
+// The tensor-core filter gradient past its least block count: one block per 24 units of 96 positions
+// above 3,072 units (kernels/conv_mma.cu), which no drawn shape reaches (the FLOP caps above keep
+// them under about 1,100 units). Fixed shapes, as sweep shapes of the 3x3 family: mnist_cnn's conv2
+// at 520 samples (130 blocks) and 1000 (250), a 32-channel plane at 1100 samples (595, clamped to 512),
+// and 64 -> 64 channels (two tiles: 72 chunks of two). About 10 GMAC a pass each, so a few seconds
+// of CPU reference each; every implementation that serves the shape is checked, as in the sweep.
+TEST_F(ShapeSweep, ConvTensorCoreFilterManyBlocks) {
+  const uint64_t seed = sweep_seed(10);
+  const auto conv3x3 = [](int n, int c, int side, int oc, int pad) {
+    sweep::ConvShape s;
+    s.n = n, s.c = c, s.h = s.w = side, s.oc = oc, s.k = 3, s.pad = pad;
+    return s;
+  };
+  const std::vector<sweep::ConvShape> shapes = {conv3x3(520, 32, 26, 64, 0), conv3x3(1000, 32, 26, 64, 0),
+                                                conv3x3(1100, 32, 34, 32, 1), conv3x3(700, 64, 20, 64, 1)};
+  std::vector<int> indices;  // in the 3x3 family's place of the seeded list, far past the drawn shapes
+  for (size_t i = 0; i < shapes.size(); ++i) {
+    ASSERT_TRUE(kernels::mma_conv_fits(geometry(shapes[i]))) << shapes[i].str();
+    indices.push_back(static_cast<int>(sweep::kConvFamilies * (100000 + i)) + static_cast<int>(sweep::ConvFamily::Fast3x3));
+  }
+  Sweep sw("conv-mma-filter-blocks", seed);
+  conv_sweep(sw, seed, shapes, indices);
   sw.finish();
 }
 
