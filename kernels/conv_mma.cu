@@ -29,13 +29,15 @@ constexpr int kFilterChannels = 32;  // filter gradient: input channels per bloc
 constexpr int kUnit = 96;            // filter gradient: positions per unit (12 k8 steps)
 constexpr int kUnitStride = kUnit + 4;  // staged dy row: 4 mod 32 floats, so A fragments hit 32 banks
 // Filter gradient: the number of blocks is a function of the shape only (never of the GPU), so the summation order and
-// the result are the same on every GPU. One block per kUnitsPerFilterBlock units of the batch, at least
-// kMinFilterBlocks and at most kMaxFilterBlocks. Below about 3,000 units (mnist_cnn's conv2 at 512 samples) the blocks
-// are short already and more of them only add partial sums to the finish and lose to cuDNN's pair at batch 257; above
-// it, more and shorter blocks retire sooner and let the input gradient running beside them onto the SMs (H100,
-// mnist_cnn tf32: -2.5% a step at batch 1000 with 256 blocks, -2.8% at 8192 with 512). Monotone in the batch, so the
-// scratch of the largest batch serves every smaller one.
-constexpr int kMinFilterBlocks = 128, kMaxFilterBlocks = 512, kUnitsPerFilterBlock = 24;
+// the result are the same on every GPU. Blocks are long-lived (one an SM), so counts past one wave of an H100's or
+// H200's 132 SMs pay for a partial wave: 128 blocks (one wave) up to 6,000 units, 256 (two) up to 12,288, then 512
+// (four). More, shorter blocks retire sooner and let the input gradient running beside them onto the SMs (H100, mnist_cnn
+// tf32: -1.3 to -2.5% a step at batch 1000 with 250 or 256 blocks, -3.5% at 2048 and -2.8% at 8192 with 512); below
+// 6,000 units they only add partial sums to the finish: at batch 257, 256 blocks made the step 7% slower, and at 608
+// the pair with 152 blocks (a second wave of 24) lost to cuDNN's pair (674 us) where 128 blocks' took 609 us. Monotone
+// in the batch, so the scratch of the largest batch serves every smaller one.
+constexpr int kFilterBlocksOneWave = 128, kFilterBlocksTwoWaves = 256, kFilterBlocksFourWaves = 512;
+constexpr long long kUnitsForTwoWaves = 6000, kUnitsForFourWaves = 12288;
 constexpr int kFilterTotals = 2 * 9 * 4;  // filter gradient: a thread's float32 totals (2 x 9 fragments of 4)
 
 __device__ __forceinline__ uint32_t tf32_bits(float v) {
@@ -540,8 +542,10 @@ FilterTiling filter_tiling(const ConvGeometry& g) {
   t.units_per_sample = (g.oh * g.ow + kUnit - 1) / kUnit;
   const int tiles = (g.c / kFilterChannels) * (g.oc / (32 * filter_warps_m(g)));
   const long long units = static_cast<long long>(g.n) * t.units_per_sample;
-  const long long blocks = std::clamp<long long>(units / kUnitsPerFilterBlock, kMinFilterBlocks, kMaxFilterBlocks);
-  t.chunks = static_cast<int>(std::max(1LL, std::min(units, blocks / tiles)));
+  const int blocks = units >= kUnitsForFourWaves  ? kFilterBlocksFourWaves
+                     : units >= kUnitsForTwoWaves ? kFilterBlocksTwoWaves
+                                                  : kFilterBlocksOneWave;
+  t.chunks = static_cast<int>(std::max(1LL, std::min(units, static_cast<long long>(blocks / tiles))));
   return t;
 }
 
