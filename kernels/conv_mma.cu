@@ -32,10 +32,10 @@ constexpr int kUnitStride = kUnit + 4;  // staged dy row: 4 mod 32 floats, so A 
 // the result are the same on every GPU. Blocks are long-lived (one an SM), so counts past one wave of an H100's or
 // H200's 132 SMs pay for a partial wave: 128 blocks (one wave) up to 6,000 units, 256 (two) up to 12,288, then 512
 // (four). More, shorter blocks retire sooner and let the input gradient running beside them onto the SMs (H100, mnist_cnn
-// tf32: -1.3 to -2.5% a step at batch 1000 with 250 or 256 blocks, -3.5% at 2048 and -2.8% at 8192 with 512); below
-// 6,000 units they only add partial sums to the finish: at batch 257, 256 blocks made the step 7% slower, and at 608
-// the pair with 152 blocks (a second wave of 24) lost to cuDNN's pair (674 us) where 128 blocks' took 609 us. Monotone
-// in the batch, so the scratch of the largest batch serves every smaller one.
+// tf32, a step: -1.3 to -2.5% at batch 1000 with 250 or 256 blocks, -1.2 to -3.5% at 2048 and -2.5 to -2.8% at 8192
+// with 512); below 6,000 units they only add partial sums to the finish: at batch 257, 256 blocks made the step 7%
+// slower, and at 608 the pair with 152 blocks (a second wave of 24) lost to cuDNN's pair (674 us) where 128 blocks'
+// took 609 us. Monotone in the batch, so the scratch of the largest batch serves every smaller one.
 constexpr int kFilterBlocksOneWave = 128, kFilterBlocksTwoWaves = 256, kFilterBlocksFourWaves = 512;
 constexpr long long kUnitsForTwoWaves = 6000, kUnitsForFourWaves = 12288;
 constexpr int kFilterTotals = 2 * 9 * 4;  // filter gradient: a thread's float32 totals (2 x 9 fragments of 4)

@@ -2,7 +2,8 @@
 // seeded random shapes (tests/sweep/shape_sweep.h) and compared with the CPU backend.
 //
 // What runs, per shape:
-// - Convolutions (ShapeSweep.Conv, ShapeSweep.ConvLargeBatch, ShapeSweep.ConvTensorCoreFilterManyBlocks): forward, input gradient and filter
+// - Convolutions (ShapeSweep.Conv, ShapeSweep.ConvLargeBatch,
+//   ShapeSweep.ConvTensorCoreFilterManyBlocks): forward, input gradient and filter
 //   and bias gradient by dptrain's direct kernels (where direct_conv_fits(c, k), as the planner
 //   asks), the register-tiled kernels (tiled_conv_fits), the tensor-core kernels in 3xTF32 and in
 //   TF32 (mma_conv_fits), the small kernels (small_conv_fits, where the direct ones are not asked),
