@@ -1,20 +1,22 @@
-// A probe, not product code: what could a fused small-network training step do for issue 20's 70%
-// line at lenet5's batch 257? The layered step runs 27 graph nodes there, 21 of them dependent, and
-// its fixed cost (about 79 us) is what the line cannot afford (docs/BENCHMARKS.md, twenty-second
-// session). This file runs lenet5's whole step in three kernels:
-//   1. sample_kernel: one block per S samples runs the forward, the loss and the input-gradient path
-//      (linear layers, conv2's pooled gradient, conv2's input gradient masked by conv1's ReLU and
-//      pooling) in shared memory, and saves what the weight gradients need;
-//   2. partial_kernel: the weight and bias gradients of all five layers as partial sums over chunks
-//      of samples, one block per (task, chunk), in a fixed order (no atomics);
-//   3. update_kernel: one thread per parameter sums the chunks in order and applies SGD with
-//      Nesterov momentum and weight decay (lenet5's recipe) - or, for the check, writes the gradient.
-// It checks the loss and every gradient against a double-precision host reference, then times
-// each kernel and the three-kernel graph at several batch sizes. Kernels 1 and 2 are first drafts:
-// the timings say where the time goes, not how fast a fused step can be. Not built by CMake.
+// A probe, not product code: lenet5's whole training step in four kernels plus the update, for issue
+// 20's 70% line at batch 257 (docs/BENCHMARKS.md). The twenty-second session's three-kernel probe
+// ran each sample's linear layers in its own block: every block read all 236 KB of weights from
+// L2 (24 us of its 65 at 257). Here:
+//   1. conv_forward: a block per sample: conv1 + ReLU + pool, conv2 + ReLU + pool (pooled values and
+//      argmaxes to global memory);
+//   2. head: a cluster of 8 blocks per 16 samples runs the linear layers forward, the loss and the
+//      linear layers backward. Block k keeps slice k of every layer's rows (forward, weight
+//      gradient) and of its columns (input gradient) in shared memory and pushes its outputs to the
+//      other 7 blocks' shared memory (distributed shared memory), so the cluster reads the weights
+//      from L2 once. Weight gradients go out as per-cluster partial sums;
+//   3. conv_backward: a block per group of samples (at most 264 blocks, a function of n alone):
+//      conv2's weight and input gradients, conv1's weight gradient, accumulated over its samples;
+//   4. finish: every gradient summed over the partials in a fixed order; the loss sums;
+// then SGD with Nesterov momentum and weight decay (lenet5's recipe).
+// Every sum has a fixed order, so the result is the same on every run and GPU.
 //
-// Build and run on the device machine:
 //   nvcc -O3 -arch=sm_90 -std=c++17 bench/fused_lenet5_step_probe.cu -o /tmp/probe && /tmp/probe
+#include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -22,7 +24,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <random>
+#include <string>
 #include <vector>
+
+namespace cg = cooperative_groups;
 
 #define CK(x)                                                                                   \
   do {                                                                                          \
@@ -35,63 +40,46 @@
 
 namespace {
 
-constexpr int kIn = 28, kPadIn = 32;        // conv1: 1 -> 6, 5x5, pad 2: 28x28, pooled to 14x14
+constexpr int kIn = 28, kPadIn = 32;  // conv1: 1 -> 6, 5x5, pad 2: 28x28, pooled to 14x14
 constexpr int kC1 = 6, kP1 = 14, kQ1 = kP1 * kP1;
 constexpr int kC2 = 16, kP2 = 5;  // conv2: 6 -> 16, 5x5: 14 -> 10, pooled to 5x5
-constexpr int kF0 = kC2 * kP2 * kP2;        // 400
+constexpr int kF0 = kC2 * kP2 * kP2;  // 400
 constexpr int kF1 = 120, kF2 = 84, kF3 = 10;
 
 // The flat parameter buffer, in PyTorch's state_dict order.
 constexpr int kW1 = 0, kB1 = kW1 + kC1 * 25, kW2 = kB1 + kC1, kB2 = kW2 + kC2 * kC1 * 25, kW3 = kB2 + kC2,
               kB3 = kW3 + kF1 * kF0, kW4 = kB3 + kF1, kB4 = kW4 + kF2 * kF1, kW5 = kB4 + kF2, kB5 = kW5 + kF3 * kF2,
               kParams = kB5 + kF3;  // 61,706
+constexpr int kConvParams = kW3;    // 2,572: conv1's and conv2's weights and biases
+constexpr int kLinParams = kParams - kConvParams;
 
-// What sample_kernel saves a sample (floats): pool1's output and its masked gradient, pool2's output
-// and its masked gradient, fc1's and fc2's outputs and masked gradients, dlogits; and the argmax
-// bytes of both poolings.
-constexpr int kSP1 = 0, kSDP1 = kSP1 + kC1 * kQ1, kSP2 = kSDP1 + kC1 * kQ1, kSDP2 = kSP2 + kF0, kSH1 = kSDP2 + kF0,
-              kSDH1 = kSH1 + kF1, kSH2 = kSDH1 + kF1, kSDH2 = kSH2 + kF2, kSD3 = kSDH2 + kF2, kSaved = kSD3 + kF3 + 2;
-constexpr int kArg = kC1 * kQ1 + kF0;  // bytes: pool1's, then pool2's
-
-struct SampleSmem {
+// ---------------------------------------------------------------- 1. conv forward
+constexpr int kConvThreads = 512;
+struct ConvFwdSmem {
+  float cw[kConvParams];
   float x[kPadIn * kPadIn];
   float p1[kC1 * kQ1];
-  float p2[kF0];
-  float h1[kF1], h2[kF2], lg[kF3];
-  float dh2[kF2], dh1[kF1], dp2[kF0];
-  float dc2[kC2 * 18 * 18];  // conv2's gradient before pooling, 4 zeros on each side
-  unsigned char a1[kC1 * kQ1], a2[kF0];
+  float4 part[2][kF0];
 };
-constexpr int kConvWeights = kB2 + kC2 + 4;  // conv weights and biases staged first, rounded up to 4 floats
 
-template <int S, int kThreads>
-__global__ void __launch_bounds__(kThreads) sample_kernel(const float* __restrict__ x, const int* __restrict__ labels,
-                                                          const float* __restrict__ P, float* __restrict__ saved,
-                                                          unsigned char* __restrict__ argmax, float* __restrict__ losses,
-                                                          int n) {
+__global__ void __launch_bounds__(kConvThreads) conv_forward_kernel(const float* __restrict__ xg, const float* __restrict__ P,
+                                                                     float* __restrict__ p1g, unsigned char* __restrict__ a1g,
+                                                                     float* __restrict__ p2g, unsigned char* __restrict__ a2g) {
   extern __shared__ float4 smem4[];
-  float* cw = reinterpret_cast<float*>(smem4);
-  const float *w1 = cw + kW1, *b1 = cw + kB1, *w2 = cw + kW2, *b2 = cw + kB2;
-  SampleSmem* sm = reinterpret_cast<SampleSmem*>(cw + kConvWeights);
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, warps = kThreads / 32;
-  const int first = blockIdx.x * S;
-  const int count = min(S, n - first);
-
-  for (int i = tid; i < kB2 + kC2; i += kThreads) cw[i] = P[i];
-  for (int i = tid; i < S * kPadIn * kPadIn; i += kThreads) {
-    const int s = i / (kPadIn * kPadIn), q = i % (kPadIn * kPadIn), y = q / kPadIn - 2, xx = q % kPadIn - 2;
-    float v = 0.0f;
-    if (s < count && y >= 0 && y < kIn && xx >= 0 && xx < kIn) v = x[static_cast<size_t>(first + s) * kIn * kIn + y * kIn + xx];
-    sm[s].x[q] = v;
+  ConvFwdSmem& sm = *reinterpret_cast<ConvFwdSmem*>(smem4);
+  const int tid = threadIdx.x, s = blockIdx.x;
+  for (int i = tid; i < kConvParams; i += kConvThreads) sm.cw[i] = P[i];
+  for (int q = tid; q < kPadIn * kPadIn; q += kConvThreads) {
+    const int y = q / kPadIn - 2, xx = q % kPadIn - 2;
+    sm.x[q] = (y >= 0 && y < kIn && xx >= 0 && xx < kIn) ? xg[static_cast<size_t>(s) * kIn * kIn + y * kIn + xx] : 0.0f;
   }
-  for (int i = tid; i < S * kC2 * 18 * 18; i += kThreads) sm[i / (kC2 * 324)].dc2[i % (kC2 * 324)] = 0.0f;
   __syncthreads();
-
-  // conv1 + ReLU + 2x2 max pooling: one pooled output a thread (6 rows of 6 inputs, four sums).
-  for (int i = tid; i < S * kC1 * kQ1; i += kThreads) {
-    const int s = i / (kC1 * kQ1), r = i % (kC1 * kQ1), c = r / kQ1, py = (r / kP1) % kP1, px = r % kP1;
+  const float *w1 = sm.cw + kW1, *b1 = sm.cw + kB1, *w2 = sm.cw + kW2, *b2 = sm.cw + kB2;
+  // conv1 + ReLU + 2x2 max pooling: one pooled output a thread (a 6x6 patch, four sums).
+  for (int r = tid; r < kC1 * kQ1; r += kConvThreads) {
+    const int c = r / kQ1, py = (r / kP1) % kP1, px = r % kP1;
     float acc[4] = {0, 0, 0, 0};
-    const float* xs = sm[s].x + (2 * py) * kPadIn + 2 * px;
+    const float* xs = sm.x + (2 * py) * kPadIn + 2 * px;
     const float* wc = w1 + c * 25;
 #pragma unroll
     for (int ky = 0; ky < 6; ++ky) {
@@ -117,20 +105,20 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const float* __restric
 #pragma unroll
     for (int k = 1; k < 4; ++k)
       if (acc[k] > m) m = acc[k], a = k;
-    sm[s].p1[r] = fmaxf(m + b1[c], 0.0f);
-    sm[s].a1[r] = static_cast<unsigned char>(a);
+    const float v = fmaxf(m + b1[c], 0.0f);
+    sm.p1[r] = v;
+    p1g[static_cast<size_t>(s) * (kC1 * kQ1) + r] = v;
+    a1g[static_cast<size_t>(s) * (kC1 * kQ1) + r] = static_cast<unsigned char>(a);
   }
   __syncthreads();
-
-  // conv2 + ReLU + 2x2 max pooling: one pooled output a thread.
-  for (int i = tid; i < S * kF0; i += kThreads) {
-    const int s = i / kF0, r = i % kF0, o = r / 25, py = (r / 5) % 5, px = r % 5;
+  // conv2: the four sums of each pooled output over half the input channels, a thread each.
+  for (int i = tid; i < 2 * kF0; i += kConvThreads) {
+    const int h = i / kF0, r = i % kF0, o = r / 25, py = (r / 5) % 5, px = r % 5;
     float acc[4] = {0, 0, 0, 0};
-    const float* wo = w2 + o * kC1 * 25;
 #pragma unroll 1
-    for (int c = 0; c < kC1; ++c) {
-      const float* pc = sm[s].p1 + c * kQ1 + 2 * py * kP1 + 2 * px;
-      const float* wc = wo + c * 25;
+    for (int c = 3 * h; c < 3 * h + 3; ++c) {
+      const float* pc = sm.p1 + c * kQ1 + 2 * py * kP1 + 2 * px;
+      const float* wc = w2 + (o * kC1 + c) * 25;
 #pragma unroll
       for (int ky = 0; ky < 6; ++ky) {
         float row[6];
@@ -151,274 +139,387 @@ __global__ void __launch_bounds__(kThreads) sample_kernel(const float* __restric
         }
       }
     }
+    sm.part[h][r] = make_float4(acc[0], acc[1], acc[2], acc[3]);
+  }
+  __syncthreads();
+  for (int r = tid; r < kF0; r += kConvThreads) {
+    const float4 u = sm.part[0][r], v = sm.part[1][r];
+    const float acc[4] = {u.x + v.x, u.y + v.y, u.z + v.z, u.w + v.w};
     int a = 0;
     float m = acc[0];
 #pragma unroll
     for (int k = 1; k < 4; ++k)
       if (acc[k] > m) m = acc[k], a = k;
-    sm[s].p2[r] = fmaxf(m + b2[o], 0.0f);
-    sm[s].a2[r] = static_cast<unsigned char>(a);
+    p2g[static_cast<size_t>(s) * kF0 + r] = fmaxf(m + b2[r / 25], 0.0f);
+    a2g[static_cast<size_t>(s) * kF0 + r] = static_cast<unsigned char>(a);
   }
-  __syncthreads();
+}
 
-  // Linear layers: a warp per output row, lanes along the row (a row read once for the S samples).
-  auto dense = [&](const float* __restrict__ Wm, const float* __restrict__ b, int outs, int ins, auto in_of, auto out_of,
-                   bool relu) {
-    for (int j = warp; j < outs; j += warps) {
-      float acc[S];
+// ---------------------------------------------------------------- 2. the linear head, a cluster per 16 samples
+constexpr int kCluster = 8, kHeadSamples = 16, kHeadThreads = 512, kHeadWarps = kHeadThreads / 32;
+struct Slice {
+  int begin, end;
+};
+__host__ __device__ constexpr Slice slice(int total, int k) { return {k * total / kCluster, (k + 1) * total / kCluster}; }
+constexpr int max_slice(int total) {
+  int m = 0;
+  for (int k = 0; k < kCluster; ++k) m = slice(total, k).end - slice(total, k).begin > m ? slice(total, k).end - slice(total, k).begin : m;
+  return m;
+}
+constexpr int kR1 = max_slice(kF1), kK1 = max_slice(kF0);  // fc1: 15 rows, 50 columns a block
+constexpr int kR2 = max_slice(kF2), kK2 = max_slice(kF1);  // fc2: 11, 15
+constexpr int kR3 = max_slice(kF3), kK3 = max_slice(kF2);  // fc3: 2, 11
+struct HeadSmem {
+  float w1r[kR1 * kF0], b1r[kR1 + 1], w1c[kF1 * kK1];
+  float w2r[kR2 * kF1], b2r[kR2 + 1], w2c[kF2 * kK2];
+  float w3r[kR3 * kF2], b3r[kR3 + 2], w3c[kF3 * kK3 + 2];
+  float x0[kHeadSamples * kF0], h1[kHeadSamples * kF1], h2[kHeadSamples * kF2], lg[kHeadSamples * kF3];
+  float dh2[kHeadSamples * kF2], dh1[kHeadSamples * kF1];
+};
+
+// The warp's sums of acc[0..15] over its lanes: lane L returns the sum of acc[L / 2] (16 shuffles,
+// a fixed order).
+__device__ __forceinline__ float warp_sum16(float (&acc)[16], int lane) {
 #pragma unroll
-      for (int s = 0; s < S; ++s) acc[s] = 0.0f;
-#pragma unroll 4
-      for (int i = lane; i < ins; i += 32) {
-        const float w = __ldg(Wm + j * ins + i);
+  for (int half = 8; half >= 1; half /= 2) {
+    const bool up = (lane & (2 * half)) != 0;
 #pragma unroll
-        for (int s = 0; s < S; ++s) acc[s] += w * in_of(s)[i];
-      }
-#pragma unroll
-      for (int s = 0; s < S; ++s) {
-        float v = acc[s];
-        for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-        if (lane == 0) out_of(s)[j] = relu ? fmaxf(v + b[j], 0.0f) : v + b[j];
-      }
+    for (int i = 0; i < half; ++i) {
+      const float send = up ? acc[i] : acc[i + half];
+      const float keep = up ? acc[i + half] : acc[i];
+      acc[i] = keep + __shfl_xor_sync(0xffffffffu, send, 2 * half);
     }
-    __syncthreads();
-  };
-  dense(P + kW3, P + kB3, kF1, kF0, [&](int s) { return sm[s].p2; }, [&](int s) { return sm[s].h1; }, true);
-  dense(P + kW4, P + kB4, kF2, kF1, [&](int s) { return sm[s].h1; }, [&](int s) { return sm[s].h2; }, true);
-  dense(P + kW5, P + kB5, kF3, kF2, [&](int s) { return sm[s].h2; }, [&](int s) { return sm[s].lg; }, false);
-
-  // Softmax cross-entropy; the logits become dlogits (the batch mean's gradient). A warp a sample.
-  for (int s = warp; s < S; s += warps) {
-    if (s >= count) continue;
-    float v = lane < kF3 ? sm[s].lg[lane] : -INFINITY, m = v;
-    for (int off = 16; off > 0; off >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, off));
-    float e = lane < kF3 ? __expf(v - m) : 0.0f, sum = e;
-    for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-    const int label = labels[first + s];
-    if (lane == 0) losses[first + s] = logf(sum) + m - sm[s].lg[label];
-    if (lane < kF3) sm[s].lg[lane] = (e / sum - (lane == label ? 1.0f : 0.0f)) / n;
   }
-  __syncthreads();
+  return acc[0] + __shfl_xor_sync(0xffffffffu, acc[0], 1);
+}
 
-  // Backward through the linear layers: a thread an input, down W's columns (coalesced across threads).
-  auto dense_t = [&](const float* __restrict__ Wm, int outs, int ins, auto dout_of, auto din_of, auto act_of) {
-    for (int i = tid; i < S * ins; i += kThreads) {
-      const int s = i / ins, k = i % ins;
-      float acc = 0.0f;
-      const float* d = dout_of(s);
+// out[s][j] = act(b[j] + sum_i W[j][i] x[s][i]) for this block's rows, pushed to every block of the
+// cluster. A warp a row; lanes along i.
+template <int kIns, bool kRelu>
+__device__ __forceinline__ void head_forward(const cg::cluster_group& cluster, const float* wr, const float* br, Slice rows,
+                                             const float* x, float* out, int outs, int lane, int warp) {
+  for (int jj = warp; jj < rows.end - rows.begin; jj += kHeadWarps) {
+    float acc[16];
+#pragma unroll
+    for (int s = 0; s < 16; ++s) acc[s] = 0.0f;
+    const float* w = wr + jj * kIns;
+#pragma unroll 2
+    for (int i = lane; i < kIns; i += 32) {
+      const float wv = w[i];
+#pragma unroll
+      for (int s = 0; s < 16; ++s) acc[s] += wv * x[s * kIns + i];
+    }
+    float v = warp_sum16(acc, lane) + br[jj];
+    if (kRelu) v = fmaxf(v, 0.0f);
+    // Lanes 2s and 2s + 1 hold sample s: each pushes to half the cluster.
+    const int s = lane >> 1, r0 = (lane & 1) * (kCluster / 2);
+#pragma unroll
+    for (int r = r0; r < r0 + kCluster / 2; ++r) cluster.map_shared_rank(out, r)[s * outs + rows.begin + jj] = v;
+  }
+}
+
+// This cluster's partial of dW[j][i] = sum_s d[s][j] x[s][i] and db[j] = sum_s d[s][j], for this
+// block's rows (global memory, rows of kIns).
+template <int kIns>
+__device__ __forceinline__ void head_weight_grad(const float* d, int outs, Slice rows, const float* x, float* pw, float* pb,
+                                                 int tid) {
+  const int count = (rows.end - rows.begin) * kIns;
+  for (int e = tid; e < count; e += kHeadThreads) {
+    const int j = rows.begin + e / kIns, i = e % kIns;
+    float acc = 0.0f;
+#pragma unroll
+    for (int s = 0; s < 16; ++s) acc += d[s * outs + j] * x[s * kIns + i];
+    pw[j * kIns + i] = acc;
+  }
+  for (int j = rows.begin + tid; j < rows.end; j += kHeadThreads) {
+    float acc = 0.0f;
+#pragma unroll
+    for (int s = 0; s < 16; ++s) acc += d[s * outs + j];
+    pb[j] = acc;
+  }
+}
+
+// din[s][i] = (act[s][i] > 0) sum_j W[j][i] d[s][j] for this block's columns; store(s, i, value).
+template <int kOuts, typename Store>
+__device__ __forceinline__ void head_input_grad(const float* wc, int wc_stride, const float* d, Slice cols, const float* act,
+                                                int ins, int tid, Store store) {
+  const int n = cols.end - cols.begin;
+  for (int e = tid; e < kHeadSamples * n; e += kHeadThreads) {
+    const int s = e / n, ii = e % n;
+    float acc = 0.0f;
 #pragma unroll 8
-      for (int j = 0; j < outs; ++j) acc += __ldg(Wm + j * ins + k) * d[j];
-      din_of(s)[k] = act_of(s)[k] > 0.0f ? acc : 0.0f;
+    for (int j = 0; j < kOuts; ++j) acc += wc[j * wc_stride + ii] * d[s * kOuts + j];
+    const int i = cols.begin + ii;
+    store(s, i, act[s * ins + i] > 0.0f ? acc : 0.0f);
+  }
+}
+
+template <int kIns, int kOuts>
+__device__ __forceinline__ void stage_layer(const float* __restrict__ W, const float* __restrict__ b, Slice rows, Slice cols,
+                                            float* wr, float* br, float* wc, int wc_stride, int tid) {
+  const int nr = rows.end - rows.begin, nc = cols.end - cols.begin;
+  for (int e = tid; e < nr * kIns; e += kHeadThreads) wr[e] = W[rows.begin * kIns + e];
+  for (int e = tid; e < nr; e += kHeadThreads) br[e] = b[rows.begin + e];
+  for (int e = tid; e < kOuts * nc; e += kHeadThreads) {
+    const int j = e / nc, ii = e % nc;
+    wc[j * wc_stride + ii] = W[j * kIns + cols.begin + ii];
+  }
+}
+
+__global__ void __cluster_dims__(kCluster, 1, 1) __launch_bounds__(kHeadThreads, 2)
+    head_kernel(const float* __restrict__ P, const float* __restrict__ p2g, const int* __restrict__ labels, float grad_scale,
+                int n, float* __restrict__ partial_lin, float* __restrict__ dp2g, float* __restrict__ losses,
+                float* __restrict__ correct) {
+  const cg::cluster_group cluster = cg::this_cluster();
+  extern __shared__ float4 smem4[];
+  HeadSmem& sm = *reinterpret_cast<HeadSmem*>(smem4);
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int k = static_cast<int>(cluster.block_rank()), cl = blockIdx.x / kCluster;
+  const int first = cl * kHeadSamples, count = min(kHeadSamples, n - first);
+  float* part = partial_lin + static_cast<size_t>(cl) * kLinParams - 0;
+  const Slice r1 = slice(kF1, k), c1 = slice(kF0, k), r2 = slice(kF2, k), c2 = slice(kF1, k), r3 = slice(kF3, k),
+              c3 = slice(kF2, k);
+  stage_layer<kF0, kF1>(P + kW3, P + kB3, r1, c1, sm.w1r, sm.b1r, sm.w1c, kK1, tid);
+  stage_layer<kF1, kF2>(P + kW4, P + kB4, r2, c2, sm.w2r, sm.b2r, sm.w2c, kK2, tid);
+  stage_layer<kF2, kF3>(P + kW5, P + kB5, r3, c3, sm.w3r, sm.b3r, sm.w3c, kK3, tid);
+  for (int e = tid; e < kHeadSamples * kF0; e += kHeadThreads)
+    sm.x0[e] = e < count * kF0 ? p2g[static_cast<size_t>(first) * kF0 + e] : 0.0f;
+  cluster.sync();  // every block has started (its shared memory may be written) and staged
+
+  head_forward<kF0, true>(cluster, sm.w1r, sm.b1r, r1, sm.x0, sm.h1, kF1, lane, warp);
+  cluster.sync();
+  head_forward<kF1, true>(cluster, sm.w2r, sm.b2r, r2, sm.h1, sm.h2, kF2, lane, warp);
+  cluster.sync();
+  head_forward<kF2, false>(cluster, sm.w3r, sm.b3r, r3, sm.h2, sm.lg, kF3, lane, warp);
+  cluster.sync();
+
+  // The loss, in every block (the same values): the logits become dL/dlogits; none past count.
+  if (tid < kHeadSamples) {
+    float* z = sm.lg + tid * kF3;
+    float best = z[0];
+    int best_index = 0;
+    for (int c = 1; c < kF3; ++c)
+      if (z[c] > best) best = z[c], best_index = c;
+    float sum = 0.0f;
+    for (int c = 0; c < kF3; ++c) sum += expf(z[c] - best);
+    const float log_z = logf(sum);
+    const int label = tid < count ? labels[first + tid] : 0;
+    if (k == 0 && tid < count) {
+      losses[first + tid] = (best - z[label]) + log_z;
+      correct[first + tid] = best_index == label ? 1.0f : 0.0f;
     }
-    __syncthreads();
-  };
-  dense_t(P + kW5, kF3, kF2, [&](int s) { return sm[s].lg; }, [&](int s) { return sm[s].dh2; }, [&](int s) { return sm[s].h2; });
-  dense_t(P + kW4, kF2, kF1, [&](int s) { return sm[s].dh2; }, [&](int s) { return sm[s].dh1; }, [&](int s) { return sm[s].h1; });
-  dense_t(P + kW3, kF1, kF0, [&](int s) { return sm[s].dh1; }, [&](int s) { return sm[s].dp2; }, [&](int s) { return sm[s].p2; });
-  for (int i = tid; i < S * kF0; i += kThreads) {
-    const int s = i / kF0, r = i % kF0, o = r / 25, py = (r / 5) % 5, px = r % 5, a = sm[s].a2[r];
-    sm[s].dc2[o * 324 + (4 + 2 * py + (a >> 1)) * 18 + 4 + 2 * px + (a & 1)] = sm[s].dp2[r];
+    for (int c = 0; c < kF3; ++c)
+      z[c] = tid < count ? (expf((z[c] - best) - log_z) - (c == label ? 1.0f : 0.0f)) * grad_scale : 0.0f;
   }
   __syncthreads();
 
-  // conv2's input gradient, masked by conv1's ReLU (pool1's output > 0); two adjacent outputs a thread.
-  for (int i = tid; i < S * kC1 * kP1 * (kP1 / 2); i += kThreads) {
-    const int s = i / (kC1 * kP1 * 7), r = i % (kC1 * kP1 * 7), c = r / (kP1 * 7), y = (r / 7) % kP1, x0 = 2 * (r % 7);
-    float acc0 = 0.0f, acc1 = 0.0f;
+  head_weight_grad<kF2>(sm.lg, kF3, r3, sm.h2, part + (kW5 - kConvParams), part + (kB5 - kConvParams), tid);
+  head_input_grad<kF3>(sm.w3c, kK3, sm.lg, c3, sm.h2, kF2, tid, [&](int s, int i, float v) {
+#pragma unroll
+    for (int r = 0; r < kCluster; ++r) cluster.map_shared_rank(sm.dh2, r)[s * kF2 + i] = v;
+  });
+  cluster.sync();
+  head_weight_grad<kF1>(sm.dh2, kF2, r2, sm.h1, part + (kW4 - kConvParams), part + (kB4 - kConvParams), tid);
+  head_input_grad<kF2>(sm.w2c, kK2, sm.dh2, c2, sm.h1, kF1, tid, [&](int s, int i, float v) {
+#pragma unroll
+    for (int r = 0; r < kCluster; ++r) cluster.map_shared_rank(sm.dh1, r)[s * kF1 + i] = v;
+  });
+  cluster.sync();
+  head_weight_grad<kF0>(sm.dh1, kF1, r1, sm.x0, part + (kW3 - kConvParams), part + (kB3 - kConvParams), tid);
+  head_input_grad<kF1>(sm.w1c, kK1, sm.dh1, c1, sm.x0, kF0, tid, [&](int s, int i, float v) {
+    if (s < count) dp2g[static_cast<size_t>(first + s) * kF0 + i] = v;
+  });
+}
+
+// ---------------------------------------------------------------- 3. conv backward, a block per group of samples
+constexpr int kConvBwdMaxBlocks = 264;
+struct ConvBwdSmem {
+  float w2[kC2 * kC1 * 25];
+  float x[kPadIn * kPadIn];
+  float p1[kC1 * kQ1];
+  float dc2[kC2 * 18 * 18];  // conv2's gradient before pooling, 4 zeros on each side
+  float tmp[3 * kC1 * kQ1];
+  float dp1[kC1 * kQ1];
+  float dp2[kF0];
+  float g[kConvParams];
+  int off1[kC1 * kQ1];  // the winner of each pooled conv1 output: its top-left input in x (padded rows)
+  int off2[kF0];        // the winner of each pooled conv2 output: its position in conv2's input plane
+};
+
+__global__ void __launch_bounds__(kConvThreads, 2)
+    conv_backward_kernel(const float* __restrict__ xg, const float* __restrict__ P, const float* __restrict__ p1g,
+                         const unsigned char* __restrict__ a1g, const float* __restrict__ dp2g,
+                         const unsigned char* __restrict__ a2g, float* __restrict__ partial_conv, int n) {
+  extern __shared__ float4 smem4[];
+  ConvBwdSmem& sm = *reinterpret_cast<ConvBwdSmem*>(smem4);
+  const int tid = threadIdx.x;
+  for (int i = tid; i < kC2 * kC1 * 25; i += kConvThreads) sm.w2[i] = P[kW2 + i];
+  for (int i = tid; i < kConvParams; i += kConvThreads) sm.g[i] = 0.0f;
+  for (int s = blockIdx.x; s < n; s += gridDim.x) {
+    __syncthreads();  // the last sample's readers are done
+    for (int q = tid; q < kPadIn * kPadIn; q += kConvThreads) {
+      const int y = q / kPadIn - 2, xx = q % kPadIn - 2;
+      sm.x[q] = (y >= 0 && y < kIn && xx >= 0 && xx < kIn) ? xg[static_cast<size_t>(s) * kIn * kIn + y * kIn + xx] : 0.0f;
+    }
+    for (int q = tid; q < kC1 * kQ1; q += kConvThreads) {
+      sm.p1[q] = p1g[static_cast<size_t>(s) * kC1 * kQ1 + q];
+      const int a = a1g[static_cast<size_t>(s) * kC1 * kQ1 + q], r = q % kQ1;
+      sm.off1[q] = (2 * (r / kP1) + (a >> 1)) * kPadIn + 2 * (r % kP1) + (a & 1);
+    }
+    for (int r = tid; r < kF0; r += kConvThreads) {
+      sm.dp2[r] = dp2g[static_cast<size_t>(s) * kF0 + r];
+      const int a = a2g[static_cast<size_t>(s) * kF0 + r], py = (r / 5) % 5, px = r % 5;
+      sm.off2[r] = (2 * py + (a >> 1)) * kP1 + 2 * px + (a & 1);
+    }
+    for (int i = tid; i < kC2 * 18 * 18; i += kConvThreads) sm.dc2[i] = 0.0f;
+    __syncthreads();
+    for (int r = tid; r < kF0; r += kConvThreads) {
+      const int o = r / 25, off = sm.off2[r], y = off / kP1, x = off % kP1;
+      sm.dc2[o * 324 + (y + 4) * 18 + x + 4] = sm.dp2[r];
+    }
+    // conv2's weight and bias gradients: a thread a weight, over the 25 pooled outputs' winners.
+    for (int w = tid; w < kC2 * kC1 * 25 + kC2; w += kConvThreads) {
+      if (w >= kC2 * kC1 * 25) {
+        const int o = w - kC2 * kC1 * 25;
+        float acc = 0.0f;
+        for (int r = 0; r < 25; ++r) acc += sm.dp2[o * 25 + r];
+        sm.g[kB2 + o] += acc;
+        continue;
+      }
+      const int o = w / 150, c = (w / 25) % kC1, ky = (w % 25) / 5, kx = w % 5;
+      const float* g = sm.dp2 + o * 25;
+      const int* off = sm.off2 + o * 25;
+      const float* pc = sm.p1 + c * kQ1 + ky * kP1 + kx;
+      float acc = 0.0f;
+#pragma unroll
+      for (int r = 0; r < 25; ++r) acc += g[r] * pc[off[r]];
+      sm.g[kW2 + w] += acc;
+    }
+    __syncthreads();
+    // conv2's input gradient: 7 outputs of a row a thread, over a third of the output channels.
+    for (int item = tid; item < 3 * kC1 * kP1 * 2; item += kConvThreads) {
+      const int og = item / (kC1 * kP1 * 2), rem = item % (kC1 * kP1 * 2), c = rem / (kP1 * 2), y = (rem / 2) % kP1,
+                x0 = 7 * (rem % 2);
+      float acc[7] = {0, 0, 0, 0, 0, 0, 0};
 #pragma unroll 1
-    for (int o = 0; o < kC2; ++o) {
-      const float* wo = w2 + (o * kC1 + c) * 25;
-      const float* d = sm[s].dc2 + o * 324;
+      for (int o = og * kC2 / 3; o < (og + 1) * kC2 / 3; ++o) {
+        const float* wp = sm.w2 + (o * kC1 + c) * 25;
 #pragma unroll
-      for (int ky = 0; ky < 5; ++ky) {
-        const float* row = d + (y - ky + 4) * 18 + x0;
-        float v[6];
+        for (int ky = 0; ky < 5; ++ky) {
+          const float* row = sm.dc2 + o * 324 + (y - ky + 4) * 18 + x0;
+          float v[11];
 #pragma unroll
-        for (int k = 0; k < 6; ++k) v[k] = row[k];
+          for (int t = 0; t < 11; ++t) v[t] = row[t];
 #pragma unroll
-        for (int kx = 0; kx < 5; ++kx) {
-          const float w = wo[ky * 5 + kx];
-          acc0 += w * v[4 - kx];
-          acc1 += w * v[5 - kx];
+          for (int kx = 0; kx < 5; ++kx) {
+            const float wv = wp[ky * 5 + kx];
+#pragma unroll
+            for (int t = 0; t < 7; ++t) acc[t] += wv * v[t + 4 - kx];
+          }
         }
       }
-    }
-    if (s < count) {
-      float* o = saved + static_cast<size_t>(first + s) * kSaved;
-      const int q = c * kQ1 + y * kP1 + x0;
-      o[kSDP1 + q] = sm[s].p1[q] > 0.0f ? acc0 : 0.0f;
-      o[kSDP1 + q + 1] = sm[s].p1[q + 1] > 0.0f ? acc1 : 0.0f;
-    }
-  }
-  // The rest of what the weight gradients need.
-  for (int s = 0; s < count; ++s) {
-    float* o = saved + static_cast<size_t>(first + s) * kSaved;
-    unsigned char* a = argmax + static_cast<size_t>(first + s) * kArg;
-    for (int i = tid; i < kC1 * kQ1; i += kThreads) o[kSP1 + i] = sm[s].p1[i], a[i] = sm[s].a1[i];
-    for (int i = tid; i < kF0; i += kThreads) o[kSP2 + i] = sm[s].p2[i], o[kSDP2 + i] = sm[s].dp2[i], a[kC1 * kQ1 + i] = sm[s].a2[i];
-    for (int i = tid; i < kF1; i += kThreads) o[kSH1 + i] = sm[s].h1[i], o[kSDH1 + i] = sm[s].dh1[i];
-    for (int i = tid; i < kF2; i += kThreads) o[kSH2 + i] = sm[s].h2[i], o[kSDH2 + i] = sm[s].dh2[i];
-    for (int i = tid; i < kF3; i += kThreads) o[kSD3 + i] = sm[s].lg[i];
-  }
-}
-
-// ---- weight gradients: partial sums over chunks of kChunk samples ----
-constexpr int kGroup = 8;  // samples staged at a time (conv tasks); a chunk (kChunk samples) is a template argument
-constexpr int kPartialThreads = 256;
-struct FcTask {
-  int a_off, b_off, J, I, w_off, b_param, tiles_i, first_tile;  // dW[j][i] = sum_n A[n][j] B[n][i]; column I: bias
-};
-constexpr int kTileJ = 32, kTileI = 64;
-__host__ __device__ constexpr int tiles(int J, int I) { return ((J + kTileJ - 1) / kTileJ) * ((I + 1 + kTileI - 1) / kTileI); }
-constexpr int kFcTiles = tiles(kF1, kF0) + tiles(kF2, kF1) + tiles(kF3, kF2);  // 28 + 6 + 2
-constexpr int kTasks = kFcTiles + kC2 + kC1;                                    // + conv2 per output, conv1 per channel
-constexpr size_t kPartialSmem = sizeof(float) * kGroup * (kC1 * kQ1 + 25 + 4) + kGroup * (kC1 * kQ1);  // the largest task's (fc tiles: at most 32 x 96 floats)
-
-template <int kChunk>
-__global__ void __launch_bounds__(kPartialThreads) partial_kernel(const float* __restrict__ x, const float* __restrict__ saved,
-                                                                  const unsigned char* __restrict__ argmax,
-                                                                  float* __restrict__ partial, int n) {
-  extern __shared__ float4 smem4[];
-  float* sm = reinterpret_cast<float*>(smem4);
-  const int tid = threadIdx.x, task = blockIdx.x % kTasks, chunk = blockIdx.x / kTasks;
-  const int n0 = chunk * kChunk, n1 = min(n, n0 + kChunk);
-  float* out = partial + static_cast<size_t>(chunk) * kParams;
-
-  if (task < kFcTiles) {
-    const FcTask fc[3] = {{kSDH1, kSP2, kF1, kF0, kW3, kB3, (kF0 + kTileI) / kTileI, 0},
-                          {kSDH2, kSH1, kF2, kF1, kW4, kB4, (kF1 + kTileI) / kTileI, tiles(kF1, kF0)},
-                          {kSD3, kSH2, kF3, kF2, kW5, kB5, (kF2 + kTileI) / kTileI, tiles(kF1, kF0) + tiles(kF2, kF1)}};
-    const FcTask& t = task >= fc[2].first_tile ? fc[2] : task >= fc[1].first_tile ? fc[1] : fc[0];
-    const int tile = task - t.first_tile, j0 = (tile / t.tiles_i) * kTileJ, i0 = (tile % t.tiles_i) * kTileI;
-    float* As = sm;                    // [kChunk][kTileJ]
-    float* Bs = sm + kChunk * kTileJ;  // [kChunk][kTileI]
-    for (int e = tid; e < kChunk * kTileJ; e += kPartialThreads) {
-      const int s = e / kTileJ, j = j0 + e % kTileJ;
-      As[e] = (n0 + s < n1 && j < t.J) ? saved[static_cast<size_t>(n0 + s) * kSaved + t.a_off + j] : 0.0f;
-    }
-    for (int e = tid; e < kChunk * kTileI; e += kPartialThreads) {
-      const int s = e / kTileI, i = i0 + e % kTileI;
-      float v = 0.0f;
-      if (n0 + s < n1) v = i < t.I ? saved[static_cast<size_t>(n0 + s) * kSaved + t.b_off + i] : (i == t.I ? 1.0f : 0.0f);
-      Bs[e] = v;
+      float* out = sm.tmp + og * (kC1 * kQ1) + c * kQ1 + y * kP1 + x0;
+#pragma unroll
+      for (int t = 0; t < 7; ++t) out[t] = acc[t];
     }
     __syncthreads();
-    const int jl = tid / 8;
-    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int q = tid; q < kC1 * kQ1; q += kConvThreads)
+      sm.dp1[q] = sm.p1[q] > 0.0f ? (sm.tmp[q] + sm.tmp[kC1 * kQ1 + q]) + sm.tmp[2 * kC1 * kQ1 + q] : 0.0f;
+    __syncthreads();
+    // conv1's weight and bias gradients: a thread per (channel, tap, third of the pooled outputs).
+    for (int item = tid; item < kC1 * 26 * 3; item += kConvThreads) {
+      const int c = item / 78, tap = (item % 78) / 3, qg = item % 3;
+      const float* g = sm.dp1 + c * kQ1;
+      const int q0 = qg * kQ1 / 3, q1 = (qg + 1) * kQ1 / 3;
+      float acc = 0.0f;
+      if (tap == 25) {
+        for (int q = q0; q < q1; ++q) acc += g[q];
+      } else {
+        const int* off = sm.off1 + c * kQ1;
+        const float* xs = sm.x + (tap / 5) * kPadIn + tap % 5;
 #pragma unroll 4
-    for (int s = 0; s < kChunk; ++s) {
-      const float a = As[s * kTileJ + jl];
-#pragma unroll
-      for (int k = 0; k < 8; ++k) acc[k] += a * Bs[s * kTileI + (tid % 8) + 8 * k];
-    }
-    const int j = j0 + jl;
-    if (j < t.J)
-#pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        const int i = i0 + (tid % 8) + 8 * k;
-        if (i < t.I) out[t.w_off + j * t.I + i] = acc[k];
-        if (i == t.I) out[t.b_param + j] = acc[k];
+        for (int q = q0; q < q1; ++q) acc += g[q] * xs[off[q]];
       }
-    return;
-  }
-  if (task < kFcTiles + kC2) {  // conv2, output channel o: thread (c, ky, kx), thread 150 the bias
-    const int o = task - kFcTiles;
-    float* p1s = sm;                     // [kGroup][6][14][14]
-    float* gs = sm + kGroup * kC1 * kQ1;  // [kGroup][25]
-    unsigned char* as = reinterpret_cast<unsigned char*>(gs + kGroup * 25);
-    float acc = 0.0f;
-    const int c = tid / 25, ky = (tid % 25) / 5, kx = tid % 5;
-    for (int g0 = n0; g0 < n1; g0 += kGroup) {
-      const int gn = min(kGroup, n1 - g0);
-      __syncthreads();
-      for (int e = tid; e < gn * kC1 * kQ1; e += kPartialThreads)
-        p1s[e] = saved[static_cast<size_t>(g0 + e / (kC1 * kQ1)) * kSaved + kSP1 + e % (kC1 * kQ1)];
-      for (int e = tid; e < gn * 25; e += kPartialThreads) {
-        const size_t s = static_cast<size_t>(g0 + e / 25);
-        gs[e] = saved[s * kSaved + kSDP2 + o * 25 + e % 25];
-        as[e] = argmax[s * kArg + kC1 * kQ1 + o * 25 + e % 25];
-      }
-      __syncthreads();
-      if (tid < 150) {
-        for (int s = 0; s < gn; ++s)
-          for (int r = 0; r < 25; ++r) {
-            const float g = gs[s * 25 + r];
-            const int a = as[s * 25 + r], oy = 2 * (r / 5) + (a >> 1), ox = 2 * (r % 5) + (a & 1);
-            acc += g * p1s[s * kC1 * kQ1 + c * kQ1 + (oy + ky) * kP1 + ox + kx];
-          }
-      } else if (tid == 150) {
-        for (int s = 0; s < gn; ++s)
-          for (int r = 0; r < 25; ++r) acc += gs[s * 25 + r];
-      }
-    }
-    if (tid < 150) out[kW2 + o * 150 + tid] = acc;
-    if (tid == 150) out[kB2 + o] = acc;
-    return;
-  }
-  {  // conv1, channel c: thread (group of pooled positions, tap), tap 25 the bias; groups summed in order
-    const int c = task - kFcTiles - kC2;
-    constexpr int kTaps = 26, kQGroups = 9, kQPer = (kQ1 + kQGroups - 1) / kQGroups;  // 22
-    float* xs = sm;                            // [kGroup][32][32]
-    float* gs = sm + kGroup * kPadIn * kPadIn;  // [kGroup][196]
-    unsigned char* as = reinterpret_cast<unsigned char*>(gs + kGroup * kQ1);
-    float* sums = sm;  // reused at the end: [kQGroups][kTaps]
-    const int qg = tid / kTaps, tap = tid % kTaps, ky = tap / 5, kx = tap % 5;
-    float acc = 0.0f;
-    for (int g0 = n0; g0 < n1; g0 += kGroup) {
-      const int gn = min(kGroup, n1 - g0);
-      __syncthreads();
-      for (int e = tid; e < gn * kPadIn * kPadIn; e += kPartialThreads) {
-        const int s = e / (kPadIn * kPadIn), q = e % (kPadIn * kPadIn), y = q / kPadIn - 2, xx = q % kPadIn - 2;
-        xs[e] = (y >= 0 && y < kIn && xx >= 0 && xx < kIn) ? x[static_cast<size_t>(g0 + s) * kIn * kIn + y * kIn + xx] : 0.0f;
-      }
-      for (int e = tid; e < gn * kQ1; e += kPartialThreads) {
-        const size_t s = static_cast<size_t>(g0 + e / kQ1);
-        gs[e] = saved[s * kSaved + kSDP1 + c * kQ1 + e % kQ1];
-        as[e] = argmax[s * kArg + c * kQ1 + e % kQ1];
-      }
-      __syncthreads();
-      if (qg < kQGroups)
-        for (int s = 0; s < gn; ++s)
-          for (int q = qg * kQPer; q < min(kQ1, (qg + 1) * kQPer); ++q) {
-            const float g = gs[s * kQ1 + q];
-            if (tap == 25) {
-              acc += g;
-              continue;
-            }
-            const int a = as[s * kQ1 + q], y = 2 * (q / kP1) + (a >> 1), xx = 2 * (q % kP1) + (a & 1);
-            acc += g * xs[s * kPadIn * kPadIn + (y + ky) * kPadIn + xx + kx];
-          }
+      sm.tmp[item] = acc;
     }
     __syncthreads();
-    if (qg < kQGroups) sums[qg * kTaps + tap] = acc;
-    __syncthreads();
-    if (tid < kTaps) {
-      float t = 0.0f;
-      for (int g = 0; g < kQGroups; ++g) t += sums[g * kTaps + tid];
-      if (tid < 25) out[kW1 + c * 25 + tid] = t;
-      else out[kB1 + c] = t;
+    for (int t = tid; t < kC1 * 26; t += kConvThreads) {
+      const float v = (sm.tmp[3 * t] + sm.tmp[3 * t + 1]) + sm.tmp[3 * t + 2];
+      const int c = t / 26, tap = t % 26;
+      if (tap < 25) sm.g[kW1 + c * 25 + tap] += v;
+      else sm.g[kB1 + c] += v;
     }
+  }
+  __syncthreads();
+  for (int i = tid; i < kConvParams; i += kConvThreads) partial_conv[static_cast<size_t>(blockIdx.x) * kConvParams + i] = sm.g[i];
+}
+
+// ---------------------------------------------------------------- 4. finish: the sums over partials
+constexpr int kFinishThreads = 256, kFinishGroups = kFinishThreads / 32;
+constexpr int kConvFinishBlocks = (kConvParams + 31) / 32;  // 32 parameters a block, 8 groups of partials
+constexpr int kLinFinishBlocks = (kLinParams + 31) / 32;
+
+// grad[p] = sum over k < count of partial[k][p]: a block per 32 parameters, warp w summing the
+// w-th eighth of the partials (coalesced over the parameters), then the eighths in order.
+__device__ __forceinline__ void sum_partials(const float* __restrict__ partial, int count, int stride, int p0, int params,
+                                             float* __restrict__ grad, float (&part)[kFinishGroups][32]) {
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, p = p0 + lane;
+  float g = 0.0f;
+  if (p < params) {
+#pragma unroll 4
+    for (int k = w * count / kFinishGroups; k < (w + 1) * count / kFinishGroups; ++k)
+      g += partial[static_cast<size_t>(k) * stride + p];
+  }
+  part[w][lane] = g;
+  __syncthreads();
+  if (w == 0 && p < params) {
+    float t = part[0][lane];
+    for (int k = 1; k < kFinishGroups; ++k) t += part[k][lane];
+    grad[p] = t;
   }
 }
 
-// Sums the chunks in order; grad != null: writes the gradient (the check); else SGD, Nesterov momentum, weight decay.
-__global__ void update_kernel(const float* __restrict__ partial, int chunks, float* __restrict__ grad, float* __restrict__ P,
-                              float* __restrict__ velocity, float lr, float momentum, float weight_decay) {
+__global__ void __launch_bounds__(kFinishThreads) finish_kernel(const float* __restrict__ partial_conv, int conv_blocks,
+                                                                 const float* __restrict__ partial_lin, int clusters,
+                                                                 const float* __restrict__ losses,
+                                                                 const float* __restrict__ correct, int n,
+                                                                 float* __restrict__ grad, double* __restrict__ sums) {
+  __shared__ float part[kFinishGroups][32];
+  const int tid = threadIdx.x, lane = tid & 31;
+  if (blockIdx.x < kConvFinishBlocks) {
+    sum_partials(partial_conv, conv_blocks, kConvParams, blockIdx.x * 32, kConvParams, grad, part);
+    return;
+  }
+  if (blockIdx.x < kConvFinishBlocks + kLinFinishBlocks) {
+    sum_partials(partial_lin, clusters, kLinParams, (blockIdx.x - kConvFinishBlocks) * 32, kLinParams, grad + kConvParams,
+                 part);
+    return;
+  }
+  __shared__ double wl[kFinishGroups], wc[kFinishGroups];
+  double l = 0.0, c = 0.0;
+  for (int i = tid; i < n; i += kFinishThreads) l += losses[i], c += correct[i];
+  for (int off = 16; off > 0; off /= 2) l += __shfl_down_sync(0xffffffffu, l, off), c += __shfl_down_sync(0xffffffffu, c, off);
+  if (lane == 0) wl[tid / 32] = l, wc[tid / 32] = c;
+  __syncthreads();
+  if (tid == 0) {
+    double tl = 0.0, tc = 0.0;
+    for (int w = 0; w < kFinishGroups; ++w) tl += wl[w], tc += wc[w];
+    sums[0] += tl;
+    sums[1] += tc;
+  }
+}
+
+__global__ void sgd_kernel(const float* __restrict__ grad, float* __restrict__ P, float* __restrict__ velocity, float lr,
+                           float momentum, float weight_decay) {
   const int p = blockIdx.x * blockDim.x + threadIdx.x;
   if (p >= kParams) return;
-  float g = 0.0f;
-  for (int c = 0; c < chunks; ++c) g += partial[static_cast<size_t>(c) * kParams + p];
-  if (grad != nullptr) {
-    grad[p] = g;
-    return;
-  }
-  g += weight_decay * P[p];
+  const float g = grad[p] + weight_decay * P[p];
   const float v = momentum * velocity[p] + g;
   velocity[p] = v;
   P[p] -= lr * (g + momentum * v);
 }
 
-// ---- host reference, double precision ----
+// ---------------------------------------------------------------- host reference, double precision
 struct HostGrads {
   double loss = 0;
   std::vector<double> g = std::vector<double>(kParams, 0.0);
@@ -510,32 +611,49 @@ HostGrads reference_step(const std::vector<float>& P, const float* x, const int*
   return out;
 }
 
+
 double rel_error(const std::vector<float>& got, const std::vector<double>& ref, int begin, int end) {
   double num = 0, den = 0;
   for (int i = begin; i < end; ++i) num += (got[i] - ref[i]) * (got[i] - ref[i]), den += ref[i] * ref[i];
   return std::sqrt(num / std::max(den, 1e-300));
 }
 
+constexpr int kMaxN = 8192;
 struct Device {
-  float *x, *P, *velocity, *saved, *partial, *grad, *losses;
-  unsigned char* argmax;
+  float *x, *P, *velocity, *p1, *p2, *dp2, *partial_conv, *partial_lin, *losses, *correct, *grad;
+  unsigned char *a1, *a2;
   int* labels;
+  double* sums;
 };
 
-template <int S, int kThreads, int kChunk>
-void launch_step(const Device& d, int n, cudaStream_t stream, bool check) {
-  const size_t smem = sizeof(float) * kConvWeights + S * sizeof(SampleSmem);
-  sample_kernel<S, kThreads><<<(n + S - 1) / S, kThreads, smem, stream>>>(d.x, d.labels, d.P, d.saved, d.argmax, d.losses, n);
-  const int chunks = (n + kChunk - 1) / kChunk;
-  partial_kernel<kChunk><<<chunks * kTasks, kPartialThreads, kPartialSmem, stream>>>(d.x, d.saved, d.argmax, d.partial, n);
-  update_kernel<<<(kParams + 255) / 256, 256, 0, stream>>>(d.partial, chunks, check ? d.grad : nullptr, d.P, d.velocity,
-                                                            0.05f, 0.9f, 5e-4f);
-}
+int conv_blocks(int n) { return std::min(n, kConvBwdMaxBlocks); }
+int head_clusters(int n) { return (n + kHeadSamples - 1) / kHeadSamples; }
 
-template <int S, int kThreads>
-void set_up() {
-  const size_t smem = sizeof(float) * kConvWeights + S * sizeof(SampleSmem);
-  CK(cudaFuncSetAttribute(sample_kernel<S, kThreads>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+void launch_conv_forward(const Device& d, int n, cudaStream_t st) {
+  conv_forward_kernel<<<n, kConvThreads, sizeof(ConvFwdSmem), st>>>(d.x, d.P, d.p1, d.a1, d.p2, d.a2);
+}
+void launch_head(const Device& d, int n, cudaStream_t st) {
+  head_kernel<<<head_clusters(n) * kCluster, kHeadThreads, sizeof(HeadSmem), st>>>(d.P, d.p2, d.labels, 1.0f / n, n,
+                                                                                  d.partial_lin, d.dp2, d.losses, d.correct);
+}
+void launch_conv_backward(const Device& d, int n, cudaStream_t st) {
+  conv_backward_kernel<<<conv_blocks(n), kConvThreads, sizeof(ConvBwdSmem), st>>>(d.x, d.P, d.p1, d.a1, d.dp2, d.a2,
+                                                                                   d.partial_conv, n);
+}
+void launch_finish(const Device& d, int n, cudaStream_t st) {
+  finish_kernel<<<kConvFinishBlocks + kLinFinishBlocks + 1, kFinishThreads, 0, st>>>(
+      d.partial_conv, conv_blocks(n), d.partial_lin, head_clusters(n), d.losses, d.correct, n, d.grad, d.sums);
+}
+void launch_sgd(const Device& d, cudaStream_t st, float lr) {
+  sgd_kernel<<<(kParams + 255) / 256, 256, 0, st>>>(d.grad, d.P, d.velocity, lr, 0.9f, 5e-4f);
+}
+void launch_step(const Device& d, int n, cudaStream_t st, bool update) {
+  launch_conv_forward(d, n, st);
+  launch_head(d, n, st);
+  launch_conv_backward(d, n, st);
+  launch_finish(d, n, st);
+  if (update) launch_sgd(d, st, 0.0f);
+  CK(cudaGetLastError());
 }
 
 // Mean time of one launch of `what` (a graph of 20 in a row, replayed).
@@ -566,33 +684,23 @@ double time_graph(F what, int reps) {
   return 1000.0 * ms / (reps * 20);
 }
 
-template <int S, int kThreads, int kChunk>
 void measure(const Device& d, int n) {
-  const int reps = n >= 4096 ? 5 : 30, chunks = (n + kChunk - 1) / kChunk;
-  const size_t smem = sizeof(float) * kConvWeights + S * sizeof(SampleSmem);
-  const double k1 = time_graph([&](cudaStream_t st) {
-    sample_kernel<S, kThreads><<<(n + S - 1) / S, kThreads, smem, st>>>(d.x, d.labels, d.P, d.saved, d.argmax, d.losses, n);
-  }, reps);
-  const double k2 = time_graph([&](cudaStream_t st) {
-    partial_kernel<kChunk><<<chunks * kTasks, kPartialThreads, kPartialSmem, st>>>(d.x, d.saved, d.argmax, d.partial, n);
-  }, reps);
-  const double k3 = time_graph([&](cudaStream_t st) {
-    update_kernel<<<(kParams + 255) / 256, 256, 0, st>>>(d.partial, chunks, nullptr, d.P, d.velocity, 0.0f, 0.9f, 5e-4f);
-  }, reps);
-  // The step: the three kernels in a row (lr 0 so that the weights stay as they are).
-  const double step = time_graph([&](cudaStream_t st) {
-    sample_kernel<S, kThreads><<<(n + S - 1) / S, kThreads, smem, st>>>(d.x, d.labels, d.P, d.saved, d.argmax, d.losses, n);
-    partial_kernel<kChunk><<<chunks * kTasks, kPartialThreads, kPartialSmem, st>>>(d.x, d.saved, d.argmax, d.partial, n);
-    update_kernel<<<(kParams + 255) / 256, 256, 0, st>>>(d.partial, chunks, nullptr, d.P, d.velocity, 0.0f, 0.9f, 5e-4f);
-  }, reps);
-  std::printf("S=%d threads=%4d chunk=%2d n=%5d: step %8.2f us (%6.0fk images/s); sample kernel %8.2f, partial sums %7.2f, update %6.2f us\n",
-              S, kThreads, kChunk, n, step, n / step * 1e3, k1, k2, k3);
+  const int reps = n >= 4096 ? 5 : 30;
+  const double k1 = time_graph([&](cudaStream_t st) { launch_conv_forward(d, n, st); }, reps);
+  const double k2 = time_graph([&](cudaStream_t st) { launch_head(d, n, st); }, reps);
+  const double k3 = time_graph([&](cudaStream_t st) { launch_conv_backward(d, n, st); }, reps);
+  const double k4 = time_graph([&](cudaStream_t st) { launch_finish(d, n, st); }, reps);
+  const double k5 = time_graph([&](cudaStream_t st) { launch_sgd(d, st, 0.0f); }, reps);
+  const double step = time_graph([&](cudaStream_t st) { launch_step(d, n, st, true); }, reps);
+  std::printf("n=%5d: step %8.2f us (%6.0fk images/s); conv fwd %7.2f, head %7.2f (%d clusters), conv bwd %7.2f (%d blocks), "
+              "finish %6.2f, sgd %5.2f us\n",
+              n, step, n / step * 1e3, k1, k2, head_clusters(n), k3, conv_blocks(n), k4, k5);
 }
 
 }  // namespace
 
-int main() {
-  const int kMaxN = 8192;
+int main(int argc, char** argv) {
+  const bool check_only = argc > 1 && std::string(argv[1]) == "check";
   std::mt19937 rng(1);
   std::vector<float> P(kParams);
   auto fill = [&](int off, int count, int fan_in) {
@@ -609,63 +717,79 @@ int main() {
   for (int i = 0; i < kMaxN; ++i) labels[i] = static_cast<int>(rng() % 10);
 
   Device d{};
-  const int max_chunks = kMaxN / 4;  // the smallest chunk: 4 samples
+  const size_t N = kMaxN;
   CK(cudaMalloc(&d.x, xs.size() * sizeof(float)));
   CK(cudaMalloc(&d.P, kParams * sizeof(float)));
   CK(cudaMalloc(&d.velocity, kParams * sizeof(float)));
-  CK(cudaMalloc(&d.saved, static_cast<size_t>(kMaxN) * kSaved * sizeof(float)));
-  CK(cudaMalloc(&d.argmax, static_cast<size_t>(kMaxN) * kArg));
-  CK(cudaMalloc(&d.partial, static_cast<size_t>(max_chunks) * kParams * sizeof(float)));
+  CK(cudaMalloc(&d.p1, N * kC1 * kQ1 * sizeof(float)));
+  CK(cudaMalloc(&d.a1, N * kC1 * kQ1));
+  CK(cudaMalloc(&d.p2, N * kF0 * sizeof(float)));
+  CK(cudaMalloc(&d.a2, N * kF0));
+  CK(cudaMalloc(&d.dp2, N * kF0 * sizeof(float)));
+  CK(cudaMalloc(&d.partial_conv, static_cast<size_t>(kConvBwdMaxBlocks) * kConvParams * sizeof(float)));
+  CK(cudaMalloc(&d.partial_lin, static_cast<size_t>(head_clusters(kMaxN)) * kLinParams * sizeof(float)));
+  CK(cudaMalloc(&d.losses, N * sizeof(float)));
+  CK(cudaMalloc(&d.correct, N * sizeof(float)));
   CK(cudaMalloc(&d.grad, kParams * sizeof(float)));
-  CK(cudaMalloc(&d.losses, kMaxN * sizeof(float)));
-  CK(cudaMalloc(&d.labels, kMaxN * sizeof(int)));
+  CK(cudaMalloc(&d.labels, N * sizeof(int)));
+  CK(cudaMalloc(&d.sums, 2 * sizeof(double)));
   CK(cudaMemcpy(d.x, xs.data(), xs.size() * sizeof(float), cudaMemcpyHostToDevice));
   CK(cudaMemcpy(d.P, P.data(), kParams * sizeof(float), cudaMemcpyHostToDevice));
   CK(cudaMemset(d.velocity, 0, kParams * sizeof(float)));
-  CK(cudaMemcpy(d.labels, labels.data(), kMaxN * sizeof(int), cudaMemcpyHostToDevice));
-  CK(cudaFuncSetAttribute(partial_kernel<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kPartialSmem)));
-  CK(cudaFuncSetAttribute(partial_kernel<8>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kPartialSmem)));
-  CK(cudaFuncSetAttribute(partial_kernel<32>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kPartialSmem)));
-  set_up<1, 512>();
-  set_up<2, 512>();
-  set_up<1, 256>();
-  std::printf("partial sums: %d tasks a chunk, %zu B of shared memory a block\n", kTasks, kPartialSmem);
+  CK(cudaMemcpy(d.labels, labels.data(), N * sizeof(int), cudaMemcpyHostToDevice));
+  CK(cudaFuncSetAttribute(conv_forward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(sizeof(ConvFwdSmem))));
+  CK(cudaFuncSetAttribute(head_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(sizeof(HeadSmem))));
+  CK(cudaFuncSetAttribute(conv_backward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(sizeof(ConvBwdSmem))));
 
-  // The check: loss and every gradient against the host's, at a few batch sizes and both kernel shapes.
+  int fwd_blocks = 0, bwd_blocks = 0, head_blocks = 0, clusters = 0;
+  CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fwd_blocks, conv_forward_kernel, kConvThreads, sizeof(ConvFwdSmem)));
+  CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&bwd_blocks, conv_backward_kernel, kConvThreads, sizeof(ConvBwdSmem)));
+  CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&head_blocks, head_kernel, kHeadThreads, sizeof(HeadSmem)));
+  {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(kCluster * 64);
+    cfg.blockDim = dim3(kHeadThreads);
+    cfg.dynamicSmemBytes = sizeof(HeadSmem);
+    CK(cudaOccupancyMaxActiveClusters(&clusters, head_kernel, &cfg));
+  }
+  cudaFuncAttributes fa{};
+  auto regs = [&](const void* f) { CK(cudaFuncGetAttributes(&fa, f)); return fa.numRegs; };
+  std::printf("shared memory: conv fwd %zu B (%d blocks an SM, %d regs), head %zu B (%d an SM, %d regs, %d clusters of 8 at once), "
+              "conv bwd %zu B (%d an SM, %d regs)\n",
+              sizeof(ConvFwdSmem), fwd_blocks, regs((const void*)conv_forward_kernel), sizeof(HeadSmem), head_blocks,
+              regs((const void*)head_kernel), clusters, sizeof(ConvBwdSmem), bwd_blocks, regs((const void*)conv_backward_kernel));
+
   bool all_ok = true;
-  for (int n : {1, 7, 70, 257}) {
+  for (int n : check_only ? std::vector<int>{1, 7, 70} : std::vector<int>{1, 7, 70, 257, 300}) {
     const HostGrads ref = reference_step(P, xs.data(), labels.data(), n);
-    for (int variant = 0; variant < 2; ++variant) {
-      CK(cudaMemset(d.grad, 0, kParams * sizeof(float)));
-      if (variant == 0) launch_step<1, 512, 8>(d, n, nullptr, true);
-      else launch_step<2, 512, 4>(d, n, nullptr, true);
-      CK(cudaDeviceSynchronize());
-      std::vector<float> g(kParams), losses(n);
-      CK(cudaMemcpy(g.data(), d.grad, kParams * sizeof(float), cudaMemcpyDeviceToHost));
-      CK(cudaMemcpy(losses.data(), d.losses, n * sizeof(float), cudaMemcpyDeviceToHost));
-      double loss = 0;
-      for (float l : losses) loss += l / n;
-      const int bounds[] = {kW1, kB1, kW2, kB2, kW3, kB3, kW4, kB4, kW5, kB5, kParams};
-      const char* names[] = {"conv1.w", "conv1.b", "conv2.w", "conv2.b", "fc1.w", "fc1.b", "fc2.w", "fc2.b", "fc3.w", "fc3.b"};
-      double worst = 0;
-      std::printf("check n=%d S=%d: loss %.6f (host %.6f)", n, variant + 1, loss, ref.loss);
-      for (int t = 0; t < 10; ++t) {
-        const double e = rel_error(g, ref.g, bounds[t], bounds[t + 1]);
-        worst = std::max(worst, e);
-        std::printf(" %s %.1e", names[t], e);
-      }
-      const bool ok = worst < 1e-4 && std::abs(loss - ref.loss) < 1e-5 * std::max(1.0, ref.loss);
-      all_ok = all_ok && ok;
-      std::printf(" -> %s\n", ok ? "ok" : "WRONG");
+    CK(cudaMemset(d.sums, 0, 2 * sizeof(double)));
+    launch_step(d, n, nullptr, false);
+    CK(cudaDeviceSynchronize());
+    std::vector<float> g(kParams);
+    double sums[2];
+    CK(cudaMemcpy(g.data(), d.grad, kParams * sizeof(float), cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(sums, d.sums, sizeof(sums), cudaMemcpyDeviceToHost));
+    const double loss = sums[0] / n;
+    const int bounds[] = {kW1, kB1, kW2, kB2, kW3, kB3, kW4, kB4, kW5, kB5, kParams};
+    const char* names[] = {"conv1.w", "conv1.b", "conv2.w", "conv2.b", "fc1.w", "fc1.b", "fc2.w", "fc2.b", "fc3.w", "fc3.b"};
+    double worst = 0;
+    std::printf("check n=%d: loss %.6f (host %.6f), correct %.0f", n, loss, ref.loss, sums[1]);
+    for (int t = 0; t < 10; ++t) {
+      const double e = rel_error(g, ref.g, bounds[t], bounds[t + 1]);
+      worst = std::max(worst, e);
+      std::printf(" %s %.1e", names[t], e);
     }
+    const bool ok = worst < 1e-4 && std::abs(loss - ref.loss) < 1e-5 * std::max(1.0, ref.loss);
+    all_ok = all_ok && ok;
+    std::printf(" -> %s\n", ok ? "ok" : "WRONG");
+    // Determinism: a second run gives the same bits.
+    launch_step(d, n, nullptr, false);
+    std::vector<float> g2(kParams);
+    CK(cudaMemcpy(g2.data(), d.grad, kParams * sizeof(float), cudaMemcpyDeviceToHost));
+    if (g2 != g) std::printf("  NOT bit for bit on a second run\n"), all_ok = false;
   }
   std::printf("gradient check: %s\n", all_ok ? "all ok" : "FAILED");
-
-  for (int n : {64, 257, 1000, 2048, 8192}) {
-    measure<1, 512, 32>(d, n);
-    measure<1, 512, 8>(d, n);
-    measure<1, 512, 4>(d, n);
-    measure<2, 512, 8>(d, n);
-  }
+  if (!check_only)
+    for (int n : {64, 128, 256, 257, 512, 1000, 2048, 4096, 8192}) measure(d, n);
   return all_ok ? 0 : 1;
 }

@@ -46,9 +46,10 @@ struct PlanFingerprint {
   std::string describe() const;
 };
 
-/// The implementation names a record may hold (ConvExecutor's families, conv_planner.cpp maps them).
+/// The implementation names a record may hold: ConvExecutor's families (conv_planner.cpp maps them),
+/// and for a whole training pass the fused or the layered one (model/fused_train_step.h).
 inline const std::vector<std::string>& plan_implementations() {
-  static const std::vector<std::string> names{"cudnn", "direct", "tiled", "mma", "small"};
+  static const std::vector<std::string> names{"cudnn", "direct", "tiled", "mma", "small", "fused", "layered"};
   return names;
 }
 

@@ -1,6 +1,8 @@
 #include "model/model.h"
 
+#include <algorithm>
 #include <stdexcept>
+#include <type_traits>
 #include <string>
 #include <utility>
 
@@ -88,6 +90,8 @@ Model<T>::Model(const ModelConfig& config, DeviceContext& ctx, int max_batch, do
     acts_.emplace_back(ctx.device(), count);
     act_grads_.emplace_back(ctx.device(), with_backward ? count : 0);  // forward-only: never written
   }
+  if constexpr (std::is_same_v<T, float>)
+    if (with_backward) fused_ = make_fused_train_step(config, params_.entries(), ctx, max_batch, label_smoothing);
   // Each layer's slice of the gradient buffer, padding included, so the slices tile the buffer.
   grad_ranges_.assign(layers_.size(), {0, 0});
   const auto& entries = params_.entries();
@@ -119,6 +123,61 @@ TensorView<T> Model<T>::activation(size_t i, int n) {
 template <typename T>
 TensorView<T> Model<T>::activation_grad(size_t i, int n) {
   return {act_grads_[owner_[i]].data(), n, layers_[i]->output_dims()};
+}
+
+template <typename T>
+void Model<T>::plan(DeviceContext& ctx, int batch, bool backward) {
+  for (auto& layer : layers_) layer->plan(ctx, batch, backward);
+  if (backward) plan_train_pass(ctx, batch);
+}
+
+template <typename T>
+void Model<T>::plan_train_pass(DeviceContext& ctx, int batch) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (!fused_ || !fused_->fits(batch) || observer_ != nullptr) return;
+    const LayeredPass layered = [&](const float* x, const int32_t* labels, double* sums) {
+      forward(ctx, TensorView<const float>{x, batch, input_}, Phase::Train, StepInfo{});
+      loss(ctx, labels, 1.0f / static_cast<float>(batch), sums, true, nullptr);
+    };
+    const bool fused = plan_fused_pass(ctx, *fused_, batch, input_, params_.values().data(), params_.grads().data(),
+                                       params_.entries(), layered);
+    const auto at = std::lower_bound(fused_batches_.begin(), fused_batches_.end(), batch);
+    const bool listed = at != fused_batches_.end() && *at == batch;
+    if (fused && !listed) fused_batches_.insert(at, batch);
+    if (!fused && listed) fused_batches_.erase(at);
+  } else {
+    (void)ctx;
+    (void)batch;
+  }
+}
+
+template <typename T>
+bool Model<T>::runs_fused(int n) const {
+  return fused_ && observer_ == nullptr && std::binary_search(fused_batches_.begin(), fused_batches_.end(), n);
+}
+
+template <typename T>
+void Model<T>::train_pass(DeviceContext& ctx, TensorView<const T> input, const int32_t* labels, T grad_scale,
+                          double* sums, GradientHook* hook, const StepInfo& step) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (runs_fused(input.n)) {
+      if (input.n > max_batch_ || !(input.dims == input_))
+        throw std::logic_error("Model::train_pass: a batch of " + std::to_string(input.n) + " x " +
+                               to_string(input.dims));
+      fused_->run(ctx, params_.values().data(), input.data, labels, input.n, grad_scale, params_.grads().data(), sums);
+      last_input_ = input;
+      last_n_ = input.n;
+      if (hook == nullptr) return;
+      for (size_t i = layers_.size(); i-- > 0;) {
+        const auto [begin, end] = grad_ranges_[i];
+        if (end > begin) hook->on_gradients_ready(ctx, begin, end);
+      }
+      hook->on_backward_done(ctx);
+      return;
+    }
+  }
+  forward(ctx, input, Phase::Train, step);
+  loss(ctx, labels, grad_scale, sums, true, hook);
 }
 
 template <typename T>

@@ -14,6 +14,7 @@
 #include "io/config.h"
 #include "layers/layer.h"
 #include "layers/softmax_cross_entropy.h"
+#include "model/fused_train_step.h"
 #include "model/gradient_hook.h"
 #include "model/layer_observer.h"
 #include "model/param_store.h"
@@ -58,10 +59,17 @@ class Model {
   int num_classes() const { return num_classes_; }
   int max_batch() const { return max_batch_; }
 
-  /// Plans every layer for a batch of `batch` samples (Layer::plan): forward only, or with backward.
-  void plan(DeviceContext& ctx, int batch, bool backward) {
-    for (auto& layer : layers_) layer->plan(ctx, batch, backward);
-  }
+  /// Plans every layer for a batch of `batch` samples (Layer::plan): forward only, or with backward;
+  /// with backward, then the training pass (plan_train_pass).
+  void plan(DeviceContext& ctx, int batch, bool backward);
+  /// Where a fused pass serves this model (model/fused_train_step.h): whether train_pass runs it
+  /// at this batch or runs the layers (the layers must be planned for it, with backward). Nothing
+  /// otherwise, or while an observer listens (it hears of each layer).
+  void plan_train_pass(DeviceContext& ctx, int batch);
+  /// The fused training pass, or null where none serves this model.
+  FusedTrainStep* fused_step() { return fused_.get(); }
+  /// Whether train_pass runs the fused pass for a batch of n.
+  bool runs_fused(int n) const;
 
   /// Hears of each stage of later training passes (null: none, the default). Not owned.
   void set_observer(LayerObserver<T>* observer) { observer_ = observer; }
@@ -75,6 +83,13 @@ class Model {
   /// finished gradient slice as soon as it is queued.
   void loss(DeviceContext& ctx, const int32_t* labels, T grad_scale, double* sums, bool backward,
             GradientHook* hook);
+
+  /// A training pass: forward (Phase::Train), the loss and backward, as forward() then backward(),
+  /// or the fused pass where plan_train_pass chose it for this batch size. Either way the gradients
+  /// are in the gradient buffer, `hook` hears of each layer's (last layer first) and of the end of
+  /// backward, and sums take the loss. After a fused pass the activations are not written.
+  void train_pass(DeviceContext& ctx, TensorView<const T> input, const int32_t* labels, T grad_scale, double* sums,
+                  GradientHook* hook, const StepInfo& step);
 
   /// Shorthand for loss(..., backward = true, hook).
   void backward(DeviceContext& ctx, const int32_t* labels, T grad_scale, double* sums, GradientHook* hook) {
@@ -108,6 +123,8 @@ class Model {
   int last_n_ = 0;
   LayerObserver<T>* observer_ = nullptr;
   LayerObserver<T>* observing_ = nullptr;  // observer_ during a Phase::Train pass, else null
+  std::unique_ptr<FusedTrainStep> fused_;  // null: none serves this model
+  std::vector<int> fused_batches_;         // the batch sizes train_pass runs fused, sorted
 };
 
 }  // namespace dptrain

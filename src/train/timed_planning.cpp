@@ -17,6 +17,11 @@ void plan_model(Model<float>& model, DeviceContext& ctx, int batch, bool backwar
       if (s >= kNothingPlanned) timer->add_plan(layer->name(), batch, with_backward ? "backward" : "forward", s);
     }
   }
+  if (!backward) return;
+  const auto t0 = StartupTimer::Clock::now();
+  model.plan_train_pass(ctx, batch);
+  const double s = seconds_since(t0);
+  if (s >= kNothingPlanned) timer->add_plan("train pass", batch, "fused or layered", s);
 }
 
 }  // namespace dptrain

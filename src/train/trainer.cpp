@@ -311,9 +311,10 @@ void Trainer::run_step(const StepInfo& info, int count, float grad_scale) {
   if (count > 0) {
     source_->gather_step(ctx_, count, x_.data(), y_.data());
     if (profiler_) profiler_->data_done(ctx_);
-    model_->forward(ctx_, TensorView<const float>{x_.data(), count, config_.model.input}, Phase::Train, info);
-    // The loss, then backward; each layer's gradients go to the hook as soon as they are queued.
-    model_->backward(ctx_, y_.data(), grad_scale, sums_.data(), gradient_hook_);
+    // Forward, the loss and backward (or the fused pass the planner chose for this batch size);
+    // each layer's gradients go to the hook as soon as they are queued.
+    model_->train_pass(ctx_, TensorView<const float>{x_.data(), count, config_.model.input}, y_.data(), grad_scale,
+                       sums_.data(), gradient_hook_, info);
   } else {
     report_idle_gradients();
   }

@@ -1,0 +1,236 @@
+// LeNet-5's fused training pass (kernels/lenet5_step.h, model/fused_train_step.h): its loss and
+// every gradient against the CPU model's layered pass at batch sizes that cross every block, cluster
+// and partial-sum boundary; the same bits on every run; the planner's check, timing and record; and
+// training through the Trainer with it, against the CPU.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "gpu_test_support.h"
+#include "comm/communicator.h"
+#include "core/cuda_context.h"
+#include "core/device_ops.h"
+#include "data/dataset.h"
+#include "io/config.h"
+#include "io/plan_cache.h"
+#include "kernels/lenet5_step.h"
+#include "model/model.h"
+#include "train/runtime.h"
+#include "train/trainer.h"
+
+namespace dptrain {
+namespace {
+
+using gpu_test::GpuTest;
+using gpu_test::have_mnist;
+using gpu_test::kData;
+using gpu_test::randoms;
+using gpu_test::rel;
+
+class Lenet5FusedPass : public GpuTest {
+ protected:
+  void SetUp() override {
+    GpuTest::SetUp();
+    if (IsSkipped()) return;
+    if (!kernels::lenet5_step_supported()) GTEST_SKIP() << "no thread block clusters on this GPU (sm_90 needed)";
+  }
+};
+
+Config lenet5(const std::vector<std::string>& sets = {}) {
+  return load_config(std::string(DPTRAIN_SOURCE_DIR) + "/configs/lenet5.yaml", sets);
+}
+
+template <typename T>
+std::vector<T> host(DeviceContext& ctx, const Buffer<T>& b, size_t n) {
+  std::vector<T> h(n);
+  download(ctx, std::span<const T>(b.data(), n), std::span<T>(h));
+  return h;
+}
+template <typename T>
+Buffer<T> on(DeviceContext& ctx, const std::vector<T>& h) {
+  Buffer<T> b(ctx.device(), h.size());
+  upload(ctx, b.span(), std::span<const T>(h));
+  return b;
+}
+
+struct PassResult {
+  std::vector<float> grads;
+  std::vector<double> sums;
+};
+
+// One pass over n seeded samples from parameters drawn with seed 3: the fused pass on `ctx` (CUDA)
+// or the layered one (the CPU model, the oracle).
+PassResult run_pass(DeviceContext& ctx, const Config& config, int n, bool fused) {
+  Model<float> model(config.model, ctx, n, config.train.label_smoothing);
+  model.params().initialize(3);
+  // Normalised MNIST's range; labels spread over the classes.
+  const std::vector<float> x = randoms(static_cast<size_t>(n) * 784, 11 + static_cast<uint32_t>(n), -0.42f, 2.8f);
+  std::vector<int32_t> labels(static_cast<size_t>(n));
+  for (int i = 0; i < n; ++i) labels[static_cast<size_t>(i)] = (i * 7 + 3) % 10;
+  Buffer<float> bx = on(ctx, x);
+  Buffer<int32_t> by = on(ctx, labels);
+  Buffer<double> sums(ctx.device(), 2);
+  zero_async(ctx, sums.span());
+  // Poisoned: the fused pass must write every parameter's gradient.
+  if (fused) {
+    std::vector<float> nan(model.params().size(), std::nanf(""));
+    upload(ctx, model.params().grads().span(), std::span<const float>(nan));
+  }
+  const float scale = 1.0f / static_cast<float>(n);
+  if (fused) {
+    FusedTrainStep* step = model.fused_step();
+    if (step == nullptr) throw std::logic_error("no fused step for lenet5");
+    step->run(ctx, model.params().values().data(), bx.data(), by.data(), n, scale, model.params().grads().data(),
+              sums.data());
+  } else {
+    model.forward(ctx, TensorView<const float>{bx.data(), n, {1, 28, 28}}, Phase::Train, {});
+    model.backward(ctx, by.data(), scale, sums.data(), nullptr);
+    ctx.join_side_work();
+  }
+  PassResult r{host(ctx, model.params().grads(), model.params().size()), host(ctx, sums, 2)};
+  // Only the tensors' elements: the padding between them is no gradient.
+  std::vector<float> packed;
+  for (const ParamEntry& e : model.params().entries())
+    packed.insert(packed.end(), r.grads.begin() + static_cast<long>(e.offset),
+                  r.grads.begin() + static_cast<long>(e.offset + e.count));
+  r.grads = std::move(packed);
+  return r;
+}
+
+// Each tensor's relative difference, against the CPU's layered pass.
+void expect_matches_cpu(const PassResult& got, const PassResult& want, const Model<float>& shape, int n,
+                        const char* what) {
+  size_t at = 0;
+  for (const ParamEntry& e : shape.params().entries()) {
+    const std::vector<float> g(got.grads.begin() + static_cast<long>(at),
+                               got.grads.begin() + static_cast<long>(at + e.count));
+    const std::vector<float> w(want.grads.begin() + static_cast<long>(at),
+                               want.grads.begin() + static_cast<long>(at + e.count));
+    EXPECT_LT(rel(g, w), 1e-4) << e.name << " at batch " << n << " (" << what << ")";
+    at += e.count;
+  }
+  EXPECT_NEAR(got.sums[0], want.sums[0], 1e-5 * std::abs(want.sums[0])) << "loss at batch " << n << " (" << what << ")";
+  EXPECT_EQ(got.sums[1], want.sums[1]) << "correct count at batch " << n << " (" << what << ")";
+}
+
+// Batches of 1 (one partly empty cluster), 15 to 17 (a cluster's edge), 64, 257 and 300 (past the
+// 264 conv-backward blocks: blocks take two samples), 1000; and label smoothing.
+TEST_F(Lenet5FusedPass, LossAndEveryGradientMatchCpu) {
+  const Config plain = lenet5(), smoothed = lenet5({"train.label_smoothing=0.1"});
+  Model<float> shape(plain.model, cpu_, 1);
+  for (const int n : {1, 15, 16, 17, 64, 257, 300, 1000}) {
+    expect_matches_cpu(run_pass(*gpu_, plain, n, true), run_pass(cpu_, plain, n, false), shape, n, "plain");
+    if (n == 17 || n == 300)
+      expect_matches_cpu(run_pass(*gpu_, smoothed, n, true), run_pass(cpu_, smoothed, n, false), shape, n,
+                         "smoothing 0.1");
+  }
+}
+
+// Every sum runs in an order fixed by n: two passes give the same bits.
+TEST_F(Lenet5FusedPass, SameBitsEveryRun) {
+  const Config config = lenet5();
+  for (const int n : {64, 300}) {
+    const PassResult a = run_pass(*gpu_, config, n, true), b = run_pass(*gpu_, config, n, true);
+    EXPECT_EQ(a.grads, b.grads) << n;
+    EXPECT_EQ(a.sums, b.sums) << n;
+  }
+}
+
+// Only LeNet-5 as configured gets a fused pass; a wider conv1 or an added dropout does not, and then
+// trains layer by layer.
+TEST_F(Lenet5FusedPass, OnlyTheExactPatternGetsOne) {
+  EXPECT_NE(Model<float>(lenet5().model, *gpu_, 8).fused_step(), nullptr);
+  EXPECT_EQ(Model<float>(lenet5({"model.layers.0.out_channels=8"}).model, *gpu_, 8).fused_step(), nullptr);
+  EXPECT_EQ(Model<float>(lenet5().model, *gpu_, 8, 0.0, /*with_backward=*/false).fused_step(), nullptr);
+  const Config cnn = load_config(std::string(DPTRAIN_SOURCE_DIR) + "/configs/mnist_cnn.yaml");
+  EXPECT_EQ(Model<float>(cnn.model, *gpu_, 8).fused_step(), nullptr);
+  EXPECT_EQ(Model<float>(lenet5().model, cpu_, 8).fused_step(), nullptr);
+}
+
+// Timed planning checks the fused pass against the layered one, times both, logs and records the
+// choice; a second model planned from that book takes it without timing. Untimed, the fused pass runs.
+TEST_F(Lenet5FusedPass, PlannerChecksTimesAndRecordsTheChoice) {
+  const Config config = lenet5();
+  PlanBook book;
+  DeviceContext ctx = make_device_context(Device::Cuda, TrainConfig{});
+  ctx.set_plan_book(&book);
+  bool fused_at_257 = false;
+  {
+    Model<float> model(config.model, ctx, 257);
+    model.params().initialize(1);
+    model.plan(ctx, 257, true);
+    fused_at_257 = model.runs_fused(257);
+  }
+  ctx.set_plan_book(nullptr);
+  const auto& lines = ctx.cuda().choices();
+  const auto line = std::find_if(lines.begin(), lines.end(),
+                                 [](const std::string& l) { return l.find("train pass lenet5 batch 257:") == 0; });
+  ASSERT_NE(line, lines.end()) << "no train-pass choice logged";
+  std::printf("%s\n", line->c_str());
+  EXPECT_NE(line->find(fused_at_257 ? "-> fused" : "-> layered"), std::string::npos) << *line;
+  int records = 0;
+  for (const auto& [key, record] : book.records())
+    if (key.find("op=train_pass") != std::string::npos) {
+      ++records;
+      EXPECT_EQ(record.impl, fused_at_257 ? "fused" : "layered") << key;
+    }
+  EXPECT_EQ(records, 1);
+
+  DeviceContext again = make_device_context(Device::Cuda, TrainConfig{});
+  again.set_plan_book(&book);
+  {
+    Model<float> model(config.model, again, 257);
+    model.params().initialize(1);
+    model.plan(again, 257, true);
+    EXPECT_EQ(model.runs_fused(257), fused_at_257);
+  }
+  again.set_plan_book(nullptr);
+  for (const std::string& l : again.cuda().choices()) EXPECT_EQ(l.find("train pass"), std::string::npos) << l;
+
+  TrainConfig untimed;
+  untimed.cudnn_benchmark = false;
+  DeviceContext heuristics = make_device_context(Device::Cuda, untimed);
+  Model<float> model(config.model, heuristics, 64);
+  model.params().initialize(1);
+  model.plan(heuristics, 64, true);
+  EXPECT_TRUE(model.runs_fused(64));
+  EXPECT_FALSE(model.runs_fused(65));  // never planned
+}
+
+std::vector<float> train_lenet5(DeviceContext& ctx, const MnistData& data, int steps, bool graph) {
+  const Config config = lenet5({"train.cuda_graph=" + std::string(graph ? "true" : "false"), "train.plan_cache=off"});
+  SingleRankCommunicator comm;
+  TrainOptions options;
+  options.show_progress = false;
+  Trainer trainer(config, options, data, ctx, comm);
+  if (ctx.on_cuda()) EXPECT_TRUE(trainer.model().runs_fused(64)) << "the untimed planner takes the fused pass";
+  for (int s = 0; s < steps; ++s) trainer.step(0, s, s);
+  const auto& p = trainer.model().params();
+  std::vector<float> h(p.size());
+  download(ctx, std::span<const float>(p.values().data(), p.size()), std::span<float>(h));
+  return h;
+}
+
+// lenet5's recipe (SGD, Nesterov momentum, weight decay) through the Trainer on the fused pass: 30
+// steps stay within rounding of the CPU's layered training, and a replayed step graph equals eager
+// steps bit for bit.
+TEST_F(Lenet5FusedPass, TrainingMatchesCpuAndGraphReplayIsExact) {
+  if (!have_mnist()) GTEST_SKIP() << "MNIST not in " << kData;
+  const MnistData data = load_mnist_dir(kData);
+  TrainConfig untimed;
+  untimed.cudnn_benchmark = false;
+  DeviceContext a = make_device_context(Device::Cuda, untimed), b = make_device_context(Device::Cuda, untimed);
+  const std::vector<float> graphed = train_lenet5(a, data, 30, true);
+  EXPECT_EQ(graphed, train_lenet5(b, data, 30, false));
+  const double r = rel(graphed, train_lenet5(cpu_, data, 30, false));
+  std::printf("lenet5 fused pass vs CPU, 30 steps: relative difference %.3g\n", r);
+  EXPECT_LT(r, 1e-4);
+}
+
+}  // namespace
+}  // namespace dptrain
