@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/buffer.h"
+#include "core/cuda_check.h"
 #include "core/cuda_context.h"
 #include "core/device_ops.h"
 #include "io/plan_cache.h"
@@ -108,9 +109,16 @@ bool plan_fused_pass(DeviceContext& ctx, FusedTrainStep& fused, int n, Dims inpu
   if (chosen) return record(true);
   if (!o.cudnn_benchmark) return record(true);  // dptrain's own kernels first, as the convolutions' planner does
   cudaStream_t stream = cu.stream();
-  const double layered_us = graph_time_us(stream, [&] { layered(x.data(), y.data(), sums.data()); });
-  const double fused_us = graph_time_us(
-      stream, [&] { fused.run(ctx, params, x.data(), y.data(), n, 1.0f / static_cast<float>(n), grads, sums.data()); });
+  double layered_us = 0, fused_us = 0;
+  try {
+    layered_us = graph_time_us(stream, [&] { layered(x.data(), y.data(), sums.data()); });
+    fused_us = graph_time_us(stream, [&] {
+      fused.run(ctx, params, x.data(), y.data(), n, 1.0f / static_cast<float>(n), grads, sums.data());
+    });
+  } catch (const CudaError& e) {
+    cu.warn(what + ": could not be timed (" + e.what() + "); the layered pass runs");
+    return record(false);
+  }
   const bool fused_wins = fused_us < layered_us;
   char line[200];
   std::snprintf(line, sizeof line, "train pass %s batch %d: fused %.1f us, layered %.1f us -> %s", fused.name(), n,
