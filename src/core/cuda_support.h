@@ -9,7 +9,7 @@
 //    ctx.on_cuda() branch is dead. Files that drive the GPU themselves keep that code inside
 //    `#if DPTRAIN_HAVE_CUDA`.
 //  - The entry points into the CUDA floor that CUDA-free code calls (the CUDA layer and batch
-//    source makers, cuda_device_count) are defined by each floor's cuda_absent.cpp (core, layers, train): the makers refuse as
+//    source makers, cuda_device_count) are defined by each floor's cuda_absent.cpp (core, layers, model, train): the makers refuse as
 //    --device cuda does, and there are no devices.
 #pragma once
 
