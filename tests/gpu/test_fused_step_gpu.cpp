@@ -208,7 +208,9 @@ std::vector<float> train_lenet5(DeviceContext& ctx, const MnistData& data, int s
   TrainOptions options;
   options.show_progress = false;
   Trainer trainer(config, options, data, ctx, comm);
-  if (ctx.on_cuda()) EXPECT_TRUE(trainer.model().runs_fused(64)) << "the untimed planner takes the fused pass";
+  if (ctx.on_cuda()) {
+    EXPECT_TRUE(trainer.model().runs_fused(64)) << "the untimed planner takes the fused pass";
+  }
   for (int s = 0; s < steps; ++s) trainer.step(0, s, s);
   const auto& p = trainer.model().params();
   std::vector<float> h(p.size());
