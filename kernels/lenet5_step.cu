@@ -1,6 +1,7 @@
 #include "kernels/lenet5_step.h"
 
 #include <cooperative_groups.h>
+#include <cuda_pipeline_primitives.h>
 
 #include <string>
 
@@ -26,6 +27,7 @@ constexpr int kW1 = 0, kB1 = kW1 + kC1 * 25, kW2 = kB1 + kC1, kB2 = kW2 + kC2 * 
               kParams = kB5 + kF3;  // 61,706
 constexpr int kConvParams = kW3;    // 2,572: both convolutions' weights and biases
 constexpr int kLinParams = kParams - kConvParams;
+constexpr int kLinStride = (kLinParams + 3) / 4 * 4;  // a cluster's partial sums, 16-byte aligned
 /// Where tensor t starts in that layout (t = kLenet5Tensors: the end).
 __host__ __device__ constexpr int dense_start(int t) {
   constexpr int starts[kLenet5Tensors + 1] = {kW1, kB1, kW2, kB2, kW3, kB3, kW4, kB4, kW5, kB5, kParams};
@@ -53,6 +55,24 @@ struct Args {
   double* losses;
   unsigned char *a1, *a2;
 };
+
+// Programmatic dependent launch (sm_90): a kernel launched with launch_after_previous may start
+// while the kernel before it runs, once every block of that one has called let_next_grid_start. It
+// must call wait_for_previous_grid before it reads anything the kernels before it write; what comes
+// before the wait (staging parameters, which only the step's update changes) overlaps their tail.
+#ifndef DPTRAIN_LENET5_PDL
+#define DPTRAIN_LENET5_PDL 0
+#endif
+__device__ __forceinline__ void let_next_grid_start() {
+#if DPTRAIN_LENET5_PDL && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wait_for_previous_grid() {
+#if DPTRAIN_LENET5_PDL && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
 
 // ---- 1. conv forward: a block a sample
 constexpr int kConvThreads = 512;
@@ -101,6 +121,7 @@ __global__ void __launch_bounds__(kConvThreads) lenet5_conv_forward_kernel(const
   ConvForwardSmem& sm = *reinterpret_cast<ConvForwardSmem*>(smem4);
   const int tid = threadIdx.x;
   const size_t s = blockIdx.x;
+  let_next_grid_start();  // the head may take its place and stage its weights
   for (int i = tid; i < kC1 * 25; i += kConvThreads) sm.w1[i] = a.params[a.off[0] + i];
   for (int i = tid; i < kC1; i += kConvThreads) sm.b1[i] = a.params[a.off[1] + i];
   for (int i = tid; i < kC2 * kC1 * 25; i += kConvThreads) sm.w2[i] = a.params[a.off[2] + i];
@@ -110,9 +131,11 @@ __global__ void __launch_bounds__(kConvThreads) lenet5_conv_forward_kernel(const
     sm.x[q] = (y >= 0 && y < kIn && x >= 0 && x < kIn) ? a.x[s * kIn * kIn + y * kIn + x] : 0.0f;
   }
   __syncthreads();
-  // conv1 + ReLU + pooling: a pooled output a thread.
-  for (int r = tid; r < kC1 * kQ1; r += kConvThreads) {
-    const int c = r / kQ1, py = (r / kP1) % kP1, px = r % kP1;
+  // conv1 + ReLU + pooling: a pooled output a thread, the channel fastest: a warp's lanes read a few
+  // patches (broadcast) and six filters (distinct banks), where neighbouring positions' patches
+  // two columns apart would share banks.
+  for (int i = tid; i < kC1 * kQ1; i += kConvThreads) {
+    const int c = i % kC1, q = i / kC1, py = q / kP1, px = q % kP1, r = c * kQ1 + q;
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     pooled_sums(sm.x + 2 * py * kPadIn + 2 * px, kPadIn, sm.w1 + c * 25, acc);
     int arg;
@@ -122,9 +145,10 @@ __global__ void __launch_bounds__(kConvThreads) lenet5_conv_forward_kernel(const
     a.a1[s * (kC1 * kQ1) + r] = static_cast<unsigned char>(arg);
   }
   __syncthreads();
-  // conv2: a pooled output's four sums over half the input channels a thread (800 threads' work).
+  // conv2: a pooled output's four sums over half the input channels a thread (800 threads' work),
+  // the output channel fastest (16 filters in distinct banks, two patches a warp).
   for (int i = tid; i < 2 * kF0; i += kConvThreads) {
-    const int h = i / kF0, r = i % kF0, o = r / 25, py = (r / 5) % 5, px = r % 5;
+    const int h = i / kF0, o = i % kC2, q = (i % kF0) / kC2, py = q / 5, px = q % 5, r = o * 25 + q;
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll 1
     for (int c = 3 * h; c < 3 * h + 3; ++c)
@@ -157,107 +181,186 @@ constexpr int max_slice(int total) {
 }
 constexpr int kR1 = max_slice(kF1), kK1 = max_slice(kF0);  // fc1: 15 rows, 50 columns a block
 constexpr int kR2 = max_slice(kF2), kK2 = max_slice(kF1);  // fc2: 11, 15
-constexpr int kR3 = max_slice(kF3), kK3 = max_slice(kF2);  // fc3: 2, 11
+static_assert(kF0 % (2 * kCluster) == 0 && kF1 % kCluster == 0, "fc1's and fc2's column slices are all alike");
+static_assert(kF0 % 4 == 0 && kF1 % 4 == 0 && kF2 % 4 == 0, "the weight gradients read their inputs as float4");
+// The input gradients' split of the sum over j, in parts added in order.
+constexpr int kInputGradParts = 4;
+// Once fc1's forward is done its rows' space holds what comes after: the input gradients' partial
+// sums, fc3's whole weight and bias (every block runs fc3 and the loss for its 16 samples alike, so
+// fc2's input gradient needs no exchange), and the logits (then dL/dlogits).
+constexpr int kPartsAt = 0, kW5At = kInputGradParts * kHeadSamples * kK1, kB5At = kW5At + kF3 * kF2,
+              kLogitsAt = kB5At + kF3 + 2, kArenaEnd = kLogitsAt + kHeadSamples * kF3;
+static_assert(kPartsAt + kInputGradParts * kHeadSamples * kK1 <= kW5At && kArenaEnd <= kR1 * kF0,
+              "the second phase fits where fc1's rows were");
+static_assert(kLogitsAt % 4 == 0, "the logits are 16-byte aligned");
+// Activations are [sample][feature]; the gradients between layers are [feature][sample], so a
+// thread reads four samples' values as one float4.
 struct HeadSmem {
-  float w1r[kR1 * kF0], b1r[kR1 + 1], w1c[kF1 * kK1];
+  alignas(16) float w1r[kR1 * kF0];  // fc1's rows; once its forward is done, the arena above
+  alignas(16) float w1c[kF1 * kK1];
+  float b1r[kR1 + 1];
   float w2r[kR2 * kF1], b2r[kR2 + 1], w2c[kF2 * kK2];
-  float w3r[kR3 * kF2], b3r[kR3 + 2], w3c[kF3 * kK3 + 2];
-  float x0[kHeadSamples * kF0], h1[kHeadSamples * kF1], h2[kHeadSamples * kF2], lg[kHeadSamples * kF3];
-  float dh2[kHeadSamples * kF2], dh1[kHeadSamples * kF1];
+  alignas(16) float x0[kHeadSamples * kF0];
+  alignas(16) float h1[kHeadSamples * kF1];
+  alignas(16) float h2[kHeadSamples * kF2];
+  alignas(16) float dh2[kF2 * kHeadSamples];
+  alignas(16) float dh1[kF1 * kHeadSamples];
 };
 
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900  // the head's device code (clusters: sm_90)
 constexpr int kHeadWarps = kHeadThreads / 32;
 
-// The warp's sums of acc[0..15] over its lanes, in a fixed order: lane L returns acc[L / 2]'s
-// (16 shuffles where 16 separate reductions would take 80).
-__device__ __forceinline__ float warp_sum16(float (&acc)[16], int lane) {
+// One step of warp_sum16: lanes with bit 2 * kHalf set keep the upper kHalf sums, the others the
+// lower, each adding its partner's half.
+template <int kHalf>
+__device__ __forceinline__ void fold_sums(float (&acc)[16], int lane) {
+  const bool up = (lane & (2 * kHalf)) != 0;
 #pragma unroll
-  for (int half = 8; half >= 1; half /= 2) {
-    const bool up = (lane & (2 * half)) != 0;
-#pragma unroll
-    for (int i = 0; i < half; ++i) {
-      const float send = up ? acc[i] : acc[i + half];
-      const float keep = up ? acc[i + half] : acc[i];
-      acc[i] = keep + __shfl_xor_sync(0xffffffffu, send, 2 * half);
-    }
+  for (int i = 0; i < kHalf; ++i) {
+    const float send = up ? acc[i] : acc[i + kHalf];
+    const float keep = up ? acc[i + kHalf] : acc[i];
+    acc[i] = keep + __shfl_xor_sync(0xffffffffu, send, 2 * kHalf);
   }
+}
+
+// The warp's sums of acc[0..15] over its lanes, in a fixed order: lane L returns acc[L / 2]'s
+// (16 shuffles where 16 separate reductions would take 80; every index known at compile time, so
+// acc stays in registers).
+__device__ __forceinline__ float warp_sum16(float (&acc)[16], int lane) {
+  fold_sums<8>(acc, lane);
+  fold_sums<4>(acc, lane);
+  fold_sums<2>(acc, lane);
+  fold_sums<1>(acc, lane);
   return acc[0] + __shfl_xor_sync(0xffffffffu, acc[0], 1);
 }
 
-// out[s][j] = act(b[j] + sum_i W[j][i] x[s][i]) for this block's rows, written into every block of
-// the cluster. A warp a row, lanes along i.
-template <int kIns, bool kRelu>
-__device__ __forceinline__ void head_forward(const cg::cluster_group& cluster, const float* wr, const float* br,
-                                             Slice rows, const float* x, float* out, int outs, int lane, int warp) {
-  for (int jj = warp; jj < rows.end - rows.begin; jj += kHeadWarps) {
+// Copies count floats into shared memory, src_of(e) to dst_of(e), with every load of the thread in
+// flight at once (cp.async: no registers held); wait with __pipeline_wait_prior.
+template <typename SrcOf, typename DstOf>
+__device__ __forceinline__ void copy_in(const float* src, float* dst, int count, int tid, SrcOf src_of, DstOf dst_of) {
+  for (int e = tid; e < count; e += kHeadThreads) __pipeline_memcpy_async(dst + dst_of(e), src + src_of(e), 4);
+}
+
+// A linear layer's rows and columns of this block, into shared memory.
+template <int kIns, int kOuts>
+__device__ __forceinline__ void stage_layer(const float* w, const float* b, Slice rows, Slice cols, float* wr, float* br,
+                                            float* wc, int wc_stride, int tid) {
+  const int nr = rows.end - rows.begin, nc = cols.end - cols.begin;
+  const auto same = [](int e) { return e; };
+  copy_in(w + rows.begin * kIns, wr, nr * kIns, tid, same, same);
+  copy_in(b + rows.begin, br, nr, tid, same, same);
+  copy_in(
+      w, wc, kOuts * nc, tid, [&](int e) { return (e / nc) * kIns + cols.begin + e % nc; },
+      [&](int e) { return (e / nc) * wc_stride + e % nc; });
+}
+
+// act(b[j] + sum_i W[j][i] x[s][i]) for `rows` of W (wr, br: those rows), for each sample, to
+// store(s, j, value, lane): a warp per pair of rows and half of the samples, lanes along i; lanes
+// 2m and 2m + 1 both hold row j0 + m / 8's sum for sample m % 8 of the half.
+template <int kIns, bool kRelu, typename Store>
+__device__ __forceinline__ void head_forward(const float* wr, const float* br, int nr, const float* x, int lane,
+                                             int warp, Store store) {
+  for (int task = warp; task < (nr + 1) / 2 * 2; task += kHeadWarps) {
+    const int j0 = task / 2 * 2, half = task % 2;
+    const bool second = j0 + 1 < nr;
+    const float* w0 = wr + j0 * kIns;
+    const float* w1 = wr + (second ? j0 + 1 : j0) * kIns;
+    const float* xs = x + half * (kHeadSamples / 2) * kIns;
     float acc[16];
 #pragma unroll
-    for (int s = 0; s < 16; ++s) acc[s] = 0.0f;
-    const float* w = wr + jj * kIns;
+    for (int k = 0; k < 16; ++k) acc[k] = 0.0f;
 #pragma unroll 2
     for (int i = lane; i < kIns; i += 32) {
-      const float wv = w[i];
+      const float a = w0[i], b = w1[i];
 #pragma unroll
-      for (int s = 0; s < 16; ++s) acc[s] += wv * x[s * kIns + i];
+      for (int s = 0; s < 8; ++s) {
+        const float xv = xs[s * kIns + i];
+        acc[s] += a * xv;
+        acc[8 + s] += b * xv;
+      }
     }
-    float v = warp_sum16(acc, lane) + br[jj];
-    if (kRelu) v = fmaxf(v, 0.0f);
-    // Lanes 2s and 2s + 1 hold sample s: each writes to half the cluster.
-    const int s = lane >> 1, r0 = (lane & 1) * (kCluster / 2);
-#pragma unroll
-    for (int r = r0; r < r0 + kCluster / 2; ++r) cluster.map_shared_rank(out, r)[s * outs + rows.begin + jj] = v;
+    float v = warp_sum16(acc, lane);
+    const int m = lane >> 1, j = j0 + m / 8;
+    if (j < nr) {
+      v += br[j];
+      if (kRelu) v = fmaxf(v, 0.0f);
+      store(half * (kHeadSamples / 2) + m % 8, j, v, lane);
+    }
   }
 }
 
 #endif
 
-// This cluster's partial dW[j][i] = sum_s d[s][j] x[s][i] and db[j] = sum_s d[s][j] for this block's
-// rows, into global memory (rows of kIns).
-template <int kIns>
-__device__ __forceinline__ void head_weight_grad(const float* d, int outs, Slice rows, const float* x, float* pw,
-                                                 float* pb, int tid) {
-  const int count = (rows.end - rows.begin) * kIns;
-  for (int e = tid; e < count; e += kHeadThreads) {
-    const int j = rows.begin + e / kIns, i = e % kIns;
-    float acc = 0.0f;
+// This cluster's partial dW[j][i] = sum_s d(s, j) x[s][i] and db[j] = sum_s d(s, j) for this block's
+// rows, into global memory (rows of kIns): a thread per kRows rows and 4 columns, x read as float4
+// and d(s, j) the same for the whole warp.
+template <int kIns, int kRows, typename D>
+__device__ __forceinline__ void head_weight_grad(D d, Slice rows, const float* x, float* pw, float* pb, int tid) {
+  constexpr int kQuads = kIns / 4;
+  const int groups = (rows.end - rows.begin + kRows - 1) / kRows;
+  for (int t = tid; t < groups * kQuads; t += kHeadThreads) {
+    const int j0 = rows.begin + t / kQuads * kRows, q = t % kQuads;
+    float4 acc[kRows];
 #pragma unroll
-    for (int s = 0; s < 16; ++s) acc += d[s * outs + j] * x[s * kIns + i];
-    pw[j * kIns + i] = acc;
+    for (int r = 0; r < kRows; ++r) acc[r] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 4
+    for (int s = 0; s < kHeadSamples; ++s) {
+      const float4 xv = reinterpret_cast<const float4*>(x + s * kIns)[q];
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        const float dv = d(s, min(j0 + r, rows.end - 1));
+        acc[r].x += dv * xv.x;
+        acc[r].y += dv * xv.y;
+        acc[r].z += dv * xv.z;
+        acc[r].w += dv * xv.w;
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < kRows; ++r)
+      if (j0 + r < rows.end) reinterpret_cast<float4*>(pw + (j0 + r) * kIns)[q] = acc[r];
   }
   for (int j = rows.begin + tid; j < rows.end; j += kHeadThreads) {
     float acc = 0.0f;
 #pragma unroll
-    for (int s = 0; s < 16; ++s) acc += d[s * outs + j];
+    for (int s = 0; s < kHeadSamples; ++s) acc += d(s, j);
     pb[j] = acc;
   }
 }
 
-// din[s][i] = (act[s][i] > 0) sum_j W[j][i] d[s][j] for this block's columns: store(s, i, value).
-template <int kOuts, typename Store>
-__device__ __forceinline__ void head_input_grad(const float* wc, int wc_stride, const float* d, Slice cols,
-                                                const float* act, int ins, int tid, Store store) {
-  const int n = cols.end - cols.begin;
-  for (int e = tid; e < kHeadSamples * n; e += kHeadThreads) {
-    const int s = e / n, ii = e % n;
-    float acc = 0.0f;
-#pragma unroll 8
-    for (int j = 0; j < kOuts; ++j) acc += wc[j * wc_stride + ii] * d[s * kOuts + j];
-    const int i = cols.begin + ii;
-    store(s, i, act[s * ins + i] > 0.0f ? acc : 0.0f);
-  }
-}
-
-// A linear layer's rows and columns of this block, into shared memory.
-template <int kIns, int kOuts>
-__device__ __forceinline__ void stage_layer(const float* __restrict__ w, const float* __restrict__ b, Slice rows,
-                                            Slice cols, float* wr, float* br, float* wc, int wc_stride, int tid) {
-  const int nr = rows.end - rows.begin, nc = cols.end - cols.begin;
-  for (int e = tid; e < nr * kIns; e += kHeadThreads) wr[e] = w[rows.begin * kIns + e];
-  for (int e = tid; e < nr; e += kHeadThreads) br[e] = b[rows.begin + e];
-  for (int e = tid; e < kOuts * nc; e += kHeadThreads) {
-    const int j = e / nc, ii = e % nc;
-    wc[j * wc_stride + ii] = w[j * kIns + cols.begin + ii];
+// Partial input gradients: part[p][s][ii] = sum over part p of j of W[j][cols.begin + ii] d[j][s]
+// (d as [j][sample]): a thread per kCols columns, 4 samples and one of the parts.
+template <int kOuts, int kCols>
+__device__ __forceinline__ void head_input_grad_parts(const float* wc, int wc_stride, const float* d, int ncols,
+                                                      float* part, int tid) {
+  const int col_groups = ncols / kCols;
+  for (int t = tid; t < kInputGradParts * (kHeadSamples / 4) * col_groups; t += kHeadThreads) {
+    const int cg4 = t % col_groups, sq = (t / col_groups) % (kHeadSamples / 4), p = t / (col_groups * (kHeadSamples / 4));
+    const int ii = cg4 * kCols;
+    float acc[4][kCols];
+#pragma unroll
+    for (int s = 0; s < 4; ++s)
+#pragma unroll
+      for (int c = 0; c < kCols; ++c) acc[s][c] = 0.0f;
+#pragma unroll 3
+    for (int j = p * kOuts / kInputGradParts; j < (p + 1) * kOuts / kInputGradParts; ++j) {
+      float w[kCols];
+      if constexpr (kCols == 2) {
+        const float2 w2 = *reinterpret_cast<const float2*>(wc + j * wc_stride + ii);
+        w[0] = w2.x, w[1] = w2.y;
+      } else {
+        w[0] = wc[j * wc_stride + ii];
+      }
+      const float4 dv = reinterpret_cast<const float4*>(d + j * kHeadSamples)[sq];
+      const float ds[4] = {dv.x, dv.y, dv.z, dv.w};
+#pragma unroll
+      for (int s = 0; s < 4; ++s)
+#pragma unroll
+        for (int c = 0; c < kCols; ++c) acc[s][c] += w[c] * ds[s];
+    }
+#pragma unroll
+    for (int s = 0; s < 4; ++s)
+#pragma unroll
+      for (int c = 0; c < kCols; ++c) part[(p * kHeadSamples + 4 * sq + s) * ncols + ii + c] = acc[s][c];
   }
 }
 
@@ -280,28 +383,55 @@ __global__ void DPTRAIN_HEAD_CLUSTER __launch_bounds__(kHeadThreads, 2) lenet5_h
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int k = static_cast<int>(cluster.block_rank()), cl = static_cast<int>(blockIdx.x) / kCluster;
   const int first = cl * kHeadSamples, count = min(kHeadSamples, a.n - first);
-  float* part = a.partial_lin + static_cast<size_t>(cl) * kLinParams;
-  const Slice r1 = slice(kF1, k), c1 = slice(kF0, k), r2 = slice(kF2, k), c2 = slice(kF1, k), r3 = slice(kF3, k),
-              c3 = slice(kF2, k);
+  float* part = a.partial_lin + static_cast<size_t>(cl) * kLinStride;
+  const Slice r1 = slice(kF1, k), c1 = slice(kF0, k), r2 = slice(kF2, k), c2 = slice(kF1, k), r3 = slice(kF3, k);
   const float* P = a.params;
+  float* const arena = sm.w1r;
+  float* const w5 = arena + kW5At;
+  float* const lg = arena + kLogitsAt;
+  let_next_grid_start();
+  // The weights first: only the update changes them, so they may load while conv forward ends.
   stage_layer<kF0, kF1>(P + a.off[4], P + a.off[5], r1, c1, sm.w1r, sm.b1r, sm.w1c, kK1, tid);
   stage_layer<kF1, kF2>(P + a.off[6], P + a.off[7], r2, c2, sm.w2r, sm.b2r, sm.w2c, kK2, tid);
-  stage_layer<kF2, kF3>(P + a.off[8], P + a.off[9], r3, c3, sm.w3r, sm.b3r, sm.w3c, kK3, tid);
-  for (int e = tid; e < kHeadSamples * kF0; e += kHeadThreads)
-    sm.x0[e] = e < count * kF0 ? a.p2[static_cast<size_t>(first) * kF0 + e] : 0.0f;
+  wait_for_previous_grid();  // conv forward's outputs
+  for (int e = tid; e < kHeadSamples * kF0 / 4; e += kHeadThreads) {
+    if (e < count * kF0 / 4)
+      __pipeline_memcpy_async(sm.x0 + 4 * e, a.p2 + static_cast<size_t>(first) * kF0 + 4 * e, 16);
+    else
+      reinterpret_cast<float4*>(sm.x0)[e] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  }
+  __pipeline_commit();
+  __pipeline_wait_prior(0);
   cluster.sync();  // every block has started (its shared memory may be written to) and staged its slices
 
-  head_forward<kF0, true>(cluster, sm.w1r, sm.b1r, r1, sm.x0, sm.h1, kF1, lane, warp);
+  // fc1 and fc2 forward: each block's rows, pushed into every block (each lane of a pair to half).
+  head_forward<kF0, true>(sm.w1r, sm.b1r, r1.end - r1.begin, sm.x0, lane, warp, [&](int s, int j, float v, int l) {
+#pragma unroll
+    for (int r = (l & 1) * (kCluster / 2); r < (l & 1) * (kCluster / 2) + kCluster / 2; ++r)
+      cluster.map_shared_rank(sm.h1, r)[s * kF1 + r1.begin + j] = v;
+  });
+  __syncthreads();  // fc1's rows are read: the arena may be written
+  // fc3's weight and bias, whole, into the arena (waited for after fc2's forward).
+  copy_in(P + a.off[8], w5, kF3 * kF2, tid, [](int e) { return e; }, [](int e) { return e; });
+  copy_in(P + a.off[9], arena + kB5At, kF3, tid, [](int e) { return e; }, [](int e) { return e; });
+  __pipeline_commit();
   cluster.sync();
-  head_forward<kF1, true>(cluster, sm.w2r, sm.b2r, r2, sm.h1, sm.h2, kF2, lane, warp);
-  cluster.sync();
-  head_forward<kF2, false>(cluster, sm.w3r, sm.b3r, r3, sm.h2, sm.lg, kF3, lane, warp);
+  head_forward<kF1, true>(sm.w2r, sm.b2r, r2.end - r2.begin, sm.h1, lane, warp, [&](int s, int j, float v, int l) {
+#pragma unroll
+    for (int r = (l & 1) * (kCluster / 2); r < (l & 1) * (kCluster / 2) + kCluster / 2; ++r)
+      cluster.map_shared_rank(sm.h2, r)[s * kF2 + r2.begin + j] = v;
+  });
+  __pipeline_wait_prior(0);
   cluster.sync();
 
-  // The loss, in every block alike: the logits become dL/dlogits, zero past the batch's end.
+  // fc3 and the loss, in every block alike: the logits, then dL/dlogits (zero past the batch's end).
+  head_forward<kF2, false>(w5, arena + kB5At, kF3, sm.h2, lane, warp, [&](int s, int j, float v, int l) {
+    if ((l & 1) == 0) lg[s * kF3 + j] = v;
+  });
+  __syncthreads();
   if (tid < kHeadSamples) {
     const Smoothing smoothing(a.label_smoothing, kF3);
-    float* z = sm.lg + tid * kF3;
+    float* z = lg + tid * kF3;
     const SoftmaxRow row = softmax_row_thread(z, kF3);
     const int label = tid < count ? a.labels[first + tid] : 0;
     if (k == 0 && tid < count) {
@@ -317,47 +447,79 @@ __global__ void DPTRAIN_HEAD_CLUSTER __launch_bounds__(kHeadThreads, 2) lenet5_h
   }
   __syncthreads();
 
-  head_weight_grad<kF2>(sm.lg, kF3, r3, sm.h2, part + (kW5 - kConvParams), part + (kB5 - kConvParams), tid);
-  head_input_grad<kF3>(sm.w3c, kK3, sm.lg, c3, sm.h2, kF2, tid, [&](int s, int i, float v) {
+  // fc3's input gradient, whole, in every block; its weight gradient for this block's rows.
+  for (int e = tid; e < kF2 * kHeadSamples; e += kHeadThreads) {
+    const int i = e / kHeadSamples, s = e % kHeadSamples;
+    float acc = 0.0f;
 #pragma unroll
-    for (int r = 0; r < kCluster; ++r) cluster.map_shared_rank(sm.dh2, r)[s * kF2 + i] = v;
-  });
-  cluster.sync();
-  head_weight_grad<kF1>(sm.dh2, kF2, r2, sm.h1, part + (kW4 - kConvParams), part + (kB4 - kConvParams), tid);
-  head_input_grad<kF2>(sm.w2c, kK2, sm.dh2, c2, sm.h1, kF1, tid, [&](int s, int i, float v) {
+    for (int j = 0; j < kF3; ++j) acc += w5[j * kF2 + i] * lg[s * kF3 + j];
+    sm.dh2[e] = sm.h2[s * kF2 + i] > 0.0f ? acc : 0.0f;
+  }
+  head_weight_grad<kF2, 2>([&](int s, int j) { return lg[s * kF3 + j]; }, r3, sm.h2, part + (kW5 - kConvParams),
+                           part + (kB5 - kConvParams), tid);
+  __syncthreads();
+  // fc2: its weight gradient; its input gradient for this block's columns, into every block.
+  head_weight_grad<kF1, 2>([&](int s, int j) { return sm.dh2[j * kHeadSamples + s]; }, r2, sm.h1,
+                           part + (kW4 - kConvParams), part + (kB4 - kConvParams), tid);
+  head_input_grad_parts<kF2, 1>(sm.w2c, kK2, sm.dh2, kK2, arena + kPartsAt, tid);
+  __syncthreads();
+  for (int e = tid; e < kHeadSamples * kK2; e += kHeadThreads) {  // samples fastest: conflict-free pushes
+    const int s = e % kHeadSamples, ii = e / kHeadSamples, i = c2.begin + ii;
+    const float* pp = arena + kPartsAt + s * kK2 + ii;
+    float acc = pp[0];
 #pragma unroll
-    for (int r = 0; r < kCluster; ++r) cluster.map_shared_rank(sm.dh1, r)[s * kF1 + i] = v;
-  });
+    for (int p = 1; p < kInputGradParts; ++p) acc += pp[p * kHeadSamples * kK2];
+    const float v = sm.h1[s * kF1 + i] > 0.0f ? acc : 0.0f;
+#pragma unroll
+    for (int r = 0; r < kCluster; ++r) cluster.map_shared_rank(sm.dh1, r)[i * kHeadSamples + s] = v;
+  }
   cluster.sync();  // the last writes into other blocks; nothing reads another block's memory after it
-  head_weight_grad<kF0>(sm.dh1, kF1, r1, sm.x0, part + (kW3 - kConvParams), part + (kB3 - kConvParams), tid);
-  head_input_grad<kF1>(sm.w1c, kK1, sm.dh1, c1, sm.x0, kF0, tid, [&](int s, int i, float v) {
-    if (s < count) a.dp2[static_cast<size_t>(first + s) * kF0 + i] = v;
-  });
+  // fc1: its weight gradient; its input gradient goes to conv backward.
+  head_weight_grad<kF0, 3>([&](int s, int j) { return sm.dh1[j * kHeadSamples + s]; }, r1, sm.x0,
+                           part + (kW3 - kConvParams), part + (kB3 - kConvParams), tid);
+  head_input_grad_parts<kF1, 2>(sm.w1c, kK1, sm.dh1, kK1, arena + kPartsAt, tid);
+  __syncthreads();
+  for (int e = tid; e < count * kK1; e += kHeadThreads) {
+    const int s = e / kK1, ii = e % kK1;
+    const float* pp = arena + kPartsAt + e;
+    float acc = pp[0];
+#pragma unroll
+    for (int p = 1; p < kInputGradParts; ++p) acc += pp[p * kHeadSamples * kK1];
+    const int i = c1.begin + ii;
+    a.dp2[static_cast<size_t>(first + s) * kF0 + i] = sm.x0[s * kF0 + i] > 0.0f ? acc : 0.0f;
+  }
 #endif
 }
 // ---- 3. conv backward: a block per group of samples
 // At most this many blocks (two an SM on a 132-SM H100 or H200): each sums its samples' gradients in
 // order, so the count is a function of n alone and the result the same on every GPU.
 constexpr int kConvBackwardBlocks = 264;
+constexpr int kConv2Groups = 6;  // conv2's input gradient: 6 x 3 x 28 threads, one a group of output channels
+static_assert(kConv2Groups * (kC1 / 2) * kP1 * 2 <= kConvThreads, "conv2's input gradient takes one round of the block");
+constexpr int kConv1Parts = 14;  // conv1's weight gradient: 6 x 6 x 14 threads (one a part of 14 pooled outputs)
+static_assert(kC1 * 6 * kConv1Parts <= kConvThreads, "conv1's weight gradient takes one round of the block");
 struct ConvBackwardSmem {
   float w2[kC2 * kC1 * 25];
   float x[kPadIn * kPadIn];
   float p1[kC1 * kQ1];
   float dc2[kC2 * 18 * 18];  // conv2's gradient before pooling, 4 zeros on each side
-  float tmp[3 * kC1 * kQ1];
+  float tmp[kConv2Groups * kC1 * kQ1];
   float dp1[kC1 * kQ1];
   float dp2[kF0];
   float g[kConvParams];
   int off1[kC1 * kQ1];  // the winner of each pooled conv1 output: its top-left input in x (padded rows)
   int off2[kF0];        // the winner of each pooled conv2 output: its position in conv2's input plane
 };
+static_assert(kC1 * 26 * kConv1Parts <= kConv2Groups * kC1 * kQ1, "conv1's partial weight gradients fit in tmp");
 
 __global__ void __launch_bounds__(kConvThreads, 2) lenet5_conv_backward_kernel(const Args a) {
   extern __shared__ float4 smem4[];
   ConvBackwardSmem& sm = *reinterpret_cast<ConvBackwardSmem*>(smem4);
   const int tid = threadIdx.x;
+  let_next_grid_start();
   for (int i = tid; i < kC2 * kC1 * 25; i += kConvThreads) sm.w2[i] = a.params[a.off[2] + i];
   for (int i = tid; i < kConvParams; i += kConvThreads) sm.g[i] = 0.0f;
+  wait_for_previous_grid();  // the head's (and so conv forward's) outputs
   for (size_t s = blockIdx.x; s < static_cast<size_t>(a.n); s += gridDim.x) {
     __syncthreads();  // the last sample's readers are done
     for (int q = tid; q < kPadIn * kPadIn; q += kConvThreads) {
@@ -380,32 +542,40 @@ __global__ void __launch_bounds__(kConvThreads, 2) lenet5_conv_backward_kernel(c
       const int o = r / 25, off = sm.off2[r], y = off / kP1, x = off % kP1;
       sm.dc2[o * 324 + (y + 4) * 18 + x + 4] = sm.dp2[r];
     }
-    // conv2's weight and bias gradients: a thread a weight, over the 25 pooled outputs' winners.
-    for (int w = tid; w < kC2 * kC1 * 25 + kC2; w += kConvThreads) {
-      if (w >= kC2 * kC1 * 25) {
-        const int o = w - kC2 * kC1 * 25;
+    // conv2's weight and bias gradients: a thread per filter row (o, c, ky), its five taps over the 25
+    // pooled outputs' winners (each winner's value and offset read once for five taps).
+    for (int w = tid; w < kC2 * kC1 * 5 + kC2; w += kConvThreads) {
+      if (w >= kC2 * kC1 * 5) {
+        const int o = w - kC2 * kC1 * 5;
         float acc = 0.0f;
         for (int r = 0; r < 25; ++r) acc += sm.dp2[o * 25 + r];
         sm.g[kB2 + o] += acc;
         continue;
       }
-      const int o = w / 150, c = (w / 25) % kC1, ky = (w % 25) / 5, kx = w % 5;
+      const int o = w / (kC1 * 5), c = (w / 5) % kC1, ky = w % 5;
       const float* g = sm.dp2 + o * 25;
       const int* off = sm.off2 + o * 25;
-      const float* pc = sm.p1 + c * kQ1 + ky * kP1 + kx;
-      float acc = 0.0f;
+      const float* pc = sm.p1 + c * kQ1 + ky * kP1;
+      float acc[5] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll 5
+      for (int r = 0; r < 25; ++r) {
+        const float gv = g[r];
+        const float* row = pc + off[r];
 #pragma unroll
-      for (int r = 0; r < 25; ++r) acc += g[r] * pc[off[r]];
-      sm.g[kW2 + w] += acc;
+        for (int kx = 0; kx < 5; ++kx) acc[kx] += gv * row[kx];
+      }
+#pragma unroll
+      for (int kx = 0; kx < 5; ++kx) sm.g[kW2 + w * 5 + kx] += acc[kx];
     }
     __syncthreads();
-    // conv2's input gradient: 7 outputs of a row a thread, over a third of the output channels.
-    for (int item = tid; item < 3 * kC1 * kP1 * 2; item += kConvThreads) {
-      const int og = item / (kC1 * kP1 * 2), rem = item % (kC1 * kP1 * 2), c = rem / (kP1 * 2), y = (rem / 2) % kP1,
-                x0 = 7 * (rem % 2);
-      float acc[7] = {0, 0, 0, 0, 0, 0, 0};
+    // conv2's input gradient: 7 outputs of a row in two neighbouring channels a thread (the rows of
+    // dc2 it reads serve both), over one of kConv2Groups groups of the output channels.
+    for (int item = tid; item < kConv2Groups * (kC1 / 2) * kP1 * 2; item += kConvThreads) {
+      const int og = item / (kC1 / 2 * kP1 * 2), rem = item % (kC1 / 2 * kP1 * 2), c = 2 * (rem / (kP1 * 2)),
+                y = (rem / 2) % kP1, x0 = 7 * (rem % 2);
+      float acc[2][7] = {{0, 0, 0, 0, 0, 0, 0}, {0, 0, 0, 0, 0, 0, 0}};
 #pragma unroll 1
-      for (int o = og * kC2 / 3; o < (og + 1) * kC2 / 3; ++o) {
+      for (int o = og * kC2 / kConv2Groups; o < (og + 1) * kC2 / kConv2Groups; ++o) {
         const float* wp = sm.w2 + (o * kC1 + c) * 25;
 #pragma unroll
         for (int ky = 0; ky < 5; ++ky) {
@@ -415,39 +585,56 @@ __global__ void __launch_bounds__(kConvThreads, 2) lenet5_conv_backward_kernel(c
           for (int t = 0; t < 11; ++t) v[t] = row[t];
 #pragma unroll
           for (int kx = 0; kx < 5; ++kx) {
-            const float wv = wp[ky * 5 + kx];
+            const float w0 = wp[ky * 5 + kx], w1 = wp[25 + ky * 5 + kx];
 #pragma unroll
-            for (int t = 0; t < 7; ++t) acc[t] += wv * v[t + 4 - kx];
+            for (int t = 0; t < 7; ++t) {
+              acc[0][t] += w0 * v[t + 4 - kx];
+              acc[1][t] += w1 * v[t + 4 - kx];
+            }
           }
         }
       }
       float* out = sm.tmp + og * (kC1 * kQ1) + c * kQ1 + y * kP1 + x0;
 #pragma unroll
-      for (int t = 0; t < 7; ++t) out[t] = acc[t];
+      for (int t = 0; t < 7; ++t) out[t] = acc[0][t], out[kQ1 + t] = acc[1][t];
     }
     __syncthreads();
-    for (int q = tid; q < kC1 * kQ1; q += kConvThreads)
-      sm.dp1[q] = sm.p1[q] > 0.0f ? (sm.tmp[q] + sm.tmp[kC1 * kQ1 + q]) + sm.tmp[2 * kC1 * kQ1 + q] : 0.0f;
+    for (int q = tid; q < kC1 * kQ1; q += kConvThreads) {
+      float v = sm.tmp[q];
+#pragma unroll
+      for (int og = 1; og < kConv2Groups; ++og) v += sm.tmp[og * kC1 * kQ1 + q];
+      sm.dp1[q] = sm.p1[q] > 0.0f ? v : 0.0f;
+    }
     __syncthreads();
-    // conv1's weight and bias gradients: a thread per (channel, tap, third of the pooled outputs).
-    for (int item = tid; item < kC1 * 26 * 3; item += kConvThreads) {
-      const int c = item / 78, tap = (item % 78) / 3, qg = item % 3;
+    // conv1's weight and bias gradients in kConv1Parts parts of the pooled outputs: a thread per
+    // (channel, filter row, part) for five taps, or per (channel, part) for the bias.
+    for (int item = tid; item < kC1 * 6 * kConv1Parts; item += kConvThreads) {
+      const int c = item / (6 * kConv1Parts), row = (item / kConv1Parts) % 6, part = item % kConv1Parts;
       const float* g = sm.dp1 + c * kQ1;
-      const int q0 = qg * kQ1 / 3, q1 = (qg + 1) * kQ1 / 3;
-      float acc = 0.0f;
-      if (tap == 25) {
-        for (int q = q0; q < q1; ++q) acc += g[q];
+      const int* off = sm.off1 + c * kQ1;
+      const int q0 = part * kQ1 / kConv1Parts, q1 = (part + 1) * kQ1 / kConv1Parts;
+      float acc[5] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+      if (row == 5) {
+        for (int q = q0; q < q1; ++q) acc[0] += g[q];
       } else {
-        const int* off = sm.off1 + c * kQ1;
-        const float* xs = sm.x + (tap / 5) * kPadIn + tap % 5;
-#pragma unroll 4
-        for (int q = q0; q < q1; ++q) acc += g[q] * xs[off[q]];
+        const float* xs = sm.x + row * kPadIn;
+#pragma unroll 2
+        for (int q = q0; q < q1; ++q) {
+          const float gv = g[q];
+          const float* xr = xs + off[q];
+#pragma unroll
+          for (int kx = 0; kx < 5; ++kx) acc[kx] += gv * xr[kx];
+        }
       }
-      sm.tmp[item] = acc;
+      // tmp[(c * 26 + tap) * kConv1Parts + part], the bias as tap 25
+#pragma unroll
+      for (int kx = 0; kx < 5; ++kx)
+        if (row < 5 || kx == 0) sm.tmp[(c * 26 + row * 5 + kx) * kConv1Parts + part] = acc[kx];
     }
     __syncthreads();
     for (int t = tid; t < kC1 * 26; t += kConvThreads) {
-      const float v = (sm.tmp[3 * t] + sm.tmp[3 * t + 1]) + sm.tmp[3 * t + 2];
+      float v = sm.tmp[t * kConv1Parts];
+      for (int part = 1; part < kConv1Parts; ++part) v += sm.tmp[t * kConv1Parts + part];
       const int c = t / 26, tap = t % 26;
       if (tap < 25)
         sm.g[kW1 + c * 25 + tap] += v;
@@ -497,12 +684,13 @@ __global__ void __launch_bounds__(kFinishThreads) lenet5_finish_kernel(const Arg
   __shared__ float part[kFinishGroups][32];
   __shared__ double warp_loss[kFinishGroups], warp_correct[kFinishGroups];
   const int tid = threadIdx.x, lane = tid & 31;
+  wait_for_previous_grid();  // conv backward's (and so every earlier kernel's) outputs
   if (blockIdx.x < kConvFinishBlocks) {
     sum_partials(a, a.partial_conv, conv_blocks, kConvParams, 0, blockIdx.x * 32, kConvParams, part);
     return;
   }
   if (blockIdx.x < kConvFinishBlocks + kLinFinishBlocks) {
-    sum_partials(a, a.partial_lin, clusters, kLinParams, kConvParams,
+    sum_partials(a, a.partial_lin, clusters, kLinStride, kConvParams,
                  kConvParams + (blockIdx.x - kConvFinishBlocks) * 32, kParams, part);
     return;
   }
@@ -540,7 +728,7 @@ Layout layout(int n) {
   l.dp2 = l.p2 + round4(N * kF0);
   l.partial_conv = l.dp2 + round4(N * kF0);
   l.partial_lin = l.partial_conv + round4(static_cast<size_t>(conv_blocks(n)) * kConvParams);
-  l.correct = l.partial_lin + round4(static_cast<size_t>(head_clusters(n)) * kLinParams);
+  l.correct = l.partial_lin + static_cast<size_t>(head_clusters(n)) * kLinStride;
   l.losses = l.correct + round4(N);
   l.floats = l.losses + round4(2 * N);  // doubles
   l.a1 = 0;
@@ -565,24 +753,29 @@ bool lenet5_step_supported() {
   return major >= 9;
 }
 
-void lenet5_step(const Lenet5Step& p, cudaStream_t stream) {
-  static const bool supported = lenet5_step_supported();
-  if (!supported) throw CudaError("lenet5_step: needs thread block clusters (compute capability 9.0 or later)");
-  if (!lenet5_step_fits(p.n))
-    throw CudaError("lenet5_step: a batch of " + std::to_string(p.n) + " is outside 1.." +
-                    std::to_string(kLenet5MaxBatch));
-  if (reinterpret_cast<uintptr_t>(p.scratch) % 16 != 0)
-    throw CudaError("lenet5_step: the scratch is not 16-byte aligned");
-  static const bool configured = [] {
-    CUDA_CHECK(cudaFuncSetAttribute(lenet5_conv_forward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    static_cast<int>(sizeof(ConvForwardSmem))));
-    CUDA_CHECK(cudaFuncSetAttribute(lenet5_head_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    static_cast<int>(sizeof(HeadSmem))));
-    CUDA_CHECK(cudaFuncSetAttribute(lenet5_conv_backward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    static_cast<int>(sizeof(ConvBackwardSmem))));
-    return true;
-  }();
-  (void)configured;
+namespace {
+
+// Launches `kernel` on `stream`. With after_previous, as a programmatic dependent of the kernel
+// queued before it (the kernel calls wait_for_previous_grid before reading that one's outputs).
+template <typename... Params>
+void launch(void (*kernel)(Params...), int blocks, int threads, size_t smem, cudaStream_t stream, bool after_previous,
+            const Params&... params) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(static_cast<unsigned>(blocks));
+  config.blockDim = dim3(static_cast<unsigned>(threads));
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  if (after_previous) {
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+  }
+  CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, params...));
+}
+
+Args make_args(const Lenet5Step& p) {
   const Layout l = layout(p.n);
   Args a{};
   a.params = p.params;
@@ -603,15 +796,57 @@ void lenet5_step(const Lenet5Step& p, cudaStream_t stream) {
   a.losses = reinterpret_cast<double*>(p.scratch + l.losses);
   a.a1 = p.scratch_bytes + l.a1;
   a.a2 = p.scratch_bytes + l.a2;
-  lenet5_conv_forward_kernel<<<p.n, kConvThreads, sizeof(ConvForwardSmem), stream>>>(a);
-  CUDA_CHECK_LAUNCH();
-  lenet5_head_kernel<<<head_clusters(p.n) * kCluster, kHeadThreads, sizeof(HeadSmem), stream>>>(a);
-  CUDA_CHECK_LAUNCH();
-  lenet5_conv_backward_kernel<<<conv_blocks(p.n), kConvThreads, sizeof(ConvBackwardSmem), stream>>>(a);
-  CUDA_CHECK_LAUNCH();
-  lenet5_finish_kernel<<<kConvFinishBlocks + kLinFinishBlocks + 1, kFinishThreads, 0, stream>>>(a, conv_blocks(p.n),
-                                                                                                head_clusters(p.n));
-  CUDA_CHECK_LAUNCH();
+  return a;
+}
+
+// The four launches, each queued after the one before it. Conv forward is an ordinary launch: it
+// reads the parameters and the batch, which any earlier kernel of the step may write.
+void launch_conv_forward(const Args& a, cudaStream_t stream) {
+  launch(lenet5_conv_forward_kernel, a.n, kConvThreads, sizeof(ConvForwardSmem), stream, false, a);
+}
+void launch_head(const Args& a, cudaStream_t stream) {
+  launch(lenet5_head_kernel, head_clusters(a.n) * kCluster, kHeadThreads, sizeof(HeadSmem), stream,
+         DPTRAIN_LENET5_PDL >= 1, a);
+}
+void launch_conv_backward(const Args& a, cudaStream_t stream) {
+  launch(lenet5_conv_backward_kernel, conv_blocks(a.n), kConvThreads, sizeof(ConvBackwardSmem), stream,
+         DPTRAIN_LENET5_PDL >= 2, a);
+}
+void launch_finish(const Args& a, cudaStream_t stream) {
+  launch(lenet5_finish_kernel, kConvFinishBlocks + kLinFinishBlocks + 1, kFinishThreads, size_t{0}, stream,
+         DPTRAIN_LENET5_PDL >= 2, a,
+         conv_blocks(a.n), head_clusters(a.n));
+}
+
+void configure_kernels() {
+  static const bool configured = [] {
+    CUDA_CHECK(cudaFuncSetAttribute(lenet5_conv_forward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    static_cast<int>(sizeof(ConvForwardSmem))));
+    CUDA_CHECK(cudaFuncSetAttribute(lenet5_head_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    static_cast<int>(sizeof(HeadSmem))));
+    CUDA_CHECK(cudaFuncSetAttribute(lenet5_conv_backward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    static_cast<int>(sizeof(ConvBackwardSmem))));
+    return true;
+  }();
+  (void)configured;
+}
+
+}  // namespace
+
+void lenet5_step(const Lenet5Step& p, cudaStream_t stream) {
+  static const bool supported = lenet5_step_supported();
+  if (!supported) throw CudaError("lenet5_step: needs thread block clusters (compute capability 9.0 or later)");
+  if (!lenet5_step_fits(p.n))
+    throw CudaError("lenet5_step: a batch of " + std::to_string(p.n) + " is outside 1.." +
+                    std::to_string(kLenet5MaxBatch));
+  if (reinterpret_cast<uintptr_t>(p.scratch) % 16 != 0)
+    throw CudaError("lenet5_step: the scratch is not 16-byte aligned");
+  configure_kernels();
+  const Args a = make_args(p);
+  launch_conv_forward(a, stream);
+  launch_head(a, stream);
+  launch_conv_backward(a, stream);
+  launch_finish(a, stream);
 }
 
 }  // namespace dptrain::kernels

@@ -1,0 +1,285 @@
+// A probe, not product code: the fused LeNet-5 kernels of kernels/lenet5_step.cu (included, so each
+// of the four launches can be timed alone), checked against a double-precision host reference at
+// batches 1 to 1000 (with a second run that must give the same bits) and timed in CUDA graphs of 20
+// launches: each kernel, the whole pass, and the pass with an SGD update.
+//   nvcc -O3 -arch=sm_90 -std=c++17 -I. -Isrc bench/lenet5_step_probe.cu src/core/cuda_check.cpp -o /tmp/probe
+//   /tmp/probe check | time N... | ncu N (two passes at N, for `ncu -k regex:lenet5`)
+// -DLENET5_CU='"path.cu"' probes another version of the kernels (one with make_args, the launch_*
+// functions and configure_kernels); -DDPTRAIN_LENET5_PDL=1 (the head) or 2 (every launch after the
+// first) turns on programmatic dependent launch.
+#ifndef LENET5_CU
+#define LENET5_CU "kernels/lenet5_step.cu"
+#endif
+#include LENET5_CU
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <vector>
+
+#define CK(x) CUDA_CHECK(x)
+namespace dptrain::kernels {
+// ---------------------------------------------------------------- host reference, double precision
+struct HostGrads {
+  double loss = 0;
+  std::vector<double> g = std::vector<double>(kParams, 0.0);
+};
+
+HostGrads reference_step(const std::vector<float>& P, const float* x, const int* labels, int n) {
+  HostGrads out;
+  auto w = [&](int off, int i) { return static_cast<double>(P[off + i]); };
+  for (int s = 0; s < n; ++s) {
+    const float* xs = x + static_cast<size_t>(s) * kIn * kIn;
+    auto xp = [&](int y, int xx) { return (y >= 0 && y < kIn && xx >= 0 && xx < kIn) ? double(xs[y * kIn + xx]) : 0.0; };
+    std::vector<double> p1(kC1 * kQ1), p2(kF0), h1(kF1), h2(kF2), lg(kF3);
+    std::vector<int> a1(kC1 * kQ1), a2(kF0);
+    for (int c = 0; c < kC1; ++c)
+      for (int q = 0; q < kQ1; ++q) {
+        double m = -1e300;
+        for (int a = 0; a < 4; ++a) {
+          const int y = 2 * (q / kP1) + (a >> 1), xx = 2 * (q % kP1) + (a & 1);
+          double acc = 0;
+          for (int ky = 0; ky < 5; ++ky)
+            for (int kx = 0; kx < 5; ++kx) acc += w(kW1, c * 25 + ky * 5 + kx) * xp(y + ky - 2, xx + kx - 2);
+          if (a == 0 || acc > m) m = acc, a1[c * kQ1 + q] = a;
+        }
+        p1[c * kQ1 + q] = std::max(m + w(kB1, c), 0.0);
+      }
+    for (int o = 0; o < kC2; ++o)
+      for (int r = 0; r < 25; ++r) {
+        double m = -1e300;
+        for (int a = 0; a < 4; ++a) {
+          const int oy = 2 * (r / 5) + (a >> 1), ox = 2 * (r % 5) + (a & 1);
+          double acc = 0;
+          for (int c = 0; c < kC1; ++c)
+            for (int ky = 0; ky < 5; ++ky)
+              for (int kx = 0; kx < 5; ++kx) acc += w(kW2, (o * kC1 + c) * 25 + ky * 5 + kx) * p1[c * kQ1 + (oy + ky) * kP1 + ox + kx];
+          if (a == 0 || acc > m) m = acc, a2[o * 25 + r] = a;
+        }
+        p2[o * 25 + r] = std::max(m + w(kB2, o), 0.0);
+      }
+    auto dense = [&](int wo, int bo, const std::vector<double>& in, std::vector<double>& o, bool relu) {
+      for (size_t j = 0; j < o.size(); ++j) {
+        double acc = w(bo, static_cast<int>(j));
+        for (size_t i = 0; i < in.size(); ++i) acc += w(wo, static_cast<int>(j * in.size() + i)) * in[i];
+        o[j] = relu ? std::max(acc, 0.0) : acc;
+      }
+    };
+    dense(kW3, kB3, p2, h1, true);
+    dense(kW4, kB4, h1, h2, true);
+    dense(kW5, kB5, h2, lg, false);
+    double m = *std::max_element(lg.begin(), lg.end()), sum = 0;
+    for (double v : lg) sum += std::exp(v - m);
+    out.loss += (std::log(sum) + m - lg[labels[s]]) / n;
+    std::vector<double> d3(kF3), dh2(kF2), dh1(kF1), dp2(kF0), dp1(kC1 * kQ1, 0.0);
+    for (int k = 0; k < kF3; ++k) d3[k] = (std::exp(lg[k] - m) / sum - (k == labels[s] ? 1.0 : 0.0)) / n;
+    auto back = [&](int wo, int bo, const std::vector<double>& d, const std::vector<double>& in, std::vector<double>& din) {
+      for (size_t j = 0; j < d.size(); ++j) {
+        out.g[bo + j] += d[j];
+        for (size_t i = 0; i < in.size(); ++i) out.g[wo + j * in.size() + i] += d[j] * in[i];
+      }
+      for (size_t i = 0; i < in.size(); ++i) {
+        double acc = 0;
+        for (size_t j = 0; j < d.size(); ++j) acc += w(wo, static_cast<int>(j * in.size() + i)) * d[j];
+        din[i] = in[i] > 0 ? acc : 0.0;
+      }
+    };
+    back(kW5, kB5, d3, h2, dh2);
+    back(kW4, kB4, dh2, h1, dh1);
+    back(kW3, kB3, dh1, p2, dp2);
+    for (int o = 0; o < kC2; ++o)
+      for (int r = 0; r < 25; ++r) {
+        const double g = dp2[o * 25 + r];
+        const int a = a2[o * 25 + r], oy = 2 * (r / 5) + (a >> 1), ox = 2 * (r % 5) + (a & 1);
+        out.g[kB2 + o] += g;
+        for (int c = 0; c < kC1; ++c)
+          for (int ky = 0; ky < 5; ++ky)
+            for (int kx = 0; kx < 5; ++kx) {
+              out.g[kW2 + (o * kC1 + c) * 25 + ky * 5 + kx] += g * p1[c * kQ1 + (oy + ky) * kP1 + ox + kx];
+              dp1[c * kQ1 + (oy + ky) * kP1 + ox + kx] += g * w(kW2, (o * kC1 + c) * 25 + ky * 5 + kx);
+            }
+      }
+    for (int c = 0; c < kC1; ++c)
+      for (int q = 0; q < kQ1; ++q) {
+        const double g = p1[c * kQ1 + q] > 0 ? dp1[c * kQ1 + q] : 0.0;
+        const int a = a1[c * kQ1 + q], y = 2 * (q / kP1) + (a >> 1), xx = 2 * (q % kP1) + (a & 1);
+        out.g[kB1 + c] += g;
+        for (int ky = 0; ky < 5; ++ky)
+          for (int kx = 0; kx < 5; ++kx) out.g[kW1 + c * 25 + ky * 5 + kx] += g * xp(y + ky - 2, xx + kx - 2);
+      }
+  }
+  return out;
+}
+
+
+double rel_error(const std::vector<float>& got, const std::vector<double>& ref, int begin, int end) {
+  double num = 0, den = 0;
+  for (int i = begin; i < end; ++i) num += (got[i] - ref[i]) * (got[i] - ref[i]), den += ref[i] * ref[i];
+  return std::sqrt(num / std::max(den, 1e-300));
+}
+
+}  // namespace dptrain::kernels
+
+namespace dk = dptrain::kernels;
+
+__global__ void sgd_kernel(const float* __restrict__ grad, float* __restrict__ P, float* __restrict__ velocity, float lr) {
+  const int p = blockIdx.x * blockDim.x + threadIdx.x;
+  if (p >= dk::kParams) return;
+  const float g = grad[p] + 5e-4f * P[p];
+  const float v = 0.9f * velocity[p] + g;
+  velocity[p] = v;
+  P[p] -= lr * (g + 0.9f * v);
+}
+
+template <typename F>
+double time_graph(F what, int reps) {
+  cudaStream_t stream;
+  CK(cudaStreamCreate(&stream));
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  for (int i = 0; i < 20; ++i) what(stream);
+  CK(cudaStreamEndCapture(stream, &graph));
+  CK(cudaGraphInstantiate(&exec, graph, 0));
+  for (int i = 0; i < 3; ++i) CK(cudaGraphLaunch(exec, stream));
+  CK(cudaStreamSynchronize(stream));
+  cudaEvent_t a, b;
+  CK(cudaEventCreate(&a));
+  CK(cudaEventCreate(&b));
+  CK(cudaEventRecord(a, stream));
+  for (int i = 0; i < reps; ++i) CK(cudaGraphLaunch(exec, stream));
+  CK(cudaEventRecord(b, stream));
+  CK(cudaEventSynchronize(b));
+  float ms = 0;
+  CK(cudaEventElapsedTime(&ms, a, b));
+  CK(cudaGraphExecDestroy(exec));
+  CK(cudaGraphDestroy(graph));
+  CK(cudaStreamDestroy(stream));
+  return 1000.0 * ms / (reps * 20);
+}
+
+int main(int argc, char** argv) try {
+  const std::string mode = argc > 1 ? argv[1] : "all";
+  constexpr int kMaxN = 8192;
+  std::mt19937 rng(1);
+  std::vector<float> P(dk::kParams);
+  auto fill = [&](int off, int count, int fan_in) {
+    std::uniform_real_distribution<float> u(-1.0f / std::sqrt(float(fan_in)), 1.0f / std::sqrt(float(fan_in)));
+    for (int i = 0; i < count; ++i) P[off + i] = u(rng);
+  };
+  fill(dk::kW1, 150, 25), fill(dk::kB1, 6, 25), fill(dk::kW2, 2400, 150), fill(dk::kB2, 16, 150);
+  fill(dk::kW3, 48000, 400), fill(dk::kB3, 120, 400), fill(dk::kW4, 10080, 120), fill(dk::kB4, 84, 120);
+  fill(dk::kW5, 840, 84), fill(dk::kB5, 10, 84);
+  std::vector<float> xs(static_cast<size_t>(kMaxN) * 784);
+  std::uniform_real_distribution<float> ux(-0.42f, 2.8f);
+  for (float& v : xs) v = ux(rng);
+  std::vector<int> labels(kMaxN);
+  for (int i = 0; i < kMaxN; ++i) labels[i] = static_cast<int>(rng() % 10);
+
+  float *x, *params, *grads, *velocity, *scratch;
+  unsigned char* bytes;
+  int* dlabels;
+  double* sums;
+  const dk::Lenet5ScratchSize size = dk::lenet5_step_scratch(kMaxN);
+  CK(cudaMalloc(&x, xs.size() * 4));
+  CK(cudaMalloc(&params, dk::kParams * 4));
+  CK(cudaMalloc(&grads, dk::kParams * 4));
+  CK(cudaMalloc(&velocity, dk::kParams * 4));
+  CK(cudaMalloc(&scratch, size.floats * 4));
+  CK(cudaMalloc(&bytes, size.bytes));
+  CK(cudaMalloc(&dlabels, kMaxN * 4));
+  CK(cudaMalloc(&sums, 16));
+  CK(cudaMemcpy(x, xs.data(), xs.size() * 4, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(params, P.data(), dk::kParams * 4, cudaMemcpyHostToDevice));
+  CK(cudaMemcpy(dlabels, labels.data(), kMaxN * 4, cudaMemcpyHostToDevice));
+  CK(cudaMemset(velocity, 0, dk::kParams * 4));
+  auto step_of = [&](int n) {
+    dk::Lenet5Step p{};
+    p.params = params;
+    for (int t = 0; t < dk::kLenet5Tensors; ++t) p.offsets[t] = dk::dense_start(t);
+    p.x = x, p.labels = dlabels, p.n = n, p.grad_scale = 1.0f / n, p.label_smoothing = 0.0f;
+    p.grads = grads, p.sums = sums, p.scratch = scratch, p.scratch_bytes = bytes;
+    return p;
+  };
+  dk::configure_kernels();
+  {
+    int fb = 0, hb = 0, bb = 0, clusters = 0;
+    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fb, dk::lenet5_conv_forward_kernel, dk::kConvThreads, sizeof(dk::ConvForwardSmem)));
+    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&hb, dk::lenet5_head_kernel, dk::kHeadThreads, sizeof(dk::HeadSmem)));
+    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&bb, dk::lenet5_conv_backward_kernel, dk::kConvThreads, sizeof(dk::ConvBackwardSmem)));
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(dk::kCluster * 64);
+    cfg.blockDim = dim3(dk::kHeadThreads);
+    cfg.dynamicSmemBytes = sizeof(dk::HeadSmem);
+    CK(cudaOccupancyMaxActiveClusters(&clusters, dk::lenet5_head_kernel, &cfg));
+    std::printf("PDL %d; smem: conv fwd %zu B (%d/SM), head %zu B (%d/SM, %d clusters), conv bwd %zu B (%d/SM)\n",
+                DPTRAIN_LENET5_PDL, sizeof(dk::ConvForwardSmem), fb, sizeof(dk::HeadSmem), hb, clusters,
+                sizeof(dk::ConvBackwardSmem), bb);
+  }
+  if (mode == "ncu") {
+    const int n = argc > 2 ? std::atoi(argv[2]) : 257;
+    for (int i = 0; i < 2; ++i) dk::lenet5_step(step_of(n), nullptr);
+    CK(cudaDeviceSynchronize());
+    return 0;
+  }
+  bool all_ok = true;
+  if (mode == "check" || mode == "all") {
+    for (int n : {1, 7, 16, 17, 70, 257, 300, 1000}) {
+      const dk::HostGrads ref = dk::reference_step(P, xs.data(), labels.data(), n);
+      CK(cudaMemset(sums, 0, 16));
+      CK(cudaMemset(grads, 0xff, dk::kParams * 4));
+      dk::lenet5_step(step_of(n), nullptr);
+      CK(cudaDeviceSynchronize());
+      std::vector<float> g(dk::kParams);
+      double hs[2];
+      CK(cudaMemcpy(g.data(), grads, dk::kParams * 4, cudaMemcpyDeviceToHost));
+      CK(cudaMemcpy(hs, sums, 16, cudaMemcpyDeviceToHost));
+      const double loss = hs[0] / n;
+      const char* names[] = {"c1w", "c1b", "c2w", "c2b", "f1w", "f1b", "f2w", "f2b", "f3w", "f3b"};
+      double worst = 0;
+      std::printf("check n=%d: loss %.6f (host %.6f)", n, loss, ref.loss);
+      for (int t = 0; t < 10; ++t) {
+        const double e = dk::rel_error(g, ref.g, dk::dense_start(t), dk::dense_start(t + 1));
+        worst = std::max(worst, e);
+        std::printf(" %s %.1e", names[t], e);
+      }
+      const bool ok = worst < 1e-4 && std::abs(loss - ref.loss) < 1e-5 * std::max(1.0, ref.loss);
+      all_ok = all_ok && ok;
+      std::printf(" -> %s\n", ok ? "ok" : "WRONG");
+      dk::lenet5_step(step_of(n), nullptr);
+      std::vector<float> g2(dk::kParams);
+      CK(cudaMemcpy(g2.data(), grads, dk::kParams * 4, cudaMemcpyDeviceToHost));
+      if (g2 != g) std::printf("  NOT bit for bit on a second run\n"), all_ok = false;
+    }
+    std::printf("gradient check: %s\n", all_ok ? "all ok" : "FAILED");
+  }
+  if (mode == "time" || mode == "all") {
+    std::vector<int> ns = {16, 64, 128, 256, 257, 300, 512, 1000, 8192};
+    if (mode == "time" && argc > 2) {
+      ns.clear();
+      for (int i = 2; i < argc; ++i) ns.push_back(std::atoi(argv[i]));
+    }
+    for (int n : ns) {
+      const int reps = n >= 4096 ? 5 : 30;
+      const dk::Args a = dk::make_args(step_of(n));
+      const double k1 = time_graph([&](cudaStream_t st) { dk::launch_conv_forward(a, st); }, reps);
+      const double k2 = time_graph([&](cudaStream_t st) { dk::launch_head(a, st); }, reps);
+      const double k3 = time_graph([&](cudaStream_t st) { dk::launch_conv_backward(a, st); }, reps);
+      const double k4 = time_graph([&](cudaStream_t st) { dk::launch_finish(a, st); }, reps);
+      const double pass = time_graph([&](cudaStream_t st) { dk::lenet5_step(step_of(n), st); }, reps);
+      const double step = time_graph([&](cudaStream_t st) {
+        dk::lenet5_step(step_of(n), st);
+        sgd_kernel<<<(dk::kParams + 255) / 256, 256, 0, st>>>(grads, params, velocity, 0.0f);
+      }, reps);
+      std::printf("n=%5d: pass %7.2f us, +sgd %7.2f (%5.0fk img/s); fwd %6.2f head %6.2f (%d cl) bwd %6.2f (%d bl) fin %5.2f\n",
+                  n, pass, step, n / step * 1e3, k1, k2, dk::head_clusters(n), k3, dk::conv_blocks(n), k4);
+    }
+  }
+  return all_ok ? 0 : 1;
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "probe: %s\n", e.what());
+  return 2;
+}
