@@ -5,8 +5,7 @@
 //   nvcc -O3 -arch=sm_90 -std=c++17 -I. -Isrc bench/lenet5_step_probe.cu src/core/cuda_check.cpp -o /tmp/probe
 //   /tmp/probe check | time N... | ncu N (two passes at N, for `ncu -k regex:lenet5`)
 // -DLENET5_CU='"path.cu"' probes another version of the kernels (one with make_args, the launch_*
-// functions and configure_kernels); -DDPTRAIN_LENET5_PDL=1 (the head) or 2 (every launch after the
-// first) turns on programmatic dependent launch.
+// functions and configure_kernels).
 #ifndef LENET5_CU
 #define LENET5_CU "kernels/lenet5_step.cu"
 #endif
@@ -215,8 +214,8 @@ int main(int argc, char** argv) try {
     cfg.blockDim = dim3(dk::kHeadThreads);
     cfg.dynamicSmemBytes = sizeof(dk::HeadSmem);
     CK(cudaOccupancyMaxActiveClusters(&clusters, dk::lenet5_head_kernel, &cfg));
-    std::printf("PDL %d; smem: conv fwd %zu B (%d/SM), head %zu B (%d/SM, %d clusters), conv bwd %zu B (%d/SM)\n",
-                DPTRAIN_LENET5_PDL, sizeof(dk::ConvForwardSmem), fb, sizeof(dk::HeadSmem), hb, clusters,
+    std::printf("smem: conv fwd %zu B (%d/SM), head %zu B (%d/SM, %d clusters), conv bwd %zu B (%d/SM)\n",
+                sizeof(dk::ConvForwardSmem), fb, sizeof(dk::HeadSmem), hb, clusters,
                 sizeof(dk::ConvBackwardSmem), bb);
   }
   if (mode == "ncu") {

@@ -56,24 +56,6 @@ struct Args {
   unsigned char *a1, *a2;
 };
 
-// Programmatic dependent launch (sm_90): a kernel launched with launch_after_previous may start
-// while the kernel before it runs, once every block of that one has called let_next_grid_start. It
-// must call wait_for_previous_grid before it reads anything the kernels before it write; what comes
-// before the wait (staging parameters, which only the step's update changes) overlaps their tail.
-#ifndef DPTRAIN_LENET5_PDL
-#define DPTRAIN_LENET5_PDL 0
-#endif
-__device__ __forceinline__ void let_next_grid_start() {
-#if DPTRAIN_LENET5_PDL && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void wait_for_previous_grid() {
-#if DPTRAIN_LENET5_PDL && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
 // ---- 1. conv forward: a block a sample
 constexpr int kConvThreads = 512;
 struct ConvForwardSmem {
@@ -121,7 +103,6 @@ __global__ void __launch_bounds__(kConvThreads) lenet5_conv_forward_kernel(const
   ConvForwardSmem& sm = *reinterpret_cast<ConvForwardSmem*>(smem4);
   const int tid = threadIdx.x;
   const size_t s = blockIdx.x;
-  let_next_grid_start();  // the head may take its place and stage its weights
   for (int i = tid; i < kC1 * 25; i += kConvThreads) sm.w1[i] = a.params[a.off[0] + i];
   for (int i = tid; i < kC1; i += kConvThreads) sm.b1[i] = a.params[a.off[1] + i];
   for (int i = tid; i < kC2 * kC1 * 25; i += kConvThreads) sm.w2[i] = a.params[a.off[2] + i];
@@ -389,11 +370,9 @@ __global__ void DPTRAIN_HEAD_CLUSTER __launch_bounds__(kHeadThreads, 2) lenet5_h
   float* const arena = sm.w1r;
   float* const w5 = arena + kW5At;
   float* const lg = arena + kLogitsAt;
-  let_next_grid_start();
   // The weights first: only the update changes them, so they may load while conv forward ends.
   stage_layer<kF0, kF1>(P + a.off[4], P + a.off[5], r1, c1, sm.w1r, sm.b1r, sm.w1c, kK1, tid);
   stage_layer<kF1, kF2>(P + a.off[6], P + a.off[7], r2, c2, sm.w2r, sm.b2r, sm.w2c, kK2, tid);
-  wait_for_previous_grid();  // conv forward's outputs
   for (int e = tid; e < kHeadSamples * kF0 / 4; e += kHeadThreads) {
     if (e < count * kF0 / 4)
       __pipeline_memcpy_async(sm.x0 + 4 * e, a.p2 + static_cast<size_t>(first) * kF0 + 4 * e, 16);
@@ -494,32 +473,25 @@ __global__ void DPTRAIN_HEAD_CLUSTER __launch_bounds__(kHeadThreads, 2) lenet5_h
 // At most this many blocks (two an SM on a 132-SM H100 or H200): each sums its samples' gradients in
 // order, so the count is a function of n alone and the result the same on every GPU.
 constexpr int kConvBackwardBlocks = 264;
-constexpr int kConv2Groups = 6;  // conv2's input gradient: 6 x 3 x 28 threads, one a group of output channels
-static_assert(kConv2Groups * (kC1 / 2) * kP1 * 2 <= kConvThreads, "conv2's input gradient takes one round of the block");
-constexpr int kConv1Parts = 14;  // conv1's weight gradient: 6 x 6 x 14 threads (one a part of 14 pooled outputs)
-static_assert(kC1 * 6 * kConv1Parts <= kConvThreads, "conv1's weight gradient takes one round of the block");
 struct ConvBackwardSmem {
   float w2[kC2 * kC1 * 25];
   float x[kPadIn * kPadIn];
   float p1[kC1 * kQ1];
   float dc2[kC2 * 18 * 18];  // conv2's gradient before pooling, 4 zeros on each side
-  float tmp[kConv2Groups * kC1 * kQ1];
+  float tmp[3 * kC1 * kQ1];
   float dp1[kC1 * kQ1];
   float dp2[kF0];
   float g[kConvParams];
   int off1[kC1 * kQ1];  // the winner of each pooled conv1 output: its top-left input in x (padded rows)
   int off2[kF0];        // the winner of each pooled conv2 output: its position in conv2's input plane
 };
-static_assert(kC1 * 26 * kConv1Parts <= kConv2Groups * kC1 * kQ1, "conv1's partial weight gradients fit in tmp");
 
 __global__ void __launch_bounds__(kConvThreads, 2) lenet5_conv_backward_kernel(const Args a) {
   extern __shared__ float4 smem4[];
   ConvBackwardSmem& sm = *reinterpret_cast<ConvBackwardSmem*>(smem4);
   const int tid = threadIdx.x;
-  let_next_grid_start();
   for (int i = tid; i < kC2 * kC1 * 25; i += kConvThreads) sm.w2[i] = a.params[a.off[2] + i];
   for (int i = tid; i < kConvParams; i += kConvThreads) sm.g[i] = 0.0f;
-  wait_for_previous_grid();  // the head's (and so conv forward's) outputs
   for (size_t s = blockIdx.x; s < static_cast<size_t>(a.n); s += gridDim.x) {
     __syncthreads();  // the last sample's readers are done
     for (int q = tid; q < kPadIn * kPadIn; q += kConvThreads) {
@@ -542,40 +514,32 @@ __global__ void __launch_bounds__(kConvThreads, 2) lenet5_conv_backward_kernel(c
       const int o = r / 25, off = sm.off2[r], y = off / kP1, x = off % kP1;
       sm.dc2[o * 324 + (y + 4) * 18 + x + 4] = sm.dp2[r];
     }
-    // conv2's weight and bias gradients: a thread per filter row (o, c, ky), its five taps over the 25
-    // pooled outputs' winners (each winner's value and offset read once for five taps).
-    for (int w = tid; w < kC2 * kC1 * 5 + kC2; w += kConvThreads) {
-      if (w >= kC2 * kC1 * 5) {
-        const int o = w - kC2 * kC1 * 5;
+    // conv2's weight and bias gradients: a thread a weight, over the 25 pooled outputs' winners.
+    for (int w = tid; w < kC2 * kC1 * 25 + kC2; w += kConvThreads) {
+      if (w >= kC2 * kC1 * 25) {
+        const int o = w - kC2 * kC1 * 25;
         float acc = 0.0f;
         for (int r = 0; r < 25; ++r) acc += sm.dp2[o * 25 + r];
         sm.g[kB2 + o] += acc;
         continue;
       }
-      const int o = w / (kC1 * 5), c = (w / 5) % kC1, ky = w % 5;
+      const int o = w / 150, c = (w / 25) % kC1, ky = (w % 25) / 5, kx = w % 5;
       const float* g = sm.dp2 + o * 25;
       const int* off = sm.off2 + o * 25;
-      const float* pc = sm.p1 + c * kQ1 + ky * kP1;
-      float acc[5] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll 5
-      for (int r = 0; r < 25; ++r) {
-        const float gv = g[r];
-        const float* row = pc + off[r];
+      const float* pc = sm.p1 + c * kQ1 + ky * kP1 + kx;
+      float acc = 0.0f;
 #pragma unroll
-        for (int kx = 0; kx < 5; ++kx) acc[kx] += gv * row[kx];
-      }
-#pragma unroll
-      for (int kx = 0; kx < 5; ++kx) sm.g[kW2 + w * 5 + kx] += acc[kx];
+      for (int r = 0; r < 25; ++r) acc += g[r] * pc[off[r]];
+      sm.g[kW2 + w] += acc;
     }
     __syncthreads();
-    // conv2's input gradient: 7 outputs of a row in two neighbouring channels a thread (the rows of
-    // dc2 it reads serve both), over one of kConv2Groups groups of the output channels.
-    for (int item = tid; item < kConv2Groups * (kC1 / 2) * kP1 * 2; item += kConvThreads) {
-      const int og = item / (kC1 / 2 * kP1 * 2), rem = item % (kC1 / 2 * kP1 * 2), c = 2 * (rem / (kP1 * 2)),
-                y = (rem / 2) % kP1, x0 = 7 * (rem % 2);
-      float acc[2][7] = {{0, 0, 0, 0, 0, 0, 0}, {0, 0, 0, 0, 0, 0, 0}};
+    // conv2's input gradient: 7 outputs of a row a thread, over a third of the output channels.
+    for (int item = tid; item < 3 * kC1 * kP1 * 2; item += kConvThreads) {
+      const int og = item / (kC1 * kP1 * 2), rem = item % (kC1 * kP1 * 2), c = rem / (kP1 * 2), y = (rem / 2) % kP1,
+                x0 = 7 * (rem % 2);
+      float acc[7] = {0, 0, 0, 0, 0, 0, 0};
 #pragma unroll 1
-      for (int o = og * kC2 / kConv2Groups; o < (og + 1) * kC2 / kConv2Groups; ++o) {
+      for (int o = og * kC2 / 3; o < (og + 1) * kC2 / 3; ++o) {
         const float* wp = sm.w2 + (o * kC1 + c) * 25;
 #pragma unroll
         for (int ky = 0; ky < 5; ++ky) {
@@ -585,56 +549,39 @@ __global__ void __launch_bounds__(kConvThreads, 2) lenet5_conv_backward_kernel(c
           for (int t = 0; t < 11; ++t) v[t] = row[t];
 #pragma unroll
           for (int kx = 0; kx < 5; ++kx) {
-            const float w0 = wp[ky * 5 + kx], w1 = wp[25 + ky * 5 + kx];
+            const float wv = wp[ky * 5 + kx];
 #pragma unroll
-            for (int t = 0; t < 7; ++t) {
-              acc[0][t] += w0 * v[t + 4 - kx];
-              acc[1][t] += w1 * v[t + 4 - kx];
-            }
+            for (int t = 0; t < 7; ++t) acc[t] += wv * v[t + 4 - kx];
           }
         }
       }
       float* out = sm.tmp + og * (kC1 * kQ1) + c * kQ1 + y * kP1 + x0;
 #pragma unroll
-      for (int t = 0; t < 7; ++t) out[t] = acc[0][t], out[kQ1 + t] = acc[1][t];
+      for (int t = 0; t < 7; ++t) out[t] = acc[t];
     }
     __syncthreads();
-    for (int q = tid; q < kC1 * kQ1; q += kConvThreads) {
-      float v = sm.tmp[q];
-#pragma unroll
-      for (int og = 1; og < kConv2Groups; ++og) v += sm.tmp[og * kC1 * kQ1 + q];
-      sm.dp1[q] = sm.p1[q] > 0.0f ? v : 0.0f;
-    }
+    for (int q = tid; q < kC1 * kQ1; q += kConvThreads)
+      sm.dp1[q] = sm.p1[q] > 0.0f ? (sm.tmp[q] + sm.tmp[kC1 * kQ1 + q]) + sm.tmp[2 * kC1 * kQ1 + q] : 0.0f;
     __syncthreads();
-    // conv1's weight and bias gradients in kConv1Parts parts of the pooled outputs: a thread per
-    // (channel, filter row, part) for five taps, or per (channel, part) for the bias.
-    for (int item = tid; item < kC1 * 6 * kConv1Parts; item += kConvThreads) {
-      const int c = item / (6 * kConv1Parts), row = (item / kConv1Parts) % 6, part = item % kConv1Parts;
+    // conv1's weight and bias gradients: a thread per (channel, tap, third of the pooled outputs).
+    for (int item = tid; item < kC1 * 26 * 3; item += kConvThreads) {
+      const int c = item / 78, tap = (item % 78) / 3, qg = item % 3;
       const float* g = sm.dp1 + c * kQ1;
-      const int* off = sm.off1 + c * kQ1;
-      const int q0 = part * kQ1 / kConv1Parts, q1 = (part + 1) * kQ1 / kConv1Parts;
-      float acc[5] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-      if (row == 5) {
-        for (int q = q0; q < q1; ++q) acc[0] += g[q];
+      const int q0 = qg * kQ1 / 3, q1 = (qg + 1) * kQ1 / 3;
+      float acc = 0.0f;
+      if (tap == 25) {
+        for (int q = q0; q < q1; ++q) acc += g[q];
       } else {
-        const float* xs = sm.x + row * kPadIn;
-#pragma unroll 2
-        for (int q = q0; q < q1; ++q) {
-          const float gv = g[q];
-          const float* xr = xs + off[q];
-#pragma unroll
-          for (int kx = 0; kx < 5; ++kx) acc[kx] += gv * xr[kx];
-        }
+        const int* off = sm.off1 + c * kQ1;
+        const float* xs = sm.x + (tap / 5) * kPadIn + tap % 5;
+#pragma unroll 4
+        for (int q = q0; q < q1; ++q) acc += g[q] * xs[off[q]];
       }
-      // tmp[(c * 26 + tap) * kConv1Parts + part], the bias as tap 25
-#pragma unroll
-      for (int kx = 0; kx < 5; ++kx)
-        if (row < 5 || kx == 0) sm.tmp[(c * 26 + row * 5 + kx) * kConv1Parts + part] = acc[kx];
+      sm.tmp[item] = acc;
     }
     __syncthreads();
     for (int t = tid; t < kC1 * 26; t += kConvThreads) {
-      float v = sm.tmp[t * kConv1Parts];
-      for (int part = 1; part < kConv1Parts; ++part) v += sm.tmp[t * kConv1Parts + part];
+      const float v = (sm.tmp[3 * t] + sm.tmp[3 * t + 1]) + sm.tmp[3 * t + 2];
       const int c = t / 26, tap = t % 26;
       if (tap < 25)
         sm.g[kW1 + c * 25 + tap] += v;
@@ -684,7 +631,6 @@ __global__ void __launch_bounds__(kFinishThreads) lenet5_finish_kernel(const Arg
   __shared__ float part[kFinishGroups][32];
   __shared__ double warp_loss[kFinishGroups], warp_correct[kFinishGroups];
   const int tid = threadIdx.x, lane = tid & 31;
-  wait_for_previous_grid();  // conv backward's (and so every earlier kernel's) outputs
   if (blockIdx.x < kConvFinishBlocks) {
     sum_partials(a, a.partial_conv, conv_blocks, kConvParams, 0, blockIdx.x * 32, kConvParams, part);
     return;
@@ -755,24 +701,12 @@ bool lenet5_step_supported() {
 
 namespace {
 
-// Launches `kernel` on `stream`. With after_previous, as a programmatic dependent of the kernel
-// queued before it (the kernel calls wait_for_previous_grid before reading that one's outputs).
+// Launches `kernel` on `stream`, checked.
 template <typename... Params>
-void launch(void (*kernel)(Params...), int blocks, int threads, size_t smem, cudaStream_t stream, bool after_previous,
+void launch(void (*kernel)(Params...), int blocks, int threads, size_t smem, cudaStream_t stream,
             const Params&... params) {
-  cudaLaunchConfig_t config{};
-  config.gridDim = dim3(static_cast<unsigned>(blocks));
-  config.blockDim = dim3(static_cast<unsigned>(threads));
-  config.dynamicSmemBytes = smem;
-  config.stream = stream;
-  cudaLaunchAttribute attribute{};
-  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute.val.programmaticStreamSerializationAllowed = 1;
-  if (after_previous) {
-    config.attrs = &attribute;
-    config.numAttrs = 1;
-  }
-  CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, params...));
+  kernel<<<blocks, threads, smem, stream>>>(params...);
+  CUDA_CHECK_LAUNCH();
 }
 
 Args make_args(const Lenet5Step& p) {
@@ -799,22 +733,18 @@ Args make_args(const Lenet5Step& p) {
   return a;
 }
 
-// The four launches, each queued after the one before it. Conv forward is an ordinary launch: it
-// reads the parameters and the batch, which any earlier kernel of the step may write.
+// The four launches, each queued after the one before it.
 void launch_conv_forward(const Args& a, cudaStream_t stream) {
-  launch(lenet5_conv_forward_kernel, a.n, kConvThreads, sizeof(ConvForwardSmem), stream, false, a);
+  launch(lenet5_conv_forward_kernel, a.n, kConvThreads, sizeof(ConvForwardSmem), stream, a);
 }
 void launch_head(const Args& a, cudaStream_t stream) {
-  launch(lenet5_head_kernel, head_clusters(a.n) * kCluster, kHeadThreads, sizeof(HeadSmem), stream,
-         DPTRAIN_LENET5_PDL >= 1, a);
+  launch(lenet5_head_kernel, head_clusters(a.n) * kCluster, kHeadThreads, sizeof(HeadSmem), stream, a);
 }
 void launch_conv_backward(const Args& a, cudaStream_t stream) {
-  launch(lenet5_conv_backward_kernel, conv_blocks(a.n), kConvThreads, sizeof(ConvBackwardSmem), stream,
-         DPTRAIN_LENET5_PDL >= 2, a);
+  launch(lenet5_conv_backward_kernel, conv_blocks(a.n), kConvThreads, sizeof(ConvBackwardSmem), stream, a);
 }
 void launch_finish(const Args& a, cudaStream_t stream) {
-  launch(lenet5_finish_kernel, kConvFinishBlocks + kLinFinishBlocks + 1, kFinishThreads, size_t{0}, stream,
-         DPTRAIN_LENET5_PDL >= 2, a,
+  launch(lenet5_finish_kernel, kConvFinishBlocks + kLinFinishBlocks + 1, kFinishThreads, size_t{0}, stream, a,
          conv_blocks(a.n), head_clusters(a.n));
 }
 
