@@ -148,6 +148,7 @@ __global__ void __launch_bounds__(kConvThreads) lenet5_conv_forward_kernel(const
 
 // ---- 2. the linear head: a cluster of 8 blocks per 16 samples
 constexpr int kCluster = 8, kHeadSamples = 16, kHeadThreads = 512;
+static_assert(kHeadSamples % 8 == 0, "the forward warps take eight samples each");
 struct Slice {
   int begin, end;
 };
@@ -236,17 +237,18 @@ __device__ __forceinline__ void stage_layer(const float* w, const float* b, Slic
 }
 
 // act(b[j] + sum_i W[j][i] x[s][i]) for `rows` of W (wr, br: those rows), for each sample, to
-// store(s, j, value, lane): a warp per pair of rows and half of the samples, lanes along i; lanes
-// 2m and 2m + 1 both hold row j0 + m / 8's sum for sample m % 8 of the half.
+// store(s, j, value, lane): a warp per pair of rows and group of eight samples, lanes along i;
+// lanes 2m and 2m + 1 both hold row j0 + m / 8's sum for sample m % 8 of the group.
 template <int kIns, bool kRelu, typename Store>
 __device__ __forceinline__ void head_forward(const float* wr, const float* br, int nr, const float* x, int lane,
                                              int warp, Store store) {
-  for (int task = warp; task < (nr + 1) / 2 * 2; task += kHeadWarps) {
-    const int j0 = task / 2 * 2, half = task % 2;
+  constexpr int kGroups = kHeadSamples / 8;
+  for (int task = warp; task < (nr + 1) / 2 * kGroups; task += kHeadWarps) {
+    const int j0 = task / kGroups * 2, group = task % kGroups;
     const bool second = j0 + 1 < nr;
     const float* w0 = wr + j0 * kIns;
     const float* w1 = wr + (second ? j0 + 1 : j0) * kIns;
-    const float* xs = x + half * (kHeadSamples / 2) * kIns;
+    const float* xs = x + group * 8 * kIns;
     float acc[16];
 #pragma unroll
     for (int k = 0; k < 16; ++k) acc[k] = 0.0f;
@@ -265,7 +267,7 @@ __device__ __forceinline__ void head_forward(const float* wr, const float* br, i
     if (j < nr) {
       v += br[j];
       if (kRelu) v = fmaxf(v, 0.0f);
-      store(half * (kHeadSamples / 2) + m % 8, j, v, lane);
+      store(group * 8 + m % 8, j, v, lane);
     }
   }
 }
@@ -514,23 +516,30 @@ __global__ void __launch_bounds__(kConvThreads, 2) lenet5_conv_backward_kernel(c
       const int o = r / 25, off = sm.off2[r], y = off / kP1, x = off % kP1;
       sm.dc2[o * 324 + (y + 4) * 18 + x + 4] = sm.dp2[r];
     }
-    // conv2's weight and bias gradients: a thread a weight, over the 25 pooled outputs' winners.
-    for (int w = tid; w < kC2 * kC1 * 25 + kC2; w += kConvThreads) {
-      if (w >= kC2 * kC1 * 25) {
-        const int o = w - kC2 * kC1 * 25;
+    // conv2's weight and bias gradients: a thread per filter row (o, c, ky), its five taps over the 25
+    // pooled outputs' winners (each winner's value and offset read once for five taps).
+    for (int w = tid; w < kC2 * kC1 * 5 + kC2; w += kConvThreads) {
+      if (w >= kC2 * kC1 * 5) {
+        const int o = w - kC2 * kC1 * 5;
         float acc = 0.0f;
         for (int r = 0; r < 25; ++r) acc += sm.dp2[o * 25 + r];
         sm.g[kB2 + o] += acc;
         continue;
       }
-      const int o = w / 150, c = (w / 25) % kC1, ky = (w % 25) / 5, kx = w % 5;
+      const int o = w / (kC1 * 5), c = (w / 5) % kC1, ky = w % 5;
       const float* g = sm.dp2 + o * 25;
       const int* off = sm.off2 + o * 25;
-      const float* pc = sm.p1 + c * kQ1 + ky * kP1 + kx;
-      float acc = 0.0f;
+      const float* pc = sm.p1 + c * kQ1 + ky * kP1;
+      float acc[5] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll 5
+      for (int r = 0; r < 25; ++r) {
+        const float gv = g[r];
+        const float* row = pc + off[r];
 #pragma unroll
-      for (int r = 0; r < 25; ++r) acc += g[r] * pc[off[r]];
-      sm.g[kW2 + w] += acc;
+        for (int kx = 0; kx < 5; ++kx) acc[kx] += gv * row[kx];
+      }
+#pragma unroll
+      for (int kx = 0; kx < 5; ++kx) sm.g[kW2 + w * 5 + kx] += acc[kx];
     }
     __syncthreads();
     // conv2's input gradient: 7 outputs of a row a thread, over a third of the output channels.
