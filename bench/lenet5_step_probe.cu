@@ -3,7 +3,8 @@
 // batches 1 to 1000 (with a second run that must give the same bits) and timed in CUDA graphs of 20
 // launches: each kernel, the whole pass, and the pass with an SGD update.
 //   nvcc -O3 -arch=sm_90 -std=c++17 -I. -Isrc bench/lenet5_step_probe.cu src/core/cuda_check.cpp -o /tmp/probe
-//   /tmp/probe check | time N... | ncu N (two passes at N, for `ncu -k regex:lenet5`)
+//   /tmp/probe check | time N... | ncu N (two passes at N, for `ncu -k regex:lenet5`); check prints
+//   each batch's gradient bits as a hash, to compare two builds' results bit for bit
 // -DLENET5_CU='"path.cu"' probes another version of the kernels (one with make_args, the launch_*
 // functions and configure_kernels).
 #ifndef LENET5_CU
@@ -226,7 +227,7 @@ int main(int argc, char** argv) try {
   }
   bool all_ok = true;
   if (mode == "check" || mode == "all") {
-    for (int n : {1, 7, 16, 17, 70, 257, 300, 1000}) {
+    for (int n : {1, 7, 16, 17, 21, 70, 257, 300, 1000}) {
       const dk::HostGrads ref = dk::reference_step(P, xs.data(), labels.data(), n);
       CK(cudaMemset(sums, 0, 16));
       CK(cudaMemset(grads, 0xff, dk::kParams * 4));
@@ -247,7 +248,14 @@ int main(int argc, char** argv) try {
       }
       const bool ok = worst < 1e-4 && std::abs(loss - ref.loss) < 1e-5 * std::max(1.0, ref.loss);
       all_ok = all_ok && ok;
-      std::printf(" -> %s\n", ok ? "ok" : "WRONG");
+      // The gradients' and sums' bits, so that two builds can be compared run for run.
+      unsigned long long bits = 1469598103934665603ull;
+      const auto mix = [&](const void* data, size_t bytes) {
+        for (size_t b = 0; b < bytes; ++b) bits = (bits ^ static_cast<const unsigned char*>(data)[b]) * 1099511628211ull;
+      };
+      mix(g.data(), g.size() * sizeof(float));
+      mix(hs, sizeof hs);
+      std::printf(" -> %s, bits %016llx\n", ok ? "ok" : "WRONG", bits);
       dk::lenet5_step(step_of(n), nullptr);
       std::vector<float> g2(dk::kParams);
       CK(cudaMemcpy(g2.data(), grads, dk::kParams * 4, cudaMemcpyDeviceToHost));
