@@ -222,15 +222,18 @@ template <typename SrcOf, typename DstOf>
 __device__ __forceinline__ void copy_in(const float* src, float* dst, int count, int tid, SrcOf src_of, DstOf dst_of) {
   for (int e = tid; e < count; e += kHeadThreads) __pipeline_memcpy_async(dst + dst_of(e), src + src_of(e), 4);
 }
+// The same for count contiguous floats.
+__device__ __forceinline__ void copy_in(const float* src, float* dst, int count, int tid) {
+  for (int e = tid; e < count; e += kHeadThreads) __pipeline_memcpy_async(dst + e, src + e, 4);
+}
 
 // A linear layer's rows and columns of this block, into shared memory.
 template <int kIns, int kOuts>
 __device__ __forceinline__ void stage_layer(const float* w, const float* b, Slice rows, Slice cols, float* wr, float* br,
                                             float* wc, int wc_stride, int tid) {
   const int nr = rows.end - rows.begin, nc = cols.end - cols.begin;
-  const auto same = [](int e) { return e; };
-  copy_in(w + rows.begin * kIns, wr, nr * kIns, tid, same, same);
-  copy_in(b + rows.begin, br, nr, tid, same, same);
+  copy_in(w + rows.begin * kIns, wr, nr * kIns, tid);
+  copy_in(b + rows.begin, br, nr, tid);
   copy_in(
       w, wc, kOuts * nc, tid, [&](int e) { return (e / nc) * kIns + cols.begin + e % nc; },
       [&](int e) { return (e / nc) * wc_stride + e % nc; });
@@ -397,8 +400,8 @@ __global__ void DPTRAIN_HEAD_CLUSTER __launch_bounds__(kHeadThreads, 2) lenet5_h
   });
   __syncthreads();  // fc1's rows are read: the arena may be written
   // fc3's weight and bias, whole, into the arena (waited for after fc2's forward).
-  copy_in(P + a.off[8], w5, kF3 * kF2, tid, [](int e) { return e; }, [](int e) { return e; });
-  copy_in(P + a.off[9], arena + kB5At, kF3, tid, [](int e) { return e; }, [](int e) { return e; });
+  copy_in(P + a.off[8], w5, kF3 * kF2, tid);
+  copy_in(P + a.off[9], arena + kB5At, kF3, tid);
   __pipeline_commit();
   cluster.sync();
   head_forward<kF1, true>(sm.w2r, sm.b2r, r2.end - r2.begin, sm.h1, groups, lane, warp, [&](int s, int j, float v, int l) {
@@ -716,14 +719,6 @@ bool lenet5_step_supported() {
 
 namespace {
 
-// Launches `kernel` on `stream`, checked.
-template <typename... Params>
-void launch(void (*kernel)(Params...), int blocks, int threads, size_t smem, cudaStream_t stream,
-            const Params&... params) {
-  kernel<<<blocks, threads, smem, stream>>>(params...);
-  CUDA_CHECK_LAUNCH();
-}
-
 Args make_args(const Lenet5Step& p) {
   const Layout l = layout(p.n);
   Args a{};
@@ -750,17 +745,21 @@ Args make_args(const Lenet5Step& p) {
 
 // The four launches, each queued after the one before it.
 void launch_conv_forward(const Args& a, cudaStream_t stream) {
-  launch(lenet5_conv_forward_kernel, a.n, kConvThreads, sizeof(ConvForwardSmem), stream, a);
+  lenet5_conv_forward_kernel<<<a.n, kConvThreads, sizeof(ConvForwardSmem), stream>>>(a);
+  CUDA_CHECK_LAUNCH();
 }
 void launch_head(const Args& a, cudaStream_t stream) {
-  launch(lenet5_head_kernel, head_clusters(a.n) * kCluster, kHeadThreads, sizeof(HeadSmem), stream, a);
+  lenet5_head_kernel<<<head_clusters(a.n) * kCluster, kHeadThreads, sizeof(HeadSmem), stream>>>(a);
+  CUDA_CHECK_LAUNCH();
 }
 void launch_conv_backward(const Args& a, cudaStream_t stream) {
-  launch(lenet5_conv_backward_kernel, conv_blocks(a.n), kConvThreads, sizeof(ConvBackwardSmem), stream, a);
+  lenet5_conv_backward_kernel<<<conv_blocks(a.n), kConvThreads, sizeof(ConvBackwardSmem), stream>>>(a);
+  CUDA_CHECK_LAUNCH();
 }
 void launch_finish(const Args& a, cudaStream_t stream) {
-  launch(lenet5_finish_kernel, kConvFinishBlocks + kLinFinishBlocks + 1, kFinishThreads, size_t{0}, stream, a,
-         conv_blocks(a.n), head_clusters(a.n));
+  lenet5_finish_kernel<<<kConvFinishBlocks + kLinFinishBlocks + 1, kFinishThreads, 0, stream>>>(a, conv_blocks(a.n),
+                                                                                                 head_clusters(a.n));
+  CUDA_CHECK_LAUNCH();
 }
 
 void configure_kernels() {
