@@ -239,14 +239,15 @@ __device__ __forceinline__ void stage_layer(const float* w, const float* b, Slic
       [&](int e) { return (e / nc) * wc_stride + e % nc; });
 }
 
-// act(b[j] + sum_i W[j][i] x[s][i]) for `rows` of W (wr, br: those rows), for the first `groups`
-// groups of eight samples, to store(s, j, value, lane): a warp per pair of rows and group, lanes
-// along i; lanes 2m and 2m + 1 both hold row j0 + m / 8's sum for sample m % 8 of the group.
+// act(b[j] + sum_i W[j][i] x[s][i]) for `rows` of W (wr, br: those rows), for each sample, to
+// store(s, j, value, lane): a warp per pair of rows and group of eight samples, lanes along i;
+// lanes 2m and 2m + 1 both hold row j0 + m / 8's sum for sample m % 8 of the group.
 template <int kIns, bool kRelu, typename Store>
-__device__ __forceinline__ void head_forward(const float* wr, const float* br, int nr, const float* x, int groups,
-                                             int lane, int warp, Store store) {
-  for (int task = warp; task < (nr + 1) / 2 * groups; task += kHeadWarps) {
-    const int j0 = task / groups * 2, group = task % groups;
+__device__ __forceinline__ void head_forward(const float* wr, const float* br, int nr, const float* x, int lane,
+                                             int warp, Store store) {
+  constexpr int kGroups = kHeadSamples / 8;
+  for (int task = warp; task < (nr + 1) / 2 * kGroups; task += kHeadWarps) {
+    const int j0 = task / kGroups * 2, group = task % kGroups;
     const bool second = j0 + 1 < nr;
     const float* w0 = wr + j0 * kIns;
     const float* w1 = wr + (second ? j0 + 1 : j0) * kIns;
@@ -276,12 +277,11 @@ __device__ __forceinline__ void head_forward(const float* wr, const float* br, i
 
 #endif
 
-// This cluster's partial dW[j][i] = sum_s d(s, j) x[s][i] and db[j] = sum_s d(s, j) over its first
-// `count` samples (the rest add zeros) for this block's rows, into global memory (rows of kIns): a
-// thread per kRows rows and 4 columns, x read as float4 and d(s, j) the same for the whole warp.
+// This cluster's partial dW[j][i] = sum_s d(s, j) x[s][i] and db[j] = sum_s d(s, j) for this block's
+// rows, into global memory (rows of kIns): a thread per kRows rows and 4 columns, x read as float4
+// and d(s, j) the same for the whole warp.
 template <int kIns, int kRows, typename D>
-__device__ __forceinline__ void head_weight_grad(D d, Slice rows, const float* x, int count, float* pw, float* pb,
-                                                 int tid) {
+__device__ __forceinline__ void head_weight_grad(D d, Slice rows, const float* x, float* pw, float* pb, int tid) {
   constexpr int kQuads = kIns / 4;
   const int groups = (rows.end - rows.begin + kRows - 1) / kRows;
   for (int t = tid; t < groups * kQuads; t += kHeadThreads) {
@@ -290,7 +290,7 @@ __device__ __forceinline__ void head_weight_grad(D d, Slice rows, const float* x
 #pragma unroll
     for (int r = 0; r < kRows; ++r) acc[r] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll 4
-    for (int s = 0; s < count; ++s) {
+    for (int s = 0; s < kHeadSamples; ++s) {
       const float4 xv = reinterpret_cast<const float4*>(x + s * kIns)[q];
 #pragma unroll
       for (int r = 0; r < kRows; ++r) {
@@ -307,20 +307,20 @@ __device__ __forceinline__ void head_weight_grad(D d, Slice rows, const float* x
   }
   for (int j = rows.begin + tid; j < rows.end; j += kHeadThreads) {
     float acc = 0.0f;
-    for (int s = 0; s < count; ++s) acc += d(s, j);
+#pragma unroll
+    for (int s = 0; s < kHeadSamples; ++s) acc += d(s, j);
     pb[j] = acc;
   }
 }
 
 // Partial input gradients: part[p][s][ii] = sum over part p of j of W[j][cols.begin + ii] d[j][s]
-// (d as [j][sample]) for the first `quads` fours of samples: a thread per kCols columns, 4 samples
-// and one of the parts.
+// (d as [j][sample]): a thread per kCols columns, 4 samples and one of the parts.
 template <int kOuts, int kCols>
 __device__ __forceinline__ void head_input_grad_parts(const float* wc, int wc_stride, const float* d, int ncols,
-                                                      int quads, float* part, int tid) {
+                                                      float* part, int tid) {
   const int col_groups = ncols / kCols;
-  for (int t = tid; t < kInputGradParts * quads * col_groups; t += kHeadThreads) {
-    const int cg4 = t % col_groups, sq = (t / col_groups) % quads, p = t / (col_groups * quads);
+  for (int t = tid; t < kInputGradParts * (kHeadSamples / 4) * col_groups; t += kHeadThreads) {
+    const int cg4 = t % col_groups, sq = (t / col_groups) % (kHeadSamples / 4), p = t / (col_groups * (kHeadSamples / 4));
     const int ii = cg4 * kCols;
     float acc[4][kCols];
 #pragma unroll
@@ -369,10 +369,6 @@ __global__ void DPTRAIN_HEAD_CLUSTER __launch_bounds__(kHeadThreads, 2) lenet5_h
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int k = static_cast<int>(cluster.block_rank()), cl = static_cast<int>(blockIdx.x) / kCluster;
   const int first = cl * kHeadSamples, count = min(kHeadSamples, a.n - first);
-  // The last cluster may hold fewer samples: it works on those (in groups of eight for the forward,
-  // fours for the input gradients), so the SMs it shares with other clusters' blocks (17 clusters
-  // at 257, one more than fit an SM each) are slowed as little as it can.
-  const int groups = (count + 7) / 8, quads = (count + 3) / 4;
   float* part = a.partial_lin + static_cast<size_t>(cl) * kLinStride;
   const Slice r1 = slice(kF1, k), c1 = slice(kF0, k), r2 = slice(kF2, k), c2 = slice(kF1, k), r3 = slice(kF3, k);
   const float* P = a.params;
@@ -393,7 +389,7 @@ __global__ void DPTRAIN_HEAD_CLUSTER __launch_bounds__(kHeadThreads, 2) lenet5_h
   cluster.sync();  // every block has started (its shared memory may be written to) and staged its slices
 
   // fc1 and fc2 forward: each block's rows, pushed into every block (each lane of a pair to half).
-  head_forward<kF0, true>(sm.w1r, sm.b1r, r1.end - r1.begin, sm.x0, groups, lane, warp, [&](int s, int j, float v, int l) {
+  head_forward<kF0, true>(sm.w1r, sm.b1r, r1.end - r1.begin, sm.x0, lane, warp, [&](int s, int j, float v, int l) {
 #pragma unroll
     for (int r = (l & 1) * (kCluster / 2); r < (l & 1) * (kCluster / 2) + kCluster / 2; ++r)
       cluster.map_shared_rank(sm.h1, r)[s * kF1 + r1.begin + j] = v;
@@ -404,7 +400,7 @@ __global__ void DPTRAIN_HEAD_CLUSTER __launch_bounds__(kHeadThreads, 2) lenet5_h
   copy_in(P + a.off[9], arena + kB5At, kF3, tid);
   __pipeline_commit();
   cluster.sync();
-  head_forward<kF1, true>(sm.w2r, sm.b2r, r2.end - r2.begin, sm.h1, groups, lane, warp, [&](int s, int j, float v, int l) {
+  head_forward<kF1, true>(sm.w2r, sm.b2r, r2.end - r2.begin, sm.h1, lane, warp, [&](int s, int j, float v, int l) {
 #pragma unroll
     for (int r = (l & 1) * (kCluster / 2); r < (l & 1) * (kCluster / 2) + kCluster / 2; ++r)
       cluster.map_shared_rank(sm.h2, r)[s * kF2 + r2.begin + j] = v;
@@ -413,27 +409,25 @@ __global__ void DPTRAIN_HEAD_CLUSTER __launch_bounds__(kHeadThreads, 2) lenet5_h
   cluster.sync();
 
   // fc3 and the loss, in every block alike: the logits, then dL/dlogits (zero past the batch's end).
-  head_forward<kF2, false>(w5, arena + kB5At, kF3, sm.h2, groups, lane, warp, [&](int s, int j, float v, int l) {
+  head_forward<kF2, false>(w5, arena + kB5At, kF3, sm.h2, lane, warp, [&](int s, int j, float v, int l) {
     if ((l & 1) == 0) lg[s * kF3 + j] = v;
   });
   __syncthreads();
-  if (tid < count) {
+  if (tid < kHeadSamples) {
     const Smoothing smoothing(a.label_smoothing, kF3);
     float* z = lg + tid * kF3;
     const SoftmaxRow row = softmax_row_thread(z, kF3);
-    const int label = a.labels[first + tid];
-    if (k == 0) {
+    const int label = tid < count ? a.labels[first + tid] : 0;
+    if (k == 0 && tid < count) {
       a.losses[first + tid] = softmax_xent_loss(z[label], row, kF3, smoothing);
       a.correct[first + tid] = row.best_index == label ? 1.0f : 0.0f;
     }
     float g[kF3];
 #pragma unroll
-    for (int c = 0; c < kF3; ++c) g[c] = softmax_xent_grad(z, c, row, label, smoothing, a.grad_scale);
+    for (int c = 0; c < kF3; ++c)
+      g[c] = tid < count ? softmax_xent_grad(z, c, row, label, smoothing, a.grad_scale) : 0.0f;
 #pragma unroll
     for (int c = 0; c < kF3; ++c) z[c] = g[c];
-  } else if (tid < kHeadSamples) {  // past the batch's end (logits never computed past `groups`)
-#pragma unroll
-    for (int c = 0; c < kF3; ++c) lg[tid * kF3 + c] = 0.0f;
   }
   __syncthreads();
 
@@ -445,16 +439,16 @@ __global__ void DPTRAIN_HEAD_CLUSTER __launch_bounds__(kHeadThreads, 2) lenet5_h
     for (int j = 0; j < kF3; ++j) acc += w5[j * kF2 + i] * lg[s * kF3 + j];
     sm.dh2[e] = sm.h2[s * kF2 + i] > 0.0f ? acc : 0.0f;
   }
-  head_weight_grad<kF2, 2>([&](int s, int j) { return lg[s * kF3 + j]; }, r3, sm.h2, count, part + (kW5 - kConvParams),
+  head_weight_grad<kF2, 2>([&](int s, int j) { return lg[s * kF3 + j]; }, r3, sm.h2, part + (kW5 - kConvParams),
                            part + (kB5 - kConvParams), tid);
   __syncthreads();
   // fc2: its weight gradient; its input gradient for this block's columns, into every block.
-  head_weight_grad<kF1, 2>([&](int s, int j) { return sm.dh2[j * kHeadSamples + s]; }, r2, sm.h1, count,
+  head_weight_grad<kF1, 2>([&](int s, int j) { return sm.dh2[j * kHeadSamples + s]; }, r2, sm.h1,
                            part + (kW4 - kConvParams), part + (kB4 - kConvParams), tid);
-  head_input_grad_parts<kF2, 1>(sm.w2c, kK2, sm.dh2, kK2, quads, arena + kPartsAt, tid);
+  head_input_grad_parts<kF2, 1>(sm.w2c, kK2, sm.dh2, kK2, arena + kPartsAt, tid);
   __syncthreads();
-  for (int e = tid; e < 4 * quads * kK2; e += kHeadThreads) {  // samples fastest: conflict-free pushes
-    const int s = e % (4 * quads), ii = e / (4 * quads), i = c2.begin + ii;
+  for (int e = tid; e < kHeadSamples * kK2; e += kHeadThreads) {  // samples fastest: conflict-free pushes
+    const int s = e % kHeadSamples, ii = e / kHeadSamples, i = c2.begin + ii;
     const float* pp = arena + kPartsAt + s * kK2 + ii;
     float acc = pp[0];
 #pragma unroll
@@ -465,9 +459,9 @@ __global__ void DPTRAIN_HEAD_CLUSTER __launch_bounds__(kHeadThreads, 2) lenet5_h
   }
   cluster.sync();  // the last writes into other blocks; nothing reads another block's memory after it
   // fc1: its weight gradient; its input gradient goes to conv backward.
-  head_weight_grad<kF0, 3>([&](int s, int j) { return sm.dh1[j * kHeadSamples + s]; }, r1, sm.x0, count,
+  head_weight_grad<kF0, 3>([&](int s, int j) { return sm.dh1[j * kHeadSamples + s]; }, r1, sm.x0,
                            part + (kW3 - kConvParams), part + (kB3 - kConvParams), tid);
-  head_input_grad_parts<kF1, 2>(sm.w1c, kK1, sm.dh1, kK1, quads, arena + kPartsAt, tid);
+  head_input_grad_parts<kF1, 2>(sm.w1c, kK1, sm.dh1, kK1, arena + kPartsAt, tid);
   __syncthreads();
   for (int e = tid; e < count * kK1; e += kHeadThreads) {
     const int s = e / kK1, ii = e % kK1;

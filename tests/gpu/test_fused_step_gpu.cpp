@@ -118,10 +118,10 @@ void expect_matches_cpu(const PassResult& got, const PassResult& want, const Mod
   EXPECT_EQ(got.sums[1], want.sums[1]) << "correct count at batch " << n << " (" << what << ")";
 }
 
-// Batches of 1 (one partly empty cluster), 15 to 17 (a cluster's edge), 21 (a last cluster of five:
-// one forward group, two fours), 64, 257 and 300 (past the 264 conv-backward blocks: blocks take
-// two samples), 1000, and 4100 (257 clusters, the last of four; the planner takes the fused pass
-// up to 8192); and label smoothing.
+// Batches of 1 (one partly empty cluster), 15 to 17 (a cluster's edge), 21 (a last cluster of
+// five), 64, 257 and 300 (past the 264 conv-backward blocks: blocks take two samples), 1000, and
+// 4100 (257 clusters, the last of four; the planner takes the fused pass up to 8192); and label
+// smoothing.
 TEST_F(Lenet5FusedPass, LossAndEveryGradientMatchCpu) {
   const Config plain = lenet5(), smoothed = lenet5({"train.label_smoothing=0.1"});
   Model<float> shape(plain.model, cpu_, 1);
