@@ -174,17 +174,14 @@ constexpr int kPartsAt = 0, kW5At = kInputGradParts * kHeadSamples * kK1, kB5At 
               kLogitsAt = kB5At + kF3 + 2, kArenaEnd = kLogitsAt + kHeadSamples * kF3;
 static_assert(kPartsAt + kInputGradParts * kHeadSamples * kK1 <= kW5At && kArenaEnd <= kR1 * kF0,
               "the second phase fits where fc1's rows were");
-static_assert(kLogitsAt % 4 == 0 && kW5At % 4 == 0, "fc3's weight and the logits are 16-byte aligned");
-static_assert(kF1 * kF0 % 4 == 0 && kF2 * kF1 % 4 == 0 && kF3 * kF2 % 4 == 0 && kK1 % 2 == 0,
-              "the weights stage in 16-byte pieces, fc1's columns in 8-byte pairs");
+static_assert(kLogitsAt % 4 == 0, "the logits are 16-byte aligned");
 // Activations are [sample][feature]; the gradients between layers are [feature][sample], so a
 // thread reads four samples' values as one float4.
 struct HeadSmem {
   alignas(16) float w1r[kR1 * kF0];  // fc1's rows; once its forward is done, the arena above
   alignas(16) float w1c[kF1 * kK1];
   float b1r[kR1 + 1];
-  alignas(16) float w2r[kR2 * kF1];
-  float b2r[kR2 + 1], w2c[kF2 * kK2];
+  float w2r[kR2 * kF1], b2r[kR2 + 1], w2c[kF2 * kK2];
   alignas(16) float x0[kHeadSamples * kF0];
   alignas(16) float h1[kHeadSamples * kF1];
   alignas(16) float h2[kHeadSamples * kF2];
@@ -219,34 +216,27 @@ __device__ __forceinline__ float warp_sum16(float (&acc)[16], int lane) {
   return acc[0] + __shfl_xor_sync(0xffffffffu, acc[0], 1);
 }
 
-// Copies count pieces of kWidth floats into shared memory, src + src_of(e) to dst + dst_of(e) (both
-// 4 * kWidth-byte aligned), with every load of the thread in flight at once (cp.async: no registers
-// held); wait with __pipeline_wait_prior. Wide pieces matter: a 4-byte copy an element made the
-// staging 3 us of a lone cluster's 16, and 7 where two blocks share an SM.
-template <int kWidth, typename SrcOf, typename DstOf>
+// Copies count floats into shared memory, src_of(e) to dst_of(e), with every load of the thread in
+// flight at once (cp.async: no registers held); wait with __pipeline_wait_prior.
+template <typename SrcOf, typename DstOf>
 __device__ __forceinline__ void copy_in(const float* src, float* dst, int count, int tid, SrcOf src_of, DstOf dst_of) {
-  for (int e = tid; e < count; e += kHeadThreads) __pipeline_memcpy_async(dst + dst_of(e), src + src_of(e), 4 * kWidth);
+  for (int e = tid; e < count; e += kHeadThreads) __pipeline_memcpy_async(dst + dst_of(e), src + src_of(e), 4);
 }
-// count contiguous floats in pieces of kWidth (count a multiple of kWidth).
-template <int kWidth>
+// The same for count contiguous floats.
 __device__ __forceinline__ void copy_in(const float* src, float* dst, int count, int tid) {
-  for (int e = tid; e < count / kWidth; e += kHeadThreads)
-    __pipeline_memcpy_async(dst + kWidth * e, src + kWidth * e, 4 * kWidth);
+  for (int e = tid; e < count; e += kHeadThreads) __pipeline_memcpy_async(dst + e, src + e, 4);
 }
 
-// A linear layer's rows and columns of this block, into shared memory: rows of kIns floats (a
-// multiple of 4, w 16-byte aligned: lenet5_step checks) in 16-byte pieces; columns in 8-byte pairs
-// where the slice's width and start are even (fc1's 50 columns a block; fc2's 15 go one by one).
+// A linear layer's rows and columns of this block, into shared memory.
 template <int kIns, int kOuts>
 __device__ __forceinline__ void stage_layer(const float* w, const float* b, Slice rows, Slice cols, float* wr, float* br,
                                             float* wc, int wc_stride, int tid) {
-  constexpr int kColWidth = (kIns / kCluster) % 2 == 0 ? 2 : 1;  // slices alike: width kIns / kCluster
-  const int nr = rows.end - rows.begin, pieces = (cols.end - cols.begin) / kColWidth;
-  copy_in<4>(w + rows.begin * kIns, wr, nr * kIns, tid);
-  copy_in<1>(b + rows.begin, br, nr, tid);
-  copy_in<kColWidth>(
-      w, wc, kOuts * pieces, tid, [&](int e) { return (e / pieces) * kIns + cols.begin + kColWidth * (e % pieces); },
-      [&](int e) { return (e / pieces) * wc_stride + kColWidth * (e % pieces); });
+  const int nr = rows.end - rows.begin, nc = cols.end - cols.begin;
+  copy_in(w + rows.begin * kIns, wr, nr * kIns, tid);
+  copy_in(b + rows.begin, br, nr, tid);
+  copy_in(
+      w, wc, kOuts * nc, tid, [&](int e) { return (e / nc) * kIns + cols.begin + e % nc; },
+      [&](int e) { return (e / nc) * wc_stride + e % nc; });
 }
 
 // act(b[j] + sum_i W[j][i] x[s][i]) for `rows` of W (wr, br: those rows), for each sample, to
@@ -406,8 +396,8 @@ __global__ void DPTRAIN_HEAD_CLUSTER __launch_bounds__(kHeadThreads, 2) lenet5_h
   });
   __syncthreads();  // fc1's rows are read: the arena may be written
   // fc3's weight and bias, whole, into the arena (waited for after fc2's forward).
-  copy_in<4>(P + a.off[8], w5, kF3 * kF2, tid);
-  copy_in<1>(P + a.off[9], arena + kB5At, kF3, tid);
+  copy_in(P + a.off[8], w5, kF3 * kF2, tid);
+  copy_in(P + a.off[9], arena + kB5At, kF3, tid);
   __pipeline_commit();
   cluster.sync();
   head_forward<kF1, true>(sm.w2r, sm.b2r, r2.end - r2.begin, sm.h1, lane, warp, [&](int s, int j, float v, int l) {
@@ -789,9 +779,6 @@ void lenet5_step(const Lenet5Step& p, cudaStream_t stream) {
                     std::to_string(kLenet5MaxBatch));
   if (reinterpret_cast<uintptr_t>(p.scratch) % 16 != 0)
     throw CudaError("lenet5_step: the scratch is not 16-byte aligned");
-  if (reinterpret_cast<uintptr_t>(p.params) % 16 != 0 || p.offsets[4] % 4 != 0 || p.offsets[6] % 4 != 0 ||
-      p.offsets[8] % 4 != 0)
-    throw CudaError("lenet5_step: the linear layers' weights are not 16-byte aligned in the parameters");
   configure_kernels();
   const Args a = make_args(p);
   launch_conv_forward(a, stream);

@@ -38,9 +38,8 @@ Lenet5ScratchSize lenet5_step_scratch(int n);
 /// One training pass. Gradients are written (not added) at every parameter's element; the padding
 /// between tensors is left as it is.
 struct Lenet5Step {
-  const float* params;                      ///< the flat parameter buffer, 16-byte aligned
-  std::array<int, kLenet5Tensors> offsets;  ///< where each tensor starts, in params and in grads; the
-                                            ///< linear weights' (4, 6, 8) multiples of 4
+  const float* params;                      ///< the flat parameter buffer
+  std::array<int, kLenet5Tensors> offsets;  ///< where each tensor starts, in params and in grads
   const float* x;                           ///< [n][1][28][28]
   const int32_t* labels;                    ///< [n], each in 0..9
   int n;
