@@ -4,11 +4,11 @@
 // them one after another, and at a few hundred samples each is bound by its latency, not its work
 // (issue 20: lenet5 at batch 257 reached 40% of its batch-8192 rate). Here:
 //   1. conv forward, a block a sample: both convolutions with their ReLU and pooling;
-//   2. the linear head, a cluster of 8 blocks per 16 samples: block k keeps slice k of fc1's and
-//      fc2's rows (forward, weight gradient) and columns (input gradient) in shared memory and
-//      pushes its outputs into the other blocks' shared memory, so a cluster reads the weights
-//      from L2 once, not once a sample; every block runs fc3 and the loss itself; the weight
-//      gradients as per-cluster partial sums;
+//   2. the linear head, a cluster of 8 blocks per 16 samples (15 clusters of up to 24 from 241 to
+//      360 samples): block k keeps slice k of fc1's and fc2's rows (forward, weight gradient)
+//      and columns (input gradient) in shared memory and pushes its outputs into the other
+//      blocks' shared memory, so a cluster reads the weights from L2 once, not once a sample;
+//      every block runs fc3 and the loss itself; the weight gradients as per-cluster partial sums;
 //   3. conv backward, a block per group of samples (at most 264 blocks, fixed by n alone): conv2's
 //      weight and input gradients, conv1's weight gradient, summed over its samples;
 //   4. finish: every gradient summed over the partials, and the loss sums.
@@ -38,8 +38,9 @@ Lenet5ScratchSize lenet5_step_scratch(int n);
 /// One training pass. Gradients are written (not added) at every parameter's element; the padding
 /// between tensors is left as it is.
 struct Lenet5Step {
-  const float* params;                      ///< the flat parameter buffer
-  std::array<int, kLenet5Tensors> offsets;  ///< where each tensor starts, in params and in grads
+  const float* params;                      ///< the flat parameter buffer, 16-byte aligned
+  std::array<int, kLenet5Tensors> offsets;  ///< where each tensor starts, in params and in grads; the
+                                            ///< linear weights' (4, 6, 8) multiples of 4
   const float* x;                           ///< [n][1][28][28]
   const int32_t* labels;                    ///< [n], each in 0..9
   int n;

@@ -13,6 +13,8 @@
 
 #include "gpu_test_support.h"
 #include "comm/communicator.h"
+#include "core/buffer.h"
+#include "core/cuda_check.h"
 #include "core/cuda_context.h"
 #include "core/device_ops.h"
 #include "data/dataset.h"
@@ -119,13 +121,14 @@ void expect_matches_cpu(const PassResult& got, const PassResult& want, const Mod
 }
 
 // Batches of 1 (one partly empty cluster), 15 to 17 (a cluster's edge), 21 (a last cluster of
-// five), 64, 257 and 300 (past the 264 conv-backward blocks: blocks take two samples), 1000, and
-// 4100 (257 clusters, the last of four; the planner takes the fused pass up to 8192); and label
-// smoothing.
+// five), 64, 241, 257, 300 and 360 (the head's 15 clusters of up to 24 samples: 17 a cluster and
+// a last of 3 at 241, 24 each at 360; past 264 conv-backward blocks take two samples), 361 (back
+// to tiles of 16: 23 clusters), 1000, and 4100 (257 clusters, the last of four; the planner takes
+// the fused pass up to 8192); and label smoothing.
 TEST_F(Lenet5FusedPass, LossAndEveryGradientMatchCpu) {
   const Config plain = lenet5(), smoothed = lenet5({"train.label_smoothing=0.1"});
   Model<float> shape(plain.model, cpu_, 1);
-  for (const int n : {1, 15, 16, 17, 21, 64, 257, 300, 1000, 4100}) {
+  for (const int n : {1, 15, 16, 17, 21, 64, 241, 257, 300, 360, 361, 1000, 4100}) {
     expect_matches_cpu(run_pass(*gpu_, plain, n, true), run_pass(cpu_, plain, n, false), shape, n, "plain");
     if (n == 17 || n == 300)
       expect_matches_cpu(run_pass(*gpu_, smoothed, n, true), run_pass(cpu_, smoothed, n, false), shape, n,
@@ -141,6 +144,32 @@ TEST_F(Lenet5FusedPass, SameBitsEveryRun) {
     EXPECT_EQ(a.grads, b.grads) << n;
     EXPECT_EQ(a.sums, b.sums) << n;
   }
+}
+
+// The kernels stage the linear weights in 16-byte pieces and read the scratch as float4: a step
+// whose parameters or scratch are not aligned so is refused before anything is queued.
+TEST_F(Lenet5FusedPass, RefusesMisalignedParametersAndScratch) {
+  Buffer<float> params(Device::Cuda, 64), scratch(Device::Cuda, 64);
+  kernels::Lenet5Step p{};  // every offset 0; never launched
+  p.params = params.data();
+  p.n = 1;
+  p.scratch = scratch.data();
+  const auto refused = [&](const char* what) {
+    try {
+      kernels::lenet5_step(p, nullptr);
+      ADD_FAILURE() << what << ": not refused";
+    } catch (const CudaError& e) {
+      EXPECT_NE(std::string(e.what()).find("16-byte aligned"), std::string::npos) << what << ": " << e.what();
+    }
+  };
+  p.offsets[6] = 1;
+  refused("fc2's weight at an odd offset");
+  p.offsets[6] = 0;
+  p.params = params.data() + 1;
+  refused("parameters 4 bytes past an alignment");
+  p.params = params.data();
+  p.scratch = scratch.data() + 2;
+  refused("scratch 8 bytes past an alignment");
 }
 
 // Only LeNet-5 as configured gets a fused pass; a wider conv1 or an added dropout does not, and then
