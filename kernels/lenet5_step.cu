@@ -6,6 +6,7 @@
 #include <string>
 
 #include "core/cuda_check.h"
+#include "kernels/normalized_pixel.cuh"
 #include "kernels/softmax_row.cuh"
 
 namespace dptrain::kernels {
@@ -46,6 +47,7 @@ struct Args {
   int off[kLenet5Tensors];
   const float* x;
   const int32_t* labels;
+  StepGather gather;  // gather.images null: x and labels hold the batch already
   int n;
   int head_per;  // samples a head cluster takes (the last may take fewer): HeadPlan
   float grad_scale;
@@ -108,9 +110,27 @@ __global__ void __launch_bounds__(kConvThreads) lenet5_conv_forward_kernel(const
   for (int i = tid; i < kC1; i += kConvThreads) sm.b1[i] = a.params[a.off[1] + i];
   for (int i = tid; i < kC2 * kC1 * 25; i += kConvThreads) sm.w2[i] = a.params[a.off[2] + i];
   for (int i = tid; i < kC2; i += kConvThreads) sm.b2[i] = a.params[a.off[3] + i];
-  for (int q = tid; q < kPadIn * kPadIn; q += kConvThreads) {
-    const int y = q / kPadIn - 2, x = q % kPadIn - 2;
-    sm.x[q] = (y >= 0 && y < kIn && x >= 0 && x < kIn) ? a.x[s * kIn * kIn + y * kIn + x] : 0.0f;
+  if (a.gather.images != nullptr) {
+    // The sample from the dataset, normalised as the gather kernel does, and kept in x and the
+    // labels for conv backward and the head (the launches after this one).
+    const uint32_t row = a.gather.order[a.gather.step->info.first_sample + s];
+    const uint8_t* pixels = a.gather.images + static_cast<size_t>(row) * (kIn * kIn);
+    float* image = a.gather.x + s * kIn * kIn;
+    for (int q = tid; q < kPadIn * kPadIn; q += kConvThreads) {
+      const int y = q / kPadIn - 2, x = q % kPadIn - 2;
+      float v = 0.0f;
+      if (y >= 0 && y < kIn && x >= 0 && x < kIn) {
+        v = normalized_pixel(static_cast<float>(pixels[y * kIn + x]), a.gather.mean, a.gather.std);
+        image[y * kIn + x] = v;
+      }
+      sm.x[q] = v;
+    }
+    if (tid == 0) a.gather.y[s] = a.gather.labels[row];
+  } else {
+    for (int q = tid; q < kPadIn * kPadIn; q += kConvThreads) {
+      const int y = q / kPadIn - 2, x = q % kPadIn - 2;
+      sm.x[q] = (y >= 0 && y < kIn && x >= 0 && x < kIn) ? a.x[s * kIn * kIn + y * kIn + x] : 0.0f;
+    }
   }
   __syncthreads();
   // conv1 + ReLU + pooling: a pooled output a thread, the channel fastest: a warp's lanes read a few
@@ -765,6 +785,7 @@ Args make_args(const Lenet5Step& p) {
   for (int t = 0; t < kLenet5Tensors; ++t) a.off[t] = p.offsets[static_cast<size_t>(t)];
   a.x = p.x;
   a.labels = p.labels;
+  a.gather = p.gather;
   a.n = p.n;
   a.head_per = head_plan(p.n).per;
   a.grad_scale = p.grad_scale;
@@ -835,6 +856,14 @@ void lenet5_step(const Lenet5Step& p, cudaStream_t stream) {
   if (reinterpret_cast<uintptr_t>(p.params) % 16 != 0 || p.offsets[4] % 4 != 0 || p.offsets[6] % 4 != 0 ||
       p.offsets[8] % 4 != 0)
     throw CudaError("lenet5_step: the linear layers' weights are not 16-byte aligned in the parameters");
+  if (p.gather.images != nullptr) {
+    const StepGather& g = p.gather;
+    if (g.pixels != kIn * kIn || g.labels == nullptr || g.order == nullptr || g.step == nullptr)
+      throw CudaError("lenet5_step: the gather must name labels, an order and a step state, at 28x28 pixels (got " +
+                      std::to_string(g.pixels) + ")");
+    if (g.x != p.x || g.y != p.labels)
+      throw CudaError("lenet5_step: the gather must write the batch and labels the pass reads");
+  }
   configure_kernels();
   const Args a = make_args(p);
   launch_conv_forward(a, stream);

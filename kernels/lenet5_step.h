@@ -22,6 +22,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "core/step_gather.h"
+
 namespace dptrain::kernels {
 
 /// LeNet-5's ten parameter tensors, in state_dict order (conv1.weight, conv1.bias, ..., fc3.bias).
@@ -50,6 +52,11 @@ struct Lenet5Step {
   double* sums;                  ///< sums[0] += the loss, sums[1] += the correct count
   float* scratch;                ///< lenet5_step_scratch(n).floats, 16-byte aligned
   unsigned char* scratch_bytes;  ///< lenet5_step_scratch(n).bytes
+  /// Where gather.images is not null, conv forward first takes the batch from the dataset
+  /// (core/step_gather.h: the same bits as kernels::gather_normalize) and writes it to gather.x and
+  /// gather.y, which must be x and labels, for the kernels after it: one launch a step fewer. Else
+  /// x and labels hold the batch already.
+  StepGather gather;
 };
 
 /// Whether lenet5_step serves a batch of n: 1 to kLenet5MaxBatch samples (its partial sums and
