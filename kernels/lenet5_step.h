@@ -3,7 +3,8 @@
 // cross-entropy; every parameter's gradient. The layered step runs about 27 launches there, 21 of
 // them one after another, and at a few hundred samples each is bound by its latency, not its work
 // (issue 20: lenet5 at batch 257 reached 40% of its batch-8192 rate). Here:
-//   1. conv forward, a block a sample: both convolutions with their ReLU and pooling;
+//   1. conv forward, a block a sample: both convolutions with their ReLU and pooling (given the
+//      step's gather, it first takes its sample from the dataset: no gather launch before it);
 //   2. the linear head, a cluster of 8 blocks per 16 samples (15 clusters of up to 24 from 241 to
 //      360 samples): block k keeps slice k of fc1's and fc2's rows (forward, weight gradient)
 //      and columns (input gradient) in shared memory and pushes its outputs into the other
