@@ -220,7 +220,8 @@ TEST_F(Lenet5FusedPass, GatheringItsOwnBatchGivesTheGatherKernelsBits) {
     // The pass that gathers, into poisoned buffers.
     Buffer<float> xb = on(ctx, std::vector<float>(static_cast<size_t>(n) * kPixels, std::nanf("")));
     Buffer<int32_t> yb = on(ctx, std::vector<int32_t>(static_cast<size_t>(n), -1));
-    upload(ctx, model.params().grads().span(), std::span<const float>(std::vector<float>(grads, std::nanf(""))));
+    const std::vector<float> nan(grads, std::nanf(""));
+    upload(ctx, model.params().grads().span(), std::span<const float>(nan));
     Buffer<double> sb(Device::Cuda, 2);
     zero_async(ctx, sb.span());
     const StepGather gather{d_images.data(), d_labels.data(), d_order.data(), ctx.step(), kPixels, mean, std,
