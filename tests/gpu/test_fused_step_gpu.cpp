@@ -32,11 +32,14 @@
 namespace dptrain {
 namespace {
 
+using gpu_test::after_steps;
 using gpu_test::GpuTest;
 using gpu_test::have_mnist;
 using gpu_test::kData;
+using gpu_test::params_of;
 using gpu_test::randoms;
 using gpu_test::rel;
+using gpu_test::shipped_config;
 
 class Lenet5FusedPass : public GpuTest {
  protected:
@@ -339,19 +342,12 @@ TEST_F(Lenet5FusedPass, PlannerChecksTimesAndRecordsTheChoice) {
 }
 
 std::vector<float> train_lenet5(DeviceContext& ctx, const MnistData& data, int steps, bool graph) {
-  const Config config = lenet5({"train.cuda_graph=" + std::string(graph ? "true" : "false"), "train.plan_cache=off"});
-  SingleRankCommunicator comm;
-  TrainOptions options;
-  options.show_progress = false;
-  Trainer trainer(config, options, data, ctx, comm);
-  if (ctx.on_cuda()) {
-    EXPECT_TRUE(trainer.model().runs_fused(64)) << "the untimed planner takes the fused pass";
-  }
-  for (int s = 0; s < steps; ++s) trainer.step(0, s, s);
-  const auto& p = trainer.model().params();
-  std::vector<float> h(p.size());
-  download(ctx, std::span<const float>(p.values().data(), p.size()), std::span<float>(h));
-  return h;
+  return after_steps(ctx, data, shipped_config("lenet5", graph, {"train.plan_cache=off"}), steps, [&](Trainer& t) {
+    if (ctx.on_cuda()) {
+      EXPECT_TRUE(t.model().runs_fused(64)) << "the untimed planner took the fused pass";
+    }
+    return params_of(ctx, t);
+  });
 }
 
 // lenet5's recipe (SGD, Nesterov momentum, weight decay) through the Trainer on the fused pass: 30
