@@ -206,18 +206,24 @@ int main(int argc, char** argv) try {
   };
   dk::configure_kernels();
   {
-    int fb = 0, hb = 0, bb = 0, clusters = 0;
+    int fb = 0, bb = 0;
     CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fb, dk::lenet5_conv_forward_kernel, dk::kConvThreads, sizeof(dk::ConvForwardSmem)));
-    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&hb, dk::lenet5_head_kernel, dk::kHeadThreads, sizeof(dk::HeadSmem)));
     CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&bb, dk::lenet5_conv_backward_kernel, dk::kConvThreads, sizeof(dk::ConvBackwardSmem)));
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(dk::kCluster * 64);
-    cfg.blockDim = dim3(dk::kHeadThreads);
-    cfg.dynamicSmemBytes = sizeof(dk::HeadSmem);
-    CK(cudaOccupancyMaxActiveClusters(&clusters, dk::lenet5_head_kernel, &cfg));
-    std::printf("smem: conv fwd %zu B (%d/SM), head %zu B (%d/SM, %d clusters), conv bwd %zu B (%d/SM)\n",
-                sizeof(dk::ConvForwardSmem), fb, sizeof(dk::HeadSmem), hb, clusters,
-                sizeof(dk::ConvBackwardSmem), bb);
+    // Blocks an SM and clusters resident at once, for the head at tile kTile.
+    const auto head_fit = [](auto kernel, size_t smem, int& blocks, int& clusters) {
+      CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, dk::kHeadThreads, smem));
+      cudaLaunchConfig_t cfg = {};
+      cfg.gridDim = dim3(dk::kCluster * 64);
+      cfg.blockDim = dim3(dk::kHeadThreads);
+      cfg.dynamicSmemBytes = smem;
+      CK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg));
+    };
+    int hb16 = 0, hc16 = 0, hb24 = 0, hc24 = 0;
+    head_fit(dk::lenet5_head_kernel<dk::kNarrowTile>, sizeof(dk::HeadSmem<dk::kNarrowTile>), hb16, hc16);
+    head_fit(dk::lenet5_head_kernel<dk::kWideTile>, sizeof(dk::HeadSmem<dk::kWideTile>), hb24, hc24);
+    std::printf("smem: conv fwd %zu B (%d/SM), head %zu B (%d/SM, %d clusters) and %zu B (%d/SM, %d clusters), "
+                "conv bwd %zu B (%d/SM)\n", sizeof(dk::ConvForwardSmem), fb, sizeof(dk::HeadSmem<dk::kNarrowTile>), hb16,
+                hc16, sizeof(dk::HeadSmem<dk::kWideTile>), hb24, hc24, sizeof(dk::ConvBackwardSmem), bb);
   }
   if (mode == "ncu") {
     const int n = argc > 2 ? std::atoi(argv[2]) : 257;
@@ -227,7 +233,7 @@ int main(int argc, char** argv) try {
   }
   bool all_ok = true;
   if (mode == "check" || mode == "all") {
-    for (int n : {1, 7, 16, 17, 21, 70, 257, 300, 1000}) {
+    for (int n : {1, 7, 16, 17, 21, 70, 240, 241, 257, 300, 360, 361, 1000}) {
       const dk::HostGrads ref = dk::reference_step(P, xs.data(), labels.data(), n);
       CK(cudaMemset(sums, 0, 16));
       CK(cudaMemset(grads, 0xff, dk::kParams * 4));

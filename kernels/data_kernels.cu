@@ -8,6 +8,7 @@
 #include "core/cuda_check.h"
 #include "kernels/data_kernels.h"
 #include "kernels/grid_stride.cuh"
+#include "kernels/normalized_pixel.cuh"
 
 namespace dptrain::kernels {
 
@@ -28,8 +29,7 @@ __global__ void gather_kernel(const uint8_t* images, const int32_t* labels, cons
   for (long i = blockIdx.x * long{blockDim.x} + threadIdx.x; i < total; i += long{gridDim.x} * blockDim.x) {
     const long sample = i / pixels, p = i % pixels;
     const uint32_t index = order[start + sample];
-    const float scaled = __fmul_rn(static_cast<float>(images[static_cast<long>(index) * pixels + p]), 1.0f / 255.0f);
-    x[i] = __fdiv_rn(__fsub_rn(scaled, mean), std);
+    x[i] = normalized_pixel(static_cast<float>(images[static_cast<long>(index) * pixels + p]), mean, std);
     if (p == 0) y[sample] = labels[index];
   }
 }
@@ -61,8 +61,7 @@ __global__ void __launch_bounds__(kAugmentGatherThreads)
     for (int p = threadIdx.x; p < pixels; p += blockDim.x) {
       const int r = p / cols, c = p - r * cols;
       // data/sampler.cpp's gather_augment_normalize, operation for operation (and --fmad=false).
-      const float scaled = __fmul_rn(augment::augmented_pixel(t, src, rows, cols, r, c), 1.0f / 255.0f);
-      dst[p] = __fdiv_rn(__fsub_rn(scaled, mean), std);
+      dst[p] = normalized_pixel(augment::augmented_pixel(t, src, rows, cols, r, c), mean, std);
     }
     __syncthreads();  // every thread is done with t before thread 0 draws the next sample's
   }

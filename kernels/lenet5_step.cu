@@ -6,6 +6,7 @@
 #include <string>
 
 #include "core/cuda_check.h"
+#include "kernels/normalized_pixel.cuh"
 #include "kernels/softmax_row.cuh"
 
 namespace dptrain::kernels {
@@ -46,7 +47,9 @@ struct Args {
   int off[kLenet5Tensors];
   const float* x;
   const int32_t* labels;
+  StepGather gather;  // gather.images null: x and labels hold the batch already
   int n;
+  int head_per;  // samples a head cluster takes (the last may take fewer): HeadPlan
   float grad_scale;
   float label_smoothing;
   float* grads;
@@ -107,9 +110,27 @@ __global__ void __launch_bounds__(kConvThreads) lenet5_conv_forward_kernel(const
   for (int i = tid; i < kC1; i += kConvThreads) sm.b1[i] = a.params[a.off[1] + i];
   for (int i = tid; i < kC2 * kC1 * 25; i += kConvThreads) sm.w2[i] = a.params[a.off[2] + i];
   for (int i = tid; i < kC2; i += kConvThreads) sm.b2[i] = a.params[a.off[3] + i];
-  for (int q = tid; q < kPadIn * kPadIn; q += kConvThreads) {
-    const int y = q / kPadIn - 2, x = q % kPadIn - 2;
-    sm.x[q] = (y >= 0 && y < kIn && x >= 0 && x < kIn) ? a.x[s * kIn * kIn + y * kIn + x] : 0.0f;
+  if (a.gather.images != nullptr) {
+    // The sample from the dataset, normalised as the gather kernel does, and kept in x and the
+    // labels for conv backward and the head (the launches after this one).
+    const uint32_t row = a.gather.order[a.gather.step->info.first_sample + s];
+    const uint8_t* pixels = a.gather.images + static_cast<size_t>(row) * (kIn * kIn);
+    float* image = a.gather.x + s * kIn * kIn;
+    for (int q = tid; q < kPadIn * kPadIn; q += kConvThreads) {
+      const int y = q / kPadIn - 2, x = q % kPadIn - 2;
+      float v = 0.0f;
+      if (y >= 0 && y < kIn && x >= 0 && x < kIn) {
+        v = normalized_pixel(static_cast<float>(pixels[y * kIn + x]), a.gather.mean, a.gather.std);
+        image[y * kIn + x] = v;
+      }
+      sm.x[q] = v;
+    }
+    if (tid == 0) a.gather.y[s] = a.gather.labels[row];
+  } else {
+    for (int q = tid; q < kPadIn * kPadIn; q += kConvThreads) {
+      const int y = q / kPadIn - 2, x = q % kPadIn - 2;
+      sm.x[q] = (y >= 0 && y < kIn && x >= 0 && x < kIn) ? a.x[s * kIn * kIn + y * kIn + x] : 0.0f;
+    }
   }
   __syncthreads();
   // conv1 + ReLU + pooling: a pooled output a thread, the channel fastest: a warp's lanes read a few
@@ -146,9 +167,16 @@ __global__ void __launch_bounds__(kConvThreads) lenet5_conv_forward_kernel(const
   }
 }
 
-// ---- 2. the linear head: a cluster of 8 blocks per 16 samples
-constexpr int kCluster = 8, kHeadSamples = 16, kHeadThreads = 512;
-static_assert(kHeadSamples % 8 == 0, "the forward warps take eight samples each");
+// ---- 2. the linear head: a cluster of 8 blocks per tile of 16 samples (24 from 241 to 360)
+constexpr int kCluster = 8, kHeadThreads = 512;
+constexpr int kNarrowTile = 16, kWideTile = 24;
+static_assert(kNarrowTile % 8 == 0 && kWideTile % 8 == 0, "the forward warps take eight samples each");
+// How many clusters of 8 an H100 or H200 places on SMs of their own (its GPCs; the occupancy query
+// gives 30 at two blocks an SM). Past it clusters share SMs and the head slows by half (24.4 us at
+// 257 and 256 where 200 take 16.8, H200), so from 241 to 360 samples the head runs this many
+// clusters of up to 24 samples, one block an SM. A constant, not a query: the plan, and so the
+// order of the sums, depend on n alone.
+constexpr int kLoneClusters = 15;
 struct Slice {
   int begin, end;
 };
@@ -168,25 +196,32 @@ static_assert(kF0 % 4 == 0 && kF1 % 4 == 0 && kF2 % 4 == 0, "the weight gradient
 // The input gradients' split of the sum over j, in parts added in order.
 constexpr int kInputGradParts = 4;
 // Once fc1's forward is done its rows' space holds what comes after: the input gradients' partial
-// sums, fc3's whole weight and bias (every block runs fc3 and the loss for its 16 samples alike, so
-// fc2's input gradient needs no exchange), and the logits (then dL/dlogits).
-constexpr int kPartsAt = 0, kW5At = kInputGradParts * kHeadSamples * kK1, kB5At = kW5At + kF3 * kF2,
-              kLogitsAt = kB5At + kF3 + 2, kArenaEnd = kLogitsAt + kHeadSamples * kF3;
-static_assert(kPartsAt + kInputGradParts * kHeadSamples * kK1 <= kW5At && kArenaEnd <= kR1 * kF0,
-              "the second phase fits where fc1's rows were");
-static_assert(kLogitsAt % 4 == 0, "the logits are 16-byte aligned");
+// sums, fc3's whole weight and bias (every block runs fc3 and the loss for all its samples alike,
+// so fc2's input gradient needs no exchange), and the logits (then dL/dlogits).
+template <int kTile>
+struct HeadArena {
+  static constexpr int kPartsAt = 0, kW5At = kInputGradParts * kTile * kK1, kB5At = kW5At + kF3 * kF2,
+                       kLogitsAt = kB5At + kF3 + 2, kEnd = kLogitsAt + kTile * kF3;
+  static_assert(kEnd <= kR1 * kF0, "the second phase fits where fc1's rows were");
+  static_assert(kLogitsAt % 4 == 0 && kW5At % 4 == 0, "fc3's weight and the logits are 16-byte aligned");
+};
+static_assert(kF1 * kF0 % 4 == 0 && kF2 * kF1 % 4 == 0 && kF3 * kF2 % 4 == 0 && kK1 % 2 == 0,
+              "the weights stage in 16-byte pieces, fc1's columns in 8-byte pairs");
 // Activations are [sample][feature]; the gradients between layers are [feature][sample], so a
-// thread reads four samples' values as one float4.
+// thread reads four samples' values as one float4. A tile of 16 makes 110 KB (two blocks an SM);
+// of 24, 136 KB (one).
+template <int kTile>
 struct HeadSmem {
   alignas(16) float w1r[kR1 * kF0];  // fc1's rows; once its forward is done, the arena above
   alignas(16) float w1c[kF1 * kK1];
   float b1r[kR1 + 1];
-  float w2r[kR2 * kF1], b2r[kR2 + 1], w2c[kF2 * kK2];
-  alignas(16) float x0[kHeadSamples * kF0];
-  alignas(16) float h1[kHeadSamples * kF1];
-  alignas(16) float h2[kHeadSamples * kF2];
-  alignas(16) float dh2[kF2 * kHeadSamples];
-  alignas(16) float dh1[kF1 * kHeadSamples];
+  alignas(16) float w2r[kR2 * kF1];
+  float b2r[kR2 + 1], w2c[kF2 * kK2];
+  alignas(16) float x0[kTile * kF0];
+  alignas(16) float h1[kTile * kF1];
+  alignas(16) float h2[kTile * kF2];
+  alignas(16) float dh2[kF2 * kTile];
+  alignas(16) float dh1[kF1 * kTile];
 };
 
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900  // the head's device code (clusters: sm_90)
@@ -216,36 +251,43 @@ __device__ __forceinline__ float warp_sum16(float (&acc)[16], int lane) {
   return acc[0] + __shfl_xor_sync(0xffffffffu, acc[0], 1);
 }
 
-// Copies count floats into shared memory, src_of(e) to dst_of(e), with every load of the thread in
-// flight at once (cp.async: no registers held); wait with __pipeline_wait_prior.
-template <typename SrcOf, typename DstOf>
+// Copies count pieces of kWidth floats into shared memory, src + src_of(e) to dst + dst_of(e) (both
+// 4 * kWidth-byte aligned), with every load of the thread in flight at once (cp.async: no registers
+// held); wait with __pipeline_wait_prior. Wide pieces matter: a 4-byte copy an element made the
+// staging 3 us of a lone cluster's 16, and 7 where two blocks share an SM.
+template <int kWidth, typename SrcOf, typename DstOf>
 __device__ __forceinline__ void copy_in(const float* src, float* dst, int count, int tid, SrcOf src_of, DstOf dst_of) {
-  for (int e = tid; e < count; e += kHeadThreads) __pipeline_memcpy_async(dst + dst_of(e), src + src_of(e), 4);
+  for (int e = tid; e < count; e += kHeadThreads) __pipeline_memcpy_async(dst + dst_of(e), src + src_of(e), 4 * kWidth);
 }
-// The same for count contiguous floats.
+// count contiguous floats in pieces of kWidth (count a multiple of kWidth).
+template <int kWidth>
 __device__ __forceinline__ void copy_in(const float* src, float* dst, int count, int tid) {
-  for (int e = tid; e < count; e += kHeadThreads) __pipeline_memcpy_async(dst + e, src + e, 4);
+  for (int e = tid; e < count / kWidth; e += kHeadThreads)
+    __pipeline_memcpy_async(dst + kWidth * e, src + kWidth * e, 4 * kWidth);
 }
 
-// A linear layer's rows and columns of this block, into shared memory.
+// A linear layer's rows and columns of this block, into shared memory: rows of kIns floats (a
+// multiple of 4, w 16-byte aligned: lenet5_step checks) in 16-byte pieces; columns in 8-byte pairs
+// where the slice's width and start are even (fc1's 50 columns a block; fc2's 15 go one by one).
 template <int kIns, int kOuts>
 __device__ __forceinline__ void stage_layer(const float* w, const float* b, Slice rows, Slice cols, float* wr, float* br,
                                             float* wc, int wc_stride, int tid) {
-  const int nr = rows.end - rows.begin, nc = cols.end - cols.begin;
-  copy_in(w + rows.begin * kIns, wr, nr * kIns, tid);
-  copy_in(b + rows.begin, br, nr, tid);
-  copy_in(
-      w, wc, kOuts * nc, tid, [&](int e) { return (e / nc) * kIns + cols.begin + e % nc; },
-      [&](int e) { return (e / nc) * wc_stride + e % nc; });
+  constexpr int kColWidth = (kIns / kCluster) % 2 == 0 ? 2 : 1;  // slices alike: width kIns / kCluster
+  const int nr = rows.end - rows.begin, pieces = (cols.end - cols.begin) / kColWidth;
+  copy_in<4>(w + rows.begin * kIns, wr, nr * kIns, tid);
+  copy_in<1>(b + rows.begin, br, nr, tid);
+  copy_in<kColWidth>(
+      w, wc, kOuts * pieces, tid, [&](int e) { return (e / pieces) * kIns + cols.begin + kColWidth * (e % pieces); },
+      [&](int e) { return (e / pieces) * wc_stride + kColWidth * (e % pieces); });
 }
 
 // act(b[j] + sum_i W[j][i] x[s][i]) for `rows` of W (wr, br: those rows), for each sample, to
 // store(s, j, value, lane): a warp per pair of rows and group of eight samples, lanes along i;
 // lanes 2m and 2m + 1 both hold row j0 + m / 8's sum for sample m % 8 of the group.
-template <int kIns, bool kRelu, typename Store>
+template <int kTile, int kIns, bool kRelu, typename Store>
 __device__ __forceinline__ void head_forward(const float* wr, const float* br, int nr, const float* x, int lane,
                                              int warp, Store store) {
-  constexpr int kGroups = kHeadSamples / 8;
+  constexpr int kGroups = kTile / 8;
   for (int task = warp; task < (nr + 1) / 2 * kGroups; task += kHeadWarps) {
     const int j0 = task / kGroups * 2, group = task % kGroups;
     const bool second = j0 + 1 < nr;
@@ -280,8 +322,9 @@ __device__ __forceinline__ void head_forward(const float* wr, const float* br, i
 // This cluster's partial dW[j][i] = sum_s d(s, j) x[s][i] and db[j] = sum_s d(s, j) for this block's
 // rows, into global memory (rows of kIns): a thread per kRows rows and 4 columns, x read as float4
 // and d(s, j) the same for the whole warp.
-template <int kIns, int kRows, typename D>
-__device__ __forceinline__ void head_weight_grad(D d, Slice rows, const float* x, float* pw, float* pb, int tid) {
+template <int kTile, int kIns, int kRows, typename D>
+__device__ __forceinline__ void head_weight_grad(D d, Slice rows, const float* x, int samples, float* pw, float* pb,
+                                                 int tid) {
   constexpr int kQuads = kIns / 4;
   const int groups = (rows.end - rows.begin + kRows - 1) / kRows;
   for (int t = tid; t < groups * kQuads; t += kHeadThreads) {
@@ -290,7 +333,7 @@ __device__ __forceinline__ void head_weight_grad(D d, Slice rows, const float* x
 #pragma unroll
     for (int r = 0; r < kRows; ++r) acc[r] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll 4
-    for (int s = 0; s < kHeadSamples; ++s) {
+    for (int s = 0; s < samples; ++s) {
       const float4 xv = reinterpret_cast<const float4*>(x + s * kIns)[q];
 #pragma unroll
       for (int r = 0; r < kRows; ++r) {
@@ -307,20 +350,20 @@ __device__ __forceinline__ void head_weight_grad(D d, Slice rows, const float* x
   }
   for (int j = rows.begin + tid; j < rows.end; j += kHeadThreads) {
     float acc = 0.0f;
-#pragma unroll
-    for (int s = 0; s < kHeadSamples; ++s) acc += d(s, j);
+#pragma unroll 4
+    for (int s = 0; s < samples; ++s) acc += d(s, j);
     pb[j] = acc;
   }
 }
 
 // Partial input gradients: part[p][s][ii] = sum over part p of j of W[j][cols.begin + ii] d[j][s]
 // (d as [j][sample]): a thread per kCols columns, 4 samples and one of the parts.
-template <int kOuts, int kCols>
+template <int kTile, int kOuts, int kCols>
 __device__ __forceinline__ void head_input_grad_parts(const float* wc, int wc_stride, const float* d, int ncols,
-                                                      float* part, int tid) {
+                                                      int quads, float* part, int tid) {
   const int col_groups = ncols / kCols;
-  for (int t = tid; t < kInputGradParts * (kHeadSamples / 4) * col_groups; t += kHeadThreads) {
-    const int cg4 = t % col_groups, sq = (t / col_groups) % (kHeadSamples / 4), p = t / (col_groups * (kHeadSamples / 4));
+  for (int t = tid; t < kInputGradParts * quads * col_groups; t += kHeadThreads) {
+    const int cg4 = t % col_groups, sq = (t / col_groups) % quads, p = t / (col_groups * quads);
     const int ii = cg4 * kCols;
     float acc[4][kCols];
 #pragma unroll
@@ -336,7 +379,7 @@ __device__ __forceinline__ void head_input_grad_parts(const float* wc, int wc_st
       } else {
         w[0] = wc[j * wc_stride + ii];
       }
-      const float4 dv = reinterpret_cast<const float4*>(d + j * kHeadSamples)[sq];
+      const float4 dv = reinterpret_cast<const float4*>(d + j * kTile)[sq];
       const float ds[4] = {dv.x, dv.y, dv.z, dv.w};
 #pragma unroll
       for (int s = 0; s < 4; ++s)
@@ -346,7 +389,7 @@ __device__ __forceinline__ void head_input_grad_parts(const float* wc, int wc_st
 #pragma unroll
     for (int s = 0; s < 4; ++s)
 #pragma unroll
-      for (int c = 0; c < kCols; ++c) part[(p * kHeadSamples + 4 * sq + s) * ncols + ii + c] = acc[s][c];
+      for (int c = 0; c < kCols; ++c) part[(p * kTile + 4 * sq + s) * ncols + ii + c] = acc[s][c];
   }
 }
 
@@ -358,17 +401,25 @@ __device__ __forceinline__ void head_input_grad_parts(const float* wc, int wc_st
 #define DPTRAIN_HEAD_CLUSTER
 #endif
 
-__global__ void DPTRAIN_HEAD_CLUSTER __launch_bounds__(kHeadThreads, 2) lenet5_head_kernel(const Args a) {
+template <int kTile>
+__global__ void DPTRAIN_HEAD_CLUSTER __launch_bounds__(kHeadThreads, kTile == kNarrowTile ? 2 : 1)
+    lenet5_head_kernel(const Args a) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
   (void)a;
   __trap();
 #else
   const cg::cluster_group cluster = cg::this_cluster();
   extern __shared__ float4 smem4[];
-  HeadSmem& sm = *reinterpret_cast<HeadSmem*>(smem4);
+  constexpr int kPartsAt = HeadArena<kTile>::kPartsAt, kW5At = HeadArena<kTile>::kW5At,
+                kB5At = HeadArena<kTile>::kB5At, kLogitsAt = HeadArena<kTile>::kLogitsAt;
+  HeadSmem<kTile>& sm = *reinterpret_cast<HeadSmem<kTile>*>(smem4);
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int k = static_cast<int>(cluster.block_rank()), cl = static_cast<int>(blockIdx.x) / kCluster;
-  const int first = cl * kHeadSamples, count = min(kHeadSamples, a.n - first);
+  const int first = cl * a.head_per, count = min(a.head_per, a.n - first);  // head_per <= kTile
+  // The wide tile's clusters hold 17 to 24 samples: its weight gradients sum over those and its
+  // input gradients take their fours only (the rest would add zeros). Tiles of 16 keep constant
+  // bounds (runtime ones cost 0.25 us at 256, 1c30448).
+  const int samples = kTile == kWideTile ? count : kTile, quads = (samples + 3) / 4;
   float* part = a.partial_lin + static_cast<size_t>(cl) * kLinStride;
   const Slice r1 = slice(kF1, k), c1 = slice(kF0, k), r2 = slice(kF2, k), c2 = slice(kF1, k), r3 = slice(kF3, k);
   const float* P = a.params;
@@ -378,7 +429,7 @@ __global__ void DPTRAIN_HEAD_CLUSTER __launch_bounds__(kHeadThreads, 2) lenet5_h
   // The weights first: only the update changes them, so they may load while conv forward ends.
   stage_layer<kF0, kF1>(P + a.off[4], P + a.off[5], r1, c1, sm.w1r, sm.b1r, sm.w1c, kK1, tid);
   stage_layer<kF1, kF2>(P + a.off[6], P + a.off[7], r2, c2, sm.w2r, sm.b2r, sm.w2c, kK2, tid);
-  for (int e = tid; e < kHeadSamples * kF0 / 4; e += kHeadThreads) {
+  for (int e = tid; e < kTile * kF0 / 4; e += kHeadThreads) {
     if (e < count * kF0 / 4)
       __pipeline_memcpy_async(sm.x0 + 4 * e, a.p2 + static_cast<size_t>(first) * kF0 + 4 * e, 16);
     else
@@ -389,31 +440,33 @@ __global__ void DPTRAIN_HEAD_CLUSTER __launch_bounds__(kHeadThreads, 2) lenet5_h
   cluster.sync();  // every block has started (its shared memory may be written to) and staged its slices
 
   // fc1 and fc2 forward: each block's rows, pushed into every block (each lane of a pair to half).
-  head_forward<kF0, true>(sm.w1r, sm.b1r, r1.end - r1.begin, sm.x0, lane, warp, [&](int s, int j, float v, int l) {
+  const auto push_h1 = [&](int s, int j, float v, int l) {
 #pragma unroll
     for (int r = (l & 1) * (kCluster / 2); r < (l & 1) * (kCluster / 2) + kCluster / 2; ++r)
       cluster.map_shared_rank(sm.h1, r)[s * kF1 + r1.begin + j] = v;
-  });
+  };
+  head_forward<kTile, kF0, true>(sm.w1r, sm.b1r, r1.end - r1.begin, sm.x0, lane, warp, push_h1);
   __syncthreads();  // fc1's rows are read: the arena may be written
   // fc3's weight and bias, whole, into the arena (waited for after fc2's forward).
-  copy_in(P + a.off[8], w5, kF3 * kF2, tid);
-  copy_in(P + a.off[9], arena + kB5At, kF3, tid);
+  copy_in<4>(P + a.off[8], w5, kF3 * kF2, tid);
+  copy_in<1>(P + a.off[9], arena + kB5At, kF3, tid);
   __pipeline_commit();
   cluster.sync();
-  head_forward<kF1, true>(sm.w2r, sm.b2r, r2.end - r2.begin, sm.h1, lane, warp, [&](int s, int j, float v, int l) {
+  const auto push_h2 = [&](int s, int j, float v, int l) {
 #pragma unroll
     for (int r = (l & 1) * (kCluster / 2); r < (l & 1) * (kCluster / 2) + kCluster / 2; ++r)
       cluster.map_shared_rank(sm.h2, r)[s * kF2 + r2.begin + j] = v;
-  });
+  };
+  head_forward<kTile, kF1, true>(sm.w2r, sm.b2r, r2.end - r2.begin, sm.h1, lane, warp, push_h2);
   __pipeline_wait_prior(0);
   cluster.sync();
 
   // fc3 and the loss, in every block alike: the logits, then dL/dlogits (zero past the batch's end).
-  head_forward<kF2, false>(w5, arena + kB5At, kF3, sm.h2, lane, warp, [&](int s, int j, float v, int l) {
+  head_forward<kTile, kF2, false>(w5, arena + kB5At, kF3, sm.h2, lane, warp, [&](int s, int j, float v, int l) {
     if ((l & 1) == 0) lg[s * kF3 + j] = v;
   });
   __syncthreads();
-  if (tid < kHeadSamples) {
+  if (tid < kTile) {
     const Smoothing smoothing(a.label_smoothing, kF3);
     float* z = lg + tid * kF3;
     const SoftmaxRow row = softmax_row_thread(z, kF3);
@@ -432,43 +485,43 @@ __global__ void DPTRAIN_HEAD_CLUSTER __launch_bounds__(kHeadThreads, 2) lenet5_h
   __syncthreads();
 
   // fc3's input gradient, whole, in every block; its weight gradient for this block's rows.
-  for (int e = tid; e < kF2 * kHeadSamples; e += kHeadThreads) {
-    const int i = e / kHeadSamples, s = e % kHeadSamples;
+  for (int e = tid; e < kF2 * kTile; e += kHeadThreads) {
+    const int i = e / kTile, s = e % kTile;
     float acc = 0.0f;
 #pragma unroll
     for (int j = 0; j < kF3; ++j) acc += w5[j * kF2 + i] * lg[s * kF3 + j];
     sm.dh2[e] = sm.h2[s * kF2 + i] > 0.0f ? acc : 0.0f;
   }
-  head_weight_grad<kF2, 2>([&](int s, int j) { return lg[s * kF3 + j]; }, r3, sm.h2, part + (kW5 - kConvParams),
-                           part + (kB5 - kConvParams), tid);
+  head_weight_grad<kTile, kF2, 2>([&](int s, int j) { return lg[s * kF3 + j]; }, r3, sm.h2, samples,
+                                  part + (kW5 - kConvParams), part + (kB5 - kConvParams), tid);
   __syncthreads();
   // fc2: its weight gradient; its input gradient for this block's columns, into every block.
-  head_weight_grad<kF1, 2>([&](int s, int j) { return sm.dh2[j * kHeadSamples + s]; }, r2, sm.h1,
-                           part + (kW4 - kConvParams), part + (kB4 - kConvParams), tid);
-  head_input_grad_parts<kF2, 1>(sm.w2c, kK2, sm.dh2, kK2, arena + kPartsAt, tid);
+  head_weight_grad<kTile, kF1, 2>([&](int s, int j) { return sm.dh2[j * kTile + s]; }, r2, sm.h1, samples,
+                                  part + (kW4 - kConvParams), part + (kB4 - kConvParams), tid);
+  head_input_grad_parts<kTile, kF2, 1>(sm.w2c, kK2, sm.dh2, kK2, quads, arena + kPartsAt, tid);
   __syncthreads();
-  for (int e = tid; e < kHeadSamples * kK2; e += kHeadThreads) {  // samples fastest: conflict-free pushes
-    const int s = e % kHeadSamples, ii = e / kHeadSamples, i = c2.begin + ii;
+  for (int e = tid; e < 4 * quads * kK2; e += kHeadThreads) {  // samples fastest: conflict-free pushes
+    const int s = e % (4 * quads), ii = e / (4 * quads), i = c2.begin + ii;
     const float* pp = arena + kPartsAt + s * kK2 + ii;
     float acc = pp[0];
 #pragma unroll
-    for (int p = 1; p < kInputGradParts; ++p) acc += pp[p * kHeadSamples * kK2];
+    for (int p = 1; p < kInputGradParts; ++p) acc += pp[p * kTile * kK2];
     const float v = sm.h1[s * kF1 + i] > 0.0f ? acc : 0.0f;
 #pragma unroll
-    for (int r = 0; r < kCluster; ++r) cluster.map_shared_rank(sm.dh1, r)[i * kHeadSamples + s] = v;
+    for (int r = 0; r < kCluster; ++r) cluster.map_shared_rank(sm.dh1, r)[i * kTile + s] = v;
   }
   cluster.sync();  // the last writes into other blocks; nothing reads another block's memory after it
   // fc1: its weight gradient; its input gradient goes to conv backward.
-  head_weight_grad<kF0, 3>([&](int s, int j) { return sm.dh1[j * kHeadSamples + s]; }, r1, sm.x0,
-                           part + (kW3 - kConvParams), part + (kB3 - kConvParams), tid);
-  head_input_grad_parts<kF1, 2>(sm.w1c, kK1, sm.dh1, kK1, arena + kPartsAt, tid);
+  head_weight_grad<kTile, kF0, 3>([&](int s, int j) { return sm.dh1[j * kTile + s]; }, r1, sm.x0, samples,
+                                  part + (kW3 - kConvParams), part + (kB3 - kConvParams), tid);
+  head_input_grad_parts<kTile, kF1, 2>(sm.w1c, kK1, sm.dh1, kK1, quads, arena + kPartsAt, tid);
   __syncthreads();
   for (int e = tid; e < count * kK1; e += kHeadThreads) {
     const int s = e / kK1, ii = e % kK1;
     const float* pp = arena + kPartsAt + e;
     float acc = pp[0];
 #pragma unroll
-    for (int p = 1; p < kInputGradParts; ++p) acc += pp[p * kHeadSamples * kK1];
+    for (int p = 1; p < kInputGradParts; ++p) acc += pp[p * kTile * kK1];
     const int i = c1.begin + ii;
     a.dp2[static_cast<size_t>(first + s) * kF0 + i] = sm.x0[s * kF0 + i] > 0.0f ? acc : 0.0f;
   }
@@ -670,7 +723,19 @@ __global__ void __launch_bounds__(kFinishThreads) lenet5_finish_kernel(const Arg
 }
 
 int conv_blocks(int n) { return n < kConvBackwardBlocks ? n : kConvBackwardBlocks; }
-int head_clusters(int n) { return (n + kHeadSamples - 1) / kHeadSamples; }
+// The head's tile, cluster count and samples a cluster: tiles of 16, except where more than
+// kLoneClusters of them would share SMs and kLoneClusters of 24 serve (241 to 360 samples: the
+// samples spread evenly, so every cluster but the last takes ceil(n / 15)). Clusters never
+// decrease with n (15 from 225 to 360), so the scratch for a batch serves every smaller one.
+struct HeadPlan {
+  int tile, clusters, per;
+};
+HeadPlan head_plan(int n) {
+  if (n > kLoneClusters * kNarrowTile && n <= kLoneClusters * kWideTile)
+    return {kWideTile, kLoneClusters, (n + kLoneClusters - 1) / kLoneClusters};
+  return {kNarrowTile, (n + kNarrowTile - 1) / kNarrowTile, kNarrowTile};
+}
+int head_clusters(int n) { return head_plan(n).clusters; }
 
 // The scratch's parts, in floats from its start (each a multiple of 4: 16-byte aligned).
 struct Layout {
@@ -720,7 +785,9 @@ Args make_args(const Lenet5Step& p) {
   for (int t = 0; t < kLenet5Tensors; ++t) a.off[t] = p.offsets[static_cast<size_t>(t)];
   a.x = p.x;
   a.labels = p.labels;
+  a.gather = p.gather;
   a.n = p.n;
+  a.head_per = head_plan(p.n).per;
   a.grad_scale = p.grad_scale;
   a.label_smoothing = p.label_smoothing;
   a.grads = p.grads;
@@ -743,7 +810,12 @@ void launch_conv_forward(const Args& a, cudaStream_t stream) {
   CUDA_CHECK_LAUNCH();
 }
 void launch_head(const Args& a, cudaStream_t stream) {
-  lenet5_head_kernel<<<head_clusters(a.n) * kCluster, kHeadThreads, sizeof(HeadSmem), stream>>>(a);
+  const HeadPlan plan = head_plan(a.n);
+  const int blocks = plan.clusters * kCluster;
+  if (plan.tile == kWideTile)
+    lenet5_head_kernel<kWideTile><<<blocks, kHeadThreads, sizeof(HeadSmem<kWideTile>), stream>>>(a);
+  else
+    lenet5_head_kernel<kNarrowTile><<<blocks, kHeadThreads, sizeof(HeadSmem<kNarrowTile>), stream>>>(a);
   CUDA_CHECK_LAUNCH();
 }
 void launch_conv_backward(const Args& a, cudaStream_t stream) {
@@ -760,8 +832,10 @@ void configure_kernels() {
   static const bool configured = [] {
     CUDA_CHECK(cudaFuncSetAttribute(lenet5_conv_forward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     static_cast<int>(sizeof(ConvForwardSmem))));
-    CUDA_CHECK(cudaFuncSetAttribute(lenet5_head_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    static_cast<int>(sizeof(HeadSmem))));
+    CUDA_CHECK(cudaFuncSetAttribute(lenet5_head_kernel<kNarrowTile>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    static_cast<int>(sizeof(HeadSmem<kNarrowTile>))));
+    CUDA_CHECK(cudaFuncSetAttribute(lenet5_head_kernel<kWideTile>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    static_cast<int>(sizeof(HeadSmem<kWideTile>))));
     CUDA_CHECK(cudaFuncSetAttribute(lenet5_conv_backward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                     static_cast<int>(sizeof(ConvBackwardSmem))));
     return true;
@@ -779,6 +853,17 @@ void lenet5_step(const Lenet5Step& p, cudaStream_t stream) {
                     std::to_string(kLenet5MaxBatch));
   if (reinterpret_cast<uintptr_t>(p.scratch) % 16 != 0)
     throw CudaError("lenet5_step: the scratch is not 16-byte aligned");
+  if (reinterpret_cast<uintptr_t>(p.params) % 16 != 0 || p.offsets[4] % 4 != 0 || p.offsets[6] % 4 != 0 ||
+      p.offsets[8] % 4 != 0)
+    throw CudaError("lenet5_step: the linear layers' weights are not 16-byte aligned in the parameters");
+  if (p.gather.images != nullptr) {
+    const StepGather& g = p.gather;
+    if (g.pixels != kIn * kIn || g.labels == nullptr || g.order == nullptr || g.step == nullptr)
+      throw CudaError("lenet5_step: the gather must name labels, an order and a step state, at 28x28 pixels (got " +
+                      std::to_string(g.pixels) + ")");
+    if (g.x != p.x || g.y != p.labels)
+      throw CudaError("lenet5_step: the gather must write the batch and labels the pass reads");
+  }
   configure_kernels();
   const Args a = make_args(p);
   launch_conv_forward(a, stream);

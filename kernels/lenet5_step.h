@@ -3,12 +3,13 @@
 // cross-entropy; every parameter's gradient. The layered step runs about 27 launches there, 21 of
 // them one after another, and at a few hundred samples each is bound by its latency, not its work
 // (issue 20: lenet5 at batch 257 reached 40% of its batch-8192 rate). Here:
-//   1. conv forward, a block a sample: both convolutions with their ReLU and pooling;
-//   2. the linear head, a cluster of 8 blocks per 16 samples: block k keeps slice k of fc1's and
-//      fc2's rows (forward, weight gradient) and columns (input gradient) in shared memory and
-//      pushes its outputs into the other blocks' shared memory, so a cluster reads the weights
-//      from L2 once, not once a sample; every block runs fc3 and the loss itself; the weight
-//      gradients as per-cluster partial sums;
+//   1. conv forward, a block a sample: both convolutions with their ReLU and pooling (given the
+//      step's gather, it first takes its sample from the dataset: no gather launch before it);
+//   2. the linear head, a cluster of 8 blocks per 16 samples (15 clusters of up to 24 from 241 to
+//      360 samples): block k keeps slice k of fc1's and fc2's rows (forward, weight gradient)
+//      and columns (input gradient) in shared memory and pushes its outputs into the other
+//      blocks' shared memory, so a cluster reads the weights from L2 once, not once a sample;
+//      every block runs fc3 and the loss itself; the weight gradients as per-cluster partial sums;
 //   3. conv backward, a block per group of samples (at most 264 blocks, fixed by n alone): conv2's
 //      weight and input gradients, conv1's weight gradient, summed over its samples;
 //   4. finish: every gradient summed over the partials, and the loss sums.
@@ -21,6 +22,8 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+
+#include "core/step_gather.h"
 
 namespace dptrain::kernels {
 
@@ -38,8 +41,9 @@ Lenet5ScratchSize lenet5_step_scratch(int n);
 /// One training pass. Gradients are written (not added) at every parameter's element; the padding
 /// between tensors is left as it is.
 struct Lenet5Step {
-  const float* params;                      ///< the flat parameter buffer
-  std::array<int, kLenet5Tensors> offsets;  ///< where each tensor starts, in params and in grads
+  const float* params;                      ///< the flat parameter buffer, 16-byte aligned
+  std::array<int, kLenet5Tensors> offsets;  ///< where each tensor starts, in params and in grads; the
+                                            ///< linear weights' (4, 6, 8) multiples of 4
   const float* x;                           ///< [n][1][28][28]
   const int32_t* labels;                    ///< [n], each in 0..9
   int n;
@@ -49,6 +53,11 @@ struct Lenet5Step {
   double* sums;                  ///< sums[0] += the loss, sums[1] += the correct count
   float* scratch;                ///< lenet5_step_scratch(n).floats, 16-byte aligned
   unsigned char* scratch_bytes;  ///< lenet5_step_scratch(n).bytes
+  /// Where gather.images is not null, conv forward first takes the batch from the dataset
+  /// (core/step_gather.h: the same bits as kernels::gather_normalize) and writes it to gather.x and
+  /// gather.y, which must be x and labels, for the kernels after it: one launch a step fewer. Else
+  /// x and labels hold the batch already.
+  StepGather gather;
 };
 
 /// Whether lenet5_step serves a batch of n: 1 to kLenet5MaxBatch samples (its partial sums and

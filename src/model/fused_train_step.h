@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/device_context.h"
+#include "core/step_gather.h"
 #include "io/config.h"
 #include "model/param_store.h"
 
@@ -29,8 +30,11 @@ class FusedTrainStep {
   /// The pass over n samples, queued on the compute stream (no sync, no allocation: a step that runs
   /// it can be captured): writes every parameter's gradient into `grads` (the model's layout),
   /// sums[0] += the loss and sums[1] += the correct count (SoftmaxCrossEntropy's contract).
+  /// `gather` null: input and labels hold the batch. Else the pass first takes the batch from the
+  /// dataset itself (core/step_gather.h; gather->x and gather->y are input and labels, written with
+  /// the bits the gather kernel gives), so the step needs no gather launch.
   virtual void run(DeviceContext& ctx, const float* params, const float* input, const int32_t* labels, int n,
-                   float grad_scale, float* grads, double* sums) = 0;
+                   float grad_scale, float* grads, double* sums, const StepGather* gather) = 0;
 };
 
 /// Whether the model is LeNet-5 as configs/lenet5.yaml has it: 1x28x28 input, 10 classes, and the

@@ -158,13 +158,14 @@ bool Model<T>::runs_fused(int n) const {
 
 template <typename T>
 void Model<T>::train_pass(DeviceContext& ctx, TensorView<const T> input, const int32_t* labels, T grad_scale,
-                          double* sums, GradientHook* hook, const StepInfo& step) {
+                          double* sums, GradientHook* hook, const StepInfo& step, const StepGather* gather) {
   if constexpr (std::is_same_v<T, float>) {
     if (runs_fused(input.n)) {
       if (input.n > max_batch_ || !(input.dims == input_))
         throw std::logic_error("Model::train_pass: a batch of " + std::to_string(input.n) + " x " +
                                to_string(input.dims));
-      fused_->run(ctx, params_.values().data(), input.data, labels, input.n, grad_scale, params_.grads().data(), sums);
+      fused_->run(ctx, params_.values().data(), input.data, labels, input.n, grad_scale, params_.grads().data(), sums,
+                  gather);
       last_input_ = input;
       last_n_ = input.n;
       if (hook == nullptr) return;
@@ -176,6 +177,9 @@ void Model<T>::train_pass(DeviceContext& ctx, TensorView<const T> input, const i
       return;
     }
   }
+  if (gather != nullptr)
+    throw std::logic_error("Model::train_pass: a gather for a batch of " + std::to_string(input.n) +
+                           ", which the layered pass runs");
   forward(ctx, input, Phase::Train, step);
   loss(ctx, labels, grad_scale, sums, true, hook);
 }

@@ -88,8 +88,10 @@ class Model {
   /// or the fused pass where plan_train_pass chose it for this batch size. Either way the gradients
   /// are in the gradient buffer, `hook` hears of each layer's (last layer first) and of the end of
   /// backward, and sums take the loss. After a fused pass the activations are not written.
+  /// `gather`: null where input and labels hold the batch; else (only where runs_fused(input.n))
+  /// the fused pass takes the batch from the dataset and writes it there (FusedTrainStep::run).
   void train_pass(DeviceContext& ctx, TensorView<const T> input, const int32_t* labels, T grad_scale, double* sums,
-                  GradientHook* hook, const StepInfo& step);
+                  GradientHook* hook, const StepInfo& step, const StepGather* gather);
 
   /// Shorthand for loss(..., backward = true, hook).
   void backward(DeviceContext& ctx, const int32_t* labels, T grad_scale, double* sums, GradientHook* hook) {

@@ -5,9 +5,11 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 
 #include "core/augment.h"
 #include "core/device_context.h"
+#include "core/step_gather.h"
 #include "data/dataset.h"
 #include "io/config.h"
 
@@ -25,6 +27,10 @@ class BatchSource {
   /// The same, starting at the epoch position ctx.step()->info.first_sample, read when the work
   /// runs (on CUDA, inside a replayed graph).
   virtual void gather_step(DeviceContext& ctx, int count, float* x, int32_t* y) = 0;
+  /// gather_step as a kernel that reads its own batch takes it (core/step_gather.h), writing x and
+  /// y; none where the gather is more than a copy and a normalisation (augmentation) or runs on the
+  /// host.
+  virtual std::optional<StepGather> step_gather(DeviceContext& ctx, float* x, int32_t* y) const = 0;
 };
 
 /// The source for ctx's device. The dataset must outlive the source. With `augment`, the batches

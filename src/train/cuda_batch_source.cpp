@@ -60,6 +60,10 @@ class CudaBatchSource final : public BatchSource {
       kernels::gather_normalize(images_.data(), labels_.data(), order_.data(), pixels_, 0, ctx.step(), count, mean_,
                                 std_, x, y, stream_);
   }
+  std::optional<StepGather> step_gather(DeviceContext& ctx, float* x, int32_t* y) const override {
+    if (augment::enabled(augment_)) return std::nullopt;
+    return StepGather{images_.data(), labels_.data(), order_.data(), ctx.step(), pixels_, mean_, std_, x, y};
+  }
 
  private:
   uint32_t n_;

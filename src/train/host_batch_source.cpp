@@ -32,6 +32,7 @@ class HostBatchSource final : public BatchSource {
     const StepInfo& info = ctx.step()->info;
     gather_at(info.first_sample, count, info.seed, info.epoch, x, y);
   }
+  std::optional<StepGather> step_gather(DeviceContext&, float*, int32_t*) const override { return std::nullopt; }
 
  private:
   void gather_at(int64_t first, int count, uint64_t seed, uint32_t epoch, float* x, int32_t* y) const {

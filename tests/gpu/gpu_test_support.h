@@ -1,6 +1,7 @@
 // What the GPU test files share: a fixture that skips without a CUDA device and holds a GPU context
 // beside a CPU one, seeded random inputs, the relative difference the parity tests compare, and
-// where MNIST is (the tests that train on it skip without it).
+// where MNIST is (the tests that train on it skip without it), and a few training steps of a shipped
+// config on one rank.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -9,13 +10,19 @@
 #include <filesystem>
 #include <memory>
 #include <random>
+#include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "comm/communicator.h"
 #include "core/cuda_support.h"
 #include "core/device_context.h"
+#include "core/device_ops.h"
+#include "data/dataset.h"
 #include "io/config.h"
 #include "train/runtime.h"
+#include "train/trainer.h"
 
 namespace dptrain::gpu_test {
 
@@ -71,6 +78,39 @@ inline const std::string kData = DPTRAIN_TEST_DATA_DIR;
 inline bool have_mnist() {
   return std::filesystem::exists(kData + "/train-labels-idx1-ubyte.gz") ||
          std::filesystem::exists(kData + "/train-labels-idx1-ubyte");
+}
+
+/// configs/NAME.yaml with `sets`, and with the step graph on or off.
+inline Config shipped_config(const std::string& name, bool graph, std::vector<std::string> sets = {}) {
+  sets.push_back("train.cuda_graph=" + std::string(graph ? "true" : "false"));
+  return load_config(std::string(DPTRAIN_SOURCE_DIR) + "/configs/" + name + ".yaml", sets);
+}
+
+/// The parameters of `trainer`'s model, on the host.
+inline std::vector<float> params_of(DeviceContext& ctx, Trainer& trainer) {
+  const auto& p = trainer.model().params();
+  std::vector<float> h(p.size());
+  download(ctx, std::span<const float>(p.values().data(), p.size()), std::span<float>(h));
+  return h;
+}
+
+/// `read(trainer)` after `steps` steps of epoch 0 on one rank, from the config's seed; the
+/// trainer prints no progress.
+template <class Read>
+auto after_steps(DeviceContext& ctx, const MnistData& data, const Config& config, int steps, Read read,
+                 TrainOptions options = {}) {
+  options.show_progress = false;
+  SingleRankCommunicator comm;
+  Trainer trainer(config, options, data, ctx, comm);
+  for (int s = 0; s < steps; ++s) trainer.step(0, s, s);
+  return read(trainer);
+}
+
+/// The parameters after `steps` steps of epoch 0 on one rank (after_steps).
+inline std::vector<float> params_after_steps(DeviceContext& ctx, const MnistData& data, const Config& config,
+                                             int steps, TrainOptions options = {}) {
+  return after_steps(
+      ctx, data, config, steps, [&](Trainer& t) { return params_of(ctx, t); }, std::move(options));
 }
 
 }  // namespace dptrain::gpu_test

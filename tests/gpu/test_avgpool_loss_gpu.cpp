@@ -30,8 +30,10 @@ namespace {
 
 using gpu_test::have_mnist;
 using gpu_test::kData;
+using gpu_test::params_after_steps;
 using gpu_test::randoms;
 using gpu_test::rel;
+using gpu_test::shipped_config;
 
 class NewLayersGpu : public gpu_test::GpuTest {};
 
@@ -179,17 +181,7 @@ TEST_F(NewLayersGpu, ModelWithPoolsAndSmoothingMatchesCpuAtManyClassCounts) {
 
 std::vector<float> train_params(DeviceContext& ctx, const MnistData& data, int steps, bool graph,
                                 std::vector<std::string> sets) {
-  sets.push_back("train.cuda_graph=" + std::string(graph ? "true" : "false"));
-  const Config config = load_config(std::string(DPTRAIN_SOURCE_DIR) + "/configs/mnist_onecycle.yaml", sets);
-  SingleRankCommunicator comm;
-  TrainOptions options;
-  options.show_progress = false;
-  Trainer trainer(config, options, data, ctx, comm);
-  for (int s = 0; s < steps; ++s) trainer.step(0, s, s);
-  const auto& p = trainer.model().params();
-  std::vector<float> h(p.size());
-  download(ctx, std::span<const float>(p.values().data(), p.size()), std::span<float>(h));
-  return h;
+  return params_after_steps(ctx, data, shipped_config("mnist_onecycle", graph, std::move(sets)), steps);
 }
 
 // The cycled beta1 (Adam) and momentum (SGD) are read from the step state that the graph's first

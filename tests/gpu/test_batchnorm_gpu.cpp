@@ -30,10 +30,13 @@
 namespace dptrain {
 namespace {
 
+using gpu_test::after_steps;
 using gpu_test::have_mnist;
 using gpu_test::kData;
+using gpu_test::params_of;
 using gpu_test::randoms;
 using gpu_test::rel;
+using gpu_test::shipped_config;
 
 namespace fs = std::filesystem;
 
@@ -166,19 +169,13 @@ TEST_F(CudaBatchNorm, ShapeSweepMatchesCpu) {
 /// The params and state of `config` after `steps` steps (graph or eager) from one seed.
 std::vector<float> train_bn(DeviceContext& ctx, const MnistData& data, int steps, bool graph,
                             std::vector<std::string> sets = {}) {
-  sets.push_back("train.cuda_graph=" + std::string(graph ? "true" : "false"));
-  Config config = load_config(std::string(DPTRAIN_SOURCE_DIR) + "/configs/mnist_bn.yaml", sets);
-  SingleRankCommunicator comm;
-  TrainOptions options;
-  options.show_progress = false;
-  Trainer trainer(config, options, data, ctx, comm);
-  for (int s = 0; s < steps; ++s) trainer.step(0, s, s);
-  const auto& p = trainer.model().params();
-  const auto& st = trainer.model().state();
-  std::vector<float> all = to_host(ctx, p.values().data(), p.size());
-  const std::vector<float> state = to_host(ctx, st.values().data(), st.size());
-  all.insert(all.end(), state.begin(), state.end());
-  return all;
+  return after_steps(ctx, data, shipped_config("mnist_bn", graph, std::move(sets)), steps, [&](Trainer& t) {
+    std::vector<float> all = params_of(ctx, t);
+    const auto& st = t.model().state();
+    const std::vector<float> state = to_host(ctx, st.values().data(), st.size());
+    all.insert(all.end(), state.begin(), state.end());
+    return all;
+  });
 }
 
 /// A trainer's whole state between steps: its parameters, statistics and optimizer slots.

@@ -32,8 +32,10 @@ namespace {
 
 using gpu_test::have_mnist;
 using gpu_test::kData;
+using gpu_test::params_after_steps;
 using gpu_test::randoms;
 using gpu_test::rel;
+using gpu_test::shipped_config;
 
 class CudaBackend : public gpu_test::GpuTest {};
 
@@ -740,16 +742,9 @@ TEST_F(CudaBackend, EpochOrderAndGatherMatchCpuBitForBit) {
 /// of UpdateInBackward during it.
 std::vector<float> train_params(DeviceContext& ctx, const MnistData& data, int steps, bool graph,
                                 std::vector<std::string> sets = {}, bool update_after_backward = false) {
-  sets.push_back("train.cuda_graph=" + std::string(graph ? "true" : "false"));
-  Config config = load_config(std::string(DPTRAIN_SOURCE_DIR) + "/configs/mnist_cnn.yaml", sets);
-  SingleRankCommunicator comm;
   TrainOptions options;
-  options.show_progress = false;
   options.update_after_backward = update_after_backward;
-  Trainer trainer(config, options, data, ctx, comm);
-  for (int s = 0; s < steps; ++s) trainer.step(0, s, s);
-  const auto& p = trainer.model().params();
-  return to_host(ctx, p.values(), p.size());
+  return params_after_steps(ctx, data, shipped_config("mnist_cnn", graph, std::move(sets)), steps, options);
 }
 
 // 50 steps of mnist_cnn (dropout on) on GPU and CPU from one seed. With SGD the two stay within

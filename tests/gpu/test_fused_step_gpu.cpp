@@ -7,17 +7,23 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <numeric>
+#include <random>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "gpu_test_support.h"
 #include "comm/communicator.h"
+#include "core/buffer.h"
+#include "core/cuda_check.h"
 #include "core/cuda_context.h"
 #include "core/device_ops.h"
 #include "data/dataset.h"
 #include "io/config.h"
 #include "io/plan_cache.h"
+#include "kernels/data_kernels.h"
 #include "kernels/lenet5_step.h"
 #include "model/model.h"
 #include "train/runtime.h"
@@ -26,11 +32,14 @@
 namespace dptrain {
 namespace {
 
+using gpu_test::after_steps;
 using gpu_test::GpuTest;
 using gpu_test::have_mnist;
 using gpu_test::kData;
+using gpu_test::params_of;
 using gpu_test::randoms;
 using gpu_test::rel;
+using gpu_test::shipped_config;
 
 class Lenet5FusedPass : public GpuTest {
  protected:
@@ -86,7 +95,7 @@ PassResult run_pass(DeviceContext& ctx, const Config& config, int n, bool fused)
     FusedTrainStep* step = model.fused_step();
     if (step == nullptr) throw std::logic_error("no fused step for lenet5");
     step->run(ctx, model.params().values().data(), bx.data(), by.data(), n, scale, model.params().grads().data(),
-              sums.data());
+              sums.data(), nullptr);
   } else {
     model.forward(ctx, TensorView<const float>{bx.data(), n, {1, 28, 28}}, Phase::Train, {});
     model.backward(ctx, by.data(), scale, sums.data(), nullptr);
@@ -119,13 +128,14 @@ void expect_matches_cpu(const PassResult& got, const PassResult& want, const Mod
 }
 
 // Batches of 1 (one partly empty cluster), 15 to 17 (a cluster's edge), 21 (a last cluster of
-// five), 64, 257 and 300 (past the 264 conv-backward blocks: blocks take two samples), 1000, and
-// 4100 (257 clusters, the last of four; the planner takes the fused pass up to 8192); and label
-// smoothing.
+// five), 64, 241, 257, 300 and 360 (the head's 15 clusters of up to 24 samples: 17 a cluster and
+// a last of 3 at 241, 24 each at 360; past 264 conv-backward blocks take two samples), 361 (back
+// to tiles of 16: 23 clusters), 1000, and 4100 (257 clusters, the last of four; the planner takes
+// the fused pass up to 8192); and label smoothing.
 TEST_F(Lenet5FusedPass, LossAndEveryGradientMatchCpu) {
   const Config plain = lenet5(), smoothed = lenet5({"train.label_smoothing=0.1"});
   Model<float> shape(plain.model, cpu_, 1);
-  for (const int n : {1, 15, 16, 17, 21, 64, 257, 300, 1000, 4100}) {
+  for (const int n : {1, 15, 16, 17, 21, 64, 241, 257, 300, 360, 361, 1000, 4100}) {
     expect_matches_cpu(run_pass(*gpu_, plain, n, true), run_pass(cpu_, plain, n, false), shape, n, "plain");
     if (n == 17 || n == 300)
       expect_matches_cpu(run_pass(*gpu_, smoothed, n, true), run_pass(cpu_, smoothed, n, false), shape, n,
@@ -141,6 +151,133 @@ TEST_F(Lenet5FusedPass, SameBitsEveryRun) {
     EXPECT_EQ(a.grads, b.grads) << n;
     EXPECT_EQ(a.sums, b.sums) << n;
   }
+}
+
+// The kernels stage the linear weights in 16-byte pieces and read the scratch as float4: a step
+// whose parameters or scratch are not aligned so is refused before anything is queued.
+TEST_F(Lenet5FusedPass, RefusesMisalignedParametersAndScratch) {
+  Buffer<float> params(Device::Cuda, 64), scratch(Device::Cuda, 64);
+  kernels::Lenet5Step p{};  // every offset 0; never launched
+  p.params = params.data();
+  p.n = 1;
+  p.scratch = scratch.data();
+  const auto refused = [&](const char* what) {
+    try {
+      kernels::lenet5_step(p, nullptr);
+      ADD_FAILURE() << what << ": not refused";
+    } catch (const CudaError& e) {
+      EXPECT_NE(std::string(e.what()).find("16-byte aligned"), std::string::npos) << what << ": " << e.what();
+    }
+  };
+  p.offsets[6] = 1;
+  refused("fc2's weight at an odd offset");
+  p.offsets[6] = 0;
+  p.params = params.data() + 1;
+  refused("parameters 4 bytes past an alignment");
+  p.params = params.data();
+  p.scratch = scratch.data() + 2;
+  refused("scratch 8 bytes past an alignment");
+}
+
+// Where the trainer hands it the step's gather (core/step_gather.h), conv forward takes the batch
+// from the dataset itself: the batch and labels it leaves, every gradient and the loss sums equal,
+// bit for bit, the gather kernel's batch run through the pass. Batches 1, 17 (a cluster's edge),
+// 300 (the wide head tile, two samples a conv-backward block) and 1000, from epoch position 1234
+// of a shuffled order over 3000 rows.
+TEST_F(Lenet5FusedPass, GatheringItsOwnBatchGivesTheGatherKernelsBits) {
+  const Config config = lenet5();
+  DeviceContext& ctx = *gpu_;
+  constexpr int kRows = 3000, kPixels = 784;
+  std::mt19937 rng(5);
+  std::vector<uint8_t> images(static_cast<size_t>(kRows) * kPixels);
+  for (uint8_t& v : images) v = static_cast<uint8_t>(rng() % 256);
+  std::vector<int32_t> labels(kRows);
+  for (int i = 0; i < kRows; ++i) labels[static_cast<size_t>(i)] = static_cast<int32_t>(rng() % 10);
+  std::vector<uint32_t> order(kRows);
+  std::iota(order.begin(), order.end(), 0u);
+  std::shuffle(order.begin(), order.end(), rng);
+  const Buffer<uint8_t> d_images = on(ctx, images);
+  const Buffer<int32_t> d_labels = on(ctx, labels);
+  const Buffer<uint32_t> d_order = on(ctx, order);
+  StepState state{};
+  state.info.first_sample = 1234;
+  ctx.set_step(state);
+  const float mean = 0.1307f, std = 0.3081f;
+  for (const int n : {1, 17, 300, 1000}) {
+    Model<float> model(config.model, ctx, n);
+    model.params().initialize(3);
+    FusedTrainStep* step = model.fused_step();
+    ASSERT_NE(step, nullptr);
+    const float scale = 1.0f / static_cast<float>(n);
+    const size_t grads = model.params().size();
+    // The gather kernel's batch, then the pass.
+    Buffer<float> xa(Device::Cuda, static_cast<size_t>(n) * kPixels);
+    Buffer<int32_t> ya(Device::Cuda, static_cast<size_t>(n));
+    Buffer<double> sa(Device::Cuda, 2);
+    zero_async(ctx, sa.span());
+    kernels::gather_normalize(d_images.data(), d_labels.data(), d_order.data(), kPixels, 0, ctx.step(), n, mean, std,
+                              xa.data(), ya.data(), ctx.cuda().stream());
+    step->run(ctx, model.params().values().data(), xa.data(), ya.data(), n, scale, model.params().grads().data(),
+              sa.data(), nullptr);
+    const std::vector<float> grads_a = host(ctx, model.params().grads(), grads);
+    // The pass that gathers, into poisoned buffers.
+    Buffer<float> xb = on(ctx, std::vector<float>(static_cast<size_t>(n) * kPixels, std::nanf("")));
+    Buffer<int32_t> yb = on(ctx, std::vector<int32_t>(static_cast<size_t>(n), -1));
+    const std::vector<float> nan(grads, std::nanf(""));
+    upload(ctx, model.params().grads().span(), std::span<const float>(nan));
+    Buffer<double> sb(Device::Cuda, 2);
+    zero_async(ctx, sb.span());
+    const StepGather gather{d_images.data(), d_labels.data(), d_order.data(), ctx.step(), kPixels, mean, std,
+                            xb.data(), yb.data()};
+    step->run(ctx, model.params().values().data(), xb.data(), yb.data(), n, scale, model.params().grads().data(),
+              sb.data(), &gather);
+    const std::vector<float> grads_b = host(ctx, model.params().grads(), grads);
+    const auto bits = [](const std::vector<float>& v) {  // NaN-safe equality: the padding stays NaN
+      std::vector<uint32_t> b(v.size());
+      std::memcpy(b.data(), v.data(), v.size() * sizeof(float));
+      return b;
+    };
+    const std::vector<float> xa_h = host(ctx, xa, xa.size()), xb_h = host(ctx, xb, xb.size());
+    EXPECT_EQ(bits(xa_h), bits(xb_h)) << "the batch at " << n;
+    EXPECT_EQ(host(ctx, ya, ya.size()), host(ctx, yb, yb.size())) << "the labels at " << n;
+    size_t different = 0;
+    for (const ParamEntry& e : model.params().entries())
+      for (size_t i = e.offset; i < e.offset + e.count; ++i)
+        different += bits({grads_a[i]}) != bits({grads_b[i]});
+    EXPECT_EQ(different, 0u) << "gradient elements at " << n;
+    EXPECT_EQ(host(ctx, sa, 2), host(ctx, sb, 2)) << "the loss sums at " << n;
+  }
+}
+
+// A gather must write the batch the pass reads, and name what it reads: else lenet5_step refuses.
+TEST_F(Lenet5FusedPass, RefusesAGatherThatWritesElsewhere) {
+  Buffer<float> params(Device::Cuda, 64), scratch(Device::Cuda, 64), x(Device::Cuda, 784), other(Device::Cuda, 784);
+  Buffer<int32_t> labels(Device::Cuda, 1);
+  Buffer<uint8_t> images(Device::Cuda, 784);
+  Buffer<uint32_t> order(Device::Cuda, 1);
+  kernels::Lenet5Step p{};  // never launched
+  p.params = params.data();
+  p.n = 1;
+  p.scratch = scratch.data();
+  p.x = x.data();
+  p.labels = labels.data();
+  p.gather = StepGather{images.data(), labels.data(), order.data(), gpu_->step(), 784, 0.0f, 1.0f, other.data(),
+                        labels.data()};
+  const auto refused = [&](const char* what, const char* says) {
+    try {
+      kernels::lenet5_step(p, nullptr);
+      ADD_FAILURE() << what << ": not refused";
+    } catch (const CudaError& e) {
+      EXPECT_NE(std::string(e.what()).find(says), std::string::npos) << what << ": " << e.what();
+    }
+  };
+  refused("a gather into another buffer", "must write the batch and labels the pass reads");
+  p.gather.x = x.data();
+  p.gather.pixels = 28 * 29;
+  refused("a gather of 28x29 pixels", "28x28 pixels");
+  p.gather.pixels = 784;
+  p.gather.order = nullptr;
+  refused("a gather without an order", "an order");
 }
 
 // Only LeNet-5 as configured gets a fused pass; a wider conv1 or an added dropout does not, and then
@@ -205,19 +342,12 @@ TEST_F(Lenet5FusedPass, PlannerChecksTimesAndRecordsTheChoice) {
 }
 
 std::vector<float> train_lenet5(DeviceContext& ctx, const MnistData& data, int steps, bool graph) {
-  const Config config = lenet5({"train.cuda_graph=" + std::string(graph ? "true" : "false"), "train.plan_cache=off"});
-  SingleRankCommunicator comm;
-  TrainOptions options;
-  options.show_progress = false;
-  Trainer trainer(config, options, data, ctx, comm);
-  if (ctx.on_cuda()) {
-    EXPECT_TRUE(trainer.model().runs_fused(64)) << "the untimed planner takes the fused pass";
-  }
-  for (int s = 0; s < steps; ++s) trainer.step(0, s, s);
-  const auto& p = trainer.model().params();
-  std::vector<float> h(p.size());
-  download(ctx, std::span<const float>(p.values().data(), p.size()), std::span<float>(h));
-  return h;
+  return after_steps(ctx, data, shipped_config("lenet5", graph, {"train.plan_cache=off"}), steps, [&](Trainer& t) {
+    if (ctx.on_cuda()) {
+      EXPECT_TRUE(t.model().runs_fused(64)) << "the untimed planner took the fused pass";
+    }
+    return params_of(ctx, t);
+  });
 }
 
 // lenet5's recipe (SGD, Nesterov momentum, weight decay) through the Trainer on the fused pass: 30

@@ -10,6 +10,7 @@
 #include <limits>
 
 #include "../unit/numerics_probe.h"
+#include "gpu_test_support.h"
 #include "comm/communicator.h"
 #include "core/cuda_context.h"
 #include "data/dataset.h"
@@ -19,14 +20,12 @@
 namespace dptrain {
 namespace {
 
+using gpu_test::have_mnist;
+using gpu_test::kData;
+using gpu_test::params_after_steps;
+using gpu_test::shipped_config;
 using test_support::checked_pass;
 using test_support::PoisonWhen;
-
-const std::string kData = DPTRAIN_TEST_DATA_DIR;
-bool have_mnist() {
-  return std::filesystem::exists(kData + "/train-labels-idx1-ubyte.gz") ||
-         std::filesystem::exists(kData + "/train-labels-idx1-ubyte");
-}
 
 class CudaNumerics : public ::testing::Test {
  protected:
@@ -96,20 +95,11 @@ TEST_F(CudaNumerics, TrainingBlowUpFoundAtTheSameStepAndLayer) {
 }
 
 std::vector<float> train_params(DeviceContext& ctx, const MnistData& data, int steps, bool profile) {
-  const Config config = load_config(std::string(DPTRAIN_SOURCE_DIR) + "/configs/mnist_cnn.yaml",
-                                    {"train.cuda_graph=false"});
-  SingleRankCommunicator comm;
   TrainOptions options;
-  options.show_progress = false;
   options.profile = profile;
   options.out_dir = (std::filesystem::temp_directory_path() / "dptrain_gpu_profile_test").string();
   std::filesystem::create_directories(options.out_dir);
-  Trainer trainer(config, options, data, ctx, comm);
-  for (int s = 0; s < steps; ++s) trainer.step(0, s, s);
-  const auto& p = trainer.model().params();
-  std::vector<float> host(p.size());
-  download(ctx, std::span<const float>(p.values().span()), std::span<float>(host));
-  return host;
+  return params_after_steps(ctx, data, shipped_config("mnist_cnn", /*graph=*/false), steps, options);
 }
 
 // Events only: with the same (heuristic, so identical) cuDNN algorithms, eager steps with and

@@ -87,7 +87,7 @@ bool plan_fused_pass(DeviceContext& ctx, FusedTrainStep& fused, int n, Dims inpu
   // The check: each tensor's gradient from the fused pass against the layered pass's.
   layered(x.data(), y.data(), sums.data());
   const std::vector<float> want = gradients(ctx, grads, size);
-  fused.run(ctx, params, x.data(), y.data(), n, 1.0f / static_cast<float>(n), grads, sums.data());
+  fused.run(ctx, params, x.data(), y.data(), n, 1.0f / static_cast<float>(n), grads, sums.data(), nullptr);
   const std::vector<float> got = gradients(ctx, grads, size);
   const double limit = o.tf32 ? 2e-2 : 1e-3;
   for (const ParamEntry& e : entries) {
@@ -113,7 +113,7 @@ bool plan_fused_pass(DeviceContext& ctx, FusedTrainStep& fused, int n, Dims inpu
   try {
     layered_us = graph_time_us(stream, [&] { layered(x.data(), y.data(), sums.data()); });
     fused_us = graph_time_us(stream, [&] {
-      fused.run(ctx, params, x.data(), y.data(), n, 1.0f / static_cast<float>(n), grads, sums.data());
+      fused.run(ctx, params, x.data(), y.data(), n, 1.0f / static_cast<float>(n), grads, sums.data(), nullptr);
     });
   } catch (const CudaError& e) {
     cu.warn(what + ": could not be timed (" + e.what() + "); the layered pass runs");

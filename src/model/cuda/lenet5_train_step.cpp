@@ -39,7 +39,7 @@ class Lenet5TrainStep final : public FusedTrainStep {
   bool fits(int n) const override { return n <= max_batch_ && kernels::lenet5_step_fits(n); }
 
   void run(DeviceContext& ctx, const float* params, const float* input, const int32_t* labels, int n, float grad_scale,
-           float* grads, double* sums) override {
+           float* grads, double* sums, const StepGather* gather) override {
     if (!fits(n))
       throw std::logic_error("Lenet5TrainStep: a batch of " + std::to_string(n) + " past its " +
                              std::to_string(max_batch_));
@@ -55,6 +55,7 @@ class Lenet5TrainStep final : public FusedTrainStep {
     p.sums = sums;
     p.scratch = scratch_.data();
     p.scratch_bytes = scratch_bytes_.data();
+    if (gather != nullptr) p.gather = *gather;
     kernels::lenet5_step(p, ctx.cuda().stream());
   }
 
