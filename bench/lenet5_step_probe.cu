@@ -1,9 +1,10 @@
 // A probe, not product code: the fused LeNet-5 kernels of kernels/lenet5_step.cu (included, so each
 // of the four launches can be timed alone), checked against a double-precision host reference at
 // batches 1 to 1000 (with a second run that must give the same bits) and timed in CUDA graphs of 20
-// launches: each kernel, the whole pass, and the pass with an SGD update.
+// launches: each kernel, the whole pass, and the pass with an SGD update; and the batch cut into parts
+// that run side by side on their own streams (`split`).
 //   nvcc -O3 -arch=sm_90 -std=c++17 -I. -Isrc bench/lenet5_step_probe.cu src/core/cuda_check.cpp -o /tmp/probe
-//   /tmp/probe check | time N... | ncu N (two passes at N, for `ncu -k regex:lenet5`); check prints
+//   /tmp/probe check | time N... | split K N... | ncu N (two passes at N, for `ncu -k regex:lenet5`); check prints
 //   each batch's gradient bits as a hash, to compare two builds' results bit for bit
 // -DLENET5_CU='"path.cu"' probes another version of the kernels (one with make_args, the launch_*
 // functions and configure_kernels).
@@ -17,6 +18,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -132,6 +134,19 @@ __global__ void sgd_kernel(const float* __restrict__ grad, float* __restrict__ P
   const float v = 0.9f * velocity[p] + g;
   velocity[p] = v;
   P[p] -= lr * (g + 0.9f * v);
+}
+
+// The split probe's join: the parts' gradients summed in part order (each part scaled by 1 / n).
+struct Parts {
+  const float* g[4];
+  int k;
+};
+__global__ void sum_parts_kernel(Parts parts, float* __restrict__ out) {
+  const int p = blockIdx.x * blockDim.x + threadIdx.x;
+  if (p >= dk::kParams) return;
+  float acc = parts.g[0][p];
+  for (int k = 1; k < parts.k; ++k) acc += parts.g[k][p];
+  out[p] = acc;
 }
 
 template <typename F>
@@ -289,6 +304,82 @@ int main(int argc, char** argv) try {
       }, reps);
       std::printf("n=%5d: pass %7.2f us, +sgd %7.2f (%5.0fk img/s); fwd %6.2f head %6.2f (%d cl) bwd %6.2f (%d bl) fin %5.2f\n",
                   n, pass, step, n / step * 1e3, k1, k2, dk::head_clusters(n), k3, dk::conv_blocks(n), k4);
+    }
+  }
+  // split K N...: the batch of N cut into K parts, each a whole pass on its own stream (forked
+  // and joined inside one graph), then the parts' gradients summed and the SGD update: how much
+  // one part's head overlaps another's convolutions, against one pass of N with SGD.
+  if (mode == "split") {
+    const int K = argc > 2 ? std::atoi(argv[2]) : 2;
+    if (K < 2 || K > 4) throw std::runtime_error("split: K is 2 to 4");
+    std::vector<cudaStream_t> side(K);
+    std::vector<cudaEvent_t> join(K), forward_done(K);
+    cudaEvent_t fork;
+    CK(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
+    Parts parts{};
+    parts.k = K;
+    std::vector<float*> pg(K), psc(K);
+    std::vector<unsigned char*> pb(K);
+    std::vector<double*> ps(K);
+    for (int k = 0; k < K; ++k) {
+      CK(cudaStreamCreateWithFlags(&side[k], cudaStreamNonBlocking));
+      CK(cudaEventCreateWithFlags(&join[k], cudaEventDisableTiming));
+      CK(cudaEventCreateWithFlags(&forward_done[k], cudaEventDisableTiming));
+      CK(cudaMalloc(&pg[k], dk::kParams * 4));
+      CK(cudaMalloc(&psc[k], size.floats * 4));
+      CK(cudaMalloc(&pb[k], size.bytes));
+      CK(cudaMalloc(&ps[k], 16));
+      parts.g[k] = pg[k];
+    }
+    for (int i = 3; i < argc; ++i) {
+      const int n = std::atoi(argv[i]), reps = n >= 4096 ? 5 : 30;
+      const auto part = [&](int k) {
+        const int first = k * n / K, count = (k + 1) * n / K - first;
+        dk::Lenet5Step p = step_of(count);
+        p.x = x + static_cast<size_t>(first) * 784, p.labels = dlabels + first, p.grad_scale = 1.0f / n;
+        p.grads = pg[k], p.sums = ps[k], p.scratch = psc[k], p.scratch_bytes = pb[k];
+        return p;
+      };
+      const double whole = time_graph([&](cudaStream_t st) {
+        dk::lenet5_step(step_of(n), st);
+        sgd_kernel<<<(dk::kParams + 255) / 256, 256, 0, st>>>(grads, params, velocity, 0.0f);
+      }, reps);
+      const double split_step = time_graph([&](cudaStream_t st) {
+        CK(cudaEventRecord(fork, st));
+        for (int k = 0; k < K; ++k) {
+          CK(cudaStreamWaitEvent(side[k], fork));
+          dk::lenet5_step(part(k), side[k]);
+          CK(cudaEventRecord(join[k], side[k]));
+          CK(cudaStreamWaitEvent(st, join[k]));
+        }
+        sum_parts_kernel<<<(dk::kParams + 255) / 256, 256, 0, st>>>(parts, grads);
+        sgd_kernel<<<(dk::kParams + 255) / 256, 256, 0, st>>>(grads, params, velocity, 0.0f);
+      }, reps);
+      // Staggered: part k's conv forward starts once part k-1's has ended, so one part's head runs
+      // beside the next one's conv forward, and its conv backward beside the next one's head.
+      std::vector<dk::Args> args(K);
+      for (int k = 0; k < K; ++k) args[k] = dk::make_args(part(k));
+      const double staggered = time_graph([&](cudaStream_t st) {
+        CK(cudaEventRecord(fork, st));
+        for (int k = 0; k < K; ++k) {
+          CK(cudaStreamWaitEvent(side[k], k == 0 ? fork : forward_done[k - 1]));
+          dk::launch_conv_forward(args[k], side[k]);
+          CK(cudaEventRecord(forward_done[k], side[k]));
+          dk::launch_head(args[k], side[k]);
+          dk::launch_conv_backward(args[k], side[k]);
+          dk::launch_finish(args[k], side[k]);
+          CK(cudaEventRecord(join[k], side[k]));
+          CK(cudaStreamWaitEvent(st, join[k]));
+        }
+        sum_parts_kernel<<<(dk::kParams + 255) / 256, 256, 0, st>>>(parts, grads);
+        sgd_kernel<<<(dk::kParams + 255) / 256, 256, 0, st>>>(grads, params, velocity, 0.0f);
+      }, reps);
+      // Each part alone, to see what the overlap saves against running the parts one after another.
+      double alone = 0;
+      for (int k = 0; k < K; ++k) alone += time_graph([&](cudaStream_t st) { dk::lenet5_step(part(k), st); }, reps);
+      std::printf("split %d n=%5d: whole+sgd %7.2f us (%5.0fk img/s); parts at once + sum + sgd %7.2f (%5.0fk); "
+                  "staggered %7.2f (%5.0fk); parts alone, summed %7.2f\n", K, n, whole, n / whole * 1e3, split_step,
+                  n / split_step * 1e3, staggered, n / staggered * 1e3, alone);
     }
   }
   return all_ok ? 0 : 1;
