@@ -219,6 +219,10 @@ int main(int argc, char** argv) try {
     p.grads = grads, p.sums = sums, p.scratch = scratch, p.scratch_bytes = bytes;
     return p;
   };
+  // The update after the pass (learning rate 0: every timed run sees the same parameters).
+  const auto sgd = [&](cudaStream_t st) {
+    sgd_kernel<<<(dk::kParams + 255) / 256, 256, 0, st>>>(grads, params, velocity, 0.0f);
+  };
   dk::configure_kernels();
   {
     int fb = 0, bb = 0;
@@ -300,7 +304,7 @@ int main(int argc, char** argv) try {
       const double pass = time_graph([&](cudaStream_t st) { dk::lenet5_step(step_of(n), st); }, reps);
       const double step = time_graph([&](cudaStream_t st) {
         dk::lenet5_step(step_of(n), st);
-        sgd_kernel<<<(dk::kParams + 255) / 256, 256, 0, st>>>(grads, params, velocity, 0.0f);
+        sgd(st);
       }, reps);
       std::printf("n=%5d: pass %7.2f us, +sgd %7.2f (%5.0fk img/s); fwd %6.2f head %6.2f (%d cl) bwd %6.2f (%d bl) fin %5.2f\n",
                   n, pass, step, n / step * 1e3, k1, k2, dk::head_clusters(n), k3, dk::conv_blocks(n), k4);
@@ -342,38 +346,32 @@ int main(int argc, char** argv) try {
       };
       const double whole = time_graph([&](cudaStream_t st) {
         dk::lenet5_step(step_of(n), st);
-        sgd_kernel<<<(dk::kParams + 255) / 256, 256, 0, st>>>(grads, params, velocity, 0.0f);
+        sgd(st);
       }, reps);
-      const double split_step = time_graph([&](cudaStream_t st) {
-        CK(cudaEventRecord(fork, st));
-        for (int k = 0; k < K; ++k) {
-          CK(cudaStreamWaitEvent(side[k], fork));
-          dk::lenet5_step(part(k), side[k]);
-          CK(cudaEventRecord(join[k], side[k]));
-          CK(cudaStreamWaitEvent(st, join[k]));
-        }
-        sum_parts_kernel<<<(dk::kParams + 255) / 256, 256, 0, st>>>(parts, grads);
-        sgd_kernel<<<(dk::kParams + 255) / 256, 256, 0, st>>>(grads, params, velocity, 0.0f);
-      }, reps);
-      // Staggered: part k's conv forward starts once part k-1's has ended, so one part's head runs
-      // beside the next one's conv forward, and its conv backward beside the next one's head.
       std::vector<dk::Args> args(K);
       for (int k = 0; k < K; ++k) args[k] = dk::make_args(part(k));
-      const double staggered = time_graph([&](cudaStream_t st) {
-        CK(cudaEventRecord(fork, st));
-        for (int k = 0; k < K; ++k) {
-          CK(cudaStreamWaitEvent(side[k], k == 0 ? fork : forward_done[k - 1]));
-          dk::launch_conv_forward(args[k], side[k]);
-          CK(cudaEventRecord(forward_done[k], side[k]));
-          dk::launch_head(args[k], side[k]);
-          dk::launch_conv_backward(args[k], side[k]);
-          dk::launch_finish(args[k], side[k]);
-          CK(cudaEventRecord(join[k], side[k]));
-          CK(cudaStreamWaitEvent(st, join[k]));
-        }
-        sum_parts_kernel<<<(dk::kParams + 255) / 256, 256, 0, st>>>(parts, grads);
-        sgd_kernel<<<(dk::kParams + 255) / 256, 256, 0, st>>>(grads, params, velocity, 0.0f);
-      }, reps);
+      // The parts' passes, forked from and joined to the graph's stream, then their gradients
+      // summed and the update. Staggered: part k's conv forward starts once part k-1's has ended,
+      // so one part's head runs beside the next one's conv forward, and its conv backward beside
+      // the next one's head; else every part starts at once.
+      const auto time_parts = [&](bool staggered) {
+        return time_graph([&](cudaStream_t st) {
+          CK(cudaEventRecord(fork, st));
+          for (int k = 0; k < K; ++k) {
+            CK(cudaStreamWaitEvent(side[k], staggered && k > 0 ? forward_done[k - 1] : fork));
+            dk::launch_conv_forward(args[k], side[k]);
+            CK(cudaEventRecord(forward_done[k], side[k]));
+            dk::launch_head(args[k], side[k]);
+            dk::launch_conv_backward(args[k], side[k]);
+            dk::launch_finish(args[k], side[k]);
+            CK(cudaEventRecord(join[k], side[k]));
+            CK(cudaStreamWaitEvent(st, join[k]));
+          }
+          sum_parts_kernel<<<(dk::kParams + 255) / 256, 256, 0, st>>>(parts, grads);
+          sgd(st);
+        }, reps);
+      };
+      const double split_step = time_parts(false), staggered = time_parts(true);
       // Each part alone, to see what the overlap saves against running the parts one after another.
       double alone = 0;
       for (int k = 0; k < K; ++k) alone += time_graph([&](cudaStream_t st) { dk::lenet5_step(part(k), st); }, reps);
