@@ -240,10 +240,10 @@ TEST_F(Lenet5FusedPass, GatheringItsOwnBatchGivesTheGatherKernelsBits) {
     const std::vector<float> xa_h = host(ctx, xa, xa.size()), xb_h = host(ctx, xb, xb.size());
     EXPECT_EQ(bits(xa_h), bits(xb_h)) << "the batch at " << n;
     EXPECT_EQ(host(ctx, ya, ya.size()), host(ctx, yb, yb.size())) << "the labels at " << n;
+    const std::vector<uint32_t> bits_a = bits(grads_a), bits_b = bits(grads_b);
     size_t different = 0;
     for (const ParamEntry& e : model.params().entries())
-      for (size_t i = e.offset; i < e.offset + e.count; ++i)
-        different += bits({grads_a[i]}) != bits({grads_b[i]});
+      for (size_t i = e.offset; i < e.offset + e.count; ++i) different += bits_a[i] != bits_b[i];
     EXPECT_EQ(different, 0u) << "gradient elements at " << n;
     EXPECT_EQ(host(ctx, sa, 2), host(ctx, sb, 2)) << "the loss sums at " << n;
   }
