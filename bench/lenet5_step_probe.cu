@@ -2,7 +2,8 @@
 // of the four launches can be timed alone), checked against a double-precision host reference at
 // batches 1 to 1000 (with a second run that must give the same bits) and timed in CUDA graphs of 20
 // launches: each kernel, the whole pass, and the pass with an SGD update; and the batch cut into parts
-// that run side by side on their own streams (`split`).
+// that run side by side on their own streams, with their own finishes or one shared finish, the SGD
+// update after it or folded into it (`split`).
 //   nvcc -O3 -arch=sm_90 -std=c++17 -I. -Isrc bench/lenet5_step_probe.cu src/core/cuda_check.cpp -o /tmp/probe
 //   /tmp/probe check | time N... | split K N... | ncu N (two passes at N, for `ncu -k regex:lenet5`); check prints
 //   each batch's gradient bits as a hash, to compare two builds' results bit for bit
@@ -121,6 +122,47 @@ double rel_error(const std::vector<float>& got, const std::vector<double>& ref, 
   double num = 0, den = 0;
   for (int i = begin; i < end; ++i) num += (got[i] - ref[i]) * (got[i] - ref[i]), den += ref[i] * ref[i];
   return std::sqrt(num / std::max(den, 1e-300));
+}
+
+// The finish with the SGD update folded in (the next list's lever c): the thread that writes a
+// parameter's summed gradient updates that parameter, as sgd_kernel below would (the same
+// expression, so the same bits); the last block sums the losses as the finish does.
+__global__ void __launch_bounds__(kFinishThreads)
+    finish_sgd_kernel(const Args a, int conv_blocks, int clusters, float* P, float* velocity, float lr) {
+  __shared__ float part[kFinishGroups][32];
+  __shared__ double warp_loss[kFinishGroups], warp_correct[kFinishGroups];
+  const int tid = threadIdx.x, lane = tid & 31;
+  if (blockIdx.x < kConvFinishBlocks + kLinFinishBlocks) {
+    const bool conv = blockIdx.x < kConvFinishBlocks;
+    const int p0 = conv ? blockIdx.x * 32 : kConvParams + (blockIdx.x - kConvFinishBlocks) * 32;
+    const int end = conv ? kConvParams : kParams;
+    if (conv)
+      sum_partials(a, a.partial_conv, conv_blocks, kConvParams, 0, p0, end, part);
+    else
+      sum_partials(a, a.partial_lin, clusters, kLinStride, kConvParams, p0, end, part);
+    if (tid < 32 && p0 + lane < end) {  // the threads that wrote the sums above
+      const int m = model_offset(a, p0 + lane);
+      const float g = a.grads[m] + 5e-4f * P[m];
+      const float v = 0.9f * velocity[m] + g;
+      velocity[m] = v;
+      P[m] -= lr * (g + 0.9f * v);
+    }
+    return;
+  }
+  double loss = 0.0, correct = 0.0;
+  for (int i = tid; i < a.n; i += kFinishThreads) loss += a.losses[i], correct += a.correct[i];
+  for (int off = 16; off > 0; off /= 2) {
+    loss += __shfl_down_sync(0xffffffffu, loss, off);
+    correct += __shfl_down_sync(0xffffffffu, correct, off);
+  }
+  if (lane == 0) warp_loss[tid / 32] = loss, warp_correct[tid / 32] = correct;
+  __syncthreads();
+  if (tid == 0) {
+    double tl = 0.0, tc = 0.0;
+    for (int w = 0; w < kFinishGroups; ++w) tl += warp_loss[w], tc += warp_correct[w];
+    a.sums[0] += tl;
+    a.sums[1] += tc;
+  }
 }
 
 }  // namespace dptrain::kernels
@@ -312,7 +354,10 @@ int main(int argc, char** argv) try {
   }
   // split K N...: the batch of N cut into K parts, each a whole pass on its own stream (forked
   // and joined inside one graph), then the parts' gradients summed and the SGD update: how much
-  // one part's head overlaps another's convolutions, against one pass of N with SGD.
+  // one part's head overlaps another's convolutions, against one pass of N with SGD. Also the
+  // parts sharing one scratch (each part's samples where the whole pass keeps them, its partial
+  // sums after the previous part's) and one finish over every part's partials, with the update
+  // after it or folded into it (finish_sgd_kernel), checked against the whole pass.
   if (mode == "split") {
     const int K = argc > 2 ? std::atoi(argv[2]) : 2;
     if (K < 2 || K > 4) throw std::runtime_error("split: K is 2 to 4");
@@ -335,10 +380,21 @@ int main(int argc, char** argv) try {
       CK(cudaMalloc(&ps[k], 16));
       parts.g[k] = pg[k];
     }
+    // The shared parts' partial sums: every part's conv backward blocks, then every part's head clusters.
+    const int max_clusters = dk::head_clusters(kMaxN) + K;
+    float *shared_conv, *shared_lin;
+    CK(cudaMalloc(&shared_conv, static_cast<size_t>(K) * dk::kConvBackwardBlocks * dk::kConvParams * 4));
+    CK(cudaMalloc(&shared_lin, static_cast<size_t>(max_clusters) * dk::kLinStride * 4));
+    const auto fold = [&](const dk::Args& a, int blocks, int clusters, cudaStream_t st) {
+      dk::finish_sgd_kernel<<<dk::kConvFinishBlocks + dk::kLinFinishBlocks + 1, dk::kFinishThreads, 0, st>>>(
+          a, blocks, clusters, params, velocity, 0.0f);
+    };
     for (int i = 3; i < argc; ++i) {
       const int n = std::atoi(argv[i]), reps = n >= 4096 ? 5 : 30;
+      // Part k's first sample: even, so each part's byte arrays (1,176 bytes a sample) stay 16-byte aligned.
+      const auto first_of = [&](int k) { return k == K ? n : (k * n / K) & ~1; };
       const auto part = [&](int k) {
-        const int first = k * n / K, count = (k + 1) * n / K - first;
+        const int first = first_of(k), count = first_of(k + 1) - first;
         dk::Lenet5Step p = step_of(count);
         p.x = x + static_cast<size_t>(first) * 784, p.labels = dlabels + first, p.grad_scale = 1.0f / n;
         p.grads = pg[k], p.sums = ps[k], p.scratch = psc[k], p.scratch_bytes = pb[k];
@@ -348,36 +404,102 @@ int main(int argc, char** argv) try {
         dk::lenet5_step(step_of(n), st);
         sgd(st);
       }, reps);
-      std::vector<dk::Args> args(K);
-      for (int k = 0; k < K; ++k) args[k] = dk::make_args(part(k));
-      // The parts' passes, forked from and joined to the graph's stream, then their gradients
-      // summed and the update. Staggered: part k's conv forward starts once part k-1's has ended,
-      // so one part's head runs beside the next one's conv forward, and its conv backward beside
-      // the next one's head; else every part starts at once.
-      const auto time_parts = [&](bool staggered) {
-        return time_graph([&](cudaStream_t st) {
-          CK(cudaEventRecord(fork, st));
-          for (int k = 0; k < K; ++k) {
-            CK(cudaStreamWaitEvent(side[k], staggered && k > 0 ? forward_done[k - 1] : fork));
-            dk::launch_conv_forward(args[k], side[k]);
-            CK(cudaEventRecord(forward_done[k], side[k]));
-            dk::launch_head(args[k], side[k]);
-            dk::launch_conv_backward(args[k], side[k]);
-            dk::launch_finish(args[k], side[k]);
-            CK(cudaEventRecord(join[k], side[k]));
-            CK(cudaStreamWaitEvent(st, join[k]));
-          }
+      const dk::Args whole_args = dk::make_args(step_of(n));
+      const double whole_fold = time_graph([&](cudaStream_t st) {
+        dk::launch_conv_forward(whole_args, st);
+        dk::launch_head(whole_args, st);
+        dk::launch_conv_backward(whole_args, st);
+        fold(whole_args, dk::conv_blocks(n), dk::head_clusters(n), st);
+      }, reps);
+      std::vector<dk::Args> args(K), shared(K);
+      dk::Args one = whole_args;  // the shared finish's view: every sample, every part's partials
+      one.partial_conv = shared_conv, one.partial_lin = shared_lin;
+      int blocks = 0, clusters = 0;
+      for (int k = 0; k < K; ++k) {
+        args[k] = dk::make_args(part(k));
+        dk::Args& a = shared[k];
+        a = args[k];
+        const size_t first = static_cast<size_t>(first_of(k));
+        a.p1 = one.p1 + first * dk::kC1 * dk::kQ1, a.a1 = one.a1 + first * dk::kC1 * dk::kQ1;
+        a.p2 = one.p2 + first * dk::kF0, a.dp2 = one.dp2 + first * dk::kF0, a.a2 = one.a2 + first * dk::kF0;
+        a.losses = one.losses + first, a.correct = one.correct + first;
+        a.partial_conv = shared_conv + static_cast<size_t>(blocks) * dk::kConvParams;
+        a.partial_lin = shared_lin + static_cast<size_t>(clusters) * dk::kLinStride;
+        blocks += dk::conv_blocks(a.n), clusters += dk::head_clusters(a.n);
+      }
+      // The parts' passes, forked from and joined to the graph's stream. Staggered: part k's conv
+      // forward starts once part k-1's has ended, so one part's head runs beside the next one's
+      // conv forward, and its conv backward beside the next one's head; else every part starts at
+      // once. Separate: each part's own finish, then the parts' gradients summed and the update;
+      // shared: one finish over every part's partials (then the update, or the update folded in).
+      enum class Join { Separate, Shared, SharedFold };
+      const auto enqueue_parts = [&](bool staggered, Join how, cudaStream_t st) {
+        const std::vector<dk::Args>& use = how == Join::Separate ? args : shared;
+        CK(cudaEventRecord(fork, st));
+        for (int k = 0; k < K; ++k) {
+          CK(cudaStreamWaitEvent(side[k], staggered && k > 0 ? forward_done[k - 1] : fork));
+          dk::launch_conv_forward(use[k], side[k]);
+          CK(cudaEventRecord(forward_done[k], side[k]));
+          dk::launch_head(use[k], side[k]);
+          dk::launch_conv_backward(use[k], side[k]);
+          if (how == Join::Separate) dk::launch_finish(use[k], side[k]);
+          CK(cudaEventRecord(join[k], side[k]));
+          CK(cudaStreamWaitEvent(st, join[k]));
+        }
+        if (how == Join::Separate) {
           sum_parts_kernel<<<(dk::kParams + 255) / 256, 256, 0, st>>>(parts, grads);
           sgd(st);
-        }, reps);
+        } else if (how == Join::Shared) {
+          dk::lenet5_finish_kernel<<<dk::kConvFinishBlocks + dk::kLinFinishBlocks + 1, dk::kFinishThreads, 0, st>>>(
+              one, blocks, clusters);
+          sgd(st);
+        } else {
+          fold(one, blocks, clusters, st);
+        }
       };
-      const double split_step = time_parts(false), staggered = time_parts(true);
+      const auto time_parts = [&](bool staggered, Join how) {
+        return time_graph([&](cudaStream_t st) { enqueue_parts(staggered, how, st); }, reps);
+      };
+      const double split_step = time_parts(false, Join::Separate), staggered = time_parts(true, Join::Separate);
+      const double shared_step = time_parts(true, Join::Shared), shared_fold = time_parts(true, Join::SharedFold);
       // Each part alone, to see what the overlap saves against running the parts one after another.
       double alone = 0;
       for (int k = 0; k < K; ++k) alone += time_graph([&](cudaStream_t st) { dk::lenet5_step(part(k), st); }, reps);
-      std::printf("split %d n=%5d: whole+sgd %7.2f us (%5.0fk img/s); parts at once + sum + sgd %7.2f (%5.0fk); "
-                  "staggered %7.2f (%5.0fk); parts alone, summed %7.2f\n", K, n, whole, n / whole * 1e3, split_step,
-                  n / split_step * 1e3, staggered, n / staggered * 1e3, alone);
+      std::printf("split %d n=%5d: whole+sgd %7.2f us (%5.0fk img/s), sgd folded %7.2f; parts at once + sum + sgd %7.2f; "
+                  "staggered %7.2f; staggered, one finish + sgd %7.2f (%5.0fk), sgd folded %7.2f (%5.0fk); "
+                  "parts alone, summed %7.2f\n", K, n, whole, n / whole * 1e3, whole_fold, split_step, staggered,
+                  shared_step, n / shared_step * 1e3, shared_fold, n / shared_fold * 1e3, alone);
+      // The checks: the shared parts' gradients against the whole pass's (the same sums in
+      // another order), and one folded update against the separate one (the same bits).
+      std::vector<float> want(dk::kParams), got(dk::kParams), p0(dk::kParams), p_sep(dk::kParams), p_fold(dk::kParams);
+      dk::lenet5_step(step_of(n), nullptr);
+      CK(cudaMemcpy(want.data(), grads, dk::kParams * 4, cudaMemcpyDeviceToHost));
+      CK(cudaMemset(grads, 0xff, dk::kParams * 4));
+      enqueue_parts(true, Join::Shared, nullptr);  // lr 0: the parameters stay
+      CK(cudaDeviceSynchronize());
+      CK(cudaMemcpy(got.data(), grads, dk::kParams * 4, cudaMemcpyDeviceToHost));
+      double num = 0, den = 0;
+      for (int q = 0; q < dk::kParams; ++q) num += double(got[q] - want[q]) * (got[q] - want[q]), den += double(want[q]) * want[q];
+      CK(cudaMemcpy(p0.data(), params, dk::kParams * 4, cudaMemcpyDeviceToHost));
+      CK(cudaMemset(velocity, 0, dk::kParams * 4));
+      dk::lenet5_step(step_of(n), nullptr);
+      sgd_kernel<<<(dk::kParams + 255) / 256, 256>>>(grads, params, velocity, 0.05f);
+      CK(cudaMemcpy(p_sep.data(), params, dk::kParams * 4, cudaMemcpyDeviceToHost));
+      CK(cudaMemcpy(params, p0.data(), dk::kParams * 4, cudaMemcpyHostToDevice));
+      CK(cudaMemset(velocity, 0, dk::kParams * 4));
+      dk::launch_conv_forward(whole_args, nullptr);
+      dk::launch_head(whole_args, nullptr);
+      dk::launch_conv_backward(whole_args, nullptr);
+      dk::finish_sgd_kernel<<<dk::kConvFinishBlocks + dk::kLinFinishBlocks + 1, dk::kFinishThreads>>>(
+          whole_args, dk::conv_blocks(n), dk::head_clusters(n), params, velocity, 0.05f);
+      CK(cudaMemcpy(p_fold.data(), params, dk::kParams * 4, cudaMemcpyDeviceToHost));
+      CK(cudaMemcpy(params, p0.data(), dk::kParams * 4, cudaMemcpyHostToDevice));
+      CK(cudaMemset(velocity, 0, dk::kParams * 4));
+      const double rel = std::sqrt(num / std::max(den, 1e-300));
+      const bool fold_same = p_sep == p_fold, shared_ok = rel < 1e-5;
+      all_ok = all_ok && fold_same && shared_ok;
+      std::printf("split %d n=%5d check: one finish's gradients against the whole pass's %.1e (%s); folded update %s\n",
+                  K, n, rel, shared_ok ? "ok" : "WRONG", fold_same ? "the same bits" : "NOT the same bits");
     }
   }
   return all_ok ? 0 : 1;
