@@ -195,6 +195,20 @@ PY
         echo "memcheck $1 $2 rc=$?: $(grep -E 'ERROR SUMMARY' "$OUT/memcheck_$(basename $1 .yaml)_$2.log")"; grep -m3 -E "Invalid|Address|at 0x" "$OUT/memcheck_$(basename $1 .yaml)_$2.log"
       done
       bash "$0" racecheck ;;
+    fusedsanitize)  # lenet5's fused pass under the sanitizers: memcheck over planning (every fused form and the layered
+      # pass, DPTRAIN_PLAN_TIMING=quick) and 20 steps at float32 257 and tf32 1000 and 4096; racecheck of its kernels
+      for a in "float32 257" "tf32 1000" "tf32 4096"; do set -- $a
+        DPTRAIN_PLAN_TIMING=quick timeout 150 compute-sanitizer --tool memcheck --print-limit 5 $B/dptrain bench \
+          --config configs/lenet5.yaml --device cuda --steps 20 --warmup 2 --batch-size $2 --set train.precision=$1 \
+          --set train.plan_cache=off > "$OUT/memcheck_lenet5_$1_$2.log" 2>&1
+        echo "memcheck lenet5 $1 $2 rc=$?: $(grep -E 'ERROR SUMMARY' "$OUT/memcheck_lenet5_$1_$2.log")"
+        grep -m3 -E "Invalid|Address|train pass" "$OUT/memcheck_lenet5_$1_$2.log"
+      done
+      timeout 200 compute-sanitizer --tool racecheck --kernel-name kns=lenet5 --print-limit 5 $B/tests/dptrain_gpu_tests \
+        --gtest_filter='Lenet5FusedPass.SameBitsEveryRun:Lenet5FusedPass.PartsInACapturedGraphGiveTheEagerBits' \
+        > "$OUT/racecheck_lenet5.log" 2>&1
+      echo "racecheck lenet5 rc=$?: $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck_lenet5.log")"
+      grep -E "^\[  (PASSED|FAILED) |^\[==========\]" "$OUT/racecheck_lenet5.log" ;;
     racecheck)  # racecheck of dptrain's own kernels (cuDNN's and cuBLAS's run uninstrumented: with them, TiledConv.*
       # alone took 91 s and ShapeSweep.Conv more than 400 s on an H100, and on 2026-12-06 the sanitizer failed
       # on a hardware exception in the conv sweep's first shape), the sweeps at fewer shapes, the conv sweep
