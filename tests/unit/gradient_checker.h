@@ -1,6 +1,7 @@
 // Central finite-difference gradient checks in double precision (Caffe's GradientChecker idea):
-// the objective is L = sum(out * r) for a fixed random r, so dL/dout = r, and every analytic
-// gradient (input and parameters) is compared with (L(x + h) - L(x - h)) / 2h.
+// for a layer the objective is L = sum(out * r) for a fixed random r, so dL/dout = r, and every
+// analytic gradient (input and parameters) is compared with (L(x + h) - L(x - h)) / 2h; for a whole
+// model the objective is its training loss.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include "layers/layer.h"
+#include "model/model.h"
 
 namespace dptrain::testing {
 
@@ -77,6 +79,48 @@ inline void check_layer_gradients(Layer<double>& layer, std::vector<double> x, i
           << layer.type() << " " << specs[k].suffix << "[" << i << "]: analytic " << analytic[k][i] << " numeric "
           << (up - down) / (2 * h);
     }
+}
+
+/// Checks a whole model's parameter gradients (forward, loss and backward on the batch x of
+/// labels.size() samples at `dims`, in `step`) against central differences of its training loss:
+/// `picks` elements of each tensor drawn with seed offset + seed, or every element where picks is
+/// 0. Returns how many it checked.
+inline int check_model_gradients(DeviceContext& ctx, Model<double>& model, const std::vector<double>& x,
+                                 const Dims& dims, const std::vector<int32_t>& labels, const StepInfo& step,
+                                 size_t picks, uint32_t seed = 0) {
+  const TensorView<const double> input{x.data(), static_cast<int>(labels.size()), dims};
+  const auto loss_value = [&] {
+    double sums[2] = {0, 0};
+    model.forward(ctx, input, Phase::Train, step);
+    model.loss(ctx, labels.data(), 1.0, sums, false, nullptr);
+    return sums[0];
+  };
+  double sums[2] = {0, 0};
+  model.forward(ctx, input, Phase::Train, step);
+  model.backward(ctx, labels.data(), 1.0, sums, nullptr);
+  double* values = model.params().values().data();
+  const std::vector<double> grads(model.params().grads().data(), model.params().grads().data() + model.params().size());
+  int checked = 0;
+  for (const ParamEntry& e : model.params().entries()) {
+    std::vector<size_t> at;
+    if (picks == 0)
+      for (size_t i = e.offset; i < e.offset + e.count; ++i) at.push_back(i);
+    for (double u : random_vector(picks, static_cast<uint32_t>(e.offset) + seed, 0, 1))
+      at.push_back(e.offset + static_cast<size_t>(u * static_cast<double>(e.count - 1)));
+    for (const size_t i : at) {
+      const double keep = values[i], h = 1e-6;
+      values[i] = keep + h;
+      const double up = loss_value();
+      values[i] = keep - h;
+      const double down = loss_value();
+      values[i] = keep;
+      const double numeric = (up - down) / (2 * h);
+      EXPECT_LT(rel_error(grads[i], numeric, 1e-4), 1e-4) << e.name << "[" << i - e.offset << "]: analytic "
+                                                          << grads[i] << " numeric " << numeric;
+      ++checked;
+    }
+  }
+  return checked;
 }
 
 }  // namespace dptrain::testing

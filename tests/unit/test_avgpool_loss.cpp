@@ -20,6 +20,7 @@ namespace dptrain {
 namespace {
 
 using testing::check_layer_gradients;
+using testing::check_model_gradients;
 using testing::random_vector;
 using testing::rel_error;
 
@@ -255,33 +256,7 @@ train:
   model.params().initialize(4);
   const std::vector<double> x = random_vector(static_cast<size_t>(n) * 144, 14, -1, 2);
   const std::vector<int32_t> labels{3, 46, 0};
-  auto loss_value = [&]() {
-    double sums[2] = {0, 0};
-    model.forward(ctx, TensorView<const double>{x.data(), n, {1, 12, 12}}, Phase::Train, {});
-    model.loss(ctx, labels.data(), 1.0, sums, false, nullptr);
-    return sums[0];
-  };
-  double sums[2] = {0, 0};
-  model.forward(ctx, TensorView<const double>{x.data(), n, {1, 12, 12}}, Phase::Train, {});
-  model.backward(ctx, labels.data(), 1.0, sums, nullptr);
-  double* values = model.params().values().data();
-  const std::vector<double> grads(model.params().grads().data(), model.params().grads().data() + model.params().size());
-  int checked = 0;
-  for (const ParamEntry& e : model.params().entries()) {
-    for (double u : random_vector(20, static_cast<uint32_t>(e.offset) + 7, 0, 1)) {
-      const size_t i = e.offset + static_cast<size_t>(u * static_cast<double>(e.count - 1));
-      const double keep = values[i], h = 1e-6;
-      values[i] = keep + h;
-      const double up = loss_value();
-      values[i] = keep - h;
-      const double down = loss_value();
-      values[i] = keep;
-      const double numeric = (up - down) / (2 * h);
-      EXPECT_LT(rel_error(grads[i], numeric, 1e-4), 1e-4) << e.name << "[" << i - e.offset << "]: analytic "
-                                                          << grads[i] << " numeric " << numeric;
-      ++checked;
-    }
-  }
+  const int checked = check_model_gradients(ctx, model, x, {1, 12, 12}, labels, {}, 20, 7);
   EXPECT_EQ(checked, 6 * 20);
 }
 

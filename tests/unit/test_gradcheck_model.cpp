@@ -12,6 +12,7 @@
 namespace dptrain {
 namespace {
 
+using testing::check_model_gradients;
 using testing::random_vector;
 using testing::rel_error;
 
@@ -76,34 +77,7 @@ TEST(ModelGradient, WholeMnistCnnMatchesFiniteDifferences) {
   const std::vector<double> x = random_vector(static_cast<size_t>(n) * 784, 12, -1, 2);
   const std::vector<int32_t> labels{3, 8};
   const StepInfo step{5, 0, 40};  // dropout on, with fixed masks
-  auto loss_value = [&]() {
-    double sums[2] = {0, 0};
-    model.forward(ctx, TensorView<const double>{x.data(), n, {1, 28, 28}}, Phase::Train, step);
-    model.loss(ctx, labels.data(), 1.0, sums, false, nullptr);
-    return sums[0];
-  };
-  double sums[2] = {0, 0};
-  model.forward(ctx, TensorView<const double>{x.data(), n, {1, 28, 28}}, Phase::Train, step);
-  model.backward(ctx, labels.data(), 1.0, sums, nullptr);
-  double* values = model.params().values().data();
-  const std::vector<double> grads(model.params().grads().data(), model.params().grads().data() + model.params().size());
-  int checked = 0;
-  for (const ParamEntry& e : model.params().entries()) {
-    const std::vector<double> picks = random_vector(25, static_cast<uint32_t>(e.offset) + 1, 0, 1);
-    for (double u : picks) {
-      const size_t i = e.offset + static_cast<size_t>(u * static_cast<double>(e.count - 1));
-      const double keep = values[i], h = 1e-6;
-      values[i] = keep + h;
-      const double up = loss_value();
-      values[i] = keep - h;
-      const double down = loss_value();
-      values[i] = keep;
-      const double numeric = (up - down) / (2 * h);
-      EXPECT_LT(rel_error(grads[i], numeric, 1e-4), 1e-4) << e.name << "[" << i - e.offset << "]: analytic "
-                                                          << grads[i] << " numeric " << numeric;
-      ++checked;
-    }
-  }
+  const int checked = check_model_gradients(ctx, model, x, {1, 28, 28}, labels, step, 25, 1);
   EXPECT_EQ(checked, 8 * 25);
 }
 
