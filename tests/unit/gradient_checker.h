@@ -28,6 +28,19 @@ inline double rel_error(double a, double b, double floor = 1e-3) {
   return std::abs(a - b) / std::max({std::abs(a), std::abs(b), floor});
 }
 
+/// d objective / d v by central differences, (objective() at v + h - objective() at v - h) / 2h;
+/// v is left as it was.
+template <typename Objective>
+double central_difference(double& v, double h, const Objective& objective) {
+  const double keep = v;
+  v = keep + h;
+  const double up = objective();
+  v = keep - h;
+  const double down = objective();
+  v = keep;
+  return (up - down) / (2 * h);
+}
+
 /// Checks input and parameter gradients of `layer` (CPU, double) at input `x` of batch n.
 inline void check_layer_gradients(Layer<double>& layer, std::vector<double> x, int n, Phase phase = Phase::Train,
                                   double tolerance = 1e-6, double h = 1e-5) {
@@ -58,26 +71,16 @@ inline void check_layer_gradients(Layer<double>& layer, std::vector<double> x, i
                  TensorView<const double>{r.data(), n, od}, TensorView<double>{dx.data(), n, in});
   const std::vector<std::vector<double>> analytic = grads;
   for (size_t i = 0; i < x.size(); ++i) {
-    const double keep = x[i];
-    x[i] = keep + h;
-    const double up = objective();
-    x[i] = keep - h;
-    const double down = objective();
-    x[i] = keep;
-    ASSERT_LT(rel_error(dx[i], (up - down) / (2 * h)), tolerance) << layer.type() << " input " << i << ": analytic "
-                                                                  << dx[i] << " numeric " << (up - down) / (2 * h);
+    const double numeric = central_difference(x[i], h, objective);
+    ASSERT_LT(rel_error(dx[i], numeric), tolerance) << layer.type() << " input " << i << ": analytic " << dx[i]
+                                                    << " numeric " << numeric;
   }
   for (size_t k = 0; k < values.size(); ++k)
     for (size_t i = 0; i < values[k].size(); ++i) {
-      const double keep = values[k][i];
-      values[k][i] = keep + h;
-      const double up = objective();
-      values[k][i] = keep - h;
-      const double down = objective();
-      values[k][i] = keep;
-      ASSERT_LT(rel_error(analytic[k][i], (up - down) / (2 * h)), tolerance)
+      const double numeric = central_difference(values[k][i], h, objective);
+      ASSERT_LT(rel_error(analytic[k][i], numeric), tolerance)
           << layer.type() << " " << specs[k].suffix << "[" << i << "]: analytic " << analytic[k][i] << " numeric "
-          << (up - down) / (2 * h);
+          << numeric;
     }
 }
 
@@ -108,13 +111,7 @@ inline int check_model_gradients(DeviceContext& ctx, Model<double>& model, const
     for (double u : random_vector(picks, static_cast<uint32_t>(e.offset) + seed, 0, 1))
       at.push_back(e.offset + static_cast<size_t>(u * static_cast<double>(e.count - 1)));
     for (const size_t i : at) {
-      const double keep = values[i], h = 1e-6;
-      values[i] = keep + h;
-      const double up = loss_value();
-      values[i] = keep - h;
-      const double down = loss_value();
-      values[i] = keep;
-      const double numeric = (up - down) / (2 * h);
+      const double numeric = central_difference(values[i], 1e-6, loss_value);
       EXPECT_LT(rel_error(grads[i], numeric, 1e-4), 1e-4) << e.name << "[" << i - e.offset << "]: analytic "
                                                           << grads[i] << " numeric " << numeric;
       ++checked;
