@@ -23,6 +23,14 @@ fast_walls() {
     echo "mnist_fast wall: rc=$? $(cat /tmp/dr/wall) s; $(grep -E '^done' /tmp/dr/tta_time_$i.log | cut -c1-60)"
   done
 }
+# memcheck_bench LOG SECONDS ARGS...: `dptrain bench ARGS` under memcheck, planning over every candidate
+# (DPTRAIN_PLAN_TIMING=quick) then 20 graph steps, logged to $OUT/LOG; prints the summary and the first faults.
+memcheck_bench() {
+  local log=$1 seconds=$2; shift 2
+  DPTRAIN_PLAN_TIMING=quick timeout "$seconds" compute-sanitizer --tool memcheck --print-limit 5 $B/dptrain bench \
+    --device cuda --steps 20 --warmup 2 "$@" > "$OUT/$log" 2>&1
+  echo "memcheck $* rc=$?: $(grep -E 'ERROR SUMMARY' "$OUT/$log")"; grep -m3 -E "Invalid|Address|at 0x" "$OUT/$log"
+}
 # basebuild_start / basebuild_wait: the base builds (the `basebuild` step) beside a call's other steps.
 basebuild_start() { bash "$0" basebuild > "$OUT/basebuild.out" 2>&1 & basebuild_pid=$!; }
 basebuild_wait() { wait "$basebuild_pid"; cat "$OUT/basebuild.out"; }
@@ -190,25 +198,18 @@ PY
       done ;;
     sanitize)  # memcheck over planning (every candidate, DPTRAIN_PLAN_TIMING=quick) and a few graph steps; racecheck on the kernel sweep
       for a in "configs/mnist_cnn.yaml 1024" "configs/lenet5.yaml 4096" "configs/mnist_cnn.yaml 4096"; do set -- $a
-        DPTRAIN_PLAN_TIMING=quick timeout 400 compute-sanitizer --tool memcheck --print-limit 5 $B/dptrain bench --config $1 \
-          --device cuda --steps 20 --warmup 2 --batch-size $2 > "$OUT/memcheck_$(basename $1 .yaml)_$2.log" 2>&1
-        echo "memcheck $1 $2 rc=$?: $(grep -E 'ERROR SUMMARY' "$OUT/memcheck_$(basename $1 .yaml)_$2.log")"; grep -m3 -E "Invalid|Address|at 0x" "$OUT/memcheck_$(basename $1 .yaml)_$2.log"
+        memcheck_bench "memcheck_$(basename $1 .yaml)_$2.log" 400 --config $1 --batch-size $2
       done
       bash "$0" racecheck ;;
     fusedsanitize)  # lenet5's fused pass under the sanitizers: memcheck over planning (every fused form and the layered
-      # pass, DPTRAIN_PLAN_TIMING=quick) and 20 steps at float32 257 and tf32 1000 and 4096; racecheck of its kernels
+      # pass) and 20 steps at float32 257 and tf32 1000 and 4096, with the planner's choice; racecheck of its tests
       for a in "float32 257" "tf32 1000" "tf32 4096"; do set -- $a
-        DPTRAIN_PLAN_TIMING=quick timeout 150 compute-sanitizer --tool memcheck --print-limit 5 $B/dptrain bench \
-          --config configs/lenet5.yaml --device cuda --steps 20 --warmup 2 --batch-size $2 --set train.precision=$1 \
-          --set train.plan_cache=off > "$OUT/memcheck_lenet5_$1_$2.log" 2>&1
-        echo "memcheck lenet5 $1 $2 rc=$?: $(grep -E 'ERROR SUMMARY' "$OUT/memcheck_lenet5_$1_$2.log")"
-        grep -m3 -E "Invalid|Address|train pass" "$OUT/memcheck_lenet5_$1_$2.log"
+        memcheck_bench "memcheck_lenet5_$1_$2.log" 150 --config configs/lenet5.yaml --batch-size $2 \
+          --set train.precision=$1 --set train.plan_cache=off
+        grep -m1 "train pass" "$OUT/memcheck_lenet5_$1_$2.log"
       done
-      timeout 200 compute-sanitizer --tool racecheck --kernel-name kns=lenet5 --print-limit 5 $B/tests/dptrain_gpu_tests \
-        --gtest_filter='Lenet5FusedPass.SameBitsEveryRun:Lenet5FusedPass.PartsInACapturedGraphGiveTheEagerBits' \
-        > "$OUT/racecheck_lenet5.log" 2>&1
-      echo "racecheck lenet5 rc=$?: $(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck_lenet5.log")"
-      grep -E "^\[  (PASSED|FAILED) |^\[==========\]" "$OUT/racecheck_lenet5.log" ;;
+      RACECHECK_PARTS='Lenet5FusedPass.SameBitsEveryRun:Lenet5FusedPass.PartsInACapturedGraphGiveTheEagerBits' \
+        RACECHECK_TIMEOUT=200 bash "$0" racecheck ;;
     racecheck)  # racecheck of dptrain's own kernels (cuDNN's and cuBLAS's run uninstrumented: with them, TiledConv.*
       # alone took 91 s and ShapeSweep.Conv more than 400 s on an H100, and on 2026-12-06 the sanitizer failed
       # on a hardware exception in the conv sweep's first shape), the sweeps at fewer shapes, the conv sweep
